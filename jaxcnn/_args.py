@@ -1,0 +1,336 @@
+"""Argument normalisation and validation: every bad-input message of jaxcnn lives here.
+
+Each public op calls one ``normalize_*`` function at its front door. It turns user arguments
+(ints or tuples, padding strings, case-insensitive modes) into a frozen, hashable spec in
+canonical form, and raises ``ValueError``/``TypeError`` naming the argument, what was expected
+and what came, before tracing reaches XLA.
+
+The shape arithmetic lives in small shape-only helpers (``conv_output_size``,
+``resolve_padding``) that can be tested without arrays.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+IMPLS = ("lax", "manual")
+
+Pads = tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """A convolution's static configuration, canonical and hashable.
+
+    ``padding`` holds explicit ``(lo, hi)`` zero padding per spatial axis. Internally (in the
+    VJPs) entries may be negative, which crops; users can never ask for that.
+    """
+
+    stride: tuple[int, ...]
+    padding: Pads
+    dilation: tuple[int, ...]
+    groups: int
+    channels_last: bool
+    precision: Any = None
+    preferred_element_type: Any = None
+
+    @property
+    def n(self) -> int:
+        return len(self.stride)
+
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Positions of the spatial axes in x / y: ``(N, C, *S)`` or ``(N, *S, C)``."""
+        first = 1 if self.channels_last else 2
+        return tuple(range(first, first + self.n))
+
+    def channel_axis(self) -> int:
+        return self.n + 1 if self.channels_last else 1
+
+    def kernel_spatial_axes(self) -> tuple[int, ...]:
+        """Positions of the kernel axes in w: ``(O, I, *K)`` or ``(*K, I, O)``."""
+        return tuple(range(self.n)) if self.channels_last else tuple(range(2, 2 + self.n))
+
+    def kernel_io_axes(self) -> tuple[int, int]:
+        """Positions of (out-channel, in-channel) in w."""
+        return (self.n + 1, self.n) if self.channels_last else (0, 1)
+
+    def dimension_numbers(self) -> jax.lax.ConvDimensionNumbers:
+        """``lax`` dimension numbers for this layout, for any number of spatial axes."""
+        spatial = self.spatial_axes()
+        lhs = (0, self.channel_axis()) + spatial
+        o_ax, i_ax = self.kernel_io_axes()
+        rhs = (o_ax, i_ax) + self.kernel_spatial_axes()
+        return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+    def replace(self, **changes: Any) -> "ConvSpec":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- shape helpers
+
+def dilated_size(size: int, dilation: int) -> int:
+    """Extent of ``size`` taps spaced ``dilation`` apart: ``dilation·(size − 1) + 1`` (0 if empty)."""
+    return 0 if size == 0 else dilation * (size - 1) + 1
+
+
+def conv_output_size(length: int, kernel: int, stride: int, dilation: int, lo: int, hi: int) -> int:
+    """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1``, never below 0."""
+    span = length + lo + hi - dilated_size(kernel, dilation)
+    return max(span // stride + 1, 0) if span >= 0 else 0
+
+
+def resolve_padding(padding: Any, in_sizes: Sequence[int], kernel_sizes: Sequence[int],
+                    stride: Sequence[int], dilation: Sequence[int], name: str = "padding") -> Pads:
+    """Turn any accepted ``padding`` form into explicit ``(lo, hi)`` pairs per spatial axis.
+
+    ``SAME``: output ``ceil(L / stride)``, the odd extra at the high end (TensorFlow, PyTorch).
+    ``FULL``: ``dilation·(K − 1)`` on both sides. ``CAUSAL``: the same on the low side only.
+    """
+    n = len(in_sizes)
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in PADDING_STRINGS:
+            raise ValueError(f"{name}: expected one of {PADDING_STRINGS} (any case), an int, "
+                             f"a tuple of {n} ints or {n} (lo, hi) pairs; got {padding!r}")
+        pads = []
+        for length, k, s, d in zip(in_sizes, kernel_sizes, stride, dilation):
+            extent = dilated_size(k, d)
+            if mode == "VALID":
+                pads.append((0, 0))
+            elif mode == "FULL":
+                pads.append((extent - 1, extent - 1))
+            elif mode == "CAUSAL":
+                pads.append((extent - 1, 0))
+            else:
+                out = -(-length // s)
+                total = max((out - 1) * s + extent - length, 0)
+                pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if _is_int(padding):
+        pads = ((int(padding), int(padding)),) * n
+    elif isinstance(padding, Sequence) and len(padding) == n and all(_is_int(p) for p in padding):
+        pads = tuple((int(p), int(p)) for p in padding)
+    elif (isinstance(padding, Sequence) and len(padding) == n
+          and all(isinstance(p, Sequence) and len(p) == 2 and all(_is_int(q) for q in p)
+                  for p in padding)):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    else:
+        raise ValueError(f"{name}: expected one of {PADDING_STRINGS}, an int, a tuple of {n} ints "
+                         f"or {n} (lo, hi) pairs for {n} spatial axes; got {padding!r}")
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ValueError(f"{name}: expected non-negative padding; got {padding!r}")
+    return pads
+
+
+# ----------------------------------------------------------------------------- small checks
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def int_tuple(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a sequence of ``n`` ints, each ``>= minimum``, as a tuple of ``n`` ints."""
+    if _is_int(value):
+        values = (int(value),) * n
+    elif isinstance(value, Sequence) and not isinstance(value, str) and all(_is_int(v) for v in value):
+        values = tuple(int(v) for v in value)
+        if len(values) != n:
+            raise ValueError(f"{name}: expected an int or {n} ints (one per spatial axis); "
+                             f"got {len(values)} values {value!r}")
+    else:
+        raise TypeError(f"{name}: expected an int or a tuple of {n} ints; got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name}: expected every value >= {minimum}; got {value!r}")
+    return values
+
+
+def as_float_array(value: Any, name: str) -> jax.Array:
+    """``value`` as a JAX array of a floating dtype, else ``TypeError`` naming ``name``."""
+    if value is None:
+        raise TypeError(f"{name}: expected a floating-point array; got None")
+    try:
+        array = jnp.asarray(value) if not isinstance(value, jax.Array) else value
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected a floating-point array; got {type(value).__name__}") from err
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating-point dtype (float16, bfloat16, float32, "
+                        f"float64); got {array.dtype}")
+    return array
+
+
+def choice(value: Any, options: Sequence[str], name: str, *, lower: bool = True) -> str:
+    """A case-insensitive choice among ``options``."""
+    if not isinstance(value, str) or (value.lower() if lower else value) not in options:
+        raise ValueError(f"{name}: expected one of {tuple(options)}; got {value!r}")
+    return value.lower() if lower else value
+
+
+def check_rank(array: jax.Array, ndim: int, name: str, layout: str) -> None:
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {layout}; got shape {tuple(array.shape)}")
+
+
+def _hashable_precision(precision: Any) -> Any:
+    if isinstance(precision, list):
+        precision = tuple(precision)
+    try:
+        hash(precision)
+    except TypeError as err:
+        raise TypeError(f"precision: expected None, a jax.lax.Precision, a string or a pair of "
+                        f"them; got {precision!r}") from err
+    return precision
+
+
+def _element_type(preferred_element_type: Any) -> Any:
+    if preferred_element_type is None:
+        return None
+    try:
+        dtype = jnp.dtype(preferred_element_type)
+    except TypeError as err:
+        raise TypeError(f"preferred_element_type: expected None or a floating dtype; "
+                        f"got {preferred_element_type!r}") from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"preferred_element_type: expected a floating dtype; got {dtype}")
+    return dtype
+
+
+def layout_text(n: int, channels_last: bool, kernel: bool = False) -> str:
+    spatial = ", ".join(f"S{i}" for i in range(n)) if not kernel else ", ".join(f"K{i}" for i in range(n))
+    if kernel:
+        return f"(*K=({spatial}), C_in // groups, C_out)" if channels_last else f"(C_out, C_in // groups, {spatial})"
+    return f"(N, {spatial}, C)" if channels_last else f"(N, C, {spatial})"
+
+
+# ----------------------------------------------------------------------------- conv
+
+@dataclasses.dataclass(frozen=True)
+class ConvArgs:
+    """Validated conv arguments: arrays, the spec of the zero-padded core conv, and the
+    non-zero padding mode (with its pads) to apply before it, if any."""
+
+    x: jax.Array
+    w: jax.Array
+    b: jax.Array | None
+    spec: ConvSpec
+    padding_mode: str
+    mode_pads: Pads
+    impl: str
+
+
+def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilation: Any,
+                   groups: Any, padding_mode: Any, channels_last: Any, impl: Any,
+                   precision: Any = None, preferred_element_type: Any = None,
+                   ndim: int | None = None, op: str = "conv") -> ConvArgs:
+    """Validate everything ``conv`` accepts; see ``jaxcnn.conv`` for the semantics."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"channels_last: expected a bool; got {channels_last!r}")
+    channels_last = bool(channels_last)
+    if w.ndim < 3:
+        raise ValueError(f"w: expected at least 3 dimensions {layout_text(1, channels_last, True)}; "
+                         f"got shape {tuple(w.shape)}")
+    n = w.ndim - 2
+    if ndim is not None and n != ndim:
+        raise ValueError(f"w: {op} expects {ndim} spatial axes, a {ndim + 2}-d kernel "
+                         f"{layout_text(ndim, channels_last, True)}; got shape {tuple(w.shape)}")
+    check_rank(x, n + 2, "x", f"{layout_text(n, channels_last)} for a kernel of shape {tuple(w.shape)}")
+    if x.dtype != w.dtype:
+        raise TypeError(f"w: expected the dtype of x ({x.dtype}); got {w.dtype}")
+    impl = choice(impl, IMPLS, "impl")
+    padding_mode = choice(padding_mode, PADDING_MODES, "padding_mode")
+    if not _is_int(groups):
+        raise TypeError(f"groups: expected a positive int; got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive int; got {groups}")
+    stride = int_tuple(stride, n, "stride")
+    dilation = int_tuple(dilation, n, "dilation")
+
+    spec0 = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
+    in_sizes = tuple(x.shape[a] for a in spec0.spatial_axes())
+    kernel_sizes = tuple(w.shape[a] for a in spec0.kernel_spatial_axes())
+    channels = x.shape[spec0.channel_axis()]
+    o_ax, i_ax = spec0.kernel_io_axes()
+    out_channels, in_per_group = w.shape[o_ax], w.shape[i_ax]
+    if any(k < 1 for k in kernel_sizes):
+        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {kernel_sizes}")
+    if channels % groups:
+        raise ValueError(f"groups: expected a divisor of the {channels} input channels of x; got {groups}")
+    if out_channels % groups:
+        raise ValueError(f"groups: expected a divisor of the {out_channels} output channels of w; "
+                         f"got {groups}")
+    if in_per_group * groups != channels:
+        raise ValueError(f"w: expected {channels // groups} input channels per group (x has {channels} "
+                         f"channels, groups={groups}); got {in_per_group} in shape {tuple(w.shape)}")
+    pads = resolve_padding(padding, in_sizes, kernel_sizes, stride, dilation)
+    check_padding_mode(padding_mode, pads, in_sizes)
+    for axis, (length, k, d, (lo, hi)) in enumerate(zip(in_sizes, kernel_sizes, dilation, pads)):
+        if length + lo + hi < dilated_size(k, d):
+            raise ValueError(
+                f"w: kernel extent {dilated_size(k, d)} (size {k}, dilation {d}) on spatial axis "
+                f"{axis} is larger than the padded input {length + lo + hi} (size {length} + "
+                f"padding {lo} + {hi}); expected a kernel that fits")
+    b = normalize_bias(b, out_channels, x.dtype, preferred_element_type)
+    spec = ConvSpec(stride, pads if padding_mode == "zeros" else ((0, 0),) * n, dilation, groups,
+                    channels_last, _hashable_precision(precision), _element_type(preferred_element_type))
+    mode_pads = pads if padding_mode != "zeros" else ((0, 0),) * n
+    return ConvArgs(x, w, b, spec, padding_mode, mode_pads, impl)
+
+
+def check_padding_mode(padding_mode: str, pads: Pads, in_sizes: Sequence[int]) -> None:
+    """PyTorch's limits: reflect needs pad < L, circular pad <= L, replicate L >= 1."""
+    if padding_mode == "zeros":
+        return
+    for axis, (length, (lo, hi)) in enumerate(zip(in_sizes, pads)):
+        widest = max(lo, hi)
+        if widest == 0:
+            continue
+        if padding_mode == "reflect" and widest >= length:
+            raise ValueError(f"padding: reflect padding must be smaller than the input size; got "
+                             f"padding ({lo}, {hi}) for size {length} on spatial axis {axis}")
+        if padding_mode == "circular" and widest > length:
+            raise ValueError(f"padding: circular padding must not exceed the input size; got "
+                             f"padding ({lo}, {hi}) for size {length} on spatial axis {axis}")
+        if padding_mode == "replicate" and length < 1:
+            raise ValueError(f"padding: replicate padding needs a non-empty input; got size "
+                             f"{length} on spatial axis {axis}")
+
+
+def normalize_bias(b: Any, out_channels: int, dtype: Any, preferred_element_type: Any = None) -> jax.Array | None:
+    """``b`` of shape ``(out_channels,)`` and the dtype of x (or of the accumulation)."""
+    if b is None:
+        return None
+    b = as_float_array(b, "b")
+    if b.shape != (out_channels,):
+        raise ValueError(f"b: expected shape ({out_channels},) (one bias per output channel); "
+                         f"got {tuple(b.shape)}")
+    allowed = {jnp.dtype(dtype)}
+    if preferred_element_type is not None:
+        allowed.add(jnp.dtype(preferred_element_type))
+    if b.dtype not in allowed:
+        raise TypeError(f"b: expected dtype {' or '.join(sorted(map(str, allowed)))}; got {b.dtype}")
+    return b
+
+
+def check_positive_size(name: str, sizes: Sequence[int], what: str) -> None:
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"{name}: {what} gives a non-positive output size {tuple(sizes)}")
+
+
+def prod(values: Sequence[int]) -> int:
+    return math.prod(values)

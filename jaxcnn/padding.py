@@ -1,0 +1,97 @@
+"""Border padding modes (reflect, replicate, circular) and their adjoint, the fold.
+
+Padding along one axis is a gather with static indices: the padded signal is
+``x_pad[j] = x[idx[j]]`` where ``idx`` lists ``lo`` border indices, ``0 … L−1``, then ``hi``
+border indices (PyTorch's modes):
+
+- reflect   ``lo: lo, lo−1, …, 1``        ``hi: L−2, L−3, …, L−1−hi``   (edge not repeated)
+- replicate ``lo: 0, …, 0``               ``hi: L−1, …, L−1``
+- circular  ``lo: L−lo, …, L−1``          ``hi: 0, …, hi−1``
+
+Its VJP is the adjoint gather, a scatter-add: ``dx[i] = Σ_{j : idx[j] = i} g[j]``, the
+middle of ``g`` plus each border folded back onto the samples it copied. The fold is linear
+too, and its VJP is the padding again, so both are differentiable to any order.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn._args import Pads
+
+
+def border_indices(length: int, lo: int, hi: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Static source indices of the ``lo`` and ``hi`` border samples along one axis."""
+    if mode == "reflect":
+        return np.arange(lo, 0, -1), np.arange(length - 2, length - 2 - hi, -1)
+    if mode == "replicate":
+        return np.zeros(lo, dtype=int), np.full(hi, length - 1)
+    if mode == "circular":
+        return np.arange(length - lo, length), np.arange(hi)
+    raise ValueError(f"padding_mode: expected reflect, replicate or circular; got {mode!r}")
+
+
+def _take(x: jax.Array, indices: np.ndarray, axis: int) -> jax.Array:
+    return jnp.take(x, jnp.asarray(indices, dtype=jnp.int32), axis=axis)
+
+
+def _pad_axis(x: jax.Array, lo: int, hi: int, mode: str, axis: int) -> jax.Array:
+    if lo == 0 and hi == 0:
+        return x
+    lo_idx, hi_idx = border_indices(x.shape[axis], lo, hi, mode)
+    return jnp.concatenate([_take(x, lo_idx, axis), x, _take(x, hi_idx, axis)], axis=axis)
+
+
+def _fold_axis(g: jax.Array, lo: int, hi: int, mode: str, axis: int) -> jax.Array:
+    if lo == 0 and hi == 0:
+        return g
+    length = g.shape[axis] - lo - hi
+    lo_idx, hi_idx = border_indices(length, lo, hi, mode)
+    g_lo, dx, g_hi = jnp.split(g, [lo, lo + length], axis=axis)
+    lead = (slice(None),) * axis
+    dx = dx.at[lead + (jnp.asarray(lo_idx, dtype=jnp.int32),)].add(g_lo)
+    return dx.at[lead + (jnp.asarray(hi_idx, dtype=jnp.int32),)].add(g_hi)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def pad(x: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
+    """Pad ``x`` by ``pads[i] = (lo, hi)`` along ``axes[i]`` with a border ``mode``."""
+    for (lo, hi), axis in zip(pads, axes):
+        x = _pad_axis(x, lo, hi, mode, axis)
+    return x
+
+
+def _pad_fwd(x, pads, mode, axes):
+    return pad(x, pads, mode, axes), None
+
+
+def _pad_bwd(pads, mode, axes, _, g):
+    # The VJP of a gather is the scatter-add of its cotangent: fold the borders back.
+    return (fold(g, pads, mode, axes),)
+
+
+pad.defvjp(_pad_fwd, _pad_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def fold(g: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
+    """The adjoint of ``pad``: ``⟨pad(x), g⟩ = ⟨x, fold(g)⟩``; the padded borders of ``g``
+    are added back onto the samples they were copied from."""
+    for (lo, hi), axis in reversed(tuple(zip(pads, axes))):
+        g = _fold_axis(g, lo, hi, mode, axis)
+    return g
+
+
+def _fold_fwd(g, pads, mode, axes):
+    return fold(g, pads, mode, axes), None
+
+
+def _fold_bwd(pads, mode, axes, _, ct):
+    # fold is linear and its adjoint is pad.
+    return (pad(ct, pads, mode, axes),)
+
+
+fold.defvjp(_fold_fwd, _fold_bwd)
