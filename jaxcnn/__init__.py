@@ -1,5 +1,5 @@
 """jaxcnn: pure-functional N-D convolutions in JAX with hand-written, verified gradients."""
 from jaxcnn import reference
-from jaxcnn.conv import conv, conv1d, conv2d, conv3d
+from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
 
-__all__ = ["reference", "conv", "conv1d", "conv2d", "conv3d"]
+__all__ = ["reference", "conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad"]

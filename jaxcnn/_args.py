@@ -162,10 +162,13 @@ def as_float_array(value: Any, name: str) -> jax.Array:
     """``value`` as a JAX array of a floating dtype, else ``TypeError`` naming ``name``."""
     if value is None:
         raise TypeError(f"{name}: expected a floating-point array; got None")
-    try:
-        array = jnp.asarray(value) if not isinstance(value, jax.Array) else value
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name}: expected a floating-point array; got {type(value).__name__}") from err
+    if isinstance(value, jax.ShapeDtypeStruct):  # shape-only stand-in (the *_grad functions)
+        array = value
+    else:
+        try:
+            array = jnp.asarray(value) if not isinstance(value, jax.Array) else value
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}: expected a floating-point array; got {type(value).__name__}") from err
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating-point dtype (float16, bfloat16, float32, "
                         f"float64); got {array.dtype}")
@@ -325,6 +328,28 @@ def normalize_bias(b: Any, out_channels: int, dtype: Any, preferred_element_type
     if b.dtype not in allowed:
         raise TypeError(f"b: expected dtype {' or '.join(sorted(map(str, allowed)))}; got {b.dtype}")
     return b
+
+
+def shape_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
+    """A shape of ``ndim`` non-negative ints."""
+    if (not isinstance(value, Sequence) or isinstance(value, str)
+            or not all(_is_int(v) for v in value)):
+        raise TypeError(f"{name}: expected a tuple of {ndim} ints; got {value!r}")
+    shape = tuple(int(v) for v in value)
+    if len(shape) != ndim or any(v < 0 for v in shape):
+        raise ValueError(f"{name}: expected {ndim} non-negative ints; got {value!r}")
+    return shape
+
+
+def check_cotangent(dy: Any, expected_shape: tuple[int, ...], dtype: Any, name: str = "dy") -> jax.Array:
+    """An upstream gradient of exactly the conv's output shape and the operands' dtype."""
+    dy = as_float_array(dy, name)
+    if tuple(dy.shape) != tuple(expected_shape):
+        raise ValueError(f"{name}: expected the conv's output shape {tuple(expected_shape)}; "
+                         f"got {tuple(dy.shape)}")
+    if dy.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}; got {dy.dtype}")
+    return dy
 
 
 def check_positive_size(name: str, sizes: Sequence[int], what: str) -> None:

@@ -38,7 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import padding as _padding
-from jaxcnn._args import ConvArgs, ConvSpec, Pads, dilated_size, normalize_conv
+from jaxcnn._args import (ConvArgs, ConvSpec, Pads, check_cotangent, dilated_size, normalize_conv,
+                          shape_tuple)
+from jaxcnn._args import as_float_array as _as_float
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -398,3 +400,58 @@ _CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="z
 conv1d = _conv_nd(1, "conv1d")
 conv2d = _conv_nd(2, "conv2d")
 conv3d = _conv_nd(3, "conv3d")
+
+
+def output_shape(args: ConvArgs) -> tuple[int, ...]:
+    """Shape of ``conv``'s output for validated arguments (no arrays touched)."""
+    spec = args.spec
+    in_sizes = [length + lo + hi for length, (lo, hi)
+                in zip(spatial_sizes(args.x.shape, spec), args.mode_pads)]
+    out = output_sizes(in_sizes, kernel_sizes(args.w.shape, spec), spec)
+    channels = args.w.shape[spec.kernel_io_axes()[0]]
+    return (args.x.shape[0], *out, channels) if spec.channels_last else (args.x.shape[0], channels, *out)
+
+
+def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *, stride: Any = 1,
+                    padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                    channels_last: bool = False, impl: str = "lax") -> jax.Array:
+    """``dx`` of ``conv(x, w)`` for an upstream gradient ``dy`` (``torch.nn.grad.conv2d_input``).
+
+    ``dx[n, c, j] = Σ_o Σ_{i, k : i·s + k·d = j + lo} w[o, c, k] · dy[n, o, i]``: a full
+    correlation of the stride-dilated ``dy`` with the flipped, channel-swapped kernel. The very
+    function ``conv``'s VJP calls; differentiable to any order.
+
+    Args:
+      dy: the conv's output shape, ``(N, O, *S_out)`` (or channels last).
+      w: ``(O, C // groups, *K)`` (or ``(*K, C // groups, O)``).
+      input_shape: the shape of ``x``.
+    """
+    w = _as_float(w, "w")
+    input_shape = shape_tuple(input_shape, w.ndim, "input_shape")
+    args = normalize_conv(jax.ShapeDtypeStruct(input_shape, w.dtype), w, None, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, padding_mode="zeros",
+                          channels_last=channels_last, impl=impl)
+    dy = check_cotangent(dy, output_shape(args), w.dtype)
+    return input_grad_core(dy, w, args.spec, args.impl, input_shape)
+
+
+def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: tuple[int, ...], *,
+                     stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                     channels_last: bool = False, impl: str = "lax") -> jax.Array:
+    """``dw`` of ``conv(x, w)`` for an upstream gradient ``dy`` (``torch.nn.grad.conv2d_weight``).
+
+    ``dw[o, c, k] = Σ_n Σ_i dy[n, o, i] · x_pad[n, c, i·s + k·d]``: the input correlated with
+    the upstream gradient. The very function ``conv``'s VJP calls; differentiable to any order.
+
+    Args:
+      x: ``(N, C, *S)`` (or channels last).
+      dy: the conv's output shape.
+      weight_shape: the shape of ``w``.
+    """
+    x = _as_float(x, "x")
+    weight_shape = shape_tuple(weight_shape, x.ndim, "weight_shape")
+    args = normalize_conv(x, jax.ShapeDtypeStruct(weight_shape, x.dtype), None, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, padding_mode="zeros",
+                          channels_last=channels_last, impl=impl)
+    dy = check_cotangent(dy, output_shape(args), x.dtype)
+    return weight_grad_core(args.x, dy, args.spec, args.impl, weight_shape)
