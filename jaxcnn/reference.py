@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._args import normalize_conv
+from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -41,3 +41,27 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
         shape[spec.channel_axis()] = -1
         y = y + a.b.astype(y.dtype).reshape(shape)
     return y
+
+
+def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: Any, *, stride: Any = 1,
+                    padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                    channels_last: bool = False, impl: str = "lax") -> jax.Array:
+    """``jaxcnn.conv_input_grad`` as ``jax.vjp`` of ``conv`` with respect to ``x``. ``conv`` is
+    linear in ``x``, so its VJP taken at ``x = 0`` is the VJP everywhere."""
+    w = as_float_array(w, "w")
+    x = jnp.zeros(shape_tuple(input_shape, w.ndim, "input_shape"), w.dtype)
+    y, pull = jax.vjp(lambda x: conv(x, w, stride=stride, padding=padding, dilation=dilation,
+                                     groups=groups, channels_last=channels_last, impl=impl), x)
+    return pull(check_cotangent(dy, y.shape, w.dtype))[0]
+
+
+def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: Any, *, stride: Any = 1,
+                     padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                     channels_last: bool = False, impl: str = "lax") -> jax.Array:
+    """``jaxcnn.conv_weight_grad`` as ``jax.vjp`` of ``conv`` with respect to ``w`` (at
+    ``w = 0``: ``conv`` is linear in ``w``)."""
+    x = as_float_array(x, "x")
+    w = jnp.zeros(shape_tuple(weight_shape, x.ndim, "weight_shape"), x.dtype)
+    y, pull = jax.vjp(lambda w: conv(x, w, stride=stride, padding=padding, dilation=dilation,
+                                     groups=groups, channels_last=channels_last, impl=impl), w)
+    return pull(check_cotangent(dy, y.shape, x.dtype))[0]
