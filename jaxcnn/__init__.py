@@ -1,5 +1,7 @@
 """jaxcnn: pure-functional N-D convolutions in JAX with hand-written, verified gradients."""
 from jaxcnn import reference
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
+from jaxcnn.transpose import conv_transpose, convolve
 
-__all__ = ["reference", "conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad"]
+__all__ = ["reference", "conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad",
+           "convolve", "conv_transpose"]

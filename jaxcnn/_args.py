@@ -359,3 +359,126 @@ def check_positive_size(name: str, sizes: Sequence[int], what: str) -> None:
 
 def prod(values: Sequence[int]) -> int:
     return math.prod(values)
+
+
+# ----------------------------------------------------------------------------- conv_transpose
+
+def conv_transpose_output_size(length: int, kernel: int, stride: int, dilation: int, lo: int,
+                               hi: int, output_padding: int) -> int:
+    """``(L − 1)·stride − (lo + hi) + dilation·(K − 1) + output_padding + 1`` (PyTorch's
+    ``ConvTranspose`` formula); may come out non-positive, which the caller rejects."""
+    return (length - 1) * stride - (lo + hi) + dilated_size(kernel, dilation) + output_padding
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTransposeArgs:
+    """Validated conv_transpose arguments.
+
+    ``spec`` is the spec of the conv this op is the input-adjoint of, with its high padding
+    lowered by ``stride·⌊output_padding / stride⌋`` (a crop when negative) so that this conv
+    maps an input of ``core_shape`` back to exactly ``x``'s shape: only ``lo`` decides where
+    the taps land, so the transpose's values do not change. Its padding is ``(lo, hi')`` for
+    zeros mode and ``(0, hi' − hi)`` otherwise (the border then lives in ``pads``, folded).
+    """
+
+    x: jax.Array
+    w: jax.Array
+    b: jax.Array | None
+    spec: ConvSpec
+    padding_mode: str
+    pads: Pads
+    output_padding: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    core_shape: tuple[int, ...]
+    impl: str
+
+
+def transpose_layout_text(n: int, channels_last: bool) -> str:
+    k = ", ".join(f"K{i}" for i in range(n))
+    return f"(*K=({k}), C_out // groups, C_in)" if channels_last else f"(C_in, C_out // groups, {k})"
+
+
+def normalize_conv_transpose(x: Any, w: Any, b: Any, *, stride: Any, padding: Any,
+                             output_padding: Any, dilation: Any, groups: Any, padding_mode: Any,
+                             channels_last: Any, impl: Any) -> ConvTransposeArgs:
+    """Validate everything ``conv_transpose`` accepts; see ``jaxcnn.conv_transpose``.
+
+    A padding string means the padding the adjoint conv would use on the transpose's output:
+    ``"SAME"`` resolves on an output of ``L·stride`` (TensorFlow's ``conv2d_transpose``), the
+    others do not depend on sizes.
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"channels_last: expected a bool; got {channels_last!r}")
+    channels_last = bool(channels_last)
+    if w.ndim < 3:
+        raise ValueError(f"w: expected at least 3 dimensions {transpose_layout_text(1, channels_last)}; "
+                         f"got shape {tuple(w.shape)}")
+    n = w.ndim - 2
+    check_rank(x, n + 2, "x", f"{layout_text(n, channels_last)} for a kernel of shape {tuple(w.shape)}")
+    if x.dtype != w.dtype:
+        raise TypeError(f"w: expected the dtype of x ({x.dtype}); got {w.dtype}")
+    impl = choice(impl, IMPLS, "impl")
+    padding_mode = choice(padding_mode, PADDING_MODES, "padding_mode")
+    if not _is_int(groups):
+        raise TypeError(f"groups: expected a positive int; got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive int; got {groups}")
+    stride = int_tuple(stride, n, "stride")
+    dilation = int_tuple(dilation, n, "dilation")
+    output_padding = int_tuple(output_padding, n, "output_padding", minimum=0)
+    for axis, (p, s, d) in enumerate(zip(output_padding, stride, dilation)):
+        if p >= max(s, d):
+            raise ValueError(f"output_padding: expected a value < max(stride, dilation) = {max(s, d)} "
+                             f"on spatial axis {axis}; got {p}")
+
+    spec0 = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
+    in_sizes = tuple(x.shape[a] for a in spec0.spatial_axes())
+    kernel_sizes = tuple(w.shape[a] for a in spec0.kernel_spatial_axes())
+    channels = x.shape[spec0.channel_axis()]
+    in_ax, out_ax = spec0.kernel_io_axes()  # conv's (O, C/g) are the transpose's (C_in, C_out/g)
+    if any(k < 1 for k in kernel_sizes):
+        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {kernel_sizes}")
+    if any(length < 1 for length in in_sizes):
+        raise ValueError(f"x: expected every spatial size >= 1; got spatial sizes {in_sizes}")
+    if w.shape[in_ax] != channels:
+        raise ValueError(f"w: expected {channels} input channels (those of x) on axis {in_ax} of "
+                         f"{transpose_layout_text(n, channels_last)}; got shape {tuple(w.shape)}")
+    if channels % groups:
+        raise ValueError(f"groups: expected a divisor of the {channels} input channels of x; got {groups}")
+    out_channels = w.shape[out_ax] * groups
+
+    pads = resolve_padding(padding, tuple(length * s for length, s in zip(in_sizes, stride)),
+                           kernel_sizes, stride, dilation)
+    if isinstance(padding, str) and padding.upper() == "SAME":
+        if any(output_padding):
+            raise ValueError(f"output_padding: padding='SAME' fixes the output at input × stride; "
+                             f"expected 0; got {output_padding}")
+        output_padding = tuple(length * s - conv_transpose_output_size(length, k, s, d, lo, hi, 0)
+                               for length, k, s, d, (lo, hi)
+                               in zip(in_sizes, kernel_sizes, stride, dilation, pads))
+    out_sizes = tuple(conv_transpose_output_size(length, k, s, d, lo, hi, p)
+                      for length, k, s, d, (lo, hi), p
+                      in zip(in_sizes, kernel_sizes, stride, dilation, pads, output_padding))
+    check_positive_size("padding", out_sizes,
+                        f"padding {pads} with input sizes {in_sizes}, kernel sizes {kernel_sizes}, "
+                        f"stride {stride}, dilation {dilation} and output_padding {output_padding}")
+    check_padding_mode(padding_mode, pads, out_sizes)
+    b = normalize_bias(b, out_channels, x.dtype)
+
+    crop = tuple(s * (p // s) for s, p in zip(stride, output_padding))
+    if padding_mode == "zeros":
+        core_pads = tuple((lo, hi - c) for (lo, hi), c in zip(pads, crop))
+        core_sizes = out_sizes
+    else:
+        core_pads = tuple((0, -c) for c in crop)
+        core_sizes = tuple(m + lo + hi for m, (lo, hi) in zip(out_sizes, pads))
+    spec = ConvSpec(stride, core_pads, dilation, groups, channels_last)
+
+    def shaped(sizes: tuple[int, ...]) -> tuple[int, ...]:
+        return (x.shape[0], *sizes, out_channels) if channels_last else (x.shape[0], out_channels, *sizes)
+
+    return ConvTransposeArgs(x, w, b, spec, padding_mode, pads, output_padding,
+                             shaped(out_sizes), shaped(core_sizes), impl)

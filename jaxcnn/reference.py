@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
+from jaxcnn._args import normalize_conv_transpose
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -65,3 +66,68 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: Any, *, stride: 
     y, pull = jax.vjp(lambda w: conv(x, w, stride=stride, padding=padding, dilation=dilation,
                                      groups=groups, channels_last=channels_last, impl=impl), w)
     return pull(check_cotangent(dy, y.shape, x.dtype))[0]
+
+
+def convolve(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
+             padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
+             channels_last: bool = False, impl: str = "lax", precision: Any = None,
+             preferred_element_type: Any = None) -> jax.Array:
+    """``jaxcnn.convolve``: ``jnp.flip`` of the kernel's spatial axes, then ``conv``."""
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  padding_mode=padding_mode, channels_last=channels_last, impl=impl,
+                  precision=precision, preferred_element_type=preferred_element_type)
+    a = normalize_conv(x, w, b, **kwargs)
+    return conv(a.x, jnp.flip(a.w, axis=a.spec.kernel_spatial_axes()), a.b, **kwargs)
+
+
+def conv_transpose(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
+                   padding: Any = 0, output_padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                   padding_mode: str = "zeros", channels_last: bool = False,
+                   impl: str = "lax") -> jax.Array:
+    """``jaxcnn.conv_transpose``. Zeros mode: one ``lax.conv_general_dilated`` with
+    ``lhs_dilation = stride`` (holes between input samples), padding ``d·(K − 1) − lo`` before
+    and ``d·(K − 1) − hi + output_padding`` after, and the kernel flipped with its channel
+    roles swapped per group. Other modes: ``jax.vjp`` of ``conv`` (with that border) on the
+    output's shape, applied to ``x`` extended by zeros to that conv's output size."""
+    a = normalize_conv_transpose(x, w, b, stride=stride, padding=padding,
+                                 output_padding=output_padding, dilation=dilation, groups=groups,
+                                 padding_mode=padding_mode, channels_last=channels_last, impl=impl)
+    if a.padding_mode == "zeros":
+        y = _transpose_by_lhs_dilation(a)
+    else:
+        y = _transpose_by_autodiff(a)
+    if a.b is not None:
+        shape = [1] * y.ndim
+        shape[a.spec.channel_axis()] = -1
+        y = y + a.b.reshape(shape)
+    return y
+
+
+def _transpose_by_lhs_dilation(a: Any) -> jax.Array:
+    spec, n, g = a.spec, a.spec.n, a.spec.groups
+    w = a.w if not spec.channels_last else jnp.moveaxis(a.w, (n + 1, n), (0, 1))  # (C_in, C_out/g, *K)
+    c_in, out_per_group, *k = w.shape
+    w = w.reshape(g, c_in // g, out_per_group, *k).swapaxes(1, 2).reshape(g * out_per_group, c_in // g, *k)
+    w = jnp.flip(w, axis=tuple(range(2, 2 + n)))
+    lhs = (0, spec.channel_axis()) + spec.spatial_axes()
+    dn = jax.lax.ConvDimensionNumbers(lhs, tuple(range(n + 2)), lhs)
+    pads = [(d * (kk - 1) - lo, d * (kk - 1) - hi + p)
+            for kk, d, (lo, hi), p in zip(k, spec.dilation, a.pads, a.output_padding)]
+    return jax.lax.conv_general_dilated(a.x, w, (1,) * n, pads, lhs_dilation=spec.stride,
+                                        rhs_dilation=spec.dilation, dimension_numbers=dn,
+                                        feature_group_count=g)
+
+
+def _transpose_by_autodiff(a: Any) -> jax.Array:
+    spec = a.spec
+
+    def forward(z):
+        return conv(z, a.w, stride=spec.stride, padding=a.pads, dilation=spec.dilation,
+                    groups=spec.groups, padding_mode=a.padding_mode,
+                    channels_last=spec.channels_last)
+
+    y, pullback = jax.vjp(forward, jnp.zeros(a.out_shape, a.x.dtype))
+    widths = [(0, 0)] * y.ndim
+    for axis in spec.spatial_axes():
+        widths[axis] = (0, y.shape[axis] - a.x.shape[axis])
+    return pullback(jnp.pad(a.x, widths))[0]
