@@ -482,3 +482,156 @@ def normalize_conv_transpose(x: Any, w: Any, b: Any, *, stride: Any, padding: An
 
     return ConvTransposeArgs(x, w, b, spec, padding_mode, pads, output_padding,
                              shaped(out_sizes), shaped(core_sizes), impl)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """A pooling's static configuration, canonical and hashable.
+
+    ``padding`` holds ``(lo, hi)`` per spatial axis: the user's symmetric padding, ``hi``
+    grown by ceil_mode's overhang so that every window fits the padded input. ``in_sizes``
+    are the input's spatial sizes (the VJPs rebuild the input shape from them).
+    """
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: Pads
+    in_sizes: tuple[int, ...]
+    channels_last: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.window)
+
+    def spatial_axes(self) -> tuple[int, ...]:
+        first = 1 if self.channels_last else 2
+        return tuple(range(first, first + self.n))
+
+    def out_sizes(self) -> tuple[int, ...]:
+        """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1`` per axis."""
+        return tuple(conv_output_size(length, k, s, d, lo, hi) for length, k, s, d, (lo, hi)
+                     in zip(self.in_sizes, self.window, self.stride, self.dilation, self.padding))
+
+
+def pool_output_size(length: int, window: int, stride: int, dilation: int, pad: int,
+                     ceil_mode: bool) -> int:
+    """PyTorch's ``pooling_output_shape``: ``⌊(L + 2p − d(K−1) − 1 [+ s − 1]) / s⌋ + 1``, the
+    ``s − 1`` with ceil_mode, whose last window must start inside the input or the left padding:
+    ``if ceil_mode and (out − 1)·s ≥ L + p: out −= 1``. May be ≤ 0 (the caller rejects it)."""
+    span = length + 2 * pad - dilated_size(window, dilation) + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and out > 0 and (out - 1) * stride >= length + pad:
+        out -= 1
+    return out
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool; got {value!r}")
+    return bool(value)
+
+
+def check_pool_input(x: Any, channels_last: Any, op: str) -> tuple[jax.Array, bool]:
+    """``x`` a float array ``(N, C, *S)`` / ``(N, *S, C)`` with at least one spatial axis."""
+    x = as_float_array(x, "x")
+    channels_last = check_bool(channels_last, "channels_last")
+    if x.ndim < 3:
+        raise ValueError(f"x: {op} expects at least 3 dimensions {layout_text(1, channels_last)} "
+                         f"(a batch axis, a channel axis, one or more spatial axes); "
+                         f"got shape {tuple(x.shape)}")
+    return x, channels_last
+
+
+def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: Any = 1,
+                   ceil_mode: Any = False, channels_last: Any = False,
+                   op: str = "max_pool") -> tuple[jax.Array, PoolSpec]:
+    """Validate ``max_pool`` / ``avg_pool`` arguments (PyTorch's rules); see ``jaxcnn.pool``."""
+    x, channels_last = check_pool_input(x, channels_last, op)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode")
+    n = x.ndim - 2
+    window = int_tuple(window, n, "window")
+    stride = window if stride is None else int_tuple(stride, n, "stride")
+    dilation = int_tuple(dilation, n, "dilation")
+    if isinstance(padding, str):
+        raise TypeError(f"padding: {op} takes integer padding only (an int or {n} ints); "
+                        f"got {padding!r}")
+    pads = int_tuple(padding, n, "padding", minimum=0)
+    first = 1 if channels_last else 2
+    in_sizes = tuple(int(s) for s in x.shape[first:first + n])
+    pairs = []
+    for axis, (length, k, s, d, p) in enumerate(zip(in_sizes, window, stride, dilation, pads)):
+        extent = dilated_size(k, d)
+        if p > extent // 2:
+            raise ValueError(f"padding: expected at most half the dilated window ({extent} // 2 = "
+                             f"{extent // 2}: window {k}, dilation {d}) on spatial axis {axis}; "
+                             f"got {p}")
+        out = pool_output_size(length, k, s, d, p, ceil_mode)
+        if out < 1:
+            raise ValueError(f"window: output size {out} on spatial axis {axis} is too small: window "
+                             f"extent {extent} (size {k}, dilation {d}) does not fit the input size "
+                             f"{length} + padding {p} + {p}; expected an output size >= 1")
+        pairs.append((p, max(p, (out - 1) * s + extent - length - p)))
+    return x, PoolSpec(window, stride, dilation, tuple(pairs), in_sizes, channels_last)
+
+
+# ----------------------------------------------------------------------------- layers (jaxcnn.nn)
+
+def positive_int(value: Any, name: str) -> int:
+    """One int ``>= 1`` (bools refused)."""
+    if not _is_int(value):
+        raise TypeError(f"{name}: expected a positive int; got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{name}: expected a positive int; got {value!r}")
+    return int(value)
+
+
+def kernel_tuple(value: Any, name: str = "kernel") -> tuple[int, ...]:
+    """A kernel size as a tuple of positive ints; its length is the number of spatial axes."""
+    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) == 0
+            or not all(_is_int(v) for v in value)):
+        raise TypeError(f"{name}: expected a non-empty tuple of ints, one per spatial axis (use "
+                        f"Conv1d/Conv2d/Conv3d to pass an int); got {value!r}")
+    if any(int(v) < 1 for v in value):
+        raise ValueError(f"{name}: expected every kernel size >= 1; got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def layer_input_shape(shape: Any, n: int | None, layer: str, channels_last: bool) -> tuple[int, ...]:
+    """A layer's ``input_shape``: ints, with ``n`` spatial axes (``None``: any number)."""
+    if (not isinstance(shape, Sequence) or isinstance(shape, str)
+            or not all(_is_int(v) and int(v) >= 0 for v in shape)):
+        raise TypeError(f"input_shape: {layer} expects a tuple of non-negative ints; got {shape!r}")
+    shape = tuple(int(v) for v in shape)
+    if (n is None and len(shape) < 2) or (n is not None and len(shape) != n + 2):
+        rank = "at least 2" if n is None else str(n + 2)
+        layout = "(N, F)" if n == 0 else layout_text(n or 1, channels_last)
+        raise ValueError(f"input_shape: {layer} expects {rank} dimensions {layout}; got {shape}")
+    return shape
+
+
+def check_groups(groups: int, channels: int, out_channels: int | None) -> None:
+    """``groups`` must divide the input channels (and the output channels, if any)."""
+    if channels % groups:
+        raise ValueError(f"groups: expected a divisor of the {channels} input channels; got {groups}")
+    if out_channels is not None and out_channels % groups:
+        raise ValueError(f"groups: expected a divisor of out_channels={out_channels}; got {groups}")
+
+
+def drop_rate(value: Any, name: str = "rate") -> float:
+    """A drop probability in ``[0, 1)``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name}: expected a float drop probability in [0, 1); got {value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name}: expected a drop probability in [0, 1); got {value!r}")
+    return float(value)
+
+
+def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
+    """``axis`` of an ``ndim``-d shape, negatives counted from the end, not the batch axis 0."""
+    if not _is_int(axis) or not (-ndim <= int(axis) < ndim) or int(axis) % ndim == 0:
+        raise ValueError(f"{name}: expected a non-batch axis in [1, {ndim}) or [{-ndim + 1}, 0) "
+                         f"of a {ndim}-d shape; got {axis!r}")
+    return int(axis) % ndim

@@ -1,0 +1,386 @@
+r"""N-D max, average and global average pooling with hand-written VJPs (PyTorch's semantics).
+
+One generic code path, as ``conv``'s ``impl="manual"``: a static loop over window offsets
+``k`` (row-major over the n spatial axes) of strided slices of the padded input,
+``x_pad[i·s + k·d]`` for every output position ``i`` (``s`` stride, ``d`` dilation), and in
+the VJPs the same slices placed back with ``lax.pad`` (interior padding = the stride's holes).
+Channels first (``(N, C, *S)``) or last (``(N, *S, C)``); 1, 2, 3 or more spatial axes.
+
+Max pooling (``torch.nn.functional.max_pool{1,2,3}d``)::
+
+    y[i] = max_k x_pad[i·s + k·d]            (padding never wins: it is −∞, and skipped)
+    a[i] = PyTorch's argmax: scan the real taps in row-major order, keep the tap whose value
+           is > the running max or is NaN (so ties go to the FIRST maximum, and a NaN is the
+           maximum and propagates; among several NaNs PyTorch's scan keeps the LAST one)
+    dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]   (each output's gradient to its argmax)
+
+``y`` is ``x`` gathered at the argmax: ``y = gather(x, a)``, linear in ``x`` for a fixed ``a``
+(piecewise constant in ``x``, so it has no derivative). The VJP of ``gather(·, a)`` is
+``scatter(·, a)`` (adjoint: ``⟨gather(x, a), g⟩ = ⟨x, scatter(g, a)⟩``) and vice versa: the
+pair is closed under differentiation, to any order.
+
+Average pooling (``torch.nn.functional.avg_pool{1,2,3}d``)::
+
+    y[i] = (Σ_k x_pad[i·s + k]) / c[i]      c[i] = Π_axes count_axis(i)
+    dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]
+
+PyTorch's divisor, per axis, with ``start = i·s − p``: ``min(start + K, L + p) − start`` when
+``count_include_pad`` (the symmetric padding counts, ceil_mode's overhang does not), else the
+number of real samples ``min(start + K, L) − max(start, 0)``. The op is linear, and its VJP
+(``avg_pool_transpose``) and the VJP of that (``avg_pool`` again) are each other's adjoints.
+
+Global average pooling (``adaptive_avg_pool{1,2,3}d`` to size 1): ``y[n, c] = mean_S x``,
+VJP ``dx[n, c, j] = dy[n, c] / |S|``, its adjoint the mean again.
+
+``jax.jvp`` (forward mode) is not defined on a ``custom_vjp``; use reverse mode.
+"""
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn._args import PoolSpec, check_bool, check_pool_input, dilated_size, normalize_pool
+
+# ----------------------------------------------------------------------------- shape helpers
+
+
+def _offsets(window: tuple[int, ...]):
+    """Window offsets ``k`` in row-major order (PyTorch's scan order)."""
+    return itertools.product(*(range(k) for k in window))
+
+
+def _out_shape(shape: tuple[int, ...], spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with its spatial sizes replaced by ``sizes``."""
+    out = list(shape)
+    for axis, size in zip(spec.spatial_axes(), sizes):
+        out[axis] = size
+    return tuple(out)
+
+
+def _spatial_array(per_axis: list[np.ndarray], spec: PoolSpec, ndim: int) -> np.ndarray:
+    """The outer product (``&`` for bools, ``*`` for counts) of one vector per spatial axis,
+    shaped to broadcast against an activation of rank ``ndim`` in the spec's layout."""
+    result = np.ones([1] * ndim, dtype=per_axis[0].dtype)
+    for axis, values in zip(spec.spatial_axes(), per_axis):
+        shape = [1] * ndim
+        shape[axis] = values.size
+        result = result * values.reshape(shape)
+    return result
+
+
+def _real_taps(spec: PoolSpec, offset: tuple[int, ...], ndim: int) -> np.ndarray | None:
+    """Where tap ``k`` of output ``i`` reads a real sample, ``0 ≤ i·s + k·d − lo < L``, as a
+    static bool mask; None if it always does."""
+    masks = []
+    for k, o, s, d, length, (lo, _) in zip(offset, spec.out_sizes(), spec.stride, spec.dilation,
+                                          spec.in_sizes, spec.padding):
+        position = np.arange(o) * s + k * d - lo
+        masks.append((position >= 0) & (position < length))
+    if all(m.all() for m in masks):
+        return None
+    return _spatial_array(masks, spec, ndim).astype(bool)
+
+
+def avg_divisor(spec: PoolSpec, count_include_pad: bool, ndim: int) -> np.ndarray:
+    """PyTorch's ``avg_pool`` divisor per output position (see the module docstring)."""
+    counts = []
+    for k, o, s, length, (p, _) in zip(spec.window, spec.out_sizes(), spec.stride,
+                                      spec.in_sizes, spec.padding):
+        start = np.arange(o) * s - p
+        if count_include_pad:
+            counts.append(np.minimum(start + k, length + p) - start)
+        else:
+            counts.append(np.minimum(start + k, length) - np.maximum(start, 0))
+    return _spatial_array(counts, spec, ndim)
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+def _pad(a: jax.Array, spec: PoolSpec, pads, value, interior=None) -> jax.Array:
+    config = [(0, 0, 0)] * a.ndim
+    for i, axis in enumerate(spec.spatial_axes()):
+        config[axis] = (pads[i][0], pads[i][1], 0 if interior is None else interior[i])
+    return jax.lax.pad(a, jnp.asarray(value, a.dtype), config)
+
+
+def _window(spec: PoolSpec, offset, ndim: int) -> tuple[slice, ...]:
+    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
+    index = [slice(None)] * ndim
+    for axis, k, o, s, d in zip(spec.spatial_axes(), offset, spec.out_sizes(), spec.stride,
+                                spec.dilation):
+        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s)
+    return tuple(index)
+
+
+def _place(part: jax.Array, spec: PoolSpec, offset) -> jax.Array:
+    """The adjoint of ``_window``: ``part[i]`` put at ``x_pad[k·d + i·s]``, zeros elsewhere
+    (``k·d`` before, ``s − 1`` between samples, the rest of the padded size after)."""
+    pads = [(k * d, length + lo + hi - k * d - dilated_size(o, s))
+            for k, d, length, (lo, hi), o, s in zip(offset, spec.dilation, spec.in_sizes,
+                                                    spec.padding, spec.out_sizes(), spec.stride)]
+    return _pad(part, spec, pads, 0, [s - 1 for s in spec.stride])
+
+
+def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
+    """``dx = crop(Σ_k place_k(select(k, g)))``: every output's share sent back to the taps
+    that read it, the padding cropped off."""
+    dx_pad = None
+    for flat, offset in enumerate(_offsets(spec.window)):
+        part = _place(select(flat, g), spec, offset)
+        dx_pad = part if dx_pad is None else dx_pad + part
+    return _pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding], 0)
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+
+def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]:
+    """PyTorch's scan (``aten/src/ATen/native/cpu/MaxPoolKernel.cpp``): over the real taps in
+    row-major order, the first one starts the running max, later ones replace it when
+    ``value > max or isnan(value)``. Returns ``(max, flat offset of the argmax)``; a window of
+    padding only gives ``(−∞, −1)``. No derivative is taken through this function."""
+    x_pad = _pad(x, spec, spec.padding, -jnp.inf)
+    shape = _out_shape(x.shape, spec, spec.out_sizes())
+    best = jnp.full(shape, -jnp.inf, x.dtype)
+    argmax = jnp.full(shape, -1, jnp.int32)
+    for flat, offset in enumerate(_offsets(spec.window)):
+        value = x_pad[_window(spec, offset, x.ndim)]
+        take = (value > best) | jnp.isnan(value) | (argmax < 0)
+        real = _real_taps(spec, offset, x.ndim)
+        if real is not None:
+            take = take & real
+        best = jnp.where(take, value, best)
+        argmax = jnp.where(take, flat, argmax)
+    return best, argmax
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def max_pool_gather(x: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``y[i] = x_pad[i·s + a[i]·d]`` (0 where ``a[i] = −1``): ``x`` read at the argmax."""
+    x_pad = _pad(x, spec, spec.padding, 0)
+    y = jnp.zeros(_out_shape(x.shape, spec, spec.out_sizes()), x.dtype)
+    for flat, offset in enumerate(_offsets(spec.window)):
+        y = jnp.where(argmax == flat, x_pad[_window(spec, offset, x.ndim)], y)
+    return y
+
+
+def _max_pool_gather_fwd(x, argmax, spec):
+    return max_pool_gather(x, argmax, spec), argmax
+
+
+def _max_pool_gather_bwd(spec, argmax, ct):
+    # Linear in x: ⟨gather(x, a), ct⟩ = ⟨x, scatter(ct, a)⟩. The integer argmax gets no cotangent.
+    return max_pool_scatter(ct, argmax, spec), None
+
+
+max_pool_gather.defvjp(_max_pool_gather_fwd, _max_pool_gather_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's gradient to its argmax."""
+    return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
+
+
+def _max_pool_scatter_fwd(dy, argmax, spec):
+    return max_pool_scatter(dy, argmax, spec), argmax
+
+
+def _max_pool_scatter_bwd(spec, argmax, ct):
+    # Linear in dy: ⟨scatter(dy, a), ct⟩ = ⟨dy, gather(ct, a)⟩.
+    return max_pool_gather(ct, argmax, spec), None
+
+
+max_pool_scatter.defvjp(_max_pool_scatter_fwd, _max_pool_scatter_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_core(x: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``y[i] = max_k x_pad[i·s + k·d]`` over the real taps (PyTorch's NaN rule)."""
+    return max_pool_argmax(x, spec)[0]
+
+
+def _max_pool_core_fwd(x, spec):
+    # y = gather(x, a) with a = argmax(x) held fixed (the max is piecewise linear in x), so
+    # the derivative of y at any order goes through the gather/scatter pair.
+    _, argmax = max_pool_argmax(x, spec)
+    y = jnp.where(argmax < 0, jnp.asarray(-jnp.inf, x.dtype), max_pool_gather(x, argmax, spec))
+    return y, argmax
+
+
+def _max_pool_core_bwd(spec, argmax, dy):
+    # dx = scatter(dy, a): each output's gradient lands on its (first) maximum.
+    return (max_pool_scatter(dy, argmax, spec),)
+
+
+max_pool_core.defvjp(_max_pool_core_fwd, _max_pool_core_bwd)
+
+
+# ----------------------------------------------------------------------------- avg pooling
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def avg_pool_core(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``."""
+    x_pad = _pad(x, spec, spec.padding, 0)
+    total = None
+    for offset in _offsets(spec.window):
+        part = x_pad[_window(spec, offset, x.ndim)]
+        total = part if total is None else total + part
+    return total / jnp.asarray(avg_divisor(spec, count_include_pad, x.ndim), x.dtype)
+
+
+def _avg_pool_core_fwd(x, spec, count_include_pad):
+    return avg_pool_core(x, spec, count_include_pad), None
+
+
+def _avg_pool_core_bwd(spec, count_include_pad, _, dy):
+    # Linear: ⟨avg_pool(x), dy⟩ = ⟨x, avg_pool_transpose(dy)⟩, dy / c spread over each window.
+    return (avg_pool_transpose(dy, spec, count_include_pad),)
+
+
+avg_pool_core.defvjp(_avg_pool_core_fwd, _avg_pool_core_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+    """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input."""
+    g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
+    return _spread(g, spec, lambda flat, share: share)
+
+
+def _avg_pool_transpose_fwd(dy, spec, count_include_pad):
+    return avg_pool_transpose(dy, spec, count_include_pad), None
+
+
+def _avg_pool_transpose_bwd(spec, count_include_pad, _, ct):
+    # The adjoint of the adjoint: avg_pool itself.
+    return (avg_pool_core(ct, spec, count_include_pad),)
+
+
+avg_pool_transpose.defvjp(_avg_pool_transpose_fwd, _avg_pool_transpose_bwd)
+
+
+# ----------------------------------------------------------------------------- global avg
+
+
+def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, ...]:
+    return tuple(range(1, ndim - 1)) if channels_last else tuple(range(2, ndim))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def global_avg_pool_core(x: jax.Array, in_sizes: tuple[int, ...], channels_last: bool) -> jax.Array:
+    """``y[n, c] = Σ_j x[n, c, j] / |S|``."""
+    return jnp.mean(x, axis=_spatial_axes(x.ndim, channels_last))
+
+
+def _global_avg_pool_fwd(x, in_sizes, channels_last):
+    return global_avg_pool_core(x, in_sizes, channels_last), None
+
+
+def _global_avg_pool_bwd(in_sizes, channels_last, _, dy):
+    # dx[n, c, j] = dy[n, c] / |S|: the mean's gradient, spread evenly.
+    return (global_avg_pool_transpose(dy, in_sizes, channels_last),)
+
+
+global_avg_pool_core.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def global_avg_pool_transpose(dy: jax.Array, in_sizes: tuple[int, ...],
+                              channels_last: bool) -> jax.Array:
+    """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over the spatial sizes ``in_sizes``."""
+    n, c = dy.shape
+    shape = (n, *in_sizes, c) if channels_last else (n, c, *in_sizes)
+    axes = _spatial_axes(len(shape), channels_last)
+    g = jnp.expand_dims(dy / jnp.asarray(np.prod(in_sizes), dy.dtype), axes)
+    return jnp.broadcast_to(g, shape)
+
+
+def _global_avg_pool_transpose_fwd(dy, in_sizes, channels_last):
+    return global_avg_pool_transpose(dy, in_sizes, channels_last), None
+
+
+def _global_avg_pool_transpose_bwd(in_sizes, channels_last, _, ct):
+    # The adjoint of the even spread is the mean.
+    return (global_avg_pool_core(ct, in_sizes, channels_last),)
+
+
+global_avg_pool_transpose.defvjp(_global_avg_pool_transpose_fwd, _global_avg_pool_transpose_bwd)
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
+             dilation: Any = 1, ceil_mode: bool = False, channels_last: bool = False) -> jax.Array:
+    """N-D max pooling, as ``torch.nn.functional.max_pool{1,2,3}d``.
+
+    ``y[n, c, i] = max_k x[n, c, i·stride + k·dilation − padding]`` over the window offsets
+    ``k`` whose sample is inside ``x`` (padding is −∞). Output size per axis:
+    ``⌊(L + 2·padding − dilation·(window − 1) − 1 [+ stride − 1 with ceil_mode]) / stride⌋ + 1``,
+    less one if ceil_mode's last window would start in the right padding (PyTorch).
+    The gradient goes to the first maximal element of each window in row-major order; a NaN
+    is the maximum (it propagates) and takes the gradient (the last NaN, as PyTorch's scan).
+
+    Args:
+      x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; spatial axes ``x.ndim − 2``.
+      window: an int or one int per spatial axis, each ≥ 1.
+      stride: as window; None means ``stride = window``.
+      padding: an int or one int per axis, at most half the dilated window
+        ``(dilation·(window − 1) + 1) // 2`` (PyTorch further asks ``padding ≤ window // 2``).
+      dilation: spacing of the window's taps, ≥ 1.
+      ceil_mode: round the output size up instead of down.
+      channels_last: TensorFlow/Flax layout instead of PyTorch's.
+
+    Returns:
+      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; reverse-mode differentiable to any order.
+    """
+    x, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
+                             channels_last=channels_last, op="max_pool")
+    return max_pool_core(x, spec)
+
+
+def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
+             ceil_mode: bool = False, count_include_pad: bool = True,
+             channels_last: bool = False) -> jax.Array:
+    """N-D average pooling, as ``torch.nn.functional.avg_pool{1,2,3}d``.
+
+    ``y[n, c, i] = Σ_k x_pad[n, c, i·stride + k] / c[i]`` (zero padding). The divisor ``c[i]``
+    is the window's size clipped to the padded input ``[−p, L + p)`` (``count_include_pad``,
+    ceil_mode's overhang never counts) or the number of real samples in it. Output size as
+    ``max_pool`` without dilation.
+
+    Args:
+      x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``.
+      window, stride, padding, ceil_mode, channels_last: as ``max_pool`` (padding ≤ window // 2).
+      count_include_pad: whether the zero padding counts in the divisor.
+
+    Returns:
+      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; reverse-mode differentiable to any order.
+    """
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
+    x, spec = normalize_pool(x, window, stride, padding, ceil_mode=ceil_mode,
+                             channels_last=channels_last, op="avg_pool")
+    return avg_pool_core(x, spec, count_include_pad)
+
+
+def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
+    """Mean over every spatial axis, ``(N, C, *S) → (N, C)``, as PyTorch's
+    ``adaptive_avg_pool{1,2,3}d(x, 1)`` flattened: ``y[n, c] = Σ_j x[n, c, j] / |S|``.
+
+    Args:
+      x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; every spatial size ≥ 1.
+    """
+    x, channels_last = check_pool_input(x, channels_last, "global_avg_pool")
+    in_sizes = tuple(x.shape[a] for a in _spatial_axes(x.ndim, channels_last))
+    if 0 in in_sizes:
+        raise ValueError(f"x: global_avg_pool expects every spatial size >= 1 (the mean of "
+                         f"nothing is undefined); got shape {tuple(x.shape)}")
+    return global_avg_pool_core(x, in_sizes, channels_last)
