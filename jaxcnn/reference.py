@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import normalize_conv_transpose
+from jaxcnn._args import check_bool, check_pool_input, normalize_pool
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -131,3 +132,58 @@ def _transpose_by_autodiff(a: Any) -> jax.Array:
     for axis in spec.spatial_axes():
         widths[axis] = (0, y.shape[axis] - a.x.shape[axis])
     return pullback(jnp.pad(a.x, widths))[0]
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _pool_window(spec: Any, ndim: int, per_axis: tuple[int, ...], fill: int) -> tuple[int, ...]:
+    """A per-dimension ``reduce_window`` argument: ``per_axis`` on the spatial axes, else ``fill``."""
+    full = [fill] * ndim
+    for axis, value in zip(spec.spatial_axes(), per_axis):
+        full[axis] = value
+    return tuple(full)
+
+
+def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *, dilation: Any = 1,
+             ceil_mode: bool = False, channels_last: bool = False) -> jax.Array:
+    """``jaxcnn.max_pool`` as one ``lax.reduce_window(max)`` over −∞ padding. Its autodiff may
+    break ties (and NaNs) differently from PyTorch's first-maximum rule: compare on tie-free data."""
+    x, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
+                             channels_last=channels_last, op="max_pool")
+    return jax.lax.reduce_window(
+        x, jnp.asarray(-jnp.inf, x.dtype), jax.lax.max, _pool_window(spec, x.ndim, spec.window, 1),
+        _pool_window(spec, x.ndim, spec.stride, 1), _pool_window(spec, x.ndim, spec.padding, (0, 0)),
+        window_dilation=_pool_window(spec, x.ndim, spec.dilation, 1))
+
+
+def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
+             ceil_mode: bool = False, count_include_pad: bool = True,
+             channels_last: bool = False) -> jax.Array:
+    """``jaxcnn.avg_pool`` as ``reduce_window(add)`` of ``x`` over zero padding, divided by the
+    same window sum over a ones array: padded with ones on the symmetric padding (when it
+    counts) and zeros on ceil_mode's overhang, which never counts (PyTorch)."""
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
+    x, spec = normalize_pool(x, window, stride, padding, ceil_mode=ceil_mode,
+                             channels_last=channels_last, op="avg_pool")
+    dims = _pool_window(spec, x.ndim, spec.window, 1)
+    strides = _pool_window(spec, x.ndim, spec.stride, 1)
+    total = jax.lax.reduce_window(x, jnp.asarray(0, x.dtype), jax.lax.add, dims, strides,
+                                  _pool_window(spec, x.ndim, spec.padding, (0, 0)))
+    ones = jnp.ones(x.shape, x.dtype)
+    if count_include_pad:
+        ones = jnp.pad(ones, _pool_window(spec, x.ndim, tuple((lo, lo) for lo, _ in spec.padding),
+                                          (0, 0)), constant_values=1)
+        pads = tuple((0, hi - lo) for lo, hi in spec.padding)
+    else:
+        pads = spec.padding
+    count = jax.lax.reduce_window(ones, jnp.asarray(0, x.dtype), jax.lax.add, dims, strides,
+                                  _pool_window(spec, x.ndim, pads, (0, 0)))
+    return total / count
+
+
+def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
+    """``jaxcnn.global_avg_pool`` as ``jnp.mean`` over the spatial axes."""
+    x, channels_last = check_pool_input(x, channels_last, "global_avg_pool")
+    axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
+    return jnp.mean(x, axis=axes)
