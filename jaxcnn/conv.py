@@ -36,6 +36,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax._src import dispatch  # eager evaluation of a primitive through its lowering
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from jaxcnn import padding as _padding
 from jaxcnn._args import (ConvArgs, ConvSpec, Pads, check_cotangent, dilated_size, normalize_conv,
@@ -245,97 +249,157 @@ _IMPLS = {
     "manual": (_manual_conv, _manual_input_grad, _manual_weight_grad),
 }
 # ----------------------------------------------------------------------------- the VJP family
-# Three bilinear ops, each with a custom_vjp written in terms of the three; spec, impl and the
-# shape to rebuild are static. The cotangent of an operand always has the operand's dtype.
+# The three bilinear maps are JAX primitives whose derivative rules are written here by hand:
+#
+#   JVP (bilinear):  d conv(x, w)          = conv(dx, w) + conv(x, dw),  and alike for the others
+#   transposes (the VJPs), from ⟨conv(x, w), δ⟩ = ⟨x, input_grad(δ, w)⟩ = ⟨w, weight_grad(x, δ)⟩:
+#     conv:         x̄ = input_grad(δ, w)       w̄ = weight_grad(x, δ)
+#     input_grad:   δ̄ = conv(c, w)             w̄ = weight_grad(c, δ)     (c: cotangent of dx)
+#     weight_grad:  x̄ = input_grad(δ, c)       δ̄ = conv(x, c)            (c: cotangent of dw)
+#
+# So reverse mode (jax.grad, jax.vjp) runs the hand-written transposes, grad-of-grad transposes
+# them again, and forward-over-reverse (jax.hessian, jax.jvp, jax.jacfwd) applies the JVP to
+# them: every order stays inside these rules. Each primitive lowers to its impl ("lax": one
+# conv_general_dilated; "manual": slices and einsums). Static parameters: the spec, the impl
+# and the shape to rebuild. A cotangent always has its primal's dtype.
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
-    """Zero-padded correlation ``y[i] = Σ_k w[k] · x_pad[i·s + k·d]``, no bias."""
+def _make_primitive(name: str, compute, out_aval):
+    prim = Primitive(f"jaxcnn_{name}")
+    prim.def_impl(partial(dispatch.apply_primitive, prim))
+    prim.def_abstract_eval(out_aval)
+    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
+    return prim
+
+
+def _conv_compute(x, w, *, spec, impl, shape):
     return _IMPLS[impl][0](x, w, spec)
 
 
-def _conv_core_fwd(x, w, spec, impl):
-    return conv_core(x, w, spec, impl), (x, w)
+def _input_grad_compute(dy, w, *, spec, impl, shape):
+    if 0 in dy.shape:
+        return jnp.zeros(shape, w.dtype)
+    return _IMPLS[impl][1](dy, w, spec, shape).astype(w.dtype)
 
 
-def _conv_core_bwd(spec, impl, residuals, dy):
-    # dx = input_grad(dy, w)   (dy sent back through the flipped kernel)
-    # dw = weight_grad(x, dy)  (the input correlated with dy)
-    x, w = residuals
-    return (input_grad_core(dy, w, spec, impl, x.shape),
-            weight_grad_core(x, dy, spec, impl, w.shape))
+def _weight_grad_compute(x, dy, *, spec, impl, shape):
+    if 0 in x.shape or 0 in dy.shape:
+        return jnp.zeros(shape, x.dtype)
+    return _IMPLS[impl][2](x, dy, spec, shape).astype(x.dtype)
 
 
-conv_core.defvjp(_conv_core_fwd, _conv_core_bwd)
+conv_p = _make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
+    shape, _acc_dtype(spec, x.dtype)))
+input_grad_p = _make_primitive("conv_input_grad", _input_grad_compute,
+                               lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype))
+weight_grad_p = _make_primitive("conv_weight_grad", _weight_grad_compute,
+                                lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_shape(x_shape, w_shape, spec: ConvSpec) -> tuple[int, ...]:
+    out = output_sizes(spatial_sizes(x_shape, spec), kernel_sizes(w_shape, spec), spec)
+    channels = w_shape[spec.kernel_io_axes()[0]]
+    return (x_shape[0], *out, channels) if spec.channels_last else (x_shape[0], channels, *out)
+
+
+def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
+    """Zero-padded correlation ``y[i] = Σ_k w[k] · x_pad[i·s + k·d]``, no bias."""
+    return conv_p.bind(x, w, spec=spec, impl=impl, shape=_conv_shape(x.shape, w.shape, spec))
+
+
 def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,
                     in_shape: tuple[int, ...]) -> jax.Array:
     """``dx[j] = Σ_{i·s + k·d = j + lo} w[k]ᵀ · dy[i]``, shaped as the input ``in_shape``."""
-    if 0 in dy.shape:
-        return jnp.zeros(in_shape, w.dtype)
-    return _IMPLS[impl][1](dy, w, spec, in_shape).astype(w.dtype)
+    return input_grad_p.bind(dy, w, spec=spec, impl=impl, shape=tuple(in_shape))
 
 
-def _input_grad_fwd(dy, w, spec, impl, in_shape):
-    return input_grad_core(dy, w, spec, impl, in_shape), (dy, w)
-
-
-def _input_grad_bwd(spec, impl, in_shape, residuals, ct):
-    # input_grad is ⟨·, ·⟩-adjoint to conv in its first slot: ⟨conv(c, w), dy⟩ = ⟨c, input_grad(dy, w)⟩.
-    # So   d/d dy ⟨ct, input_grad(dy, w)⟩ = conv(ct, w)
-    # and  d/d w  ⟨ct, input_grad(dy, w)⟩ = weight_grad(ct, dy).
-    dy, w = residuals
-    return (conv_core(ct.astype(w.dtype), w, spec, impl).astype(dy.dtype),
-            weight_grad_core(ct.astype(w.dtype), dy, spec, impl, w.shape))
-
-
-input_grad_core.defvjp(_input_grad_fwd, _input_grad_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def weight_grad_core(x: jax.Array, dy: jax.Array, spec: ConvSpec, impl: str,
                      w_shape: tuple[int, ...]) -> jax.Array:
     """``dw[k] = Σ_n Σ_i dy[n, i] ⊗ x_pad[n, i·s + k·d]``, shaped as the kernel ``w_shape``."""
-    if 0 in x.shape or 0 in dy.shape:
-        return jnp.zeros(w_shape, x.dtype)
-    return _IMPLS[impl][2](x, dy, spec, w_shape).astype(x.dtype)
+    return weight_grad_p.bind(x, dy, spec=spec, impl=impl, shape=tuple(w_shape))
 
 
-def _weight_grad_fwd(x, dy, spec, impl, w_shape):
-    return weight_grad_core(x, dy, spec, impl, w_shape), (x, dy)
+def _as(value, dtype):
+    return value.astype(dtype) if value.dtype != dtype else value
 
 
-def _weight_grad_bwd(spec, impl, w_shape, residuals, ct):
-    # ⟨ct, weight_grad(x, dy)⟩ = ⟨conv(x, ct), dy⟩ = ⟨x, input_grad(dy, ct)⟩.
-    x, dy = residuals
-    return (input_grad_core(dy, ct.astype(x.dtype), spec, impl, x.shape),
-            conv_core(x, ct.astype(x.dtype), spec, impl).astype(dy.dtype))
+# conv: x̄ = input_grad(δ, w), w̄ = weight_grad(x, δ).
+ad.defbilinear(
+    conv_p,
+    lambda ct, x, w, *, spec, impl, shape: input_grad_core(ct, w, spec, impl, x.aval.shape),
+    lambda ct, x, w, *, spec, impl, shape: weight_grad_core(x, ct, spec, impl, w.aval.shape))
+# input_grad: δ̄ = conv(c, w), w̄ = weight_grad(c, δ).
+ad.defbilinear(
+    input_grad_p,
+    lambda ct, dy, w, *, spec, impl, shape: _as(conv_core(_as(ct, w.dtype), w, spec, impl), dy.aval.dtype),
+    lambda ct, dy, w, *, spec, impl, shape: weight_grad_core(ct, dy, spec, impl, w.aval.shape))
+# weight_grad: x̄ = input_grad(δ, c), δ̄ = conv(x, c).
+ad.defbilinear(
+    weight_grad_p,
+    lambda ct, x, dy, *, spec, impl, shape: input_grad_core(dy, ct, spec, impl, x.aval.shape),
+    lambda ct, x, dy, *, spec, impl, shape: _as(conv_core(x, _as(ct, x.dtype), spec, impl), dy.aval.dtype))
 
 
-weight_grad_core.defvjp(_weight_grad_fwd, _weight_grad_bwd)
+# vmap. A mapped axis B of the activations alone folds into the batch N. A mapped kernel folds,
+# with the activations, into the channels: B independent convs are one conv with B·groups
+# groups (channel b·C + c of the merged input belongs to group b·G + c // (C/G)).
+
+def _merge(a, axis):
+    """``a`` with its leading mapped axis folded into ``axis`` (mapped index major)."""
+    a = jnp.moveaxis(a, 0, axis)
+    return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _split(a, axis, size):
+    """Undo ``_merge``: the mapped axis comes back to the front."""
+    a = a.reshape(a.shape[:axis] + (size, a.shape[axis] // size) + a.shape[axis + 1:])
+    return jnp.moveaxis(a, axis, 0)
+
+
+def _front(a, bdim, size):
+    if bdim is None:
+        return jnp.broadcast_to(a, (size,) + a.shape)
+    return jnp.moveaxis(a, bdim, 0)
+
+
+def _scaled(shape, axis, size):
+    shape = list(shape)
+    shape[axis] *= size
+    return tuple(shape)
+
+
+def _batch_rule(prim, kernel_slot):
+    """vmap rule for one of the three: ``kernel_slot`` is the operand that is w-shaped (1 for
+    conv and input_grad; for weight_grad the output is)."""
+    def rule(args, dims, *, spec, impl, shape):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        kernel_mapped = kernel_slot is not None and dims[kernel_slot] is not None
+        if not kernel_mapped and prim is not weight_grad_p:
+            act = _merge(jnp.moveaxis(args[0], dims[0], 0), 0)
+            out_shape = _scaled(shape, 0, size)
+            out = prim.bind(act, args[1], spec=spec, impl=impl, shape=out_shape)
+            return _split(out, 0, size), 0
+        c_ax, o_ax = spec.channel_axis(), spec.kernel_io_axes()[0]
+        merged = [_merge(_front(a, d, size), o_ax if i == kernel_slot else c_ax)
+                  for i, (a, d) in enumerate(zip(args, dims))]
+        grouped = spec.replace(groups=spec.groups * size)
+        out_axis = o_ax if prim is weight_grad_p else c_ax
+        out = prim.bind(*merged, spec=grouped, impl=impl, shape=_scaled(shape, out_axis, size))
+        return _split(out, out_axis, size), 0
+    return rule
+
+
+batching.primitive_batchers[conv_p] = _batch_rule(conv_p, 1)
+batching.primitive_batchers[input_grad_p] = _batch_rule(input_grad_p, 1)
+batching.primitive_batchers[weight_grad_p] = _batch_rule(weight_grad_p, None)
+
+
 def bias_add(y: jax.Array, b: jax.Array, channel_axis: int) -> jax.Array:
-    """``y[n, o, i] + b[o]``; its VJP is ``(dy, db[o] = Σ_{n, i} dy[n, o, i])``."""
+    """``y[n, o, i] + b[o]``: a broadcast add, whose VJP ``db[o] = Σ_{n, i} dy[n, o, i]`` is
+    the reduction JAX's transpose of the broadcast gives."""
     shape = [1] * y.ndim
     shape[channel_axis] = b.shape[0]
     return y + b.astype(y.dtype).reshape(shape)
-
-
-def _bias_add_fwd(y, b, channel_axis):
-    return bias_add(y, b, channel_axis), b.dtype
-
-
-def _bias_add_bwd(channel_axis, b_dtype, dy):
-    axes = tuple(a for a in range(dy.ndim) if a != channel_axis % dy.ndim)
-    return dy, jnp.sum(dy, axis=axes).astype(b_dtype)
-
-
-bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 
 # ----------------------------------------------------------------------------- public
@@ -377,9 +441,9 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
       precision, preferred_element_type: as in ``jax.lax`` (bfloat16 in, float32 out).
 
     Returns:
-      ``y``: ``(N, O, *S_out)`` or ``(N, *S_out, O)``, differentiable to any order in reverse
-      mode through the hand-written VJPs. ``jax.jvp`` (forward mode) is not defined on a
-      ``custom_vjp``; use reverse mode.
+      ``y``: ``(N, O, *S_out)`` or ``(N, *S_out, O)``, differentiable to any order, in reverse
+      and forward mode (``jax.grad``, grad-of-grad, ``jax.hessian``, ``jax.jvp``), always
+      through the hand-written rules, and batched by ``jax.vmap``.
     """
     return apply_conv(normalize_conv(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,

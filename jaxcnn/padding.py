@@ -10,7 +10,8 @@ border indices (PyTorch's modes):
 
 Its VJP is the adjoint gather, a scatter-add: ``dx[i] = Σ_{j : idx[j] = i} g[j]``, the
 middle of ``g`` plus each border folded back onto the samples it copied. The fold is linear
-too, and its VJP is the padding again, so both are differentiable to any order.
+too, and its VJP is the padding again: two linear primitives, each the other's transpose,
+differentiable to any order in both modes.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import dispatch  # eager evaluation of a primitive through its lowering
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from jaxcnn._args import Pads
 
@@ -56,42 +61,57 @@ def _fold_axis(g: jax.Array, lo: int, hi: int, mode: str, axis: int) -> jax.Arra
     return dx.at[lead + (jnp.asarray(hi_idx, dtype=jnp.int32),)].add(g_hi)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def pad(x: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
-    """Pad ``x`` by ``pads[i] = (lo, hi)`` along ``axes[i]`` with a border ``mode``."""
+def _pad_compute(x, *, pads, mode, axes):
     for (lo, hi), axis in zip(pads, axes):
         x = _pad_axis(x, lo, hi, mode, axis)
     return x
 
 
-def _pad_fwd(x, pads, mode, axes):
-    return pad(x, pads, mode, axes), None
-
-
-def _pad_bwd(pads, mode, axes, _, g):
-    # The VJP of a gather is the scatter-add of its cotangent: fold the borders back.
-    return (fold(g, pads, mode, axes),)
-
-
-pad.defvjp(_pad_fwd, _pad_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def fold(g: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
-    """The adjoint of ``pad``: ``⟨pad(x), g⟩ = ⟨x, fold(g)⟩``; the padded borders of ``g``
-    are added back onto the samples they were copied from."""
+def _fold_compute(g, *, pads, mode, axes):
     for (lo, hi), axis in reversed(tuple(zip(pads, axes))):
         g = _fold_axis(g, lo, hi, mode, axis)
     return g
 
 
-def _fold_fwd(g, pads, mode, axes):
-    return fold(g, pads, mode, axes), None
+def _resized(shape, pads, axes, sign):
+    shape = list(shape)
+    for (lo, hi), axis in zip(pads, axes):
+        shape[axis] += sign * (lo + hi)
+    return tuple(shape)
 
 
-def _fold_bwd(pads, mode, axes, _, ct):
-    # fold is linear and its adjoint is pad.
-    return (pad(ct, pads, mode, axes),)
+def _linear_primitive(name, compute, sign):
+    prim = Primitive(f"jaxcnn_{name}")
+    prim.def_impl(partial(dispatch.apply_primitive, prim))
+    prim.def_abstract_eval(lambda x, *, pads, mode, axes: ShapedArray(
+        _resized(x.shape, pads, axes, sign), x.dtype))
+    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
+
+    def batch_rule(args, dims, *, pads, mode, axes):
+        # The mapped axis goes in front; the padded axes move one along.
+        (x,), (dim,) = args, dims
+        x = jnp.moveaxis(x, dim, 0)
+        return prim.bind(x, pads=pads, mode=mode, axes=tuple(a + 1 for a in axes)), 0
+    batching.primitive_batchers[prim] = batch_rule
+    return prim
 
 
-fold.defvjp(_fold_fwd, _fold_bwd)
+pad_p = _linear_primitive("border_pad", _pad_compute, +1)
+fold_p = _linear_primitive("border_fold", _fold_compute, -1)
+# Both are linear: JVP = the op on the tangent. The transpose of the gather is the scatter-add
+# (fold the borders back), and the transpose of the fold is the gather again.
+ad.deflinear2(pad_p, lambda ct, x, *, pads, mode, axes: [fold_p.bind(ct, pads=pads, mode=mode, axes=axes)])
+ad.deflinear2(fold_p, lambda ct, g, *, pads, mode, axes: [pad_p.bind(ct, pads=pads, mode=mode, axes=axes)])
+
+
+def pad(x: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
+    """Pad ``x`` by ``pads[i] = (lo, hi)`` along ``axes[i]`` with a border ``mode``."""
+    axes = tuple(a % x.ndim for a in axes)
+    return pad_p.bind(x, pads=tuple(map(tuple, pads)), mode=mode, axes=axes)
+
+
+def fold(g: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:
+    """The adjoint of ``pad``: ``⟨pad(x), g⟩ = ⟨x, fold(g)⟩``; the padded borders of ``g``
+    are added back onto the samples they were copied from."""
+    axes = tuple(a % g.ndim for a in axes)
+    return fold_p.bind(g, pads=tuple(map(tuple, pads)), mode=mode, axes=axes)
