@@ -14,10 +14,8 @@ Max pooling (``torch.nn.functional.max_pool{1,2,3}d``)::
            maximum and propagates; among several NaNs PyTorch's scan keeps the LAST one)
     dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]   (each output's gradient to its argmax)
 
-``y`` is ``x`` gathered at the argmax: ``y = gather(x, a)``, linear in ``x`` for a fixed ``a``
-(piecewise constant in ``x``, so it has no derivative). The VJP of ``gather(·, a)`` is
-``scatter(·, a)`` (adjoint: ``⟨gather(x, a), g⟩ = ⟨x, scatter(g, a)⟩``) and vice versa: the
-pair is closed under differentiation, to any order.
+``y`` is ``x`` read at the argmax, linear in ``x`` for a fixed ``a`` (the argmax is piecewise
+constant in ``x``: it has no derivative), so the VJP is the scatter above, linear in ``dy``.
 
 Average pooling (``torch.nn.functional.avg_pool{1,2,3}d``)::
 
@@ -26,13 +24,17 @@ Average pooling (``torch.nn.functional.avg_pool{1,2,3}d``)::
 
 PyTorch's divisor, per axis, with ``start = i·s − p``: ``min(start + K, L + p) − start`` when
 ``count_include_pad`` (the symmetric padding counts, ceil_mode's overhang does not), else the
-number of real samples ``min(start + K, L) − max(start, 0)``. The op is linear, and its VJP
-(``avg_pool_transpose``) and the VJP of that (``avg_pool`` again) are each other's adjoints.
+number of real samples ``min(start + K, L) − max(start, 0)``. The op is linear; its VJP
+(``avg_pool_transpose``) is its adjoint.
 
 Global average pooling (``adaptive_avg_pool{1,2,3}d`` to size 1): ``y[n, c] = mean_S x``,
-VJP ``dx[n, c, j] = dy[n, c] / |S|``, its adjoint the mean again.
+VJP ``dx[n, c, j] = dy[n, c] / |S|``.
 
-``jax.jvp`` (forward mode) is not defined on a ``custom_vjp``; use reverse mode.
+Each op is a ``jax.custom_vjp`` whose forward and backward are written in plain, differentiable
+``jax.numpy``/``lax`` ops (slices, ``where``, ``lax.pad``) and never call a ``custom_vjp``: the
+first derivative is the hand-written rule, and higher orders (grad-of-grad, and
+forward-over-reverse ``jax.hessian``) are JAX's exact derivative of that rule, which is linear
+in ``dy``. ``jax.jvp`` on the op itself is not defined (``custom_vjp``); use reverse mode.
 """
 from __future__ import annotations
 
@@ -160,44 +162,11 @@ def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]
     return best, argmax
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def max_pool_gather(x: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
-    """``y[i] = x_pad[i·s + a[i]·d]`` (0 where ``a[i] = −1``): ``x`` read at the argmax."""
-    x_pad = _pad(x, spec, spec.padding, 0)
-    y = jnp.zeros(_out_shape(x.shape, spec, spec.out_sizes()), x.dtype)
-    for flat, offset in enumerate(_offsets(spec.window)):
-        y = jnp.where(argmax == flat, x_pad[_window(spec, offset, x.ndim)], y)
-    return y
-
-
-def _max_pool_gather_fwd(x, argmax, spec):
-    return max_pool_gather(x, argmax, spec), argmax
-
-
-def _max_pool_gather_bwd(spec, argmax, ct):
-    # Linear in x: ⟨gather(x, a), ct⟩ = ⟨x, scatter(ct, a)⟩. The integer argmax gets no cotangent.
-    return max_pool_scatter(ct, argmax, spec), None
-
-
-max_pool_gather.defvjp(_max_pool_gather_fwd, _max_pool_gather_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
 def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
-    """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's gradient to its argmax."""
+    """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's gradient to its argmax.
+    Linear in ``dy``; its own VJP (JAX's transpose of ``where`` and ``lax.pad``) reads the
+    cotangent back at the argmax."""
     return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
-
-
-def _max_pool_scatter_fwd(dy, argmax, spec):
-    return max_pool_scatter(dy, argmax, spec), argmax
-
-
-def _max_pool_scatter_bwd(spec, argmax, ct):
-    # Linear in dy: ⟨scatter(dy, a), ct⟩ = ⟨dy, gather(ct, a)⟩.
-    return max_pool_gather(ct, argmax, spec), None
-
-
-max_pool_scatter.defvjp(_max_pool_scatter_fwd, _max_pool_scatter_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -207,11 +176,8 @@ def max_pool_core(x: jax.Array, spec: PoolSpec) -> jax.Array:
 
 
 def _max_pool_core_fwd(x, spec):
-    # y = gather(x, a) with a = argmax(x) held fixed (the max is piecewise linear in x), so
-    # the derivative of y at any order goes through the gather/scatter pair.
-    _, argmax = max_pool_argmax(x, spec)
-    y = jnp.where(argmax < 0, jnp.asarray(-jnp.inf, x.dtype), max_pool_gather(x, argmax, spec))
-    return y, argmax
+    # The argmax (int32, one per output) is all the VJP needs.
+    return max_pool_argmax(x, spec)
 
 
 def _max_pool_core_bwd(spec, argmax, dy):
@@ -225,8 +191,7 @@ max_pool_core.defvjp(_max_pool_core_fwd, _max_pool_core_bwd)
 # ----------------------------------------------------------------------------- avg pooling
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def avg_pool_core(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``."""
     x_pad = _pad(x, spec, spec.padding, 0)
     total = None
@@ -236,8 +201,14 @@ def avg_pool_core(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.
     return total / jnp.asarray(avg_divisor(spec, count_include_pad, x.ndim), x.dtype)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def avg_pool_core(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+    """``window_average`` with its hand-written VJP ``avg_pool_transpose``."""
+    return window_average(x, spec, count_include_pad)
+
+
 def _avg_pool_core_fwd(x, spec, count_include_pad):
-    return avg_pool_core(x, spec, count_include_pad), None
+    return window_average(x, spec, count_include_pad), None
 
 
 def _avg_pool_core_bwd(spec, count_include_pad, _, dy):
@@ -248,23 +219,11 @@ def _avg_pool_core_bwd(spec, count_include_pad, _, dy):
 avg_pool_core.defvjp(_avg_pool_core_fwd, _avg_pool_core_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input."""
+    """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input; linear,
+    its own VJP (JAX's transpose of ``lax.pad``: strided slices) is ``avg_pool`` again."""
     g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
     return _spread(g, spec, lambda flat, share: share)
-
-
-def _avg_pool_transpose_fwd(dy, spec, count_include_pad):
-    return avg_pool_transpose(dy, spec, count_include_pad), None
-
-
-def _avg_pool_transpose_bwd(spec, count_include_pad, _, ct):
-    # The adjoint of the adjoint: avg_pool itself.
-    return (avg_pool_core(ct, spec, count_include_pad),)
-
-
-avg_pool_transpose.defvjp(_avg_pool_transpose_fwd, _avg_pool_transpose_bwd)
 
 
 # ----------------------------------------------------------------------------- global avg
@@ -281,7 +240,7 @@ def global_avg_pool_core(x: jax.Array, in_sizes: tuple[int, ...], channels_last:
 
 
 def _global_avg_pool_fwd(x, in_sizes, channels_last):
-    return global_avg_pool_core(x, in_sizes, channels_last), None
+    return jnp.mean(x, axis=_spatial_axes(x.ndim, channels_last)), None
 
 
 def _global_avg_pool_bwd(in_sizes, channels_last, _, dy):
@@ -292,27 +251,14 @@ def _global_avg_pool_bwd(in_sizes, channels_last, _, dy):
 global_avg_pool_core.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def global_avg_pool_transpose(dy: jax.Array, in_sizes: tuple[int, ...],
                               channels_last: bool) -> jax.Array:
-    """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over the spatial sizes ``in_sizes``."""
+    """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over ``in_sizes``; its VJP is the mean."""
     n, c = dy.shape
     shape = (n, *in_sizes, c) if channels_last else (n, c, *in_sizes)
     axes = _spatial_axes(len(shape), channels_last)
     g = jnp.expand_dims(dy / jnp.asarray(np.prod(in_sizes), dy.dtype), axes)
     return jnp.broadcast_to(g, shape)
-
-
-def _global_avg_pool_transpose_fwd(dy, in_sizes, channels_last):
-    return global_avg_pool_transpose(dy, in_sizes, channels_last), None
-
-
-def _global_avg_pool_transpose_bwd(in_sizes, channels_last, _, ct):
-    # The adjoint of the even spread is the mean.
-    return (global_avg_pool_core(ct, in_sizes, channels_last),)
-
-
-global_avg_pool_transpose.defvjp(_global_avg_pool_transpose_fwd, _global_avg_pool_transpose_bwd)
 
 
 # ----------------------------------------------------------------------------- public
