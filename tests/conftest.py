@@ -1,0 +1,28 @@
+"""Suite-wide settings: float64 on, strict rank promotion, bounded hypothesis examples.
+
+Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
+
+- ``jax_enable_x64``: float64 makes VJP-vs-autodiff comparisons exact to ~1e-12.
+- ``jax_numpy_rank_promotion="raise"``: silent broadcasting fails loudly (as Equinox's suite).
+- hypothesis profile ``ci``: 15 examples, no deadline (the first call of a shape compiles).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import settings
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True,
+                          print_blob=True)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A numpy Generator seeded from the test's name: reproducible, distinct per test."""
+    seed = sum(request.node.nodeid.encode()) * 7919 % (2**32)
+    return np.random.default_rng(seed)
