@@ -1,0 +1,151 @@
+"""Named architectures for MNIST-1D, Fashion-MNIST and the moving-item clips, and
+``jaxcnn summary``.
+
+``MODELS[name](num_classes=..., impl=...)`` builds a ``jaxcnn.nn.Layer``; ``impl`` ("lax" or
+"manual") goes to every convolution. ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
+``DATASETS[name]`` the dataset the model is made for.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from jaxcnn import nn
+
+Builder = Callable[..., nn.Layer]
+
+
+def _norm_relu(channels: int, groups: int = 8) -> list[nn.Layer]:
+    return [nn.GroupNorm(min(groups, channels)), nn.ReLU()]
+
+
+def mnist1d_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
+    """The CNN of the MNIST-1D paper (Greydanus & Kobak, 2020; ``ConvBase`` in its notebook):
+    three ``Conv1d`` of 25 channels (kernels 5, 3, 3, stride 2, padding 1), ReLU, and a linear
+    layer on the flattened ``25 × 5`` maps. 5,210 parameters for 10 classes."""
+    return nn.serial(
+        nn.Conv1d(25, 5, stride=2, padding=1, impl=impl), nn.ReLU(),
+        nn.Conv1d(25, 3, stride=2, padding=1, impl=impl), nn.ReLU(),
+        nn.Conv1d(25, 3, stride=2, padding=1, impl=impl), nn.ReLU(),
+        nn.Flatten(), nn.Dense(num_classes))
+
+
+def _basic_block(conv: Callable[..., nn.Layer], channels: int, stride: int, impl: str) -> list[nn.Layer]:
+    """He et al. (2016)'s basic block with GroupNorm: conv-norm-relu-conv-norm + shortcut, relu."""
+    body = nn.serial(conv(channels, 3, stride=stride, padding=1, impl=impl, bias=False),
+                     *_norm_relu(channels),
+                     conv(channels, 3, padding=1, impl=impl, bias=False), nn.GroupNorm(min(8, channels)))
+    return [nn.Residual(body, impl=impl), nn.ReLU()]
+
+
+def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 64) -> nn.Layer:
+    """A residual 1D CNN: a kernel-5 stem of ``channels`` maps, three basic blocks (the last
+    two halve the length, 40 → 20 → 10), then the flattened maps into a linear layer.
+    Flattening (not global pooling) keeps where along the signal a feature fired."""
+    conv = nn.Conv1d
+    return nn.serial(
+        conv(channels, 5, padding=2, impl=impl, bias=False), *_norm_relu(channels),
+        *_basic_block(conv, channels, 1, impl),
+        *_basic_block(conv, channels, 2, impl),
+        *_basic_block(conv, channels, 2, impl),
+        nn.Flatten(), nn.Dense(num_classes))
+
+
+def fashion_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
+    """A small VGG-style 2D CNN: two blocks of two 3x3 convs (32 then 64 maps) with GroupNorm,
+    ReLU and 2x2 max pooling (28 → 14 → 7), then a 256-unit hidden layer with dropout."""
+    def block(channels: int) -> list[nn.Layer]:
+        return [nn.Conv2d(channels, 3, padding=1, impl=impl), *_norm_relu(channels),
+                nn.Conv2d(channels, 3, padding=1, impl=impl), *_norm_relu(channels),
+                nn.MaxPool(2)]
+    return nn.serial(*block(32), *block(64), nn.Flatten(), nn.Dropout(0.3),
+                     nn.Dense(256), nn.ReLU(), nn.Dropout(0.3), nn.Dense(num_classes))
+
+
+def fashion_resnet(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
+    """A small ResNet: a 3x3 stem of 32 maps, basic blocks of 32, 64 (stride 2) and 128
+    (stride 2) maps (28 → 14 → 7), global average pooling, a linear layer."""
+    conv = nn.Conv2d
+    return nn.serial(
+        conv(32, 3, padding=1, impl=impl, bias=False), *_norm_relu(32),
+        *_basic_block(conv, 32, 1, impl),
+        *_basic_block(conv, 64, 2, impl),
+        *_basic_block(conv, 128, 2, impl),
+        nn.GlobalAvgPool(), nn.Dense(num_classes))
+
+
+def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax") -> nn.Layer:
+    """A 3D CNN for ``(N, 1, T, H, W)`` clips: 3x3x3 convs see three frames at once, so
+    they can respond to motion. Pooling first shrinks space only (T stays 8), then all axes."""
+    return nn.serial(
+        nn.Conv3d(16, 3, padding=1, impl=impl), *_norm_relu(16), nn.MaxPool((1, 2, 2)),
+        nn.Conv3d(32, 3, padding=1, impl=impl), *_norm_relu(32), nn.MaxPool((2, 2, 2)),
+        nn.Conv3d(64, 3, padding=1, impl=impl), *_norm_relu(64), nn.MaxPool((2, 2, 2)),
+        nn.Conv3d(64, 3, padding=1, impl=impl), *_norm_relu(64),
+        nn.GlobalAvgPool(), nn.Dense(num_classes))
+
+
+def clips_frame2d(num_classes: int = 40, *, impl: str = "lax") -> nn.Layer:
+    """The baseline that cannot see motion: the same kind of 2D CNN on every frame alone, its
+    features averaged over the frames (an order-free mean), then a linear layer. It can tell
+    the item; the direction only by chance."""
+    frame = nn.serial(
+        nn.Conv2d(16, 3, padding=1, impl=impl), *_norm_relu(16), nn.MaxPool(2),
+        nn.Conv2d(32, 3, padding=1, impl=impl), *_norm_relu(32), nn.MaxPool(2),
+        nn.Conv2d(64, 3, padding=1, impl=impl), *_norm_relu(64), nn.MaxPool(2),
+        nn.Conv2d(64, 3, padding=1, impl=impl), *_norm_relu(64),
+        nn.GlobalAvgPool())
+    return nn.serial(nn.PerFrame(frame), nn.Mean(axis=1), nn.Dense(num_classes))
+
+
+MODELS: dict[str, Builder] = {
+    "mnist1d-cnn": mnist1d_cnn,
+    "mnist1d-resnet": mnist1d_resnet,
+    "fashion-cnn": fashion_cnn,
+    "fashion-resnet": fashion_resnet,
+    "clips-cnn3d": clips_cnn3d,
+    "clips-frame2d": clips_frame2d,
+}
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "mnist1d-cnn": (1, 40), "mnist1d-resnet": (1, 40),
+    "fashion-cnn": (1, 28, 28), "fashion-resnet": (1, 28, 28),
+    "clips-cnn3d": (1, 8, 32, 32), "clips-frame2d": (1, 8, 32, 32),
+}
+NUM_CLASSES = {"mnist1d": 10, "fashion": 10, "clips": 40}
+DATASETS = {name: name.split("-")[0] for name in MODELS}
+
+
+def build(name: str, num_classes: int | None = None, *, impl: str = "lax") -> nn.Layer:
+    """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given."""
+    if name not in MODELS:
+        raise ValueError(f"model: expected one of {tuple(MODELS)}; got {name!r}")
+    return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl)
+
+
+def seed_example() -> str:
+    """The seed notes' contrast on a 32×32×3 image: one fully connected unit is a 3072-weight
+    template of the whole image, one 5×5×3 kernel a 75-weight dot product slid everywhere."""
+    shape = (1, 3, 32, 32)
+    dense = nn.summary(nn.serial(nn.Flatten(), nn.Dense(1)), shape)
+    conv = nn.summary(nn.serial(nn.Conv2d(1, 5)), shape)
+    text = [nn.format_summary(dense, "A fully connected unit on a 32x32x3 image: one template"),
+            "",
+            nn.format_summary(conv, "One 5x5x3 kernel on the same image: one feature map"),
+            "",
+            f"weights: fully connected {3 * 32 * 32} (+1 bias) vs kernel {5 * 5 * 3} (+1 bias); "
+            f"the kernel is reused at all {28 * 28} output positions (28 = 32 - 5 + 1)."]
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``jaxcnn summary MODEL [--batch N]`` or ``jaxcnn summary seed-example``."""
+    parser = argparse.ArgumentParser(prog="jaxcnn summary", description=main.__doc__)
+    parser.add_argument("model", choices=[*MODELS, "seed-example"])
+    parser.add_argument("--batch", type=int, default=1, help="batch size shown in the shapes")
+    args = parser.parse_args(argv)
+    if args.model == "seed-example":
+        print(seed_example())
+        return 0
+    rows = nn.summary(build(args.model), (args.batch, *INPUT_SHAPES[args.model]))
+    print(nn.format_summary(rows, f"{args.model} on input {(args.batch, *INPUT_SHAPES[args.model])}"))
+    return 0
