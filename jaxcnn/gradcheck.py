@@ -1,0 +1,501 @@
+r"""Gradient checking: every hand-written VJP against JAX autodiff and finite differences.
+
+``check(f, args)`` compares the VJP of ``f`` at ``args``, in float64, with two oracles that
+share no code with it, one differentiable argument at a time:
+
+(a) ``jax.vjp`` of ``reference`` (default: ``f``'s namesake in ``jaxcnn.reference``, plain
+    ``lax``/``jnp`` differentiated by JAX autodiff), with the same cotangents;
+(b) central finite differences of ``f`` itself, ``(f(x + εu) − f(x − εu)) / 2ε``.
+
+An argument with at most ``full_jacobian_max`` elements, of a function with at most that many
+outputs, gets its whole Jacobian ``J`` both ways: row by row from VJPs with the output basis
+vectors, column by column from finite differences along the input basis vectors. A larger one
+gets ``n_projections`` random projections, PyTorch's fast mode: the VJP rows ``vᵀJ`` for
+random ``v`` against autodiff's, and ``⟨vᵀJ, u⟩`` against ``⟨v, (f(x+εu) − f(x−εu)) / 2ε⟩``
+for random ``u``. ``order=2`` repeats both on ``(args, v) ↦ vjp(f, args)(v)``, the function
+whose derivative grad-of-grad and Hessian-vector products evaluate.
+
+Error of ``a`` against ``b``: ``max|a − b|`` and relative ``max|a − b| / max(max|b|, tiny)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxcnn import reference as _reference
+
+UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2   # u = 2⁻⁵³ ≈ 1.1e-16
+TINY = float(np.finfo(np.float64).tiny)
+# Low precision against the float64 reference, relative to the largest reference value: the
+# unit roundoff (float32 6e-8, float16 4.9e-4, bfloat16 3.9e-3) times the growth of sums of
+# up to ~10² terms.
+LOW_PRECISION_RTOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 2e-2}
+# The checked programs are tiny and run once, so compiling them is nearly all the cost. On CPU
+# these options make XLA compile them ~10x faster: no LLVM optimisation, the plain elemental
+# emitters instead of the fusion emitters, one codegen module. They change how the program is
+# generated, not what it computes (no fast-math either way); the HLO checked is the same.
+_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                         "xla_cpu_parallel_codegen_split_count": 1}
+
+
+def finite_difference_rtol(eps: float) -> float:
+    r"""Tolerance of a float64 central difference with step ``eps``, relative to ``max|J|``.
+
+    ``(f(x + εu) − f(x − εu)) / 2ε = Ju + (ε²/6)·f'''[u, u, u] + R``. The truncation term is 0
+    for the ops here (linear in each argument: conv and its gradients, padding, average
+    pooling; piecewise linear: max pooling away from ties) and ``≲ ε²`` for smooth ``f`` with
+    O(1) third derivatives. The rounding term: each evaluation of ``f`` errs by up to
+    ``γ·|f|`` with ``γ ≈ L·u`` for the ``L``-term sums inside (``L ≤ 10³`` here: channels ×
+    taps), and dividing the difference by ``2ε`` gives ``R ≲ γ·|f| / ε``; with unit-scale
+    inputs ``|f| / |J| = O(1)``. Hence ``1e3·u/ε + ε²`` = 1.1e-7 at ε = 1e-6: a bound, about
+    10³ above the errors measured on conv (~1e-10), and far below a wrong rule's error
+    (a dropped tap, a factor 2, an off-by-one stride: O(1)).
+    """
+    return 1e3 * UNIT_ROUNDOFF / eps + eps ** 2
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One row: an argument's derivative (order 1 or 2), or the output itself (order 0),
+    against autodiff of the reference and against finite differences (None: not compared)."""
+
+    name: str
+    order: int
+    method: str
+    abs_autodiff: float
+    rel_autodiff: float
+    abs_fd: float | None
+    rel_fd: float | None
+    rtol: float
+    fd_rtol: float | None
+
+    @property
+    def ok(self) -> bool:   # NaN compares False: a NaN error fails
+        return bool(self.rel_autodiff <= self.rtol
+                    and (self.rel_fd is None or self.rel_fd <= self.fd_rtol))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+
+class GradcheckError(AssertionError):
+    """A gradient check failed; the message is the report's table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Per argument name (``f``'s positional parameter names) and order, the errors of ``f``'s
+    VJP against autodiff of the reference and against finite differences."""
+
+    function: str
+    precision: str
+    rows: tuple[Comparison, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def row(self, name: str, order: int = 1) -> Comparison:
+        for row in self.rows:
+            if row.name == name and row.order == order:
+                return row
+        raise KeyError(f"{name!r} (order {order}); rows: {[(r.name, r.order) for r in self.rows]}")
+
+    def __getitem__(self, name: str) -> Comparison:
+        return self.row(name, 0 if name == "output" else 1)
+
+    def table(self) -> str:
+        head = ("order", "arg", "method", "|Δ| autodiff", "rel autodiff", "|Δ| fin.diff",
+                "rel fin.diff", "ok")
+        body = [(str(r.order), r.name, r.method, _num(r.abs_autodiff), _num(r.rel_autodiff),
+                 _num(r.abs_fd), _num(r.rel_fd), "ok" if r.ok else "FAIL") for r in self.rows]
+        widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+        lines = [f"gradcheck {self.function}: {self.precision}: {'ok' if self.ok else 'FAILED'}"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                  for line in [head, *body]]
+        tols = sorted({(r.rtol, r.fd_rtol) for r in self.rows}, key=str)
+        lines.append("tolerances (autodiff, fin.diff): " + ", ".join(
+            f"({_num(a)}, {_num(b)})" for a, b in tols))
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "precision": self.precision, "ok": self.ok,
+                "rows": [row.as_dict() for row in self.rows]}
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def _errors(a: Any, b: Any) -> tuple[float, float]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    err = float(np.max(np.abs(a - b)))
+    return err, err / max(float(np.max(np.abs(b))), TINY)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def resolve_reference(f: Callable, reference: Callable | None) -> Callable:
+    """``reference`` itself, else the function named ``f.__name__`` in ``jaxcnn.reference``."""
+    if reference is not None:
+        if not callable(reference):
+            raise TypeError(f"reference: expected a callable; got {reference!r}")
+        return reference
+    name = getattr(f, "__name__", None)
+    found = getattr(_reference, name, None) if isinstance(name, str) else None
+    if not callable(found) or name.startswith("_"):
+        raise ValueError(f"reference: jaxcnn.reference has no function named {name!r} (the name "
+                         f"of f); expected reference=<the same function built from plain "
+                         f"lax/jnp, differentiated by JAX autodiff>; got None")
+    return found
+
+
+def argument_names(f: Callable, count: int) -> list[str]:
+    """Names of ``f``'s first ``count`` positional parameters (``arg<i>`` past them)."""
+    try:
+        params = [p.name for p in inspect.signature(f).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(count)]
+
+
+def _is_float_array(value: Any) -> bool:
+    return (isinstance(value, (jax.Array, np.ndarray))
+            and jnp.issubdtype(value.dtype, jnp.floating))
+
+
+def differentiable_argnums(args: Sequence[Any], argnums: Any) -> tuple[int, ...]:
+    """``argnums``, checked, or every floating array in ``args`` (None and shapes skipped)."""
+    if argnums is None:
+        found = tuple(i for i, a in enumerate(args) if _is_float_array(a))
+        if not found:
+            raise ValueError(f"args: expected at least one floating-point array to differentiate; "
+                             f"got types {[type(a).__name__ for a in args]}")
+        return found
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for i in nums:
+        if not isinstance(i, int) or not -len(args) <= i < len(args) or not _is_float_array(args[i]):
+            raise ValueError(f"argnums: expected indices of floating-point arrays among the "
+                             f"{len(args)} args; got {argnums!r}")
+    return tuple(sorted({i % len(args) for i in nums}))
+
+
+def _check_options(order: Any, eps: Any, n_projections: Any, full_jacobian_max: Any) -> None:
+    if order not in (1, 2):
+        raise ValueError(f"order: expected 1 or 2; got {order!r}")
+    if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"eps: expected a float step in (0, 1); got {eps!r}")
+    if not isinstance(n_projections, int) or n_projections < 1:
+        raise ValueError(f"n_projections: expected a positive int; got {n_projections!r}")
+    if not isinstance(full_jacobian_max, int) or full_jacobian_max < 0:
+        raise ValueError(f"full_jacobian_max: expected a non-negative int; got {full_jacobian_max!r}")
+
+
+@contextlib.contextmanager
+def float64() -> Iterator[str]:
+    """Run in float64: yields which, ``jax_enable_x64`` on already or turned on here only."""
+    if jax.config.read("jax_enable_x64"):
+        yield "float64 (jax_enable_x64 already on)"
+        return
+    with jax.enable_x64(True):
+        yield "float64 (jax_enable_x64 turned on for this check only)"
+
+
+def _flat(f: Callable, args: Sequence[Any], argnums: Sequence[int], kwargs: dict) -> Callable:
+    """``f`` as a function of its differentiable arguments, its output raveled to a vector."""
+    def flat(*primals):
+        full = list(args)
+        for i, p in zip(argnums, primals):
+            full[i] = p
+        return ravel_pytree(f(*full, **kwargs))[0]
+    return flat
+
+
+def _vjp_of(g: Callable) -> Callable:
+    """``(primals, v) ↦ vjp(g, primals)(v)``, raveled: the function order 2 differentiates."""
+    def pulled(*primals_and_v):
+        *primals, v = primals_and_v
+        return ravel_pytree(jax.vjp(g, *primals)[1](v))[0]
+    return pulled
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
+          argnums: int | Sequence[int] | None = None, order: int = 1, eps: float = 1e-6,
+          n_projections: int = 4, full_jacobian_max: int = 64, rtol: float = 1e-10,
+          fd_rtol: float | None = None, raise_on_failure: bool = False, seed: int = 0,
+          **kwargs: Any) -> Report:
+    r"""Check ``f``'s VJP at ``args`` against autodiff of ``reference`` and finite differences.
+
+    Args:
+      f: the function under test, called ``f(*args, **kwargs)``; any output pytree.
+      args: its positional arguments. Floating arrays are differentiated (cast to float64);
+        None (an absent bias) and non-arrays (shapes) are passed through unchanged.
+      reference: the oracle, same signature, no ``custom_vjp``; default ``f``'s namesake in
+        ``jaxcnn.reference`` (ValueError if there is none).
+      argnums: which of ``args`` to differentiate; default every floating array.
+      order: 1, or 2 to also check the VJP of ``(args, v) ↦ vjp(f, args)(v)`` (grad-of-grad).
+      eps: the finite-difference step ε.
+      n_projections: random projections ``vᵀJu`` per argument too large for a full Jacobian.
+      full_jacobian_max: full Jacobians when both the argument and the output have at most
+        this many elements.
+      rtol: tolerance against autodiff, relative to ``max|reference|``. Both sides compute
+        the same sums in float64 in different orders, ``≲ L·u ≈ 1e-13`` for ``L ≲ 10³``
+        terms; 1e-10 is the project's float64 bound for VJP vs autodiff.
+      fd_rtol: tolerance against finite differences; default ``finite_difference_rtol(eps)``
+        = ``1e3·u/ε + ε²`` (1.1e-7 at ε = 1e-6), derived there.
+      raise_on_failure: raise ``GradcheckError`` (an ``AssertionError``) with the table.
+      seed: seeds the random cotangents ``v`` and directions ``u``.
+
+    Returns:
+      A ``Report``: rows per argument name and order (``report["x"]``,
+      ``report.row("w", order=2)``; ``report["output"]`` compares the forward values),
+      ``report.ok``, ``print(report)`` for the table.
+
+    Float64 needs ``jax_enable_x64``; if it is off, ``check`` turns it on inside a
+    ``jax.enable_x64`` context for its own computations and says so in ``report.precision``.
+    """
+    reference = resolve_reference(f, reference)
+    args = tuple(args)
+    argnums = differentiable_argnums(args, argnums)
+    _check_options(order, eps, n_projections, full_jacobian_max)
+    fd_rtol = finite_difference_rtol(eps) if fd_rtol is None else float(fd_rtol)
+    names = argument_names(f, len(args))
+    diff_names = [names[i] for i in argnums]
+    rng = np.random.default_rng(seed)
+    options = dict(eps=eps, k=n_projections, full_max=full_jacobian_max, rtol=rtol, fd_rtol=fd_rtol)
+    with float64() as precision:
+        args = tuple(jnp.asarray(a, jnp.float64) if i in argnums else a for i, a in enumerate(args))
+        g, g_ref = _flat(f, args, argnums, kwargs), _flat(reference, args, argnums, kwargs)
+        primals = tuple(args[i] for i in argnums)
+        rows = _compare(g, g_ref, primals, diff_names, 1, rng, **options)
+        if order == 2:
+            v = jnp.asarray(rng.standard_normal(jax.eval_shape(g, *primals).shape))
+            rows += _compare(_vjp_of(g), _vjp_of(g_ref), primals + (v,), diff_names + ["v"], 2,
+                             rng, **options)
+    report = Report(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}", tuple(rows))
+    if raise_on_failure and not report.ok:
+        raise GradcheckError("\n" + report.table())
+    return report
+
+
+def _compare(g, g_ref, primals, names, order, rng, *, eps, k, full_max, rtol, fd_rtol):
+    """The rows of one order: forward (order 1 only) and one per primal."""
+    m = jax.eval_shape(g, *primals).shape[0]
+    full = [p.size <= full_max and m <= full_max for p in primals]
+    projections = rng.standard_normal((k, m))
+    cotangents = np.concatenate([np.eye(m), projections]) if any(full) else projections
+    directions = tuple(np.eye(p.size).reshape((p.size,) + p.shape) if is_full
+                       else rng.standard_normal((k,) + p.shape) for p, is_full in zip(primals, full))
+    y, y_ref, pulls, pulls_ref, diffs = _evaluate(g, g_ref, primals, cotangents, directions, eps)
+    rows = [Comparison("output", 0, "forward", *_errors(y, y_ref), None, None, rtol, None)] if order == 1 else []
+    for name, p, is_full, u, pull, pull_ref, diff in zip(names, primals, full, directions, pulls,
+                                                          pulls_ref, diffs):
+        if is_full:   # J (m × n): rows from VJPs, columns from finite differences
+            jac, jac_ref = np.reshape(pull[:m], (m, -1)), np.reshape(pull_ref[:m], (m, -1))
+            method, against_fd = f"jacobian {m}×{p.size}", (jac, np.reshape(diff, (p.size, m)).T)
+        else:         # vᵀJ rows against autodiff; ⟨vᵀJ, u⟩ against ⟨v, (f(x+εu) − f(x−εu)) / 2ε⟩
+            jac, jac_ref = np.reshape(pull[-k:], (k, -1)), np.reshape(pull_ref[-k:], (k, -1))
+            method = f"{k} projections"
+            against_fd = (np.sum(jac * np.reshape(u, (k, -1)), axis=1),
+                          np.sum(projections * np.asarray(diff), axis=1))
+        rows.append(Comparison(name, order, method, *_errors(jac, jac_ref),
+                               *_errors(*against_fd), rtol, fd_rtol))
+    return rows
+
+
+def _run_once(fn: Callable, *args: Any) -> Any:
+    """``jax.jit(fn)(*args)`` on the host, compiled for speed on CPU (see above)."""
+    if jax.default_backend() == "cpu":
+        try:
+            return jax.device_get(jax.jit(fn, compiler_options=_CPU_COMPILER_OPTIONS)(*args))
+        except Exception as err:  # an XLA without these options: compile as usual
+            if "compile option" not in str(err):
+                raise
+    return jax.device_get(jax.jit(fn)(*args))
+
+
+def _evaluate(g, g_ref, primals, cotangents, directions, eps):
+    """One compiled call: the outputs and VJP rows of ``g`` and ``g_ref`` for every cotangent,
+    and the central differences of ``g`` along every direction of every primal."""
+    # Every shifted evaluation in one batch: x ± εu for each direction u of each primal, the
+    # other primals unshifted (a zero step), so that a single vmapped forward serves them all.
+    counts = [len(u) for u in directions]
+    steps = []
+    for i, p in enumerate(primals):
+        blocks = [eps * sign * np.asarray(directions[i]) if j == i else np.zeros((n,) + p.shape)
+                  for j, n in enumerate(counts) for sign in (1.0, -1.0)]
+        steps.append(np.concatenate(blocks))
+
+    def run(primals, cotangents, steps):
+        y, pull = jax.vjp(g, *primals)
+        y_ref, pull_ref = jax.vjp(g_ref, *primals)
+        shifted = jax.vmap(lambda *step: g(*(p + s for p, s in zip(primals, step))))(*steps)
+        return y, y_ref, jax.vmap(pull)(cotangents), jax.vmap(pull_ref)(cotangents), shifted
+
+    y, y_ref, pulls, pulls_ref, shifted = _run_once(run, primals, cotangents, tuple(steps))
+    diffs, start = [], 0
+    for n in counts:
+        diffs.append((shifted[start:start + n] - shifted[start + n:start + 2 * n]) / (2 * eps))
+        start += 2 * n
+    return y, y_ref, pulls, pulls_ref, diffs
+
+
+def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
+                reference: Callable | None = None, argnums: int | Sequence[int] | None = None,
+                rtol: float | None = None, n_projections: int = 4, raise_on_failure: bool = False,
+                seed: int = 0, **kwargs: Any) -> Report:
+    """``f``'s forward and VJP in ``dtype`` against the reference's in float64 at the same
+    values (the inputs rounded to ``dtype`` once, then cast up exactly): ``n_projections``
+    random cotangents, compared in full. ``rtol`` defaults to ``LOW_PRECISION_RTOL[dtype]``.
+    No finite differences (they need float64)."""
+    reference = resolve_reference(f, reference)
+    args = tuple(args)
+    argnums = differentiable_argnums(args, argnums)
+    _check_options(1, 0.5, n_projections, 0)
+    dtype = jnp.dtype(dtype)
+    rtol = LOW_PRECISION_RTOL.get(dtype.name, 1e-5) if rtol is None else float(rtol)
+    names = argument_names(f, len(args))
+    with float64():
+        low = tuple(jnp.asarray(a, dtype) if i in argnums else a for i, a in enumerate(args))
+        high = tuple(a.astype(jnp.float64) if i in argnums else a for i, a in enumerate(low))
+        g, g_ref = _flat(f, low, argnums, kwargs), _flat(reference, high, argnums, kwargs)
+        primals, primals_ref = tuple(low[i] for i in argnums), tuple(high[i] for i in argnums)
+        m = jax.eval_shape(g, *primals).shape[0]
+        v_ref = np.random.default_rng(seed).standard_normal((n_projections, m)).astype(dtype)
+        v_ref = jnp.asarray(v_ref).astype(jnp.float64)
+
+        def run(primals, primals_ref):
+            y, pull = jax.vjp(g, *primals)
+            y_ref, pull_ref = jax.vjp(g_ref, *primals_ref)
+            return y, y_ref, jax.vmap(pull)(v_ref.astype(y.dtype)), jax.vmap(pull_ref)(v_ref)
+        y, y_ref, pulls, pulls_ref = _run_once(run, primals, primals_ref)
+    rows = [Comparison("output", 0, "forward", *_errors(y, y_ref), None, None, rtol, None)]
+    rows += [Comparison(names[i], 1, f"{n_projections} cotangents", *_errors(a, b), None, None,
+                        rtol, None) for i, a, b in zip(argnums, pulls, pulls_ref)]
+    report = Report(getattr(f, "__name__", repr(f)), f"{dtype.name} vs float64 reference", tuple(rows))
+    if raise_on_failure and not report.ok:
+        raise GradcheckError("\n" + report.table())
+    return report
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``jaxcnn gradcheck [--quick] [--json PATH] [--seed N] [--ops conv,max_pool,...]``.
+
+    Runs the verification matrix (``jaxcnn.gradcheck_matrix``: every op × 1D/2D/3D × strides,
+    paddings, modes, dilations, groups, layouts, impls; float64 against autodiff and finite
+    differences, float32 against the float64 reference, some at order 2) and prints one table,
+    a row per op. Exit status 0 if everything passes, 1 on any failure, 2 on bad usage.
+    """
+    import argparse
+    import json
+    import sys
+    import time
+
+    from jaxcnn import gradcheck_matrix as matrix
+
+    parser = argparse.ArgumentParser(prog="jaxcnn gradcheck", description=main.__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="one configuration per op, drawn by --seed")
+    parser.add_argument("--json", metavar="PATH", help="write every configuration's result and the summary")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data, directions and --quick's draw")
+    parser.add_argument("--ops", help=f"comma-separated subset of: {', '.join(matrix.OPS)}")
+    try:
+        options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:   # --help, or a usage error (argparse prints it)
+        return int(stop.code or 0)
+    available = matrix.available_ops()
+    ops = available if options.ops is None else list(dict.fromkeys(
+        op.strip() for op in options.ops.split(",") if op.strip()))
+    unknown = [op for op in ops if op not in available]
+    if unknown or not ops:
+        print(f"jaxcnn gradcheck: --ops: unknown op {', '.join(map(repr, unknown)) or '(none given)'}; "
+              f"expected a comma-separated subset of: {', '.join(available)}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with float64():
+        cases = matrix.select(ops, options.seed, options.quick)
+        with _progress_bar(len(cases)) as advance:
+            rows = matrix.run_all(cases, options.seed, advance)
+    wall = time.perf_counter() - start
+    summaries = [matrix.summarize(op, [r for r in rows if r["op"] == op]) for op in ops]
+    ok = all(s["ok"] for s in summaries)
+    failed = sum(not r["ok"] for r in rows)
+    title = (f"jaxcnn gradcheck{' --quick' if options.quick else ''}: {len(rows)} configurations, "
+             f"seed {options.seed}, {wall:.0f} s: " + ("all pass" if ok else f"{failed} FAILED"))
+    notes = (f"Relative errors (max|a − b| / max|b|), worst over configurations and arguments. "
+             f"Tolerances: float64 vs autodiff {1e-10:.0e}, vs central differences "
+             f"{finite_difference_rtol(1e-6):.1e} (ε = 1e-6), float32 "
+             f"{LOW_PRECISION_RTOL['float32']:.0e}.")
+    _print_table(matrix, summaries, title, notes)
+    for line in matrix.failure_lines(rows):
+        print(line)
+    if options.json:
+        result = {"command": ["jaxcnn", "gradcheck", *(argv or [])], "seed": options.seed,
+                  "quick": options.quick, "ok": ok, "wall_s": wall, "summary": summaries,
+                  "configurations": rows}
+        with open(options.json, "w", encoding="utf-8") as out:
+            json.dump(matrix._finite(result), out, indent=1, allow_nan=False)
+    return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[Any], None]]:
+    """A progress bar on stderr (rich, else tqdm, else none); yields ``advance(case)``."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            yield lambda case: None
+            return
+        with tqdm(total=total, desc="gradcheck", leave=False) as bar:
+            yield lambda case: bar.update(1)
+        return
+    columns = (TextColumn("gradcheck"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("", total=total)
+        yield lambda case: progress.update(task, advance=1, description=case.describe())
+
+
+def _print_table(matrix: Any, summaries: list[dict[str, Any]], title: str, notes: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"{title}\n{matrix.plain_table(summaries)}\n{notes}")
+        return
+    print(title)
+    table = Table()
+    for i, name in enumerate(matrix.COLUMNS):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for line in matrix.table_rows(summaries):
+        table.add_row(*line, style=None if line[-1] == "pass" else "bold red")
+    console = Console()
+    if not console.is_terminal:   # a file or a pipe: wide enough never to wrap a row
+        console = Console(width=160)
+    console.print(table)
+    print(notes)

@@ -1,0 +1,359 @@
+"""The verification matrix behind ``jaxcnn gradcheck``: every op's configurations, run, summed up.
+
+Each op is one entry of ``OPS``: a function ``(rng) -> list[Case]`` giving its configurations
+(arguments and keyword arguments). Together they cover 1D/2D/3D × strides × paddings (ints,
+per-axis ints, ``(lo, hi)`` pairs, every string, any case) × padding modes × dilations ×
+groups × layouts × impls. Rather than the full product (thousands of compilations), each
+variant runs once per number of spatial axes, the (impl, layout) pair cycling so that every
+variant meets both impls and both layouts and every dimension all four pairs. Each case is
+checked in float64 against autodiff and finite differences (``gradcheck.check``); every
+third also in float32 against the float64 reference (``gradcheck.check_dtype``), and one per
+dimension at order 2 (grad-of-grad).
+
+Shapes stay small (N = 2, C ≤ 4, sizes ≤ 7): compiling each configuration is the main cost.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+import zlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxcnn import gradcheck
+
+SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
+KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
+IMPL_LAYOUTS = (("lax", False), ("manual", True), ("lax", True), ("manual", False))
+FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurations
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: ``jaxcnn.<function>(*args, **kwargs)`` against
+    ``jaxcnn.reference.<reference>``, in ``dtype``, at ``order``."""
+
+    op: str
+    function: str
+    reference: str
+    label: str
+    args: tuple
+    kwargs: dict
+    dtype: str = "float64"
+    order: int = 1
+
+    def describe(self) -> str:
+        extra = "" if self.dtype == "float64" and self.order == 1 else (
+            f" [{self.dtype}]" if self.dtype != "float64" else " [order 2]")
+        return f"{self.function} {self.label}{extra}"
+
+
+def _per_axis(values: tuple, n: int) -> tuple:
+    return tuple(values[:n])
+
+
+def _activation(n_batch: int, channels: int, sizes, channels_last: bool) -> tuple[int, ...]:
+    return (n_batch, *sizes, channels) if channels_last else (n_batch, channels, *sizes)
+
+
+def _kernel(out_ch: int, in_ch: int, k_sizes, channels_last: bool) -> tuple[int, ...]:
+    return (*k_sizes, in_ch, out_ch) if channels_last else (out_ch, in_ch, *k_sizes)
+
+
+def _expand(op: str, variants, rng: np.random.Generator, build: Callable) -> list[Case]:
+    """Each variant once per dimension, the (impl, layout) pair cycling; every third case
+    also in float32, and the first variant of each dimension at order 2."""
+    cases, count = [], 0
+    for j, variant in enumerate(variants):
+        for n in (1, 2, 3):
+            impl, channels_last = IMPL_LAYOUTS[(j + n) % len(IMPL_LAYOUTS)]
+            case = build(variant, n, impl, channels_last, rng)
+            cases.append(case)
+            count += 1
+            if count % 3 == 0:
+                cases.append(dataclasses.replace(case, dtype="float32"))
+            if j == 0:
+                cases.append(dataclasses.replace(case, order=2))
+    return cases
+
+
+def _layout_label(impl: str | None, channels_last: bool) -> str:
+    return ("channels_last" if channels_last else "channels_first") + (f" {impl}" if impl else "")
+
+
+# ----------------------------------------------------------------------------- conv family
+
+# (label, input channels, output channels, bias, kwargs for n spatial axes)
+CONV_VARIANTS = (
+    ("plain", 3, 4, True, lambda n: {}),
+    ("stride 2, padding 1", 3, 2, True, lambda n: dict(stride=2, padding=1)),
+    ("SAME, dilation 2", 2, 3, False, lambda n: dict(padding="SAME", dilation=2)),
+    ("same, stride 2", 2, 2, True, lambda n: dict(padding="same", stride=2)),
+    ("FULL, groups 2", 4, 2, True, lambda n: dict(padding="FULL", groups=2)),
+    ("CAUSAL, dilation 2", 2, 2, False, lambda n: dict(padding="causal", dilation=2)),
+    ("(lo, hi) pairs, per-axis stride and dilation", 2, 3, True, lambda n: dict(
+        padding=_per_axis(((1, 0), (0, 2), (2, 1)), n), stride=_per_axis((1, 2, 1), n),
+        dilation=_per_axis((2, 1, 1), n))),
+    ("per-axis int padding, groups 2", 4, 4, False, lambda n: dict(
+        padding=_per_axis((1, 0, 1), n), groups=2)),
+    ("VALID, per-axis stride", 3, 2, False, lambda n: dict(padding="VALID",
+                                                           stride=_per_axis((2, 1, 2), n))),
+    ("reflect, padding 1, stride 2", 2, 3, True, lambda n: dict(padding=1, padding_mode="reflect",
+                                                                stride=2)),
+    ("replicate, SAME", 3, 2, False, lambda n: dict(padding="SAME", padding_mode="replicate")),
+    ("circular, padding 2, depthwise", 4, 4, True, lambda n: dict(
+        padding=2, padding_mode="circular", groups=4)),
+)
+ZERO_PADDED = tuple(v for v in CONV_VARIANTS if "padding_mode" not in v[4](1))
+
+
+def _conv_arrays(variant, n, channels_last, rng):
+    label, c_in, c_out, bias, kwargs = variant
+    kwargs = dict(kwargs(n), channels_last=channels_last)
+    groups = kwargs.get("groups", 1)
+    x = rng.standard_normal(_activation(2, c_in, SIZES[n], channels_last))
+    w = rng.standard_normal(_kernel(c_out, c_in // groups, KERNELS[n], channels_last))
+    b = rng.standard_normal(c_out) if bias else None
+    return label, x, w, b, kwargs
+
+
+def _conv_case(op: str, name_by_n: bool = False):
+    def build(variant, n, impl, channels_last, rng):
+        label, x, w, b, kwargs = _conv_arrays(variant, n, channels_last, rng)
+        function = f"{op}{n}d" if name_by_n and channels_last == (impl == "lax") else op
+        return Case(op, function, op, f"{n}D {label}, {_layout_label(impl, channels_last)}",
+                    (x, w, b), dict(kwargs, impl=impl))
+    return build
+
+
+def _conv_output_shape(x, w, kwargs) -> tuple[int, ...]:
+    conv = importlib.import_module("jaxcnn").conv
+    shape_of = lambda a: jax.ShapeDtypeStruct(a.shape, np.float32)
+    return jax.eval_shape(lambda x, w: conv(x, w, **kwargs), shape_of(x), shape_of(w)).shape
+
+
+def _grad_case(op: str):
+    def build(variant, n, impl, channels_last, rng):
+        label, x, w, _, kwargs = _conv_arrays(variant, n, channels_last, rng)
+        kwargs = dict(kwargs, impl=impl)
+        dy = rng.standard_normal(_conv_output_shape(x, w, kwargs))
+        args = (dy, w, x.shape) if op == "conv_input_grad" else (x, dy, w.shape)
+        return Case(op, op, op, f"{n}D {label}, {_layout_label(impl, channels_last)}", args, kwargs)
+    return build
+
+
+# ----------------------------------------------------------------------------- conv_transpose
+
+TRANSPOSE_SIZES = {1: (5,), 2: (4, 3), 3: (3, 2, 3)}
+TRANSPOSE_VARIANTS = (
+    ("plain", 3, 2, True, lambda n: {}),
+    ("stride 2, padding 1, output_padding 1", 2, 3, True, lambda n: dict(
+        stride=2, padding=1, output_padding=1)),
+    ("SAME, stride 2", 2, 2, False, lambda n: dict(padding="SAME", stride=2)),
+    ("dilation 2, stride 2, output_padding 1", 2, 2, True, lambda n: dict(
+        dilation=2, stride=2, output_padding=1)),
+    ("groups 2, (lo, hi) pairs, per-axis stride", 4, 4, False, lambda n: dict(
+        groups=2, padding=_per_axis(((1, 0), (0, 1), (1, 1)), n), stride=_per_axis((2, 1, 2), n))),
+    ("VALID, stride 3", 2, 3, True, lambda n: dict(padding="valid", stride=3)),
+    ("reflect, padding 1", 2, 2, True, lambda n: dict(padding=1, padding_mode="reflect")),
+    ("circular, padding 1, stride 2", 2, 3, False, lambda n: dict(padding=1, stride=2,
+                                                                  padding_mode="circular")),
+    ("replicate, padding 1", 3, 2, False, lambda n: dict(padding=1, padding_mode="replicate")),
+)
+
+
+def _transpose_case(variant, n, impl, channels_last, rng):
+    label, c_in, c_out, bias, kwargs = variant
+    kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
+    groups = kwargs.get("groups", 1)
+    x = rng.standard_normal(_activation(2, c_in, TRANSPOSE_SIZES[n], channels_last))
+    # conv_transpose's weight (C_in, C_out // groups, *K) is conv's (O, C // groups, *K).
+    w = rng.standard_normal(_kernel(c_in, c_out // groups, KERNELS[n], channels_last))
+    b = rng.standard_normal(c_out) if bias else None
+    return Case("conv_transpose", "conv_transpose", "conv_transpose",
+                f"{n}D {label}, {_layout_label(impl, channels_last)}", (x, w, b), kwargs)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+MAX_POOL_VARIANTS = (
+    ("window 2", lambda n: dict(window=2)),
+    ("window 3, stride 2, padding 1", lambda n: dict(window=3, stride=2, padding=1)),
+    ("window 2, stride 1, dilation 2", lambda n: dict(window=2, stride=1, dilation=2)),
+    ("window 3, stride 2, ceil_mode", lambda n: dict(window=3, stride=2, ceil_mode=True)),
+    ("per-axis window, stride, padding", lambda n: dict(
+        window=_per_axis((2, 3, 2), n), stride=_per_axis((1, 2, 1), n),
+        padding=_per_axis((1, 1, 0), n))),
+    ("window 3, stride 1, padding 1", lambda n: dict(window=3, stride=1, padding=1)),
+)
+AVG_POOL_VARIANTS = (
+    ("window 2", lambda n: dict(window=2)),
+    ("window 3, stride 2, padding 1", lambda n: dict(window=3, stride=2, padding=1)),
+    ("window 3, stride 2, padding 1, count_include_pad=False", lambda n: dict(
+        window=3, stride=2, padding=1, count_include_pad=False)),
+    ("window 3, stride 2, ceil_mode", lambda n: dict(window=3, stride=2, ceil_mode=True)),
+    ("per-axis window, ceil_mode, count_include_pad=False", lambda n: dict(
+        window=_per_axis((2, 3, 2), n), stride=_per_axis((1, 2, 2), n),
+        padding=_per_axis((1, 1, 0), n), ceil_mode=True, count_include_pad=False)),
+)
+
+
+def _pool_case(op: str):
+    def build(variant, n, impl, channels_last, rng):
+        label, kwargs = variant
+        # Continuous random data: no ties, so max pooling is differentiable at x.
+        x = rng.standard_normal(_activation(2, 3, SIZES[n], channels_last))
+        return Case(op, op, op, f"{n}D {label}, {_layout_label(None, channels_last)}", (x,),
+                    dict(kwargs(n), channels_last=channels_last))
+    return build
+
+
+GLOBAL_VARIANTS = (("mean over every spatial axis", lambda n: {}),)
+
+
+def _expand_layouts(op: str, variants, rng, build) -> list[Case]:
+    """Both layouts for every variant and dimension (ops cheap enough for the full product)."""
+    cases = _expand(op, variants, rng, build)
+    flipped = _expand(op, variants, rng, lambda v, n, i, cl, r: build(v, n, i, not cl, r))
+    return cases + [c for c in flipped if c.dtype == "float64" and c.order == 1]
+
+
+OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
+    "conv": lambda rng: _expand("conv", CONV_VARIANTS, rng, _conv_case("conv", name_by_n=True)),
+    "conv_input_grad": lambda rng: _expand("conv_input_grad", ZERO_PADDED, rng,
+                                           _grad_case("conv_input_grad")),
+    "conv_weight_grad": lambda rng: _expand("conv_weight_grad", ZERO_PADDED, rng,
+                                            _grad_case("conv_weight_grad")),
+    "convolve": lambda rng: _expand("convolve", CONV_VARIANTS[::2], rng, _conv_case("convolve")),
+    "conv_transpose": lambda rng: _expand("conv_transpose", TRANSPOSE_VARIANTS, rng, _transpose_case),
+    "max_pool": lambda rng: _expand("max_pool", MAX_POOL_VARIANTS, rng, _pool_case("max_pool")),
+    "avg_pool": lambda rng: _expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
+    "global_avg_pool": lambda rng: _expand_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
+                                                   _pool_case("global_avg_pool")),
+}
+
+
+def available_ops() -> list[str]:
+    """The ops of ``OPS`` that exist both in ``jaxcnn`` and in ``jaxcnn.reference``."""
+    jaxcnn = importlib.import_module("jaxcnn")
+    return [op for op in OPS if callable(getattr(jaxcnn, op, None))
+            and callable(getattr(jaxcnn.reference, op, None))]
+
+
+def cases_for(op: str, seed: int) -> list[Case]:
+    """``op``'s configurations, with data drawn from a generator seeded by (seed, op)."""
+    return OPS[op](np.random.default_rng([seed, zlib.crc32(op.encode())]))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
+    """Check one configuration; an exception is a failed row carrying its message."""
+    jaxcnn = importlib.import_module("jaxcnn")
+    f, reference = getattr(jaxcnn, case.function), getattr(jaxcnn.reference, case.reference)
+    start = time.perf_counter()
+    row: dict[str, Any] = {"op": case.op, "function": case.function, "label": case.label,
+                           "dtype": case.dtype, "order": case.order,
+                           "kwargs": {k: repr(v) for k, v in case.kwargs.items()}}
+    try:
+        if case.dtype == "float64":
+            report = gradcheck.check(f, case.args, reference=reference, order=case.order,
+                                     full_jacobian_max=FULL_JACOBIAN_MAX, seed=seed, **case.kwargs)
+        else:
+            report = gradcheck.check_dtype(f, case.args, case.dtype, reference=reference,
+                                           seed=seed, **case.kwargs)
+    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
+        row.update(ok=False, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
+        return row
+    rows = report.rows
+    row.update(ok=report.ok, seconds=time.perf_counter() - start, report=report.as_dict(),
+               worst_autodiff=max(r.rel_autodiff for r in rows),
+               worst_fd=max((r.rel_fd for r in rows if r.rel_fd is not None), default=None))
+    return row
+
+
+def summarize(op: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table entry: counts, worst errors per comparison, time, status."""
+    def worst(selected, key):
+        values = [r[key] for r in selected if r.get(key) is not None]
+        return max(values) if values else None
+    exact = [r for r in rows if r["dtype"] == "float64"]
+    low = [r for r in rows if r["dtype"] != "float64"]
+    return {"op": op, "configurations": len(rows),
+            "float64": sum(r["order"] == 1 for r in exact), "order2": sum(r["order"] == 2 for r in exact),
+            "float32": len(low), "failed": sum(not r["ok"] for r in rows),
+            "worst_autodiff": worst(exact, "worst_autodiff"), "worst_fd": worst(exact, "worst_fd"),
+            "worst_float32": worst(low, "worst_autodiff"),
+            "seconds": sum(r["seconds"] for r in rows), "ok": all(r["ok"] for r in rows)}
+
+
+def select(ops: list[str], seed: int, quick: bool) -> list[Case]:
+    """Every case of ``ops``, or with ``quick`` one drawn per op (seeded)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for op in ops:
+        found = cases_for(op, seed)
+        cases += [found[rng.integers(len(found))]] if quick else found
+    return cases
+
+
+def run_all(cases: list[Case], seed: int, advance: Callable[[Case], None] = lambda case: None):
+    """Run ``cases`` in order; ``advance(case)`` after each (a progress bar)."""
+    rows = []
+    for case in cases:
+        rows.append(run_case(case, seed))
+        advance(case)
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+COLUMNS = ("op", "configs (f64 / order 2 / f32)", "worst rel. vs autodiff", "worst rel. vs fin. diff.",
+           "worst rel. float32 vs f64 ref.", "time (s)", "status")
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    def num(value):
+        return "—" if value is None else f"{value:.1e}"
+    return [(s["op"], f"{s['configurations']} ({s['float64']} / {s['order2']} / {s['float32']})",
+             num(s["worst_autodiff"]), num(s["worst_fd"]), num(s["worst_float32"]),
+             f"{s['seconds']:.1f}", "pass" if s["ok"] else f"FAIL ({s['failed']})")
+            for s in summaries]
+
+
+def plain_table(summaries: list[dict[str, Any]]) -> str:
+    lines = [COLUMNS, *table_rows(summaries)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:]])
+
+
+def failure_lines(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per failed configuration: what ran and its worst row (or its exception)."""
+    lines = []
+    for row in [r for r in rows if not r["ok"]][:limit]:
+        what = f"{row['function']} {row['label']} [{row['dtype']}, order {row['order']}]"
+        if "error" in row:
+            lines.append(f"FAIL {what}: {row['error']}")
+            continue
+        bad = [r for r in row["report"]["rows"] if not r["ok"]]
+        lines += [f"FAIL {what}: {r['name']} (order {r['order']}, {r['method']}): rel. error "
+                  f"{r['rel_autodiff']:.1e} vs autodiff, "
+                  + ("—" if r["rel_fd"] is None else f"{r['rel_fd']:.1e}") + " vs fin. diff."
+                  for r in bad]
+    return lines
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as strings."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
