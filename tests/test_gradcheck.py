@@ -1,0 +1,252 @@
+"""Tests of jaxcnn.gradcheck: the checker passes on the real ops and fails on wrong rules.
+
+A checker that cannot fail proves nothing, so most tests here feed it deliberately wrong
+``custom_vjp`` rules (a factor 2 on dx, a dropped bias gradient, a wrong second-order rule)
+and assert which rows fail and which still pass.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import gradcheck
+from jaxcnn.gradcheck import GradcheckError, check, check_dtype
+
+from helpers import random_array
+
+
+def _conv_args(rng, n: int, bias: bool = True):
+    sizes = {1: (6,), 2: (5, 4), 3: (4, 3, 3)}[n]
+    x = random_array(rng, (2, 3, *sizes))
+    w = random_array(rng, (4, 3, *(2,) * n))
+    return x, w, random_array(rng, (4,)) if bias else None
+
+
+# ----------------------------------------------------------------------------- deliberately wrong rules
+
+
+def _wrong_conv(scale_dx: float = 1.0, scale_db: float = 1.0):
+    """``jaxcnn.conv`` with a custom VJP whose dx is scaled by ``scale_dx``, db by ``scale_db``."""
+    @jax.custom_vjp
+    def conv(x, w, b):
+        return jaxcnn.conv(x, w, b, padding=1)
+
+    def fwd(x, w, b):
+        return conv(x, w, b), (x, w, b)
+
+    def bwd(residuals, dy):
+        x, w, b = residuals
+        dx, dw, db = jax.vjp(lambda x, w, b: jaxcnn.conv(x, w, b, padding=1), x, w, b)[1](dy)
+        return scale_dx * dx, dw, scale_db * db
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def _padded_reference(x, w, b):
+    return jaxcnn.reference.conv(x, w, b, padding=1)
+
+
+def test_check_passes_on_conv_every_dimension_and_impl(rng):
+    for n, impl in ((1, "lax"), (2, "manual"), (3, "lax")):
+        args = _conv_args(rng, n)
+        report = check(jaxcnn.conv, args, stride=2, padding="SAME", impl=impl)
+        assert report.ok, report.table()
+        assert [(r.name, r.order) for r in report.rows] == [("output", 0), ("x", 1), ("w", 1), ("b", 1)]
+        assert report["x"].rel_autodiff <= 1e-10 and report["x"].rel_fd <= 1e-7
+
+
+def test_small_arguments_get_full_jacobians_large_ones_projections(rng):
+    x, w, b = _conv_args(rng, 1)            # y has 2·4·5 = 40 elements
+    report = check(jaxcnn.conv, (x, w, b), full_jacobian_max=40, n_projections=3)
+    assert report["x"].method == "jacobian 40×36"
+    assert report["b"].method == "jacobian 40×4"
+    report = check(jaxcnn.conv, (x, w, b), full_jacobian_max=39, n_projections=3)
+    assert {r.method for r in report.rows[1:]} == {"3 projections"}
+    assert report.ok, report.table()
+
+
+def test_check_skips_none_and_shape_arguments(rng):
+    x, w, _ = _conv_args(rng, 2, bias=False)
+    assert [r.name for r in check(jaxcnn.conv, (x, w, None)).rows] == ["output", "x", "w"]
+    dy = random_array(rng, jaxcnn.conv(x, w).shape)
+    report = check(jaxcnn.conv_input_grad, (dy, w, x.shape))
+    assert report.ok and [r.name for r in report.rows] == ["output", "dy", "w"]
+
+
+@pytest.mark.parametrize("full_jacobian_max", [0, 1000], ids=["projections", "jacobian"])
+def test_wrong_dx_fails_both_comparisons_and_only_for_x(rng, full_jacobian_max):
+    args = _conv_args(rng, 1)
+    report = check(_wrong_conv(scale_dx=2.0), args, reference=_padded_reference,
+                   full_jacobian_max=full_jacobian_max)
+    assert not report.ok
+    # dx = 2·(true dx): relative error max|2a − a| / max|a| = 1 against either oracle.
+    assert report["x"].rel_autodiff == pytest.approx(1.0, rel=1e-9)
+    assert report["x"].rel_fd == pytest.approx(1.0, rel=1e-6)
+    assert not report["x"].ok and report["w"].ok and report["b"].ok and report["output"].ok
+
+
+def test_dropped_bias_gradient_fails_and_raises_with_the_table(rng):
+    args = _conv_args(rng, 2)
+    wrong = _wrong_conv(scale_db=0.0)
+    assert not check(wrong, args, reference=_padded_reference)["b"].ok
+    with pytest.raises(GradcheckError) as caught:
+        check(wrong, args, reference=_padded_reference, raise_on_failure=True)
+    assert isinstance(caught.value, AssertionError)
+    message = str(caught.value)
+    assert "FAIL" in message and all(f" {name} " in message for name in ("x", "w", "b"))
+
+
+def test_finite_differences_alone_catch_a_wrong_vjp(rng):
+    """With the wrong function as its own reference, autodiff agrees (it runs the same wrong
+    rule); the finite differences of its forward do not."""
+    wrong = _wrong_conv(scale_dx=1.001)
+    report = check(wrong, _conv_args(rng, 1), reference=wrong)
+    assert report["x"].rel_autodiff == 0.0
+    assert report["x"].rel_fd == pytest.approx(1e-3, rel=1e-3)
+    assert not report.ok
+
+
+def _conv_with_wrong_second_order(x_shape):
+    """First order right; the rule that differentiates its dx wrt w returns twice the truth."""
+    input_grad = lambda dy, w: jaxcnn.conv_input_grad(dy, w, x_shape)
+
+    @jax.custom_vjp
+    def wrong_input_grad(dy, w):
+        return input_grad(dy, w)
+
+    def ig_bwd(residuals, ct):
+        d_dy, d_w = jax.vjp(input_grad, *residuals)[1](ct)
+        return d_dy, 2.0 * d_w
+
+    wrong_input_grad.defvjp(lambda dy, w: (input_grad(dy, w), (dy, w)), ig_bwd)
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return jaxcnn.conv(x, w)
+
+    def bwd(residuals, dy):
+        x, w = residuals
+        return wrong_input_grad(dy, w), jaxcnn.conv_weight_grad(x, dy, w.shape)
+
+    conv.defvjp(lambda x, w: (conv(x, w), (x, w)), bwd)
+    return conv
+
+
+def test_order_2_catches_a_wrong_second_order_rule(rng):
+    x, w, _ = _conv_args(rng, 2, bias=False)
+    wrong = _conv_with_wrong_second_order(x.shape)
+    first = check(wrong, (x, w), reference=jaxcnn.reference.conv)
+    assert first.ok, first.table()
+    second = check(wrong, (x, w), reference=jaxcnn.reference.conv, order=2)
+    assert not second.ok
+    assert not second.row("w", order=2).ok
+    assert second.row("x", order=2).ok and second.row("v", order=2).ok
+    assert check(jaxcnn.conv, (x, w), order=2).ok
+
+
+def test_smooth_nonlinear_function_passes_within_the_derived_tolerance(rng):
+    """Truncation error O(ε²) and rounding O(u/ε) both stay under finite_difference_rtol."""
+    @jax.custom_vjp
+    def wave(x, a):
+        return jnp.sin(a * x) * x
+
+    def bwd(residuals, g):
+        x, a = residuals
+        return (g * (jnp.sin(a * x) + a * x * jnp.cos(a * x)),
+                jnp.sum(g * x * x * jnp.cos(a * x), keepdims=True))
+
+    wave.defvjp(lambda x, a: (wave(x, a), (x, a)), bwd)
+    reference = lambda x, a: jnp.sin(a * x) * x
+    report = check(wave, (random_array(rng, (5,)), jnp.asarray([1.3])), reference=reference, order=2)
+    assert report.ok, report.table()
+    assert gradcheck.finite_difference_rtol(1e-6) == pytest.approx(1e3 * 2.0 ** -53 / 1e-6 + 1e-12)
+
+
+def test_check_turns_float64_on_when_it_is_off_and_says_so(rng):
+    x, w, b = (np.asarray(a, np.float32) for a in _conv_args(rng, 1))
+    with jax.enable_x64(False):
+        report = check(jaxcnn.conv, (x, w, b))
+        assert not jax.config.read("jax_enable_x64")
+    assert "turned on for this check only" in report.precision
+    assert report.ok and report["x"].rel_fd <= 1e-7   # float32 differences would err ~1e-2
+
+
+def test_check_dtype_float32_against_the_float64_reference(rng):
+    args = _conv_args(rng, 2)
+    report = check_dtype(jaxcnn.conv, args, "float32", padding="SAME")
+    assert report.ok and report.precision == "float32 vs float64 reference"
+    assert 0 < report["x"].rel_autodiff <= 1e-5    # float32 rounding, visible and bounded
+    assert not check_dtype(_wrong_conv(scale_dx=2.0), args, reference=_padded_reference).ok
+
+
+def test_bad_arguments_name_the_argument(rng):
+    args = _conv_args(rng, 1)
+    with pytest.raises(ValueError, match="reference"):
+        check(lambda x, w, b: jaxcnn.conv(x, w, b), args)
+    with pytest.raises(TypeError, match="reference"):
+        check(jaxcnn.conv, args, reference="conv")
+    with pytest.raises(ValueError, match="argnums"):
+        check(jaxcnn.conv, args, argnums=(2, 5))
+    with pytest.raises(ValueError, match="argnums"):
+        check(jaxcnn.conv_input_grad, (args[0], args[1], (2, 3, 6)), argnums=2)
+    with pytest.raises(ValueError, match="args"):
+        check(jaxcnn.conv, (None, None))
+    with pytest.raises(ValueError, match="order"):
+        check(jaxcnn.conv, args, order=3)
+    with pytest.raises(ValueError, match="eps"):
+        check(jaxcnn.conv, args, eps=0.0)
+    with pytest.raises(ValueError, match="n_projections"):
+        check(jaxcnn.conv, args, n_projections=0)
+
+
+# ----------------------------------------------------------------------------- jaxcnn gradcheck
+
+
+def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "gradcheck.json"
+    start = time.perf_counter()
+    assert gradcheck.main(["--quick", "--json", str(path)]) == 0, capsys.readouterr().out
+    elapsed = time.perf_counter() - start
+    result = json.loads(path.read_text())
+    ops = [s["op"] for s in result["summary"]]
+    assert ops == gradcheck_ops() and result["ok"]
+    assert len(result["configurations"]) == len(ops)       # one sampled per op
+    assert all(r["ok"] and r["report"]["rows"] for r in result["configurations"])
+    out = capsys.readouterr().out
+    assert all(op in out for op in ops)
+    assert elapsed < 60, f"--quick took {elapsed:.0f} s"
+
+
+def gradcheck_ops() -> list[str]:
+    from jaxcnn import gradcheck_matrix
+    return gradcheck_matrix.available_ops()
+
+
+def test_ops_filter_runs_only_those_ops(tmp_path, capsys):
+    path = tmp_path / "conv.json"
+    assert gradcheck.main(["--quick", "--ops", "conv_weight_grad, conv", "--seed", "3",
+                           "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert [s["op"] for s in result["summary"]] == ["conv_weight_grad", "conv"]
+    assert {r["op"] for r in result["configurations"]} == {"conv", "conv_weight_grad"}
+    assert "max_pool" not in capsys.readouterr().out
+
+
+def test_unknown_op_exits_2_with_a_clear_message(capsys):
+    assert gradcheck.main(["--ops", "conv,not_an_op"]) == 2
+    err = capsys.readouterr().err
+    assert "--ops" in err and "'not_an_op'" in err and "conv_transpose" in err
+    assert gradcheck.main(["--no-such-flag"]) == 2
+
+
+def test_cli_dispatches_gradcheck(capsys):
+    from jaxcnn.cli import main as cli_main
+    assert cli_main(["gradcheck", "--ops", "nope"]) == 2
+    assert "unknown op 'nope'" in capsys.readouterr().err
