@@ -7,15 +7,14 @@ r"""True convolution and the transposed convolution, both built from the conv VJ
   ``conv``'s input gradient ``conv.input_grad_core``: ``⟨conv(x, w), y⟩ = ⟨x, conv_transpose(y, w)⟩``.
 
 Neither op has arithmetic of its own: they route through ``conv.conv_core``,
-``conv.input_grad_core`` and ``conv.weight_grad_core`` (each a ``custom_vjp`` whose VJP is
-written in terms of the other two) plus two linear index maps with hand-written VJPs, the
-flip here and the border ``padding.pad`` / ``padding.fold`` pair. So every derivative, to any
-order, is one of the hand-written rules.
+``conv.input_grad_core`` and ``conv.weight_grad_core`` (whose hand-written derivative rules
+are written in terms of one another) plus two linear index maps, the kernel flip (its own
+adjoint) and the border ``padding.pad`` / ``padding.fold`` pair (each the other's adjoint).
+So every derivative, to any order, is one of the hand-written rules.
 """
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any
 
 import jax
@@ -28,22 +27,15 @@ from jaxcnn.conv import apply_conv, bias_add, input_grad_core
 # ----------------------------------------------------------------------------- the flip
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
 def flip(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``w`` reversed along ``axes``: ``flip(w)[k] = w[K − 1 − k]``."""
+    """``w`` reversed along ``axes``: ``flip(w)[k] = w[K − 1 − k]``.
+
+    A permutation ``P`` with ``P = Pᵀ = P⁻¹``, so ``⟨flip(w), c⟩ = ⟨w, flip(c)⟩``: its VJP and
+    its JVP are the flip itself. ``jnp.flip`` is ``lax.rev``, whose JAX transpose rule is
+    exactly that and exact in every dtype, so no ``custom_vjp`` is wrapped around it (one
+    would also cut ``convolve`` off from forward mode, which the conv family supports).
+    """
     return jnp.flip(w, axis=axes)
-
-
-def _flip_fwd(w, axes):
-    return flip(w, axes), None
-
-
-def _flip_bwd(axes, _, ct):
-    # A flip is a permutation P with P = Pᵀ = P⁻¹: ⟨flip(w), ct⟩ = ⟨w, flip(ct)⟩.
-    return (flip(ct, axes),)
-
-
-flip.defvjp(_flip_fwd, _flip_bwd)
 
 
 # ----------------------------------------------------------------------------- convolve
@@ -67,7 +59,7 @@ def convolve(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: 
     so with ``padding="VALID"`` this is ``numpy.convolve(x, w, "valid")`` and with ``"FULL"``
     ``numpy.convolve(x, w, "full")``, and in full mode ``f * g = g * f``. Arguments, shapes
     and the output size are those of ``jaxcnn.conv``; its VJPs are ``conv``'s with the kernel
-    gradient flipped back (the flip is its own adjoint). Reverse mode only, as ``conv``.
+    gradient flipped back (the flip is its own adjoint), to any order, as ``conv``'s.
     """
     args = normalize_conv(x, w, b, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, padding_mode=padding_mode, channels_last=channels_last,
@@ -142,11 +134,11 @@ def conv_transpose(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, st
       impl: ``"lax"`` (a conv with ``lhs_dilation``) or ``"manual"`` (strided slice sums).
 
     Returns:
-      ``(N, C_out, *S_out)`` or ``(N, *S_out, C_out)``. VJPs (hand-written, any order, reverse
-      mode only): w.r.t. ``x`` a plain strided conv of the cotangent, w.r.t. ``w`` conv's
-      weight gradient with roles swapped, w.r.t. ``b`` a sum. The gradient w.r.t. ``x`` uses
-      no ``lhs_dilation``: ``lhs_dilation`` transposed-conv gradients are a known slow path
-      of XLA on GPU, avoided here.
+      ``(N, C_out, *S_out)`` or ``(N, *S_out, C_out)``. Derivatives are the family's
+      hand-written rules, to any order as ``conv``'s: w.r.t. ``x`` a plain strided conv of
+      the cotangent, w.r.t. ``w`` conv's weight gradient with roles swapped, w.r.t. ``b`` a
+      sum. The gradient w.r.t. ``x`` uses no ``lhs_dilation``: ``lhs_dilation``-based
+      transposed-conv gradients are a known slow path of XLA on GPU, avoided here.
     """
     return apply_conv_transpose(normalize_conv_transpose(
         x, w, b, stride=stride, padding=padding, output_padding=output_padding,

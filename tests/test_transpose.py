@@ -1,0 +1,528 @@
+"""Tests for jaxcnn/transpose.py: convolve and conv_transpose.
+
+References: numpy/scipy convolution and a hand-worked 1D case (convolve); PyTorch's
+``conv_transpose{1,2,3}d``, ``jaxcnn.reference`` (an ``lhs_dilation`` conv, or ``jax.vjp`` of
+the reference conv), the adjoint identity with ``conv`` and finite differences
+(conv_transpose). Everything in float64: the comparisons hold to ~1e-12.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jaxcnn
+from jaxcnn import reference
+from jaxcnn._args import conv_transpose_output_size
+from helpers import TOL, VJP_TOL, assert_close, random_array, relative_error, tree_assert_close, vdot
+
+F64 = TOL["float64"]
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A conv_transpose configuration in PyTorch's layout: x (N, C_in, *S), w (C_in, C_out/g, *K)."""
+
+    sizes: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    output_padding: tuple[int, ...]
+    groups: int = 1
+    batch: int = 2
+    per_group: tuple[int, int] = (2, 3)  # (C_in / g, C_out / g)
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, dilation=self.dilation, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups)
+
+    def arrays(self, rng, with_bias: bool = True):
+        c_in, c_out = (self.groups * c for c in self.per_group)
+        x = random_array(rng, (self.batch, c_in, *self.sizes))
+        w = random_array(rng, (c_in, self.per_group[1], *self.kernel))
+        b = random_array(rng, (c_out,)) if with_bias else None
+        return x, w, b
+
+
+CASES = {
+    "1d": Case((5,), (3,), (1,), (1,), ((0, 0),), (0,)),
+    "1d_stride2_pad1_op1": Case((4,), (3,), (2,), (1,), ((1, 1),), (1,)),
+    "1d_dilation3_op2_groups2": Case((4,), (2,), (2,), (3,), ((1, 2),), (2,), groups=2),
+    "2d_stride_dilation_asym_pad": Case((3, 4), (2, 3), (2, 1), (1, 2), ((0, 1), (2, 0)), (1, 1)),
+    "2d_groups3_stride3": Case((3, 3), (3, 2), (3, 2), (1, 1), ((1, 1), (1, 1)), (2, 1), groups=3,
+                               per_group=(1, 2)),
+    "3d": Case((2, 3, 2), (2, 2, 3), (1, 2, 2), (2, 1, 1), ((1, 1), (0, 0), (1, 1)), (1, 1, 0)),
+}
+LAYOUTS = {"channels_first": False, "channels_last": True}
+IMPLS = ("lax", "manual")
+MODES = ("zeros", "reflect", "replicate", "circular")
+# Latin pairing instead of full products (2 CPU cores): along the cases, (layout, impl) cycles
+# through all four combinations, and impl alternates, so every pair still meets.
+LAYOUT_IMPL = [("channels_first", "lax"), ("channels_last", "manual"),
+               ("channels_last", "lax"), ("channels_first", "manual")]
+CASE_LAYOUT_IMPL = [(name, *LAYOUT_IMPL[(2 * i + j) % 4]) for i, name in enumerate(CASES) for j in (0, 1)]
+CASE_IMPL = [(name, IMPLS[i % 2]) for i, name in enumerate(CASES)]
+
+
+def to_layout(a, channels_last: bool):
+    """An activation ``(N, C, *S)`` in the requested layout."""
+    return jnp.moveaxis(a, 1, -1) if channels_last else a
+
+
+def kernel_to_layout(w, channels_last: bool):
+    """A kernel ``(A, B, *K)`` as ``(*K, B, A)`` for channels last."""
+    n = w.ndim - 2
+    return jnp.transpose(w, (*range(2, n + 2), 1, 0)) if channels_last else w
+
+
+# ----------------------------------------------------------------------------- shape helpers
+
+
+def test_output_size_formula_by_hand():
+    # PyTorch's ConvTranspose1d docs: (L − 1)·s − 2p + d·(K − 1) + output_padding + 1.
+    assert conv_transpose_output_size(5, 3, 1, 1, 0, 0, 0) == 7
+    assert conv_transpose_output_size(4, 3, 2, 1, 1, 1, 1) == 3 * 2 - 2 + 2 + 1 + 1
+    assert conv_transpose_output_size(4, 2, 2, 3, 1, 2, 2) == 6 - 3 + 3 + 2 + 1
+    assert conv_transpose_output_size(1, 1, 1, 1, 1, 1, 0) == -1
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_round_trip_shapes(stride):
+    """conv maps M samples to L; conv_transpose with output_padding = the remainder gives M."""
+    for length in range(4, 9):
+        for kernel, dilation, pad in [(1, 1, 0), (2, 1, 1), (3, 2, 2), (3, 1, 0)]:
+            x = jax.ShapeDtypeStruct((1, 2, length), jnp.float64)
+            w = jax.ShapeDtypeStruct((3, 2, kernel), jnp.float64)
+            kw = dict(stride=stride, dilation=dilation, padding=pad)
+            y = jax.eval_shape(lambda x, w: jaxcnn.conv(x, w, **kw), x, w)
+            remainder = (length + 2 * pad - dilation * (kernel - 1) - 1) % stride
+            z = jax.eval_shape(lambda y, w: jaxcnn.conv_transpose(y, w, output_padding=remainder, **kw), y, w)
+            assert z.shape == x.shape, (length, kernel, dilation, pad)
+            y_same = jax.eval_shape(lambda x, w: jaxcnn.conv(x, w, stride=stride, padding="SAME",
+                                                             dilation=dilation),
+                                    jax.ShapeDtypeStruct((1, 2, length * stride), jnp.float64), w)
+            z_same = jax.eval_shape(lambda y, w: jaxcnn.conv_transpose(y, w, stride=stride, padding="same",
+                                                                       dilation=dilation), y_same, w)
+            assert y_same.shape[-1] == length and z_same.shape[-1] == length * stride
+
+
+# ----------------------------------------------------------------------------- conv_transpose forward
+
+
+def _torch_conv_transpose(torch, case: Case, x, w, b):
+    """PyTorch with symmetric padding only: run it unpadded and crop (lo, hi) per axis, which is
+    what its ``padding`` does (``output_padding`` extends the high end before the crop)."""
+    fn = getattr(torch.nn.functional, f"conv_transpose{case.n}d")
+    full = fn(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w)), torch.tensor(np.asarray(b)),
+              stride=case.stride, padding=0, output_padding=case.output_padding,
+              groups=case.groups, dilation=case.dilation).numpy()
+    crop = tuple(slice(lo, size - hi) for (lo, hi), size in zip(case.padding, full.shape[2:]))
+    return full[(slice(None), slice(None)) + crop]
+
+
+@pytest.mark.parametrize("name, impl", CASE_IMPL)
+def test_forward_matches_torch(name, impl, rng):
+    torch = pytest.importorskip("torch")
+    case = CASES[name]
+    x, w, b = case.arrays(rng)
+    actual = jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
+    assert_close(actual, _torch_conv_transpose(torch, case, x, w, b), F64, name)
+    if all(lo == hi for lo, hi in case.padding):  # PyTorch's own padding argument too
+        fn = getattr(torch.nn.functional, f"conv_transpose{case.n}d")
+        padded = fn(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w)), torch.tensor(np.asarray(b)),
+                    stride=case.stride, padding=tuple(lo for lo, _ in case.padding),
+                    output_padding=case.output_padding, groups=case.groups,
+                    dilation=case.dilation).numpy()
+        assert_close(actual, padded, F64, name)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_reference_routes_agree(name, rng):
+    """The oracle's lhs_dilation formula equals autodiff's transpose of the reference conv."""
+    case = CASES[name]
+    x, w, _ = case.arrays(rng, with_bias=False)
+    z = reference.conv_transpose(x, w, **case.kwargs())
+    conv = lambda u: reference.conv(u, w, stride=case.stride, padding=case.padding,
+                                    dilation=case.dilation, groups=case.groups)
+    y, pullback = jax.vjp(conv, jnp.zeros(z.shape))
+    widths = [(0, 0), (0, 0)] + [(0, full - size) for full, size in zip(y.shape[2:], x.shape[2:])]
+    assert_close(z, pullback(jnp.pad(x, widths))[0], F64, name)
+
+
+def test_same_padding_output_is_input_times_stride(rng):
+    """TensorFlow's conv2d_transpose SAME: output L·s; and the adjoint of conv's SAME."""
+    x = random_array(rng, (1, 3, 4, 5))
+    w = random_array(rng, (3, 2, 3, 2))
+    for stride, dilation in [((2, 3), (1, 1)), ((1, 2), (2, 1))]:
+        z = jaxcnn.conv_transpose(x, w, stride=stride, dilation=dilation, padding="SAME")
+        assert z.shape == (1, 2, 4 * stride[0], 5 * stride[1])
+        u = random_array(rng, z.shape)
+        y = jaxcnn.conv(u, w, stride=stride, dilation=dilation, padding="same")
+        assert_close(vdot(y, x), vdot(u, z), F64, f"SAME adjoint {stride}, {dilation}")
+
+
+# ----------------------------------------------------------------------------- the adjoint identity
+
+ADJOINT_CONFIGS = {  # (x sizes, kernel, stride, dilation, (lo, hi) per axis, groups)
+    1: ((7,), (3,), (2,), (1,), ((2, 1),), 1),
+    2: ((5, 6), (2, 3), (2, 3), (2, 1), ((1, 0), (2, 2)), 2),
+    3: ((4, 3, 5), (2, 1, 2), (1, 2, 2), (1, 1, 2), ((1, 1), (0, 2), (1, 0)), 1),
+}
+
+
+@pytest.mark.parametrize("mode, n, impl", [(mode, n, IMPLS[(i + n) % 2])
+                                           for i, mode in enumerate(MODES) for n in (1, 2, 3)])
+def test_adjoint_identity(mode, n, impl, rng):
+    """⟨conv(x, w), y⟩ = ⟨x, conv_transpose(y, w)⟩, same w, for every padding_mode."""
+    sizes, kernel, stride, dilation, pads, groups = ADJOINT_CONFIGS[n]
+    channels_last = n == 2
+    x = random_array(rng, (2, 2 * groups, *sizes))
+    w = random_array(rng, (3 * groups, 2, *kernel))
+    kw = dict(stride=stride, dilation=dilation, padding=pads, groups=groups, padding_mode=mode,
+              channels_last=channels_last, impl=impl)
+    xl, wl = to_layout(x, channels_last), kernel_to_layout(w, channels_last)
+    y = jaxcnn.conv(xl, wl, **kw)
+    remainder = tuple((m + lo + hi - d * (k - 1) - 1) % s
+                      for m, (lo, hi), d, k, s in zip(sizes, pads, dilation, kernel, stride))
+    u = random_array(rng, y.shape)
+    z = jaxcnn.conv_transpose(u, wl, output_padding=remainder, **kw)
+    assert z.shape == xl.shape
+    lhs, rhs = vdot(y, u), vdot(xl, z)
+    scale = float(vdot(jnp.abs(y), jnp.abs(u)))  # the sum of |products|: rounding's yardstick
+    assert abs(float(lhs - rhs)) <= F64 * scale, (float(lhs), float(rhs))
+    assert_close(z, reference.conv_transpose(u, wl, output_padding=remainder, **kw), F64, mode)
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+
+def value_and_vjp(op, args, cotangent):
+    """``op(*args)`` and its VJP at ``cotangent``, in one jit (one compile, not one per primitive)."""
+    def run(args, cotangent):
+        out, pullback = jax.vjp(op, *args)
+        return out, pullback(cotangent)
+    return jax.jit(run)(args, cotangent)
+
+
+@pytest.mark.parametrize("name, layout, impl", CASE_LAYOUT_IMPL)
+def test_matches_reference(name, layout, impl, rng):
+    """Forward and hand-written VJP (x, w, b) vs the oracle and JAX autodiff of it."""
+    case, channels_last = CASES[name], LAYOUTS[layout]
+    x, w, b = case.arrays(rng)
+    args = (to_layout(x, channels_last), kernel_to_layout(w, channels_last), b)
+    kw = dict(channels_last=channels_last, **case.kwargs())
+    # The oracle in channels-first layout, moved: the layout handling is checked too.
+    ref_out = to_layout(reference.conv_transpose(x, w, b, **case.kwargs()), channels_last)
+    cotangent = random_array(rng, ref_out.shape)
+    _, ref_grads = value_and_vjp(lambda *a: reference.conv_transpose(*a, **kw), args, cotangent)
+    out, grads = value_and_vjp(lambda *a: jaxcnn.conv_transpose(*a, impl=impl, **kw), args, cotangent)
+    assert out.shape == ref_out.shape
+    assert_close(out, ref_out, F64, f"{name} forward")
+    tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
+
+
+@pytest.mark.parametrize("mode, impl", [("reflect", "lax"), ("replicate", "manual"),
+                                        ("circular", "manual")])
+def test_border_modes_forward_and_vjp(mode, impl, rng):
+    """Non-zero padding modes (the true adjoint; PyTorch has none) vs autodiff of the oracle."""
+    case = Case((5, 4), (3, 2), (2, 1), (1, 2), ((2, 1), (1, 2)), (1, 1), groups=2)
+    x, w, b = case.arrays(rng)
+    kw = dict(padding_mode=mode, **case.kwargs())
+    cotangent = random_array(rng, reference.conv_transpose(x, w, b, **kw).shape)
+    ref_out, ref_grads = value_and_vjp(lambda *a: reference.conv_transpose(*a, **kw), (x, w, b), cotangent)
+    out, grads = value_and_vjp(lambda *a: jaxcnn.conv_transpose(*a, impl=impl, **kw), (x, w, b), cotangent)
+    assert_close(out, ref_out, F64, mode)
+    tree_assert_close(grads, ref_grads, VJP_TOL, f"{mode} vjp")
+
+
+FD_CASES = {1: "1d_dilation3_op2_groups2", 2: "2d_stride_dilation_asym_pad", 3: "3d"}
+
+
+@pytest.mark.parametrize("n", FD_CASES)
+def test_finite_differences(n, rng):
+    """Central differences along a random direction of ⟨conv_transpose(x, w, b), c⟩: the map
+    is a quadratic polynomial of (x, w, b) jointly, so the central difference is exact up to
+    rounding (~ε·|f|/h), and must match ⟨∇f, direction⟩ from the hand-written VJP."""
+    case = CASES[FD_CASES[n]]
+    args = case.arrays(rng)
+    out_shape = jax.eval_shape(lambda *a: jaxcnn.conv_transpose(*a, **case.kwargs()), *args).shape
+    c = random_array(rng, out_shape)
+    impl = "manual" if n < 3 else "lax"
+    f = jax.jit(lambda *a: vdot(jaxcnn.conv_transpose(*a, impl=impl, **case.kwargs()), c))
+    direction = tuple(random_array(rng, a.shape) for a in args)
+    h = 1e-3
+    plus = f(*(a + h * d for a, d in zip(args, direction)))
+    minus = f(*(a - h * d for a, d in zip(args, direction)))
+    numeric = (plus - minus) / (2 * h)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
+    analytic = sum(vdot(g, d) for g, d in zip(grads, direction))
+    assert_close(numeric, analytic, 1e-9, "finite differences")
+
+
+@pytest.mark.parametrize("n, impl", [(1, "manual"), (2, "lax"), (3, "lax")])
+def test_grad_of_grad(n, impl, rng):
+    """Hessian-vector products by reverse over reverse, against the oracle's."""
+    case = CASES[FD_CASES[n]]
+    x, w, b = case.arrays(rng)
+    v = random_array(rng, w.shape)
+
+    def hvp(op):
+        loss = lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, **case.kwargs())))
+        return jax.jit(jax.grad(lambda x, w, b: vdot(jax.grad(loss, argnums=1)(x, w, b), v),
+                                argnums=(0, 1, 2)))(x, w, b)
+
+    tree_assert_close(hvp(lambda *a, **k: jaxcnn.conv_transpose(*a, impl=impl, **k)),
+                      hvp(reference.conv_transpose), VJP_TOL, "grad of grad")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward_over_reverse(impl, rng):
+    """jax.hessian-style forward-over-reverse and jax.jvp, against the oracle's."""
+    case = CASES["1d_dilation3_op2_groups2"]
+    x, w, b = case.arrays(rng)
+    tangents = tuple(random_array(rng, a.shape) for a in (x, w, b))
+
+    @partial(jax.jit, static_argnums=0)
+    def both(op):
+        loss = lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, **case.kwargs())))
+        _, hvp = jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), (x, w, b), tangents)
+        _, jvp = jax.jvp(lambda *a: op(*a, **case.kwargs()), (x, w, b), tangents)
+        return hvp, jvp
+
+    tree_assert_close(both(lambda *a, **k: jaxcnn.conv_transpose(*a, impl=impl, **k)),
+                      both(reference.conv_transpose), VJP_TOL, "forward over reverse")
+
+
+# ----------------------------------------------------------------------------- transformations
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmap_and_jit(impl, rng):
+    case = CASES["1d_dilation3_op2_groups2"]
+    xs = random_array(rng, (3, case.batch, case.groups * case.per_group[0], *case.sizes))
+    ws = random_array(rng, (3, case.groups * case.per_group[0], case.per_group[1], *case.kernel))
+    b = random_array(rng, (case.groups * case.per_group[1],))
+    op = lambda x, w: jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
+    ref = lambda x, w: reference.conv_transpose(x, w, b, **case.kwargs())
+    ref_grad = jax.grad(lambda x, w: jnp.sum(ref(x, w) ** 2), argnums=1)
+
+    @jax.jit
+    def looped(xs, ws):  # the oracle, one example at a time
+        return (jnp.stack([ref(x, w) for x, w in zip(xs, ws)]),
+                jnp.stack([ref(x, ws[0]) for x in xs]),
+                jnp.stack([ref_grad(x, w) for x, w in zip(xs, ws)]))
+
+    both, shared, grads = looped(xs, ws)
+    assert_close(jax.vmap(op)(xs, ws), both, F64, "vmap over x and w")
+    assert_close(jax.vmap(op, in_axes=(0, None))(xs, ws[0]), shared, F64, "vmap over x")
+    assert_close(jax.jit(op)(xs[0], ws[0]), both[0], F64, "jit")
+    grad = jax.vmap(jax.grad(lambda x, w: jnp.sum(op(x, w) ** 2), argnums=1))(xs, ws)
+    assert_close(grad, grads, VJP_TOL, "vmap of grad")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_batch(impl, rng):
+    case = dataclasses.replace(CASES["1d_stride2_pad1_op1"], batch=0)
+    x, w, b = case.arrays(rng)
+    z = jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
+    assert z.shape == reference.conv_transpose(x, w, b, **case.kwargs()).shape
+    assert z.shape[0] == 0
+    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jaxcnn.conv_transpose(*a, impl=impl, **case.kwargs())),
+                          argnums=(0, 1, 2))(x, w, b)
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == b.shape
+    assert not jnp.any(gw) and not jnp.any(gb)
+
+
+# ----------------------------------------------------------------------------- the seed formula
+
+
+def scatter_reference(x, w, stride, dilation, padding, output_padding, groups):
+    """``z[n, c, j] = Σ_o Σ_{i, k : i·s + k·d = j + lo} w[o, c, k] · x[n, o, i]`` by loops in
+    numpy: every input sample scattered through the kernel, then cropped (channels first)."""
+    x, w = np.asarray(x), np.asarray(w)
+    c_in, out_per_group, *kernel = w.shape
+    sizes = x.shape[2:]
+    full = [(l - 1) * s + d * (k - 1) + 1 + p for l, s, d, k, p
+            in zip(sizes, stride, dilation, kernel, output_padding)]
+    z = np.zeros((x.shape[0], out_per_group * groups, *full))
+    in_per_group = c_in // groups
+    for o in range(c_in):
+        g = o // in_per_group
+        for i in np.ndindex(*sizes):
+            for k in np.ndindex(*kernel):
+                j = tuple(a * s + b * d for a, b, s, d in zip(i, k, stride, dilation))
+                z[(slice(None), slice(g * out_per_group, (g + 1) * out_per_group)) + j] += (
+                    x[(slice(None), o) + i][:, None] * w[(o, slice(None)) + k][None, :])
+    crop = tuple(slice(lo, f - hi) for (lo, hi), f in zip(padding, full))
+    return z[(slice(None), slice(None)) + crop]
+
+
+@given(data=st.data())
+def test_matches_seed_formula(data):
+    """Random small configurations against the scatter loops above."""
+    n = data.draw(st.integers(1, 2), label="n")
+    stride = tuple(data.draw(st.integers(1, 3), label="stride") for _ in range(n))
+    dilation = tuple(data.draw(st.integers(1, 2), label="dilation") for _ in range(n))
+    kernel = tuple(data.draw(st.integers(1, 3), label="kernel") for _ in range(n))
+    sizes = tuple(data.draw(st.integers(1, 4), label="size") for _ in range(n))
+    output_padding = tuple(data.draw(st.integers(0, max(s, d) - 1), label="output_padding")
+                           for s, d in zip(stride, dilation))
+    full = [(l - 1) * s + d * (k - 1) + 1 + p
+            for l, s, d, k, p in zip(sizes, stride, dilation, kernel, output_padding)]
+    padding = tuple((data.draw(st.integers(0, (f - 1) // 2), label="lo"),
+                     data.draw(st.integers(0, (f - 1) // 2), label="hi")) for f in full)
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    impl = data.draw(st.sampled_from(IMPLS), label="impl")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = random_array(rng, (2, 2 * groups, *sizes))
+    w = random_array(rng, (2 * groups, 1, *kernel))
+    z = jaxcnn.conv_transpose(x, w, stride=stride, dilation=dilation, padding=padding,
+                              output_padding=output_padding, groups=groups, impl=impl)
+    assert_close(z, scatter_reference(x, w, stride, dilation, padding, output_padding, groups),
+                 F64, "seed formula")
+
+
+# ----------------------------------------------------------------------------- convolve
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_convolve_by_hand(impl):
+    # [1, 2, 3, 4] * [0, 1, 0.5]: full[i] = Σ_a f(a) g(i − a), worked by hand:
+    #   i=0: 1·0 = 0          i=1: 1·1 + 2·0 = 1          i=2: 1·.5 + 2·1 + 3·0 = 2.5
+    #   i=3: 2·.5 + 3·1 + 4·0 = 4    i=4: 3·.5 + 4·1 = 5.5    i=5: 4·.5 = 2
+    f = jnp.array([[[1.0, 2.0, 3.0, 4.0]]])
+    g = jnp.array([[[0.0, 1.0, 0.5]]])
+    full = jnp.array([0.0, 1.0, 2.5, 4.0, 5.5, 2.0])
+    assert_close(jaxcnn.convolve(f, g, padding="FULL", impl=impl)[0, 0], full, F64, "full")
+    assert_close(jaxcnn.convolve(f, g, impl=impl)[0, 0], full[2:4], F64, "valid")
+    # cross-correlation would have read the kernel the other way round: [1·0 + 2·1 + 3·.5, ...]
+    assert_close(jaxcnn.conv(f, g, impl=impl)[0, 0], jnp.array([3.5, 5.0]), F64, "conv, unflipped")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["valid", "full"])
+def test_convolve_matches_numpy(mode, impl, rng):
+    x = random_array(rng, (2, 3, 7))
+    w = random_array(rng, (2, 3, 4))
+    expected = np.array([[sum(np.convolve(x[n, c], w[o, c], mode) for c in range(3))
+                          for o in range(2)] for n in range(2)])
+    assert_close(jaxcnn.convolve(x, w, padding=mode.upper(), impl=impl), expected, F64, mode)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n", [2, 3])
+def test_convolve_matches_scipy(n, impl, rng):
+    signal = pytest.importorskip("scipy.signal")
+    x = random_array(rng, (1, 2) + (5, 4, 3)[:n])
+    w = random_array(rng, (3, 2) + (2, 3, 2)[:n])
+    for mode in ("valid", "full"):
+        expected = np.array([[sum(signal.convolve(np.asarray(x[0, c]), np.asarray(w[o, c]), mode)
+                                  for c in range(2)) for o in range(3)]])
+        assert_close(jaxcnn.convolve(x, w, padding=mode, impl=impl), expected, F64, mode)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_convolve_commutes_in_full_mode(impl, rng):
+    """f * g = g * f (one channel): substitute a → i − a in Σ_a f(a) g(i − a)."""
+    f = random_array(rng, (1, 1, 6))
+    g = random_array(rng, (1, 1, 3))
+    assert_close(jaxcnn.convolve(f, g, padding="FULL", impl=impl),
+                 jaxcnn.convolve(g, f, padding="FULL", impl=impl), F64, "commutativity")
+
+
+CONVOLVE_CASES = {  # (x shape, w shape, kwargs)
+    "1d_lax": ((2, 2, 7), (3, 2, 3), dict(stride=2, padding=1, impl="lax")),
+    "2d_manual_groups_reflect_last": ((1, 6, 5, 4), (4, 3, 3, 2),
+                                      dict(stride=(1, 2), dilation=(2, 1), padding="SAME", groups=2,
+                                           padding_mode="reflect", channels_last=True, impl="manual")),
+    "3d_lax_circular_last": ((1, 2, 3, 4, 3), (2, 2, 2, 3, 2),
+                             dict(padding=1, padding_mode="circular", channels_last=True, impl="lax")),
+}
+
+
+@pytest.mark.parametrize("name", CONVOLVE_CASES)
+def test_convolve_matches_reference(name, rng):
+    x_shape, w_shape, kw = CONVOLVE_CASES[name]
+    channels_last = kw.get("channels_last", False)
+    x = to_layout(random_array(rng, x_shape), channels_last)
+    w = kernel_to_layout(random_array(rng, w_shape), channels_last)
+    b = random_array(rng, (w_shape[0],))
+    ref_kw = {k: v for k, v in kw.items() if k != "impl"}
+    cotangent = random_array(rng, reference.convolve(x, w, b, **ref_kw).shape)
+    ref_out, ref_grads = value_and_vjp(lambda *a: reference.convolve(*a, **ref_kw), (x, w, b), cotangent)
+    out, grads = value_and_vjp(lambda *a: jaxcnn.convolve(*a, **kw), (x, w, b), cotangent)
+    assert_close(out, ref_out, F64, name)
+    tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD_TRANSPOSE = {  # name: (x shape, w shape, b shape, kwargs, error, argument named)
+    "output_padding_ge_stride": ((1, 4, 5), (4, 3, 3), None, dict(stride=2, output_padding=2),
+                                 ValueError, "output_padding"),
+    "output_padding_ge_dilation": ((1, 4, 5), (4, 3, 3), None, dict(dilation=3, output_padding=3),
+                                   ValueError, "output_padding"),
+    "output_padding_negative": ((1, 4, 5), (4, 3, 3), None, dict(output_padding=-1), ValueError,
+                                "output_padding"),
+    "output_padding_length": ((1, 4, 5), (4, 3, 3), None, dict(stride=2, output_padding=(1, 1)),
+                              ValueError, "output_padding"),
+    "output_padding_with_same": ((1, 4, 5), (4, 3, 3), None,
+                                 dict(stride=2, padding="SAME", output_padding=1),
+                                 ValueError, "output_padding"),
+    "non_positive_output": ((1, 4, 1), (4, 3, 1), None, dict(padding=1), ValueError, "padding"),
+    "w_rank": ((1, 4, 5), (4, 3), None, {}, ValueError, "w"),
+    "x_rank": ((4, 5), (4, 3, 3), None, {}, ValueError, "x"),
+    "channels_mismatch": ((1, 4, 5), (3, 3, 3), None, {}, ValueError, "w"),
+    "groups_not_dividing": ((1, 4, 5), (4, 3, 3), None, dict(groups=3), ValueError, "groups"),
+    "groups_zero": ((1, 4, 5), (4, 3, 3), None, dict(groups=0), ValueError, "groups"),
+    "groups_float": ((1, 4, 5), (4, 3, 3), None, dict(groups=1.5), TypeError, "groups"),
+    "bias_shape": ((1, 4, 5), (4, 3, 3), (4,), {}, ValueError, "b"),
+    "unknown_mode": ((1, 4, 5), (4, 3, 3), None, dict(padding_mode="mirror"), ValueError,
+                     "padding_mode"),
+    "reflect_too_wide": ((1, 4, 5), (4, 3, 3), None, dict(padding=3, padding_mode="reflect"),
+                         ValueError, "padding"),
+    "negative_padding": ((1, 4, 5), (4, 3, 3), None, dict(padding=-1), ValueError, "padding"),
+    "unknown_padding": ((1, 4, 5), (4, 3, 3), None, dict(padding="BIG"), ValueError, "padding"),
+    "stride_zero": ((1, 4, 5), (4, 3, 3), None, dict(stride=0), ValueError, "stride"),
+    "impl": ((1, 4, 5), (4, 3, 3), None, dict(impl="cuda"), ValueError, "impl"),
+    "channels_last_str": ((1, 4, 5), (4, 3, 3), None, dict(channels_last="yes"), TypeError,
+                          "channels_last"),
+    "empty_kernel": ((1, 4, 5), (4, 3, 0), None, {}, ValueError, "w"),
+    "empty_input": ((1, 4, 0), (4, 3, 3), None, {}, ValueError, "x"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_TRANSPOSE)
+def test_bad_input(name):
+    x_shape, w_shape, b_shape, kw, error, argument = BAD_TRANSPOSE[name]
+    b = None if b_shape is None else jnp.zeros(b_shape)
+    with pytest.raises(error, match=argument):
+        jaxcnn.conv_transpose(jnp.zeros(x_shape), jnp.zeros(w_shape), b, **kw)
+
+
+def test_bad_dtypes():
+    with pytest.raises(TypeError, match="x"):
+        jaxcnn.conv_transpose(jnp.zeros((1, 4, 5), jnp.int32), jnp.zeros((4, 3, 3)))
+    with pytest.raises(TypeError, match="w"):
+        jaxcnn.conv_transpose(jnp.zeros((1, 4, 5)), jnp.zeros((4, 3, 3), jnp.float32))
+
+
+def test_convolve_bad_input():
+    with pytest.raises(ValueError, match="w"):
+        jaxcnn.convolve(jnp.zeros((1, 4, 5)), jnp.zeros((3, 3, 3)))
+    with pytest.raises(ValueError, match="padding_mode"):
+        jaxcnn.convolve(jnp.zeros((1, 3, 5)), jnp.zeros((2, 3, 3)), padding_mode="mirror")
