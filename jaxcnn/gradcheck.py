@@ -421,8 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write every configuration's result and the summary")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, directions and --quick's draw")
     parser.add_argument("--ops", help=f"comma-separated subset of: {', '.join(matrix.OPS)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        options = parser.parse_args(argv)
     except SystemExit as stop:   # --help, or a usage error (argparse prints it)
         return int(stop.code or 0)
     available = matrix.available_ops()
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in matrix.failure_lines(rows):
         print(line)
     if options.json:
-        result = {"command": ["jaxcnn", "gradcheck", *(argv or [])], "seed": options.seed,
+        result = {"command": ["jaxcnn", "gradcheck", *argv], "seed": options.seed,
                   "quick": options.quick, "ok": ok, "wall_s": wall, "summary": summaries,
                   "configurations": rows}
         with open(options.json, "w", encoding="utf-8") as out:

@@ -65,7 +65,7 @@ def _kernel(out_ch: int, in_ch: int, k_sizes, channels_last: bool) -> tuple[int,
 
 def _expand(op: str, variants, rng: np.random.Generator, build: Callable) -> list[Case]:
     """Each variant once per dimension, the (impl, layout) pair cycling; every third case
-    also in float32, and the first variant of each dimension at order 2."""
+    also in float32; at order 2 one variant per dimension, spread over the list."""
     cases, count = [], 0
     for j, variant in enumerate(variants):
         for n in (1, 2, 3):
@@ -75,7 +75,7 @@ def _expand(op: str, variants, rng: np.random.Generator, build: Callable) -> lis
             count += 1
             if count % 3 == 0:
                 cases.append(dataclasses.replace(case, dtype="float32"))
-            if j == 0:
+            if j == ((n - 1) * len(variants) // 3 + 1) % len(variants):
                 cases.append(dataclasses.replace(case, order=2))
     return cases
 
@@ -123,6 +123,7 @@ def _conv_arrays(variant, n, channels_last, rng):
 def _conv_case(op: str, name_by_n: bool = False):
     def build(variant, n, impl, channels_last, rng):
         label, x, w, b, kwargs = _conv_arrays(variant, n, channels_last, rng)
+        # Half the cases (lax channels-last, manual channels-first) through conv1d/2d/3d.
         function = f"{op}{n}d" if name_by_n and channels_last == (impl == "lax") else op
         return Case(op, function, op, f"{n}D {label}, {_layout_label(impl, channels_last)}",
                     (x, w, b), dict(kwargs, impl=impl))
@@ -214,11 +215,11 @@ def _pool_case(op: str):
 GLOBAL_VARIANTS = (("mean over every spatial axis", lambda n: {}),)
 
 
-def _expand_layouts(op: str, variants, rng, build) -> list[Case]:
-    """Both layouts for every variant and dimension (ops cheap enough for the full product)."""
+def _both_layouts(op: str, variants, rng, build) -> list[Case]:
+    """``_expand``, plus each float64 case again in the other layout (cheap ops only)."""
     cases = _expand(op, variants, rng, build)
-    flipped = _expand(op, variants, rng, lambda v, n, i, cl, r: build(v, n, i, not cl, r))
-    return cases + [c for c in flipped if c.dtype == "float64" and c.order == 1]
+    other = _expand(op, variants, rng, lambda v, n, impl, cl, r: build(v, n, impl, not cl, r))
+    return cases + [c for c in other if c.dtype == "float64" and c.order == 1]
 
 
 OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
@@ -231,7 +232,7 @@ OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "conv_transpose": lambda rng: _expand("conv_transpose", TRANSPOSE_VARIANTS, rng, _transpose_case),
     "max_pool": lambda rng: _expand("max_pool", MAX_POOL_VARIANTS, rng, _pool_case("max_pool")),
     "avg_pool": lambda rng: _expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
-    "global_avg_pool": lambda rng: _expand_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
+    "global_avg_pool": lambda rng: _both_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
                                                    _pool_case("global_avg_pool")),
 }
 
@@ -258,6 +259,8 @@ def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"op": case.op, "function": case.function, "label": case.label,
                            "dtype": case.dtype, "order": case.order,
+                           "args": [f"array{list(a.shape)}" if hasattr(a, "shape") else repr(a)
+                                    for a in case.args],
                            "kwargs": {k: repr(v) for k, v in case.kwargs.items()}}
     try:
         if case.dtype == "float64":

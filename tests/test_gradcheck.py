@@ -250,3 +250,25 @@ def test_cli_dispatches_gradcheck(capsys):
     from jaxcnn.cli import main as cli_main
     assert cli_main(["gradcheck", "--ops", "nope"]) == 2
     assert "unknown op 'nope'" in capsys.readouterr().err
+
+
+def test_matrix_covers_every_factor_for_conv():
+    """No compilation: the conv configurations span every dimension, padding form and mode,
+    impl, layout, stride, dilation and groups, and some run in float32 and at order 2."""
+    from jaxcnn import gradcheck_matrix
+    cases = gradcheck_matrix.cases_for("conv", seed=0)
+    kw = [c.kwargs for c in cases]
+    assert {c.args[1].ndim - 2 for c in cases} == {1, 2, 3}
+    assert {c.function for c in cases} == {"conv", "conv1d", "conv2d", "conv3d"}
+    strings = {k["padding"].upper() for k in kw if isinstance(k.get("padding"), str)}
+    assert strings == {"VALID", "SAME", "FULL", "CAUSAL"}
+    assert {type(k.get("padding", 0)).__name__ for k in kw} == {"int", "tuple", "str"}
+    assert {k.get("padding_mode", "zeros") for k in kw} == {"zeros", "reflect", "replicate", "circular"}
+    for n in (1, 2, 3):   # every (impl, layout) pair in every dimension
+        pairs = {(k["impl"], k["channels_last"]) for c, k in zip(cases, kw) if c.args[1].ndim == n + 2}
+        assert pairs == set(gradcheck_matrix.IMPL_LAYOUTS)
+    assert any(np.max(k.get("stride", 1)) > 1 for k in kw)
+    assert any(np.max(k.get("dilation", 1)) > 1 for k in kw)
+    assert {k.get("groups", 1) for k in kw} >= {1, 2, 4}
+    assert {(c.dtype, c.order) for c in cases} == {("float64", 1), ("float32", 1), ("float64", 2)}
+    assert any(c.args[2] is None for c in cases) and any(c.args[2] is not None for c in cases)
