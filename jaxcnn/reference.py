@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import normalize_conv_transpose
@@ -148,13 +149,32 @@ def _pool_window(spec: Any, ndim: int, per_axis: tuple[int, ...], fill: int) -> 
 def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *, dilation: Any = 1,
              ceil_mode: bool = False, channels_last: bool = False) -> jax.Array:
     """``jaxcnn.max_pool`` as one ``lax.reduce_window(max)`` over −∞ padding. Its autodiff may
-    break ties (and NaNs) differently from PyTorch's first-maximum rule: compare on tie-free data."""
+    break ties (and NaNs) differently from PyTorch's first-maximum rule: compare on tie-free data.
+    (Init values are numpy scalars: a jnp constant is traced under ``jit`` and JAX then fails
+    to differentiate the ``reduce_window`` twice.)"""
     x, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
                              channels_last=channels_last, op="max_pool")
+    if any(d != 1 for d in spec.dilation):
+        return _max_over_gathered_taps(x, spec)
     return jax.lax.reduce_window(
-        x, jnp.asarray(-jnp.inf, x.dtype), jax.lax.max, _pool_window(spec, x.ndim, spec.window, 1),
-        _pool_window(spec, x.ndim, spec.stride, 1), _pool_window(spec, x.ndim, spec.padding, (0, 0)),
-        window_dilation=_pool_window(spec, x.ndim, spec.dilation, 1))
+        x, np.asarray(-np.inf, x.dtype), jax.lax.max, _pool_window(spec, x.ndim, spec.window, 1),
+        _pool_window(spec, x.ndim, spec.stride, 1), _pool_window(spec, x.ndim, spec.padding, (0, 0)))
+
+
+def _max_over_gathered_taps(x: jax.Array, spec: Any) -> jax.Array:
+    """Max pooling with dilation, which JAX cannot differentiate as a ``reduce_window``: pad
+    with −∞, gather the taps ``x_pad[i·s + k·d]`` along each spatial axis with static indices
+    (axis → ``(out, window)``), take ``jnp.max`` over the window axes."""
+    x_pad = jnp.pad(x, _pool_window(spec, x.ndim, spec.padding, (0, 0)), constant_values=-jnp.inf)
+    shape, window_axes = list(x.shape), []
+    for i, (axis, k, o, s, d) in enumerate(zip(spec.spatial_axes(), spec.window, spec.out_sizes(),
+                                               spec.stride, spec.dilation)):
+        taps = (np.arange(o)[:, None] * s + np.arange(k)[None, :] * d).ravel()
+        x_pad = jnp.take(x_pad, jnp.asarray(taps), axis=axis)
+        shape[axis] = (o, k)
+        window_axes.append(axis + i + 1)
+    flat_shape = [size for entry in shape for size in (entry if isinstance(entry, tuple) else (entry,))]
+    return jnp.max(x_pad.reshape(flat_shape), axis=tuple(window_axes))
 
 
 def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
@@ -168,7 +188,7 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
                              channels_last=channels_last, op="avg_pool")
     dims = _pool_window(spec, x.ndim, spec.window, 1)
     strides = _pool_window(spec, x.ndim, spec.stride, 1)
-    total = jax.lax.reduce_window(x, jnp.asarray(0, x.dtype), jax.lax.add, dims, strides,
+    total = jax.lax.reduce_window(x, np.asarray(0, x.dtype), jax.lax.add, dims, strides,
                                   _pool_window(spec, x.ndim, spec.padding, (0, 0)))
     ones = jnp.ones(x.shape, x.dtype)
     if count_include_pad:
@@ -177,7 +197,7 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
         pads = tuple((0, hi - lo) for lo, hi in spec.padding)
     else:
         pads = spec.padding
-    count = jax.lax.reduce_window(ones, jnp.asarray(0, x.dtype), jax.lax.add, dims, strides,
+    count = jax.lax.reduce_window(ones, np.asarray(0, x.dtype), jax.lax.add, dims, strides,
                                   _pool_window(spec, x.ndim, pads, (0, 0)))
     return total / count
 

@@ -1,0 +1,307 @@
+"""Tests for jaxcnn/pool.py: max_pool, avg_pool, global_avg_pool.
+
+References: ``jaxcnn.reference`` (``lax.reduce_window`` differentiated by JAX autodiff) on
+continuous random data (no ties), PyTorch's ``max_pool{1,2,3}d`` / ``avg_pool{1,2,3}d`` /
+``adaptive_avg_pool`` (forward and backward), central finite differences, and hand-worked
+examples for ties, NaNs, −∞ and the avg divisor. Float64 throughout: ~1e-12 forward,
+≤ 1e-10 for VJPs against autodiff.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jaxcnn
+from jaxcnn import reference
+from jaxcnn._args import pool_output_size
+from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
+
+F64 = TOL["float64"]
+LAYOUTS = {"channels_first": False, "channels_last": True}
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A pooling configuration; ``shape`` is channels first ``(N, C, *S)``."""
+
+    shape: tuple[int, ...]
+    window: tuple[int, ...]
+    stride: tuple[int, ...] | None = None
+    padding: int | tuple[int, ...] = 0
+    dilation: int | tuple[int, ...] = 1
+    ceil_mode: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.shape) - 2
+
+    def max_kwargs(self) -> dict:
+        return dict(window=self.window, stride=self.stride, padding=self.padding,
+                    dilation=self.dilation, ceil_mode=self.ceil_mode)
+
+    def avg_kwargs(self) -> dict:
+        return dict(window=self.window, stride=self.stride, padding=self.padding,
+                    ceil_mode=self.ceil_mode)
+
+    def torch_kwargs(self) -> dict:
+        return dict(kernel_size=self.window, stride=self.stride, padding=self.padding,
+                    ceil_mode=self.ceil_mode)
+
+
+# Each case runs in one layout (both for a few): the layout is a transpose at the front door,
+# and the 2 shared CPU cores bound the suite's time.
+MAX_CASES = {  # name: (case, channels_last)
+    "1d_pad": (Case((2, 3, 9), (3,), (2,), 1), False),
+    "1d_dilation_ceil": (Case((2, 2, 10), (3,), (2,), 1, 2, True), True),
+    "2d_default_stride": (Case((2, 2, 6, 4), (2, 2)), True),
+    "2d_asym": (Case((1, 3, 7, 6), (3, 2), (2, 1), (1, 0)), False),
+    "2d_ceil_overhang": (Case((1, 2, 7, 8), (2, 2), (2, 2), 1, 1, True), False),
+    "2d_ceil_overhang_cl": (Case((1, 2, 7, 8), (2, 2), (2, 2), 1, 1, True), True),
+    "2d_dilation_pad_beyond_torch": (Case((1, 2, 8, 7), (2, 3), (1, 2), (2, 1), (3, 1)), False),
+    "3d_ceil_dilation": (Case((1, 2, 5, 5, 6), (3, 2, 2), (2, 2, 2), 1, (1, 2, 1), True), True),
+}
+AVG_CASES = {  # name: (case, channels_last, count_include_pad)
+    "1d_pad": (Case((2, 3, 9), (3,), (2,), 1), False, False),
+    "1d_ceil": (Case((2, 2, 5), (3,), (2,), 1, ceil_mode=True), True, True),
+    "2d_default_stride": (Case((2, 2, 6, 4), (2, 2)), False, True),
+    "2d_asym": (Case((1, 3, 7, 6), (3, 2), (2, 1), (1, 1)), True, False),
+    "2d_ceil_overhang": (Case((1, 2, 7, 8), (2, 3), (2, 2), 1, ceil_mode=True), False, True),
+    "2d_ceil_overhang_exclude": (Case((1, 2, 7, 8), (2, 3), (2, 2), 1, ceil_mode=True), True, False),
+    "3d_ceil": (Case((1, 2, 5, 5, 6), (3, 2, 2), (2, 2, 2), 1, ceil_mode=True), False, True),
+}
+
+
+def to_layout(x, channels_last):
+    return jnp.moveaxis(x, 1, -1) if channels_last else x
+
+
+def from_layout(y, channels_last):
+    return jnp.moveaxis(y, -1, 1) if channels_last else y
+
+
+def pool_pair(kind, case, channels_last, count_include_pad=True):
+    """``(jaxcnn op, reference op)`` as functions of x for one configuration."""
+    if kind == "max":
+        kw = dict(case.max_kwargs(), channels_last=channels_last)
+    else:
+        kw = dict(case.avg_kwargs(), channels_last=channels_last, count_include_pad=count_include_pad)
+    op = getattr(jaxcnn, f"{kind}_pool")
+    ref = getattr(reference, f"{kind}_pool")
+    return (lambda x: op(x, **kw)), (lambda x: ref(x, **kw))
+
+
+def params(cases):
+    return [pytest.param(*value, id=name) for name, value in cases.items()]
+
+
+@partial(jax.jit, static_argnums=0)
+def derivatives(f, x, c, v):
+    """``f(x)``, its VJP with ``c`` and a second order ``∂/∂x ⟨v, ∇_x ⟨c, f(x)²⟩⟩``, compiled once."""
+    y, vjp = jax.vjp(f, x)
+    grad = jax.grad(lambda z: jnp.sum(c * f(z) ** 2))
+    return y, vjp(c)[0], jax.grad(lambda z: vdot(v, grad(z)))(x)
+
+
+@partial(jax.jit, static_argnums=0)
+def forward_and_vjp(f, x, c):
+    y, vjp = jax.vjp(f, x)
+    return y, vjp(c)[0]
+
+
+def check_against_reference(op, ref, x, rng):
+    """Forward, VJP and grad-of-grad of ``op`` against JAX autodiff of ``ref``."""
+    c = random_array(rng, jax.eval_shape(op, x).shape)
+    v = random_array(rng, x.shape)
+    ours, theirs = derivatives(op, x, c, v), derivatives(ref, x, c, v)
+    for what, a, b, tol in zip(("forward", "vjp", "grad of grad"), ours, theirs, (F64, VJP_TOL, VJP_TOL)):
+        assert_close(a, b, tol, what)
+
+
+# ----------------------------------------------------------------------------- vs the reference
+
+
+@pytest.mark.parametrize("case, channels_last", params(MAX_CASES))
+def test_max_pool_matches_reference(case, channels_last, rng):
+    op, ref = pool_pair("max", case, channels_last)
+    check_against_reference(op, ref, to_layout(random_array(rng, case.shape), channels_last), rng)
+
+
+@pytest.mark.parametrize("case, channels_last, count_include_pad", params(AVG_CASES))
+def test_avg_pool_matches_reference(case, channels_last, count_include_pad, rng):
+    op, ref = pool_pair("avg", case, channels_last, count_include_pad)
+    check_against_reference(op, ref, to_layout(random_array(rng, case.shape), channels_last), rng)
+
+
+@pytest.mark.parametrize("shape, channels_last", [((2, 3, 5), False), ((2, 3, 4, 3), True),
+                                                  ((1, 2, 3, 2, 4), False)], ids=["1d", "2d_cl", "3d"])
+def test_global_avg_pool_is_the_mean(shape, channels_last, rng):
+    x = to_layout(random_array(rng, shape), channels_last)
+    y = jaxcnn.global_avg_pool(x, channels_last=channels_last)
+    assert y.shape == shape[:2]
+    assert_close(y, np.mean(np.asarray(from_layout(x, channels_last)), axis=tuple(range(2, len(shape)))),
+                 F64, "mean")
+    check_against_reference(lambda z: jaxcnn.global_avg_pool(z, channels_last=channels_last),
+                            lambda z: reference.global_avg_pool(z, channels_last=channels_last), x, rng)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg", "global"])
+def test_hessian_forward_over_reverse(kind, rng):
+    case = Case((1, 2, 5), (2,), (1,), 1)
+    if kind == "global":
+        op, ref = jaxcnn.global_avg_pool, reference.global_avg_pool
+    else:
+        op, ref = pool_pair(kind, case, False)
+    x = random_array(rng, case.shape)
+    hess = [jax.hessian(lambda z: jnp.sum(f(z) ** 3))(x) for f in (op, ref)]
+    assert_close(hess[0], hess[1], VJP_TOL, "hessian")
+
+
+# ----------------------------------------------------------------------------- vs PyTorch
+
+
+def torch_pool(kind, case, x, dy, count_include_pad=True):
+    """PyTorch's output and input gradient for a channels-first float64 ``x``."""
+    torch = pytest.importorskip("torch")
+    fn = getattr(torch.nn.functional, f"{kind}_pool{case.n}d")
+    kw = case.torch_kwargs()
+    kw.update(dilation=case.dilation) if kind == "max" else kw.update(count_include_pad=count_include_pad)
+    xt = torch.tensor(np.asarray(x), requires_grad=True)
+    yt = fn(xt, **kw)
+    yt.backward(torch.tensor(np.asarray(dy)))
+    return yt.detach().numpy(), xt.grad.numpy()
+
+
+def torch_accepts(case):
+    """PyTorch asks padding ≤ window // 2 (jaxcnn: ≤ half the *dilated* window, looser)."""
+    pads = np.broadcast_to(case.padding, (case.n,))
+    return all(p <= k // 2 for p, k in zip(pads, case.window))
+
+
+def check_against_torch(kind, case, channels_last, rng, count_include_pad=True):
+    if not torch_accepts(case):
+        pytest.skip("padding beyond PyTorch's window // 2")
+    op, _ = pool_pair(kind, case, channels_last, count_include_pad)
+    x = random_array(rng, case.shape)
+    y_shape = jax.eval_shape(op, to_layout(x, channels_last)).shape
+    dy = random_array(rng, (y_shape[0], y_shape[-1], *y_shape[1:-1]) if channels_last else y_shape)
+    y, dx = forward_and_vjp(op, to_layout(x, channels_last), to_layout(dy, channels_last))
+    y_torch, dx_torch = torch_pool(kind, case, x, dy, count_include_pad)
+    assert_close(from_layout(y, channels_last), y_torch, F64, "forward vs torch")
+    assert_close(from_layout(dx, channels_last), dx_torch, F64, "gradient vs torch")
+
+
+@pytest.mark.parametrize("case, channels_last", params(MAX_CASES))
+def test_max_pool_matches_torch(case, channels_last, rng):
+    check_against_torch("max", case, channels_last, rng)
+
+
+@pytest.mark.parametrize("case, channels_last, count_include_pad", params(AVG_CASES))
+def test_avg_pool_matches_torch(case, channels_last, count_include_pad, rng):
+    check_against_torch("avg", case, channels_last, rng, count_include_pad)
+
+
+def test_global_avg_pool_matches_torch_adaptive(rng):
+    torch = pytest.importorskip("torch")
+    x = random_array(rng, (2, 3, 4, 3, 2))
+    expected = torch.nn.functional.adaptive_avg_pool3d(torch.tensor(np.asarray(x)), 1).numpy()
+    assert_close(jaxcnn.global_avg_pool(x), expected.reshape(2, 3), F64, "vs adaptive_avg_pool3d")
+
+
+def test_output_size_matches_torch():
+    """The shape-only helper against PyTorch's output sizes (None: PyTorch refuses)."""
+    torch = pytest.importorskip("torch")
+    grid = itertools.product(range(1, 8), (1, 2, 3), (1, 2, 3), (1, 2), (0, 1), (False, True))
+    for length, window, stride, dilation, padding, ceil_mode in grid:
+        if padding > window // 2:
+            continue
+        ours = pool_output_size(length, window, stride, dilation, padding, ceil_mode)
+        try:
+            theirs = torch.nn.functional.max_pool1d(torch.zeros(1, 1, length), window, stride,
+                                                    padding, dilation, ceil_mode).shape[-1]
+        except RuntimeError:  # PyTorch: "Output size is too small"
+            theirs = None
+        assert (ours if ours >= 1 else None) == theirs, (length, window, stride, dilation, padding,
+                                                         ceil_mode)
+
+
+# ----------------------------------------------------------------------------- hand-worked
+
+
+def test_max_pool_tie_gradient_goes_to_first_maximum():
+    # Window [[2, 1], [2, 2]]: three maxima; row-major, the first is (0, 0).
+    x = jnp.array([[[[2.0, 1.0], [2.0, 2.0]]]])
+    assert jaxcnn.max_pool(x, 2).tolist() == [[[[2.0]]]]
+    grad = jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2)))(x)
+    np.testing.assert_array_equal(grad, [[[[1.0, 0.0], [0.0, 0.0]]]])
+    # Overlapping 1D windows [3, 3], [3, 1], [1, 3] (stride 1): first maxima at 0, 1, 3.
+    x1 = jnp.array([[[3.0, 3.0, 1.0, 3.0]]])
+    weights = jnp.arange(1.0, 4.0).reshape(1, 1, 3)
+    grad1 = jax.grad(lambda z: jnp.sum(weights * jaxcnn.max_pool(z, 2, 1)))(x1)
+    np.testing.assert_array_equal(grad1, [[[1.0, 2.0, 0.0, 3.0]]])
+    # Channels last and 3D give the same first maximum.
+    x3 = jnp.full((1, 2, 2, 2, 1), 5.0)
+    grad3 = jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2, channels_last=True)))(x3)
+    assert grad3.ravel().tolist() == [1.0] + [0.0] * 7
+
+
+def test_max_pool_ties_match_torch(rng):
+    x = jnp.asarray(rng.integers(0, 3, (2, 2, 6, 5)).astype(np.float64))  # many ties
+    case = Case(x.shape, (3, 2), (1, 2), 1)
+    dy = random_array(rng, jaxcnn.max_pool(x, **case.max_kwargs()).shape)
+    _, vjp = jax.vjp(lambda z: jaxcnn.max_pool(z, **case.max_kwargs()), x)
+    y_torch, dx_torch = torch_pool("max", case, x, dy)
+    assert_close(vjp(dy)[0], dx_torch, F64, "tie gradients vs torch")
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("values, expected_grad", [
+    ([1.0, NAN, 3.0, 0.0], [0, 1, 0, 0]),   # one NaN: it is the max and takes the gradient
+    ([NAN, 5.0, 2.0, 7.0], [1, 0, 0, 0]),   # a NaN beats any later value
+    ([1.0, NAN, 3.0, NAN], [0, 0, 0, 1]),   # several: PyTorch's scan keeps the last NaN
+], ids=["one_nan", "nan_first", "two_nans"])
+def test_max_pool_nan_propagates_and_takes_gradient(values, expected_grad):
+    x = jnp.array([[values]])
+    assert np.isnan(jaxcnn.max_pool(x, 4)).all()
+    grad = jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 4)))(x)  # the sum is NaN, not its gradient
+    np.testing.assert_array_equal(grad, [[expected_grad]])
+    dy = jnp.ones((1, 1, 1))
+    _, vjp = jax.vjp(lambda z: jaxcnn.max_pool(z, 4), x)
+    y_torch, dx_torch = torch_pool("max", Case((1, 1, 4), (4,)), x, dy)
+    assert np.isnan(y_torch).all()
+    np.testing.assert_array_equal(vjp(dy)[0], dx_torch)
+
+
+def test_max_pool_minus_infinity_and_padding():
+    # Windows (pad, −∞, −∞), (−∞, −∞, 0), (−∞, 0, pad): padding never wins, the first real
+    # sample starts the running max, so the first window's gradient goes to x[0] (PyTorch).
+    x = jnp.array([[[-jnp.inf, -jnp.inf, 0.0]]])
+    assert jaxcnn.max_pool(x, 3, 1, 1).tolist() == [[[-np.inf, 0.0, 0.0]]]
+    weights = jnp.array([[[1.0, 10.0, 100.0]]])
+    grad = jax.grad(lambda z: jnp.sum(weights * jaxcnn.max_pool(z, 3, 1, 1)))(x)
+    np.testing.assert_array_equal(grad, [[[1.0, 0.0, 110.0]]])
+
+
+@pytest.mark.parametrize("count_include_pad, expected", [
+    # L = 6, window 3, stride 2, padding 1, ceil_mode: windows [-1, 2), [1, 4), [3, 6), [5, 8);
+    # the last holds x[5], padding at 6 and ceil_mode's overhang at 7. x = 1..6: sums 3, 9,
+    # 15, 6; divisors: padding counts, overhang not (3, 3, 3, 2), or real samples (2, 3, 3, 1).
+    (True, [3 / 3, 9 / 3, 15 / 3, 6 / 2]),
+    (False, [3 / 2, 9 / 3, 15 / 3, 6 / 1]),
+], ids=["count_pad", "exclude_pad"])
+def test_avg_pool_divisor_by_hand(count_include_pad, expected):
+    x = jnp.arange(1.0, 7.0).reshape(1, 1, 6)
+    y = jaxcnn.avg_pool(x, 3, 2, 1, ceil_mode=True, count_include_pad=count_include_pad)
+    assert_close(y, np.array([[expected]]), F64, "divisor")
