@@ -1,0 +1,247 @@
+"""Tests of ``jaxcnn.nn``: shapes declared by ``init`` equal ``apply``'s, exact parameter counts
+computed by hand, every layer against an independent computation (``jaxcnn.reference``,
+numpy, PyTorch), gradients of a whole model against JAX autodiff of the reference ops, and
+the bad-input messages."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import nn, reference
+from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close
+
+KEY = jax.random.key(0)
+
+
+def init_apply(layer, shape, rng, dtype=jnp.float64, **kwargs):
+    params, declared = layer.init(KEY, shape)
+    params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+    x = random_array(rng, shape, dtype)
+    return params, declared, x, jax.jit(lambda p, x: layer.apply(p, x, **kwargs))(params, x)
+
+
+# Each case: a layer, an input shape, and its parameter count worked out by hand.
+LAYERS = {
+    "conv1d": (nn.Conv1d(6, 3), (2, 4, 11), 6 * 4 * 3 + 6),
+    "conv1d-same-stride2": (nn.Conv1d(6, 4, stride=2, padding="SAME"), (2, 4, 11), 6 * 4 * 4 + 6),
+    "conv1d-causal-dilated": (nn.Conv1d(3, 3, dilation=2, padding="CAUSAL"), (2, 2, 9), 3 * 2 * 3 + 3),
+    "conv2d-groups": (nn.Conv2d(8, (3, 2), groups=2, padding=1), (2, 4, 7, 6), 8 * 2 * 3 * 2 + 8),
+    "conv2d-reflect": (nn.Conv2d(5, 3, padding=1, padding_mode="reflect"), (1, 3, 6, 6), 5 * 3 * 9 + 5),
+    "conv2d-channels-last": (nn.Conv2d(5, 3, stride=2, channels_last=True), (2, 9, 8, 3), 5 * 3 * 9 + 5),
+    "conv2d-manual-nobias": (nn.Conv2d(4, 2, impl="manual", bias=False), (1, 3, 5, 5), 4 * 3 * 4),
+    "conv3d": (nn.Conv3d(4, (2, 3, 3), padding=(0, 1, 1), stride=(1, 2, 2)), (1, 2, 4, 7, 7), 4 * 2 * 18 + 4),
+    "conv-transpose2d": (nn.ConvTranspose(6, (3, 3), stride=2, padding=1, output_padding=1),
+                         (2, 4, 5, 5), 4 * 6 * 9 + 6),
+    "conv-transpose1d-groups": (nn.ConvTranspose(4, (3,), groups=2), (1, 6, 7), 6 * 2 * 3 + 4),
+    "maxpool2d": (nn.MaxPool(2), (2, 3, 7, 6), 0),
+    "maxpool1d-padded": (nn.MaxPool(3, stride=2, padding=1), (2, 3, 10), 0),
+    "avgpool3d": (nn.AvgPool((1, 2, 2)), (1, 2, 3, 6, 6), 0),
+    "global-avg-pool": (nn.GlobalAvgPool(), (3, 5, 4, 4), 0),
+    "dense": (nn.Dense(5), (4, 12), 12 * 5 + 5),
+    "dense-nobias": (nn.Dense(5, bias=False), (4, 12), 60),
+    "flatten": (nn.Flatten(), (2, 3, 4, 5), 0),
+    "relu": (nn.ReLU(), (2, 3, 5), 0),
+    "gelu": (nn.GELU(), (2, 3, 5), 0),
+    "dropout": (nn.Dropout(0.5), (2, 3, 5), 0),
+    "groupnorm": (nn.GroupNorm(2), (2, 6, 5), 2 * 6),
+    "mean": (nn.Mean(axis=1), (2, 3, 5), 0),
+    "residual-identity": (nn.Residual(nn.serial(nn.Conv1d(4, 3, padding=1), nn.ReLU())), (2, 4, 9), 4 * 4 * 3 + 4),
+    "residual-projection": (nn.Residual(nn.Conv2d(6, 3, stride=2, padding=1)), (2, 4, 9, 9),
+                            (6 * 4 * 9 + 6) + (6 * 4 + 6)),
+    "perframe": (nn.PerFrame(nn.serial(nn.Conv2d(3, 3), nn.GlobalAvgPool())), (2, 1, 4, 6, 6), 3 * 9 + 3),
+    "serial": (nn.serial(nn.Conv1d(4, 3), nn.ReLU(), nn.Flatten(), nn.Dense(2)), (3, 2, 8),
+               (4 * 2 * 3 + 4) + (4 * 6 * 2 + 2)),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_init_shape_is_apply_shape_and_params_counted_by_hand(name, rng):
+    layer, shape, count = LAYERS[name]
+    params, declared, x, y = init_apply(layer, shape, rng)
+    assert tuple(y.shape) == declared, f"{name}: init says {declared}, apply gives {y.shape}"
+    assert nn.count_params(params) == count
+    top = [row for row in nn.summary(layer, shape) if row.depth == 0]
+    assert top[-1].output_shape == declared and sum(row.params for row in top) == count
+
+
+def test_train_mode_shapes_agree(rng):
+    layer = nn.serial(nn.Conv1d(4, 3), nn.Dropout(0.2), nn.Flatten(), nn.Dense(3))
+    params, declared, x, y = init_apply(layer, (2, 1, 10), rng, train=True, key=KEY)
+    assert tuple(y.shape) == declared
+
+
+@pytest.mark.parametrize("layer", [nn.Conv1d(32, 5), nn.Conv2d(16, 3, groups=4), nn.Dense(40)],
+                         ids=["conv1d", "conv2d-groups", "dense"])
+def test_init_is_pytorch_kaiming_uniform(layer):
+    """``kaiming_uniform_(a=√5)``: ``U(−b, b)`` with ``b = √(6 / ((1 + a²) fan_in)) = 1/√fan_in``."""
+    shape = (1, 3, 10) if layer.name.startswith("Conv1d") else (1, 8, 6, 6) if "Conv2d" in layer.name else (1, 30)
+    params, _ = layer.init(KEY, shape)
+    w = np.asarray(params["w"])
+    fan_in = 30 if w.ndim == 2 else w.shape[1] * math.prod(w.shape[2:])
+    bound = math.sqrt(6.0 / ((1 + 5) * fan_in))
+    for value in (w, np.asarray(params["b"])):
+        assert np.all(np.abs(value) <= bound)
+    assert np.max(np.abs(w)) > 0.9 * bound  # uses the whole range
+    assert abs(np.std(w) - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3)
+
+
+@pytest.mark.parametrize("name", ["conv1d-same-stride2", "conv2d-groups", "conv2d-reflect",
+                                  "conv2d-channels-last", "conv3d"])
+def test_conv_layer_matches_reference_conv(name, rng):
+    layer, shape, _ = LAYERS[name]
+    params, _, x, y = init_apply(layer, shape, rng)
+    options = {"conv1d-same-stride2": dict(stride=2, padding="SAME"),
+               "conv2d-groups": dict(groups=2, padding=1),
+               "conv2d-reflect": dict(padding=1, padding_mode="reflect"),
+               "conv2d-channels-last": dict(stride=2, channels_last=True),
+               "conv3d": dict(padding=(0, 1, 1), stride=(1, 2, 2))}[name]
+    assert_close(y, reference.conv(x, params["w"], params["b"], **options), TOL["float64"], name)
+
+
+def test_dense_flatten_matches_numpy(rng):
+    layer = nn.serial(nn.Flatten(), nn.Dense(3))
+    params, _, x, y = init_apply(layer, (4, 2, 5), rng)
+    w, b = np.asarray(params[1]["w"]), np.asarray(params[1]["b"])
+    assert_close(y, np.asarray(x).reshape(4, 10) @ w + b[None, :], TOL["float64"])
+
+
+def test_groupnorm_by_hand_and_channels_last(rng):
+    layer = nn.GroupNorm(2)
+    params = {"scale": random_array(rng, (4,)), "bias": random_array(rng, (4,))}
+    x = random_array(rng, (3, 4, 5))
+    xn = np.asarray(x).reshape(3, 2, 10)
+    expected = ((xn - xn.mean(2, keepdims=True)) / np.sqrt(xn.var(2, keepdims=True) + 1e-5)).reshape(3, 4, 5)
+    expected = expected * np.asarray(params["scale"])[None, :, None] + np.asarray(params["bias"])[None, :, None]
+    assert_close(layer.apply(params, x), expected, TOL["float64"])
+    last = nn.GroupNorm(2, channels_last=True).apply(params, jnp.moveaxis(x, 1, -1))
+    assert_close(jnp.moveaxis(last, -1, 1), expected, TOL["float64"])
+
+
+def test_groupnorm_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 6, 4, 3))
+    module = torch.nn.GroupNorm(3, 6, eps=1e-5).double()
+    torch.nn.init.normal_(module.weight)
+    torch.nn.init.normal_(module.bias)
+    params = {"scale": jnp.asarray(module.weight.detach().numpy()), "bias": jnp.asarray(module.bias.detach().numpy())}
+    expected = module(torch.from_numpy(x)).detach().numpy()
+    assert_close(nn.GroupNorm(3).apply(params, jnp.asarray(x)), expected, TOL["float64"])
+
+
+def test_dropout_rate_is_the_drop_probability(rng):
+    x = jnp.ones((100, 1000), jnp.float64)
+    layer = nn.Dropout(0.3)
+    y = np.asarray(layer.apply({}, x, train=True, key=KEY))
+    dropped = np.mean(y == 0)
+    # Binomial(1e5, 0.3): standard deviation 0.00145; allow five of them.
+    assert abs(dropped - 0.3) < 5 * math.sqrt(0.3 * 0.7 / y.size)
+    assert np.allclose(y[y != 0], 1 / 0.7)
+    assert np.array_equal(layer.apply({}, x), x)
+    with pytest.raises(ValueError, match="key"):
+        layer.apply({}, x, train=True)
+
+
+def test_serial_gives_each_layer_its_own_key():
+    model = nn.serial(nn.Dropout(0.5), nn.Dropout(0.5))
+    keys = jax.random.split(KEY, 2)
+    once = nn.Dropout(0.5).apply({}, jnp.ones((1, 200)), train=True, key=keys[0])
+    twice = nn.Dropout(0.5).apply({}, once, train=True, key=keys[1])
+    assert np.array_equal(model.apply(({}, {}), jnp.ones((1, 200)), train=True, key=KEY), twice)
+    assert not np.array_equal(once, twice)
+
+
+def test_residual_shortcuts(rng):
+    layer, shape, _ = LAYERS["residual-identity"]
+    params, _, x, y = init_apply(layer, shape, rng)
+    block = params["block"][0]
+    expected = jax.nn.relu(reference.conv(x, block["w"], block["b"], padding=1)) + x
+    assert_close(y, expected, TOL["float64"], "identity")
+    layer, shape, _ = LAYERS["residual-projection"]
+    params, _, x, y = init_apply(layer, shape, rng)
+    b, s = params["block"], params["shortcut"]
+    expected = (reference.conv(x, b["w"], b["b"], stride=2, padding=1)
+                + reference.conv(x, s["w"], s["b"], stride=2))
+    assert_close(y, expected, TOL["float64"], "projection")
+
+
+def test_perframe_is_a_loop_over_frames(rng):
+    layer, shape, _ = LAYERS["perframe"]
+    params, _, x, y = init_apply(layer, shape, rng)
+    frame_model = nn.serial(nn.Conv2d(3, 3), nn.GlobalAvgPool())
+    expected = jnp.stack([frame_model.apply(params, x[:, :, t]) for t in range(shape[2])], axis=1)
+    assert_close(y, expected, TOL["float64"])
+
+
+def test_trace_lists_every_conv_map_and_returns_apply(rng):
+    model = nn.serial(nn.Conv1d(3, 3), nn.ReLU(), nn.Residual(nn.serial(nn.Conv1d(5, 3, padding=1))),
+                      nn.Flatten())
+    params, _, x, y = init_apply(model, (1, 2, 8), rng)
+    traced, maps = model.trace(params, x)
+    assert np.array_equal(traced, y)
+    assert [m.shape for _, m in maps] == [(1, 3, 6), (1, 5, 6)]
+    assert "Conv1d(3, 3)" in maps[0][0] and "res" in maps[1][0]
+
+
+def test_model_gradient_matches_autodiff_of_the_reference_ops(rng, monkeypatch):
+    """The hand-written VJPs (conv, pooling) inside a model against ``jax.grad`` of the same
+    model on ``jaxcnn.reference``'s plain-lax ops, float64."""
+    model = nn.serial(nn.Conv2d(4, 3, padding=1), nn.GroupNorm(2), nn.ReLU(), nn.MaxPool(2),
+                      nn.Residual(nn.Conv2d(6, 3, stride=2, padding=1)), nn.AvgPool(2),
+                      nn.GlobalAvgPool(), nn.Dense(3))
+    params, _ = model.init(KEY, (2, 2, 8, 8))
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    x = random_array(rng, (2, 2, 8, 8))
+
+    def loss(p):
+        return jnp.sum(jnp.sin(model.apply(p, x)))
+    grads = jax.jit(jax.grad(loss))(params)
+    for op in ("conv", "max_pool", "avg_pool", "global_avg_pool"):
+        monkeypatch.setattr(jaxcnn, op, getattr(reference, op))
+    tree_assert_close(grads, jax.jit(jax.grad(loss))(params), VJP_TOL, "model gradient")
+
+
+def test_summary_table_of_the_mnist1d_paper_cnn():
+    from jaxcnn.models import mnist1d_cnn
+    rows = nn.summary(mnist1d_cnn(), (1, 1, 40))
+    assert [r.output_shape for r in rows if r.name.startswith("Conv")] == [(1, 25, 19), (1, 25, 10), (1, 25, 5)]
+    total = (25 * 1 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (125 * 10 + 10)
+    assert sum(r.params for r in rows) == total == 5210
+    assert "5,210" in nn.format_summary(rows).splitlines()[-1]
+
+
+BAD = {
+    "out_channels": (lambda: nn.Conv1d(0, 3), ValueError),
+    "kernel": (lambda: nn.Conv(4, 3), TypeError),
+    "padding_mode": (lambda: nn.Conv1d(4, 3, padding_mode="mirror"), ValueError),
+    "impl": (lambda: nn.Conv1d(4, 3, impl="fft"), ValueError),
+    "stride": (lambda: nn.Conv2d(4, 3, stride=(1, 0)), ValueError),
+    "input_shape": (lambda: nn.Conv2d(4, 3).init(KEY, (1, 3, 8)), ValueError),
+    "groups": (lambda: nn.Conv1d(4, 3, groups=3).init(KEY, (1, 6, 8)), ValueError),
+    "padding": (lambda: nn.Conv1d(4, 3, padding="HALF").init(KEY, (1, 2, 8)), ValueError),
+    "rate": (lambda: nn.Dropout(1.0), ValueError),
+    "out_features": (lambda: nn.Dense(-1), ValueError),
+    "axis": (lambda: nn.Mean(axis=0).init(KEY, (2, 3)), ValueError),
+    "layers": (lambda: nn.serial(nn.ReLU(), "relu"), TypeError),
+}
+
+
+@pytest.mark.parametrize("argument", BAD)
+def test_bad_arguments_name_the_argument(argument):
+    make, error = BAD[argument]
+    with pytest.raises(error, match=argument):
+        make()
+
+
+def test_groupnorm_groups_must_divide_channels():
+    with pytest.raises(ValueError, match="groups"):
+        nn.GroupNorm(3).init(KEY, (1, 4, 5))
+
+
+def test_conv_layer_too_small_input_names_input_shape():
+    with pytest.raises(ValueError, match="input_shape|w"):
+        nn.Conv1d(2, 5).init(KEY, (1, 1, 3))
