@@ -545,6 +545,16 @@ def check_pool_input(x: Any, channels_last: Any, op: str) -> tuple[jax.Array, bo
     return x, channels_last
 
 
+def normalize_global_pool(x: Any, channels_last: Any) -> tuple[jax.Array, bool]:
+    """``global_avg_pool``'s arguments: a float ``x`` with every spatial size ≥ 1."""
+    x, channels_last = check_pool_input(x, channels_last, "global_avg_pool")
+    spatial = x.shape[1:-1] if channels_last else x.shape[2:]
+    if 0 in spatial:
+        raise ValueError(f"x: global_avg_pool expects every spatial size >= 1 (the mean of "
+                         f"nothing is undefined); got shape {tuple(x.shape)}")
+    return x, channels_last
+
+
 def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: Any = 1,
                    ceil_mode: Any = False, channels_last: Any = False,
                    op: str = "max_pool") -> tuple[jax.Array, PoolSpec]:

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._args import PoolSpec, check_bool, check_pool_input, dilated_size, normalize_pool
+from jaxcnn._args import PoolSpec, check_bool, dilated_size, normalize_global_pool, normalize_pool
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -324,9 +324,6 @@ def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
     Args:
       x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; every spatial size ≥ 1.
     """
-    x, channels_last = check_pool_input(x, channels_last, "global_avg_pool")
+    x, channels_last = normalize_global_pool(x, channels_last)
     in_sizes = tuple(x.shape[a] for a in _spatial_axes(x.ndim, channels_last))
-    if 0 in in_sizes:
-        raise ValueError(f"x: global_avg_pool expects every spatial size >= 1 (the mean of "
-                         f"nothing is undefined); got shape {tuple(x.shape)}")
     return global_avg_pool_core(x, in_sizes, channels_last)

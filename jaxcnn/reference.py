@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import normalize_conv_transpose
-from jaxcnn._args import check_bool, check_pool_input, normalize_pool
+from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -204,6 +204,6 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
 
 def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
     """``jaxcnn.global_avg_pool`` as ``jnp.mean`` over the spatial axes."""
-    x, channels_last = check_pool_input(x, channels_last, "global_avg_pool")
+    x, channels_last = normalize_global_pool(x, channels_last)
     axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
     return jnp.mean(x, axis=axes)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcnn
@@ -163,7 +163,7 @@ def test_hessian_forward_over_reverse(kind, rng):
     else:
         op, ref = pool_pair(kind, case, False)
     x = random_array(rng, case.shape)
-    hess = [jax.hessian(lambda z: jnp.sum(f(z) ** 3))(x) for f in (op, ref)]
+    hess = [jax.jit(jax.hessian(lambda z: jnp.sum(f(z) ** 3)))(x) for f in (op, ref)]
     assert_close(hess[0], hess[1], VJP_TOL, "hessian")
 
 
@@ -242,16 +242,16 @@ def test_max_pool_tie_gradient_goes_to_first_maximum():
     # Window [[2, 1], [2, 2]]: three maxima; row-major, the first is (0, 0).
     x = jnp.array([[[[2.0, 1.0], [2.0, 2.0]]]])
     assert jaxcnn.max_pool(x, 2).tolist() == [[[[2.0]]]]
-    grad = jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2)))(x)
+    grad = jax.jit(jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2))))(x)
     np.testing.assert_array_equal(grad, [[[[1.0, 0.0], [0.0, 0.0]]]])
     # Overlapping 1D windows [3, 3], [3, 1], [1, 3] (stride 1): first maxima at 0, 1, 3.
     x1 = jnp.array([[[3.0, 3.0, 1.0, 3.0]]])
     weights = jnp.arange(1.0, 4.0).reshape(1, 1, 3)
-    grad1 = jax.grad(lambda z: jnp.sum(weights * jaxcnn.max_pool(z, 2, 1)))(x1)
+    grad1 = jax.jit(jax.grad(lambda z: jnp.sum(weights * jaxcnn.max_pool(z, 2, 1))))(x1)
     np.testing.assert_array_equal(grad1, [[[1.0, 2.0, 0.0, 3.0]]])
     # Channels last and 3D give the same first maximum.
     x3 = jnp.full((1, 2, 2, 2, 1), 5.0)
-    grad3 = jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2, channels_last=True)))(x3)
+    grad3 = jax.jit(jax.grad(lambda z: jnp.sum(jaxcnn.max_pool(z, 2, channels_last=True))))(x3)
     assert grad3.ravel().tolist() == [1.0] + [0.0] * 7
 
 
@@ -305,3 +305,129 @@ def test_avg_pool_divisor_by_hand(count_include_pad, expected):
     x = jnp.arange(1.0, 7.0).reshape(1, 1, 6)
     y = jaxcnn.avg_pool(x, 3, 2, 1, ceil_mode=True, count_include_pad=count_include_pad)
     assert_close(y, np.array([[expected]]), F64, "divisor")
+
+
+# ----------------------------------------------------------------------------- finite differences
+
+
+@pytest.mark.parametrize("kind, case", [
+    ("max", Case((1, 2, 6, 5), (3, 2), (2, 1), 1, (1, 2), True)),
+    ("avg", Case((1, 2, 6, 5), (3, 2), (2, 2), 1, ceil_mode=True)),
+], ids=["max", "avg"])
+def test_vjp_matches_finite_differences(kind, case, rng):
+    # ⟨vjp(c), t⟩ against (⟨c, f(x + εt)⟩ − ⟨c, f(x − εt)⟩) / 2ε. Both ops are piecewise linear
+    # and random data keeps every argmax ≫ ε from a switch, so the only error is float64
+    # rounding, ~1e-16·|f| / ε ≈ 1e-10 with ε = 1e-6: a 1e-8 relative tolerance.
+    op, _ = pool_pair(kind, case, False, count_include_pad=False)
+    x, t = random_array(rng, case.shape), random_array(rng, case.shape)
+    c = random_array(rng, op(x).shape)
+    eps = 1e-6
+    numeric = (vdot(c, op(x + eps * t)) - vdot(c, op(x - eps * t))) / (2 * eps)
+    analytic = vdot(jax.vjp(op, x)[1](c)[0], t)
+    assert_close(analytic, numeric, 1e-8, "vjp vs finite differences")
+
+
+# ----------------------------------------------------------------------------- transformations
+
+
+@pytest.mark.parametrize("kind", ["max", "avg", "global"])
+def test_vmap_and_jit_match_the_plain_op(kind, rng):
+    if kind == "global":
+        op = jaxcnn.global_avg_pool
+    else:
+        op, _ = pool_pair(kind, Case((2, 3, 5, 4), (2, 2), (1, 2), 1), True)
+    xs = random_array(rng, (3, 2, 5, 4, 3))  # a mapped axis of 3, channels last
+
+    def value_and_grad(x):
+        return op(x), jax.grad(lambda z: jnp.sum(jnp.sin(op(z))))(x)
+    looped = [value_and_grad(x) for x in xs]  # eager, one example at a time
+    mapped = jax.jit(jax.vmap(value_and_grad))(xs)
+    for i, (y, g) in enumerate(looped):
+        assert_close(mapped[0][i], y, F64, "jit of vmap: forward")
+        assert_close(mapped[1][i], g, F64, "jit of vmap: grad")
+
+
+@pytest.mark.parametrize("kind", ["max", "avg", "global"])
+def test_empty_batch(kind):
+    x = jnp.zeros((0, 3, 5, 4))
+    op = jaxcnn.global_avg_pool if kind == "global" else pool_pair(kind, Case(x.shape, (2, 2), None, 1), False)[0]
+    expected = (0, 3) if kind == "global" else (0, 3, 3, 3)
+    assert op(x).shape == expected
+    grad = jax.grad(lambda z: jnp.sum(op(z)))(x)
+    assert grad.shape == x.shape and grad.dtype == x.dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_low_precision_dtypes(dtype, rng):
+    # Max pooling selects: exact in any dtype. Average pooling sums: the dtype's tolerance.
+    case = Case((2, 3, 6, 5), (3, 2), (2, 2), 1, ceil_mode=True)
+    x = random_array(rng, case.shape, dtype)
+    for kind, tol in (("max", 0.0), ("avg", TOL[dtype])):
+        op, ref = pool_pair(kind, case, False)
+        ones = jnp.ones(jax.eval_shape(op, x).shape, x.dtype)
+        (y, dx), (y_ref, dx_ref) = forward_and_vjp(op, x, ones), forward_and_vjp(ref, x, ones)
+        assert y.dtype == dx.dtype == x.dtype
+        assert_close(y, y_ref, tol, f"{kind} {dtype}")
+        assert_close(dx, dx_ref, tol, f"{kind} {dtype} grad")
+
+
+# ----------------------------------------------------------------------------- property
+
+
+@given(kind=st.sampled_from(["max", "avg"]), n=st.integers(1, 2), window=st.integers(1, 3),
+       stride=st.integers(1, 3), dilation=st.integers(1, 2), ceil_mode=st.booleans(),
+       channels_last=st.booleans(), count_include_pad=st.booleans(), extra=st.integers(0, 3),
+       data=st.data())
+@settings(max_examples=10)
+def test_random_configurations_match_reference(kind, n, window, stride, dilation, ceil_mode,
+                                               channels_last, count_include_pad, extra, data):
+    dilation = dilation if kind == "max" else 1
+    extent = dilation * (window - 1) + 1
+    padding = data.draw(st.integers(0, extent // 2 if kind == "max" else window // 2))
+    case = Case((2, 2) + (max(extent - 2 * padding, 1) + extra,) * n, (window,) * n, (stride,) * n,
+                padding, dilation if kind == "max" else 1, ceil_mode)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    op, ref = pool_pair(kind, case, channels_last, count_include_pad)
+    x = to_layout(random_array(rng, case.shape), channels_last)
+    c = random_array(rng, jax.eval_shape(op, x).shape)
+    y, dx = forward_and_vjp(op, x, c)
+    y_ref, dx_ref = forward_and_vjp(ref, x, c)
+    assert_close(y, y_ref, F64, "forward")
+    assert_close(dx, dx_ref, VJP_TOL, "vjp")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+X2 = np.zeros((1, 2, 4, 4))
+BAD = {  # name: (function, args, kwargs, exception, the argument named in the message)
+    "padding_beyond_half_window": ("max_pool", (X2, 2), dict(padding=2), ValueError, "padding"),
+    "padding_beyond_half_dilated": ("max_pool", (X2, 3), dict(padding=3, dilation=2), ValueError, "padding"),
+    "avg_padding_beyond_half": ("avg_pool", (X2, 3), dict(padding=2), ValueError, "padding"),
+    "negative_padding": ("max_pool", (X2, 2), dict(padding=-1), ValueError, "padding"),
+    "string_padding": ("avg_pool", (X2, 2), dict(padding="same"), TypeError, "padding"),
+    "pair_padding": ("max_pool", (X2, 2), dict(padding=((1, 1), (1, 1))), TypeError, "padding"),
+    "output_too_small": ("max_pool", (np.zeros((1, 1, 3)), 5), {}, ValueError, "window"),
+    "output_too_small_dilated": ("max_pool", (np.zeros((1, 1, 4)), 3), dict(dilation=2), ValueError, "window"),
+    "zero_stride": ("max_pool", (X2, 2), dict(stride=0), ValueError, "stride"),
+    "zero_window": ("avg_pool", (X2, 0), {}, ValueError, "window"),
+    "window_length": ("max_pool", (X2, (2, 2, 2)), {}, ValueError, "window"),
+    "zero_dilation": ("max_pool", (X2, 2), dict(dilation=0), ValueError, "dilation"),
+    "rank_too_low": ("max_pool", (np.zeros((4, 4)), 2), {}, ValueError, "x"),
+    "integer_dtype": ("max_pool", (np.zeros((1, 2, 4), np.int32), 2), {}, TypeError, "x"),
+    "complex_dtype": ("avg_pool", (np.zeros((1, 2, 4), np.complex64), 2), {}, TypeError, "x"),
+    "ceil_mode_not_bool": ("max_pool", (X2, 2), dict(ceil_mode=1), TypeError, "ceil_mode"),
+    "count_include_pad_not_bool": ("avg_pool", (X2, 2), dict(count_include_pad="no"), TypeError,
+                                   "count_include_pad"),
+    "channels_last_not_bool": ("avg_pool", (X2, 2), dict(channels_last=None), TypeError, "channels_last"),
+    "global_rank": ("global_avg_pool", (np.zeros((2, 3)),), {}, ValueError, "x"),
+    "global_empty_spatial": ("global_avg_pool", (np.zeros((2, 3, 0)),), {}, ValueError, "x"),
+    "global_integer": ("global_avg_pool", (np.zeros((2, 3, 4), np.int64),), {}, TypeError, "x"),
+}
+
+
+@pytest.mark.parametrize("module", [jaxcnn, reference], ids=["jaxcnn", "reference"])
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_names_the_argument(module, name):
+    function, args, kwargs, exception, argument = BAD[name]
+    with pytest.raises(exception, match=rf"^{argument}:"):
+        getattr(module, function)(*args, **kwargs)
