@@ -272,3 +272,16 @@ def test_matrix_covers_every_factor_for_conv():
     assert {k.get("groups", 1) for k in kw} >= {1, 2, 4}
     assert {(c.dtype, c.order) for c in cases} == {("float64", 1), ("float32", 1), ("float64", 2)}
     assert any(c.args[2] is None for c in cases) and any(c.args[2] is not None for c in cases)
+
+
+def test_plain_text_table_without_rich(monkeypatch, capsys):
+    """With rich unavailable the table is plain text (and the progress bar tqdm's)."""
+    import sys
+    for name in ("rich", "rich.console", "rich.table", "rich.progress"):
+        monkeypatch.setitem(sys.modules, name, None)      # import raises ImportError
+    assert gradcheck.main(["--quick", "--ops", "global_avg_pool"]) == 0
+    out = capsys.readouterr().out
+    header, rule, row = out.splitlines()[1:4]
+    assert header.startswith("op ") and "worst rel. vs fin. diff." in header
+    assert set(rule) == {"-", " "}
+    assert row.startswith("global_avg_pool") and row.endswith("pass")

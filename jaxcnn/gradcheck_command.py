@@ -1,0 +1,172 @@
+"""``jaxcnn gradcheck``: run the verification matrix, print one table, optionally write JSON.
+
+The configurations live in ``jaxcnn.gradcheck_matrix``, the checks in ``jaxcnn.gradcheck``;
+this module is the command around them: arguments, a progress bar (rich, else tqdm), the
+table (rich, else plain text), the failures' details and the JSON record.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from jaxcnn import gradcheck_matrix as matrix
+from jaxcnn.gradcheck import LOW_PRECISION_RTOL, finite_difference_rtol, float64
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``jaxcnn gradcheck [--quick] [--json PATH] [--seed N] [--ops conv,max_pool,...]``.
+
+    Runs the verification matrix (``jaxcnn.gradcheck_matrix``: every op × 1D/2D/3D × strides,
+    paddings, modes, dilations, groups, layouts, impls; float64 against autodiff and finite
+    differences, float32 against the float64 reference, some at order 2) and prints one table,
+    a row per op. Exit status 0 if everything passes, 1 on any failure, 2 on bad usage.
+    """
+    parser = argparse.ArgumentParser(prog="jaxcnn gradcheck", description=main.__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="one configuration per op, drawn by --seed")
+    parser.add_argument("--json", metavar="PATH", help="write every configuration's result and the summary")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data, directions and --quick's draw")
+    parser.add_argument("--ops", help=f"comma-separated subset of: {', '.join(matrix.OPS)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as stop:   # --help, or a usage error (argparse prints it)
+        return int(stop.code or 0)
+    available = matrix.available_ops()
+    ops = available if options.ops is None else list(dict.fromkeys(
+        op.strip() for op in options.ops.split(",") if op.strip()))
+    unknown = [op for op in ops if op not in available]
+    if unknown or not ops:
+        print(f"jaxcnn gradcheck: --ops: unknown op {', '.join(map(repr, unknown)) or '(none given)'}; "
+              f"expected a comma-separated subset of: {', '.join(available)}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with float64():
+        cases = matrix.select(ops, options.seed, options.quick)
+        with _progress_bar(len(cases)) as advance:
+            rows = run_all(cases, options.seed, advance)
+    wall = time.perf_counter() - start
+    summaries = [matrix.summarize(op, [r for r in rows if r["op"] == op]) for op in ops]
+    ok = all(s["ok"] for s in summaries)
+    failed = sum(not r["ok"] for r in rows)
+    title = (f"jaxcnn gradcheck{' --quick' if options.quick else ''}: {len(rows)} configurations, "
+             f"seed {options.seed}, {wall:.0f} s: " + ("all pass" if ok else f"{failed} FAILED"))
+    notes = (f"Relative errors (max|a − b| / max|b|), worst over configurations and arguments. "
+             f"Tolerances: float64 vs autodiff {1e-10:.0e}, vs central differences "
+             f"{finite_difference_rtol(1e-6):.1e} (ε = 1e-6), float32 "
+             f"{LOW_PRECISION_RTOL['float32']:.0e}.")
+    _print_table(summaries, title, notes)
+    for line in failure_lines(rows):
+        print(line)
+    if options.json:
+        result = {"command": ["jaxcnn", "gradcheck", *argv], "seed": options.seed,
+                  "quick": options.quick, "ok": ok, "wall_s": wall, "summary": summaries,
+                  "configurations": rows}
+        with open(options.json, "w", encoding="utf-8") as out:
+            json.dump(_finite(result), out, indent=1, allow_nan=False)
+    return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[Any], None]]:
+    """A progress bar on stderr (rich, else tqdm, else none); yields ``advance(case)``."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            yield lambda case: None
+            return
+        with tqdm(total=total, desc="gradcheck", leave=False) as bar:
+            yield lambda case: bar.update(1)
+        return
+    columns = (TextColumn("gradcheck"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("", total=total)
+        yield lambda case: progress.update(task, advance=1, description=case.describe())
+
+
+def _print_table(summaries: list[dict[str, Any]], title: str, notes: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"{title}\n{plain_table(summaries)}\n{notes}")
+        return
+    print(title)
+    table = Table()
+    for i, name in enumerate(COLUMNS):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for line in table_rows(summaries):
+        table.add_row(*line, style=None if line[-1] == "pass" else "bold red")
+    console = Console()
+    if not console.is_terminal:   # a file or a pipe: wide enough never to wrap a row
+        console = Console(width=160)
+    console.print(table)
+    print(notes)
+
+
+def run_all(cases: list[matrix.Case], seed: int, advance: Callable[[matrix.Case], None] = lambda case: None):
+    """Run ``cases`` in order; ``advance(case)`` after each (a progress bar)."""
+    rows = []
+    for case in cases:
+        rows.append(matrix.run_case(case, seed))
+        advance(case)
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+COLUMNS = ("op", "configs (f64 / order 2 / f32)", "worst rel. vs autodiff", "worst rel. vs fin. diff.",
+           "worst rel. float32 vs f64 ref.", "time (s)", "status")
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    def num(value):
+        return "—" if value is None else f"{value:.1e}"
+    return [(s["op"], f"{s['configurations']} ({s['float64']} / {s['order2']} / {s['float32']})",
+             num(s["worst_autodiff"]), num(s["worst_fd"]), num(s["worst_float32"]),
+             f"{s['seconds']:.1f}", "pass" if s["ok"] else f"FAIL ({s['failed']})")
+            for s in summaries]
+
+
+def plain_table(summaries: list[dict[str, Any]]) -> str:
+    lines = [COLUMNS, *table_rows(summaries)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join([text[0], "  ".join("-" * w for w in widths), *text[1:]])
+
+
+def failure_lines(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per failed configuration: what ran and its worst row (or its exception)."""
+    lines = []
+    for row in [r for r in rows if not r["ok"]][:limit]:
+        what = f"{row['function']} {row['label']} [{row['dtype']}, order {row['order']}]"
+        if "error" in row:
+            lines.append(f"FAIL {what}: {row['error']}")
+            continue
+        bad = [r for r in row["report"]["rows"] if not r["ok"]]
+        lines += [f"FAIL {what}: {r['name']} (order {r['order']}, {r['method']}): rel. error "
+                  f"{r['rel_autodiff']:.1e} vs autodiff, "
+                  + ("—" if r["rel_fd"] is None else f"{r['rel_fd']:.1e}") + " vs fin. diff."
+                  for r in bad]
+    return lines
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as strings."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
