@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jaxcnn
 from jaxcnn import _args
@@ -85,8 +86,26 @@ def init_shapes(layer: Layer, input_shape: Shape) -> tuple[Any, Shape]:
 
 
 def _uniform(key: jax.Array, shape: Shape, fan_in: int) -> jax.Array:
+    """``U(−1/√fan_in, 1/√fan_in)`` float32 samples, drawn by numpy from the key's data.
+
+    numpy, not ``jax.random``: eager ``jax.random.uniform`` compiles one XLA program per
+    parameter shape (seconds per model on a small CPU). Under ``jit`` the same numpy draw runs
+    as a ``pure_callback``, so traced and eager inits give the same numbers.
+    """
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+    def draw(key_data: Any) -> np.ndarray:
+        rng = np.random.default_rng(np.asarray(key_data, np.uint32).ravel().tolist())
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+    data = jax.random.key_data(key)
+    if isinstance(data, jax.core.Tracer):
+        return jax.pure_callback(draw, jax.ShapeDtypeStruct(shape, jnp.float32), data)
+    return jnp.asarray(draw(data))
+
+
+def _subkeys(key: jax.Array, count: int) -> list[jax.Array]:
+    """``count`` independent keys: ``fold_in(key, i)`` (one compilation for any count)."""
+    return [jax.random.fold_in(key, i) for i in range(count)]
 
 
 def _channel_shape(ndim: int, axis: int) -> Shape:
@@ -128,7 +147,7 @@ def Conv(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any
         w_shape = ((*kernel, channels // groups, out_channels) if spec.channels_last
                    else (out_channels, channels // groups, *kernel))
         fan_in = channels // groups * math.prod(kernel)
-        w_key, b_key = jax.random.split(key)
+        w_key, b_key = _subkeys(key, 2)
         params = {"w": _uniform(w_key, w_shape, fan_in)}
         if bias:
             params["b"] = _uniform(b_key, (out_channels,), fan_in)
@@ -182,7 +201,7 @@ def ConvTranspose(out_channels: int, kernel: Sequence[int], stride: Any = 1, pad
         w_shape = ((*kernel, out_channels // groups, channels) if channels_last
                    else (channels, out_channels // groups, *kernel))
         fan_in = out_channels // groups * math.prod(kernel)
-        w_key, b_key = jax.random.split(key)
+        w_key, b_key = _subkeys(key, 2)
         params = {"w": _uniform(w_key, w_shape, fan_in)}
         if bias:
             params["b"] = _uniform(b_key, (out_channels,), fan_in)
@@ -252,7 +271,7 @@ def Dense(out_features: int, bias: bool = True) -> Layer:
     def init(key: jax.Array, input_shape: Shape) -> tuple[dict, Shape]:
         input_shape = _args.layer_input_shape(input_shape, 0, "Dense", False)
         features = input_shape[1]
-        w_key, b_key = jax.random.split(key)
+        w_key, b_key = _subkeys(key, 2)
         params = {"w": _uniform(w_key, (features, out_features), features)}
         if bias:
             params["b"] = _uniform(b_key, (out_features,), features)
@@ -363,7 +382,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[tuple, Shape]:
         params, shape = [], tuple(input_shape)
-        for layer, layer_key in zip(layers, jax.random.split(key, max(len(layers), 1))):
+        for layer, layer_key in zip(layers, _subkeys(key, len(layers))):
             layer_params, shape = layer.init(layer_key, shape)
             params.append(layer_params)
         return tuple(params), shape
@@ -408,7 +427,7 @@ def Residual(block: Layer, impl: str = "lax", channels_last: bool = False) -> La
                     channels_last=channels_last)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[dict, Shape]:
-        block_key, shortcut_key = jax.random.split(key)
+        block_key, shortcut_key = _subkeys(key, 2)
         block_params, out_shape = block.init(block_key, input_shape)
         shortcut = projection(input_shape, out_shape)
         if shortcut is None:

@@ -1,0 +1,118 @@
+"""Tests of ``jaxcnn.models``: every named model's declared output shape equals ``apply``'s,
+parameter counts worked out by hand, the frame baseline's blindness to frame order, and
+``jaxcnn summary``."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import models, nn
+from helpers import TOL, assert_close
+
+KEY = jax.random.key(0)
+
+
+def _conv(o, c, k, bias=True):
+    return o * c * k + (o if bias else 0)
+
+
+def _gn(c):
+    return 2 * c
+
+
+def _basic_block(c_in, c, k, projection):
+    """Two bias-free convs and two GroupNorms, plus a 1x1 projection (with bias) if needed."""
+    return (_conv(c, c_in, k, bias=False) + _conv(c, c, k, bias=False) + 2 * _gn(c)
+            + (_conv(c, c_in, 1) if projection else 0))
+
+
+# Parameter counts by hand, layer by layer (conv: O·C·ΠK + O; dense: F·O + O; GroupNorm: 2C).
+COUNTS = {
+    "mnist1d-cnn": _conv(25, 1, 5) + 2 * _conv(25, 25, 3) + (25 * 5 * 10 + 10),
+    "mnist1d-resnet": (_conv(64, 1, 5, False) + _gn(64) + _basic_block(64, 64, 3, False)
+                       + 2 * _basic_block(64, 64, 3, True) + (64 * 10 * 10 + 10)),
+    "fashion-cnn": (_conv(32, 1, 9) + _conv(32, 32, 9) + 2 * _gn(32) + _conv(64, 32, 9)
+                    + _conv(64, 64, 9) + 2 * _gn(64) + (64 * 7 * 7 * 256 + 256) + (256 * 10 + 10)),
+    "fashion-resnet": (_conv(32, 1, 9, False) + _gn(32) + _basic_block(32, 32, 9, False)
+                       + _basic_block(32, 64, 9, True) + _basic_block(64, 128, 9, True) + (128 * 10 + 10)),
+    "clips-cnn3d": (_conv(16, 1, 27) + _gn(16) + _conv(32, 16, 27) + _gn(32) + _conv(64, 32, 27)
+                    + _gn(64) + _conv(64, 64, 27) + _gn(64) + (64 * 40 + 40)),
+    "clips-frame2d": (_conv(16, 1, 9) + _gn(16) + _conv(32, 16, 9) + _gn(32) + _conv(64, 32, 9)
+                      + _gn(64) + _conv(64, 64, 9) + _gn(64) + (64 * 40 + 40)),
+}
+
+
+def test_registry_is_complete():
+    assert set(models.MODELS) == set(COUNTS) == set(models.INPUT_SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_declared_shape_is_apply_shape_and_params_by_hand(name):
+    model = models.build(name)
+    shape = (2, *models.INPUT_SHAPES[name])
+    params, declared = model.init(KEY, shape)
+    y = jax.jit(model.apply)(params, jnp.zeros(shape, jnp.float32))
+    classes = models.NUM_CLASSES[models.DATASETS[name]]
+    assert declared == tuple(y.shape) == (2, classes)
+    assert nn.count_params(params) == COUNTS[name]
+    assert sum(r.params for r in nn.summary(model, shape) if r.depth == 0) == COUNTS[name]
+
+
+def test_the_mnist1d_paper_cnn_has_5210_parameters():
+    assert COUNTS["mnist1d-cnn"] == 5210
+
+
+@pytest.mark.parametrize("name", ["mnist1d-resnet", "fashion-cnn"])
+def test_manual_and_lax_models_agree(name, rng):
+    shape = (2, *models.INPUT_SHAPES[name])
+    lax_model, manual_model = models.build(name, impl="lax"), models.build(name, impl="manual")
+    params, _ = lax_model.init(KEY, shape)
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    x = jnp.asarray(rng.standard_normal(shape))
+    assert_close(jax.jit(manual_model.apply)(params, x), jax.jit(lax_model.apply)(params, x),
+                  TOL["float64"], name)
+
+
+def test_frame_baseline_cannot_see_frame_order(rng):
+    """The per-frame model averages over frames: reversing time (a leftward clip from a
+    rightward one) cannot change its output; the 3D CNN's does change."""
+    shape = (2, *models.INPUT_SHAPES["clips-frame2d"])
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    reverse = x[:, :, ::-1]
+    for name, blind in (("clips-frame2d", True), ("clips-cnn3d", False)):
+        model = models.build(name)
+        params, _ = model.init(KEY, shape)
+        apply = jax.jit(model.apply)
+        y, y_rev = np.asarray(apply(params, x)), np.asarray(apply(params, reverse))
+        if blind:
+            assert_close(y_rev, y, TOL["float32"] * 10, name)  # float32 sums in another order
+        else:
+            assert np.max(np.abs(y_rev - y)) > 1e-3 * np.max(np.abs(y))
+
+
+def test_build_rejects_unknown_model():
+    with pytest.raises(ValueError, match="model"):
+        models.build("lenet")
+
+
+def test_summary_command_prints_the_table(capsys):
+    assert models.main(["mnist1d-cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv1d(25, 5, stride=2, padding=1)" in out and "(1, 25, 19)" in out
+    assert out.strip().splitlines()[-1].split()[-1] == "5,210"
+
+
+def test_summary_seed_example_contrasts_3072_and_75_weights(capsys):
+    assert models.main(["seed-example"]) == 0
+    out = capsys.readouterr().out
+    # A dense unit on 32x32x3: 3072 weights + 1 bias; one 5x5x3 kernel: 75 + 1, output 28x28.
+    assert "3,073" in out and "76" in out and "(1, 1, 28, 28)" in out
+    assert "3072" in out and "75" in out
+
+
+def test_summary_command_rejects_unknown_model(capsys):
+    with pytest.raises(SystemExit):
+        models.main(["lenet"])
+    assert "lenet" in capsys.readouterr().err
