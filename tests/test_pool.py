@@ -25,7 +25,6 @@ from jaxcnn._args import pool_output_size
 from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
 
 F64 = TOL["float64"]
-LAYOUTS = {"channels_first": False, "channels_last": True}
 
 
 # ----------------------------------------------------------------------------- cases
