@@ -4,7 +4,8 @@ r"""True convolution and the transposed convolution, both built from the conv VJ
   cross-correlation ``[f ⋆ g](i) = Σ_a f(a) g(i + a)`` of ``conv`` with the kernel flipped
   along every spatial axis.
 - ``conv_transpose``: the adjoint of ``conv`` with respect to its input, which is exactly
-  ``conv``'s input gradient ``conv.input_grad_core``: ``⟨conv(x, w), y⟩ = ⟨x, conv_transpose(y, w)⟩``.
+  ``conv``'s input gradient ``conv.input_grad_core``:
+  ``⟨conv(x, w), y⟩ = ⟨x, conv_transpose(y, w)⟩``.
 
 Neither op has arithmetic of its own: they route through ``conv.conv_core``,
 ``conv.input_grad_core`` and ``conv.weight_grad_core`` (whose hand-written derivative rules

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn import reference
 from jaxcnn._args import conv_transpose_output_size
-from helpers import TOL, VJP_TOL, assert_close, random_array, relative_error, tree_assert_close, vdot
+from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close, vdot
 
 F64 = TOL["float64"]
 
@@ -30,7 +30,7 @@ F64 = TOL["float64"]
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """A conv_transpose configuration in PyTorch's layout: x (N, C_in, *S), w (C_in, C_out/g, *K)."""
+    """A conv_transpose configuration, PyTorch's layout: x (N, C_in, *S), w (C_in, C_out/g, *K)."""
 
     sizes: tuple[int, ...]
     kernel: tuple[int, ...]
@@ -74,7 +74,8 @@ MODES = ("zeros", "reflect", "replicate", "circular")
 # through all four combinations, and impl alternates, so every pair still meets.
 LAYOUT_IMPL = [("channels_first", "lax"), ("channels_last", "manual"),
                ("channels_last", "lax"), ("channels_first", "manual")]
-CASE_LAYOUT_IMPL = [(name, *LAYOUT_IMPL[(2 * i + j) % 4]) for i, name in enumerate(CASES) for j in (0, 1)]
+CASE_LAYOUT_IMPL = [(name, *LAYOUT_IMPL[(2 * i + j) % 4])
+                    for i, name in enumerate(CASES) for j in (0, 1)]
 CASE_IMPL = [(name, IMPLS[i % 2]) for i, name in enumerate(CASES)]
 
 
@@ -100,54 +101,49 @@ def test_output_size_formula_by_hand():
     assert conv_transpose_output_size(1, 1, 1, 1, 1, 1, 0) == -1
 
 
+def shape_of(op, *shapes, **kwargs) -> tuple[int, ...]:
+    """The output shape of ``op`` on float64 arrays of ``shapes``, traced, never run."""
+    structs = [jax.ShapeDtypeStruct(shape, jnp.float64) for shape in shapes]
+    return jax.eval_shape(lambda *a: op(*a, **kwargs), *structs).shape
+
+
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_round_trip_shapes(stride):
-    """conv maps M samples to L; conv_transpose with output_padding = the remainder gives M."""
+    """conv maps M samples to L; conv_transpose with output_padding = the remainder gives M;
+    with "SAME", conv maps L·s to L and conv_transpose L back to L·s."""
     for length in range(4, 9):
         for kernel, dilation, pad in [(1, 1, 0), (2, 1, 1), (3, 2, 2), (3, 1, 0)]:
-            x = jax.ShapeDtypeStruct((1, 2, length), jnp.float64)
-            w = jax.ShapeDtypeStruct((3, 2, kernel), jnp.float64)
-            kw = dict(stride=stride, dilation=dilation, padding=pad)
-            y = jax.eval_shape(lambda x, w: jaxcnn.conv(x, w, **kw), x, w)
+            w, kw = (3, 2, kernel), dict(stride=stride, dilation=dilation)
+            y = shape_of(jaxcnn.conv, (1, 2, length), w, padding=pad, **kw)
             remainder = (length + 2 * pad - dilation * (kernel - 1) - 1) % stride
-            z = jax.eval_shape(lambda y, w: jaxcnn.conv_transpose(y, w, output_padding=remainder, **kw), y, w)
-            assert z.shape == x.shape, (length, kernel, dilation, pad)
-            y_same = jax.eval_shape(lambda x, w: jaxcnn.conv(x, w, stride=stride, padding="SAME",
-                                                             dilation=dilation),
-                                    jax.ShapeDtypeStruct((1, 2, length * stride), jnp.float64), w)
-            z_same = jax.eval_shape(lambda y, w: jaxcnn.conv_transpose(y, w, stride=stride, padding="same",
-                                                                       dilation=dilation), y_same, w)
-            assert y_same.shape[-1] == length and z_same.shape[-1] == length * stride
+            z = shape_of(jaxcnn.conv_transpose, y, w, padding=pad, output_padding=remainder, **kw)
+            assert z == (1, 2, length), (length, kernel, dilation, pad)
+            y_same = shape_of(jaxcnn.conv, (1, 2, length * stride), w, padding="SAME", **kw)
+            z_same = shape_of(jaxcnn.conv_transpose, y_same, w, padding="same", **kw)
+            assert y_same == (1, 3, length) and z_same == (1, 2, length * stride)
 
 
-# ----------------------------------------------------------------------------- conv_transpose forward
-
-
-def _torch_conv_transpose(torch, case: Case, x, w, b):
-    """PyTorch with symmetric padding only: run it unpadded and crop (lo, hi) per axis, which is
-    what its ``padding`` does (``output_padding`` extends the high end before the crop)."""
-    fn = getattr(torch.nn.functional, f"conv_transpose{case.n}d")
-    full = fn(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w)), torch.tensor(np.asarray(b)),
-              stride=case.stride, padding=0, output_padding=case.output_padding,
-              groups=case.groups, dilation=case.dilation).numpy()
-    crop = tuple(slice(lo, size - hi) for (lo, hi), size in zip(case.padding, full.shape[2:]))
-    return full[(slice(None), slice(None)) + crop]
+# ----------------------------------------------------------------------------- forward
 
 
 @pytest.mark.parametrize("name, impl", CASE_IMPL)
 def test_forward_matches_torch(name, impl, rng):
+    """PyTorch takes symmetric padding only: run it unpadded and crop (lo, hi) per axis, which
+    is what its ``padding`` does (``output_padding`` extends the high end before the crop);
+    where the case is symmetric, also with PyTorch's own ``padding``."""
     torch = pytest.importorskip("torch")
     case = CASES[name]
     x, w, b = case.arrays(rng)
     actual = jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
-    assert_close(actual, _torch_conv_transpose(torch, case, x, w, b), F64, name)
-    if all(lo == hi for lo, hi in case.padding):  # PyTorch's own padding argument too
-        fn = getattr(torch.nn.functional, f"conv_transpose{case.n}d")
-        padded = fn(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w)), torch.tensor(np.asarray(b)),
-                    stride=case.stride, padding=tuple(lo for lo, _ in case.padding),
-                    output_padding=case.output_padding, groups=case.groups,
-                    dilation=case.dilation).numpy()
-        assert_close(actual, padded, F64, name)
+    fn = getattr(torch.nn.functional, f"conv_transpose{case.n}d")
+    run = lambda padding: fn(*(torch.tensor(np.asarray(a)) for a in (x, w, b)), stride=case.stride,
+                             padding=padding, output_padding=case.output_padding,
+                             groups=case.groups, dilation=case.dilation).numpy()
+    full = run(0)
+    crop = tuple(slice(lo, size - hi) for (lo, hi), size in zip(case.padding, full.shape[2:]))
+    assert_close(actual, full[(slice(None), slice(None)) + crop], F64, name)
+    if all(lo == hi for lo, hi in case.padding):
+        assert_close(actual, run(tuple(lo for lo, _ in case.padding)), F64, name)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -195,23 +191,29 @@ def test_adjoint_identity(mode, n, impl, rng):
     kw = dict(stride=stride, dilation=dilation, padding=pads, groups=groups, padding_mode=mode,
               channels_last=channels_last, impl=impl)
     xl, wl = to_layout(x, channels_last), kernel_to_layout(w, channels_last)
-    y = jaxcnn.conv(xl, wl, **kw)
     remainder = tuple((m + lo + hi - d * (k - 1) - 1) % s
                       for m, (lo, hi), d, k, s in zip(sizes, pads, dilation, kernel, stride))
-    u = random_array(rng, y.shape)
-    z = jaxcnn.conv_transpose(u, wl, output_padding=remainder, **kw)
+    u = random_array(rng, shape_of(jaxcnn.conv, xl.shape, wl.shape, **kw))
+
+    @jax.jit
+    def run(x, w, u):
+        return (jaxcnn.conv(x, w, **kw),
+                jaxcnn.conv_transpose(u, w, output_padding=remainder, **kw),
+                reference.conv_transpose(u, w, output_padding=remainder, **kw))
+
+    y, z, z_ref = run(xl, wl, u)
     assert z.shape == xl.shape
     lhs, rhs = vdot(y, u), vdot(xl, z)
     scale = float(vdot(jnp.abs(y), jnp.abs(u)))  # the sum of |products|: rounding's yardstick
     assert abs(float(lhs - rhs)) <= F64 * scale, (float(lhs), float(rhs))
-    assert_close(z, reference.conv_transpose(u, wl, output_padding=remainder, **kw), F64, mode)
+    assert_close(z, z_ref, F64, mode)
 
 
 # ----------------------------------------------------------------------------- derivatives
 
 
 def value_and_vjp(op, args, cotangent):
-    """``op(*args)`` and its VJP at ``cotangent``, in one jit (one compile, not one per primitive)."""
+    """``op(*args)`` and its VJP at ``cotangent``, in one jit (one compile, not one per op)."""
     def run(args, cotangent):
         out, pullback = jax.vjp(op, *args)
         return out, pullback(cotangent)
@@ -228,23 +230,23 @@ def test_matches_reference(name, layout, impl, rng):
     # The oracle in channels-first layout, moved: the layout handling is checked too.
     ref_out = to_layout(reference.conv_transpose(x, w, b, **case.kwargs()), channels_last)
     cotangent = random_array(rng, ref_out.shape)
-    _, ref_grads = value_and_vjp(lambda *a: reference.conv_transpose(*a, **kw), args, cotangent)
-    out, grads = value_and_vjp(lambda *a: jaxcnn.conv_transpose(*a, impl=impl, **kw), args, cotangent)
+    _, ref_grads = value_and_vjp(partial(reference.conv_transpose, **kw), args, cotangent)
+    out, grads = value_and_vjp(partial(jaxcnn.conv_transpose, impl=impl, **kw), args, cotangent)
     assert out.shape == ref_out.shape
     assert_close(out, ref_out, F64, f"{name} forward")
     tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
 
 
-@pytest.mark.parametrize("mode, impl", [("reflect", "lax"), ("replicate", "manual"),
-                                        ("circular", "manual")])
+@pytest.mark.parametrize("mode, impl", [("reflect", "lax"), ("circular", "manual")])
 def test_border_modes_forward_and_vjp(mode, impl, rng):
     """Non-zero padding modes (the true adjoint; PyTorch has none) vs autodiff of the oracle."""
     case = Case((5, 4), (3, 2), (2, 1), (1, 2), ((2, 1), (1, 2)), (1, 1), groups=2)
     x, w, b = case.arrays(rng)
     kw = dict(padding_mode=mode, **case.kwargs())
     cotangent = random_array(rng, reference.conv_transpose(x, w, b, **kw).shape)
-    ref_out, ref_grads = value_and_vjp(lambda *a: reference.conv_transpose(*a, **kw), (x, w, b), cotangent)
-    out, grads = value_and_vjp(lambda *a: jaxcnn.conv_transpose(*a, impl=impl, **kw), (x, w, b), cotangent)
+    args = (x, w, b)
+    ref_out, ref_grads = value_and_vjp(partial(reference.conv_transpose, **kw), args, cotangent)
+    out, grads = value_and_vjp(partial(jaxcnn.conv_transpose, impl=impl, **kw), args, cotangent)
     assert_close(out, ref_out, F64, mode)
     tree_assert_close(grads, ref_grads, VJP_TOL, f"{mode} vjp")
 
@@ -259,8 +261,8 @@ def test_finite_differences(n, rng):
     rounding (~ε·|f|/h), and must match ⟨∇f, direction⟩ from the hand-written VJP."""
     case = CASES[FD_CASES[n]]
     args = case.arrays(rng)
-    out_shape = jax.eval_shape(lambda *a: jaxcnn.conv_transpose(*a, **case.kwargs()), *args).shape
-    c = random_array(rng, out_shape)
+    c = random_array(rng, shape_of(jaxcnn.conv_transpose, *(a.shape for a in args),
+                                   **case.kwargs()))
     impl = "manual" if n < 3 else "lax"
     f = jax.jit(lambda *a: vdot(jaxcnn.conv_transpose(*a, impl=impl, **case.kwargs()), c))
     direction = tuple(random_array(rng, a.shape) for a in args)
@@ -270,6 +272,7 @@ def test_finite_differences(n, rng):
     numeric = (plus - minus) / (2 * h)
     grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
     analytic = sum(vdot(g, d) for g, d in zip(grads, direction))
+    # Rounding in f is ~ε·Σ|terms| ≈ 1e-14, divided by h: ~1e-11 of a derivative of order 10.
     assert_close(numeric, analytic, 1e-9, "finite differences")
 
 
@@ -413,8 +416,7 @@ def test_convolve_by_hand(impl):
     assert_close(jaxcnn.conv(f, g, impl=impl)[0, 0], jnp.array([3.5, 5.0]), F64, "conv, unflipped")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("mode", ["valid", "full"])
+@pytest.mark.parametrize("mode, impl", [("valid", "lax"), ("full", "manual")])
 def test_convolve_matches_numpy(mode, impl, rng):
     x = random_array(rng, (2, 3, 7))
     w = random_array(rng, (2, 3, 4))
@@ -423,8 +425,7 @@ def test_convolve_matches_numpy(mode, impl, rng):
     assert_close(jaxcnn.convolve(x, w, padding=mode.upper(), impl=impl), expected, F64, mode)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n, impl", [(2, "manual"), (3, "lax")])
 def test_convolve_matches_scipy(n, impl, rng):
     signal = pytest.importorskip("scipy.signal")
     x = random_array(rng, (1, 2) + (5, 4, 3)[:n])
@@ -446,11 +447,13 @@ def test_convolve_commutes_in_full_mode(impl, rng):
 
 CONVOLVE_CASES = {  # (x shape, w shape, kwargs)
     "1d_lax": ((2, 2, 7), (3, 2, 3), dict(stride=2, padding=1, impl="lax")),
-    "2d_manual_groups_reflect_last": ((1, 6, 5, 4), (4, 3, 3, 2),
-                                      dict(stride=(1, 2), dilation=(2, 1), padding="SAME", groups=2,
-                                           padding_mode="reflect", channels_last=True, impl="manual")),
-    "3d_lax_circular_last": ((1, 2, 3, 4, 3), (2, 2, 2, 3, 2),
-                             dict(padding=1, padding_mode="circular", channels_last=True, impl="lax")),
+    "2d_manual_groups_reflect_last": (
+        (1, 6, 5, 4), (4, 3, 3, 2), dict(stride=(1, 2), dilation=(2, 1), padding="SAME",
+                                         groups=2, padding_mode="reflect", channels_last=True,
+                                         impl="manual")),
+    "3d_lax_circular_last": (
+        (1, 2, 3, 4, 3), (2, 2, 2, 3, 2), dict(padding=1, padding_mode="circular",
+                                               channels_last=True, impl="lax")),
 }
 
 
@@ -461,57 +464,50 @@ def test_convolve_matches_reference(name, rng):
     x = to_layout(random_array(rng, x_shape), channels_last)
     w = kernel_to_layout(random_array(rng, w_shape), channels_last)
     b = random_array(rng, (w_shape[0],))
-    ref_kw = {k: v for k, v in kw.items() if k != "impl"}
-    cotangent = random_array(rng, reference.convolve(x, w, b, **ref_kw).shape)
-    ref_out, ref_grads = value_and_vjp(lambda *a: reference.convolve(*a, **ref_kw), (x, w, b), cotangent)
-    out, grads = value_and_vjp(lambda *a: jaxcnn.convolve(*a, **kw), (x, w, b), cotangent)
+    cotangent = random_array(rng, reference.convolve(x, w, b, **kw).shape)
+    ref_out, ref_grads = value_and_vjp(partial(reference.convolve, **kw), (x, w, b), cotangent)
+    out, grads = value_and_vjp(partial(jaxcnn.convolve, **kw), (x, w, b), cotangent)
     assert_close(out, ref_out, F64, name)
     tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
 
 
 # ----------------------------------------------------------------------------- bad input
 
-BAD_TRANSPOSE = {  # name: (x shape, w shape, b shape, kwargs, error, argument named)
-    "output_padding_ge_stride": ((1, 4, 5), (4, 3, 3), None, dict(stride=2, output_padding=2),
-                                 ValueError, "output_padding"),
-    "output_padding_ge_dilation": ((1, 4, 5), (4, 3, 3), None, dict(dilation=3, output_padding=3),
-                                   ValueError, "output_padding"),
-    "output_padding_negative": ((1, 4, 5), (4, 3, 3), None, dict(output_padding=-1), ValueError,
-                                "output_padding"),
-    "output_padding_length": ((1, 4, 5), (4, 3, 3), None, dict(stride=2, output_padding=(1, 1)),
-                              ValueError, "output_padding"),
-    "output_padding_with_same": ((1, 4, 5), (4, 3, 3), None,
-                                 dict(stride=2, padding="SAME", output_padding=1),
-                                 ValueError, "output_padding"),
-    "non_positive_output": ((1, 4, 1), (4, 3, 1), None, dict(padding=1), ValueError, "padding"),
-    "w_rank": ((1, 4, 5), (4, 3), None, {}, ValueError, "w"),
-    "x_rank": ((4, 5), (4, 3, 3), None, {}, ValueError, "x"),
-    "channels_mismatch": ((1, 4, 5), (3, 3, 3), None, {}, ValueError, "w"),
-    "groups_not_dividing": ((1, 4, 5), (4, 3, 3), None, dict(groups=3), ValueError, "groups"),
-    "groups_zero": ((1, 4, 5), (4, 3, 3), None, dict(groups=0), ValueError, "groups"),
-    "groups_float": ((1, 4, 5), (4, 3, 3), None, dict(groups=1.5), TypeError, "groups"),
-    "bias_shape": ((1, 4, 5), (4, 3, 3), (4,), {}, ValueError, "b"),
-    "unknown_mode": ((1, 4, 5), (4, 3, 3), None, dict(padding_mode="mirror"), ValueError,
-                     "padding_mode"),
-    "reflect_too_wide": ((1, 4, 5), (4, 3, 3), None, dict(padding=3, padding_mode="reflect"),
-                         ValueError, "padding"),
-    "negative_padding": ((1, 4, 5), (4, 3, 3), None, dict(padding=-1), ValueError, "padding"),
-    "unknown_padding": ((1, 4, 5), (4, 3, 3), None, dict(padding="BIG"), ValueError, "padding"),
-    "stride_zero": ((1, 4, 5), (4, 3, 3), None, dict(stride=0), ValueError, "stride"),
-    "impl": ((1, 4, 5), (4, 3, 3), None, dict(impl="cuda"), ValueError, "impl"),
-    "channels_last_str": ((1, 4, 5), (4, 3, 3), None, dict(channels_last="yes"), TypeError,
-                          "channels_last"),
-    "empty_kernel": ((1, 4, 5), (4, 3, 0), None, {}, ValueError, "w"),
-    "empty_input": ((1, 4, 0), (4, 3, 3), None, {}, ValueError, "x"),
+BAD_TRANSPOSE = {  # name: (changes to x (1, 4, 5), w (4, 3, 3), b None and kwargs, error, argument)
+    "output_padding_ge_stride": (dict(stride=2, output_padding=2), ValueError, "output_padding"),
+    "output_padding_ge_dilation": (dict(dilation=3, output_padding=3), ValueError,
+                                   "output_padding"),
+    "output_padding_negative": (dict(output_padding=-1), ValueError, "output_padding"),
+    "output_padding_length": (dict(stride=2, output_padding=(1, 1)), ValueError, "output_padding"),
+    "output_padding_with_same": (dict(stride=2, padding="SAME", output_padding=1), ValueError,
+                                 "output_padding"),
+    "non_positive_output": (dict(x=(1, 4, 1), w=(4, 3, 1), padding=1), ValueError, "padding"),
+    "w_rank": (dict(w=(4, 3)), ValueError, "w"),
+    "x_rank": (dict(x=(4, 5)), ValueError, "x"),
+    "channels_mismatch": (dict(w=(3, 3, 3)), ValueError, "w"),
+    "groups_not_dividing": (dict(groups=3), ValueError, "groups"),
+    "groups_zero": (dict(groups=0), ValueError, "groups"),
+    "groups_float": (dict(groups=1.5), TypeError, "groups"),
+    "bias_shape": (dict(b=(4,)), ValueError, "b"),
+    "unknown_mode": (dict(padding_mode="mirror"), ValueError, "padding_mode"),
+    "reflect_too_wide": (dict(padding=3, padding_mode="reflect"), ValueError, "padding"),
+    "negative_padding": (dict(padding=-1), ValueError, "padding"),
+    "unknown_padding": (dict(padding="BIG"), ValueError, "padding"),
+    "stride_zero": (dict(stride=0), ValueError, "stride"),
+    "impl": (dict(impl="cuda"), ValueError, "impl"),
+    "channels_last_str": (dict(channels_last="yes"), TypeError, "channels_last"),
+    "empty_kernel": (dict(w=(4, 3, 0)), ValueError, "w"),
+    "empty_input": (dict(x=(1, 4, 0)), ValueError, "x"),
 }
 
 
 @pytest.mark.parametrize("name", BAD_TRANSPOSE)
 def test_bad_input(name):
-    x_shape, w_shape, b_shape, kw, error, argument = BAD_TRANSPOSE[name]
-    b = None if b_shape is None else jnp.zeros(b_shape)
+    changes, error, argument = BAD_TRANSPOSE[name]
+    kw = dict(changes)
+    x, w, b = kw.pop("x", (1, 4, 5)), kw.pop("w", (4, 3, 3)), kw.pop("b", None)
     with pytest.raises(error, match=argument):
-        jaxcnn.conv_transpose(jnp.zeros(x_shape), jnp.zeros(w_shape), b, **kw)
+        jaxcnn.conv_transpose(jnp.zeros(x), jnp.zeros(w), None if b is None else jnp.zeros(b), **kw)
 
 
 def test_bad_dtypes():
