@@ -374,11 +374,13 @@ def conv_transpose_output_size(length: int, kernel: int, stride: int, dilation: 
 class ConvTransposeArgs:
     """Validated conv_transpose arguments.
 
-    ``spec`` is the spec of the conv this op is the input-adjoint of, with its high padding
-    lowered by ``stride·⌊output_padding / stride⌋`` (a crop when negative) so that this conv
-    maps an input of ``core_shape`` back to exactly ``x``'s shape: only ``lo`` decides where
-    the taps land, so the transpose's values do not change. Its padding is ``(lo, hi')`` for
-    zeros mode and ``(0, hi' − hi)`` otherwise (the border then lives in ``pads``, folded).
+    ``spec`` is the zero-padded core conv this op is the input-adjoint of: padding ``(lo, hi −
+    c)`` in zeros mode, ``(0, −c)`` otherwise (the border ``pads`` are then folded separately),
+    with ``c = stride·⌊output_padding / stride⌋``. Lowering the high side by ``c`` (a crop when
+    negative; ``c > 0`` only where ``output_padding ≥ stride``, allowed when dilation > stride)
+    makes that conv map ``core_shape`` back to exactly ``x``'s shape, so the family's VJP
+    shapes agree; the transpose's values do not change, since only ``lo`` decides where the
+    taps land.
     """
 
     x: jax.Array
