@@ -26,3 +26,14 @@ def rng(request) -> np.random.Generator:
     """A numpy Generator seeded from the test's name: reproducible, distinct per test."""
     seed = sum(request.node.nodeid.encode()) * 7919 % (2**32)
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Compile without XLA's expensive optimisations for one test module (opt in with
+    ``pytestmark = pytest.mark.usefixtures("fast_compile")``). Same semantics, about a third
+    less compile time; worth it where compiling, not running, dominates (many small shapes)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

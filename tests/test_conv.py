@@ -22,6 +22,8 @@ from jaxcnn import reference
 from helpers import (TOL, VJP_TOL, assert_close, expected_pads, numpy_conv, random_array,
                      tree_assert_close, vdot)
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 IMPLS = ("lax", "manual")
 MODES = ("zeros", "reflect", "replicate", "circular")
 CASES = [pytest.param(n, cl, impl, id=f"{n}d-{'last' if cl else 'first'}-{impl}")
@@ -410,3 +412,127 @@ def test_circular_commutes_with_roll(n, channels_last, impl, rng):
     assert y.shape[:-1] == x.shape[:-1] if channels_last else y.shape[2:] == x.shape[2:]
     assert_close(conv(jnp.roll(x, shifts, axes), w, b), jnp.roll(y, shifts, axes),
                  TOL["float64"], "conv(roll(x)) vs roll(conv(x))")
+
+
+# ----------------------------------------------------------------------------- VJP pieces
+
+
+def _grad_config(n, channels_last, depthwise):
+    cfg = fixed_config(n, channels_last, bias=False)
+    if depthwise:
+        cfg = dataclasses.replace(cfg, groups=cfg.channels, out_channels=2 * cfg.channels)
+    kwargs = cfg.kwargs()
+    del kwargs["padding_mode"]
+    return cfg, kwargs
+
+
+@pytest.mark.parametrize("n,channels_last,impl", CASES)
+def test_input_and_weight_grad(n, channels_last, impl, rng):
+    """conv_input_grad / conv_weight_grad vs jax.vjp of the reference, groups > 1 (grouped or
+    depthwise), and the adjoint identities with the seed formula."""
+    cfg, kwargs = _grad_config(n, channels_last, depthwise=channels_last != (n == 2))
+    x, w, _ = cfg.arrays(rng)
+    dy = random_array(rng, cfg.out_shape())
+    dx = jaxcnn.conv_input_grad(dy, w, x.shape, impl=impl, **kwargs)
+    dw = jaxcnn.conv_weight_grad(x, dy, w.shape, impl=impl, **kwargs)
+    expected_dx, expected_dw = jax.vjp(partial(reference.conv, **kwargs), x, w)[1](dy)
+    assert_close(dx, expected_dx, VJP_TOL, "conv_input_grad")
+    assert_close(dw, expected_dw, VJP_TOL, "conv_weight_grad")
+    assert_close(reference.conv_input_grad(dy, w, x.shape, **kwargs), expected_dx, TOL["float64"])
+    assert_close(reference.conv_weight_grad(x, dy, w.shape, **kwargs), expected_dw, TOL["float64"])
+    y_dy = vdot(cfg.oracle(x, w, None), dy)  # ⟨conv(x, w), dy⟩ = ⟨x, dx⟩ = ⟨w, dw⟩
+    assert abs(vdot(x, dx) - y_dy) <= TOL["float64"] * max(abs(y_dy), 1.0)
+    assert abs(vdot(w, dw) - y_dy) <= TOL["float64"] * max(abs(y_dy), 1.0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grad_pieces_are_differentiable(impl, rng):
+    """The VJPs of conv_input_grad (in dy, w) and conv_weight_grad (in x, dy) vs autodiff."""
+    cfg, kwargs = _grad_config(1, False, depthwise=False)
+    x, w, _ = cfg.arrays(rng)
+    dy = random_array(rng, cfg.out_shape())
+    for name, args, shape in [("conv_input_grad", (dy, w), x.shape),
+                              ("conv_weight_grad", (x, dy), w.shape)]:
+        ct = random_array(rng, shape)
+        mine = jax.vjp(lambda a, b: getattr(jaxcnn, name)(a, b, shape, impl=impl, **kwargs), *args)
+        theirs = jax.vjp(lambda a, b: getattr(reference, name)(a, b, shape, **kwargs), *args)
+        tree_assert_close(mine[1](ct), theirs[1](ct), VJP_TOL, f"VJP of {name}")
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+TORCH_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+             "circular": "circular"}
+
+
+def _torch_leaves(torch, arrays):
+    return [torch.tensor(np.asarray(a), requires_grad=True) for a in arrays]
+
+
+def _jax_forward_and_vjp(cfg, impl, args, ct):
+    y, pull = jax.vjp(lambda *a: jaxcnn.conv(*a, impl=impl, **cfg.kwargs()), *args)
+    return y, pull(ct)
+
+
+def _assert_matches_torch(y, grads, ty, leaves):
+    assert_close(y, ty.detach().numpy(), TOL["float64"], "forward vs torch")
+    for i, (g, leaf) in enumerate(zip(grads, leaves)):
+        assert_close(g, leaf.grad.numpy(), TOL["float64"], f"gradient {i} vs torch autograd")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_against_torch(n, mode, rng):
+    """Forward and autograd of F.pad(mode) + F.conv{n}d, float64."""
+    torch = pytest.importorskip("torch")
+    impl = IMPLS[(n + MODES.index(mode)) % 2]
+    cfg = fixed_config(n, False, padding_mode=mode)
+    args = cfg.arrays(rng)
+    ct = random_array(rng, cfg.out_shape())
+    y, grads = _jax_forward_and_vjp(cfg, impl, args, ct)
+    leaves = _torch_leaves(torch, args)
+    flat = [p for pair in reversed(cfg.pads()) for p in pair]  # torch: last axis first
+    padded = torch.nn.functional.pad(leaves[0], flat, mode=TORCH_PAD[mode])
+    ty = getattr(torch.nn.functional, f"conv{n}d")(
+        padded, leaves[1], leaves[2], stride=_tuple(cfg.stride, n),
+        dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+    (ty * torch.tensor(np.asarray(ct))).sum().backward()
+    _assert_matches_torch(y, grads, ty, leaves)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("n,kernel", [(1, (4,)), (2, (4, 2)), (3, (2, 3, 2))])
+def test_same_against_torch(n, kernel, rng):
+    """padding="same" (stride 1, even kernels, dilation) vs torch's own padding="same"."""
+    torch = pytest.importorskip("torch")
+    cfg = fixed_config(n, False, stride=1, padding="same", kernel=kernel)
+    args = cfg.arrays(rng)
+    ct = random_array(rng, cfg.out_shape())
+    y, grads = _jax_forward_and_vjp(cfg, IMPLS[n % 2], args, ct)
+    leaves = _torch_leaves(torch, args)
+    ty = getattr(torch.nn.functional, f"conv{n}d")(
+        *leaves, padding="same", dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+    (ty * torch.tensor(np.asarray(ct))).sum().backward()
+    _assert_matches_torch(y, grads, ty, leaves)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_input_and_weight_grad_against_torch(n, impl, rng):
+    """vs torch.nn.grad.conv{n}d_input / _weight (symmetric padding, groups > 1)."""
+    torch = pytest.importorskip("torch")
+    cfg, kwargs = _grad_config(n, False, depthwise=False)
+    cfg = dataclasses.replace(cfg, padding=(1, 2, 1)[:n])
+    kwargs["padding"] = cfg.padding
+    x, w, _ = cfg.arrays(rng)
+    dy = random_array(rng, cfg.out_shape())
+    tx, tw, tdy = (torch.tensor(np.asarray(a)) for a in (x, w, dy))
+    torch_kwargs = dict(stride=_tuple(cfg.stride, n), padding=cfg.padding,
+                        dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+    grad = torch.nn.grad
+    expected_dx = getattr(grad, f"conv{n}d_input")(tx.shape, tw, tdy, **torch_kwargs)
+    expected_dw = getattr(grad, f"conv{n}d_weight")(tx, tw.shape, tdy, **torch_kwargs)
+    assert_close(jaxcnn.conv_input_grad(dy, w, x.shape, impl=impl, **kwargs),
+                 expected_dx.numpy(), TOL["float64"], "conv_input_grad vs torch")
+    assert_close(jaxcnn.conv_weight_grad(x, dy, w.shape, impl=impl, **kwargs),
+                 expected_dw.numpy(), TOL["float64"], "conv_weight_grad vs torch")
