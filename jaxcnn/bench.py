@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -234,10 +235,10 @@ def torch_fn(case: Case) -> Callable:
 # ----------------------------------------------------------------------------- timing
 
 def time_call(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
-              min_seconds: float = 0.0) -> tuple[float, Any]:
-    """Median milliseconds of synchronised calls after a first (compiling) call and a timed
-    warm-up: ``repeats`` of them, or more (up to 50) until ``min_seconds`` are spent, which
-    steadies the fast cases on a shared machine. Also returns the first call's output."""
+              min_seconds: float = 0.0) -> tuple[list[float], Any]:
+    """Milliseconds of synchronised calls after a first (compiling) call and a timed warm-up:
+    ``repeats`` of them, or more (up to 50) until ``min_seconds`` are spent, which steadies the
+    fast cases on a shared machine. Also returns the first call's output."""
     out = call()
     sync(out)
     start = time.perf_counter()
@@ -249,15 +250,16 @@ def time_call(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
         start = time.perf_counter()
         sync(call())
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, out
+    return [t * 1e3 for t in times], out
 
 
 def matmul_peak(n: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of a square float32 ``n × n`` matmul on ``jax.devices()[0]``: the yardstick."""
+    """GFLOP/s of a square float32 ``n × n`` matmul on ``jax.devices()[0]``: the yardstick. A
+    peak, so the fastest call counts (a shared machine only ever slows calls down)."""
     a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32))
     f = jax.jit(jnp.matmul)
-    ms, _ = time_call(lambda: f(a, a), jax.block_until_ready, repeats)
-    return {"n": n, "ms": ms, "gflops": 2 * n ** 3 / ms / 1e6}
+    times, _ = time_call(lambda: f(a, a), jax.block_until_ready, repeats)
+    return {"n": n, "ms": min(times), "gflops": 2 * n ** 3 / min(times) / 1e6}
 
 
 def _jax_runner(f: Callable, mode: str, n_operands: int) -> Callable:
@@ -317,7 +319,7 @@ class TorchSide:
         if channels_last:
             a = np.moveaxis(a, -1, 1) if kind == "act" else np.moveaxis(a, (-1, -2), (0, 1))
         torch = self.torch
-        t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device, getattr(torch, dtype))
+        t = torch.from_numpy(np.array(a, np.float32, order="C")).to(self.device, getattr(torch, dtype))
         return t.contiguous(memory_format=self.memory_format(t.ndim, channels_last)).requires_grad_(grad)
 
     def runner(self, case: Case, mode: str, operands: list, ct: Any) -> Callable:
@@ -376,14 +378,16 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
     for impl in ("jaxcnn",) if pooling else ("lax", "manual"):
         if impl in impls:
             contenders[impl] = jaxcnn_fn(case, channels_last, impl, acc)
-    ms: dict[str, float | None] = {}
+    ms: dict[str, float] = {}
+    ms_min: dict[str, float] = {}
     errs: dict[str, float | None] = {}
     failures: dict[str, str] = {}
     ref = None
     for impl, f in contenders.items():
         try:
             run = _jax_runner(f, mode, len(operands))
-            ms[impl], out = time_call(lambda: run(*jax_args), jax.block_until_ready, repeats, min_seconds)
+            times, out = time_call(lambda: run(*jax_args), jax.block_until_ready, repeats, min_seconds)
+            ms[impl], ms_min[impl] = statistics.median(times), min(times)
             outs = _jax_outputs(out, mode)
             ref = outs if ref is None else ref
             errs[impl] = rel_err(outs, ref)
@@ -395,8 +399,9 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
             t_ops = [torch_side.tensor(a, kind, tdtype, channels_last, grad=mode != "fwd")
                      for kind, a in operands]
             t_ct = torch_side.tensor(ct, "act", tdtype, channels_last)
-            ms["torch"], out = time_call(torch_side.runner(case, mode, t_ops, t_ct), torch_side.sync,
-                                         repeats, min_seconds)
+            times, out = time_call(torch_side.runner(case, mode, t_ops, t_ct), torch_side.sync,
+                                   repeats, min_seconds)
+            ms["torch"], ms_min["torch"] = statistics.median(times), min(times)
             if ref is not None:
                 errs["torch"] = rel_err(torch_side.to_numpy(out, channels_last), ref)
         except Exception as err:
@@ -409,7 +414,7 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
         "y_shape": list(y_shape), "stride": case.stride, "padding": case.padding,
         "groups": case.groups, "dtype": dtype,
         "layout": "channels_last" if channels_last else "channels_first", "mode": mode,
-        "flops": flops, "ms": ms,
+        "flops": flops, "ms": ms, "ms_min": ms_min,
         "ratio": {k: v / base for k, v in ms.items()} if base else {},
         "gflops": {k: flops / v / 1e6 for k, v in ms.items()} if flops else {},
         "peak_fraction": {k: flops / v / 1e6 / peak_gflops for k, v in ms.items()} if flops else {},
@@ -462,6 +467,14 @@ def device_info() -> dict[str, Any]:
     except ImportError:
         info["torch"] = None
     return info
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15-minute load averages: how shared the machine was during the run."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------- command line
@@ -522,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peak = matmul_peak(matmul_n, max(repeats, 3))
     print(f"device: {device_info()['device_kind']} ({platform_name}); float32 {matmul_n}² matmul "
           f"{peak['gflops']:.1f} GFLOP/s; scale {scale}, {repeats} repeats", flush=True)
-    rows, skipped = [], []
+    rows, skipped, load_start = [], [], _load()
     for case in cases:
         reason = available(case)
         if reason:
@@ -541,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(markdown_table([row]).splitlines()[-1], flush=True)
     report = {"command": "jaxcnn bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": device_info(), "matmul": peak, "scale": scale, "repeats": repeats,
+              "load_average": {"start": load_start, "end": _load()},
               "rows": rows, "skipped": skipped}
     if args.json:
         with open(args.json, "w") as f:
