@@ -1,11 +1,19 @@
-"""Small shared test helpers (no test dependency beyond numpy and jax)."""
+"""Shared test helpers: tolerances, random arrays, error measures, an independent numpy conv,
+and conv configurations (a dataclass, fixed cases, a hypothesis strategy)."""
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+import jaxcnn
+from jaxcnn import reference
 
 # Tolerances by dtype for a relative error (max abs error / max abs reference):
 # float64 ~ 1e-12 (a few hundred ulps of accumulation), float32 ~ 1e-5, bfloat16 ~ 1e-2.
@@ -13,7 +21,8 @@ TOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 3e-3}
 VJP_TOL = 1e-10  # float64 hand VJP vs JAX autodiff of the reference
 
 
-def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = jnp.float64) -> jax.Array:
+def random_array(rng: np.random.Generator, shape: tuple[int, ...],
+                 dtype: Any = jnp.float64) -> jax.Array:
     """Standard normal samples of ``shape``, cast to ``dtype``."""
     return jnp.asarray(rng.standard_normal(shape), dtype=dtype)
 
@@ -103,3 +112,121 @@ def numpy_conv(x: Any, w: Any, b: Any = None, *, stride, pads, dilation, groups:
     if b is not None:
         y += np.asarray(b, np.float64).reshape(1, out_channels, *([1] * n))
     return np.moveaxis(y, 1, -1) if channels_last else y
+
+
+# ----------------------------------------------------------------------------- conv configurations
+# A hashable description of one conv (shapes, every knob), a fixed rich configuration per n,
+# and a hypothesis strategy over all of them, for the tests of conv and of what builds on it.
+
+
+def as_tuple(value, n):
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One conv configuration (hashable: it is a static argument of the jitted checks)."""
+
+    n: int
+    channels_last: bool
+    sizes: tuple
+    kernel: tuple
+    channels: int = 4
+    out_channels: int = 4
+    groups: int = 2
+    batch: int = 2
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    padding_mode: str = "zeros"
+    bias: bool = True
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups, padding_mode=self.padding_mode,
+                    channels_last=self.channels_last)
+
+    def shapes(self) -> tuple[tuple, tuple]:
+        per_group = self.channels // self.groups
+        if self.channels_last:
+            return ((self.batch, *self.sizes, self.channels),
+                    (*self.kernel, per_group, self.out_channels))
+        return (self.batch, self.channels, *self.sizes), (self.out_channels, per_group, *self.kernel)
+
+    def arrays(self, rng, dtype=jnp.float64) -> tuple:
+        x_shape, w_shape = self.shapes()
+        b = random_array(rng, (self.out_channels,), dtype) if self.bias else None
+        return random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype), b
+
+    def pads(self) -> list:
+        return expected_pads(self.padding, self.sizes, self.kernel, as_tuple(self.stride, self.n),
+                             as_tuple(self.dilation, self.n))
+
+    def oracle(self, x, w, b) -> np.ndarray:
+        return numpy_conv(x, w, b, stride=as_tuple(self.stride, self.n), pads=self.pads(),
+                          dilation=as_tuple(self.dilation, self.n), groups=self.groups,
+                          padding_mode=self.padding_mode, channels_last=self.channels_last)
+
+    def out_shape(self) -> tuple:
+        return jax.eval_shape(partial(reference.conv, **self.kwargs()), *self.shapes_struct()).shape
+
+    def shapes_struct(self) -> tuple:
+        x_shape, w_shape = self.shapes()
+        return jax.ShapeDtypeStruct(x_shape, jnp.float64), jax.ShapeDtypeStruct(w_shape, jnp.float64)
+
+
+def fixed_config(n: int, channels_last: bool, **changes) -> Config:
+    """A configuration per n with every knob off its default (uneven stride, (lo, hi) pads,
+    dilation, two groups)."""
+    base = {1: Config(1, channels_last, (9,), (3,), stride=2, padding=((1, 2),), dilation=2),
+            2: Config(2, channels_last, (6, 5), (3, 2), stride=(2, 1), padding=((1, 0), (2, 1)),
+                      dilation=(1, 2)),
+            3: Config(3, channels_last, (4, 5, 3), (2, 3, 2), stride=(1, 2, 1), padding=1,
+                      dilation=(2, 1, 1), channels=2, out_channels=2)}[n]
+    return dataclasses.replace(base, **changes)
+
+
+def operands(x, w, b) -> tuple:
+    return (x, w) if b is None else (x, w, b)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def forward_and_vjp(fn_name: str, cfg: Config, args: tuple, ct):
+    """``y`` and the VJP at ``ct`` of jaxcnn.conv (impl = fn_name) or of reference.conv."""
+    fn = reference.conv if fn_name == "reference" else partial(jaxcnn.conv, impl=fn_name)
+    y, pull = jax.vjp(lambda *a: fn(*a, **cfg.kwargs()), *args)
+    return y, pull(ct)
+
+
+_STRINGS = st.sampled_from(["VALID", "SAME", "FULL", "CAUSAL"]).flatmap(
+    lambda s: st.sampled_from([s, s.lower(), s.capitalize()]))
+
+
+@st.composite
+def configs(draw) -> Config:
+    n = draw(st.integers(1, 3))
+    per_axis = lambda lo, hi: st.tuples(*[st.integers(lo, hi)] * n)  # noqa: E731
+    kind = draw(st.sampled_from(["grouped", "depthwise", "single"]))
+    if kind == "depthwise":
+        groups = channels = draw(st.integers(1, 3))
+    else:
+        groups = 2 if kind == "grouped" else 1
+        channels = groups * draw(st.integers(1, 2))
+    out_channels = groups * draw(st.integers(1, 2))
+    kernel = draw(per_axis(1, 3 if n < 3 else 2))
+    dilation = draw(st.one_of(st.just(1), per_axis(1, 2)))
+    stride = draw(st.one_of(st.integers(1, 3), per_axis(1, 3)))
+    padding = draw(st.one_of(st.integers(0, 2), per_axis(0, 2), _STRINGS,
+                             st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * n)))
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, as_tuple(dilation, n))]
+    sizes = tuple(draw(st.integers(max(1, e - 2), e + (3 if n < 3 else 2))) for e in extent)
+    cfg = Config(n, draw(st.booleans()), sizes, kernel, channels, out_channels, groups,
+                 draw(st.integers(1, 2)), stride, padding, dilation, "zeros", draw(st.booleans()))
+    pads = cfg.pads()
+    assume(all(length + lo + hi >= e for length, (lo, hi), e in zip(sizes, pads, extent)))
+    widest = [max(p) for p in pads]
+    modes = ["zeros", "replicate"]
+    modes += ["reflect"] if all(p < length for p, length in zip(widest, sizes)) else []
+    modes += ["circular"] if all(p <= length for p, length in zip(widest, sizes)) else []
+    mode = draw(st.sampled_from(modes).flatmap(lambda m: st.sampled_from([m, m.upper()])))
+    return dataclasses.replace(cfg, padding_mode=mode)

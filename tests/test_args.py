@@ -147,7 +147,8 @@ BAD = {
                                r"groups: expected a divisor of the 4 input channels.*got 3"),
     "out-channels-not-divisible": (jaxcnn.conv, (X, jnp.ones((5, 2, 3))), dict(groups=2),
                                    ValueError, r"groups: expected a divisor of the 5 output.*got 2"),
-    "groups-0": (jaxcnn.conv, (X, W), dict(groups=0), ValueError, r"groups: expected a positive.*got 0"),
+    "groups-0": (jaxcnn.conv, (X, W), dict(groups=0), ValueError,
+                 r"groups: expected a positive.*got 0"),
     "groups-float": (jaxcnn.conv, (X, W), dict(groups=2.0), TypeError, r"groups:.*got 2\.0"),
     "groups-bool": (jaxcnn.conv, (X, W), dict(groups=True), TypeError, r"groups:.*got True"),
     "padding-string": (jaxcnn.conv, (X, W), dict(padding="half"), ValueError,
@@ -225,5 +226,6 @@ def test_accepted_spellings_are_equivalent():
     x = jnp.arange(2 * 4 * 6, dtype=jnp.float64).reshape(2, 4, 6)
     w = jnp.arange(6 * 4 * 3, dtype=jnp.float64).reshape(6, 4, 3) / 10
     expected = jaxcnn.conv(x, w, padding=((1, 1),), padding_mode="reflect")
-    for padding, mode in [(1, "REFLECT"), ((1,), "Reflect"), ("same", "reflect"), ([[1, 1]], "reflect")]:
+    spellings = [(1, "REFLECT"), ((1,), "Reflect"), ("same", "reflect"), ([[1, 1]], "reflect")]
+    for padding, mode in spellings:
         assert (jaxcnn.conv(x, w, padding=padding, padding_mode=mode) == expected).all()

@@ -8,19 +8,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn import reference
-from helpers import (TOL, VJP_TOL, assert_close, expected_pads, numpy_conv, random_array,
-                     tree_assert_close, vdot)
+from helpers import (TOL, VJP_TOL, Config, as_tuple, assert_close, configs, fixed_config,
+                     forward_and_vjp, operands, random_array, tree_assert_close, vdot)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -33,120 +32,7 @@ MODE_CASES = [pytest.param(*case.values, MODES[i % 4], id=f"{case.id}-{MODES[i %
               for i, case in enumerate(CASES)]
 
 
-def _tuple(value, n):
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One conv configuration (hashable: it is a static argument of the jitted checks)."""
-
-    n: int
-    channels_last: bool
-    sizes: tuple
-    kernel: tuple
-    channels: int = 4
-    out_channels: int = 4
-    groups: int = 2
-    batch: int = 2
-    stride: Any = 1
-    padding: Any = 0
-    dilation: Any = 1
-    padding_mode: str = "zeros"
-    bias: bool = True
-
-    def kwargs(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups, padding_mode=self.padding_mode,
-                    channels_last=self.channels_last)
-
-    def shapes(self) -> tuple[tuple, tuple]:
-        per_group = self.channels // self.groups
-        if self.channels_last:
-            return ((self.batch, *self.sizes, self.channels),
-                    (*self.kernel, per_group, self.out_channels))
-        return (self.batch, self.channels, *self.sizes), (self.out_channels, per_group, *self.kernel)
-
-    def arrays(self, rng, dtype=jnp.float64) -> tuple:
-        x_shape, w_shape = self.shapes()
-        b = random_array(rng, (self.out_channels,), dtype) if self.bias else None
-        return random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype), b
-
-    def pads(self) -> list:
-        return expected_pads(self.padding, self.sizes, self.kernel, _tuple(self.stride, self.n),
-                             _tuple(self.dilation, self.n))
-
-    def oracle(self, x, w, b) -> np.ndarray:
-        return numpy_conv(x, w, b, stride=_tuple(self.stride, self.n), pads=self.pads(),
-                          dilation=_tuple(self.dilation, self.n), groups=self.groups,
-                          padding_mode=self.padding_mode, channels_last=self.channels_last)
-
-    def out_shape(self) -> tuple:
-        return jax.eval_shape(partial(reference.conv, **self.kwargs()), *self.shapes_struct()).shape
-
-    def shapes_struct(self) -> tuple:
-        x_shape, w_shape = self.shapes()
-        return jax.ShapeDtypeStruct(x_shape, jnp.float64), jax.ShapeDtypeStruct(w_shape, jnp.float64)
-
-
-def fixed_config(n: int, channels_last: bool, **changes) -> Config:
-    """A configuration per n with every knob off its default (uneven stride, (lo, hi) pads,
-    dilation, two groups)."""
-    base = {1: Config(1, channels_last, (9,), (3,), stride=2, padding=((1, 2),), dilation=2),
-            2: Config(2, channels_last, (6, 5), (3, 2), stride=(2, 1), padding=((1, 0), (2, 1)),
-                      dilation=(1, 2)),
-            3: Config(3, channels_last, (4, 5, 3), (2, 3, 2), stride=(1, 2, 1), padding=1,
-                      dilation=(2, 1, 1), channels=2, out_channels=2)}[n]
-    return dataclasses.replace(base, **changes)
-
-
-def operands(x, w, b) -> tuple:
-    return (x, w) if b is None else (x, w, b)
-
-
-@partial(jax.jit, static_argnums=(0, 1))
-def forward_and_vjp(fn_name: str, cfg: Config, args: tuple, ct):
-    """``y`` and the VJP at ``ct`` of jaxcnn.conv (impl = fn_name) or of reference.conv."""
-    fn = reference.conv if fn_name == "reference" else partial(jaxcnn.conv, impl=fn_name)
-    y, pull = jax.vjp(lambda *a: fn(*a, **cfg.kwargs()), *args)
-    return y, pull(ct)
-
-
 # ----------------------------------------------------------------------------- random configs
-
-_STRINGS = st.sampled_from(["VALID", "SAME", "FULL", "CAUSAL"]).flatmap(
-    lambda s: st.sampled_from([s, s.lower(), s.capitalize()]))
-
-
-@st.composite
-def configs(draw) -> Config:
-    n = draw(st.integers(1, 3))
-    per_axis = lambda lo, hi: st.tuples(*[st.integers(lo, hi)] * n)  # noqa: E731
-    kind = draw(st.sampled_from(["grouped", "depthwise", "single"]))
-    if kind == "depthwise":
-        groups = channels = draw(st.integers(1, 3))
-    else:
-        groups = 2 if kind == "grouped" else 1
-        channels = groups * draw(st.integers(1, 2))
-    out_channels = groups * draw(st.integers(1, 2))
-    kernel = draw(per_axis(1, 3 if n < 3 else 2))
-    dilation = draw(st.one_of(st.just(1), per_axis(1, 2)))
-    stride = draw(st.one_of(st.integers(1, 3), per_axis(1, 3)))
-    padding = draw(st.one_of(st.integers(0, 2), per_axis(0, 2), _STRINGS,
-                             st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * n)))
-    extent = [d * (k - 1) + 1 for k, d in zip(kernel, _tuple(dilation, n))]
-    sizes = tuple(draw(st.integers(max(1, e - 2), e + (3 if n < 3 else 2))) for e in extent)
-    cfg = Config(n, draw(st.booleans()), sizes, kernel, channels, out_channels, groups,
-                 draw(st.integers(1, 2)), stride, padding, dilation, "zeros", draw(st.booleans()))
-    pads = cfg.pads()
-    assume(all(length + lo + hi >= e for length, (lo, hi), e in zip(sizes, pads, extent)))
-    widest = [max(p) for p in pads]
-    modes = ["zeros", "replicate"]
-    modes += ["reflect"] if all(p < length for p, length in zip(widest, sizes)) else []
-    modes += ["circular"] if all(p <= length for p, length in zip(widest, sizes)) else []
-    mode = draw(st.sampled_from(modes).flatmap(lambda m: st.sampled_from([m, m.upper()])))
-    return dataclasses.replace(cfg, padding_mode=mode)
-
 
 @settings(max_examples=10)
 @given(cfg=configs(), seed=st.integers(0, 2**32 - 1))
@@ -359,7 +245,8 @@ def test_precision_reaches_every_contraction(impl):
     """``precision`` is passed to the forward and to both VJP pieces (seen in the lowering)."""
     x, w = jnp.ones((1, 2, 5), jnp.float32), jnp.ones((2, 2, 3), jnp.float32)
     for precision, count in [(jax.lax.Precision.HIGHEST, "all"), (None, "none")]:
-        loss = lambda x, w: jnp.sum(jaxcnn.conv(x, w, impl=impl, precision=precision) ** 2)  # noqa: E731,B023
+        def loss(x, w, precision=precision):
+            return jnp.sum(jaxcnn.conv(x, w, impl=impl, precision=precision) ** 2)
         text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).as_text()
         ops = [line for line in text.splitlines() if "convolution" in line or "dot_general" in line]
         marked = sum("HIGHEST" in line for line in ops)
@@ -494,8 +381,8 @@ def test_against_torch(n, mode, rng):
     flat = [p for pair in reversed(cfg.pads()) for p in pair]  # torch: last axis first
     padded = torch.nn.functional.pad(leaves[0], flat, mode=TORCH_PAD[mode])
     ty = getattr(torch.nn.functional, f"conv{n}d")(
-        padded, leaves[1], leaves[2], stride=_tuple(cfg.stride, n),
-        dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+        padded, leaves[1], leaves[2], stride=as_tuple(cfg.stride, n),
+        dilation=as_tuple(cfg.dilation, n), groups=cfg.groups)
     (ty * torch.tensor(np.asarray(ct))).sum().backward()
     _assert_matches_torch(y, grads, ty, leaves)
 
@@ -511,7 +398,7 @@ def test_same_against_torch(n, kernel, rng):
     y, grads = _jax_forward_and_vjp(cfg, IMPLS[n % 2], args, ct)
     leaves = _torch_leaves(torch, args)
     ty = getattr(torch.nn.functional, f"conv{n}d")(
-        *leaves, padding="same", dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+        *leaves, padding="same", dilation=as_tuple(cfg.dilation, n), groups=cfg.groups)
     (ty * torch.tensor(np.asarray(ct))).sum().backward()
     _assert_matches_torch(y, grads, ty, leaves)
 
@@ -527,8 +414,8 @@ def test_input_and_weight_grad_against_torch(n, impl, rng):
     x, w, _ = cfg.arrays(rng)
     dy = random_array(rng, cfg.out_shape())
     tx, tw, tdy = (torch.tensor(np.asarray(a)) for a in (x, w, dy))
-    torch_kwargs = dict(stride=_tuple(cfg.stride, n), padding=cfg.padding,
-                        dilation=_tuple(cfg.dilation, n), groups=cfg.groups)
+    torch_kwargs = dict(stride=as_tuple(cfg.stride, n), padding=cfg.padding,
+                        dilation=as_tuple(cfg.dilation, n), groups=cfg.groups)
     grad = torch.nn.grad
     expected_dx = getattr(grad, f"conv{n}d_input")(tx.shape, tw, tdy, **torch_kwargs)
     expected_dw = getattr(grad, f"conv{n}d_weight")(tx, tw.shape, tdy, **torch_kwargs)

@@ -60,7 +60,8 @@ def test_pad_matches_jnp_pad_and_is_adjoint_to_fold(case, seed):
     g = random_array(rng, y.shape)
     folded = padding.fold(g, pads, mode, signed)
     assert folded.shape == x.shape
-    assert_close(folded, jnp_fold(g, shape, pads, mode, axes), TOL["float64"], "fold vs VJP of jnp.pad")
+    assert_close(folded, jnp_fold(g, shape, pads, mode, axes), TOL["float64"],
+                 "fold vs VJP of jnp.pad")
     lhs, rhs = vdot(y, g), vdot(x, folded)   # ⟨pad(x), g⟩ = ⟨x, fold(g)⟩
     assert abs(lhs - rhs) <= TOL["float64"] * max(abs(lhs), 1.0)
 
