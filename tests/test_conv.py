@@ -223,6 +223,19 @@ def test_low_precision(dtype, impl, rng):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16_many_taps(impl, rng):
+    """25 taps: the manual impl must sum them in float32, as lax does (regression: summed in
+    bfloat16 its forward and input gradient were ~1.3e-2 off)."""
+    cfg = Config(2, False, (8, 8), (5, 5), groups=1, padding=2, bias=False)
+    args = cfg.arrays(rng, jnp.bfloat16)
+    ct = random_array(rng, cfg.out_shape(), jnp.bfloat16)
+    y, grads = forward_and_vjp(impl, cfg, args, ct)
+    y64, grads64 = forward_and_vjp("reference", cfg, _float64(args), _float64(ct))
+    assert_close(y, y64, TOL["bfloat16"], "forward")
+    tree_assert_close(grads, grads64, TOL["bfloat16"], "VJP")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_bfloat16_with_float32_accumulation(impl, rng):
     """bfloat16 products are exact in float32, so float32 accumulation is float32-close to
     float64 math; the cotangents keep their operands' dtypes."""
