@@ -44,17 +44,29 @@ from jaxcnn import bench  # noqa: E402
 from jaxcnn.conv import conv_core  # noqa: E402
 
 
-def proposal(spec, c: int) -> tuple[str, str]:
-    """The (dx, dw) formulation proposed for a conv: see BENCHMARKS.md for the measurements.
-    Placeholder until measured: jaxcnn's current pieces."""
-    return "lax", "lax"
+def proposal(spec, x_shape) -> tuple[str, str, str]:
+    """The (forward, dx, dw) formulation proposed for conv's impl="lax" on CPU, from the
+    measurements quoted in BENCHMARKS.md (names: vjp_variants.INPUT_GRADS / WEIGHT_GRADS)."""
+    channels = x_shape[-1 if spec.channels_last else 1]
+    if spec.groups > 1 and spec.groups == channels:          # depthwise: no grouped lax conv
+        return "manual", "manual", "depthwise"
+    if spec.groups == 1 and spec.n == 3:                     # 3D: Eigen's 3D conv is slow
+        return "fold_depth", "fold_depth_out", "manual"
+    if spec.groups == 1 and spec.n == 2 and max(spec.stride) == 1:
+        return "lax", "lax", "manual" if spec.channels_last else "manual_nhwc"
+    return "lax", "lax", "lax"
 
 
-def proposed_conv(dx_name: str, dw_name: str):
-    """A conv (lax forward) whose VJP uses the named dx and dw variants."""
+FORWARDS = {"lax": lambda x, w, spec: conv_core(x, w, spec, "lax"),
+            "manual": lambda x, w, spec: conv_core(x, w, spec, "manual"),
+            "im2col": V.forward_im2col, "fold_depth": V.forward_fold_depth}
+
+
+def proposed_conv(fwd_name: str, dx_name: str, dw_name: str):
+    """A conv whose forward and VJP use the named formulations."""
     @partial(jax.custom_vjp, nondiff_argnums=(2,))
     def f(x, w, spec):
-        return conv_core(x, w, spec, "lax")
+        return FORWARDS[fwd_name](x, w, spec)
 
     def fwd(x, w, spec):
         return f(x, w, spec), (x, w)
@@ -68,7 +80,7 @@ def proposed_conv(dx_name: str, dw_name: str):
     return f
 
 
-def contenders(case: bench.Case, cl: bool, torch_side):
+def contenders(case: bench.Case, cl: bool, torch_side, totals_only: bool = False):
     """name → (callable of no arguments, synchronise) for one case and layout."""
     x_shape, w_shape, y_shape = case.shapes(cl)
     rng = np.random.default_rng(0)
@@ -85,6 +97,8 @@ def contenders(case: bench.Case, cl: bool, torch_side):
         g = jax.jit(f)
         out[name] = (lambda: g(*args), sync)
 
+    if totals_only:
+        return _totals(out, add, case, cl, spec, base, x, w, dy, x_shape, torch_side)
     add("fwd/lax", lambda x, w: conv_core(x, w, spec, "lax"), x, w)
     add("fwd/manual", lambda x, w: conv_core(x, w, spec, "manual"), x, w)
     add("fwd/im2col", lambda x, w: V.forward_im2col(x, w, spec), x, w)
@@ -93,7 +107,7 @@ def contenders(case: bench.Case, cl: bool, torch_side):
 
     def skip(name):   # phases only matter for strides, folding for 3D, NHWC for channels first
         return (not V.applicable(name, spec, x_shape) or (name == "phases" and max(spec.stride) == 1)
-                or (name == "fold_depth" and case.n != 3) or (name == "lax_nhwc" and cl))
+                or (name.startswith("fold_depth") and case.n != 3) or (name.endswith("_nhwc") and cl))
     for name, f in V.INPUT_GRADS.items():
         if skip(name):
             continue
@@ -105,14 +119,7 @@ def contenders(case: bench.Case, cl: bool, torch_side):
     add("dx/jax", lambda x, w, dy: jax.vjp(lambda x: base(x, w), x)[1](dy)[0], x, w, dy)
     add("dw/jax", lambda x, w, dy: jax.vjp(lambda w: base(x, w), w)[1](dy)[0], x, w, dy)
 
-    def total(f):
-        return jax.value_and_grad(lambda x, w, ct: jnp.sum(f(x, w) * ct), argnums=(0, 1))
-
-    add("total/jax", total(base), x, w, dy)
-    add("total/lax", total(lambda x, w: conv_core(x, w, spec, "lax")), x, w, dy)
-    dx_name, dw_name = proposal(spec, case.channels)
-    conv = proposed_conv(dx_name, dw_name)
-    add("total/proposal", total(lambda x, w: conv(x, w, spec)), x, w, dy)
+    _totals(out, add, case, cl, spec, base, x, w, dy, x_shape, None)
     if torch_side is not None:
         torch = torch_side.torch
         tx = torch_side.tensor(np.asarray(x), "act", "float32", cl, grad=True)
@@ -137,6 +144,23 @@ def contenders(case: bench.Case, cl: bool, torch_side):
     return out
 
 
+def _totals(out, add, case, cl, spec, base, x, w, dy, x_shape, torch_side):
+    """fwd+bwd of JAX autodiff of lax, jaxcnn impl="lax" as it is, the proposal (and torch)."""
+    def total(f):
+        return jax.value_and_grad(lambda x, w, ct: jnp.sum(f(x, w) * ct), argnums=(0, 1))
+
+    add("total/jax", total(base), x, w, dy)
+    add("total/lax", total(lambda x, w: conv_core(x, w, spec, "lax")), x, w, dy)
+    conv = proposed_conv(*proposal(spec, x_shape))
+    add("total/proposal", total(lambda x, w: conv(x, w, spec)), x, w, dy)
+    if torch_side is not None:
+        tx = torch_side.tensor(np.asarray(x), "act", "float32", cl, grad=True)
+        tw = torch_side.tensor(np.asarray(w), "kernel", "float32", cl, grad=True)
+        tdy = torch_side.tensor(np.asarray(dy), "act", "float32", cl)
+        out["total/torch"] = (torch_side.runner(case, "fwd+bwd", [tx, tw], tdy), torch_side.sync)
+    return out
+
+
 def measure(calls: dict, rounds: int) -> dict[str, dict[str, float]]:
     """Compile and warm every call, then ``rounds`` interleaved timings; min and median ms."""
     for call, sync in calls.values():
@@ -151,6 +175,31 @@ def measure(calls: dict, rounds: int) -> dict[str, dict[str, float]]:
     return {name: {"min": min(t), "median": statistics.median(t)} for name, t in times.items()}
 
 
+def markdown(report: dict) -> str:
+    """Two tables from a saved run: every piece's time (fastest bold) and the fwd+bwd totals."""
+    lines = ["| case | layout | piece | " + "time (ms, fastest of the rounds) per formulation |",
+             "|---|---|---|---|"]
+    totals = ["| case | layout | proposal (fwd, dx, dw) | jax ms | lax ms | proposal ms | torch ms "
+              "| proposal/jax | torch/jax |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        ms = {k: v["min"] for k, v in row["ms"].items()}
+        layout = "NC…" if row["layout"] == "channels_first" else "N…C"
+        for piece in ("fwd", "dx", "dw"):
+            entries = {k.split("/")[1]: v for k, v in ms.items() if k.startswith(piece + "/")}
+            if entries:
+                best = min(entries.values())
+                cells = " · ".join(f"**{k} {v:.3g}**" if v == best else f"{k} {v:.3g}"
+                                   for k, v in entries.items())
+                lines.append(f"| {row['case']} | {layout} | {piece} | {cells} |")
+        t = {k.split("/")[1]: v for k, v in ms.items() if k.startswith("total/")}
+        torch_ms = "—" if "torch" not in t else f"{t['torch']:.3g}"
+        torch_ratio = "—" if "torch" not in t else f"{t['torch'] / t['jax']:.2f}"
+        totals.append(f"| {row['case']} | {layout} | {', '.join(row['proposal'])} | {t['jax']:.3g} | "
+                      f"{t['lax']:.3g} | {t['proposal']:.3g} | {torch_ms} | "
+                      f"{t['proposal'] / t['jax']:.2f} | {torch_ratio} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(totals) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="training")
@@ -158,9 +207,14 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--scale", default="cpu", choices=("cpu", "full", "quick"))
     p.add_argument("--json", default=None)
+    p.add_argument("--totals-only", action="store_true", help="time only the fwd+bwd totals")
+    p.add_argument("--markdown", metavar="JSON", help="print the tables of a saved run and exit")
     p.add_argument("--single-thread", action="store_true",
                    help="1 thread each, process CPU time (set before jax loads; see the top)")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     try:
         torch_side = bench.TorchSide()
         if SINGLE:
@@ -173,12 +227,12 @@ def main(argv=None) -> int:
         sized = case.sized(args.scale)
         for layout in args.layout.split(","):
             cl = layout == "channels_last"
-            timing = measure(contenders(sized, cl, torch_side), args.rounds)
+            timing = measure(contenders(sized, cl, torch_side, args.totals_only), args.rounds)
             row = {"case": case.name, "shape": bench.describe(sized), "layout": layout,
                    "flops_fwd": bench.case_flops(sized, "fwd"), "ms": timing,
                    "proposal": proposal(V.conv_spec(*sized.shapes(cl)[:2], stride=sized.stride,
                                                     padding=sized.padding, groups=sized.groups,
-                                                    channels_last=cl), sized.channels)}
+                                                    channels_last=cl), sized.shapes(cl)[0])}
             results.append(row)
             best = {k: f"{v['min']:.3g}" for k, v in timing.items()}
             print(json.dumps({"case": case.name, "layout": layout, "min_ms": best}), flush=True)

@@ -221,6 +221,32 @@ def input_grad_fold_depth(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
     return forward_fold_depth(dy_d, _flip_swap_io(w, spec), spec1).astype(w.dtype)
 
 
+def input_grad_fold_depth_out(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
+    """The transpose of ``forward_fold_depth``: one (n−1)-D input gradient with the depth taps
+    as extra output channels, ``G[t, k_d] = input_grad(dy[t], w[k_d])``, then the depth taps
+    added back where they were read: ``dx_pad[t·s + k_d·d] += G[t, k_d]`` (col2im on depth)."""
+    if spec.groups != 1 or spec.n < 2:
+        raise ValueError(f"spec: input_grad_fold_depth_out expects groups=1 and n >= 2; got {spec}")
+    dy_last, w_last = _last(dy.astype(w.dtype), spec), _last(w, spec, kernel=True)
+    k_depth, c, o = w_last.shape[0], w_last.shape[-2], w_last.shape[-1]
+    n, out_depth = dy_last.shape[0], dy_last.shape[1]
+    w_fold = jnp.moveaxis(w_last, 0, -3).reshape(*w_last.shape[1:-2], k_depth * c, o)
+    in_last = (in_shape[0], *in_shape[2:], in_shape[1]) if not spec.channels_last else tuple(in_shape)
+    inner = (n * out_depth, *in_last[2:-1], k_depth * c)
+    g = input_grad_core(dy_last.reshape(-1, *dy_last.shape[2:]), w_fold, _spec_without_depth(spec), "lax", inner)
+    g = g.reshape(n, out_depth, *in_last[2:-1], k_depth, c)
+    (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
+    padded = in_last[1] + lo + hi
+    dx_pad = None
+    for k in range(k_depth):   # tap k of output t lands on t·s + k·d: pad k·d below, s − 1 between
+        part = jax.lax.pad(g[..., k, :], jnp.zeros((), g.dtype),
+                           [(0, 0, 0), (k * d, padded - k * d - (out_depth - 1) * s - 1, s - 1)]
+                           + [(0, 0, 0)] * (g.ndim - 3))
+        dx_pad = part if dx_pad is None else dx_pad + part
+    dx = dx_pad[:, lo: lo + in_last[1]]
+    return dx if spec.channels_last else jnp.moveaxis(dx, -1, 1)
+
+
 def weight_grad_fold_depth(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
     """``dw[k_d] = Σ dy ⊗ x_pad[t·s + k_d·d]``: the (n−1)-D weight gradient of the folded input."""
     if spec.groups != 1 or spec.n < 2:
@@ -249,12 +275,13 @@ def input_grad_channels_last(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
     return jnp.moveaxis(input_grad_core(_to_last(dy, spec), w_last, last, "lax", shape_last), -1, 1)
 
 
-def weight_grad_channels_last(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
+def weight_grad_channels_last(x, dy, spec: ConvSpec, w_shape, impl: str = "lax") -> jax.Array:
+    """jaxcnn's ``impl`` ``dw`` run on channels-last copies of ``x`` and ``dy`` (two transposes)."""
     if spec.channels_last:
-        return weight_grad_core(x, dy, spec, "lax", w_shape)
+        return weight_grad_core(x, dy, spec, impl, w_shape)
     last = spec.replace(channels_last=True)
     shape_last = (*w_shape[2:], w_shape[1], w_shape[0])
-    dw = weight_grad_core(_to_last(x, spec), _to_last(dy, spec), last, "lax", shape_last)
+    dw = weight_grad_core(_to_last(x, spec), _to_last(dy, spec), last, impl, shape_last)
     return jnp.moveaxis(dw, (-1, -2), (0, 1))
 
 
@@ -265,12 +292,14 @@ INPUT_GRADS: dict[str, Callable] = {
     "phases": input_grad_phases,
     "lax_nhwc": input_grad_channels_last,
     "fold_depth": input_grad_fold_depth,
+    "fold_depth_out": input_grad_fold_depth_out,
 }
 WEIGHT_GRADS: dict[str, Callable] = {
     "lax": lambda x, dy, spec, shape: weight_grad_core(x, dy, spec, "lax", shape),
     "manual": lambda x, dy, spec, shape: weight_grad_core(x, dy, spec, "manual", shape),
     "im2col": weight_grad_im2col,
     "lax_nhwc": weight_grad_channels_last,
+    "manual_nhwc": lambda x, dy, spec, shape: weight_grad_channels_last(x, dy, spec, shape, "manual"),
     "fold_depth": weight_grad_fold_depth,
     "depthwise": weight_grad_depthwise,
 }
@@ -280,7 +309,7 @@ def applicable(name: str, spec: ConvSpec, x_shape) -> bool:
     """Whether the variant ``name`` handles ``spec`` on input ``x_shape`` (others: every spec)."""
     if name == "phases":
         return all(d == 1 for d in spec.dilation)
-    if name == "fold_depth":
+    if name.startswith("fold_depth"):
         return spec.groups == 1 and spec.n >= 2
     if name == "depthwise":
         return spec.groups > 1 and spec.groups == x_shape[-1 if spec.channels_last else 1]
