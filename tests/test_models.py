@@ -33,14 +33,14 @@ COUNTS = {
     "mnist1d-cnn": _conv(25, 1, 5) + 2 * _conv(25, 25, 3) + (25 * 5 * 10 + 10),
     "mnist1d-resnet": (_conv(64, 1, 5, False) + _gn(64) + _basic_block(64, 64, 3, False)
                        + 2 * _basic_block(64, 64, 3, True) + (64 * 10 * 10 + 10)),
-    "fashion-cnn": (_conv(32, 1, 9) + _conv(32, 32, 9) + 2 * _gn(32) + _conv(64, 32, 9)
-                    + _conv(64, 64, 9) + 2 * _gn(64) + (64 * 7 * 7 * 256 + 256) + (256 * 10 + 10)),
+    "fashion-cnn": (_conv(32, 1, 9) + _conv(64, 32, 9) + _gn(64) + _conv(128, 64, 9) + _gn(128)
+                    + (128 * 7 * 7 * 10 + 10)),
     "fashion-resnet": (_conv(32, 1, 9, False) + _gn(32) + _basic_block(32, 32, 9, False)
                        + _basic_block(32, 64, 9, True) + _basic_block(64, 128, 9, True) + (128 * 10 + 10)),
-    "clips-cnn3d": (_conv(16, 1, 27) + _gn(16) + _conv(32, 16, 27) + _gn(32) + _conv(64, 32, 27)
-                    + _gn(64) + _conv(64, 64, 27) + _gn(64) + (64 * 40 + 40)),
-    "clips-frame2d": (_conv(16, 1, 9) + _gn(16) + _conv(32, 16, 9) + _gn(32) + _conv(64, 32, 9)
-                      + _gn(64) + _conv(64, 64, 9) + _gn(64) + (64 * 40 + 40)),
+    "clips-cnn3d": (_conv(16, 1, 27) + _conv(32, 16, 27) + _gn(32) + _conv(64, 32, 27) + _gn(64)
+                    + (64 * 40 + 40)),
+    "clips-frame2d": (_conv(16, 1, 9) + _conv(32, 16, 9) + _gn(32) + _conv(64, 32, 9) + _gn(64)
+                      + (64 * 40 + 40)),
 }
 
 

@@ -176,4 +176,4 @@ def test_command_line_flags_fill_the_config():
     assert (resolved.augment, resolved.impl, resolved.dtype, resolved.lr) == (False, "manual", "bfloat16", 0.01)
     assert workdir is None
     defaults = train.TrainConfig().resolved()
-    assert (defaults.model, defaults.steps, defaults.augment) == ("mnist1d-resnet", 8000, True)
+    assert (defaults.model, defaults.steps, defaults.augment) == ("mnist1d-resnet", 4000, True)
