@@ -107,8 +107,8 @@ def _panel(ax: Any, values: np.ndarray, cmap: str, symmetric: bool) -> None:
 def plot_panels(panels: Sequence[np.ndarray], titles: Sequence[str], title: str, out: str | Path,
                 *, cmap: str = "RdBu_r", symmetric: bool = True, width: int = 8) -> Path:
     """A grid with one panel per array (1D lines, 2D images, 3D film strips)."""
-    rows, cols = _grid(len(panels), width)
     strip = max((p.shape[0] if p.ndim == 3 else 1) for p in panels)
+    rows, cols = _grid(len(panels), max(1, width // max(1, strip // 2)))  # strips are wide
     fig = Figure(figsize=(min(2.0 * cols * (1 + 0.5 * (strip - 1)), 40), 1.7 * rows + 0.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, values, panel_title in zip(axes, panels, titles):
@@ -141,11 +141,13 @@ def feature_maps(model: nn.Layer, params: Any, x: np.ndarray, out_dir: str | Pat
     for i, (name, fmap) in enumerate(maps):
         fmap = np.asarray(fmap, np.float32)
         frames = fmap.shape[0]
-        panels = [fmap[0, c] if frames == 1 else fmap[:, c] for c in range(fmap.shape[1])]
+        panels = [np.asarray(x[0, 0], np.float32)]
+        panels += [fmap[0, c] if frames == 1 else fmap[:, c] for c in range(fmap.shape[1])]
         title = (f"conv layer {i} ({name}) {label}: {fmap.shape[1]} maps of shape {fmap.shape[2:]}"
-                 + (f", {frames} frames" if frames > 1 else ""))
-        paths.append(plot_panels(panels, [f"map {c}" for c in range(len(panels))], title,
-                                 Path(out_dir) / f"feature_maps_{i:02d}.png", cmap="viridis", symmetric=False))
+                 + (f", {frames} frames" if frames > 1 else "") + "; first panel: the input")
+        titles = ["input (channel 0)"] + [f"map {c}" for c in range(fmap.shape[1])]
+        paths.append(plot_panels(panels, titles, title, Path(out_dir) / f"feature_maps_{i:02d}.png",
+                                 cmap="viridis", symmetric=False))
     return paths
 
 
