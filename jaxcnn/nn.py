@@ -146,11 +146,7 @@ def Conv(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any
         _args.check_positive_size("input_shape", out, f"Conv with kernel {kernel} on {sizes}")
         w_shape = ((*kernel, channels // groups, out_channels) if spec.channels_last
                    else (out_channels, channels // groups, *kernel))
-        fan_in = channels // groups * math.prod(kernel)
-        w_key, b_key = _subkeys(key, 2)
-        params = {"w": _uniform(w_key, w_shape, fan_in)}
-        if bias:
-            params["b"] = _uniform(b_key, (out_channels,), fan_in)
+        params = _conv_params(key, w_shape, channels // groups * math.prod(kernel), out_channels, bias)
         out_shape = ((input_shape[0], *out, out_channels) if spec.channels_last
                      else (input_shape[0], out_channels, *out))
         return params, out_shape
@@ -159,22 +155,18 @@ def Conv(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any
         b = params["b"].astype(x.dtype) if bias else None
         return jaxcnn.conv(x, params["w"].astype(x.dtype), b, **options)
 
-    return Layer(init, apply, f"Conv{n}d({out_channels}, {_dims(kernel)}{_extras(stride, padding)})", "conv")
+    return Layer(init, apply, _conv_name("Conv", out_channels, kernel, stride, padding), "conv")
 
 
-def Conv1d(out_channels: int, kernel: int | Sequence[int], **kwargs: Any) -> Layer:
-    """``Conv`` with one spatial axis: ``x (N, C, L)``."""
-    return Conv(out_channels, _args.int_tuple(kernel, 1, "kernel"), **kwargs)
+def _conv_nd(n: int, layout: str) -> Callable[..., Layer]:
+    def conv_nd(out_channels: int, kernel: int | Sequence[int], **kwargs: Any) -> Layer:
+        return Conv(out_channels, _args.int_tuple(kernel, n, "kernel"), **kwargs)
+    conv_nd.__name__ = conv_nd.__qualname__ = f"Conv{n}d"
+    conv_nd.__doc__ = f"``Conv`` with {n} spatial axes, ``x {layout}``; ``kernel`` may be an int."
+    return conv_nd
 
 
-def Conv2d(out_channels: int, kernel: int | Sequence[int], **kwargs: Any) -> Layer:
-    """``Conv`` with two spatial axes: ``x (N, C, H, W)``."""
-    return Conv(out_channels, _args.int_tuple(kernel, 2, "kernel"), **kwargs)
-
-
-def Conv3d(out_channels: int, kernel: int | Sequence[int], **kwargs: Any) -> Layer:
-    """``Conv`` with three spatial axes: ``x (N, C, D, H, W)``."""
-    return Conv(out_channels, _args.int_tuple(kernel, 3, "kernel"), **kwargs)
+Conv1d, Conv2d, Conv3d = _conv_nd(1, "(N, C, L)"), _conv_nd(2, "(N, C, H, W)"), _conv_nd(3, "(N, C, D, H, W)")
 
 
 def ConvTranspose(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any = 0,
@@ -200,29 +192,31 @@ def ConvTranspose(out_channels: int, kernel: Sequence[int], stride: Any = 1, pad
         _args.check_groups(groups, channels, out_channels)
         w_shape = ((*kernel, out_channels // groups, channels) if channels_last
                    else (channels, out_channels // groups, *kernel))
-        fan_in = out_channels // groups * math.prod(kernel)
-        w_key, b_key = _subkeys(key, 2)
-        params = {"w": _uniform(w_key, w_shape, fan_in)}
-        if bias:
-            params["b"] = _uniform(b_key, (out_channels,), fan_in)
+        params = _conv_params(key, w_shape, out_channels // groups * math.prod(kernel), out_channels, bias)
         out = jax.eval_shape(lambda p, x: apply(p, x), params,
                              jax.ShapeDtypeStruct(input_shape, jnp.float32))
         return params, tuple(out.shape)
 
-    return Layer(init, apply, f"ConvTranspose{n}d({out_channels}, {_dims(kernel)}{_extras(stride, padding)})", "conv")
+    return Layer(init, apply, _conv_name("ConvTranspose", out_channels, kernel, stride, padding), "conv")
 
 
-def _dims(sizes: Sequence[int]) -> str:
-    return "x".join(map(str, sizes))
+def _conv_params(key: jax.Array, w_shape: Shape, fan_in: int, out_channels: int, bias: bool) -> dict:
+    w_key, b_key = _subkeys(key, 2)
+    params = {"w": _uniform(w_key, w_shape, fan_in)}
+    if bias:
+        params["b"] = _uniform(b_key, (out_channels,), fan_in)
+    return params
 
 
-def _extras(stride: Any, padding: Any) -> str:
-    text = ""
-    if stride not in (1, (1,) * len(stride) if isinstance(stride, tuple) else 1):
-        text += f", stride={stride if isinstance(stride, int) else _dims(stride)}"
+def _conv_name(kind: str, out_channels: int, kernel: Shape, stride: Any, padding: Any) -> str:
+    """``Conv2d(32, 3x3, stride=2, padding='SAME')``: the arguments that shape the output."""
+    name = f"{kind}{len(kernel)}d({out_channels}, {'x'.join(map(str, kernel))}"
+    stride = _args.int_tuple(stride, len(kernel), "stride")
+    if set(stride) != {1}:
+        name += f", stride={stride[0] if len(set(stride)) == 1 else stride}"
     if padding not in (0, "VALID", "valid"):
-        text += f", padding={padding!r}" if isinstance(padding, str) else f", padding={padding}"
-    return text
+        name += f", padding={padding!r}"
+    return name + ")"
 
 
 # ----------------------------------------------------------------------------- pooling

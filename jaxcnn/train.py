@@ -275,6 +275,19 @@ def load_checkpoint(path: Path, template: TrainState, config: TrainConfig) -> tu
         return TrainState(params, opt_state, jnp.asarray(saved["step"])), extra
 
 
+def load_trained(workdir: str | os.PathLike) -> tuple[TrainConfig, nn.Layer, Any]:
+    """``(config, model, params)`` of the run whose checkpoint is in ``workdir`` (a named
+    model of ``jaxcnn.models``), e.g. to evaluate it again: ``model.apply(params, x)``."""
+    path = Path(workdir) / CHECKPOINT
+    with np.load(path) as saved:
+        config = TrainConfig(**json.loads(str(saved["config"]))).resolved()
+    model = models.build(config.model, impl=config.impl)
+    params, _ = model.init(jax.random.key(0), (config.batch_size, *models.INPUT_SHAPES[config.model]))
+    optimizer, _ = make_optimizer(config, 1)
+    template = TrainState(params, optimizer.init(params), jnp.asarray(0, jnp.int32))
+    return config, model, load_checkpoint(path, template, config)[0].params
+
+
 def _rewrite_metrics(path: Path, last_step: int) -> None:
     """Keep the metric lines up to ``last_step`` (a resumed run rewrites what came after)."""
     if not path.exists():

@@ -1,0 +1,108 @@
+"""Collect experiments/train/results/*/report.json (and the impl and clips analyses) into
+results/summary.json and RESULTS.md. Usage: python experiments/train/summarize.py
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+COMMANDS = {
+    "mnist1d-resnet": "jaxcnn train --dataset mnist1d --seed {seed}",
+    "mnist1d-resnet-manual": "jaxcnn train --dataset mnist1d --impl manual --seed {seed}",
+    "fashion-cnn": "jaxcnn train --dataset fashion --model fashion-cnn --seed {seed}",
+    "fashion-resnet": "jaxcnn train --dataset fashion --model fashion-resnet --seed {seed} {extra}",
+    "clips-cnn3d": "jaxcnn train --dataset clips --model clips-cnn3d --seed {seed}",
+    "clips-frame2d": "jaxcnn train --dataset clips --model clips-frame2d --seed {seed}",
+}
+
+
+def reports() -> list[dict]:
+    found = []
+    for path in sorted(RESULTS.glob("*/report.json")):
+        report = json.loads(path.read_text())
+        report["run"] = path.parent.name
+        found.append(report)
+    return found
+
+
+def command(report: dict) -> str:
+    key = report["model"] + ("-manual" if report["impl"] == "manual" else "")
+    config = report["config"]
+    extra = f"--epochs {config['epochs']}" if config.get("epochs") else f"--steps {config['steps']}"
+    return COMMANDS.get(key, "jaxcnn train ...").format(seed=report["seed"], extra=extra)
+
+
+def row(report: dict) -> str:
+    return (f"| {report['run']} | {report['impl']} | {report['steps']} ({report['epochs']:.1f} epochs) | "
+            f"**{100 * report['test_accuracy']:.2f} %** | {report['wall_time_s']:.0f} | "
+            f"{report['cpu_time_s']:.0f} | {report['examples_per_s']:.0f} | `{command(report)}` |")
+
+
+HEADER = ("| run | impl | steps | test accuracy | wall s | CPU s | examples/s | command |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    runs = reports()
+    lines = ["# Training results", "",
+             "Written by `experiments/train/summarize.py` from `results/*/report.json`. Every run: "
+             "`jaxcnn train` on CPU (jax " + (runs[0]["jax"] if runs else "?") + "), float32, one "
+             "jit-compiled train step. Each `results/<run>/` holds the report, the training curves, "
+             "the first conv layer's kernels and feature maps of one test example.", "",
+             "**Timing caveat.** The machine has 2 CPU cores (AMD EPYC) shared with other engineers "
+             "running test suites during these runs (load average 5 to 12), so wall times and "
+             "examples/s are inflated, by about 2x for the MNIST-1D runs. *CPU s* is the process's "
+             "CPU time (all threads): on an idle 2-core machine the wall time lies between CPU s / 2 "
+             "(both cores busy) and CPU s (one core). Re-time on an idle machine before quoting speeds.",
+             ""]
+    summary = {"runs": runs}
+    for title, models in (("MNIST-1D (target: mean of 3 seeds >= 99.0 %, each <= 5 min on 2 cores)",
+                           ("mnist1d-resnet", "mnist1d-cnn")),
+                          ("Fashion-MNIST (targets: small CNN >= 92.5 % in <= 15 min; ResNet + augmentation >= 95 %)",
+                           ("fashion-cnn", "fashion-resnet")),
+                          ("Moving-item clips, 3D (40 classes: item x direction; chance 2.5 %)",
+                           ("clips-cnn3d", "clips-frame2d"))):
+        chosen = [r for r in runs if r["model"] in models]
+        lines += [f"## {title}", "", HEADER] + [row(r) for r in chosen] + [""]
+        lax = [r["test_accuracy"] for r in chosen if r["model"] == models[0] and r["impl"] == "lax"]
+        if len(lax) > 1:
+            mean, spread = statistics.mean(lax), statistics.stdev(lax)
+            summary[models[0]] = {"seeds": len(lax), "mean": mean, "stdev": spread}
+            lines += [f"{models[0]}, impl lax: mean test accuracy **{100 * mean:.2f} %** "
+                      f"(std {100 * spread:.2f}, {len(lax)} seeds).", ""]
+    impl = RESULTS / "mnist1d-impl-curves.json"
+    if impl.exists():
+        result = json.loads(impl.read_text())
+        summary["impl_curves"] = {k: v for k, v in result.items() if not k.startswith("loss_")}
+        lines += ["## `--impl manual` vs `--impl lax` (MNIST-1D, first "
+                  f"{result['steps']} steps; `experiments/train/compare_impls.py`)", "",
+                  "| comparison | max relative loss difference | first step above 1e-5 |", "|---|---|---|"]
+        for name, value in result["max_rel_loss_diff"].items():
+            lines.append(f"| {name} | {value:.2e} | {result['first_step_rel_loss_diff_above_1e-5'][name]} |")
+        lines += ["", f"Teacher-forced float32 gradients: max relative difference "
+                  f"{result['teacher_forced_float32_max_rel_grad_diff']:.2e}; free-running float64: "
+                  f"{result['free_running_float64_max_rel_grad_diff']:.2e}. Plot: "
+                  "`results/mnist1d-impl-curves.png`.", ""]
+    clips = RESULTS / "clips-breakdown.json"
+    if clips.exists():
+        result = json.loads(clips.read_text())
+        summary["clips_breakdown"] = result
+        lines += ["## Clips: item vs direction (`experiments/train/clips_breakdown.py`)", "",
+                  "| model | test accuracy (40 classes) | item accuracy (10) | direction accuracy (4, chance 25 %) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {100 * r['test_accuracy']:.2f} % | {100 * r['item_accuracy']:.2f} % | "
+                  f"{100 * r['direction_accuracy']:.2f} % |" for name, r in result.items()] + [""]
+    notes = ROOT / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (ROOT / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
