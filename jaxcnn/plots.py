@@ -109,8 +109,11 @@ def plot_panels(panels: Sequence[np.ndarray], titles: Sequence[str], title: str,
     """A grid with one panel per array (1D lines, 2D images, 3D film strips)."""
     strip = max((p.shape[0] if p.ndim == 3 else 1) for p in panels)
     rows, cols = _grid(len(panels), max(1, width // max(1, strip // 2)))  # strips are wide
-    fig = Figure(figsize=(min(2.0 * cols * (1 + 0.5 * (strip - 1)), 40), 1.7 * rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    height = 1.7 * rows + 0.6
+    fig = Figure(figsize=(min(2.0 * cols * (1 + 0.5 * (strip - 1)), 40), height))
+    # A fixed grid: a constrained layout costs seconds for a figure of 64 panels.
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw=dict(
+        left=0.04, right=0.98, bottom=0.02, top=1 - 0.6 / height, wspace=0.35, hspace=0.45)).ravel()
     for ax, values, panel_title in zip(axes, panels, titles):
         _panel(ax, values, cmap, symmetric)
         ax.set_title(panel_title, fontsize=7)
@@ -143,7 +146,7 @@ def feature_maps(model: nn.Layer, params: Any, x: np.ndarray, out_dir: str | Pat
         frames = fmap.shape[0]
         panels = [np.asarray(x[0, 0], np.float32)]
         panels += [fmap[0, c] if frames == 1 else fmap[:, c] for c in range(fmap.shape[1])]
-        title = (f"conv layer {i} ({name}) {label}: {fmap.shape[1]} maps of shape {fmap.shape[2:]}"
+        title = (f"conv layer {i} ({name}){' ' + label if label else ''}: {fmap.shape[1]} maps of shape {fmap.shape[2:]}"
                  + (f", {frames} frames" if frames > 1 else "") + "; first panel: the input")
         titles = ["input (channel 0)"] + [f"map {c}" for c in range(fmap.shape[1])]
         paths.append(plot_panels(panels, titles, title, Path(out_dir) / f"feature_maps_{i:02d}.png",

@@ -91,7 +91,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_different_run(tmp_path):
-    run(tmp_path, steps=4, halt_after=2)
+    run(tmp_path, steps=4, halt_after=1)
     with pytest.raises(ValueError, match="lr"):
         run(tmp_path, steps=4, lr=5e-2, resume=True)
 
@@ -128,23 +128,29 @@ def test_train_step_is_traced_and_compiled_once():
     assert len(traces) == 1 and step._cache_size() == 1
 
 
-def test_manual_and_lax_give_the_same_loss_curve(tmp_path):
+@pytest.fixture(scope="module")
+def lax_run(tmp_path_factory) -> list[dict]:
+    """10 steps of the float32, impl="lax" run that the next two tests compare against."""
+    workdir = tmp_path_factory.mktemp("lax")
+    run(workdir, steps=10, impl="lax")
+    return train_records(workdir)
+
+
+def test_manual_and_lax_give_the_same_loss_curve(tmp_path, lax_run):
     """Same init, same batches: the two conv implementations round differently in float32
     (≈1e-7 per operation); Adam's first steps normalise gradients, so differences stay near
     float32 resolution over 10 steps."""
-    run(tmp_path / "lax", steps=10, impl="lax")
-    run(tmp_path / "manual", steps=10, impl="manual")
-    lax_losses = np.array([r["loss"] for r in train_records(tmp_path / "lax")])
-    manual_losses = np.array([r["loss"] for r in train_records(tmp_path / "manual")])
+    run(tmp_path, steps=10, impl="manual")
+    lax_losses = np.array([r["loss"] for r in lax_run])
+    manual_losses = np.array([r["loss"] for r in train_records(tmp_path)])
     assert relative_error(manual_losses, lax_losses) <= TOL["float32"]
 
 
-def test_bfloat16_first_loss_agrees_with_float32(tmp_path):
-    run(tmp_path / "f32", steps=4)
-    run(tmp_path / "bf16", steps=4, dtype="bfloat16")
-    f32, bf16 = train_records(tmp_path / "f32"), train_records(tmp_path / "bf16")
+def test_bfloat16_first_loss_agrees_with_float32(tmp_path, lax_run):
+    run(tmp_path, steps=10, dtype="bfloat16", halt_after=3)
+    bf16 = train_records(tmp_path)
     # The same params and batch at step 1: bfloat16 keeps 8 bits of mantissa (≈4e-3).
-    assert relative_error(bf16[0]["loss"], f32[0]["loss"]) <= TOL["bfloat16"]
+    assert relative_error(bf16[0]["loss"], lax_run[0]["loss"]) <= TOL["bfloat16"]
     assert all(np.isfinite(r["loss"]) for r in bf16)
 
 
