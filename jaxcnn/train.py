@@ -89,6 +89,9 @@ class TrainConfig:
         config = dataclasses.replace(self, **{**defaults, **given, "dataset": dataset})
         if config.model not in models.MODELS:
             raise ValueError(f"model: expected one of {tuple(models.MODELS)}; got {config.model!r}")
+        if models.DATASETS.get(config.model, dataset) != dataset:
+            raise ValueError(f"model: {config.model} is made for the {models.DATASETS[config.model]} "
+                             f"dataset; expected a model for {dataset}; got {config.model!r}")
         if (config.steps is None) == (config.epochs is None):
             raise ValueError(f"steps, epochs: expected exactly one; got steps={config.steps}, epochs={config.epochs}")
         for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
@@ -408,6 +411,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
                                  if steps_run > 1 else None)}
     if stop < total:
         return {"halted_at": stop, "steps": total, **timing}
+    if last_eval is None:  # resumed a finished run: nothing trained, evaluate what was saved
+        last_eval = {"step": total, "epoch": total / steps_per_epoch,
+                     **evaluate(eval_step, state.params, dataset.x_test, dataset.y_test, config.eval_batch_size)}
     report = _report(config, dataset, model, state, last_eval, total, steps_per_epoch, timing,
                      train_step._cache_size())
     _atomic_json(workdir / "report.json", report)

@@ -79,7 +79,9 @@ def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     run(tmp_path / "straight", **config)
     assert run(tmp_path / "resumed", **config, halt_after=6)["halted_at"] == 6
     assert int(checkpoint_arrays(tmp_path / "resumed")["step"]) == 6
-    run(tmp_path / "resumed", **config, resume=True)
+    report = run(tmp_path / "resumed", **config, resume=True)
+    again = run(tmp_path / "resumed", **config, resume=True)  # finished: only re-evaluates
+    assert again["test_accuracy"] == report["test_accuracy"] and again["examples_per_s"] is None
     straight, resumed = checkpoint_arrays(tmp_path / "straight"), checkpoint_arrays(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -161,9 +163,11 @@ def test_bfloat16_first_loss_agrees_with_float32(tmp_path, lax_run):
     (dict(batch_size=0), "batch_size"),
     (dict(lr=-1.0), "lr"),
     (dict(model="lenet"), "model"),
+    (dict(model="fashion-cnn"), "model"),
     (dict(dataset="cifar"), "dataset"),
     (dict(impl="fft"), "impl"),
-], ids=["optimizer", "schedule", "steps-and-epochs", "batch-size", "lr", "model", "dataset", "impl"])
+], ids=["optimizer", "schedule", "steps-and-epochs", "batch-size", "lr", "model", "model-of-another-dataset",
+     "dataset", "impl"])
 def test_bad_config_names_the_argument(changes, argument):
     with pytest.raises(ValueError, match=argument):
         train.TrainConfig(**{**BASE, "steps": 5, **changes}).resolved()
