@@ -52,14 +52,14 @@ def proposal(spec, x_shape) -> tuple[str, str, str]:
         return "manual", "manual", "depthwise"
     if spec.groups == 1 and spec.n == 3:                     # 3D: Eigen's 3D conv is slow
         return "fold_depth", "fold_depth_out", "manual"
-    if spec.groups == 1 and spec.n == 2 and max(spec.stride) == 1:
-        return "lax", "lax", "manual" if spec.channels_last else "manual_nhwc"
+    if spec.groups == 1 and spec.n == 2 and max(spec.stride) == 1 and spec.channels_last and channels >= 16:
+        return "lax", "lax", "manual"                        # per-tap matmuls, no transposes
     return "lax", "lax", "lax"
 
 
 FORWARDS = {"lax": lambda x, w, spec: conv_core(x, w, spec, "lax"),
             "manual": lambda x, w, spec: conv_core(x, w, spec, "manual"),
-            "im2col": V.forward_im2col, "fold_depth": V.forward_fold_depth}
+            "im2col": V.forward_im2col, "fold_depth": V.forward_fold_depth, "as_2d": V.forward_as_2d}
 
 
 def proposed_conv(fwd_name: str, dx_name: str, dw_name: str):
@@ -104,6 +104,8 @@ def contenders(case: bench.Case, cl: bool, torch_side, totals_only: bool = False
     add("fwd/im2col", lambda x, w: V.forward_im2col(x, w, spec), x, w)
     if case.n == 3 and V.applicable("fold_depth", spec, x_shape):
         add("fwd/fold_depth", lambda x, w: V.forward_fold_depth(x, w, spec), x, w)
+    if V.applicable("as_2d", spec, x_shape):
+        add("fwd/as_2d", lambda x, w: V.forward_as_2d(x, w, spec), x, w)
 
     def skip(name):   # phases only matter for strides, folding for 3D, NHWC for channels first
         return (not V.applicable(name, spec, x_shape) or (name == "phases" and max(spec.stride) == 1)

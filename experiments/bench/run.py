@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--out", default=os.path.relpath(Path(__file__).resolve().parent))
     p.add_argument("--from-json", help="redraw from this results JSON instead of running")
     args, bench_args = p.parse_known_args(argv)
     out = Path(args.out)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
     else:
-        status = bench.main([*bench_args, "--json", str(out / "results.json")])
+        status = bench.main([*bench_args, "--json", os.path.relpath(out / "results.json")])
         report = json.loads((out / "results.json").read_text())
     (out / "results.md").write_text(tables(report) + "\n")
     plot(report, out / "ratios.png")

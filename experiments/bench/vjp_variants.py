@@ -261,6 +261,43 @@ def weight_grad_fold_depth(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
     return dw if spec.channels_last else jnp.moveaxis(dw, (-1, -2), (0, 1))
 
 
+def _lift(spec: ConvSpec) -> ConvSpec:
+    """A 1D spec as 2D with a leading unit spatial axis (size 1, kernel 1, stride 1, no pad)."""
+    return spec.replace(stride=(1, *spec.stride), padding=((0, 0), *spec.padding),
+                        dilation=(1, *spec.dilation))
+
+
+def _unit_axis(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+    """Insert the unit spatial axis before the first spatial (or kernel) axis."""
+    axis = (spec.kernel_spatial_axes() if kernel else spec.spatial_axes())[0]
+    return jnp.expand_dims(a, axis)
+
+
+def _drop_unit(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+    axis = (spec.kernel_spatial_axes() if kernel else spec.spatial_axes())[0]
+    return jnp.squeeze(a, axis)
+
+
+def forward_as_2d(x, w, spec: ConvSpec) -> jax.Array:
+    """A 1D conv as a 2D one over a unit axis: XLA's CPU backend sends 2D convs to YNNPACK and
+    1D ones to a generic path."""
+    return _drop_unit(conv_core(_unit_axis(x, spec), _unit_axis(w, spec, True), _lift(spec), "lax"), spec)
+
+
+def input_grad_as_2d(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
+    shape = list(in_shape)
+    shape.insert(spec.spatial_axes()[0], 1)
+    return _drop_unit(input_grad_core(_unit_axis(dy, spec), _unit_axis(w, spec, True), _lift(spec),
+                                      "lax", tuple(shape)), spec)
+
+
+def weight_grad_as_2d(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
+    shape = list(w_shape)
+    shape.insert(spec.kernel_spatial_axes()[0], 1)
+    return _drop_unit(weight_grad_core(_unit_axis(x, spec), _unit_axis(dy, spec), _lift(spec), "lax",
+                                       tuple(shape)), spec, True)
+
+
 def _to_last(a, spec):
     return jnp.moveaxis(a, 1, -1)
 
@@ -293,6 +330,7 @@ INPUT_GRADS: dict[str, Callable] = {
     "lax_nhwc": input_grad_channels_last,
     "fold_depth": input_grad_fold_depth,
     "fold_depth_out": input_grad_fold_depth_out,
+    "as_2d": input_grad_as_2d,
 }
 WEIGHT_GRADS: dict[str, Callable] = {
     "lax": lambda x, dy, spec, shape: weight_grad_core(x, dy, spec, "lax", shape),
@@ -302,6 +340,7 @@ WEIGHT_GRADS: dict[str, Callable] = {
     "manual_nhwc": lambda x, dy, spec, shape: weight_grad_channels_last(x, dy, spec, shape, "manual"),
     "fold_depth": weight_grad_fold_depth,
     "depthwise": weight_grad_depthwise,
+    "as_2d": weight_grad_as_2d,
 }
 
 
@@ -311,6 +350,8 @@ def applicable(name: str, spec: ConvSpec, x_shape) -> bool:
         return all(d == 1 for d in spec.dilation)
     if name.startswith("fold_depth"):
         return spec.groups == 1 and spec.n >= 2
+    if name == "as_2d":
+        return spec.n == 1
     if name == "depthwise":
         return spec.groups > 1 and spec.groups == x_shape[-1 if spec.channels_last else 1]
     return True
@@ -351,6 +392,8 @@ def check(seed: int = 0) -> list[dict[str, Any]]:
         errs = {"forward/im2col": _rel(forward_im2col(x, w, spec), y)}
         if applicable("fold_depth", spec, x_shape):
             errs["forward/fold_depth"] = _rel(forward_fold_depth(x, w, spec), y)
+        if applicable("as_2d", spec, x_shape):
+            errs["forward/as_2d"] = _rel(forward_as_2d(x, w, spec), y)
         for name, f in INPUT_GRADS.items():
             if not applicable(name, spec, x_shape):
                 continue
