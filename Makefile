@@ -22,3 +22,6 @@ gradcheck: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest -n 2 tests
+
+bench: $(VENV_STAMP)
+	$(PY) -m jaxcnn bench
