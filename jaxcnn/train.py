@@ -52,7 +52,9 @@ class TrainConfig:
 
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
-    training examples. Neither, nor ``progress``/``plots``, is part of the run's identity.
+    training examples. A resumed run must match its checkpoint in every field except
+    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir`` and the logging and
+    checkpoint intervals (``identity``).
     """
 
     dataset: str = "mnist1d"

@@ -90,6 +90,16 @@ def test_init_is_pytorch_kaiming_uniform(layer):
     assert abs(np.std(w) - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3)
 
 
+def test_init_is_a_function_of_the_key_eager_or_jitted():
+    layer = nn.serial(nn.Conv1d(4, 3), nn.Flatten(), nn.Dense(2))
+    eager, shape = layer.init(KEY, (1, 2, 6))
+    jitted = jax.jit(lambda key: layer.init(key, (1, 2, 6))[0])(KEY)
+    tree_assert_close(jitted, eager, 0.0, "jit vs eager init")
+    other, _ = layer.init(jax.random.key(1), (1, 2, 6))
+    assert not np.array_equal(other[0]["w"], eager[0]["w"])
+    assert not np.array_equal(eager[0]["w"].ravel()[:2], eager[0]["b"][:2])  # w and b drawn apart
+
+
 @pytest.mark.parametrize("name", ["conv1d-same-stride2", "conv2d-groups", "conv2d-reflect",
                                   "conv2d-channels-last", "conv3d"])
 def test_conv_layer_matches_reference_conv(name, rng):
