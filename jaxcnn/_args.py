@@ -240,23 +240,26 @@ class ConvArgs:
     impl: str
 
 
-def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilation: Any,
-                   groups: Any, padding_mode: Any, channels_last: Any, impl: Any,
-                   precision: Any = None, preferred_element_type: Any = None,
-                   ndim: int | None = None, op: str = "conv") -> ConvArgs:
-    """Validate everything ``conv`` accepts; see ``jaxcnn.conv`` for the semantics."""
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w")
+def _kernel_layout(n: int, channels_last: bool) -> str:
+    return layout_text(n, channels_last, True)
+
+
+def _common_conv_args(x: jax.Array, w: jax.Array, *, channels_last: Any, impl: Any,
+                      padding_mode: Any, groups: Any, stride: Any, dilation: Any,
+                      ndim: int | None = None, op: str = "conv", kernel_layout=_kernel_layout):
+    """The checks ``conv`` and ``conv_transpose`` share: layout flag, ranks, dtypes, impl,
+    padding mode, groups, stride and dilation. ``kernel_layout(n, channels_last)`` describes
+    the op's weight in messages."""
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"channels_last: expected a bool; got {channels_last!r}")
     channels_last = bool(channels_last)
     if w.ndim < 3:
-        raise ValueError(f"w: expected at least 3 dimensions {layout_text(1, channels_last, True)}; "
+        raise ValueError(f"w: expected at least 3 dimensions {kernel_layout(1, channels_last)}; "
                          f"got shape {tuple(w.shape)}")
     n = w.ndim - 2
     if ndim is not None and n != ndim:
         raise ValueError(f"w: {op} expects {ndim} spatial axes, a {ndim + 2}-d kernel "
-                         f"{layout_text(ndim, channels_last, True)}; got shape {tuple(w.shape)}")
+                         f"{kernel_layout(ndim, channels_last)}; got shape {tuple(w.shape)}")
     check_rank(x, n + 2, "x", f"{layout_text(n, channels_last)} for a kernel of shape {tuple(w.shape)}")
     if x.dtype != w.dtype:
         raise TypeError(f"w: expected the dtype of x ({x.dtype}); got {w.dtype}")
@@ -269,6 +272,19 @@ def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilatio
         raise ValueError(f"groups: expected a positive int; got {groups}")
     stride = int_tuple(stride, n, "stride")
     dilation = int_tuple(dilation, n, "dilation")
+    return x, w, channels_last, n, impl, padding_mode, groups, stride, dilation
+
+
+def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilation: Any,
+                   groups: Any, padding_mode: Any, channels_last: Any, impl: Any,
+                   precision: Any = None, preferred_element_type: Any = None,
+                   ndim: int | None = None, op: str = "conv") -> ConvArgs:
+    """Validate everything ``conv`` accepts; see ``jaxcnn.conv`` for the semantics."""
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    x, w, channels_last, n, impl, padding_mode, groups, stride, dilation = _common_conv_args(
+        x, w, channels_last=channels_last, impl=impl, padding_mode=padding_mode, groups=groups,
+        stride=stride, dilation=dilation, ndim=ndim, op=op)
 
     spec0 = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
     in_sizes = tuple(x.shape[a] for a in spec0.spatial_axes())
@@ -417,25 +433,9 @@ def normalize_conv_transpose(x: Any, w: Any, b: Any, *, stride: Any, padding: An
     """
     x = as_float_array(x, "x")
     w = as_float_array(w, "w")
-    if not isinstance(channels_last, (bool, np.bool_)):
-        raise TypeError(f"channels_last: expected a bool; got {channels_last!r}")
-    channels_last = bool(channels_last)
-    if w.ndim < 3:
-        raise ValueError(f"w: expected at least 3 dimensions {transpose_layout_text(1, channels_last)}; "
-                         f"got shape {tuple(w.shape)}")
-    n = w.ndim - 2
-    check_rank(x, n + 2, "x", f"{layout_text(n, channels_last)} for a kernel of shape {tuple(w.shape)}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"w: expected the dtype of x ({x.dtype}); got {w.dtype}")
-    impl = choice(impl, IMPLS, "impl")
-    padding_mode = choice(padding_mode, PADDING_MODES, "padding_mode")
-    if not _is_int(groups):
-        raise TypeError(f"groups: expected a positive int; got {groups!r}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"groups: expected a positive int; got {groups}")
-    stride = int_tuple(stride, n, "stride")
-    dilation = int_tuple(dilation, n, "dilation")
+    x, w, channels_last, n, impl, padding_mode, groups, stride, dilation = _common_conv_args(
+        x, w, channels_last=channels_last, impl=impl, padding_mode=padding_mode, groups=groups,
+        stride=stride, dilation=dilation, kernel_layout=transpose_layout_text)
     output_padding = int_tuple(output_padding, n, "output_padding", minimum=0)
     for axis, (p, s, d) in enumerate(zip(output_padding, stride, dilation)):
         if p >= max(s, d):
