@@ -3,22 +3,15 @@ results/summary.json and RESULTS.md. Usage: python experiments/train/summarize.p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
+from jaxcnn import train
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-
-COMMANDS = {
-    "mnist1d-resnet": "jaxcnn train --dataset mnist1d --seed {seed}",
-    "mnist1d-resnet-manual": "jaxcnn train --dataset mnist1d --impl manual --seed {seed}",
-    "fashion-cnn": "jaxcnn train --dataset fashion --model fashion-cnn --seed {seed}",
-    "fashion-resnet": "jaxcnn train --dataset fashion --model fashion-resnet --seed {seed} {extra}",
-    "clips-cnn3d": "jaxcnn train --dataset clips --model clips-cnn3d --seed {seed}",
-    "clips-frame2d": "jaxcnn train --dataset clips --model clips-frame2d --seed {seed}",
-}
-
 
 def reports() -> list[dict]:
     found = []
@@ -30,10 +23,18 @@ def reports() -> list[dict]:
 
 
 def command(report: dict) -> str:
-    key = report["model"] + ("-manual" if report["impl"] == "manual" else "")
+    """The ``jaxcnn train`` flags that reproduce the run: those that differ from the defaults."""
     config = report["config"]
-    extra = f"--epochs {config['epochs']}" if config.get("epochs") else f"--steps {config['steps']}"
-    return COMMANDS.get(key, "jaxcnn train ...").format(seed=report["seed"], extra=extra)
+    defaults = {**dataclasses.asdict(train.TrainConfig()), **train.DEFAULTS[config["dataset"]]}
+    flags = [f"--dataset {config['dataset']}"]
+    for name in ("model", "steps", "epochs", "batch_size", "optimizer", "lr", "schedule",
+                 "weight_decay", "impl", "dtype", "augment", "seed"):
+        value = config[name]
+        if name == "augment" and value != defaults["augment"]:
+            flags.append("--augment" if value else "--no-augment")
+        elif name in ("model", "seed") or (value != defaults.get(name) and value is not None):
+            flags.append(f"--{name.replace('_', '-')} {value}")
+    return "jaxcnn train " + " ".join(flags)
 
 
 def row(report: dict) -> str:
