@@ -471,13 +471,12 @@ conv3d = _conv_nd(3, "conv3d")
 
 
 def output_shape(args: ConvArgs) -> tuple[int, ...]:
-    """Shape of ``conv``'s output for validated arguments (no arrays touched)."""
-    spec = args.spec
-    in_sizes = [length + lo + hi for length, (lo, hi)
-                in zip(spatial_sizes(args.x.shape, spec), args.mode_pads)]
-    out = output_sizes(in_sizes, kernel_sizes(args.w.shape, spec), spec)
-    channels = args.w.shape[spec.kernel_io_axes()[0]]
-    return (args.x.shape[0], *out, channels) if spec.channels_last else (args.x.shape[0], channels, *out)
+    """Shape of ``conv``'s output for validated arguments (no arrays touched): the core
+    conv's shape on the input widened by the border padding, if any."""
+    padded = list(args.x.shape)
+    for axis, (lo, hi) in zip(args.spec.spatial_axes(), args.mode_pads):
+        padded[axis] += lo + hi
+    return _conv_shape(tuple(padded), args.w.shape, args.spec)
 
 
 def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *, stride: Any = 1,
