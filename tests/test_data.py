@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import data
+from jaxcnn import _fashion, data
 
 VELOCITY = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
 
@@ -248,7 +248,7 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch):
     assert data.find_fashion_mnist() == env_dir
     assert data.find_fashion_mnist(explicit_dir) == explicit_dir
     monkeypatch.setenv("JAXCNN_DATA", str(tmp_path / "empty"))  # falls through to Debian's
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", explicit_dir)
+    monkeypatch.setattr(_fashion, "DEBIAN_FASHION_MNIST_DIR", explicit_dir)
     assert data.find_fashion_mnist() == explicit_dir
 
 
@@ -274,7 +274,7 @@ def mirrors(tmp_path, monkeypatch):
             raise OSError(f"404 for {url}")
         return served[base + "/"][name]
 
-    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    monkeypatch.setattr(_fashion, "_fetch", fake_fetch)
     return good, served, calls
 
 
@@ -299,7 +299,7 @@ def test_download_rejects_wrong_md5(tmp_path, mirrors):
 
 
 def test_download_checks_the_official_md5(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_fetch", lambda url, timeout: b"not fashion-mnist")
+    monkeypatch.setattr(_fashion, "_fetch", lambda url, timeout: b"not fashion-mnist")
     with pytest.raises(ValueError, match="expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
         data.download_fashion_mnist(tmp_path)
     with pytest.raises(TypeError, match="mirrors"):
