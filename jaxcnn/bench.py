@@ -12,12 +12,13 @@ Times are medians of synchronised calls after a compiling call and a warm-up. A 
 one forward); GFLOP/s are also a fraction of a square float32 matmul timed on the same device at
 the start. Every output is compared with the baseline's (``max_rel_err``): a fast wrong answer
 shows. Shapes are full on a GPU, shrunk on CPU (each case's ``cpu`` sizes), tiny with ``--quick``.
+
+The suite (``Case``, ``CASES``) lives in ``jaxcnn._bench_cases``, the contenders in
+``jaxcnn._bench_contenders``; this module times them, reports, and re-exports both.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fnmatch
 import json
 import math
 import os
@@ -31,205 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxcnn
+from jaxcnn._bench_cases import (CASES, QUICK_CASES, Case, available, case_flops, conv_flops,
+                                 describe, select_cases)
+from jaxcnn._bench_contenders import TorchSide, baseline_fn, jaxcnn_fn, torch_fn
 
 LAYOUTS = ("channels_first", "channels_last")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "bfloat16", "bfloat16-f32acc")  # the last: bf16 in, preferred_element_type f32
 IMPLS = ("jax", "lax", "manual", "jaxcnn", "torch")
 SCALES = ("auto", "full", "cpu", "quick")
-
-
-# ----------------------------------------------------------------------------- the suite
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One benchmarked layer. Convs: ``x (N, C, *S)``, ``w (O, C/g, *K)``; ``conv_transpose``:
-    ``w (C, O/g, *K)`` (PyTorch); pooling: ``O = C``, ``kernel`` is the window."""
-
-    name: str
-    op: str                                   # conv | conv_transpose | max_pool | avg_pool
-    batch: int
-    channels: int
-    out_channels: int
-    spatial: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
-    cpu: tuple[int, tuple[int, ...]] | None = None   # (batch, spatial) on CPU; None: unchanged
-    training: bool = False                    # a layer of one of the training models
-
-    @property
-    def n(self) -> int:
-        return len(self.spatial)
-
-    def sized(self, scale: str) -> "Case":
-        """The case at ``scale``: ``full`` (GPU), ``cpu`` (its ``cpu`` sizes) or ``quick``."""
-        if scale == "full":
-            return self
-        if scale == "cpu":
-            batch, spatial = self.cpu or (self.batch, self.spatial)
-            return dataclasses.replace(self, batch=batch, spatial=tuple(spatial))
-        channels, out = min(self.channels, 8), min(self.out_channels, 8)
-        groups = 1 if self.groups == 1 else min(channels, out)
-        spatial = tuple(min(s, 10 if self.n < 3 else 6) for s in self.spatial)
-        return dataclasses.replace(self, batch=2, channels=channels, out_channels=out,
-                                   groups=groups, spatial=spatial)
-
-    def out_spatial(self) -> tuple[int, ...]:
-        if self.op == "conv_transpose":
-            return tuple((s - 1) * self.stride - 2 * self.padding + k
-                         for s, k in zip(self.spatial, self.kernel))
-        return tuple((s + 2 * self.padding - k) // self.stride + 1
-                     for s, k in zip(self.spatial, self.kernel))
-
-    def shapes(self, channels_last: bool) -> tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...]]:
-        """``(x, w, y)`` shapes in the layout (``w`` None for pooling)."""
-        def act(c, sizes):
-            return (self.batch, *sizes, c) if channels_last else (self.batch, c, *sizes)
-        x, y = act(self.channels, self.spatial), act(self.out_channels, self.out_spatial())
-        if self.op in ("max_pool", "avg_pool"):
-            return x, None, y
-        w_out, w_in = ((self.out_channels, self.channels // self.groups) if self.op == "conv"
-                       else (self.channels, self.out_channels // self.groups))
-        w = (*self.kernel, w_in, w_out) if channels_last else (w_out, w_in, *self.kernel)
-        return x, w, y
-
-
-def _conv_case(name, c, o, s, k, stride=1, groups=1, batch=32, cpu=None, training=False, op="conv"):
-    n = len(s)
-    return Case(name, op, batch, c, o, tuple(s), (k,) * n, stride, k // 2 if op == "conv" else 1,
-                groups, cpu, training)
-
-
-CASES: tuple[Case, ...] = (
-    _conv_case("resnet3x3_64", 64, 64, (56, 56), 3, cpu=(2, (56, 56))),
-    _conv_case("resnet3x3_256", 256, 256, (14, 14), 3, cpu=(2, (14, 14))),
-    _conv_case("stem7x7_s2", 3, 64, (224, 224), 7, stride=2, cpu=(2, (112, 112))),
-    _conv_case("depthwise3x3", 256, 256, (56, 56), 3, groups=256, cpu=(2, (56, 56))),
-    _conv_case("conv1d_k7", 64, 64, (1024,), 7, cpu=(8, (1024,))),
-    _conv_case("conv3d_3x3x3", 32, 32, (16, 56, 56), 3, batch=8, cpu=(1, (8, 28, 28))),
-    _conv_case("mnist5x5", 1, 32, (28, 28), 5, batch=128, cpu=(32, (28, 28))),
-    # The layers the training models run (jaxcnn train): the same sizes on every device.
-    _conv_case("mnist1d_k3", 64, 64, (40,), 3, batch=100, training=True),
-    _conv_case("mnist1d_k5", 64, 64, (40,), 5, batch=100, training=True),
-    _conv_case("fashion_conv1", 1, 32, (28, 28), 3, batch=128, training=True),
-    _conv_case("fashion_conv2", 32, 64, (14, 14), 3, batch=128, training=True),
-    _conv_case("clip3d_conv2", 8, 16, (8, 32, 32), 3, batch=16, training=True),
-    # conv_transpose (PyTorch's k=4, s=2, p=1 upsampling): output = 2 × input.
-    _conv_case("transpose2d_k4s2", 64, 32, (28, 28), 4, stride=2, op="conv_transpose", cpu=(4, (28, 28))),
-    _conv_case("transpose1d_k4s2", 64, 64, (256,), 4, stride=2, op="conv_transpose", cpu=(8, (256,))),
-    Case("maxpool3x3_s2", "max_pool", 32, 64, 64, (112, 112), (3, 3), 2, 1, cpu=(2, (112, 112))),
-    Case("fashion_maxpool2", "max_pool", 128, 32, 32, (28, 28), (2, 2), 2, training=True),
-    Case("mnist1d_maxpool2", "max_pool", 100, 64, 64, (40,), (2,), 2, training=True),
-    Case("avgpool2x2", "avg_pool", 32, 64, 64, (56, 56), (2, 2), 2, cpu=(4, (56, 56))),
-)
-
-
-# --quick (a CI smoke run of the whole harness) runs one conv and one pooling case.
-QUICK_CASES = ("resnet3x3_64", "maxpool3x3_s2")
-
-
-def select_cases(patterns: str | None, cases: Sequence[Case] = CASES) -> list[Case]:
-    """Cases whose name matches one of the comma-separated ``fnmatch`` patterns (or contains
-    it); ``training`` selects the training layers; None selects all."""
-    if not patterns:
-        return list(cases)
-    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
-    def hit(case, p):
-        return (p == "training" and case.training) or p in case.name or fnmatch.fnmatch(case.name, p)
-    return [c for c in cases if any(hit(c, p) for p in wanted)]
-
-
-def conv_flops(batch: int, channels: int, out_channels: int, groups: int,
-               kernel: Sequence[int], out_spatial: Sequence[int]) -> int:
-    """Forward cost of a convolution: ``2·N·O·(C/g)·∏K·∏S_out`` (one multiply-add = 2)."""
-    return 2 * batch * out_channels * (channels // groups) * math.prod(kernel) * math.prod(out_spatial)
-
-
-def case_flops(case: Case, mode: str) -> int | None:
-    """FLOPs of ``case`` in ``mode`` (×3 for fwd+bwd); None for pooling (no multiply-adds).
-    ``conv_transpose`` is a conv from its output back to its input: ``∏S`` of the input."""
-    if case.op == "conv":
-        f = conv_flops(case.batch, case.channels, case.out_channels, case.groups, case.kernel,
-                       case.out_spatial())
-    elif case.op == "conv_transpose":
-        f = conv_flops(case.batch, case.out_channels, case.channels, case.groups, case.kernel,
-                       case.spatial)
-    else:
-        return None
-    return 3 * f if mode == "fwd+bwd" else f
-
-
-def available(case: Case) -> str | None:
-    """Why ``case`` cannot run in this jaxcnn (None if it can)."""
-    name = "conv" if case.op == "conv" else case.op
-    return None if hasattr(jaxcnn, name) else f"jaxcnn.{name} does not exist yet"
-
-
-# ----------------------------------------------------------------------------- the contenders
-
-def _lax_specs(n: int, channels_last: bool, transpose: bool) -> tuple[str, str, str]:
-    sp = "DHW"[3 - n:] if n <= 3 else None
-    if sp is None:
-        raise ValueError(f"case: expected 1 to 3 spatial axes for the lax baseline; got {n}")
-    act = f"N{sp}C" if channels_last else f"NC{sp}"
-    kernel = (f"{sp}OI" if transpose else f"{sp}IO") if channels_last else ("IO" if transpose else "OI") + sp
-    return act, kernel, act
-
-
-def baseline_fn(case: Case, channels_last: bool, acc: Any = None) -> Callable:
-    """Plain ``lax``, differentiated by JAX autodiff: the baseline every ratio divides by."""
-    n, pads = case.n, [(case.padding, case.padding)] * case.n
-    if case.op in ("max_pool", "avg_pool"):
-        window = (1, *case.kernel, 1) if channels_last else (1, 1, *case.kernel)
-        strides = (1, *(case.stride,) * n, 1) if channels_last else (1, 1, *(case.stride,) * n)
-        full = [(0, 0)] + pads + [(0, 0)] if channels_last else [(0, 0), (0, 0)] + pads
-        if case.op == "max_pool":
-            return lambda x: jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max,
-                                                   window, strides, full)
-        return lambda x: jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, window, strides,
-                                               full) / math.prod(case.kernel)
-    dn = _lax_specs(n, channels_last, case.op == "conv_transpose")
-    if case.op == "conv":
-        return lambda x, w: jax.lax.conv_general_dilated(
-            x, w, (case.stride,) * n, pads, dimension_numbers=dn, feature_group_count=case.groups,
-            preferred_element_type=acc)
-    # conv_transpose = the input-gradient of a conv: dilate x by the stride, pad by K−1−p and
-    # correlate with the flipped kernel (its I/O roles read swapped through the dimension numbers).
-    if case.groups != 1:
-        raise ValueError(f"case: the conv_transpose baseline expects groups=1; got {case.groups}")
-    flip_axes = tuple(range(n)) if channels_last else tuple(range(2, 2 + n))
-    tpads = [(k - 1 - case.padding, k - 1 - case.padding) for k in case.kernel]
-    return lambda x, w: jax.lax.conv_general_dilated(
-        x, jnp.flip(w, flip_axes), (1,) * n, tpads, lhs_dilation=(case.stride,) * n,
-        dimension_numbers=dn, preferred_element_type=acc)
-
-
-def jaxcnn_fn(case: Case, channels_last: bool, impl: str, acc: Any = None) -> Callable:
-    """jaxcnn's op for ``case`` (``impl`` "lax" or "manual"; pooling has one, "jaxcnn")."""
-    if case.op in ("max_pool", "avg_pool"):
-        pool = getattr(jaxcnn, case.op)
-        return lambda x: pool(x, case.kernel, case.stride, case.padding, channels_last=channels_last)
-    kwargs = dict(stride=case.stride, padding=case.padding, groups=case.groups,
-                  channels_last=channels_last, impl=impl)
-    if case.op == "conv":
-        return lambda x, w: jaxcnn.conv(x, w, **kwargs, preferred_element_type=acc)
-    return lambda x, w: jaxcnn.conv_transpose(x, w, **kwargs)
-
-
-def torch_fn(case: Case) -> Callable:
-    import torch.nn.functional as F
-    n = case.n
-    if case.op == "conv":
-        conv = getattr(F, f"conv{n}d")
-        return lambda x, w: conv(x, w, None, case.stride, case.padding, 1, case.groups)
-    if case.op == "conv_transpose":
-        conv = getattr(F, f"conv_transpose{n}d")
-        return lambda x, w: conv(x, w, None, case.stride, case.padding, 0, case.groups)
-    pool = getattr(F, f"{case.op}{n}d")
-    return lambda x: pool(x, case.kernel, case.stride, case.padding)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -293,69 +104,7 @@ def rel_err(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray]) -> float:
 AGREEMENT = {"float32": 1e-4, "bfloat16": 5e-2, "bfloat16-f32acc": 5e-2}
 
 
-class TorchSide:
-    """PyTorch beside JAX: CUDA (cuDNN autotuned) if available, else CPU."""
-
-    def __init__(self) -> None:
-        import torch
-        self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-    def sync(self, _: Any) -> None:
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
-
-    def memory_format(self, ndim: int, channels_last: bool):
-        torch = self.torch
-        if not channels_last or ndim == 3:   # torch has no channels-last format for 1D
-            return torch.contiguous_format
-        return torch.channels_last if ndim == 4 else torch.channels_last_3d
-
-    def tensor(self, a: np.ndarray, kind: str, dtype: str, channels_last: bool, grad: bool = False):
-        """``a`` (in the row's JAX layout) as a torch tensor, channels first, in channels-last
-        memory format on channels-last rows. ``kind``: "act" or "kernel"."""
-        if channels_last:
-            a = np.moveaxis(a, -1, 1) if kind == "act" else np.moveaxis(a, (-1, -2), (0, 1))
-        torch = self.torch
-        t = torch.from_numpy(np.array(a, np.float32, order="C")).to(self.device, getattr(torch, dtype))
-        return t.contiguous(memory_format=self.memory_format(t.ndim, channels_last)).requires_grad_(grad)
-
-    def runner(self, case: Case, mode: str, operands: list, ct: Any) -> Callable:
-        f, torch = torch_fn(case), self.torch
-        if mode == "fwd":
-            def forward():
-                with torch.no_grad():
-                    return (f(*operands),)
-            return forward
-        def forward_backward():
-            loss = torch.sum(f(*operands).float() * ct.float())
-            return torch.autograd.grad(loss, operands)
-        return forward_backward
-
-    @staticmethod
-    def to_numpy(outs: Sequence[Any], channels_last: bool) -> list[np.ndarray]:
-        """Torch outputs ``(y,)`` or ``(dx[, dw])`` back in the row's JAX layout."""
-        arrays = [t.detach().float().cpu().numpy() for t in outs]
-        if not channels_last:
-            return arrays
-        return [np.moveaxis(a, 1, -1) if i == 0 else np.moveaxis(a, (0, 1), (-1, -2))
-                for i, a in enumerate(arrays)]
-
-
 # ----------------------------------------------------------------------------- one row
-
-def describe(case: Case) -> str:
-    """``2×64×56×56 → 64 k3`` (batch × channels × spatial → out channels, kernel, stride, groups)."""
-    shape = "×".join(map(str, (case.batch, case.channels, *case.spatial)))
-    if case.op in ("max_pool", "avg_pool"):
-        text = f"{shape} {case.op.split('_')[0]} {case.kernel[0]}"
-    else:
-        text = f"{shape} → {case.out_channels} k{case.kernel[0]}"
-    text += f" s{case.stride}" if case.stride > 1 else ""
-    return text + (f" g{case.groups}" if case.groups > 1 else "")
-
 
 def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Sequence[str],
               repeats: int, torch_side: TorchSide | None, peak_gflops: float,
