@@ -1,5 +1,6 @@
 """Shared test helpers: tolerances, random arrays, error measures, an independent numpy conv,
-and conv configurations (a dataclass, fixed cases, a hypothesis strategy)."""
+conv configurations (a dataclass, fixed cases, a hypothesis strategy), and conv_transpose
+cases with layout and VJP helpers."""
 from __future__ import annotations
 
 import dataclasses
@@ -230,3 +231,78 @@ def configs(draw) -> Config:
     modes += ["circular"] if all(p <= length for p, length in zip(widest, sizes)) else []
     mode = draw(st.sampled_from(modes).flatmap(lambda m: st.sampled_from([m, m.upper()])))
     return dataclasses.replace(cfg, padding_mode=mode)
+
+
+# ----------------------------------------------------------------------------- conv_transpose
+# Cases, layout moves and a jitted VJP shared by test_transpose.py, test_transpose_grads.py
+# and test_convolve.py.
+
+IMPLS = ("lax", "manual")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransposeCase:
+    """A conv_transpose configuration, PyTorch's layout: x (N, C_in, *S), w (C_in, C_out/g, *K)."""
+
+    sizes: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    output_padding: tuple[int, ...]
+    groups: int = 1
+    batch: int = 2
+    per_group: tuple[int, int] = (2, 3)  # (C_in / g, C_out / g)
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, dilation=self.dilation, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups)
+
+    def arrays(self, rng, with_bias: bool = True):
+        c_in, c_out = (self.groups * c for c in self.per_group)
+        x = random_array(rng, (self.batch, c_in, *self.sizes))
+        w = random_array(rng, (c_in, self.per_group[1], *self.kernel))
+        b = random_array(rng, (c_out,)) if with_bias else None
+        return x, w, b
+
+
+TRANSPOSE_CASES = {
+    "1d": TransposeCase((5,), (3,), (1,), (1,), ((0, 0),), (0,)),
+    "1d_stride2_pad1_op1": TransposeCase((4,), (3,), (2,), (1,), ((1, 1),), (1,)),
+    "1d_dilation3_op2_groups2": TransposeCase((4,), (2,), (2,), (3,), ((1, 2),), (2,), groups=2),
+    "2d_stride_dilation_asym_pad": TransposeCase((3, 4), (2, 3), (2, 1), (1, 2), ((0, 1), (2, 0)),
+                                                 (1, 1)),
+    "2d_groups3_stride3": TransposeCase((3, 3), (3, 2), (3, 2), (1, 1), ((1, 1), (1, 1)), (2, 1),
+                                        groups=3, per_group=(1, 2)),
+    "3d": TransposeCase((2, 3, 2), (2, 2, 3), (1, 2, 2), (2, 1, 1), ((1, 1), (0, 0), (1, 1)),
+                        (1, 1, 0)),
+}
+
+
+def to_layout(a, channels_last: bool):
+    """An activation ``(N, C, *S)`` in the requested layout."""
+    return jnp.moveaxis(a, 1, -1) if channels_last else a
+
+
+def kernel_to_layout(w, channels_last: bool):
+    """A kernel ``(A, B, *K)`` as ``(*K, B, A)`` for channels last."""
+    n = w.ndim - 2
+    return jnp.transpose(w, (*range(2, n + 2), 1, 0)) if channels_last else w
+
+
+def shape_of(op, *shapes, **kwargs) -> tuple[int, ...]:
+    """The output shape of ``op`` on float64 arrays of ``shapes``, traced, never run."""
+    structs = [jax.ShapeDtypeStruct(shape, jnp.float64) for shape in shapes]
+    return jax.eval_shape(lambda *a: op(*a, **kwargs), *structs).shape
+
+
+def value_and_vjp(op, args, cotangent):
+    """``op(*args)`` and its VJP at ``cotangent``, in one jit (one compile, not one per op)."""
+    def run(args, cotangent):
+        out, pullback = jax.vjp(op, *args)
+        return out, pullback(cotangent)
+    return jax.jit(run)(args, cotangent)
