@@ -26,11 +26,12 @@ these hand-written rules.
 ``impl="lax"`` computes each of the three with one ``lax.conv_general_dilated`` call.
 ``impl="manual"`` uses no convolution primitive: a static sum over kernel offsets of strided
 slices, each contracted over channels with ``einsum``, and in ``input_grad`` the same slices
-placed back with ``lax.pad`` (interior padding = the stride's holes).
+placed back with ``lax.pad`` (interior padding = the stride's holes). Both live in
+``jaxcnn.conv_impls``; ``jaxcnn.conv_forms`` picks faster forms of the same maps per shape
+(depthwise, 3D and few-channel convolutions; on CPU).
 """
 from __future__ import annotations
 
-import itertools
 from functools import partial
 from typing import Any
 
@@ -42,216 +43,14 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jaxcnn import padding as _padding
-from jaxcnn._args import (ConvArgs, ConvSpec, Pads, check_cotangent, dilated_size, normalize_conv,
-                          shape_tuple)
+from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
-
-# ----------------------------------------------------------------------------- shape helpers
-
-
-def spatial_sizes(shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, ...]:
-    return tuple(shape[a] for a in spec.spatial_axes())
+from jaxcnn.conv_forms import choose
+from jaxcnn.conv_impls import (_acc_dtype, _flip_swap_io, _taps, _window, _zero_pad,  # noqa: F401
+                               input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
+                               weight_grad_padding)
 
 
-def kernel_sizes(w_shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, ...]:
-    return tuple(w_shape[a] for a in spec.kernel_spatial_axes())
-
-
-def output_sizes(in_sizes, k_sizes, spec: ConvSpec) -> tuple[int, ...]:
-    return tuple((length + lo + hi - dilated_size(k, d)) // s + 1
-                 for length, k, s, d, (lo, hi)
-                 in zip(in_sizes, k_sizes, spec.stride, spec.dilation, spec.padding))
-
-
-def input_grad_padding(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> Pads:
-    """Padding of the stride-dilated ``dy`` for the correlation that gives ``dx``.
-
-    Tap ``k`` of output ``i`` reads ``x_pad[i·s + k·d]``; flipping the kernel turns that into
-    a correlation over the dilated ``dy`` that must start ``d·(K−1) − lo`` before it and end
-    where ``x`` ends: ``hi' = L + lo − dilated(out, s)``. Either side may be negative (crop).
-    """
-    pads = []
-    for length, k, o, s, d, (lo, _) in zip(in_sizes, k_sizes, out_sizes, spec.stride,
-                                           spec.dilation, spec.padding):
-        before = dilated_size(k, d) - 1 - lo
-        pads.append((before, length + lo - dilated_size(o, s)))
-    return tuple(pads)
-
-
-def weight_grad_padding(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> Pads:
-    """Padding of ``x`` for the correlation that gives ``dw``: ``dy`` is the kernel (dilation
-    ``s``), the result has ``K`` positions (stride ``d``): ``hi' = dilated(out, s) − L +
-    d·(K−1) − lo``, so that ``(L + lo + hi' − dilated(out, s)) / d + 1 = K``."""
-    return tuple((lo, dilated_size(o, s) - length + dilated_size(k, d) - 1 - lo)
-                 for length, k, o, s, d, (lo, _)
-                 in zip(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding))
-
-
-def _flip_swap_io(w: jax.Array, spec: ConvSpec) -> jax.Array:
-    """``w (O, C/g, *K)`` → ``(C, O/g, *K)`` flipped along ``K`` (either layout): the kernel
-    of the input-gradient correlation, channel roles swapped within each group."""
-    o_ax, i_ax = spec.kernel_io_axes()
-    wc = jnp.moveaxis(w, (o_ax, i_ax), (0, 1))          # (O, Cg, *K) in both layouts
-    out_ch, in_per_group, *k = wc.shape
-    g = spec.groups
-    wc = wc.reshape(g, out_ch // g, in_per_group, *k).swapaxes(1, 2)
-    wc = wc.reshape(g * in_per_group, out_ch // g, *k)
-    wc = jnp.flip(wc, axis=tuple(range(2, wc.ndim)))
-    return jnp.moveaxis(wc, (0, 1), (o_ax, i_ax))
-
-
-def _acc_dtype(spec: ConvSpec, dtype) -> Any:
-    return spec.preferred_element_type if spec.preferred_element_type is not None else dtype
-
-
-# ----------------------------------------------------------------------------- impl="lax"
-
-
-def _lax_conv(x, w, spec: ConvSpec):
-    return jax.lax.conv_general_dilated(
-        x, w, spec.stride, spec.padding, rhs_dilation=spec.dilation,
-        dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
-        precision=spec.precision, preferred_element_type=spec.preferred_element_type)
-
-
-def _lax_input_grad(dy, w, spec: ConvSpec, in_shape):
-    in_sizes = spatial_sizes(in_shape, spec)
-    pads = input_grad_padding(in_sizes, kernel_sizes(w.shape, spec),
-                              spatial_sizes(dy.shape, spec), spec)
-    return jax.lax.conv_general_dilated(
-        dy.astype(w.dtype), _flip_swap_io(w, spec), (1,) * spec.n, pads,
-        lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
-        dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
-        precision=spec.precision, preferred_element_type=spec.preferred_element_type)
-
-
-def _lax_weight_grad(x, dy, spec: ConvSpec, w_shape):
-    k_sizes = kernel_sizes(w_shape, spec)
-    pads = weight_grad_padding(spatial_sizes(x.shape, spec), k_sizes,
-                               spatial_sizes(dy.shape, spec), spec)
-    # Roles swapped: x's channels are the batch, its batch the features; dy is the kernel
-    # (out-features = its channels, in-features = its batch); the result's "batch" is w's
-    # in-channel axis and its features w's out-channel axis.
-    c_ax, spatial = spec.channel_axis(), spec.spatial_axes()
-    o_ax, i_ax = spec.kernel_io_axes()
-    dn = jax.lax.ConvDimensionNumbers((c_ax, 0) + spatial, (c_ax, 0) + spatial,
-                                      (i_ax, o_ax) + spec.kernel_spatial_axes())
-    return jax.lax.conv_general_dilated(
-        x, dy.astype(x.dtype), spec.dilation, pads, rhs_dilation=spec.stride,
-        dimension_numbers=dn, batch_group_count=spec.groups,
-        precision=spec.precision, preferred_element_type=spec.preferred_element_type)
-
-
-# ----------------------------------------------------------------------------- impl="manual"
-# Channel contractions of one kernel tap, per layout: x slice (N, C, *O) or (N, *O, C) with
-# C split into (groups, C/g); the tap w[k] is (O, C/g) or (C/g, O) with O split likewise.
-_EINSUM = {  # (forward, input_grad, weight_grad)
-    False: ("ngc...,goc->ngo...", "ngo...,goc->ngc...", "ngc...,ngo...->goc"),
-    True: ("n...gc,cgo->n...go", "n...go,cgo->n...gc", "n...gc,n...go->cgo"),
-}
-
-
-def _split_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
-    axis = axis % a.ndim
-    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
-
-
-def _merge_channels(a: jax.Array, axis: int) -> jax.Array:
-    axis = axis % a.ndim
-    return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
-
-
-def _split_axes(spec: ConvSpec) -> tuple[int, int]:
-    """Channel axis of an activation and of a tap ``w[k]`` (``(O, C/g)`` or ``(C/g, O)``)."""
-    return (-1, 1) if spec.channels_last else (1, 0)
-
-
-def _taps(k_sizes):
-    return itertools.product(*(range(k) for k in k_sizes))
-
-
-def _tap(w: jax.Array, spec: ConvSpec, offset) -> jax.Array:
-    """``w[k]`` as ``(G, O/g, C/g)`` (channels first) or ``(C/g, G, O/g)`` (channels last)."""
-    index = [slice(None)] * w.ndim
-    for axis, k in zip(spec.kernel_spatial_axes(), offset):
-        index[axis] = k
-    tap = w[tuple(index)]
-    return _split_channels(tap, _split_axes(spec)[1], spec.groups)
-
-
-def _window(spec: ConvSpec, offset, out_sizes, ndim) -> tuple[slice, ...]:
-    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
-    index = [slice(None)] * ndim
-    for axis, k, o, s, d in zip(spec.spatial_axes(), offset, out_sizes, spec.stride, spec.dilation):
-        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s)
-    return tuple(index)
-
-
-def _zero_pad(a: jax.Array, spec: ConvSpec, pads, interior=None) -> jax.Array:
-    config = [(0, 0, 0)] * a.ndim
-    for i, axis in enumerate(spec.spatial_axes()):
-        config[axis] = (pads[i][0], pads[i][1], 0 if interior is None else interior[i])
-    return jax.lax.pad(a, jnp.zeros((), a.dtype), config)
-
-
-def _contract(subscripts: str, a, b, spec: ConvSpec):
-    # Half-precision taps are summed in float32 and rounded once by the caller, as
-    # lax.conv_general_dilated accumulates; summing them in bfloat16 lost ~1e-2 over 25 taps.
-    total = spec.preferred_element_type
-    if total is None and jnp.finfo(a.dtype).bits < 32:
-        total = jnp.float32
-    return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
-
-
-def _manual_conv(x, w, spec: ConvSpec):
-    x_pad = _zero_pad(x, spec, spec.padding)
-    k_sizes = kernel_sizes(w.shape, spec)
-    out = output_sizes(spatial_sizes(x.shape, spec), k_sizes, spec)
-    act_axis = _split_axes(spec)[0]
-    y = None
-    for offset in _taps(k_sizes):
-        xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        term = _contract(_EINSUM[spec.channels_last][0], xs, _tap(w, spec, offset), spec)
-        y = term if y is None else y + term
-    return _merge_channels(y, act_axis - spec.channels_last).astype(_acc_dtype(spec, x.dtype))
-
-
-def _manual_input_grad(dy, w, spec: ConvSpec, in_shape):
-    in_sizes = spatial_sizes(in_shape, spec)
-    out = spatial_sizes(dy.shape, spec)
-    padded = [length + lo + hi for length, (lo, hi) in zip(in_sizes, spec.padding)]
-    act_axis = _split_axes(spec)[0]
-    dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
-    dx_pad = None
-    for offset in _taps(kernel_sizes(w.shape, spec)):
-        part = _contract(_EINSUM[spec.channels_last][1], dy_g, _tap(w, spec, offset), spec)
-        part = _merge_channels(part, act_axis - spec.channels_last)
-        # Tap k's contribution lands on x_pad[k·d + i·s]: pad k·d before, s − 1 between.
-        pads = [(k * d, size - k * d - dilated_size(o, s))
-                for k, d, size, o, s in zip(offset, spec.dilation, padded, out, spec.stride)]
-        part = _zero_pad(part, spec, pads, [s - 1 for s in spec.stride])
-        dx_pad = part if dx_pad is None else dx_pad + part
-    return _zero_pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding])
-
-
-def _manual_weight_grad(x, dy, spec: ConvSpec, w_shape):
-    x_pad = _zero_pad(x, spec, spec.padding)
-    out = spatial_sizes(dy.shape, spec)
-    act_axis, tap_axis = _split_axes(spec)
-    dy_g = _split_channels(dy.astype(x.dtype), act_axis, spec.groups)
-    taps = []
-    for offset in _taps(kernel_sizes(w_shape, spec)):
-        xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        tap = _contract(_EINSUM[spec.channels_last][2], xs, dy_g, spec)
-        taps.append(_merge_channels(tap, tap_axis))
-    # Taps in row-major order of K, stacked where K sits in w: (O, Cg, *K) or (*K, Cg, O).
-    return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
-
-
-_IMPLS = {
-    "lax": (_lax_conv, _lax_input_grad, _lax_weight_grad),
-    "manual": (_manual_conv, _manual_input_grad, _manual_weight_grad),
-}
 # ----------------------------------------------------------------------------- the VJP family
 # The three bilinear maps are JAX primitives whose derivative rules are written here by hand:
 #
@@ -263,9 +62,11 @@ _IMPLS = {
 #
 # So reverse mode (jax.grad, jax.vjp) runs the hand-written transposes, grad-of-grad transposes
 # them again, and forward-over-reverse (jax.hessian, jax.jvp, jax.jacfwd) applies the JVP to
-# them: every order stays inside these rules. Each primitive lowers to its impl ("lax": one
-# conv_general_dilated; "manual": slices and einsums). Static parameters: the spec, the impl
-# and the shape to rebuild. A cotangent always has its primal's dtype.
+# them: every order stays inside these rules. Each primitive lowers to the form of its impl
+# that conv_forms.choose picks for the shapes ("lax": conv_general_dilated; "manual": slices
+# and einsums; on CPU also per-tap and depth-folded forms), one generic lowering and one for
+# CPU. Static parameters: the spec, the impl and the shape to rebuild. A cotangent always has
+# its primal's dtype.
 
 
 def _make_primitive(name: str, compute, out_aval):
@@ -273,23 +74,25 @@ def _make_primitive(name: str, compute, out_aval):
     prim.def_impl(partial(dispatch.apply_primitive, prim))
     prim.def_abstract_eval(out_aval)
     mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
+    mlir.register_lowering(prim, mlir.lower_fun(partial(compute, platform="cpu"),
+                                                multiple_results=False), platform="cpu")
     return prim
 
 
-def _conv_compute(x, w, *, spec, impl, shape):
-    return _IMPLS[impl][0](x, w, spec)
+def _conv_compute(x, w, *, spec, impl, shape, platform=None):
+    return choose("conv", impl, spec, x.shape, platform)(x, w, spec)
 
 
-def _input_grad_compute(dy, w, *, spec, impl, shape):
+def _input_grad_compute(dy, w, *, spec, impl, shape, platform=None):
     if 0 in dy.shape:
         return jnp.zeros(shape, w.dtype)
-    return _IMPLS[impl][1](dy, w, spec, shape).astype(w.dtype)
+    return choose("input_grad", impl, spec, shape, platform)(dy, w, spec, shape).astype(w.dtype)
 
 
-def _weight_grad_compute(x, dy, *, spec, impl, shape):
+def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
     if 0 in x.shape or 0 in dy.shape:
         return jnp.zeros(shape, x.dtype)
-    return _IMPLS[impl][2](x, dy, spec, shape).astype(x.dtype)
+    return choose("weight_grad", impl, spec, x.shape, platform)(x, dy, spec, shape).astype(x.dtype)
 
 
 conv_p = _make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(

@@ -31,6 +31,7 @@ import numpy as np
 
 import jaxcnn
 from jaxcnn._args import ConvSpec, normalize_conv
+from jaxcnn.conv_forms import _patches
 from jaxcnn.conv import (_flip_swap_io, _taps, _window, _zero_pad, conv_core, input_grad_core,
                          input_grad_padding, kernel_sizes, spatial_sizes, weight_grad_core)
 
@@ -40,19 +41,6 @@ def conv_spec(x_shape, w_shape, dtype=jnp.float32, **kwargs: Any) -> ConvSpec:
     kwargs = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "channels_last": False, **kwargs}
     return normalize_conv(jax.ShapeDtypeStruct(x_shape, dtype), jax.ShapeDtypeStruct(w_shape, dtype),
                           None, padding_mode="zeros", impl="lax", **kwargs).spec
-
-
-def _patches(x_pad: jax.Array, spec: ConvSpec, k_sizes, out) -> jax.Array:
-    """``(N, G, C/g, T, *O)`` (channels first) or ``(N, *O, T, G, C/g)``: tap ``t`` holds
-    ``x_pad[i·s + k_t·d]``, ``T = ∏K`` in row-major order of the kernel."""
-    slices = [x_pad[_window(spec, k, out, x_pad.ndim)] for k in _taps(k_sizes)]
-    g = spec.groups
-    if spec.channels_last:
-        p = jnp.stack(slices, axis=-2)
-        return p.reshape(*p.shape[:-1], g, p.shape[-1] // g)
-    p = jnp.stack(slices, axis=2)
-    n, c = p.shape[:2]
-    return p.reshape(n, g, c // g, *p.shape[2:])
 
 
 def _contract(subscripts, a, b, spec):

@@ -1,0 +1,133 @@
+"""jaxcnn.conv_forms: every faster form equals the piece it replaces, and the rule picks it.
+
+Each form is called directly (jit-compiled, float64) and compared with the generic
+``impl="lax"`` piece of ``jaxcnn.conv_impls`` (one ``lax.conv_general_dilated``) — an
+independent computation of the same map. The wiring test reads the compiled HLO: on CPU the
+3D conv must run as 2D convolutions and the depthwise conv without any convolution op.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxcnn
+from jaxcnn import conv_forms
+from jaxcnn._args import normalize_conv
+from jaxcnn.conv_impls import IMPLS
+from helpers import TOL, assert_close, random_array
+
+# name: (x spatial, kernel, C, O, conv kwargs)
+CONFIGS = {
+    "depthwise_2d": ((7, 8), (3, 3), 4, 4, dict(padding=1, groups=4)),
+    "depthwise_multiplier_strided": ((9, 8), (3, 2), 3, 6, dict(stride=(2, 1), padding=((1, 0), (0, 1)), groups=3)),
+    "depthwise_1d_dilated": ((11,), (3,), 5, 5, dict(dilation=2, padding=2, groups=5)),
+    "depthwise_3d": ((4, 5, 6), (3, 3, 3), 2, 4, dict(padding=1, groups=2)),
+    "fold_3d": ((5, 6, 6), (3, 3, 3), 3, 4, dict(padding=1)),
+    "fold_3d_strided_dilated": ((7, 6, 7), (2, 3, 3), 2, 3, dict(stride=(2, 1, 2), dilation=(2, 1, 1),
+                                                                   padding=((1, 0), (1, 1), (0, 2)))),
+    "im2col_thin": ((11, 10), (7, 5), 3, 4, dict(stride=2, padding=3)),
+    "im2col_groups": ((8, 9), (3, 2), 4, 6, dict(stride=(2, 3), padding=((1, 2), (0, 1)), groups=2)),
+    "im2col_1d": ((12,), (4,), 2, 3, dict(stride=2, padding=1)),
+    "im2col_3d": ((4, 5, 5), (2, 3, 3), 3, 2, dict(padding=1)),
+    "wide_2d": ((6, 7), (3, 3), 16, 5, dict(padding=1)),
+}
+FORMS = {  # form: (piece, configs it applies to)
+    "depthwise_weight_grad": ("weight_grad", ["depthwise_2d", "depthwise_multiplier_strided",
+                                              "depthwise_1d_dilated", "depthwise_3d"]),
+    "im2col_conv": ("conv", ["im2col_thin", "im2col_groups", "im2col_1d", "im2col_3d", "wide_2d"]),
+    "im2col_weight_grad": ("weight_grad", ["im2col_thin", "im2col_groups", "im2col_1d", "im2col_3d"]),
+    "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
+    "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
+}
+FORM_CASES = [(form, name, cl) for form, (_, names) in FORMS.items() for name in names
+              for cl in (False, True)]
+
+
+def _operands(name, channels_last, rng, dtype=jnp.float64):
+    spatial, kernel, c, o, kwargs = CONFIGS[name]
+    groups = kwargs.get("groups", 1)
+    x_shape = (2, *spatial, c) if channels_last else (2, c, *spatial)
+    w_shape = (*kernel, c // groups, o) if channels_last else (o, c // groups, *kernel)
+    x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    args = normalize_conv(x, w, None, padding_mode="zeros", channels_last=channels_last,
+                          impl="lax", **{"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **kwargs})
+    dy = random_array(rng, jaxcnn.conv(x, w, channels_last=channels_last, **kwargs).shape, dtype)
+    return x, w, dy, args.spec
+
+
+def _run(fn, piece, x, w, dy, spec):
+    """The piece's operands in its calling convention, jit-compiled with a static spec."""
+    if piece == "conv":
+        return jax.jit(partial(fn, spec=spec))(x, w)
+    if piece == "input_grad":
+        return jax.jit(partial(fn, spec=spec, in_shape=x.shape))(dy, w)
+    return jax.jit(partial(fn, spec=spec, w_shape=w.shape))(x, dy)
+
+
+@pytest.mark.parametrize("form,name,channels_last", FORM_CASES)
+def test_form_equals_lax_piece(form, name, channels_last, rng):
+    piece, _ = FORMS[form]
+    x, w, dy, spec = _operands(name, channels_last, rng)
+    got = _run(getattr(conv_forms, form), piece, x, w, dy, spec)
+    want = _run(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+    assert got.shape == want.shape
+    assert_close(got, want, TOL["float64"], f"{form} on {name}")
+
+
+@pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad"])
+def test_half_precision_forms_sum_in_float32(form, rng):
+    """bfloat16 operands, a float64 reference on the same (rounded) values: the sum over
+    N·∏S_out = 2·63 terms in bfloat16 would be off by ~1e-2; summed in float32 and rounded
+    once it stays within bfloat16's own rounding."""
+    name = "depthwise_2d" if form.startswith("depthwise") else "im2col_thin"
+    x, w, dy, spec = _operands(name, False, rng, jnp.bfloat16)
+    got = _run(getattr(conv_forms, form), "weight_grad", x, w, dy, spec)
+    want = _run(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
+                dy.astype(jnp.float64), spec)
+    assert_close(got.astype(jnp.float64), want, TOL["bfloat16"], form)
+
+
+RULES = [  # (config, channels_last, impl, platform, piece, expected function name)
+    ("depthwise_2d", False, "lax", "cpu", "conv", "_manual_conv"),
+    ("depthwise_2d", True, "lax", "cpu", "input_grad", "_manual_input_grad"),
+    ("depthwise_2d", False, "lax", "cpu", "weight_grad", "depthwise_weight_grad"),
+    ("depthwise_2d", False, "lax", None, "weight_grad", "_lax_weight_grad"),
+    ("depthwise_2d", True, "manual", None, "weight_grad", "depthwise_weight_grad"),
+    ("fold_3d", False, "lax", "cpu", "conv", "fold_depth_conv"),
+    ("fold_3d", True, "lax", "cpu", "input_grad", "fold_depth_input_grad"),
+    ("fold_3d", False, "lax", "cpu", "weight_grad", "_manual_weight_grad"),
+    ("fold_3d", False, "lax", None, "conv", "_lax_conv"),
+    ("im2col_thin", False, "manual", None, "conv", "im2col_conv"),
+    ("im2col_thin", True, "manual", "cpu", "weight_grad", "im2col_weight_grad"),
+    ("im2col_thin", False, "manual", "cpu", "input_grad", "_manual_input_grad"),
+    ("im2col_thin", False, "lax", "cpu", "conv", "_lax_conv"),
+    ("wide_2d", True, "lax", "cpu", "weight_grad", "_manual_weight_grad"),
+    ("wide_2d", False, "lax", "cpu", "weight_grad", "_lax_weight_grad"),
+    ("wide_2d", True, "manual", "cpu", "conv", "_manual_conv"),
+]
+
+
+@pytest.mark.parametrize("name,channels_last,impl,platform,piece,expected", RULES)
+def test_choose_follows_the_rules(name, channels_last, impl, platform, piece, expected, rng):
+    x, _, _, spec = _operands(name, channels_last, rng)
+    assert conv_forms.choose(piece, impl, spec, x.shape, platform).__name__ == expected
+
+
+def _convolutions(fn, *args) -> list[str]:
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return [line for line in hlo.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU lowerings")
+def test_cpu_lowering_is_used(rng):
+    """fwd+bwd of a 3D conv compiles to 2D convolutions only; a depthwise one to none."""
+    def loss(x, w, **kwargs):
+        return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, **kwargs)))
+    x, w = random_array(rng, (2, 3, 4, 5, 6)), random_array(rng, (4, 3, 3, 3, 3))
+    convs = _convolutions(jax.grad(loss, (0, 1)), x, w)
+    assert convs and all(line.split("size=")[1].split()[0].count("x") == 1 for line in convs), convs
+    x, w = random_array(rng, (2, 4, 6, 6)), random_array(rng, (4, 1, 3, 3))
+    assert _convolutions(jax.grad(partial(loss, groups=4), (0, 1)), x, w) == []
