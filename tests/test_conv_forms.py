@@ -33,12 +33,17 @@ CONFIGS = {
     "im2col_1d": ((12,), (4,), 2, 3, dict(stride=2, padding=1)),
     "im2col_3d": ((4, 5, 5), (2, 3, 3), 3, 2, dict(padding=1)),
     "wide_2d": ((6, 7), (3, 3), 16, 5, dict(padding=1)),
+    "many_samples_2d": ((6, 5), (3, 2), 3, 4, dict(stride=(1, 2), padding=1)),
+    "many_samples_3d": ((3, 4, 5), (2, 3, 3), 2, 3, dict(dilation=(1, 2, 1), padding=((0, 1), (2, 2), (1, 1)))),
 }
+BATCH = {"many_samples_2d": 5, "many_samples_3d": 4}  # others: 2
 FORMS = {  # form: (piece, configs it applies to)
     "depthwise_weight_grad": ("weight_grad", ["depthwise_2d", "depthwise_multiplier_strided",
                                               "depthwise_1d_dilated", "depthwise_3d"]),
     "im2col_conv": ("conv", ["im2col_thin", "im2col_groups", "im2col_1d", "im2col_3d", "wide_2d"]),
     "im2col_weight_grad": ("weight_grad", ["im2col_thin", "im2col_groups", "im2col_1d", "im2col_3d"]),
+    "sample_batched_weight_grad": ("weight_grad", ["fold_3d_strided_dilated", "im2col_thin", "wide_2d",
+                                                   "many_samples_2d", "many_samples_3d"]),
     "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
 }
@@ -49,7 +54,8 @@ FORM_CASES = [(form, name, cl) for form, (_, names) in FORMS.items() for name in
 def _operands(name, channels_last, rng, dtype=jnp.float64):
     spatial, kernel, c, o, kwargs = CONFIGS[name]
     groups = kwargs.get("groups", 1)
-    x_shape = (2, *spatial, c) if channels_last else (2, c, *spatial)
+    n = BATCH.get(name, 2)
+    x_shape = (n, *spatial, c) if channels_last else (n, c, *spatial)
     w_shape = (*kernel, c // groups, o) if channels_last else (o, c // groups, *kernel)
     x, w = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
     args = normalize_conv(x, w, None, padding_mode="zeros", channels_last=channels_last,
@@ -101,19 +107,25 @@ RULES = [  # (config, channels_last, impl, platform, piece, expected function na
     ("fold_3d", False, "lax", "cpu", "weight_grad", "_manual_weight_grad"),
     ("fold_3d", False, "lax", None, "conv", "_lax_conv"),
     ("im2col_thin", False, "manual", None, "conv", "im2col_conv"),
-    ("im2col_thin", True, "manual", "cpu", "weight_grad", "im2col_weight_grad"),
+    ("im2col_thin", True, "manual", None, "weight_grad", "im2col_weight_grad"),
+    ("im2col_thin", True, "manual", "cpu", "weight_grad", "_manual_weight_grad"),
+    ("im2col_1d", False, "lax", "cpu", "weight_grad", "_lax_weight_grad"),
+    ("many_samples_2d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
+    ("many_samples_3d", True, "manual", "cpu", "weight_grad", "sample_batched_weight_grad"),
+    ("many_samples_2d", True, "lax", None, "weight_grad", "_lax_weight_grad"),
+    ("many_samples_2d", False, "manual", None, "weight_grad", "im2col_weight_grad"),
     ("im2col_thin", False, "manual", "cpu", "input_grad", "_manual_input_grad"),
     ("im2col_thin", False, "lax", "cpu", "conv", "_lax_conv"),
     ("wide_2d", True, "lax", "cpu", "weight_grad", "_manual_weight_grad"),
-    ("wide_2d", False, "lax", "cpu", "weight_grad", "_lax_weight_grad"),
+    ("wide_2d", False, "lax", "cpu", "weight_grad", "_manual_weight_grad"),
     ("wide_2d", True, "manual", "cpu", "conv", "_manual_conv"),
 ]
 
 
 @pytest.mark.parametrize("name,channels_last,impl,platform,piece,expected", RULES)
 def test_choose_follows_the_rules(name, channels_last, impl, platform, piece, expected, rng):
-    x, _, _, spec = _operands(name, channels_last, rng)
-    assert conv_forms.choose(piece, impl, spec, x.shape, platform).__name__ == expected
+    x, w, _, spec = _operands(name, channels_last, rng)
+    assert conv_forms.choose(piece, impl, spec, x.shape, w.shape, platform).__name__ == expected
 
 
 def _convolutions(fn, *args) -> list[str]:
