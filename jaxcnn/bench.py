@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import jax
@@ -62,6 +63,37 @@ def time_call(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
         sync(call())
         times.append(time.perf_counter() - start)
     return [t * 1e3 for t in times], out
+
+
+def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], repeats: int,
+                     min_seconds: float = 0.0) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
+    """Milliseconds of every contender's synchronised calls, timed **in rounds**: after each
+    one's first (compiling) call and a warm-up, every round calls each contender once, the
+    order rotating by one per round, so a burst of load or a clock change hits them all alike
+    and the ratios stay fair. ``repeats`` rounds, or more (up to 50) until ``min_seconds`` of
+    rounds are spent. Returns the times, each contender's first output, and the failures (a
+    contender that raises is reported and left out, the others go on)."""
+    outs, failures, warm = {}, {}, 0.0
+    for name, (call, sync) in calls.items():
+        try:
+            outs[name] = call()
+            sync(outs[name])
+            start = time.perf_counter()
+            sync(call())
+            warm += time.perf_counter() - start
+        except Exception as err:  # a broken contender is reported, the run goes on
+            failures[name] = f"{type(err).__name__}: {err}"[:300]
+    names = [n for n in calls if n not in failures]
+    count = max(repeats, min(50, math.ceil(min_seconds / max(warm, 1e-6))))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(count):
+        for i in range(len(names)):
+            name = names[(i + round_) % len(names)]
+            call, sync = calls[name]
+            start = time.perf_counter()
+            sync(call())
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times, outs, failures
 
 
 def matmul_peak(n: int, repeats: int) -> dict[str, float]:
@@ -127,34 +159,35 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
     for impl in ("jaxcnn",) if pooling else ("lax", "manual"):
         if impl in impls:
             contenders[impl] = jaxcnn_fn(case, channels_last, impl, acc)
-    ms: dict[str, float] = {}
-    ms_min: dict[str, float] = {}
-    errs: dict[str, float | None] = {}
-    failures: dict[str, str] = {}
-    ref = None
+    calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {}
     for impl, f in contenders.items():
-        try:
-            run = _jax_runner(f, mode, len(operands))
-            times, out = time_call(lambda: run(*jax_args), jax.block_until_ready, repeats, min_seconds)
-            ms[impl], ms_min[impl] = statistics.median(times), min(times)
-            outs = _jax_outputs(out, mode)
-            ref = outs if ref is None else ref
-            errs[impl] = rel_err(outs, ref)
-        except Exception as err:  # a broken contender is reported, the run goes on
-            failures[impl] = f"{type(err).__name__}: {err}"[:300]
+        run = _jax_runner(f, mode, len(operands))
+        calls[impl] = (partial(run, *jax_args), jax.block_until_ready)
+    failures: dict[str, str] = {}
     if torch_side is not None and "torch" in impls:
         tdtype = "bfloat16" if dtype.startswith("bfloat16") else dtype
         try:
             t_ops = [torch_side.tensor(a, kind, tdtype, channels_last, grad=mode != "fwd")
                      for kind, a in operands]
             t_ct = torch_side.tensor(ct, "act", tdtype, channels_last)
-            times, out = time_call(torch_side.runner(case, mode, t_ops, t_ct), torch_side.sync,
-                                   repeats, min_seconds)
-            ms["torch"], ms_min["torch"] = statistics.median(times), min(times)
-            if ref is not None:
-                errs["torch"] = rel_err(torch_side.to_numpy(out, channels_last), ref)
+            calls["torch"] = (torch_side.runner(case, mode, t_ops, t_ct), torch_side.sync)
         except Exception as err:
             failures["torch"] = f"{type(err).__name__}: {err}"[:300]
+    times, outs, call_failures = time_interleaved(calls, repeats, min_seconds)
+    failures.update(call_failures)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms_min = {k: min(v) for k, v in times.items()}
+    errs: dict[str, float | None] = {}
+    ref = _jax_outputs(outs["jax"], mode) if "jax" in outs else None
+    for name, out in outs.items():
+        if ref is None:
+            break
+        try:
+            got = (torch_side.to_numpy(out, channels_last) if name == "torch"
+                   else _jax_outputs(out, mode))
+            errs[name] = rel_err(got, ref)
+        except Exception as err:
+            failures[name] = f"{type(err).__name__}: {err}"[:300]
     flops = case_flops(case, mode)
     base = ms.get("jax")
     return {
@@ -298,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for layout in layouts:
                 for mode in modes:
                     row = bench_row(sized, dtype, layout == "channels_last", mode, impls, repeats,
-                                    torch_side, peak["gflops"], 0.0 if scale == "quick" else 0.2)
+                                    torch_side, peak["gflops"], 0.0 if scale == "quick" else 1.0)
                     rows.append(row)
                     print(markdown_table([row]).splitlines()[-1], flush=True)
     report = {"command": "jaxcnn bench " + " ".join(argv if argv is not None else sys.argv[1:]),

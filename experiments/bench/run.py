@@ -27,7 +27,7 @@ def tables(report: dict) -> str:
              f"Device: {dev.get('cpu', dev['device_kind'])}, {dev.get('cpu_cores', '?')} cores "
              f"({dev['platform']}); jax {dev['jax']}, torch {dev.get('torch')} "
              f"({dev.get('torch_threads')} threads). Scale: {report['scale']}; repeats: "
-             f"{report['repeats']} (more, up to 50, for calls under 40 ms); load average "
+             f"{report['repeats']} rounds (more, up to 50, while a round of all contenders takes under 200 ms; contenders interleaved within each round); load average "
              f"(1, 5, 15 min) at start {report.get('load_average', {}).get('start')}, at end "
              f"{report.get('load_average', {}).get('end')}.",
              f"Matmul peak: float32 {peak['n']}² in {peak['ms']:.3g} ms = **{peak['gflops']:.1f} GFLOP/s**.", ""]
