@@ -131,12 +131,46 @@ def _place(part: jax.Array, spec: PoolSpec, offset) -> jax.Array:
 
 def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
     """``dx = crop(Σ_k place_k(select(k, g)))``: every output's share sent back to the taps
-    that read it, the padding cropped off."""
+    that read it, the padding cropped off. With a stride, by phases (see ``_spread_phases``)."""
+    if any(s > 1 for s in spec.stride):
+        return _spread_phases(g, spec, select)
     dx_pad = None
     for flat, offset in enumerate(_offsets(spec.window)):
         part = _place(select(flat, g), spec, offset)
         dx_pad = part if dx_pad is None else dx_pad + part
     return _pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding], 0)
+
+
+def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
+    """``_spread`` without the stride's holes. Tap ``k`` sends ``part[i]`` to
+    ``p = k·d + i·s``; with ``k·d = q·s + r`` (``0 ≤ r < s``) that is row ``q + i`` of phase
+    ``r`` of ``x_pad`` (``x_pad[j·s + r]``), so each phase is a sum of parts shifted by ``q``
+    (dense pads, no zeros between samples), and ``x_pad`` is the phases interleaved:
+    ``(J, s) → J·s`` per axis. Every tap then writes ``|dy|`` elements, not ``∏s·|dy|``."""
+    rows = [-(-(length + lo + hi) // s)
+            for length, (lo, hi), s in zip(spec.in_sizes, spec.padding, spec.stride)]
+    phases: dict[tuple[int, ...], jax.Array] = {}
+    for flat, offset in enumerate(_offsets(spec.window)):
+        base = [k * d for k, d in zip(offset, spec.dilation)]
+        residue = tuple(b % s for b, s in zip(base, spec.stride))
+        pads = [(b // s, j - b // s - o)
+                for b, s, j, o in zip(base, spec.stride, rows, spec.out_sizes())]
+        part = _pad(select(flat, g), spec, pads, 0)
+        phases[residue] = part + phases[residue] if residue in phases else part
+    shape = _out_shape(g.shape, spec, tuple(rows))
+    stacked = jnp.stack([phases.get(r, jnp.zeros(shape, g.dtype))
+                         for r in itertools.product(*(range(s) for s in spec.stride))])
+    stacked = stacked.reshape(*spec.stride, *shape)
+    n = len(spec.stride)
+    spatial = spec.spatial_axes()
+    order = [ax for a in range(g.ndim)
+             for ax in ((n + a, spatial.index(a)) if a in spatial else (n + a,))]
+    dx_pad = stacked.transpose(order).reshape(
+        _out_shape(g.shape, spec, tuple(j * s for j, s in zip(rows, spec.stride))))
+    index = [slice(None)] * g.ndim
+    for axis, length, (lo, _) in zip(spatial, spec.in_sizes, spec.padding):
+        index[axis] = slice(lo, lo + length)
+    return dx_pad[tuple(index)]
 
 
 # ----------------------------------------------------------------------------- max pooling
