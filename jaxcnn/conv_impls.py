@@ -123,18 +123,29 @@ def _lax_weight_grad(x, dy, spec: ConvSpec, w_shape):
 # ----------------------------------------------------------------------------- impl="manual"
 # Channel contractions of one kernel tap, per layout: x slice (N, C, *O) or (N, *O, C) with
 # C split into (groups, C/g); the tap w[k] is (O, C/g) or (C/g, O) with O split likewise.
+# With one group there is no group axis: a batch axis of size 1 in the middle of an operand
+# makes XLA transpose both operands of every tap (1.5-2x slower on CPU).
 _EINSUM = {  # (forward, input_grad, weight_grad)
     False: ("ngc...,goc->ngo...", "ngo...,goc->ngc...", "ngc...,ngo...->goc"),
     True: ("n...gc,cgo->n...go", "n...go,cgo->n...gc", "n...gc,n...go->cgo"),
 }
 
 
+def _subscripts(spec: ConvSpec, piece: int) -> str:
+    subscripts = _EINSUM[spec.channels_last][piece]
+    return subscripts if spec.groups > 1 else subscripts.replace("g", "")
+
+
 def _split_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
+    if groups == 1:
+        return a
     axis = axis % a.ndim
     return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
 
 
-def _merge_channels(a: jax.Array, axis: int) -> jax.Array:
+def _merge_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
+    if groups == 1:
+        return a
     axis = axis % a.ndim
     return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
 
@@ -175,9 +186,12 @@ def _zero_pad(a: jax.Array, spec: ConvSpec, pads, interior=None) -> jax.Array:
 def _contract(subscripts: str, a, b, spec: ConvSpec):
     # Half-precision taps are summed in float32 and rounded once by the caller, as
     # lax.conv_general_dilated accumulates; summing them in bfloat16 lost ~1e-2 over 25 taps.
+    # The operands go up to float32 first: a product of two bfloat16 (or float16) values is
+    # exact in float32, so this is the same sum, and XLA's CPU dot has no bf16 × bf16 → f32.
     total = spec.preferred_element_type
-    if total is None and jnp.finfo(a.dtype).bits < 32:
-        total = jnp.float32
+    if jnp.finfo(a.dtype).bits < 32:
+        total = total or jnp.float32
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
 
 
@@ -189,9 +203,9 @@ def _manual_conv(x, w, spec: ConvSpec):
     y = None
     for offset in _taps(k_sizes):
         xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        term = _contract(_EINSUM[spec.channels_last][0], xs, _tap(w, spec, offset), spec)
+        term = _contract(_subscripts(spec, 0), xs, _tap(w, spec, offset), spec)
         y = term if y is None else y + term
-    return _merge_channels(y, act_axis - spec.channels_last).astype(_acc_dtype(spec, x.dtype))
+    return _merge_channels(y, act_axis - spec.channels_last, spec.groups).astype(_acc_dtype(spec, x.dtype))
 
 
 def _manual_input_grad(dy, w, spec: ConvSpec, in_shape):
@@ -202,8 +216,8 @@ def _manual_input_grad(dy, w, spec: ConvSpec, in_shape):
     dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
     dx_pad = None
     for offset in _taps(kernel_sizes(w.shape, spec)):
-        part = _contract(_EINSUM[spec.channels_last][1], dy_g, _tap(w, spec, offset), spec)
-        part = _merge_channels(part, act_axis - spec.channels_last)
+        part = _contract(_subscripts(spec, 1), dy_g, _tap(w, spec, offset), spec)
+        part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
         # Tap k's contribution lands on x_pad[k·d + i·s]: pad k·d before, s − 1 between.
         pads = [(k * d, size - k * d - dilated_size(o, s))
                 for k, d, size, o, s in zip(offset, spec.dilation, padded, out, spec.stride)]
@@ -220,8 +234,8 @@ def _manual_weight_grad(x, dy, spec: ConvSpec, w_shape):
     taps = []
     for offset in _taps(kernel_sizes(w_shape, spec)):
         xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        tap = _contract(_EINSUM[spec.channels_last][2], xs, dy_g, spec)
-        taps.append(_merge_channels(tap, tap_axis))
+        tap = _contract(_subscripts(spec, 2), xs, dy_g, spec)
+        taps.append(_merge_channels(tap, tap_axis, spec.groups))
     # Taps in row-major order of K, stacked where K sits in w: (O, Cg, *K) or (*K, Cg, O).
     return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
 
