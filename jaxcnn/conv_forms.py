@@ -224,7 +224,9 @@ def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
     depthwise = spec.groups > 1 and c_per_group == 1
     if impl == "manual":
         if piece == "weight_grad" and platform == "cpu" and spec.n >= 2 and spec.groups == 1:
-            return _cpu_weight_grad(spec, in_shape, w_shape)
+            form = _cpu_weight_grad(spec, in_shape, w_shape)
+            if form is not IMPLS["lax"][2]:     # manual never falls back to a conv primitive
+                return form
         if 1 < c_per_group <= 4 and piece != "input_grad":
             return (im2col_conv, None, im2col_weight_grad)[index]
         if depthwise and piece == "weight_grad":
@@ -250,4 +252,6 @@ def _cpu_weight_grad(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
     o_ax, i_ax = spec.kernel_io_axes()
     if in_shape[0] >= 4 and w_shape[o_ax] * w_shape[i_ax] <= _SMALL_TAP:
         return sample_batched_weight_grad
+    if spec.n == 2 and w_shape[i_ax] <= 4:   # the stem: few samples and channels, XLA's is as fast
+        return IMPLS["lax"][2]
     return _manual_weight_grad

@@ -225,8 +225,37 @@ max_pool_core.defvjp(_max_pool_core_fwd, _max_pool_core_bwd)
 # ----------------------------------------------------------------------------- avg pooling
 
 
+def _tiles(spec: PoolSpec) -> bool:
+    """Whether the windows tile the input exactly: stride = window, no padding, no dilation,
+    every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
+    return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
+            and all(d == 1 for d in spec.dilation)
+            and all(length == o * k for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
+
+
+def _tiled_shape(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
+    """``shape`` with each spatial size ``L`` split into ``(L / K, K)``: one axis per tile
+    position and one per offset in the tile."""
+    out = []
+    for axis, size in enumerate(shape):
+        if axis in spec.spatial_axes():
+            k = spec.window[spec.spatial_axes().index(axis)]
+            out += [size // k, k]
+        else:
+            out.append(size)
+    return tuple(out)
+
+
+def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
+    """The in-tile offset axes of ``_tiled_shape``."""
+    return tuple(axis + i + 1 for i, axis in enumerate(spec.spatial_axes()))
+
+
 def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``."""
+    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
+    tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
+    if _tiles(spec):
+        return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
     x_pad = _pad(x, spec, spec.padding, 0)
     total = None
     for offset in _offsets(spec.window):
@@ -256,6 +285,10 @@ avg_pool_core.defvjp(_avg_pool_core_fwd, _avg_pool_core_bwd)
 def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input; linear,
     its own VJP (JAX's transpose of ``lax.pad``: strided slices) is ``avg_pool`` again."""
+    if _tiles(spec):    # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
+        g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
+        tiled = _tiled_shape(_out_shape(dy.shape, spec, spec.in_sizes), spec)
+        return jnp.broadcast_to(g, tiled).reshape(_out_shape(dy.shape, spec, spec.in_sizes))
     g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
     return _spread(g, spec, lambda flat, share: share)
 

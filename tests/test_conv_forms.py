@@ -108,7 +108,9 @@ RULES = [  # (config, channels_last, impl, platform, piece, expected function na
     ("fold_3d", False, "lax", None, "conv", "_lax_conv"),
     ("im2col_thin", False, "manual", None, "conv", "im2col_conv"),
     ("im2col_thin", True, "manual", None, "weight_grad", "im2col_weight_grad"),
-    ("im2col_thin", True, "manual", "cpu", "weight_grad", "_manual_weight_grad"),
+    ("im2col_thin", True, "manual", "cpu", "weight_grad", "im2col_weight_grad"),
+    ("fold_3d", True, "manual", "cpu", "weight_grad", "_manual_weight_grad"),
+    ("wide_2d", True, "manual", "cpu", "weight_grad", "_manual_weight_grad"),
     ("im2col_1d", False, "lax", "cpu", "weight_grad", "_lax_weight_grad"),
     ("many_samples_2d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
     ("many_samples_3d", True, "manual", "cpu", "weight_grad", "sample_batched_weight_grad"),
@@ -143,3 +145,14 @@ def test_cpu_lowering_is_used(rng):
     assert convs and all(line.split("size=")[1].split()[0].count("x") == 1 for line in convs), convs
     x, w = random_array(rng, (2, 4, 6, 6)), random_array(rng, (4, 1, 3, 3))
     assert _convolutions(jax.grad(partial(loss, groups=4), (0, 1)), x, w) == []
+
+
+@pytest.mark.parametrize("platform", [None, "cpu"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
+    """Whatever the shapes, impl="manual" picks only forms without conv_general_dilated."""
+    uses_lax = {*conv_forms.IMPLS["lax"], conv_forms.fold_depth_conv, conv_forms.fold_depth_input_grad}
+    for channels_last in (False, True):
+        x, w, _, spec = _operands(name, channels_last, rng)
+        for piece in conv_forms.PIECES:
+            assert conv_forms.choose(piece, "manual", spec, x.shape, w.shape, platform) not in uses_lax
