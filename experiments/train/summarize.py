@@ -54,11 +54,12 @@ def main() -> None:
              "`jaxcnn train` on CPU (jax " + (runs[0]["jax"] if runs else "?") + "), float32, one "
              "jit-compiled train step. Each `results/<run>/` holds the report, the training curves, "
              "the first conv layer's kernels and feature maps of one test example.", "",
-             "**Timing caveat.** The machine has 2 CPU cores (AMD EPYC) shared with other engineers "
-             "running test suites during these runs (load average 5 to 12), so wall times and "
-             "examples/s are inflated, by about 2x for the MNIST-1D runs. *CPU s* is the process's "
-             "CPU time (all threads): on an idle 2-core machine the wall time lies between CPU s / 2 "
-             "(both cores busy) and CPU s (one core). Re-time on an idle machine before quoting speeds.",
+             "**Timing.** The machine has 2 CPU cores (AMD EPYC). The MNIST-1D lax seeds 1 and 2 "
+             "and the Fashion-MNIST no-augmentation run were re-run on an otherwise idle machine "
+             "(seed 0 shared it with a test run part of the time); the other runs shared it with "
+             "other engineers' test suites (load average 5 to 12), which inflates their wall times "
+             "and examples/s by up to 2x. *CPU s* is the process's CPU time (all threads): on an "
+             "idle 2-core machine the wall time lies between CPU s / 2 and CPU s.",
              ""]
     summary = {"runs": runs}
     for title, models in (("MNIST-1D (target: mean of 3 seeds >= 99.0 %, each <= 5 min on 2 cores)",
