@@ -54,12 +54,15 @@ def main() -> None:
              "`jaxcnn train` on CPU (jax " + (runs[0]["jax"] if runs else "?") + "), float32, one "
              "jit-compiled train step. Each `results/<run>/` holds the report, the training curves, "
              "the first conv layer's kernels and feature maps of one test example.", "",
-             "**Timing.** The machine has 2 CPU cores (AMD EPYC). The MNIST-1D lax seeds 1 and 2 "
-             "and the Fashion-MNIST no-augmentation run were re-run on an otherwise idle machine "
-             "(seed 0 shared it with a test run part of the time); the other runs shared it with "
-             "other engineers' test suites (load average 5 to 12), which inflates their wall times "
-             "and examples/s by up to 2x. *CPU s* is the process's CPU time (all threads): on an "
-             "idle 2-core machine the wall time lies between CPU s / 2 and CPU s.",
+             "**Timing.** The machine has 2 CPU cores (AMD EPYC, virtualised; its speed varies: "
+             "a float32 matmul measured 76 to 150 GFLOP/s within one hour). The three MNIST-1D lax "
+             "seeds ran on an otherwise idle machine (seed 0 shared it with a test run part of the "
+             "time); the other runs shared it with other engineers' test suites (load average 5 to "
+             "12), which inflates their wall times and examples/s by up to 2x. *CPU s* is the "
+             "process's CPU time (all threads): on an idle 2-core machine the wall time lies "
+             "between CPU s / 2 and CPU s. A fashion-cnn train step (batch 128) measured 267-273 ms "
+             "on the idle machine later (8 epochs: ~17 min at that speed), so its 873 s below does "
+             "not hold with margin.",
              ""]
     summary = {"runs": runs}
     for title, models in (("MNIST-1D (target: mean of 3 seeds >= 99.0 %, each <= 5 min on 2 cores)",
