@@ -46,25 +46,6 @@ SCALES = ("auto", "full", "cpu", "quick")
 
 # ----------------------------------------------------------------------------- timing
 
-def time_call(call: Callable[[], Any], sync: Callable[[Any], Any], repeats: int,
-              min_seconds: float = 0.0) -> tuple[list[float], Any]:
-    """Milliseconds of synchronised calls after a first (compiling) call and a timed warm-up:
-    ``repeats`` of them, or more (up to 50) until ``min_seconds`` are spent, which steadies the
-    fast cases on a shared machine. Also returns the first call's output."""
-    out = call()
-    sync(out)
-    start = time.perf_counter()
-    sync(call())
-    warm = time.perf_counter() - start
-    count = max(repeats, min(50, math.ceil(min_seconds / max(warm, 1e-6))))
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        sync(call())
-        times.append(time.perf_counter() - start)
-    return [t * 1e3 for t in times], out
-
-
 def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], repeats: int,
                      min_seconds: float = 0.0) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
     """Milliseconds of every contender's synchronised calls, timed **in rounds**: after each
@@ -101,7 +82,10 @@ def matmul_peak(n: int, repeats: int) -> dict[str, float]:
     peak, so the fastest call counts (a shared machine only ever slows calls down)."""
     a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32))
     f = jax.jit(jnp.matmul)
-    times, _ = time_call(lambda: f(a, a), jax.block_until_ready, repeats)
+    times, _, failures = time_interleaved({"matmul": (lambda: f(a, a), jax.block_until_ready)}, repeats)
+    if failures:
+        raise RuntimeError(f"matmul peak: {failures['matmul']}")
+    times = times["matmul"]
     return {"n": n, "ms": min(times), "gflops": 2 * n ** 3 / min(times) / 1e6}
 
 

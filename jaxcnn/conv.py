@@ -46,9 +46,7 @@ from jaxcnn import padding as _padding
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
 from jaxcnn.conv_forms import choose
-from jaxcnn.conv_impls import (_acc_dtype, _flip_swap_io, _taps, _window, _zero_pad,  # noqa: F401
-                               input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
-                               weight_grad_padding)
+from jaxcnn.conv_impls import _acc_dtype, kernel_sizes, output_sizes, spatial_sizes
 
 
 # ----------------------------------------------------------------------------- the VJP family

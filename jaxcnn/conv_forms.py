@@ -40,8 +40,8 @@ import numpy as np
 
 from jaxcnn._args import ConvSpec
 from jaxcnn.conv_impls import (IMPLS, _contract, _lax_conv, _lax_input_grad, _manual_conv,
-                               _manual_input_grad, _manual_weight_grad, _taps, _window, _zero_pad,
-                               kernel_sizes, output_sizes, spatial_sizes)
+                               _manual_input_grad, _manual_weight_grad, _stack_taps, _sum_dtype, _taps,
+                               _window, _zero_pad, kernel_sizes, output_sizes, spatial_sizes)
 
 
 PIECES = ("conv", "input_grad", "weight_grad")
@@ -49,13 +49,6 @@ PIECES = ("conv", "input_grad", "weight_grad")
 
 def _channels_per_group(shape: tuple[int, ...], spec: ConvSpec) -> int:
     return shape[spec.channel_axis()] // spec.groups
-
-
-def _sum_dtype(spec: ConvSpec, dtype):
-    """Half precision summed in float32 (as lax accumulates), else the operands' dtype."""
-    if spec.preferred_element_type is not None:
-        return spec.preferred_element_type
-    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -95,8 +88,7 @@ def sample_batched_weight_grad(x, dy, spec: ConvSpec, w_shape):
     subscripts = "n...c,n...o->nco" if spec.channels_last else "nc...,no...->noc"
     taps = [_contract(subscripts, x_pad[_window(spec, k, out, x.ndim)], dy, spec).sum(0)
             for k in _taps(kernel_sizes(w_shape, spec))]
-    # Taps in row-major order of K, stacked where K sits in w: (*K, C, O) or (O, C, *K).
-    return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
+    return _stack_taps(taps, spec, w_shape)
 
 
 # ----------------------------------------------------------------------------- im2col

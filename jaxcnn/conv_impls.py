@@ -183,14 +183,20 @@ def _zero_pad(a: jax.Array, spec: ConvSpec, pads, interior=None) -> jax.Array:
     return jax.lax.pad(a, jnp.zeros((), a.dtype), config)
 
 
+def _sum_dtype(spec: ConvSpec, dtype) -> Any:
+    """The dtype taps are summed in: ``preferred_element_type`` if set, float32 for half
+    precision (rounded once by the caller, as lax.conv_general_dilated accumulates; summing in
+    bfloat16 lost ~1e-2 over 25 taps), else the operands' own."""
+    if spec.preferred_element_type is not None:
+        return spec.preferred_element_type
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
 def _contract(subscripts: str, a, b, spec: ConvSpec):
-    # Half-precision taps are summed in float32 and rounded once by the caller, as
-    # lax.conv_general_dilated accumulates; summing them in bfloat16 lost ~1e-2 over 25 taps.
-    # The operands go up to float32 first: a product of two bfloat16 (or float16) values is
-    # exact in float32, so this is the same sum, and XLA's CPU dot has no bf16 × bf16 → f32.
-    total = spec.preferred_element_type
+    total = _sum_dtype(spec, a.dtype)
     if jnp.finfo(a.dtype).bits < 32:
-        total = total or jnp.float32
+        # A product of two bfloat16 (or float16) values is exact in float32: the same sum,
+        # and XLA's CPU dot has no bf16 × bf16 → f32.
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
 
@@ -236,7 +242,12 @@ def _manual_weight_grad(x, dy, spec: ConvSpec, w_shape):
         xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
         tap = _contract(_subscripts(spec, 2), xs, dy_g, spec)
         taps.append(_merge_channels(tap, tap_axis, spec.groups))
-    # Taps in row-major order of K, stacked where K sits in w: (O, Cg, *K) or (*K, Cg, O).
+    return _stack_taps(taps, spec, w_shape)
+
+
+def _stack_taps(taps: list[jax.Array], spec: ConvSpec, w_shape) -> jax.Array:
+    """Per-tap ``(O, C/g)`` or ``(C/g, O)`` blocks in row-major order of K, stacked where K
+    sits in ``w``: ``(O, C/g, *K)`` or ``(*K, C/g, O)``."""
     return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
 
 

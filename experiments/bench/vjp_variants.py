@@ -31,9 +31,10 @@ import numpy as np
 
 import jaxcnn
 from jaxcnn._args import ConvSpec, normalize_conv
+from jaxcnn.conv import conv_core, input_grad_core, weight_grad_core
 from jaxcnn.conv_forms import _patches
-from jaxcnn.conv import (_flip_swap_io, _taps, _window, _zero_pad, conv_core, input_grad_core,
-                         input_grad_padding, kernel_sizes, spatial_sizes, weight_grad_core)
+from jaxcnn.conv_impls import (_flip_swap_io, _taps, _window, _zero_pad, input_grad_padding,
+                               kernel_sizes, spatial_sizes)
 
 
 def conv_spec(x_shape, w_shape, dtype=jnp.float32, **kwargs: Any) -> ConvSpec:
