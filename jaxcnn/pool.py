@@ -230,7 +230,8 @@ def _tiles(spec: PoolSpec) -> bool:
     every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
     return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
             and all(d == 1 for d in spec.dilation)
-            and all(length == o * k for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
+            and all(length == o * k
+                    for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
 
 
 def _tiled_shape(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
@@ -287,8 +288,8 @@ def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -
     its own VJP (JAX's transpose of ``lax.pad``: strided slices) is ``avg_pool`` again."""
     if _tiles(spec):    # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
         g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
-        tiled = _tiled_shape(_out_shape(dy.shape, spec, spec.in_sizes), spec)
-        return jnp.broadcast_to(g, tiled).reshape(_out_shape(dy.shape, spec, spec.in_sizes))
+        in_shape = _out_shape(dy.shape, spec, spec.in_sizes)
+        return jnp.broadcast_to(g, _tiled_shape(in_shape, spec)).reshape(in_shape)
     g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
     return _spread(g, spec, lambda flat, share: share)
 
