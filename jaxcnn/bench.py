@@ -46,6 +46,11 @@ SCALES = ("auto", "full", "cpu", "quick")
 
 # ----------------------------------------------------------------------------- timing
 
+def _failure(err: Exception) -> str:
+    """A contender's exception as the one line the report keeps."""
+    return f"{type(err).__name__}: {err}"[:300]
+
+
 def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], repeats: int,
                      min_seconds: float = 0.0) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
     """Milliseconds of every contender's synchronised calls, timed **in rounds**: after each
@@ -63,7 +68,7 @@ def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], A
             sync(call())
             warm += time.perf_counter() - start
         except Exception as err:  # a broken contender is reported, the run goes on
-            failures[name] = f"{type(err).__name__}: {err}"[:300]
+            failures[name] = _failure(err)
     names = [n for n in calls if n not in failures]
     count = max(repeats, min(50, math.ceil(min_seconds / max(warm, 1e-6))))
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -156,22 +161,20 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
             t_ct = torch_side.tensor(ct, "act", tdtype, channels_last)
             calls["torch"] = (torch_side.runner(case, mode, t_ops, t_ct), torch_side.sync)
         except Exception as err:
-            failures["torch"] = f"{type(err).__name__}: {err}"[:300]
+            failures["torch"] = _failure(err)
     times, outs, call_failures = time_interleaved(calls, repeats, min_seconds)
     failures.update(call_failures)
     ms = {k: statistics.median(v) for k, v in times.items()}
     ms_min = {k: min(v) for k, v in times.items()}
     errs: dict[str, float | None] = {}
     ref = _jax_outputs(outs["jax"], mode) if "jax" in outs else None
-    for name, out in outs.items():
-        if ref is None:
-            break
+    for name, out in outs.items() if ref is not None else ():
         try:
             got = (torch_side.to_numpy(out, channels_last) if name == "torch"
                    else _jax_outputs(out, mode))
             errs[name] = rel_err(got, ref)
         except Exception as err:
-            failures[name] = f"{type(err).__name__}: {err}"[:300]
+            failures[name] = _failure(err)
     flops = case_flops(case, mode)
     base = ms.get("jax")
     return {
