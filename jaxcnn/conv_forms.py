@@ -199,7 +199,10 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
                            [(0, 0, 0), (k * d, padded - k * d - (out_depth - 1) * s - 1, s - 1)]
                            + [(0, 0, 0)] * (g.ndim - 3))
         dx_pad = part if dx_pad is None else dx_pad + part
-    return _first(dx_pad[:, lo: lo + in_last[1]], spec)
+    # Crop the padding back off; a negative side (conv_transpose's output_padding) means
+    # samples the conv never read, whose gradient is zero.
+    return _first(jax.lax.pad(dx_pad, jnp.zeros((), dx_pad.dtype),
+                              [(0, 0, 0), (-lo, -hi, 0)] + [(0, 0, 0)] * (dx_pad.ndim - 2)), spec)
 
 
 # ----------------------------------------------------------------------------- the choice

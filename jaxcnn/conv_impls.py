@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn._args import ConvSpec, Pads, dilated_size
+from jaxcnn.xla_guard import operand_swap_aborts
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -93,9 +94,13 @@ def _lax_conv(x, w, spec: ConvSpec):
 
 
 def _lax_input_grad(dy, w, spec: ConvSpec, in_shape):
-    in_sizes = spatial_sizes(in_shape, spec)
-    pads = input_grad_padding(in_sizes, kernel_sizes(w.shape, spec),
-                              spatial_sizes(dy.shape, spec), spec)
+    in_sizes, k_sizes = spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec)
+    pads = input_grad_padding(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec)
+    if operand_swap_aborts(spatial_sizes(dy.shape, spec), k_sizes, (1,) * spec.n, pads,
+                           spec.stride, spec.dilation, spec.groups):
+        # XLA would rewrite this lhs-dilated convolution into an invalid one and abort the
+        # process (jaxcnn.xla_guard); the manual form is the same map with no convolution.
+        return _manual_input_grad(dy, w, spec, in_shape)
     return jax.lax.conv_general_dilated(
         dy.astype(w.dtype), _flip_swap_io(w, spec), (1,) * spec.n, pads,
         lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
