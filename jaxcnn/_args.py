@@ -536,6 +536,23 @@ def pool_output_size(length: int, window: int, stride: int, dilation: int, pad: 
     return out
 
 
+def check_window_holds_input(length: int, window: int, stride: int, dilation: int, pad: int,
+                             out: int, axis: int) -> None:
+    """Every max-pooling window must read at least one input sample: output ``i`` reads
+    ``i·s − p + j·d`` for ``j < K``. With dilation, taps can step over a short input and land
+    in the padding on both sides; such a window's maximum is −∞ and its gradient has nowhere
+    to go (PyTorch returns −∞ there and its backward writes outside the input's memory)."""
+    if dilation == 1:
+        return      # p ≤ half the window and ceil_mode's rule keep a sample in every window
+    for i in range(out):
+        taps = [i * stride - pad + j * dilation for j in range(window)]
+        if not any(0 <= t < length for t in taps):
+            raise ValueError(
+                f"dilation: the window of output {i} on spatial axis {axis} reads positions {taps}, "
+                f"all in the padding of an input of size {length} (window {window}, dilation "
+                f"{dilation}, padding {pad}); expected every window to hold an input sample")
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool; got {value!r}")
@@ -591,6 +608,8 @@ def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: 
             raise ValueError(f"window: output size {out} on spatial axis {axis} is too small: window "
                              f"extent {extent} (size {k}, dilation {d}) does not fit the input size "
                              f"{length} + padding {p} + {p}; expected an output size >= 1")
+        if op == "max_pool":
+            check_window_holds_input(length, k, s, d, p, out, axis)
         pairs.append((p, max(p, (out - 1) * s + extent - length - p)))
     return x, PoolSpec(window, stride, dilation, tuple(pairs), in_sizes, channels_last)
 

@@ -1,4 +1,4 @@
-"""``jaxcnn`` command line: ``jaxcnn {gradcheck,train,bench,summary} [args]``.
+"""``jaxcnn`` command line: ``jaxcnn {gradcheck,train,bench,fuzz,summary} [args]``.
 
 Each subcommand lives with its module (``jaxcnn.<module>.main(argv) -> int``) and is imported
 only when asked for, so ``jaxcnn gradcheck`` never loads the training stack.
@@ -12,6 +12,7 @@ COMMANDS = {
     "gradcheck": ("jaxcnn.gradcheck", "verify every hand-written VJP against autodiff and finite differences"),
     "train": ("jaxcnn.train", "train a named model on MNIST-1D, Fashion-MNIST or 3D clips"),
     "bench": ("jaxcnn.bench", "time forward and forward+backward against jax.grad of lax and PyTorch"),
+    "fuzz": ("jaxcnn.fuzz.command", "differential fuzzing of every op against PyTorch and the reference"),
     "summary": ("jaxcnn.models", "print a model's layers, output shapes and parameter counts"),
 }
 

@@ -1,0 +1,350 @@
+"""One fuzz configuration, run three or four ways and compared in float64.
+
+- **jaxcnn**: the op, its VJP for a random cotangent (every differentiable argument) and, on
+  a sample, the second order (the gradient of ``⟨VJP, v⟩``), all under ``jax.jit``.
+- **PyTorch** (``torch_side``): the same value and gradients from the documented semantics.
+- **jaxcnn.reference** (plain lax, JAX autodiff): the same, second order included, except
+  where ``jax.grad`` of lax itself would abort inside XLA (``jaxcnn.xla_guard``).
+- **the lowering forms** (conv and conv_transpose in zeros mode): every form that applies to
+  the shapes, and the form ``conv_forms.choose`` picks, against the one-lax-call piece.
+
+Refusals must agree: what PyTorch refuses jaxcnn refuses with a ``ValueError``/``TypeError``
+whose message starts with the argument's name, and the other way round.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxcnn.fuzz import torch_side
+from jaxcnn.fuzz.configs import CONV_OPS
+
+TOLERANCE = 1e-10    # relative, float64: sums of a few hundred products, compared across libraries
+ARGUMENT_NAMES = ("x", "w", "b", "dy", "input_shape", "weight_shape", "stride", "padding",
+                  "dilation", "groups", "padding_mode", "output_padding", "window", "ceil_mode",
+                  "count_include_pad", "channels_last", "impl")
+
+
+class Refused(Exception):
+    """The library refused the configuration (a named error, or PyTorch's)."""
+
+
+# ----------------------------------------------------------------------------- arrays and layout
+
+
+def _shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy."""
+    n, g = c["n"], c.get("groups", 1)
+    x = (c["batch"], c["channels"], *c["sizes"])
+    if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
+        return [("x", x)]
+    w = (c["out_channels"], c["channels"] // g, *c["kernel"])
+    out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
+    dy = (c["batch"], c["out_channels"], *out)
+    if c["op"] == "conv_transpose":
+        w = (c["channels"], c["out_channels"] // g, *c["kernel"])
+    shapes = {"conv_input_grad": [("dy", dy), ("w", w)],
+              "conv_weight_grad": [("x", x), ("dy", dy)]}.get(c["op"], [("x", x), ("w", w)])
+    if c.get("bias"):
+        shapes.append(("b", (c["out_channels"],)))
+    return shapes
+
+
+def _to_last(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "w":
+        return np.moveaxis(a, (0, 1), (-1, -2))
+    return a if kind == "b" else np.moveaxis(a, 1, -1)
+
+
+def _to_first(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "w":
+        return np.moveaxis(a, (-1, -2), (0, 1))
+    return a if kind == "b" or a.ndim < 3 else np.moveaxis(a, -1, 1)
+
+
+def _layout(c: dict, a: np.ndarray, kind: str, to_library: bool) -> np.ndarray:
+    if not c["channels_last"]:
+        return a
+    return _to_last(a, kind) if to_library else _to_first(a, kind)
+
+
+def _out_kind(c: dict) -> str:
+    return {"conv_weight_grad": "w", "global_avg_pool": "b"}.get(c["op"], "x")
+
+
+def _static(c: dict, shape, kind: str) -> tuple[int, ...]:
+    return tuple(_layout(c, np.empty(shape, np.uint8), kind, True).shape)
+
+
+def _options(c: dict) -> dict:
+    """jaxcnn's keyword arguments (lists made tuples)."""
+    def tup(v):
+        return tuple(tup(e) for e in v) if isinstance(v, list) else v
+    names = {"conv": ("stride", "padding", "dilation", "groups", "padding_mode", "impl"),
+             "conv_transpose": ("stride", "padding", "output_padding", "dilation", "groups",
+                                "padding_mode", "impl"),
+             "conv_input_grad": ("stride", "padding", "dilation", "groups", "impl"),
+             "max_pool": ("window", "stride", "padding", "dilation", "ceil_mode"),
+             "avg_pool": ("window", "stride", "padding", "ceil_mode", "count_include_pad"),
+             "global_avg_pool": ()}
+    names["convolve"], names["conv_weight_grad"] = names["conv"], names["conv_input_grad"]
+    options = {k: tup(c[k]) for k in names[c["op"]] if k in c}
+    options["channels_last"] = c["channels_last"]
+    if c["op"] == "conv_input_grad":
+        options["input_shape"] = _static(c, (c["batch"], c["channels"], *c["sizes"]), "x")
+    if c["op"] == "conv_weight_grad":
+        shape = (c["out_channels"], c["channels"] // c["groups"], *c["kernel"])
+        options["weight_shape"] = _static(c, shape, "w")
+    return options
+
+
+# ----------------------------------------------------------------------------- the runs
+
+
+def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
+            cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
+    """Value, VJP and (on a sample) second order of ``module.<op>``, channels first."""
+    import jax
+    import jax.numpy as jnp
+    op = getattr(module, c["op"])
+    options = _options(c)
+    args = [jnp.asarray(_layout(c, a, k, True)) for a, k in zip(arrays, kinds)]
+    if c.get("bias"):
+        f = lambda *a: op(*a[:-1], a[-1], **options)
+    else:
+        f = lambda *a: op(*a, **options)
+    try:
+        out = jax.eval_shape(f, *args)
+    except (ValueError, TypeError) as error:
+        raise Refused(str(error)) from error
+    out_kind = _out_kind(c)
+    ct = jnp.asarray(_layout(c, cotangent(_static_first(c, out.shape, out_kind)), out_kind, True))
+
+    def vjp(*a):
+        y, pull = jax.vjp(f, *a)
+        return y, pull(ct)
+
+    y, grads = jax.jit(vjp)(*args)
+    results = [_layout(c, np.asarray(y), out_kind, False)]
+    results += [_layout(c, np.asarray(g), k, False) for g, k in zip(grads, kinds)]
+    if c.get("second_order"):
+        v = [jnp.asarray(_layout(c, t, k, True)) for t, k in zip(tangents(arrays), kinds)]
+        h = lambda *a: sum(jnp.vdot(g, t) for g, t in zip(vjp(*a)[1], v))
+        second = jax.jit(jax.grad(h, argnums=tuple(range(len(args)))))(*args)
+        results += [_layout(c, np.asarray(g), k, False) for g, k in zip(second, kinds)]
+    return results
+
+
+def _static_first(c: dict, shape, kind: str) -> tuple[int, ...]:
+    return tuple(_layout(c, np.empty(shape, np.uint8), kind, False).shape)
+
+
+def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
+    import torch
+    op = torch_side.OPS[c["op"]]
+    tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    context = dict(c)
+    if c["op"] == "conv_input_grad":
+        context["input_shape"] = (c["batch"], c["channels"], *c["sizes"])
+    if c["op"] == "conv_weight_grad":
+        context["weight_shape"] = (c["out_channels"], c["channels"] // c["groups"], *c["kernel"])
+    try:
+        if c["op"] in ("conv", "convolve", "conv_transpose"):
+            y = op(torch, tensors[0], tensors[1], tensors[2] if c.get("bias") else None, context)
+        else:
+            y = op(torch, *tensors, context)
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise Refused(str(error)) from error
+    ct = torch.tensor(cotangent(tuple(y.shape)))
+    grads = torch.autograd.grad(y, tensors, ct, create_graph=bool(c.get("second_order")),
+                                allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
+    results = [y.detach().numpy()] + [g.detach().numpy() for g in grads]
+    if c.get("second_order"):
+        v = [torch.tensor(t) for t in tangents(arrays)]
+        h = sum((g * t).sum() for g, t in zip(grads, v) if g.requires_grad)
+        if isinstance(h, int):   # no gradient depends on the inputs: a zero second order
+            second = [torch.zeros_like(t) for t in tensors]
+        else:
+            second = torch.autograd.grad(h, tensors, allow_unused=True)
+            second = [torch.zeros_like(t) if s is None else s for s, t in zip(second, tensors)]
+        results += [s.detach().numpy() for s in second]
+    return results
+
+
+def _attempt(run: Callable) -> tuple[str, Any]:
+    try:
+        return "ok", run()
+    except Refused as refusal:
+        return "refused", str(refusal)[:500]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    same = (a == b) | (np.isnan(a) & np.isnan(b))     # equal infinities and NaNs agree
+    if not np.all(same | (np.isfinite(a) & np.isfinite(b))):
+        return float("inf")
+    finite = np.where(same, 0.0, np.abs(np.where(same, 0.0, a) - np.where(same, 0.0, b)))
+    scale = np.abs(b[np.isfinite(b)])
+    return float(np.max(finite)) / max(float(scale.max(initial=0.0)), np.finfo(np.float64).tiny)
+
+
+def _named(message: str) -> bool:
+    """A jaxcnn refusal names its argument first: ``"padding: expected ..."``."""
+    match = re.match(r"(\w+):", message)
+    return bool(match) and match.group(1) in ARGUMENT_NAMES
+
+
+# ----------------------------------------------------------------------------- reference abort
+
+
+def reference_aborts(c: dict) -> bool:
+    """Whether ``jax.grad`` of plain lax (the reference) would emit a convolution that XLA's
+    operand swap aborts on: the lhs-dilated input gradient of the conv underneath."""
+    if c["op"] not in CONV_OPS:
+        return False
+    from jaxcnn.conv_impls import input_grad_aborts_xla
+    n = c["n"]
+    stride, dilation = torch_side.as_list(c["stride"], n), torch_side.as_list(c["dilation"], n)
+    if c["op"] == "conv_transpose":
+        pads, extra = torch_side.transpose_pads(c)
+        in_sizes = torch_side.transpose_out_sizes(c)
+        out_sizes = list(c["sizes"])
+        pads = [(lo, hi - p) for (lo, hi), p in zip(pads, extra)]
+    else:
+        pads = torch_side.expected_pads(c["padding"], c["sizes"], c["kernel"], stride, dilation)
+        in_sizes, out_sizes = c["sizes"], torch_side.conv_out_sizes(c)
+    if min(out_sizes) < 1 or min(in_sizes) < 1:
+        return False
+    from jaxcnn._args import ConvSpec
+    spec = ConvSpec(tuple(stride), tuple(pads), tuple(dilation), c["groups"], False)
+    return input_grad_aborts_xla(in_sizes, c["kernel"], out_sizes, spec)
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def _compare(errors: dict, name: str, ours: list, theirs: list) -> None:
+    labels = ["y"] + [f"d{i}" for i in range(len(ours) - 1)]
+    for label, a, b in zip(labels, ours, theirs):
+        errors[f"{name}:{label}"] = relative_error(a, b)
+    if len(ours) != len(theirs):
+        errors[f"{name}:count"] = float("inf")
+
+
+def check(c: dict) -> dict:
+    """Run one configuration every way; ``status`` is ``ok``, ``refused`` (by all, with a named
+    error), ``documented`` (refused by one side, as ``torch_side.DIFFERENCES`` says),
+    ``mismatch``, ``one_sided`` or ``unnamed`` (a refusal that names no argument)."""
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jaxcnn
+    from jaxcnn import reference
+    kinds, shapes = zip(*_shapes(c))
+    rng = np.random.default_rng(c["seed"])
+    arrays = [rng.standard_normal(s) for s in shapes]
+    cotangent = lambda shape: np.random.default_rng(c["seed"] + 1).standard_normal(shape)
+    tangents = lambda arrays: [np.random.default_rng(c["seed"] + 2 + i).standard_normal(a.shape)
+                               for i, a in enumerate(arrays)]
+    ours = _attempt(lambda: run_jax(jaxcnn, c, arrays, kinds, cotangent, tangents))
+    known = torch_side.differences(c)
+    others = {}
+    if torch_side.applies(c) and not any(torch_side.DIFFERENCES[k]["skip"] for k in known):
+        others["torch"] = _attempt(lambda: run_torch(c, arrays, cotangent, tangents))
+    skipped = ours[0] == "ok" and reference_aborts(c)   # a refusal compiles nothing
+    if not skipped:
+        others["reference"] = _attempt(lambda: run_jax(reference, c, arrays, kinds, cotangent, tangents))
+    result: dict = {"status": "ok", "errors": {}, "reference_skipped": skipped}
+    if ours[0] == "refused":
+        result["refusal"] = ours[1]
+        if not _named(ours[1]):
+            result["status"] = "unnamed"
+    if known:
+        result["differences"] = known
+    for name, (state, value) in others.items():
+        if state != ours[0]:
+            refuser = "torch" if state == "refused" else "jaxcnn"
+            documented = name == "torch" and any(
+                torch_side.DIFFERENCES[k]["refused_by"] == refuser for k in known)
+            result["status"] = "documented" if documented else "one_sided"
+            result["detail"] = f"jaxcnn {ours[0]}, {name} {state}: {value if state == 'refused' else ours[1]}"[:800]
+        elif state == "ok":
+            _compare(result["errors"], name, ours[1], value)
+    if ours[0] == "ok" and c["op"] in ("conv", "conv_transpose") and c.get("padding_mode", "zeros") == "zeros":
+        _compare_forms(result["errors"], c, rng)
+    if known and ours[0] == "refused" and "torch" not in others:
+        result["status"] = "documented"    # PyTorch not run (memory-unsafe there)
+    if result["status"] == "ok":
+        if ours[0] == "refused":
+            result["status"] = "refused"
+        elif any(not e <= TOLERANCE for e in result["errors"].values()):
+            result["status"] = "mismatch"
+    result["worst"] = max(result["errors"].values(), default=0.0)
+    return result
+
+
+# ----------------------------------------------------------------------------- the forms
+
+
+def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
+    """Every applicable lowering form of the three pieces against the one-lax-call piece."""
+    import jax
+    import jax.numpy as jnp
+    from jaxcnn import conv_forms as forms
+    from jaxcnn import conv_impls as impls
+    spec, in_shape, w_shape = _core(c)
+    lax_conv, lax_input_grad, lax_weight_grad = impls.IMPLS["lax"]
+    c_per_group = in_shape[spec.channel_axis()] // spec.groups
+    candidates = {"conv": {"manual": impls._manual_conv, "im2col": forms.im2col_conv},
+                  "input_grad": {"manual": impls._manual_input_grad},
+                  "weight_grad": {"manual": impls._manual_weight_grad, "im2col": forms.im2col_weight_grad}}
+    if spec.n == 3 and spec.groups == 1:
+        candidates["conv"]["fold_depth"] = forms.fold_depth_conv
+        candidates["input_grad"]["fold_depth"] = forms.fold_depth_input_grad
+    if spec.groups == 1:
+        candidates["weight_grad"]["sample_batched"] = forms.sample_batched_weight_grad
+    if c_per_group == 1:
+        candidates["weight_grad"]["depthwise"] = forms.depthwise_weight_grad
+    for piece in forms.PIECES:
+        for impl in ("lax", "manual"):
+            candidates[piece][f"chosen_{impl}"] = forms.choose(piece, impl, spec, in_shape, w_shape, "cpu")
+    x = jnp.asarray(rng.standard_normal(in_shape))
+    w = jnp.asarray(rng.standard_normal(w_shape))
+    dy = jnp.asarray(rng.standard_normal(jax.eval_shape(partial(lax_conv, spec=spec), x, w).shape))
+    calls = {"conv": lambda f: f(x, w, spec), "input_grad": lambda f: f(dy, w, spec, in_shape),
+             "weight_grad": lambda f: f(x, dy, spec, w_shape)}
+    baseline = {"conv": lax_conv, "input_grad": lax_input_grad, "weight_grad": lax_weight_grad}
+
+    def everything():
+        return {piece: (calls[piece](baseline[piece]),
+                        {name: calls[piece](f) for name, f in found.items()})
+                for piece, found in candidates.items()}
+
+    if 0 in in_shape or 0 in dy.shape:
+        return      # the primitives return zeros before any form runs
+    for piece, (expected, got) in jax.jit(everything)().items():
+        for name, value in got.items():
+            errors[f"form:{piece}:{name}"] = relative_error(np.asarray(value), np.asarray(expected))
+
+
+def _core(c: dict):
+    """The zero-padded core conv of a conv or conv_transpose configuration: its spec, the
+    shape of its input and of its kernel (in jaxcnn's layout)."""
+    import jax
+    from jaxcnn._args import normalize_conv, normalize_conv_transpose
+    options = _options(c)
+    options.pop("impl")
+    kinds, shapes = zip(*_shapes(c))
+    structs = [jax.ShapeDtypeStruct(_static(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
+    b = structs[2] if c.get("bias") else None
+    if c["op"] == "conv_transpose":
+        args = normalize_conv_transpose(structs[0], structs[1], b, impl="lax", **options)
+        return args.spec, args.core_shape, structs[1].shape
+    args = normalize_conv(structs[0], structs[1], b, impl="lax", **options)
+    return args.spec, structs[0].shape, structs[1].shape

@@ -1,0 +1,100 @@
+"""``jaxcnn fuzz``: differential fuzzing of every op against PyTorch, the reference and the
+one-lax-call pieces, each chunk of configurations in its own worker process.
+
+    python -m jaxcnn fuzz --n 10000 --seed 0            # every op, both impls
+    python -m jaxcnn fuzz --n 500 --ops conv,conv_transpose --out runs/fuzz
+
+Prints a summary table per op and writes ``summary.md``, ``failures.json`` (each failure with
+its configuration: a reproducer) and ``results.jsonl`` (every configuration) to ``--out``.
+Exit status 1 if anything crashed, disagreed, was refused by one side only or was refused
+with a message that names no argument.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+from collections import Counter, defaultdict
+
+from jaxcnn.fuzz import configs, runner
+
+TARGET = "jaxcnn.fuzz.checks:check"
+FAILURES = ("crash", "error", "mismatch", "one_sided", "unnamed")
+COLUMNS = ("configs", "ok", "refused", "documented", *FAILURES, "reference skipped",
+           "worst rel. error")
+
+
+def fuzz(n: int, seed: int, ops=configs.OPS, processes: int = 2, chunk: int = 50,
+         progress=None) -> list[dict]:
+    """Draw ``n`` configurations over ``ops`` and run them all; the results in order."""
+    return runner.run(TARGET, configs.draw_many(n, seed, tuple(ops)), processes=processes,
+                      chunk=chunk, progress=progress)
+
+
+def summarize(results: list[dict]) -> dict[str, Counter]:
+    """Per op (``conv[lax]``, ``conv[manual]``, ...): counts by status, reference skips, worst error."""
+    table: dict[str, Counter] = defaultdict(Counter)
+    worst: dict[str, float] = defaultdict(float)
+    for r in results:
+        c = r["config"]
+        key = c["op"] + (f"[{c['impl']}]" if "impl" in c else "")
+        table[key]["configs"] += 1
+        table[key][r["status"]] += 1
+        table[key]["reference skipped"] += bool(r.get("reference_skipped"))
+        worst[key] = max(worst[key], r.get("worst", 0.0) if r["status"] == "ok" else 0.0)
+    for key in table:
+        table[key]["worst rel. error"] = worst[key]
+    return dict(sorted(table.items()))
+
+
+def markdown(table: dict[str, Counter]) -> str:
+    lines = ["| op | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    total: Counter = Counter()
+    for key, row in table.items():
+        cells = [f"{row['worst rel. error']:.1e}" if col.startswith("worst") else str(row[col])
+                 for col in COLUMNS]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        total.update({col: row[col] for col in COLUMNS if not col.startswith("worst")})
+    worst = max((row["worst rel. error"] for row in table.values()), default=0.0)
+    cells = [f"{worst:.1e}" if col.startswith("worst") else str(total[col]) for col in COLUMNS]
+    lines.append("| **all** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxcnn fuzz", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="configurations to draw")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ops", default=",".join(configs.OPS),
+                        help=f"comma-separated, from {','.join(configs.OPS)}")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes at once")
+    parser.add_argument("--out", default="runs/fuzz", help="folder for the summary and failures")
+    options = parser.parse_args(argv)
+    ops = tuple(op.strip() for op in options.ops.split(",") if op.strip())
+    unknown = sorted(set(ops) - set(configs.OPS))
+    if unknown:
+        parser.error(f"--ops: unknown {unknown}; expected some of {list(configs.OPS)}")
+    started, done = time.perf_counter(), [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        print(f"\r{done[0]}/{options.n} configurations, {time.perf_counter() - started:.0f} s",
+              end="", flush=True)
+
+    results = fuzz(options.n, options.seed, ops, options.processes, progress=progress)
+    seconds = time.perf_counter() - started
+    print()
+    table = markdown(summarize(results))
+    failures = [r for r in results if r["status"] in FAILURES]
+    out = pathlib.Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = (f"`jaxcnn fuzz --n {options.n} --seed {options.seed} --ops {','.join(ops)}`: "
+              f"{len(results)} configurations in {seconds:.0f} s, {len(failures)} failures.\n\n")
+    (out / "summary.md").write_text(header + table + "\n")
+    (out / "failures.json").write_text(json.dumps(failures, indent=1, default=str))
+    with open(out / "results.jsonl", "w") as stream:
+        for r in results:
+            stream.write(json.dumps(r, default=str) + "\n")
+    print(header + table)
+    return 1 if failures else 0

@@ -1,0 +1,109 @@
+"""Random configurations of every op, drawn over everything the API accepts.
+
+A configuration is a JSON-able dict: the op, the shapes (channels first, as PyTorch; the
+layout flag says how jaxcnn gets them), every knob, and the seed of its arrays. Draws lean to
+the edges that hand-picked tests miss: sizes down to (and below) the smallest legal one,
+N = 0, a kernel as large as the padded input, strides larger than the kernel, outputs of
+size 1, even kernels on strided padded axes, every padding form and mode, groups and
+depthwise channels, 1–3 spatial axes (and 4, against the reference alone).
+"""
+from __future__ import annotations
+
+import random
+
+CONV_OPS = ("conv", "convolve", "conv_transpose", "conv_input_grad", "conv_weight_grad")
+POOL_OPS = ("max_pool", "avg_pool", "global_avg_pool")
+OPS = CONV_OPS + POOL_OPS
+PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
+MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
+
+
+def _per_axis(rng: random.Random, n: int, choices, uniform: float = 0.5) -> list[int]:
+    """One value per axis; with probability ``uniform`` the same on every axis."""
+    if rng.random() < uniform:
+        return [rng.choice(choices)] * n
+    return [rng.choice(choices) for _ in range(n)]
+
+
+def _padding(rng: random.Random, n: int, string_forms=PADDING_STRINGS):
+    form = rng.choice(["int", "ints", "pairs", "string", "string"])
+    if form == "int":
+        return rng.choice([0, 0, 1, 2, 3])
+    if form == "ints":
+        return [rng.choice([0, 1, 2]) for _ in range(n)]
+    if form == "pairs":
+        return [[rng.choice([0, 0, 1, 2, 3]), rng.choice([0, 0, 1, 2, 3])] for _ in range(n)]
+    return rng.choice(string_forms)
+
+
+def _sizes(rng: random.Random, kernel, dilation, low_pad: int) -> list[int]:
+    """Spatial sizes: random small, or the smallest that holds the dilated kernel (give or
+    take one: one less is illegal unless padding makes room)."""
+    sizes = []
+    for k, d in zip(kernel, dilation):
+        extent = d * (k - 1) + 1
+        if rng.random() < 0.35:
+            sizes.append(max(extent - low_pad + rng.choice([-1, 0, 0, 1]), 1))
+        else:
+            sizes.append(rng.randint(1, 9))
+    return sizes
+
+
+def draw_conv(op: str, rng: random.Random) -> dict:
+    n = rng.choices([1, 2, 3, 4], weights=[30, 40, 26, 4])[0]
+    groups = rng.choice([1, 1, 1, 2, 3])
+    in_per_group = rng.choice([1, 1, 2, 3]) if groups > 1 else rng.choice([1, 2, 3, 5])
+    out_per_group = rng.choice([1, 2]) if groups > 1 else rng.choice([1, 2, 4])
+    kernel = _per_axis(rng, n, [1, 2, 2, 3, 3, 4, 5] if n < 3 else [1, 2, 3])
+    stride = _per_axis(rng, n, [1, 1, 2, 3, 4])
+    dilation = _per_axis(rng, n, [1, 1, 1, 2, 3])
+    padding = _padding(rng, n)
+    config = dict(
+        op=op, n=n, impl=rng.choice(["lax", "manual"]), channels_last=rng.random() < 0.4,
+        batch=rng.choice([0, 1, 1, 2, 2, 3]) if n < 4 else 1, groups=groups,
+        channels=groups * in_per_group, out_channels=groups * out_per_group, kernel=kernel,
+        stride=stride if rng.random() < 0.8 else stride[0], dilation=dilation if rng.random() < 0.8 else dilation[0],
+        padding=padding, seed=rng.randrange(2**31), second_order=rng.random() < 0.15)
+    low_pad = padding if isinstance(padding, int) else 0
+    config["sizes"] = _sizes(rng, kernel, dilation, low_pad)
+    if n == 4:
+        config["sizes"] = [min(s, 4) for s in config["sizes"]]
+    if op in ("conv", "convolve", "conv_transpose"):
+        config["bias"] = rng.random() < 0.5
+        config["padding_mode"] = rng.choice(MODES)
+    if op == "conv_transpose":
+        config["output_padding"] = [rng.randrange(max(s, d)) if rng.random() < 0.4 else 0
+                                    for s, d in zip(stride, dilation)]
+        if rng.random() < 0.05:     # out of range: refused by both
+            config["output_padding"] = [max(s, d) for s, d in zip(stride, dilation)]
+    return config
+
+
+def draw_pool(op: str, rng: random.Random) -> dict:
+    n = rng.choices([1, 2, 3], weights=[3, 4, 3])[0]
+    config = dict(op=op, n=n, channels_last=rng.random() < 0.4, batch=rng.choice([0, 1, 2, 3]),
+                  channels=rng.choice([1, 2, 3]), seed=rng.randrange(2**31),
+                  second_order=rng.random() < 0.15)
+    if op == "global_avg_pool":
+        config["sizes"] = [rng.randint(1, 6) for _ in range(n)]
+        return config
+    window = _per_axis(rng, n, [1, 2, 2, 3, 3, 4])
+    dilation = _per_axis(rng, n, [1, 1, 2, 3]) if op == "max_pool" else [1] * n
+    config.update(window=window, stride=None if rng.random() < 0.3 else _per_axis(rng, n, [1, 1, 2, 3]),
+                  padding=_per_axis(rng, n, [0, 0, 1, 2]), dilation=dilation,
+                  ceil_mode=rng.random() < 0.4)
+    if op == "avg_pool":
+        config["count_include_pad"] = rng.random() < 0.5
+    config["sizes"] = _sizes(rng, window, dilation, 0)
+    return config
+
+
+def draw(op: str, rng: random.Random) -> dict:
+    return draw_pool(op, rng) if op in POOL_OPS else draw_conv(op, rng)
+
+
+def draw_many(n: int, seed: int, ops=OPS) -> list[dict]:
+    """``n`` configurations, the ops taken in turn, reproducible from ``seed``; each carries its
+    index so that a failure names the draw that made it."""
+    rng = random.Random(seed)
+    return [{**draw(ops[i % len(ops)], rng), "index": i} for i in range(n)]
