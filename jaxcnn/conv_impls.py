@@ -66,12 +66,12 @@ def weight_grad_padding(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> Pads:
                  in zip(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding))
 
 
-def input_grad_aborts_xla(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> bool:
+def input_grad_aborts_xla(in_sizes, k_sizes, out_sizes, spec: ConvSpec, dtype: Any) -> bool:
     """Whether the input gradient as one lhs-dilated convolution (below, and what ``jax.grad``
     of ``lax`` emits) is a convolution XLA's operand swap aborts on (``jaxcnn.xla_guard``)."""
     pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec)
     return operand_swap_aborts(out_sizes, k_sizes, (1,) * spec.n, pads, spec.stride,
-                               spec.dilation, spec.groups)
+                               spec.dilation, spec.groups, dtype=dtype)
 
 
 def _flip_swap_io(w: jax.Array, spec: ConvSpec) -> jax.Array:
@@ -104,7 +104,7 @@ def _lax_conv(x, w, spec: ConvSpec):
 def _lax_input_grad(dy, w, spec: ConvSpec, in_shape):
     in_sizes, k_sizes = spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec)
     pads = input_grad_padding(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec)
-    if input_grad_aborts_xla(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec):
+    if input_grad_aborts_xla(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec, w.dtype):
         # XLA would rewrite this lhs-dilated convolution into an invalid one and abort the
         # process (jaxcnn.xla_guard); the manual form is the same map with no convolution.
         return _manual_input_grad(dy, w, spec, in_shape)

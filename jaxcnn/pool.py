@@ -349,7 +349,9 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
       stride: as window; None means ``stride = window``.
       padding: an int or one int per axis, at most half the dilated window
         ``(dilation·(window − 1) + 1) // 2`` (PyTorch further asks ``padding ≤ window // 2``).
-      dilation: spacing of the window's taps, ≥ 1.
+      dilation: spacing of the window's taps, ≥ 1. Every window must hold an input sample
+        (a dilated window can step over a short input into the padding on both sides: an
+        error here; PyTorch returns −∞ and its backward writes outside the input).
       ceil_mode: round the output size up instead of down.
       channels_last: TensorFlow/Flax layout instead of PyTorch's.
 

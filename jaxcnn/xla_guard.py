@@ -13,7 +13,9 @@ looks at each spatial axis of its window (kernel size ``K``, input size ``L``, `
 - otherwise counts ``K`` into the kernel's product and ``L`` into the swapped one (``K`` when
   ``L = 1``, ``stride = 1``, no window dilation and ``lo = hi = K − 1``),
 
-and swaps input and kernel when the kernel's product is the larger. The kept axes keep their
+and swaps input and kernel when the kernel's product is the larger. It skips grouped
+convolutions, but on CPU a float64 grouped convolution has by then been expanded into an
+ungrouped one (the groups become one more, well-formed, group axis), so there it applies. The kept axes keep their
 window (size ``K``) while the new kernel is the old input (size ``L`` there): for a pure
 contraction axis ``K = L``, but the group-axis test never asks ``L = K``. So a convolution
 with a group axis whose ``L ≠ K``, whose other axes pass the product test, is rewritten into
@@ -30,7 +32,9 @@ of plain ``lax`` aborts there. Reproducer: ``experiments/xla_conv_crash/``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 
 def _group_axis(kernel: int, lo: int, hi: int, stride: int, base: int, window: int) -> bool:
@@ -42,14 +46,23 @@ def _contraction_axis(size: int, kernel: int, lo: int, hi: int, stride: int, bas
     return kernel == size and lo == 0 and hi == 0 and window == 1 and base == 1 and stride == 1
 
 
+# Element types whose grouped convolutions XLA's CPU backend runs as they are (measured with
+# jaxlib 0.10.2); others (float64) are first expanded into one group with an extra "group
+# axis" (L = K = groups), which the swap then sees like any ungrouped convolution.
+_NATIVE_GROUPED = ("float32", "bfloat16", "float16")
+
+
 def operand_swap_aborts(in_sizes: Sequence[int], kernel_sizes: Sequence[int],
                         strides: Sequence[int], padding: Sequence[tuple[int, int]],
                         lhs_dilation: Sequence[int], rhs_dilation: Sequence[int],
-                        feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
+                        feature_group_count: int = 1, batch_group_count: int = 1,
+                        dtype: Any = None) -> bool:
     """Whether XLA's convolution operand swap turns this ``lax.conv_general_dilated`` (its
-    spatial sizes and window, as lax's arguments) into an invalid convolution and aborts."""
-    if feature_group_count > 1 or batch_group_count > 1:
-        return False
+    spatial sizes and window, as lax's arguments, and its element type; None: assume the
+    grouped convolution is expanded) into an invalid convolution and aborts."""
+    grouped = feature_group_count > 1 or batch_group_count > 1
+    if grouped and dtype is not None and np.dtype(dtype).name in _NATIVE_GROUPED:
+        return False      # the swap leaves grouped convolutions alone
     kernel_product = swapped_product = 1
     mismatched_group_axis = False
     for size, k, s, (lo, hi), base, window in zip(in_sizes, kernel_sizes, strides, padding,

@@ -407,6 +407,9 @@ BAD = {  # name: (function, args, kwargs, exception, the argument named in the m
     "pair_padding": ("max_pool", (X2, 2), dict(padding=((1, 1), (1, 1))), TypeError, "padding"),
     "output_too_small": ("max_pool", (np.zeros((1, 1, 3)), 5), {}, ValueError, "window"),
     "output_too_small_dilated": ("max_pool", (np.zeros((1, 1, 4)), 3), dict(dilation=2), ValueError, "window"),
+    # Dilation 3 steps the 2-tap window over a 2-long input: output 0 reads -1 and 2, both padding.
+    "window_entirely_in_padding": ("max_pool", (np.zeros((1, 1, 2)), 2), dict(stride=1, padding=1, dilation=3),
+                                   ValueError, "dilation"),
     "zero_stride": ("max_pool", (X2, 2), dict(stride=0), ValueError, "stride"),
     "zero_window": ("avg_pool", (X2, 0), {}, ValueError, "window"),
     "window_length": ("max_pool", (X2, (2, 2, 2)), {}, ValueError, "window"),

@@ -18,7 +18,7 @@ HERE = __file__
 # rule. Axis 0 is the "group axis" (kernel 2, no padding, base dilation 2, stride 1) with the
 # input 4 long; axis 1 (input 1, kernel 2) makes the kernel the larger operand.
 BASE = dict(sizes=(4, 1), kernel=(2, 2), strides=(1, 1), padding=((0, 0), (1, 2)),
-            lhs_dilation=(2, 3), rhs_dilation=(1, 1), groups=1)
+            lhs_dilation=(2, 3), rhs_dilation=(1, 1), groups=1, dtype="float32")
 BOUNDARIES = {
     "aborts": {},
     "group axis as long as its kernel": dict(sizes=(2, 1)),
@@ -31,6 +31,9 @@ BOUNDARIES = {
     "products equal": dict(sizes=(4, 2), padding=((0, 0), (0, 0))),
     "input 1 under a full padding counts the kernel": dict(padding=((0, 0), (1, 1)), lhs_dilation=(2, 1)),
     "two feature groups": dict(groups=2),
+    "two feature groups, float64 (expanded first)": dict(groups=2, dtype="float64"),
+    "two feature groups, bfloat16": dict(groups=2, dtype="bfloat16"),
+    "float64, one group": dict(dtype="float64"),
     "third axis, larger input": dict(sizes=(4, 1, 5), kernel=(2, 2, 1), strides=(1, 1, 1),
                                      padding=((0, 0), (1, 2), (0, 0)), lhs_dilation=(2, 3, 1),
                                      rhs_dilation=(1, 1, 1)),
@@ -42,16 +45,17 @@ BOUNDARIES = {
 
 def _predict(c: dict) -> bool:
     return operand_swap_aborts(c["sizes"], c["kernel"], c["strides"], c["padding"],
-                               c["lhs_dilation"], c["rhs_dilation"], c["groups"])
+                               c["lhs_dilation"], c["rhs_dilation"], c["groups"], dtype=c["dtype"])
 
 
 def compile_lax(c: dict) -> dict:
     """Worker target: compile one ``lax.conv_general_dilated`` (aborts where XLA does)."""
     import jax
     import jax.numpy as jnp
-    g = c["groups"]
-    lhs = jnp.ones((1, 2 * g, *c["sizes"]), jnp.float32)
-    rhs = jnp.ones((2, 2, *c["kernel"]), jnp.float32)
+    jax.config.update("jax_enable_x64", True)
+    g, dtype = c["groups"], jnp.dtype(c["dtype"])
+    lhs = jnp.ones((1, 2 * g, *c["sizes"]), dtype)
+    rhs = jnp.ones((2, 2, *c["kernel"]), dtype)
     jax.jit(lambda a, b: jax.lax.conv_general_dilated(
         a, b, c["strides"], [tuple(p) for p in c["padding"]], lhs_dilation=c["lhs_dilation"],
         rhs_dilation=c["rhs_dilation"], feature_group_count=g)).lower(lhs, rhs).compile()
@@ -68,7 +72,7 @@ def test_rule_matches_xla_at_every_boundary():
         assert aborted == _predict(r["config"]), (r["config"]["name"], r.get("detail"))
         if aborted:
             assert "Window dimensions do not match" in r["detail"], r["detail"]
-    assert sum(r["status"] == "crash" for r in results) == 3   # base, kernel 3, contraction axis
+    assert sum(r["status"] == "crash" for r in results) == 5   # base, f64 ×2, kernel 3, contraction
 
 
 def test_rule_is_pure_shape_arithmetic():

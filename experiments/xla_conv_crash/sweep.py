@@ -6,7 +6,7 @@ each in a worker process (an abort kills only its worker), and compare which abo
 
 Half of the draws force one axis into the swap pass's "group axis" pattern (the rare case),
 the rest are uniform over small sizes, strides, paddings (negative too), dilations, feature
-groups and 1–3 spatial axes. Writes ``results.json`` and ``results.md`` beside this file.
+groups, layouts, float32 and float64 and 1–3 spatial axes. Writes ``results.json`` and ``results.md`` beside this file.
 """
 from __future__ import annotations
 
@@ -30,30 +30,42 @@ def draw(rng: random.Random) -> dict:
         k = rng.randint(2, 3)
         axes[rng.randrange(n)].update(k=k, stride=k - 1, pad=[0, 0], base=k, window=1,
                                       size=rng.randint(1, 5))
-    groups = rng.choice([1, 1, 1, 2])
+    groups = rng.choice([1, 1, 2, 3])
     for a in axes:   # a valid convolution: the padded, dilated input holds the dilated kernel
         lo, hi = a["pad"]
         extent = (a["size"] - 1) * a["base"] + 1 + lo + hi
         if extent < (a["k"] - 1) * a["window"] + 1:
             a["pad"] = [max(lo, 0), max(hi, 0) + (a["k"] - 1) * a["window"] + 1 - extent]
-    return dict(axes=axes, groups=groups, batch=rng.randint(1, 2), channels=2 * groups)
+    return dict(axes=axes, groups=groups, batch=rng.randint(1, 3),
+                channels=rng.choice([1, 2, 3]) * groups, out_per_group=rng.choice([1, 2]),
+                channels_last=rng.random() < 0.5, dtype=rng.choice(["float32", "float64"]))
 
 
 def compile_one(config: dict) -> dict:
     import jax
     import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
 
     from jaxcnn.xla_guard import operand_swap_aborts
     axes, g = config["axes"], config["groups"]
-    lhs = jnp.ones((config["batch"], config["channels"], *[a["size"] for a in axes]), jnp.float32)
-    rhs = jnp.ones((2 * g, config["channels"] // g, *[a["k"] for a in axes]), jnp.float32)
+    dtype = jnp.dtype(config["dtype"])
+    lhs = jnp.ones((config["batch"], config["channels"], *[a["size"] for a in axes]), dtype)
+    rhs = jnp.ones((config["out_per_group"] * g, config["channels"] // g, *[a["k"] for a in axes]),
+                   dtype)
+    spatial = "DHW"[3 - len(axes):]
+    if config["channels_last"]:
+        lhs, rhs = jnp.moveaxis(lhs, 1, -1), jnp.moveaxis(rhs, (0, 1), (-1, -2))
+        numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    else:
+        numbers = (f"NC{spatial}", f"OI{spatial}", f"NC{spatial}")
     predicted = operand_swap_aborts([a["size"] for a in axes], [a["k"] for a in axes],
                                     [a["stride"] for a in axes], [tuple(a["pad"]) for a in axes],
-                                    [a["base"] for a in axes], [a["window"] for a in axes], g)
+                                    [a["base"] for a in axes], [a["window"] for a in axes], g,
+                                    dtype=config["dtype"])
     jax.jit(lambda a, b: jax.lax.conv_general_dilated(
         a, b, [a_["stride"] for a_ in axes], [tuple(a_["pad"]) for a_ in axes],
         lhs_dilation=[a_["base"] for a_ in axes], rhs_dilation=[a_["window"] for a_ in axes],
-        feature_group_count=g)).lower(lhs, rhs).compile()
+        dimension_numbers=numbers, feature_group_count=g)).lower(lhs, rhs).compile()
     return {"status": "ok", "predicted": predicted}
 
 
@@ -76,7 +88,7 @@ def main() -> None:
         predicted = operand_swap_aborts([a["size"] for a in axes], [a["k"] for a in axes],
                                         [a["stride"] for a in axes], [tuple(a["pad"]) for a in axes],
                                         [a["base"] for a in axes], [a["window"] for a in axes],
-                                        r["config"]["groups"])
+                                        r["config"]["groups"], dtype=r["config"]["dtype"])
         crashed = r["status"] == "crash"
         if r["status"] == "error":
             wrong.append(r)

@@ -224,7 +224,7 @@ def reference_aborts(c: dict) -> bool:
         return False
     from jaxcnn._args import ConvSpec
     spec = ConvSpec(tuple(stride), tuple(pads), tuple(dilation), c["groups"], False)
-    return input_grad_aborts_xla(in_sizes, c["kernel"], out_sizes, spec)
+    return input_grad_aborts_xla(in_sizes, c["kernel"], out_sizes, spec, np.float64)
 
 
 # ----------------------------------------------------------------------------- the check

@@ -127,6 +127,13 @@ DIFFERENCES = {
         why="PyTorch's conv_transpose returns an empty array where the output size formula gives "
             "0; jaxcnn refuses a non-positive output size",
         applies=lambda c: c["op"] == "conv_transpose" and 0 in transpose_out_sizes(c)),
+    "conv_transpose output_padding unchecked on an empty batch": dict(
+        refused_by="jaxcnn", skip=False,
+        why="PyTorch's conv_transpose skips its output_padding < max(stride, dilation) check when "
+            "the batch is empty; jaxcnn checks it whatever the batch",
+        applies=lambda c: c["op"] == "conv_transpose" and c["batch"] == 0 and any(
+            p >= max(s, d) for p, s, d in zip(as_list(c.get("output_padding", 0), c["n"]),
+                                              as_list(c["stride"], c["n"]), as_list(c["dilation"], c["n"])))),
 }
 
 
