@@ -32,6 +32,8 @@ of plain ``lax`` aborts there. Reproducer: ``experiments/xla_conv_crash/``.
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,7 +58,7 @@ def operand_swap_aborts(in_sizes: Sequence[int], kernel_sizes: Sequence[int],
                         strides: Sequence[int], padding: Sequence[tuple[int, int]],
                         lhs_dilation: Sequence[int], rhs_dilation: Sequence[int],
                         feature_group_count: int = 1, batch_group_count: int = 1,
-                        dtype: Any = None) -> bool:
+                        dtype: Any = None, window_reversal: Sequence[bool] | None = None) -> bool:
     """Whether XLA's convolution operand swap turns this ``lax.conv_general_dilated`` (its
     spatial sizes and window, as lax's arguments, and its element type; None: assume the
     grouped convolution is expanded) into an invalid convolution and aborts."""
@@ -65,8 +67,13 @@ def operand_swap_aborts(in_sizes: Sequence[int], kernel_sizes: Sequence[int],
         return False      # the swap leaves grouped convolutions alone
     kernel_product = swapped_product = 1
     mismatched_group_axis = False
-    for size, k, s, (lo, hi), base, window in zip(in_sizes, kernel_sizes, strides, padding,
-                                                  lhs_dilation, rhs_dilation):
+    reversal = window_reversal or [False] * len(in_sizes)
+    for size, k, s, (lo, hi), base, window, reversed_ in zip(in_sizes, kernel_sizes, strides, padding,
+                                                             lhs_dilation, rhs_dilation, reversal):
+        if reversed_:        # neither a group nor a contraction axis
+            kernel_product *= k
+            swapped_product *= size
+            continue
         if _group_axis(k, lo, hi, s, base, window):
             mismatched_group_axis |= size != k
             continue
@@ -76,3 +83,58 @@ def operand_swap_aborts(in_sizes: Sequence[int], kernel_sizes: Sequence[int],
         full = size == 1 and s == 1 and window == 1 and lo == hi == k - 1
         swapped_product *= k if full else size
     return mismatched_group_axis and kernel_product > swapped_product
+
+
+# ----------------------------------------------------------------------------- lowered programs
+# The same rule read off a lowered program (``jax.jit(f).lower(...).as_text()``, StableHLO),
+# before XLA compiles it: what autodiff emits can be checked without knowing how it emits it.
+
+_CONVOLUTION = re.compile(
+    r"stablehlo\.convolution\(.*?\)\s*dim_numbers = \[([^\]]*)\]x\[([^\]]*)\]->\[[^\]]*\],"
+    r"\s*window = \{([^}]*)\}\s*\{([^}]*)\}\s*:\s*\(tensor<([^>]*)>, tensor<([^>]*)>\)")
+_ELEMENT = {"f64": "float64", "f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+
+
+def _window_field(window: str, name: str, n: int, default: Any) -> list:
+    """One field of a printed window (``pad = [[0, 0], [1, 2]]``), or ``default`` per axis."""
+    start = window.find(f"{name} = [")
+    if start < 0:
+        return [default] * n
+    start = window.index("[", start)
+    depth = 0
+    for end in range(start, len(window)):
+        depth += {"[": 1, "]": -1}.get(window[end], 0)
+        if depth == 0:
+            break
+    return json.loads(window[start:end + 1].replace("true", "1").replace("false", "0"))
+
+
+def _tensor(text: str) -> tuple[list[int], str]:
+    *dims, element = text.split("x")
+    return [int(d) for d in dims], _ELEMENT.get(element, element)
+
+
+def aborting_convolutions(lowered: str) -> list[str]:
+    """The convolutions of a lowered program (StableHLO text) that XLA's operand swap would
+    abort on; an empty list when it compiles safely."""
+    found = []
+    for match in _CONVOLUTION.finditer(lowered):
+        lhs_labels, rhs_labels, window, attributes, lhs_text, rhs_text = match.groups()
+        lhs_shape, element = _tensor(lhs_text)
+        rhs_shape, _ = _tensor(rhs_text)
+        lhs_labels = [s.strip() for s in lhs_labels.split(",")]
+        rhs_labels = [s.strip() for s in rhs_labels.split(",")]
+        n = len(lhs_labels) - 2
+        in_sizes = [lhs_shape[lhs_labels.index(str(i))] for i in range(n)]
+        kernel = [rhs_shape[rhs_labels.index(str(i))] for i in range(n)]
+        pads = [tuple(p) for p in _window_field(window, "pad", n, (0, 0))]
+        reverse = _window_field(window, "reverse", n, 0)
+        groups = {key: int(value) for key, value in
+                  re.findall(r"(batch_group_count|feature_group_count) = (\d+)", attributes)}
+        if operand_swap_aborts(in_sizes, kernel, _window_field(window, "stride", n, 1), pads,
+                               _window_field(window, "lhs_dilate", n, 1),
+                               _window_field(window, "rhs_dilate", n, 1),
+                               groups.get("feature_group_count", 1), groups.get("batch_group_count", 1),
+                               dtype=element, window_reversal=[bool(r) for r in reverse]):
+            found.append(match.group(0))
+    return found

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn import reference
+from jaxcnn.fuzz.torch_side import expected_pads   # API.md's padding forms, independently of jaxcnn
 
 # Tolerances by dtype for a relative error (max abs error / max abs reference):
 # float64 ~ 1e-12 (a few hundred ulps of accumulation), float32 ~ 1e-5, bfloat16 ~ 1e-2.
@@ -64,29 +65,6 @@ def vdot(a: Any, b: Any) -> jax.Array:
 # reference.conv itself is checked against (small shapes only).
 
 NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-def expected_pads(padding: Any, sizes, kernel, stride, dilation) -> list[tuple[int, int]]:
-    """``(lo, hi)`` per axis, from API.md's definitions of every padding form."""
-    n = len(sizes)
-    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-    if isinstance(padding, str):
-        form = padding.upper()
-        if form == "VALID":
-            return [(0, 0)] * n
-        if form == "FULL":
-            return [(e - 1, e - 1) for e in extent]
-        if form == "CAUSAL":
-            return [(e - 1, 0) for e in extent]
-        assert form == "SAME", padding
-        pads = []
-        for length, e, s in zip(sizes, extent, stride):   # least padding giving ceil(L / s)
-            total = max((-(-length // s) - 1) * s + e - length, 0)
-            pads.append((total // 2, total - total // 2))
-        return pads
-    if isinstance(padding, int):
-        return [(padding, padding)] * n
-    return [(p, p) if isinstance(p, int) else (p[0], p[1]) for p in padding]
 
 
 def numpy_conv(x: Any, w: Any, b: Any = None, *, stride, pads, dilation, groups: int = 1,

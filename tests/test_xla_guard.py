@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcnn.fuzz import runner
-from jaxcnn.xla_guard import operand_swap_aborts
+from jaxcnn.xla_guard import aborting_convolutions, operand_swap_aborts
 
 HERE = __file__
 
@@ -73,6 +73,30 @@ def test_rule_matches_xla_at_every_boundary():
         if aborted:
             assert "Window dimensions do not match" in r["detail"], r["detail"]
     assert sum(r["status"] == "crash" for r in results) == 5   # base, f64 ×2, kernel 3, contraction
+
+
+def test_lowered_programs_are_read_for_aborting_convolutions():
+    """``aborting_convolutions`` parses every convolution of a lowered (never compiled)
+    program and asks the rule: the same verdict at every boundary, in both layouts."""
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    for name, change in BOUNDARIES.items():
+        c = {**BASE, **change}
+        g, dtype = c["groups"], jnp.dtype(c["dtype"])
+        for channels_last in (False, True):
+            lhs = jnp.ones((1, 2 * g, *c["sizes"]), dtype)
+            rhs = jnp.ones((2, 2, *c["kernel"]), dtype)
+            spatial = "DHW"[3 - len(c["sizes"]):]
+            numbers = (f"NC{spatial}", f"OI{spatial}", f"NC{spatial}")
+            if channels_last:
+                lhs, rhs = jnp.moveaxis(lhs, 1, -1), jnp.moveaxis(rhs, (0, 1), (-1, -2))
+                numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+            lowered = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
+                a, b, c["strides"], c["padding"], lhs_dilation=c["lhs_dilation"],
+                rhs_dilation=c["rhs_dilation"], dimension_numbers=numbers,
+                feature_group_count=g)).lower(lhs, rhs).as_text()
+            assert bool(aborting_convolutions(lowered)) == _predict(c), (name, channels_last)
 
 
 def test_rule_is_pure_shape_arithmetic():
