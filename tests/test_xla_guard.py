@@ -62,17 +62,26 @@ def compile_lax(c: dict) -> dict:
     return {"status": "ok"}
 
 
+# The jaxlib whose XLA the rule was measured on; other releases must never abort where the
+# rule says a convolution is safe (the rule may be conservative there, never wrong).
+MEASURED_JAXLIB = "0.10.2"
+
+
 def test_rule_matches_xla_at_every_boundary():
+    import jaxlib
+    exact = jaxlib.__version__ == MEASURED_JAXLIB
     configs = [{**BASE, **change, "name": name} for name, change in BOUNDARIES.items()]
     results = runner.run(f"{HERE}:compile_lax", configs, processes=2, chunk=len(configs))
     assert [r["config"]["name"] for r in results] == list(BOUNDARIES)
     for r in results:
         assert r["status"] in ("ok", "crash"), r
         aborted = r["status"] == "crash"
-        assert aborted == _predict(r["config"]), (r["config"]["name"], r.get("detail"))
+        if exact or aborted:
+            assert aborted == _predict(r["config"]), (r["config"]["name"], r.get("detail"))
         if aborted:
             assert "Window dimensions do not match" in r["detail"], r["detail"]
-    assert sum(r["status"] == "crash" for r in results) == 5   # base, f64 ×2, kernel 3, contraction
+    if exact:
+        assert sum(r["status"] == "crash" for r in results) == 5   # base, f64 ×2, kernel 3, contraction
 
 
 def test_lowered_programs_are_read_for_aborting_convolutions():
