@@ -16,7 +16,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import gradcheck
-from jaxcnn.gradcheck import GradcheckError, check, check_dtype
+from jaxcnn.gradcheck import GradcheckError, check, check_dtype, matrix
 
 from helpers import random_array
 
@@ -225,8 +225,7 @@ def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
 
 
 def gradcheck_ops() -> list[str]:
-    from jaxcnn import gradcheck_matrix
-    return gradcheck_matrix.available_ops()
+    return matrix.available_ops()
 
 
 def test_ops_filter_runs_only_those_ops(tmp_path, capsys):
@@ -255,8 +254,7 @@ def test_cli_dispatches_gradcheck(capsys):
 def test_matrix_covers_every_factor_for_conv():
     """No compilation: the conv configurations span every dimension, padding form and mode,
     impl, layout, stride, dilation and groups, and some run in float32 and at order 2."""
-    from jaxcnn import gradcheck_matrix
-    cases = gradcheck_matrix.cases_for("conv", seed=0)
+    cases = matrix.cases_for("conv", seed=0)
     kw = [c.kwargs for c in cases]
     assert {c.args[1].ndim - 2 for c in cases} == {1, 2, 3}
     assert {c.function for c in cases} == {"conv", "conv1d", "conv2d", "conv3d"}
@@ -266,7 +264,7 @@ def test_matrix_covers_every_factor_for_conv():
     assert {k.get("padding_mode", "zeros") for k in kw} == {"zeros", "reflect", "replicate", "circular"}
     for n in (1, 2, 3):   # every (impl, layout) pair in every dimension
         pairs = {(k["impl"], k["channels_last"]) for c, k in zip(cases, kw) if c.args[1].ndim == n + 2}
-        assert pairs == set(gradcheck_matrix.IMPL_LAYOUTS)
+        assert pairs == set(matrix.IMPL_LAYOUTS)
     assert any(np.max(k.get("stride", 1)) > 1 for k in kw)
     assert any(np.max(k.get("dilation", 1)) > 1 for k in kw)
     assert {k.get("groups", 1) for k in kw} >= {1, 2, 4}
