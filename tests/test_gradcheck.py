@@ -16,6 +16,7 @@ import pytest
 import jaxcnn
 from jaxcnn import gradcheck
 from jaxcnn.gradcheck import GradcheckError, check, check_dtype, matrix
+from jaxcnn.tolerances import RTOL
 
 from helpers import random_array
 
@@ -183,6 +184,20 @@ def test_check_dtype_float32_against_the_float64_reference(rng):
     assert report.ok and report.precision == "float32 vs float64 reference"
     assert 0 < report["x"].rel_autodiff <= 1e-5    # float32 rounding, visible and bounded
     assert not check_dtype(_wrong_conv(scale_dx=2.0), args, reference=_padded_reference).ok
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_check_dtype_half_precision_uses_the_tolerance_table(rng, dtype):
+    """One rounding of a float32-accumulated result: within ``tolerances.RTOL[dtype]``, the
+    tests' own bound, and a factor 2 on dx is still caught."""
+    x, w, _ = _conv_args(rng, 2, bias=False)
+    report = check_dtype(jaxcnn.conv, (x, w, None), dtype, padding=1)
+    assert report.ok, report.table()
+    assert {r.rtol for r in report.rows} == {RTOL[dtype]}
+    assert 0 < report["x"].rel_autodiff
+    wrong = check_dtype(_wrong_conv(scale_dx=2.0), (x, w, jnp.zeros(4)), dtype,
+                        reference=_padded_reference)
+    assert not wrong["x"].ok and wrong["w"].ok and wrong["output"].ok
 
 
 def test_bad_arguments_name_the_argument(rng):
