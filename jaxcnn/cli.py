@@ -9,9 +9,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "gradcheck": ("jaxcnn.gradcheck", "verify every hand-written VJP against autodiff and finite differences"),
+    "gradcheck": ("jaxcnn.gradcheck.command", "verify every hand-written VJP against autodiff and finite differences"),
     "train": ("jaxcnn.train", "train a named model on MNIST-1D, Fashion-MNIST or 3D clips"),
-    "bench": ("jaxcnn.bench", "time forward and forward+backward against jax.grad of lax and PyTorch"),
+    "bench": ("jaxcnn.bench.command", "time forward and forward+backward against jax.grad of lax and PyTorch"),
     "fuzz": ("jaxcnn.fuzz.command", "differential fuzzing of every op against PyTorch and the reference"),
     "summary": ("jaxcnn.models", "print a model's layers, output shapes and parameter counts"),
 }

@@ -17,10 +17,9 @@ import jaxcnn
 from jaxcnn import reference
 from jaxcnn.fuzz.torch_side import expected_pads   # API.md's padding forms, independently of jaxcnn
 
-# Tolerances by dtype for a relative error (max abs error / max abs reference):
-# float64 ~ 1e-12 (a few hundred ulps of accumulation), float32 ~ 1e-5, bfloat16 ~ 1e-2.
-TOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 3e-3}
-VJP_TOL = 1e-10  # float64 hand VJP vs JAX autodiff of the reference
+# Tolerances by dtype for a relative error (max abs error / max abs reference), and of a float64
+# hand VJP vs JAX autodiff of the reference: one table for the tests, gradcheck and the bench.
+from jaxcnn.tolerances import RTOL as TOL, VJP_RTOL as VJP_TOL
 
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...],

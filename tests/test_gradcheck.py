@@ -7,7 +7,6 @@ and assert which rows fail and which still pass.
 from __future__ import annotations
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,8 @@ import pytest
 
 import jaxcnn
 from jaxcnn import gradcheck
-from jaxcnn.gradcheck import GradcheckError, check, check_dtype
+from jaxcnn.gradcheck import GradcheckError, check, check_dtype, matrix
+from jaxcnn.tolerances import RTOL
 
 from helpers import random_array
 
@@ -186,6 +186,20 @@ def test_check_dtype_float32_against_the_float64_reference(rng):
     assert not check_dtype(_wrong_conv(scale_dx=2.0), args, reference=_padded_reference).ok
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_check_dtype_half_precision_uses_the_tolerance_table(rng, dtype):
+    """One rounding of a float32-accumulated result: within ``tolerances.RTOL[dtype]``, the
+    tests' own bound, and a factor 2 on dx is still caught."""
+    x, w, _ = _conv_args(rng, 2, bias=False)
+    report = check_dtype(jaxcnn.conv, (x, w, None), dtype, padding=1)
+    assert report.ok, report.table()
+    assert {r.rtol for r in report.rows} == {RTOL[dtype]}
+    assert 0 < report["x"].rel_autodiff
+    wrong = check_dtype(_wrong_conv(scale_dx=2.0), (x, w, jnp.zeros(4)), dtype,
+                        reference=_padded_reference)
+    assert not wrong["x"].ok and wrong["w"].ok and wrong["output"].ok
+
+
 def test_bad_arguments_name_the_argument(rng):
     args = _conv_args(rng, 1)
     with pytest.raises(ValueError, match="reference"):
@@ -211,9 +225,7 @@ def test_bad_arguments_name_the_argument(rng):
 
 def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
     path = tmp_path / "gradcheck.json"
-    start = time.perf_counter()
     assert gradcheck.main(["--quick", "--json", str(path)]) == 0, capsys.readouterr().out
-    elapsed = time.perf_counter() - start
     result = json.loads(path.read_text())
     ops = [s["op"] for s in result["summary"]]
     assert ops == gradcheck_ops() and result["ok"]
@@ -221,12 +233,10 @@ def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
     assert all(r["ok"] and r["report"]["rows"] for r in result["configurations"])
     out = capsys.readouterr().out
     assert all(op in out for op in ops)
-    assert elapsed < 60, f"--quick took {elapsed:.0f} s"
 
 
 def gradcheck_ops() -> list[str]:
-    from jaxcnn import gradcheck_matrix
-    return gradcheck_matrix.available_ops()
+    return matrix.available_ops()
 
 
 def test_ops_filter_runs_only_those_ops(tmp_path, capsys):
@@ -255,8 +265,7 @@ def test_cli_dispatches_gradcheck(capsys):
 def test_matrix_covers_every_factor_for_conv():
     """No compilation: the conv configurations span every dimension, padding form and mode,
     impl, layout, stride, dilation and groups, and some run in float32 and at order 2."""
-    from jaxcnn import gradcheck_matrix
-    cases = gradcheck_matrix.cases_for("conv", seed=0)
+    cases = matrix.cases_for("conv", seed=0)
     kw = [c.kwargs for c in cases]
     assert {c.args[1].ndim - 2 for c in cases} == {1, 2, 3}
     assert {c.function for c in cases} == {"conv", "conv1d", "conv2d", "conv3d"}
@@ -266,7 +275,7 @@ def test_matrix_covers_every_factor_for_conv():
     assert {k.get("padding_mode", "zeros") for k in kw} == {"zeros", "reflect", "replicate", "circular"}
     for n in (1, 2, 3):   # every (impl, layout) pair in every dimension
         pairs = {(k["impl"], k["channels_last"]) for c, k in zip(cases, kw) if c.args[1].ndim == n + 2}
-        assert pairs == set(gradcheck_matrix.IMPL_LAYOUTS)
+        assert pairs == set(matrix.IMPL_LAYOUTS)
     assert any(np.max(k.get("stride", 1)) > 1 for k in kw)
     assert any(np.max(k.get("dilation", 1)) > 1 for k in kw)
     assert {k.get("groups", 1) for k in kw} >= {1, 2, 4}

@@ -239,7 +239,7 @@ def main(argv=None) -> int:
             best = {k: f"{v['min']:.3g}" for k, v in timing.items()}
             print(json.dumps({"case": case.name, "layout": layout, "min_ms": best}), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_average": list(bench._load() or []),
+        Path(args.json).write_text(json.dumps({"load_average": list(bench.load_average() or []),
                                                "clock": "process CPU time, 1 thread" if SINGLE
                                                else "wall clock, default threads",
                                                "device": bench.device_info(), "rows": results}, indent=1))

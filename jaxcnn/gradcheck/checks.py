@@ -15,12 +15,12 @@ random ``v`` against autodiff's, and ``⟨vᵀJ, u⟩`` against ``⟨v, (f(x+εu
 for random ``u``. ``order=2`` repeats both on ``(args, v) ↦ vjp(f, args)(v)``, the function
 whose derivative grad-of-grad and Hessian-vector products evaluate.
 
-Error of ``a`` against ``b``: ``max|a − b|`` and relative ``max|a − b| / max(max|b|, tiny)``.
+The tolerances and their derivations live in ``jaxcnn.tolerances``; the report in
+``jaxcnn.gradcheck.report``.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,123 +30,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxcnn import reference as _reference
+from jaxcnn.gradcheck.report import Comparison, GradcheckError, Report, max_errors
+from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
-UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2   # u = 2⁻⁵³ ≈ 1.1e-16
-TINY = float(np.finfo(np.float64).tiny)
-# Low precision against the float64 reference, relative to the largest reference value: the
-# unit roundoff (float32 6e-8, float16 4.9e-4, bfloat16 3.9e-3) times the growth of sums of
-# up to ~10² terms.
-LOW_PRECISION_RTOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 2e-2}
 # The checked programs are tiny and run once, so compiling them is nearly all the cost. On CPU
 # these options make XLA compile them ~10x faster: no LLVM optimisation, the plain elemental
 # emitters instead of the fusion emitters, one codegen module. They change how the program is
 # generated, not what it computes (no fast-math either way); the HLO checked is the same.
 _CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
                          "xla_cpu_parallel_codegen_split_count": 1}
-
-
-def finite_difference_rtol(eps: float) -> float:
-    r"""Tolerance of a float64 central difference with step ``eps``, relative to ``max|J|``.
-
-    ``(f(x + εu) − f(x − εu)) / 2ε = Ju + (ε²/6)·f'''[u, u, u] + R``. The truncation term is 0
-    for the ops here (linear in each argument: conv and its gradients, padding, average
-    pooling; piecewise linear: max pooling away from ties) and ``≲ ε²`` for smooth ``f`` with
-    O(1) third derivatives. The rounding term: each evaluation of ``f`` errs by up to
-    ``γ·|f|`` with ``γ ≈ L·u`` for the ``L``-term sums inside (``L ≤ 10³`` here: channels ×
-    taps), and dividing the difference by ``2ε`` gives ``R ≲ γ·|f| / ε``; with unit-scale
-    inputs ``|f| / |J| = O(1)``. Hence ``1e3·u/ε + ε²`` = 1.1e-7 at ε = 1e-6: a bound, about
-    10³ above the errors measured on conv (~1e-10), and far below a wrong rule's error
-    (a dropped tap, a factor 2, an off-by-one stride: O(1)).
-    """
-    return 1e3 * UNIT_ROUNDOFF / eps + eps ** 2
-
-
-# ----------------------------------------------------------------------------- report
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """One row: an argument's derivative (order 1 or 2), or the output itself (order 0),
-    against autodiff of the reference and against finite differences (None: not compared)."""
-
-    name: str
-    order: int
-    method: str
-    abs_autodiff: float
-    rel_autodiff: float
-    abs_fd: float | None
-    rel_fd: float | None
-    rtol: float
-    fd_rtol: float | None
-
-    @property
-    def ok(self) -> bool:   # NaN compares False: a NaN error fails
-        return bool(self.rel_autodiff <= self.rtol
-                    and (self.rel_fd is None or self.rel_fd <= self.fd_rtol))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "ok": self.ok}
-
-
-class GradcheckError(AssertionError):
-    """A gradient check failed; the message is the report's table."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """Per argument name (``f``'s positional parameter names) and order, the errors of ``f``'s
-    VJP against autodiff of the reference and against finite differences."""
-
-    function: str
-    precision: str
-    rows: tuple[Comparison, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
-
-    def row(self, name: str, order: int = 1) -> Comparison:
-        for row in self.rows:
-            if row.name == name and row.order == order:
-                return row
-        raise KeyError(f"{name!r} (order {order}); rows: {[(r.name, r.order) for r in self.rows]}")
-
-    def __getitem__(self, name: str) -> Comparison:
-        return self.row(name, 0 if name == "output" else 1)
-
-    def table(self) -> str:
-        head = ("order", "arg", "method", "|Δ| autodiff", "rel autodiff", "|Δ| fin.diff",
-                "rel fin.diff", "ok")
-        body = [(str(r.order), r.name, r.method, _num(r.abs_autodiff), _num(r.rel_autodiff),
-                 _num(r.abs_fd), _num(r.rel_fd), "ok" if r.ok else "FAIL") for r in self.rows]
-        widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-        lines = [f"gradcheck {self.function}: {self.precision}: {'ok' if self.ok else 'FAILED'}"]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                  for line in [head, *body]]
-        rtols = sorted({r.rtol for r in self.rows})
-        fd_rtols = sorted({r.fd_rtol for r in self.rows if r.fd_rtol is not None})
-        lines.append(f"relative tolerances: autodiff {', '.join(map(_num, rtols))}"
-                     + (f", fin.diff {', '.join(map(_num, fd_rtols))}" if fd_rtols else ""))
-        return "\n".join(lines)
-
-    __str__ = table
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"function": self.function, "precision": self.precision, "ok": self.ok,
-                "rows": [row.as_dict() for row in self.rows]}
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1e}"
-
-
-def _errors(a: Any, b: Any) -> tuple[float, float]:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size == 0:
-        return 0.0, 0.0
-    err = float(np.max(np.abs(a - b)))
-    return err, err / max(float(np.max(np.abs(b))), TINY)
-
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -240,8 +132,8 @@ def _vjp_of(g: Callable) -> Callable:
 
 
 def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
-          argnums: int | Sequence[int] | None = None, order: int = 1, eps: float = 1e-6,
-          n_projections: int = 4, full_jacobian_max: int = 64, rtol: float = 1e-10,
+          argnums: int | Sequence[int] | None = None, order: int = 1, eps: float = FD_EPS,
+          n_projections: int = 4, full_jacobian_max: int = 64, rtol: float = VJP_RTOL,
           fd_rtol: float | None = None, raise_on_failure: bool = False, seed: int = 0,
           **kwargs: Any) -> Report:
     r"""Check ``f``'s VJP at ``args`` against autodiff of ``reference`` and finite differences.
@@ -258,11 +150,10 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
       n_projections: random projections ``vᵀJu`` per argument too large for a full Jacobian.
       full_jacobian_max: full Jacobians when both the argument and the output have at most
         this many elements.
-      rtol: tolerance against autodiff, relative to ``max|reference|``. Both sides compute
-        the same sums in float64 in different orders, ``≲ L·u ≈ 1e-13`` for ``L ≲ 10³``
-        terms; 1e-10 is the project's float64 bound for VJP vs autodiff.
-      fd_rtol: tolerance against finite differences; default ``finite_difference_rtol(eps)``
-        = ``1e3·u/ε + ε²`` (1.1e-7 at ε = 1e-6), derived there.
+      rtol: tolerance against autodiff, relative to ``max|reference|``; default
+        ``tolerances.VJP_RTOL`` = 1e-10 (both sides sum in float64 in different orders).
+      fd_rtol: tolerance against finite differences; default
+        ``tolerances.finite_difference_rtol(eps)`` = ``1e3·u/ε + ε²`` (1.1e-7 at ε = 1e-6).
       raise_on_failure: raise ``GradcheckError`` (an ``AssertionError``) with the table.
       seed: seeds the random cotangents ``v`` and directions ``u``.
 
@@ -307,7 +198,7 @@ def _compare(g, g_ref, primals, names, order, rng, *, eps, k, full_max, rtol, fd
     directions = tuple(np.eye(p.size).reshape((p.size,) + p.shape) if is_full
                        else rng.standard_normal((k,) + p.shape) for p, is_full in zip(primals, full))
     y, y_ref, pulls, pulls_ref, diffs = _evaluate(g, g_ref, primals, cotangents, directions, eps)
-    rows = [Comparison("output", 0, "forward", *_errors(y, y_ref), None, None, rtol, None)] if order == 1 else []
+    rows = [Comparison("output", 0, "forward", *max_errors(y, y_ref), None, None, rtol, None)] if order == 1 else []
     for name, p, is_full, u, pull, pull_ref, diff in zip(names, primals, full, directions, pulls,
                                                           pulls_ref, diffs):
         if is_full:   # J (m × n): rows from VJPs, columns from finite differences
@@ -318,8 +209,8 @@ def _compare(g, g_ref, primals, names, order, rng, *, eps, k, full_max, rtol, fd
             method = f"{k} projections"
             against_fd = (np.sum(jac * np.reshape(u, (k, -1)), axis=1),
                           np.sum(projections * np.asarray(diff), axis=1))
-        rows.append(Comparison(name, order, method, *_errors(jac, jac_ref),
-                               *_errors(*against_fd), rtol, fd_rtol))
+        rows.append(Comparison(name, order, method, *max_errors(jac, jac_ref),
+                               *max_errors(*against_fd), rtol, fd_rtol))
     return rows
 
 
@@ -366,14 +257,18 @@ def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
                 seed: int = 0, **kwargs: Any) -> Report:
     """``f``'s forward and VJP in ``dtype`` against the reference's in float64 at the same
     values (the inputs rounded to ``dtype`` once, then cast up exactly): ``n_projections``
-    random cotangents, compared in full. ``rtol`` defaults to ``LOW_PRECISION_RTOL[dtype]``.
-    No finite differences (they need float64)."""
+    random cotangents, compared in full. ``rtol`` defaults to ``tolerances.RTOL[dtype]``
+    (float32 1e-5, float16 3e-3, bfloat16 1e-2). No finite differences (they need float64).
+
+    A bias's gradient in bfloat16 is JAX's transpose of a broadcast, summed in bfloat16: it
+    errs beyond ``RTOL["bfloat16"]`` (see ``jaxcnn.tolerances``); leave it out with ``argnums``
+    or pass a wider ``rtol``."""
     reference = resolve_reference(f, reference)
     args = tuple(args)
     argnums = differentiable_argnums(args, argnums)
     _check_options(1, 0.5, n_projections, 0)
     dtype = jnp.dtype(dtype)
-    rtol = LOW_PRECISION_RTOL.get(dtype.name, 1e-5) if rtol is None else float(rtol)
+    rtol = RTOL.get(dtype.name, RTOL["float32"]) if rtol is None else float(rtol)
     names = argument_names(f, len(args))
     with float64():
         low = tuple(jnp.asarray(a, dtype) if i in argnums else a for i, a in enumerate(args))
@@ -389,21 +284,10 @@ def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
             y_ref, pull_ref = jax.vjp(g_ref, *primals_ref)
             return y, y_ref, jax.vmap(pull)(v_ref.astype(y.dtype)), jax.vmap(pull_ref)(v_ref)
         y, y_ref, pulls, pulls_ref = _run_once(run, primals, primals_ref)
-    rows = [Comparison("output", 0, "forward", *_errors(y, y_ref), None, None, rtol, None)]
-    rows += [Comparison(names[i], 1, f"{n_projections} cotangents", *_errors(a, b), None, None,
+    rows = [Comparison("output", 0, "forward", *max_errors(y, y_ref), None, None, rtol, None)]
+    rows += [Comparison(names[i], 1, f"{n_projections} cotangents", *max_errors(a, b), None, None,
                         rtol, None) for i, a, b in zip(argnums, pulls, pulls_ref)]
     report = Report(getattr(f, "__name__", repr(f)), f"{dtype.name} vs float64 reference", tuple(rows))
     if raise_on_failure and not report.ok:
         raise GradcheckError("\n" + report.table())
     return report
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``jaxcnn gradcheck [--quick] [--json PATH] [--seed N] [--ops conv,max_pool,...]``: the
-    verification matrix as one table (``jaxcnn.gradcheck_command``). Exit status 0 if every
-    configuration passes, 1 on any failure, 2 on bad usage."""
-    from jaxcnn.gradcheck_command import main as run_command
-    return run_command(argv)

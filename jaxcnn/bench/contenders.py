@@ -1,7 +1,7 @@
 """The ``jaxcnn bench`` contenders: the ``lax`` baseline differentiated by JAX autodiff,
 jaxcnn's ops, and PyTorch's (``TorchSide``: tensors, runners, outputs back in JAX layout).
 
-Private: ``jaxcnn.bench`` re-exports every name here.
+``jaxcnn.bench`` re-exports every name here.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcnn
-from jaxcnn._bench_cases import Case
+from jaxcnn.bench.cases import Case
 
 
 def _lax_specs(n: int, channels_last: bool, transpose: bool) -> tuple[str, str, str]:

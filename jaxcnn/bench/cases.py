@@ -1,7 +1,7 @@
 """The ``jaxcnn bench`` suite: the benchmarked layers (``Case``), their shapes at each scale,
 their FLOP counts and their one-line descriptions.
 
-Private: ``jaxcnn.bench`` re-exports every name here.
+``jaxcnn.bench`` re-exports every name here.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``jaxcnn gradcheck``: run the verification matrix, print one table, optionally write JSON.
 
-The configurations live in ``jaxcnn.gradcheck_matrix``, the checks in ``jaxcnn.gradcheck``;
+The configurations live in ``jaxcnn.gradcheck.matrix``, the checks in ``jaxcnn.gradcheck.checks``;
 this module is the command around them: arguments, a progress bar (rich, else tqdm), the
 table (rich, else plain text), the failures' details and the JSON record.
 """
@@ -15,14 +15,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from jaxcnn import gradcheck_matrix as matrix
-from jaxcnn.gradcheck import LOW_PRECISION_RTOL, finite_difference_rtol, float64
+from jaxcnn.gradcheck import matrix
+from jaxcnn.gradcheck.checks import float64
+from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``jaxcnn gradcheck [--quick] [--json PATH] [--seed N] [--ops conv,max_pool,...]``.
 
-    Runs the verification matrix (``jaxcnn.gradcheck_matrix``: every op × 1D/2D/3D × strides,
+    Runs the verification matrix (``jaxcnn.gradcheck.matrix``: every op × 1D/2D/3D × strides,
     paddings, modes, dilations, groups, layouts, impls; float64 against autodiff and finite
     differences, float32 against the float64 reference, some at order 2) and prints one table,
     a row per op. Exit status 0 if everything passes, 1 on any failure, 2 on bad usage.
@@ -56,10 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = sum(not r["ok"] for r in rows)
     title = (f"jaxcnn gradcheck{' --quick' if options.quick else ''}: {len(rows)} configurations, "
              f"seed {options.seed}, {wall:.0f} s: " + ("all pass" if ok else f"{failed} FAILED"))
+    eps = f"{FD_EPS:.0e}".replace("e-0", "e-")    # 1e-6, not 1e-06
     notes = (f"Relative errors (max|a − b| / max|b|), worst over configurations and arguments. "
-             f"Tolerances: float64 vs autodiff {1e-10:.0e}, vs central differences "
-             f"{finite_difference_rtol(1e-6):.1e} (ε = 1e-6), float32 "
-             f"{LOW_PRECISION_RTOL['float32']:.0e}.")
+             f"Tolerances: float64 vs autodiff {VJP_RTOL:.0e}, vs central differences "
+             f"{finite_difference_rtol(FD_EPS):.1e} (ε = {eps}), float32 {RTOL['float32']:.0e}.")
     _print_table(summaries, title, notes)
     for line in failure_lines(rows):
         print(line)

@@ -6,8 +6,8 @@ per-axis ints, ``(lo, hi)`` pairs, every string, any case) × padding modes × d
 groups × layouts × impls. Rather than the full product (thousands of compilations), each
 variant runs once per number of spatial axes, the (impl, layout) pair cycling so that every
 variant meets both impls and both layouts and every dimension all four pairs. Each case is
-checked in float64 against autodiff and finite differences (``gradcheck.check``); every
-third also in float32 against the float64 reference (``gradcheck.check_dtype``), and one per
+checked in float64 against autodiff and finite differences (``checks.check``); every
+third also in float32 against the float64 reference (``checks.check_dtype``), and one per
 dimension at order 2 (grad-of-grad).
 
 Shapes stay small (N = 2, C ≤ 4, sizes ≤ 7): compiling each configuration is the main cost.
@@ -15,7 +15,6 @@ Shapes stay small (N = 2, C ≤ 4, sizes ≤ 7): compiling each configuration is
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 import zlib
 from typing import Any, Callable
@@ -23,12 +22,20 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxcnn import gradcheck
+from jaxcnn import reference
+from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
+from jaxcnn.gradcheck.checks import check, check_dtype
+from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
+from jaxcnn.transpose import conv_transpose, convolve
 
 SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
 KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
 IMPL_LAYOUTS = (("lax", False), ("manual", True), ("lax", True), ("manual", False))
 FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurations
+# The functions under test, by the name a Case gives (``jaxcnn.<name>``).
+FUNCTIONS = {f.__name__: f for f in (conv, conv1d, conv2d, conv3d, conv_input_grad,
+                                     conv_weight_grad, convolve, conv_transpose, max_pool,
+                                     avg_pool, global_avg_pool)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +138,6 @@ def _conv_case(op: str, name_by_n: bool = False):
 
 
 def _conv_output_shape(x, w, kwargs) -> tuple[int, ...]:
-    conv = importlib.import_module("jaxcnn").conv
     shape_of = lambda a: jax.ShapeDtypeStruct(a.shape, np.float32)
     return jax.eval_shape(lambda x, w: conv(x, w, **kwargs), shape_of(x), shape_of(w)).shape
 
@@ -238,10 +244,8 @@ OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
 
 
 def available_ops() -> list[str]:
-    """The ops of ``OPS`` that exist both in ``jaxcnn`` and in ``jaxcnn.reference``."""
-    jaxcnn = importlib.import_module("jaxcnn")
-    return [op for op in OPS if callable(getattr(jaxcnn, op, None))
-            and callable(getattr(jaxcnn.reference, op, None))]
+    """The ops of ``OPS`` that exist both in ``FUNCTIONS`` and in ``jaxcnn.reference``."""
+    return [op for op in OPS if op in FUNCTIONS and callable(getattr(reference, op, None))]
 
 
 def cases_for(op: str, seed: int) -> list[Case]:
@@ -254,8 +258,7 @@ def cases_for(op: str, seed: int) -> list[Case]:
 
 def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
     """Check one configuration; an exception is a failed row carrying its message."""
-    jaxcnn = importlib.import_module("jaxcnn")
-    f, reference = getattr(jaxcnn, case.function), getattr(jaxcnn.reference, case.reference)
+    f, reference_f = FUNCTIONS[case.function], getattr(reference, case.reference)
     start = time.perf_counter()
     row: dict[str, Any] = {"op": case.op, "function": case.function, "label": case.label,
                            "dtype": case.dtype, "order": case.order,
@@ -264,11 +267,11 @@ def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
                            "kwargs": {k: repr(v) for k, v in case.kwargs.items()}}
     try:
         if case.dtype == "float64":
-            report = gradcheck.check(f, case.args, reference=reference, order=case.order,
-                                     full_jacobian_max=FULL_JACOBIAN_MAX, seed=seed, **case.kwargs)
+            report = check(f, case.args, reference=reference_f, order=case.order,
+                           full_jacobian_max=FULL_JACOBIAN_MAX, seed=seed, **case.kwargs)
         else:
-            report = gradcheck.check_dtype(f, case.args, case.dtype, reference=reference,
-                                           seed=seed, **case.kwargs)
+            report = check_dtype(f, case.args, case.dtype, reference=reference_f,
+                                 seed=seed, **case.kwargs)
     except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
         row.update(ok=False, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
         return row

@@ -1,0 +1,58 @@
+"""``jaxcnn bench``'s report: the markdown table, the device, the machine's load."""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Sequence
+
+import jax
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per row: ms per contender, ratios to ``jax``, and ours' GFLOP/s (% of peak)."""
+    head = ("| case | shape | dtype | layout | mode | jax ms | lax ms | manual ms | torch ms "
+            "| lax/jax | manual/jax | torch/jax | lax GFLOP/s (% peak) |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        ours = "jaxcnn" if "jaxcnn" in r["ms"] else "lax"
+        g, frac = r["gflops"].get(ours), r["peak_fraction"].get(ours)
+        perf = "—" if g is None else f"{g:.3g} ({100 * frac:.2g}%)"
+        layout = "NC…" if r["layout"] == "channels_first" else "N…C"
+        lines.append(
+            f"| {r['case']} | {r['shape']} | {r['dtype']} | {layout} | {r['mode']} | "
+            f"{_num(r['ms'].get('jax'))} | {_num(r['ms'].get(ours))} | {_num(r['ms'].get('manual'))} | "
+            f"{_num(r['ms'].get('torch'))} | {_num(r['ratio'].get(ours), 2)} | "
+            f"{_num(r['ratio'].get('manual'), 2)} | {_num(r['ratio'].get('torch'), 2)} | {perf} |")
+    return "\n".join(lines)
+
+
+def device_info() -> dict[str, Any]:
+    device = jax.devices()[0]
+    info = {"platform": device.platform, "device_kind": device.device_kind,
+            "jax": jax.__version__, "python": platform.python_version(), "cpu": platform.processor()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"], info["cpu_cores"] = models[0], len(models)
+    except (OSError, IndexError):
+        pass
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: how shared the machine was during the run."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None

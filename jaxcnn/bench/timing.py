@@ -1,0 +1,59 @@
+"""Timing for ``jaxcnn bench``: contenders timed in interleaved rounds, and the matmul peak
+every GFLOP/s is a fraction of."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def failure_message(err: Exception) -> str:
+    """A contender's exception as the one line the report keeps."""
+    return f"{type(err).__name__}: {err}"[:300]
+
+
+def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], repeats: int,
+                     min_seconds: float = 0.0) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
+    """Milliseconds of every contender's synchronised calls, timed **in rounds**: after each
+    one's first (compiling) call and a warm-up, every round calls each contender once, the
+    order rotating by one per round, so a burst of load or a clock change hits them all alike
+    and the ratios stay fair. ``repeats`` rounds, or more (up to 50) until ``min_seconds`` of
+    rounds are spent. Returns the times, each contender's first output, and the failures (a
+    contender that raises is reported and left out, the others go on)."""
+    outs, failures, warm = {}, {}, 0.0
+    for name, (call, sync) in calls.items():
+        try:
+            outs[name] = call()
+            sync(outs[name])
+            start = time.perf_counter()
+            sync(call())
+            warm += time.perf_counter() - start
+        except Exception as err:  # a broken contender is reported, the run goes on
+            failures[name] = failure_message(err)
+    names = [n for n in calls if n not in failures]
+    count = max(repeats, min(50, math.ceil(min_seconds / max(warm, 1e-6))))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(count):
+        for i in range(len(names)):
+            name = names[(i + round_) % len(names)]
+            call, sync = calls[name]
+            start = time.perf_counter()
+            sync(call())
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times, outs, failures
+
+
+def matmul_peak(n: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of a square float32 ``n × n`` matmul on ``jax.devices()[0]``: the yardstick. A
+    peak, so the fastest call counts (a shared machine only ever slows calls down)."""
+    a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32))
+    f = jax.jit(jnp.matmul)
+    times, _, failures = time_interleaved({"matmul": (lambda: f(a, a), jax.block_until_ready)}, repeats)
+    if failures:
+        raise RuntimeError(f"matmul peak: {failures['matmul']}")
+    times = times["matmul"]
+    return {"n": n, "ms": min(times), "gflops": 2 * n ** 3 / min(times) / 1e6}

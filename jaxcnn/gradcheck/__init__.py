@@ -1,0 +1,19 @@
+"""Gradient checking: every hand-written VJP against JAX autodiff and finite differences.
+
+- ``checks``: ``check`` (float64, against autodiff of the reference and central differences,
+  order 1 or 2) and ``check_dtype`` (a low-precision dtype against the float64 reference);
+- ``report``: the ``Report`` they return, its rows and ``GradcheckError``;
+- ``matrix``: the configurations ``jaxcnn gradcheck`` runs (every op × 1D/2D/3D × options);
+- ``command``: ``jaxcnn gradcheck`` itself (``main``).
+
+The tolerances and their derivations live in ``jaxcnn.tolerances``.
+"""
+from jaxcnn.gradcheck.checks import (argument_names, check, check_dtype, differentiable_argnums,
+                                     float64, resolve_reference)
+from jaxcnn.gradcheck.command import main
+from jaxcnn.gradcheck.report import Comparison, GradcheckError, Report, max_errors
+from jaxcnn.tolerances import finite_difference_rtol
+
+__all__ = ["check", "check_dtype", "Report", "Comparison", "GradcheckError", "main",
+           "finite_difference_rtol", "float64", "resolve_reference", "argument_names",
+           "differentiable_argnums", "max_errors"]
