@@ -1,155 +1,19 @@
-"""Datasets and batching: MNIST-1D, Fashion-MNIST, moving-item clips for 3D CNNs.
+"""Augmentations: pure JAX functions of ``(key, x)``, ``x: (N, C, *S)``, that can be
+jit-compiled (their size arguments are static).
 
-Every array is channels-first, ``x: (N, C, *S)``, ``y: (N,)`` int32. Loaders return numpy
-arrays on the host; ``batches`` slices them per step, and the augmentations are pure JAX
-functions of ``(key, x)`` that can be jit-compiled (their size arguments are static).
-
-This module is the public entry: MNIST-1D, batching and augmentation live here; the
-``Dataset`` container and ``standardize`` in ``jaxcnn._dataset``, Fashion-MNIST (IDX files,
-search, download) in ``jaxcnn._fashion``, the clips in ``jaxcnn._clips``, re-exported here.
-
-Nothing here touches the network except ``download_fashion_mnist``.
+The public names are re-exported by ``jaxcnn.data``.
 """
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import random
-import warnings
-import zipfile
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxcnn._args import _is_int, choice, int_tuple
-from jaxcnn._clips import DIRECTIONS, Clips, load_fashion_clips, make_clips
-from jaxcnn._dataset import Dataset, PathLike, _atomic_write, _int_arg, standardize
-from jaxcnn._fashion import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FASHION_MNIST_MD5,
-                             FASHION_MNIST_URLS, download_fashion_mnist, find_fashion_mnist,
-                             load_fashion_mnist, read_idx)
+from jaxcnn._args import choice, int_tuple
+from jaxcnn.data.dataset import is_int
 
-__all__ = [
-    "Dataset", "Clips", "load_mnist1d", "read_idx", "load_fashion_mnist", "find_fashion_mnist",
-    "download_fashion_mnist", "standardize", "make_clips", "load_fashion_clips",
-    "epoch_permutation", "batches", "random_shift", "random_shift_1d", "random_crop",
-    "random_flip", "FASHION_MNIST_CLASSES", "DIRECTIONS",
-]
-
-
-# ----------------------------------------------------------------------------- MNIST-1D
-
-MNIST1D_SEED = 42  # mnist1d's get_dataset_args() default: the published MNIST-1D
-_MNIST1D_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def load_mnist1d(seed: int | None = None, cache_dir: PathLike | None = None) -> Dataset:
-    """MNIST-1D (Greydanus 2020; Greydanus & Kobak, ICML 2024), from ``mnist1d``'s generator.
-
-    Default arguments of ``mnist1d.data.get_dataset_args``: 5000 examples, 80/20 split.
-    ``mnist1d.get_dataset`` may download a pickle; this calls ``make_dataset`` instead, so it
-    never touches the network, and it restores the global numpy/``random`` state that the
-    generator reseeds.
-
-    Args:
-      seed: generator seed; ``None`` is mnist1d's default 42, the published dataset.
-      cache_dir: optional directory for an ``.npz`` cache (written atomically).
-
-    Returns:
-      ``x_train: (4000, 1, 40)``, ``x_test: (1000, 1, 40)`` float32 (standardised by the
-      generator to mean 0, std 1 over the whole set); ``y_*`` int32 in ``[0, 10)``.
-    """
-    seed = MNIST1D_SEED if seed is None else _int_arg(seed, "seed", 0)
-    cache = None
-    arrays = None
-    if cache_dir is not None:
-        version = importlib.metadata.version("mnist1d")
-        cache = Path(cache_dir) / f"mnist1d-{version}-seed{seed}.npz"
-        arrays = _read_npz(cache, _MNIST1D_KEYS)
-    if arrays is None:
-        arrays = _generate_mnist1d(seed)
-        if cache is not None:
-            _atomic_write(cache, lambda f: np.savez(f, **arrays))
-    return Dataset(**arrays, num_classes=10, name="mnist1d")
-
-
-def _generate_mnist1d(seed: int) -> dict[str, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset  # lazy: pulls in scipy, matplotlib
-
-    args = get_dataset_args()
-    args.seed = seed
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        raw = make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
-    return {"x_train": raw["x"][:, None, :].astype(np.float32), "y_train": raw["y"].astype(np.int32),
-            "x_test": raw["x_test"][:, None, :].astype(np.float32), "y_test": raw["y_test"].astype(np.int32)}
-
-
-def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or ``None`` (with a warning if the cache exists but is unreadable)."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as stored:
-            return {key: stored[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        warnings.warn(f"{path}: unreadable cache ({err}); regenerating it", stacklevel=3)
-        return None
-
-
-# ----------------------------------------------------------------------------- batching
-
-def _as_key(key_or_seed: Any) -> jax.Array:
-    if _is_int(key_or_seed):
-        return jax.random.key(int(key_or_seed))
-    if isinstance(key_or_seed, (jax.Array, np.ndarray)):
-        if jax.dtypes.issubdtype(key_or_seed.dtype, jax.dtypes.prng_key) and key_or_seed.shape == ():
-            return key_or_seed
-        if key_or_seed.dtype == np.uint32 and key_or_seed.shape == (2,):
-            return jax.random.wrap_key_data(jnp.asarray(key_or_seed))
-    raise TypeError(f"key_or_seed: expected an int seed or a single JAX PRNG key; got "
-                    f"{type(key_or_seed).__name__} {getattr(key_or_seed, 'shape', '')}")
-
-
-def epoch_permutation(key_or_seed: int | jax.Array, epoch: int, n: int) -> np.ndarray:
-    """The example order of ``epoch``: ``permutation(fold_in(key, epoch), n)``, ``(n,)`` int.
-
-    A pure function of ``(key_or_seed, epoch, n)``, so a resumed run replays the same order.
-    An int seed means ``jax.random.key(seed)``.
-    """
-    epoch = _int_arg(epoch, "epoch", 0)
-    n = _int_arg(n, "n", 0)
-    return np.asarray(jax.random.permutation(jax.random.fold_in(_as_key(key_or_seed), epoch), n))
-
-
-def batches(key_or_seed: int | jax.Array, x: Any, y: Any, batch_size: int, *, epoch: int = 0,
-            shuffle: bool = True, drop_last: bool = True) -> Iterator[tuple[Any, Any]]:
-    """One epoch of ``(x[idx], y[idx])`` minibatches, ``x: (N, ...)``, ``y: (N, ...)``.
-
-    With ``shuffle``, ``idx`` runs through ``epoch_permutation(key_or_seed, epoch, N)``; else
-    in order. ``drop_last`` drops the final short batch, so every batch has ``batch_size``
-    rows (one jit compilation). Arguments are checked here, before the first batch.
-    """
-    n = getattr(x, "shape", (None,))[0] if getattr(x, "ndim", 0) else None
-    if n is None or getattr(y, "ndim", 0) == 0 or y.shape[0] != n:
-        shapes = [getattr(a, "shape", type(a).__name__) for a in (x, y)]
-        raise ValueError(f"x, y: expected arrays with the same leading size N; got shapes "
-                         f"{shapes[0]} and {shapes[1]}")
-    batch_size = _int_arg(batch_size, "batch_size", 1)
-    if drop_last and batch_size > n:
-        raise ValueError(f"batch_size: expected at most N = {n} with drop_last=True (else no "
-                         f"batch at all); got {batch_size}")
-    order = epoch_permutation(key_or_seed, epoch, n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    return ((x[idx], y[idx]) for idx in (order[i:i + batch_size] for i in range(0, stop, batch_size)))
-
-
-# ----------------------------------------------------------------------------- augmentation
 
 def _check_batched(x: Any, name: str = "x") -> jax.Array:
     x = jnp.asarray(x)
@@ -158,7 +22,7 @@ def _check_batched(x: Any, name: str = "x") -> jax.Array:
     return x
 
 
-def _shift(x: jax.Array, shifts: jax.Array, circular: bool) -> jax.Array:
+def shift(x: jax.Array, shifts: jax.Array, circular: bool) -> jax.Array:
     """``out[n, c, i] = x[n, c, i - shifts[n]]`` on every spatial axis; outside is 0 unless circular."""
     for k in range(shifts.shape[1]):
         axis, length = 2 + k, x.shape[2 + k]
@@ -193,7 +57,7 @@ def _random_shift(key: jax.Array, x: jax.Array, max_shift: tuple[int, ...], circ
     keys = jax.random.split(key, len(max_shift))
     shifts = jnp.stack([jax.random.randint(k, (x.shape[0],), -m, m + 1, dtype=jnp.int32)
                         for k, m in zip(keys, max_shift)], axis=1)
-    return _shift(x, shifts, circular)
+    return shift(x, shifts, circular)
 
 
 def random_shift_1d(key: jax.Array, x: Any, max_shift: int, *, mode: str = "circular") -> jax.Array:
@@ -222,7 +86,7 @@ def random_flip(key: jax.Array, x: Any, axis: int = -1, *, p: float = 0.5) -> ja
     """
     x = _check_batched(x)
     spatial = range(2, x.ndim)
-    if not _is_int(axis) or (axis if axis >= 0 else axis + x.ndim) not in spatial:
+    if not is_int(axis) or (axis if axis >= 0 else axis + x.ndim) not in spatial:
         raise ValueError(f"axis: expected a spatial axis of x with shape {x.shape}, in "
                          f"[2, {x.ndim}) or [{2 - x.ndim}, 0); got {axis!r}")
     if isinstance(p, (int, float)) and not 0 <= p <= 1:
