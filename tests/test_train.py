@@ -63,7 +63,7 @@ def test_short_run_lowers_the_loss_and_writes_report_and_plots(tmp_path):
     assert set(report["plots"]) == expected
     for name in expected:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob(".checkpoint-*")), "temporary checkpoint left behind"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
 
 
 def dropout_cnn(num_classes: int = 4, *, impl: str = "lax") -> nn.Layer:
