@@ -86,17 +86,25 @@ def _not_a_checkpoint(path: Path, names: Sequence[str], why: str) -> NotACheckpo
                                f"jaxcnn train (arrays {expected}); {why}")
 
 
+def _check_zip(path: Path, names: Sequence[str]) -> None:
+    """An .npz is a zip archive; say what the file is instead (numpy would call anything else
+    pickled data)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first entry, or an empty zip
+        what = ("it is empty" if not head else "it is a single .npy array" if head.startswith(b"\x93NUMPY")
+                else f"it starts with {head!r}")
+        raise _not_a_checkpoint(path, names, f"it is not a zip archive ({what})")
+
+
 @contextlib.contextmanager
 def _open(path: Path, names: Sequence[str]) -> Iterator[tuple[Any, dict]]:
     """The open archive and its stored config; every reason it is not a checkpoint named."""
+    _check_zip(path, names)
     try:
         archive = np.load(path)
-    except FileNotFoundError:
-        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise _not_a_checkpoint(path, names, f"numpy cannot read it as one ({err})") from None
-    if not hasattr(archive, "files"):
-        raise _not_a_checkpoint(path, names, f"got a single {type(archive).__name__}")
+        raise _not_a_checkpoint(path, names, f"its zip archive is unreadable ({err})") from None
     with archive:
         missing = [name for name in (*names, CONFIG) if name not in archive.files]
         if missing:
