@@ -12,8 +12,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxcnn.checkpoint import PathLike
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
