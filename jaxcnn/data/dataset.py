@@ -6,10 +6,10 @@ The public names are re-exported by ``jaxcnn.data``.
 from __future__ import annotations
 
 import dataclasses
-import operator
 import types
 from typing import Any, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,14 +48,12 @@ class Dataset:
 
 
 def is_int(value: Any) -> bool:
-    """An integer (Python, numpy or a 0-d integer array), not a bool."""
+    """An integer scalar: a Python or numpy int, or a 0-d integer array; not a bool."""
     if isinstance(value, (bool, np.bool_)):
         return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
+    dtype = getattr(value, "dtype", None)
+    return isinstance(value, (int, np.integer)) or (
+        dtype is not None and np.ndim(value) == 0 and jnp.issubdtype(dtype, jnp.integer))
 
 
 def int_arg(value: Any, name: str, minimum: int, why: str = "") -> int:
