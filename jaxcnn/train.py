@@ -32,8 +32,8 @@ import numpy as np
 import optax
 
 from jaxcnn import checkpoint, data, models, nn
-from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, TrainConfig,
-                                 augmentation, make_optimizer, parse_args)
+from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, Plan, TrainConfig,
+                                 augmentation, make_optimizer, make_plan, parse_args)
 
 __all__ = [
     "DATASET_NAMES", "DEFAULTS", "DTYPES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainState",
@@ -211,39 +211,29 @@ def _resume(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[Trai
 
 # ----------------------------------------------------------------------------- the run
 
-class Plan(NamedTuple):
-    """How long a run is, in steps of ``batch_size`` examples out of ``n``."""
-
-    n: int
-    batch_size: int
-    steps_per_epoch: int
-    total: int
-    stop: int
-    eval_every: int
-
-
-def make_plan(config: TrainConfig, n: int) -> Plan:
-    if config.batch_size > n:
-        raise ValueError(f"batch_size: expected at most the {n} training examples; got {config.batch_size}")
-    steps_per_epoch = n // config.batch_size
-    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    stop = total if config.halt_after is None else min(total, config.halt_after)
-    eval_every = config.eval_every or steps_per_epoch * max(1, round(total / steps_per_epoch / 20))
-    return Plan(n, config.batch_size, steps_per_epoch, total, stop, eval_every)
-
-
+@dataclasses.dataclass
 class Monitor:
     """What happens between steps: metrics stay on the device until every ``log_every``-th
     step (one host sync), the test set is evaluated every ``eval_every`` steps, a checkpoint
     is written every ``checkpoint_every`` steps once the losses up to it were seen finite."""
 
-    def __init__(self, config: TrainConfig, plan: Plan, start: int, schedule: Callable,
-                 test: Callable, save: Callable, metrics_path: Path, wall_start: float) -> None:
-        self.config, self.plan, self.start, self.schedule = config, plan, start, schedule
-        self.test, self.save, self.metrics_path, self.wall_start = test, save, metrics_path, wall_start
-        self.pending, self.saved_step, self.last_eval = [], start, None
-        self.startup_s = self.loop_start = None
-        self.bar = _progress(config, plan.stop, start)
+    config: TrainConfig
+    workdir: Path
+    plan: Plan
+    start: int  # the first step of this process (> 0 when resumed)
+    schedule: Callable  # step -> learning rate
+    test: Callable  # params -> {"test_loss", "test_accuracy"}
+    root_key: jax.Array
+    elapsed_before: float  # seconds trained before a resume
+    wall_start: float
+    pending: list = dataclasses.field(default_factory=list)
+    last_eval: dict | None = None
+    startup_s: float | None = None
+    loop_start: float | None = None
+
+    def __post_init__(self) -> None:
+        self.saved_step = self.start
+        self.bar = _progress(self.config, self.plan.stop, self.start)
 
     def after_step(self, done: int, state: TrainState, metrics: dict) -> None:
         plan = self.plan
@@ -257,10 +247,13 @@ class Monitor:
             self.log()
         if evaluate_now:
             self.last_eval = {"step": done, "epoch": done / plan.steps_per_epoch, **self.test(state.params)}
-            _write_lines(self.metrics_path, [{"kind": "eval", **self.last_eval}])
+            _write_lines(self.workdir / METRICS, [{"kind": "eval", **self.last_eval}])
             self.bar.write(f"step {done}: test accuracy {self.last_eval['test_accuracy']:.4f}")
         if save_now:
-            self.save(state, done)
+            save_checkpoint(self.workdir / CHECKPOINT, state, key=self.root_key,
+                            epoch=done // plan.steps_per_epoch, position=done % plan.steps_per_epoch,
+                            elapsed=self.elapsed_before + time.perf_counter() - self.wall_start,
+                            config=self.config)
             self.saved_step = done
 
     def rate(self, done: int) -> float:
@@ -268,17 +261,17 @@ class Monitor:
 
     def log(self) -> None:
         rate = self.rate(self.pending[-1][0])
-        records = _flush(self.pending, self.schedule, rate, self.saved_step, self.metrics_path.parent / CHECKPOINT)
+        records = _flush(self.pending, self.schedule, rate, self.saved_step, self.workdir / CHECKPOINT)
         self.pending = []
-        _write_lines(self.metrics_path, records)
+        _write_lines(self.workdir / METRICS, records)
         self.bar.update(len(records))
         self.bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", acc=f"{records[-1]['accuracy']:.3f}",
                              ex_s=f"{rate:.0f}")
 
-    def timing(self, cpu_start: float, elapsed_before: float) -> dict:
+    def timing(self, cpu_start: float) -> dict:
         wall = time.perf_counter() - self.wall_start
         steps_run = self.plan.stop - self.start
-        return {"wall_time_s": wall, "train_time_s": elapsed_before + wall, "startup_s": self.startup_s,
+        return {"wall_time_s": wall, "train_time_s": self.elapsed_before + wall, "startup_s": self.startup_s,
                 "cpu_time_s": time.process_time() - cpu_start,
                 "examples_per_s": self.rate(self.plan.stop) if steps_run > 1 else None}
 
@@ -326,29 +319,23 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     state = initial_state(config, model, optimizer, dataset.input_shape)
     state, root_key, elapsed_before = _resume(config, workdir, state)
     _, data_key, train_key = jax.random.split(root_key, 3)
-    dtype = jnp.dtype(config.dtype)
+    dtype, start = jnp.dtype(config.dtype), int(state.step)
     train_step = make_train_step(model, optimizer, train_key,
                                  augmentation(config.dataset) if config.augment else None, dtype)
-    eval_step = make_eval_step(model, dtype)
-    test = lambda params: evaluate(eval_step, params, dataset.x_test, dataset.y_test, config.eval_batch_size)
-
-    def save(state: TrainState, done: int) -> None:
-        elapsed = elapsed_before + time.perf_counter() - wall_start
-        save_checkpoint(workdir / CHECKPOINT, state, key=root_key, epoch=done // plan.steps_per_epoch,
-                        position=done % plan.steps_per_epoch, elapsed=elapsed, config=config)
-    start = int(state.step)
-    monitor = Monitor(config, plan, start, schedule, test, save, workdir / METRICS, wall_start)
+    test = functools.partial(evaluate, make_eval_step(model, dtype), x=dataset.x_test, y=dataset.y_test,
+                             batch_size=config.eval_batch_size)
+    monitor = Monitor(config, workdir, plan, start, schedule, test, root_key, elapsed_before, wall_start)
     try:
         for first_step, batches in epochs(data_key, x_train, y_train, plan, start):
             state = train_epoch(train_step, state, batches, first_step, monitor.after_step)
     finally:
         monitor.bar.close()
-    timing = monitor.timing(cpu_start, elapsed_before)
+    timing = monitor.timing(cpu_start)
     if plan.stop < plan.total:
         return {"halted_at": plan.stop, "steps": plan.total, **timing}
     last_eval = monitor.last_eval or {"step": plan.total, "epoch": plan.total / plan.steps_per_epoch,
                                       **test(state.params)}  # resumed a finished run: evaluate it
-    report = _report(config, dataset, model, state, last_eval, plan, timing, train_step._cache_size())
+    report = _report(config, dataset, state, last_eval, plan, timing, train_step._cache_size())
     return _finish(config, workdir, report, model, state, dataset)
 
 
@@ -381,8 +368,8 @@ def _flush(pending: list, schedule: Callable, rate: float, saved_step: int, chec
     return records
 
 
-def _report(config: TrainConfig, dataset: data.Dataset, model: nn.Layer, state: TrainState,
-            last_eval: dict, plan: Plan, timing: dict, compilations: int) -> dict:
+def _report(config: TrainConfig, dataset: data.Dataset, state: TrainState, last_eval: dict, plan: Plan,
+            timing: dict, compilations: int) -> dict:
     return {"dataset": config.dataset, "model": config.model, "seed": config.seed, "impl": config.impl,
             "dtype": config.dtype, "test_accuracy": last_eval["test_accuracy"],
             "test_loss": last_eval["test_loss"], "steps": plan.total, "epochs": plan.total / plan.steps_per_epoch,

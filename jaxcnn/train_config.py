@@ -1,13 +1,13 @@
 """What a ``jaxcnn train`` run is: ``TrainConfig`` with the per-dataset ``DEFAULTS``, the
-command-line flags that fill it, and the recipe pieces it names (augmentation, optimizer and
-learning-rate schedule). ``jaxcnn.train`` runs it; its names are re-exported there.
+command-line flags that fill it, its ``Plan`` (epochs, steps, when to evaluate) and the recipe
+pieces it names (augmentation, optimizer and learning-rate schedule). ``jaxcnn.train`` runs it; its names are re-exported there.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import optax
@@ -96,6 +96,29 @@ class TrainConfig:
         """The fields a resumed run must share with its checkpoint."""
         skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+class Plan(NamedTuple):
+    """How long a run is, in steps of ``batch_size`` examples out of ``n``."""
+
+    n: int
+    batch_size: int
+    steps_per_epoch: int
+    total: int
+    stop: int
+    eval_every: int
+
+
+def make_plan(config: TrainConfig, n: int) -> Plan:
+    """The plan of ``config`` on ``n`` training examples; an epoch is ``n // batch_size`` steps."""
+    if config.batch_size > n:
+        raise ValueError(f"batch_size: expected at most the {n} training examples; got {config.batch_size}")
+    steps_per_epoch = n // config.batch_size
+    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    stop = total if config.halt_after is None else min(total, config.halt_after)
+    eval_every = config.eval_every or steps_per_epoch * max(1, round(total / steps_per_epoch / 20))
+    return Plan(n, config.batch_size, steps_per_epoch, total, stop, eval_every)
+
 
 
 def augmentation(dataset_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
