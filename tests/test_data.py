@@ -13,7 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import _fashion, data
+from jaxcnn import data
+from jaxcnn.data import augmentation
+from jaxcnn.data import mnist1d as mnist1d_module
+from jaxcnn.data import fashion as fashion_files
 
 VELOCITY = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
 
@@ -64,7 +67,7 @@ def test_mnist1d_is_deterministic_and_cached(mnist1d, tmp_path, monkeypatch):
     def must_not_generate(seed):
         raise AssertionError("regenerated although the cache exists")
 
-    monkeypatch.setattr(data, "_generate_mnist1d", must_not_generate)
+    monkeypatch.setattr(mnist1d_module, "_generate_mnist1d", must_not_generate)
     cached = data.load_mnist1d(cache_dir=tmp_path)
     np.testing.assert_array_equal(cached.x_test, first.x_test)
 
@@ -72,7 +75,7 @@ def test_mnist1d_is_deterministic_and_cached(mnist1d, tmp_path, monkeypatch):
 def test_mnist1d_corrupt_cache_is_regenerated(mnist1d, tmp_path, monkeypatch):
     first, _ = mnist1d
     arrays = {k: getattr(first, k) for k in ("x_train", "y_train", "x_test", "y_test")}
-    monkeypatch.setattr(data, "_generate_mnist1d", lambda seed: arrays)
+    monkeypatch.setattr(mnist1d_module, "_generate_mnist1d", lambda seed: arrays)
     data.load_mnist1d(cache_dir=tmp_path)
     (cache,) = tmp_path.glob("mnist1d-*.npz")
     cache.write_bytes(b"not a zip file")
@@ -248,7 +251,7 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch):
     assert data.find_fashion_mnist() == env_dir
     assert data.find_fashion_mnist(explicit_dir) == explicit_dir
     monkeypatch.setenv("JAXCNN_DATA", str(tmp_path / "empty"))  # falls through to Debian's
-    monkeypatch.setattr(_fashion, "DEBIAN_FASHION_MNIST_DIR", explicit_dir)
+    monkeypatch.setattr(fashion_files, "DEBIAN_FASHION_MNIST_DIR", explicit_dir)
     assert data.find_fashion_mnist() == explicit_dir
 
 
@@ -274,7 +277,7 @@ def mirrors(tmp_path, monkeypatch):
             raise OSError(f"404 for {url}")
         return served[base + "/"][name]
 
-    monkeypatch.setattr(_fashion, "_fetch", fake_fetch)
+    monkeypatch.setattr(fashion_files, "_fetch", fake_fetch)
     return good, served, calls
 
 
@@ -299,7 +302,7 @@ def test_download_rejects_wrong_md5(tmp_path, mirrors):
 
 
 def test_download_checks_the_official_md5(tmp_path, monkeypatch):
-    monkeypatch.setattr(_fashion, "_fetch", lambda url, timeout: b"not fashion-mnist")
+    monkeypatch.setattr(fashion_files, "_fetch", lambda url, timeout: b"not fashion-mnist")
     with pytest.raises(ValueError, match="expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
         data.download_fashion_mnist(tmp_path)
     with pytest.raises(TypeError, match="mirrors"):
@@ -449,9 +452,9 @@ def test_batches_bad_arguments(key, x, y, batch_size, kwargs, error, message):
 def test_shift_by_hand():
     ramp = jnp.array([[[1.0, 2, 3, 4, 5]]])
     shifts = jnp.array([[2]], jnp.int32)
-    np.testing.assert_array_equal(data._shift(ramp, shifts, circular=True)[0, 0], [4, 5, 1, 2, 3])
-    np.testing.assert_array_equal(data._shift(ramp, shifts, circular=False)[0, 0], [0, 0, 1, 2, 3])
-    np.testing.assert_array_equal(data._shift(ramp, -shifts, circular=False)[0, 0], [3, 4, 5, 0, 0])
+    np.testing.assert_array_equal(augmentation.shift(ramp, shifts, circular=True)[0, 0], [4, 5, 1, 2, 3])
+    np.testing.assert_array_equal(augmentation.shift(ramp, shifts, circular=False)[0, 0], [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(augmentation.shift(ramp, -shifts, circular=False)[0, 0], [3, 4, 5, 0, 0])
 
 
 def candidates_1d(row: np.ndarray, max_shift: int, circular: bool) -> dict[int, np.ndarray]:

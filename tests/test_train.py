@@ -63,7 +63,7 @@ def test_short_run_lowers_the_loss_and_writes_report_and_plots(tmp_path):
     assert set(report["plots"]) == expected
     for name in expected:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob(".checkpoint-*")), "temporary checkpoint left behind"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
 
 
 def dropout_cnn(num_classes: int = 4, *, impl: str = "lax") -> nn.Layer:
@@ -96,6 +96,21 @@ def test_resume_refuses_a_different_run(tmp_path):
     run(tmp_path, steps=4, halt_after=1)
     with pytest.raises(ValueError, match="lr"):
         run(tmp_path, steps=4, lr=5e-2, resume=True)
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "load_dataset", lambda config: DATA)
+    garbage = tmp_path / train.CHECKPOINT
+    garbage.write_bytes(b"this is not a checkpoint" * 8)
+    code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--batch-size", "20", "--resume",
+                       "--no-progress", "--no-plots", "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"jaxcnn train: error: {garbage}: not a jaxcnn checkpoint: expected an .npz archive" in err
+    assert "pickled" not in err
+    assert garbage.read_bytes() == b"this is not a checkpoint" * 8  # left as it was
+    with pytest.raises(ValueError, match=f"{garbage}: not a jaxcnn checkpoint"):
+        train.load_trained(tmp_path)
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):

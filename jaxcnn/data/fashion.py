@@ -1,6 +1,6 @@
 """Fashion-MNIST: IDX files, finding an installed copy, loading, and a verified download.
 
-Private: the public names are re-exported by ``jaxcnn.data``. Nothing here touches the
+The public names are re-exported by ``jaxcnn.data``. Nothing here touches the
 network except ``download_fashion_mnist``.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxcnn._dataset import Dataset, PathLike, _atomic_write, standardize
+from jaxcnn.checkpoint import PathLike, atomic_write
+from jaxcnn.data.dataset import Dataset, standardize
 
 
 # ----------------------------------------------------------------------------- IDX files
@@ -142,7 +143,7 @@ def find_fashion_mnist(data_dir: PathLike | None = None) -> Path:
     raise FileNotFoundError(f"Fashion-MNIST not found; searched {searched}. {_HOW_TO_GET}")
 
 
-def _read_fashion_split(directory: Path, split: str, check_md5: bool) -> tuple[np.ndarray, np.ndarray]:
+def read_fashion_split(directory: Path, split: str, check_md5: bool) -> tuple[np.ndarray, np.ndarray]:
     """Verified raw arrays of one split: images ``(N, 28, 28)`` uint8, labels ``(N,)`` uint8."""
     image_name, label_name = _FASHION_SPLITS[split]
     image_path, label_path = _idx_file(directory, image_name), _idx_file(directory, label_name)
@@ -167,7 +168,7 @@ def _read_fashion_split(directory: Path, split: str, check_md5: bool) -> tuple[n
     return images, labels
 
 
-def _to_unit(pixels: np.ndarray, dtype: Any) -> np.ndarray:
+def to_unit(pixels: np.ndarray, dtype: Any) -> np.ndarray:
     """uint8 pixels as ``dtype`` in [0, 1] (a float dtype), or unchanged for uint8."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
@@ -193,8 +194,8 @@ def load_fashion_mnist(data_dir: PathLike | None = None, *, standardized: bool =
     directory = find_fashion_mnist(data_dir)
     arrays = {}
     for split in _FASHION_SPLITS:
-        images, labels = _read_fashion_split(directory, split, check_md5)
-        arrays[f"x_{split}"] = _to_unit(images[:, None], np.float32)
+        images, labels = read_fashion_split(directory, split, check_md5)
+        arrays[f"x_{split}"] = to_unit(images[:, None], np.float32)
         arrays[f"y_{split}"] = labels.astype(np.int32)
     dataset = Dataset(**arrays, num_classes=10, name="fashion_mnist")
     return standardize(dataset) if standardized else dataset
@@ -240,7 +241,7 @@ def download_fashion_mnist(dest_dir: PathLike, *, mirrors: Sequence[str] = FASHI
                 failures.append(f"{url}: MD5 {actual}, expected {gz_md5}")
                 corrupt = True
                 continue
-            _atomic_write(target, payload)
+            atomic_write(target, payload)
             break
         else:
             error = ValueError if corrupt else OSError

@@ -1,23 +1,16 @@
-"""The ``Dataset`` container and what every loader shares: int arguments, atomic writes,
-per-channel standardisation.
+"""The ``Dataset`` container and what every loader shares: int arguments, per-channel
+standardisation. (Files are written by ``jaxcnn.checkpoint.atomic_write``.)
 
-Private: the public names are re-exported by ``jaxcnn.data``.
+The public names are re-exported by ``jaxcnn.data``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import tempfile
 import types
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
-
-from jaxcnn._args import _is_int
-
-PathLike = str | os.PathLike
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,30 +47,22 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def _int_arg(value: Any, name: str, minimum: int, why: str = "") -> int:
+def is_int(value: Any) -> bool:
+    """An integer scalar: a Python or numpy int, or a 0-d integer array; not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    dtype = getattr(value, "dtype", None)
+    return isinstance(value, (int, np.integer)) or (
+        dtype is not None and np.ndim(value) == 0 and jnp.issubdtype(dtype, jnp.integer))
+
+
+def int_arg(value: Any, name: str, minimum: int, why: str = "") -> int:
     """One int ``>= minimum``; ``why`` says where the bound comes from."""
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name}: expected an int; got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}{why}; got {value}")
     return int(value)
-
-
-def _atomic_write(path: Path, write: bytes | Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``, so
-    readers see the old file or the whole new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(write) if isinstance(write, bytes) else write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def standardize(dataset: Dataset, *, mean: Sequence[float] | None = None,

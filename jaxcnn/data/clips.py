@@ -1,6 +1,6 @@
 """Moving-item clips for 3D CNNs: ``make_clips`` and Fashion-MNIST clips.
 
-Private: the public names are re-exported by ``jaxcnn.data``.
+The public names are re-exported by ``jaxcnn.data``.
 """
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxcnn._dataset import Dataset, PathLike, _int_arg
-from jaxcnn._fashion import FASHION_MNIST_CLASSES, _read_fashion_split, _to_unit, find_fashion_mnist
+from jaxcnn.checkpoint import PathLike
+from jaxcnn.data.dataset import Dataset, int_arg
+from jaxcnn.data.fashion import FASHION_MNIST_CLASSES, find_fashion_mnist, read_fashion_split, to_unit
 
 DIRECTIONS = ("right", "left", "down", "up")
 _VELOCITY = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]])  # (dy, dx) per frame, in steps
@@ -57,9 +58,9 @@ def make_clips(images: np.ndarray, labels: np.ndarray, *, frames: int = 8, size:
     if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer) or np.any(labels < 0):
         raise ValueError(f"labels: expected shape {images.shape[:1]} of non-negative ints; "
                          f"got {labels.dtype} of shape {labels.shape}")
-    frames = _int_arg(frames, "frames", 2)
-    size = _int_arg(size, "size", max(images.shape[1:]), f" (the image side, images are {images.shape[1:]})")
-    step = _int_arg(step, "step", 1)
+    frames = int_arg(frames, "frames", 2)
+    size = int_arg(size, "size", max(images.shape[1:]), f" (the image side, images are {images.shape[1:]})")
+    step = int_arg(step, "step", 1)
     if 2 * step >= size:
         raise ValueError(f"step: expected 1 <= step < size / 2 = {size / 2}; got {step}")
     count = images.shape[0]
@@ -92,17 +93,17 @@ def load_fashion_clips(data_dir: PathLike | None = None, *, n_train: int | None 
       ``x_*: (n, 1, frames, size, size)`` in [0, 1] (float ``dtype``) or raw uint8.
     """
     directory = find_fashion_mnist(data_dir)
-    train_seed, test_seed = np.random.SeedSequence(_int_arg(seed, "seed", 0)).spawn(2)
+    train_seed, test_seed = np.random.SeedSequence(int_arg(seed, "seed", 0)).spawn(2)
     arrays, extras = {}, {}
     for split, limit, split_seed in (("train", n_train, train_seed), ("test", n_test, test_seed)):
-        images, labels = _read_fashion_split(directory, split, check_md5)
+        images, labels = read_fashion_split(directory, split, check_md5)
         if limit is not None:
-            limit = _int_arg(limit, f"n_{split}", 1)
+            limit = int_arg(limit, f"n_{split}", 1)
             if limit > images.shape[0]:
                 raise ValueError(f"n_{split}: expected at most {images.shape[0]}; got {limit}")
             images, labels = images[:limit], labels[:limit]
         clips = make_clips(images, labels, frames=frames, size=size, step=step, seed=split_seed)
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = _to_unit(clips.x, dtype), clips.y
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = to_unit(clips.x, dtype), clips.y
         extras[f"item_{split}"], extras[f"direction_{split}"] = clips.item, clips.direction
     return Dataset(**arrays, num_classes=len(FASHION_MNIST_CLASSES) * len(DIRECTIONS),
                    name="fashion_clips", extras=extras)

@@ -1,0 +1,165 @@
+"""Checkpoint I/O: the one atomic write of jaxcnn, and the ``.npz`` checkpoints of ``jaxcnn train``.
+
+``atomic_write`` writes a temporary file in the target's folder, flushes and ``os.fsync``\\ s
+it, ``os.replace``\\ s it onto the target and fsyncs the folder (where the platform allows),
+so a reader sees the old file or the whole new one, never a partial one, even after a crash.
+Every file jaxcnn rewrites goes through it: checkpoints, caches, downloads, reports.
+
+A checkpoint is an ``np.savez`` archive, no pickles (``np.load`` reads it with
+``allow_pickle=False``): the leaves of a pytree as ``leaf_0``, ``leaf_1``, ... in
+``jax.tree_util.tree_leaves`` order, named arrays (``step``, ``key``, ...), and ``config``,
+the JSON of what the run must share with the one that resumes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PathLike = str | os.PathLike
+CONFIG = "config"
+
+
+class NotACheckpointError(ValueError):
+    """A file that is not a jaxcnn checkpoint (or not one of the expected run)."""
+
+
+# ----------------------------------------------------------------------------- atomic write
+
+def atomic_write(path: PathLike, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` whole or not at all: bytes, text (UTF-8), or ``content(f)`` writing to a
+    binary file. The folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable: fsync the folder's entry list (POSIX; Windows cannot open a
+    folder, and some file systems refuse, which only loses durability, not atomicity)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save(path: PathLike, tree: Any, config: Mapping[str, Any], **arrays: Any) -> None:
+    """Write ``tree``'s leaves, the named ``arrays`` and ``config`` (as JSON) to ``path``, atomically."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    stored = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    stored.update({name: np.asarray(value) for name, value in arrays.items()})
+    stored[CONFIG] = np.asarray(json.dumps(config, sort_keys=True))
+    atomic_write(path, lambda f: np.savez(f, **stored))
+
+
+def _not_a_checkpoint(path: Path, names: Sequence[str], why: str) -> NotACheckpointError:
+    expected = ", ".join(["leaf_0", "leaf_1", "...", *names, CONFIG])
+    return NotACheckpointError(f"{path}: not a jaxcnn checkpoint: expected an .npz archive written by "
+                               f"jaxcnn train (arrays {expected}); {why}")
+
+
+def _check_zip(path: Path, names: Sequence[str]) -> None:
+    """An .npz is a zip archive; say what the file is instead (numpy would call anything else
+    pickled data)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first entry, or an empty zip
+        what = ("it is empty" if not head else "it is a single .npy array" if head.startswith(b"\x93NUMPY")
+                else f"it starts with {head!r}")
+        raise _not_a_checkpoint(path, names, f"it is not a zip archive ({what})")
+
+
+@contextlib.contextmanager
+def _open(path: Path, names: Sequence[str]) -> Iterator[tuple[Any, dict]]:
+    """The open archive and its stored config; every reason it is not a checkpoint named."""
+    _check_zip(path, names)
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _not_a_checkpoint(path, names, f"its zip archive is unreadable ({err})") from None
+    with archive:
+        missing = [name for name in (*names, CONFIG) if name not in archive.files]
+        if missing:
+            raise _not_a_checkpoint(path, names, f"it lacks {', '.join(missing)}")
+        try:
+            config = json.loads(str(archive[CONFIG]))
+        except (ValueError, TypeError) as err:
+            raise _not_a_checkpoint(path, names, f"its {CONFIG} is not a JSON object ({err})") from None
+        if not isinstance(config, dict):
+            raise _not_a_checkpoint(path, names, f"its {CONFIG} is not a JSON object")
+        yield archive, config
+
+
+def read_config(path: PathLike, names: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``config`` stored in the checkpoint at ``path``."""
+    with _open(Path(path), names) as (_, config):
+        return config
+
+
+def _check_same_run(path: Path, stored: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    mine = json.loads(json.dumps(config, sort_keys=True))  # as stored: tuples become lists
+    for name in sorted(set(stored) | set(mine)):
+        if stored.get(name) != mine.get(name):
+            raise ValueError(f"{name}: the checkpoint in {path.parent} was made with "
+                             f"{name}={stored.get(name)!r}; got {mine.get(name)!r} (resume needs the same run)")
+
+
+def _restore_leaves(path: Path, archive: Any, template: Any, names: Sequence[str]) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    count = sum(name.startswith("leaf_") for name in archive.files)
+    if count != len(leaves):
+        raise _not_a_checkpoint(path, names, f"it holds {count} leaves; the model and optimizer "
+                                f"expect {len(leaves)}")
+    restored = []
+    for i, leaf in enumerate(leaves):
+        value = archive[f"leaf_{i}"]
+        if value.shape != leaf.shape or value.dtype != leaf.dtype:
+            raise ValueError(f"checkpoint: leaf {i} is {value.dtype}{value.shape}; the model "
+                             f"expects {leaf.dtype}{leaf.shape}")
+        restored.append(jnp.asarray(value))
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def load(path: PathLike, template: Any, config: Mapping[str, Any],
+         names: Sequence[str]) -> tuple[Any, dict[str, np.ndarray]]:
+    """``(tree, arrays)`` saved at ``path``: the tree in ``template``'s structure (shapes and
+    dtypes checked), and the named arrays.
+
+    Raises:
+      NotACheckpointError: ``path`` is not a checkpoint (not an ``.npz``, or one without the
+        arrays ``names``, ``config`` or the template's leaves); the message names the file.
+      ValueError: it was saved with another ``config``, or a leaf's shape or dtype differs.
+    """
+    path = Path(path)
+    with _open(path, names) as (archive, stored):
+        _check_same_run(path, stored, config)
+        tree = _restore_leaves(path, archive, template, names)
+        return tree, {name: archive[name] for name in names}

@@ -1,0 +1,183 @@
+"""What a ``jaxcnn train`` run is: ``TrainConfig`` with the per-dataset ``DEFAULTS``, the
+command-line flags that fill it, its ``Plan`` (epochs, steps, when to evaluate) and the recipe
+pieces it names (augmentation, optimizer and learning-rate schedule). ``jaxcnn.train`` runs it; its names are re-exported there.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Callable, NamedTuple
+
+import jax
+import optax
+
+from jaxcnn import _args, data, models
+
+DATASET_NAMES = ("mnist1d", "fashion", "clips")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+
+# Per-dataset defaults: the recipes behind experiments/train/RESULTS.md.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist1d": dict(model="mnist1d-resnet", steps=4000, batch_size=100, lr=3e-3, weight_decay=5e-2, augment=True),
+    "fashion": dict(model="fashion-cnn", epochs=8, batch_size=128, lr=3e-3, weight_decay=5e-2, augment=True),
+    "clips": dict(model="clips-cnn3d", epochs=10, batch_size=64, lr=3e-3, weight_decay=5e-2, augment=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One run. ``None`` fields take the dataset's ``DEFAULTS``; give ``steps`` or ``epochs``.
+
+    ``halt_after`` stops the loop after that many steps (as a kill would, after the
+    checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
+    training examples. A resumed run must match its checkpoint in every field except
+    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir`` and the logging and
+    checkpoint intervals (``identity``).
+    """
+
+    dataset: str = "mnist1d"
+    model: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str = "adamw"
+    lr: float | None = None
+    schedule: str = "onecycle"
+    weight_decay: float | None = None
+    seed: int = 0
+    impl: str = "lax"
+    dtype: str = "float32"
+    augment: bool | None = None
+    data_dir: str | None = None
+    resume: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 500
+    eval_every: int | None = None
+    eval_batch_size: int = 500
+    train_subset: int | None = None
+    halt_after: int | None = None
+    progress: bool = True
+    plots: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        """Validated, with the dataset's defaults filled in."""
+        dataset = _args.choice(self.dataset, DATASET_NAMES, "dataset")
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        defaults = dict(DEFAULTS[dataset])
+        if "steps" in given or "epochs" in given:
+            defaults.pop("steps", None), defaults.pop("epochs", None)
+        config = dataclasses.replace(self, **{**defaults, **given, "dataset": dataset})
+        if config.model not in models.MODELS:
+            raise ValueError(f"model: expected one of {tuple(models.MODELS)}; got {config.model!r}")
+        if models.DATASETS.get(config.model, dataset) != dataset:
+            raise ValueError(f"model: {config.model} is made for the {models.DATASETS[config.model]} "
+                             f"dataset; expected a model for {dataset}; got {config.model!r}")
+        if (config.steps is None) == (config.epochs is None):
+            raise ValueError(f"steps, epochs: expected exactly one; got steps={config.steps}, epochs={config.epochs}")
+        for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
+            _args.positive_int(getattr(config, name), name)
+        for name in ("steps", "epochs", "eval_every", "train_subset", "halt_after"):
+            if getattr(config, name) is not None:
+                _args.positive_int(getattr(config, name), name)
+        _args.choice(config.optimizer, OPTIMIZERS, "optimizer")
+        _args.choice(config.schedule, SCHEDULES, "schedule")
+        _args.choice(config.impl, _args.IMPLS, "impl")
+        _args.choice(config.dtype, DTYPES, "dtype")
+        for name in ("lr", "weight_decay"):
+            value = getattr(config, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name}: expected a non-negative number; got {value!r}")
+        return config
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with its checkpoint."""
+        skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+class Plan(NamedTuple):
+    """How long a run is, in steps of ``batch_size`` examples out of ``n``."""
+
+    n: int
+    batch_size: int
+    steps_per_epoch: int
+    total: int
+    stop: int
+    eval_every: int
+
+
+def make_plan(config: TrainConfig, n: int) -> Plan:
+    """The plan of ``config`` on ``n`` training examples; an epoch is ``n // batch_size`` steps."""
+    if config.batch_size > n:
+        raise ValueError(f"batch_size: expected at most the {n} training examples; got {config.batch_size}")
+    steps_per_epoch = n // config.batch_size
+    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    stop = total if config.halt_after is None else min(total, config.halt_after)
+    eval_every = config.eval_every or steps_per_epoch * max(1, round(total / steps_per_epoch / 20))
+    return Plan(n, config.batch_size, steps_per_epoch, total, stop, eval_every)
+
+
+
+def augmentation(dataset_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``augment(key, x) -> x``, jit-able: circular shifts of up to 4 samples for MNIST-1D,
+    a 2-pixel padded crop and a horizontal flip for Fashion-MNIST, a common spatial shift of
+    all frames on the clips' torus (flips would swap the directions, time shifts break motion)."""
+    if dataset_name == "mnist1d":
+        return lambda key, x: data.random_shift_1d(key, x, 4)
+    if dataset_name == "fashion":
+        def fashion(key: jax.Array, x: jax.Array) -> jax.Array:
+            crop_key, flip_key = jax.random.split(key)
+            return data.random_flip(flip_key, data.random_crop(crop_key, x, 2), -1)
+        return fashion
+    return lambda key, x: data.random_shift(key, x, (0, 4, 4), mode="circular")
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+    """The optax optimizer and its learning-rate schedule, from the config."""
+    if config.schedule == "onecycle":  # Smith & Topor (2017): warm up 25%, cosine down
+        schedule = optax.cosine_onecycle_schedule(total_steps, config.lr, pct_start=0.25,
+                                                  div_factor=25.0, final_div_factor=1e3)
+    elif config.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(config.lr, total_steps)
+    else:
+        schedule = optax.constant_schedule(config.lr)
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay), schedule
+    decay = optax.add_decayed_weights(config.weight_decay)
+    if config.optimizer == "adam":
+        return optax.chain(decay, optax.adam(schedule)), schedule
+    return optax.chain(decay, optax.sgd(schedule, momentum=0.9, nesterov=True)), schedule
+
+
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
+    parser = argparse.ArgumentParser(prog="jaxcnn train", description="Train a named model; "
+                                     "defaults per dataset: " + json.dumps(DEFAULTS))
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist1d")
+    parser.add_argument("--model", choices=tuple(models.MODELS))
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int)
+    length.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--impl", choices=_args.IMPLS, default="lax", help="every convolution's impl")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (params stay float32)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--workdir", help="default: runs/<dataset>-<model>-seed<k>")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--resume", action="store_true", help="continue from workdir's checkpoint")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--train-subset", type=int)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-plots", dest="plots", action="store_false")
+    args = vars(parser.parse_args(argv))
+    workdir = args.pop("workdir")
+    return TrainConfig(**args), workdir
