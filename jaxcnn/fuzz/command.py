@@ -17,6 +17,7 @@ import pathlib
 import time
 from collections import Counter, defaultdict
 
+from jaxcnn.checkpoint import atomic_write
 from jaxcnn.fuzz import configs, runner
 
 TARGET = "jaxcnn.fuzz.checks:check"
@@ -91,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = (f"`jaxcnn fuzz --n {options.n} --seed {options.seed} --ops {','.join(ops)}`: "
               f"{len(results)} configurations in {seconds:.0f} s, {len(failures)} failures.\n\n")
-    (out / "summary.md").write_text(header + table + "\n")
-    (out / "failures.json").write_text(json.dumps(failures, indent=1, default=str))
-    with open(out / "results.jsonl", "w") as stream:
-        for r in results:
-            stream.write(json.dumps(r, default=str) + "\n")
+    atomic_write(out / "summary.md", header + table + "\n")
+    atomic_write(out / "failures.json", json.dumps(failures, indent=1, default=str))
+    atomic_write(out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
     print(header + table)
     return 1 if failures else 0
