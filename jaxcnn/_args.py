@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.lax import canonicalize_precision
 
-from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_output_size, conv_transpose_output_size,
-                            dilated_size, is_int, kernel_sizes, pool_output_size, pool_padding,
-                            resolve_padding, spatial_sizes)
+from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_transpose_output_size, dilated_size,
+                            is_int, kernel_sizes, output_sizes, pool_output_size,
+                            pool_padding, resolve_padding, spatial_axes, spatial_sizes)
 
 # The old private name, until jaxcnn.data and jaxcnn._dataset import ``is_int``.
 _is_int = is_int
@@ -52,8 +52,7 @@ class ConvSpec:
 
     def spatial_axes(self) -> tuple[int, ...]:
         """Positions of the spatial axes in x / y: ``(N, C, *S)`` or ``(N, *S, C)``."""
-        first = 1 if self.channels_last else 2
-        return tuple(range(first, first + self.n))
+        return spatial_axes(self.n, self.channels_last)
 
     def channel_axis(self) -> int:
         return self.n + 1 if self.channels_last else 1
@@ -445,13 +444,11 @@ class PoolSpec:
         return len(self.window)
 
     def spatial_axes(self) -> tuple[int, ...]:
-        first = 1 if self.channels_last else 2
-        return tuple(range(first, first + self.n))
+        return spatial_axes(self.n, self.channels_last)
 
     def out_sizes(self) -> tuple[int, ...]:
         """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1`` per axis."""
-        return tuple(conv_output_size(length, k, s, d, lo, hi) for length, k, s, d, (lo, hi)
-                     in zip(self.in_sizes, self.window, self.stride, self.dilation, self.padding))
+        return output_sizes(self.in_sizes, self.window, self.stride, self.dilation, self.padding)
 
 
 def check_window_holds_input(length: int, window: int, stride: int, dilation: int, pad: int,
@@ -512,8 +509,7 @@ def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: 
         raise TypeError(f"padding: {op} takes integer padding only (an int or {n} ints); "
                         f"got {padding!r}")
     pads = int_tuple(padding, n, "padding", minimum=0)
-    first = 1 if channels_last else 2
-    in_sizes = tuple(int(s) for s in x.shape[first:first + n])
+    in_sizes = tuple(int(x.shape[a]) for a in spatial_axes(n, channels_last))
     pairs = []
     for axis, (length, k, s, d, p) in enumerate(zip(in_sizes, window, stride, dilation, pads)):
         extent = dilated_size(k, d)

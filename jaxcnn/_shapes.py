@@ -32,6 +32,12 @@ def is_int(value: Any) -> bool:
     return True
 
 
+def spatial_axes(n: int, channels_last: bool) -> tuple[int, ...]:
+    """Positions of the ``n`` spatial axes of an activation: ``(N, C, *S)`` or ``(N, *S, C)``."""
+    first = 1 if channels_last else 2
+    return tuple(range(first, first + n))
+
+
 def dilated_size(size: int, dilation: int) -> int:
     """Extent of ``size`` taps spaced ``dilation`` apart: ``dilation·(size − 1) + 1`` (0 if empty)."""
     return 0 if size == 0 else dilation * (size - 1) + 1
