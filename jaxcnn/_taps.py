@@ -8,7 +8,8 @@ slice (``place``): ``lax.pad`` with ``k·d`` before, ``s − 1`` between samples
 padding) and the rest after. ``jaxcnn.conv_impls`` (manual convolution), ``jaxcnn.conv_forms``
 (im2col, fold depth) and ``jaxcnn.pool`` all loop over ``offsets`` with these.
 
-``axes`` names the spatial axes of the array, in the order of the per-axis tuples.
+``crop`` is the adjoint of zero padding. ``axes`` names the spatial axes of the array, in the
+order of the per-axis tuples.
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def pad_axes(a: jax.Array, axes: Sequence[int], pads: Pads, value: float = 0,
     for i, axis in enumerate(axes):
         config[axis] = (pads[i][0], pads[i][1], 0 if interior is None else interior[i])
     return jax.lax.pad(a, jnp.asarray(value, a.dtype), config)
+
+
+def crop(a: jax.Array, axes: Sequence[int], pads: Pads) -> jax.Array:
+    """The adjoint of zero padding by ``pads``: ``x_pad`` with its ``(lo, hi)`` cut off (a
+    negative side, a crop of the padded conv, becomes zeros the conv never read)."""
+    return pad_axes(a, axes, tuple((-lo, -hi) for lo, hi in pads))
 
 
 def place(part: jax.Array, offset: Sequence[int], out_sizes: Sequence[int], stride: Sequence[int],

@@ -40,7 +40,7 @@ import numpy as np
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_size, kernel_sizes, spatial_sizes
-from jaxcnn._taps import offsets, pad_axes, place, window
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
 from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
@@ -96,7 +96,8 @@ def sample_batched_weight_grad(x, dy, spec: ConvSpec, w_shape):
 # ----------------------------------------------------------------------------- im2col
 
 
-def _patches(x_pad: jax.Array, spec: ConvSpec, k_sizes, out) -> jax.Array:
+def patches(x_pad: jax.Array, spec: ConvSpec, k_sizes: tuple[int, ...],
+            out: tuple[int, ...]) -> jax.Array:
     """``(N, G, C/g, T, *O)`` (channels first) or ``(N, *O, T, G, C/g)``: tap ``t`` holds
     ``x_pad[i·s + k_t·d]``, ``T = ∏K`` in row-major order of the kernel."""
     slices = [x_pad[tap_window(spec, k, out, x_pad.ndim)] for k in offsets(k_sizes)]
@@ -113,7 +114,7 @@ def im2col_conv(x, w, spec: ConvSpec):
     """``y[i] = Σ_{k,c} w[k, c] · x_pad[i·s + k·d, c]`` as one contraction over (tap, channel)."""
     k_sizes = kernel_sizes(w.shape, spec)
     out = conv_output_sizes(x.shape, k_sizes, spec)
-    p = _patches(zero_pad(x, spec, spec.padding), spec, k_sizes, out)
+    p = patches(zero_pad(x, spec, spec.padding), spec, k_sizes, out)
     g, t = spec.groups, int(np.prod(k_sizes))
     if spec.channels_last:                              # w (*K, C/g, O) → (T, C/g, G, O/g)
         y = contract("n...tgc,tcgo->n...go", p, w.reshape(t, w.shape[-2], g, w.shape[-1] // g), spec)
@@ -128,7 +129,7 @@ def im2col_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """``dw[k, c, o] = Σ_{n,i} x_pad[n, i·s + k·d, c] · dy[n, i, o]``: the stacked slices
     contracted with ``dy`` over (batch, positions), one matmul of depth ``N·∏S_out``."""
     out = spatial_sizes(dy.shape, spec)
-    p = _patches(zero_pad(x, spec, spec.padding), spec, kernel_sizes(w_shape, spec), out)
+    p = patches(zero_pad(x, spec, spec.padding), spec, kernel_sizes(w_shape, spec), out)
     g, dy = spec.groups, dy.astype(x.dtype)
     if spec.channels_last:                              # → (T, C/g, G, O/g) → (*K, C/g, O)
         dy_g = dy.reshape(*dy.shape[:-1], g, dy.shape[-1] // g)
@@ -203,7 +204,7 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
         dx_pad = part if dx_pad is None else dx_pad + part
     # Crop the padding back off; a negative side (conv_transpose's output_padding) means
     # samples the conv never read, whose gradient is zero.
-    return _to_channels_first(pad_axes(dx_pad, _DEPTH, ((-lo, -hi),)), spec)
+    return _to_channels_first(crop(dx_pad, _DEPTH, ((lo, hi),)), spec)
 
 
 # ----------------------------------------------------------------------------- the choice

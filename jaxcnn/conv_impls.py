@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (Pads, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
                             weight_grad_padding)
-from jaxcnn._taps import offsets, pad_axes, place, window
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
 from jaxcnn.xla_guard import operand_swap_aborts
 
 Shape = tuple[int, ...]
@@ -219,7 +219,7 @@ def manual_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Sha
         # Tap k's contribution lands on x_pad[k·d + i·s]: pad k·d before, s − 1 between.
         part = place(part, offset, out, spec.stride, spec.dilation, spec.spatial_axes(), padded)
         dx_pad = part if dx_pad is None else dx_pad + part
-    return zero_pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding])
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
 
 
 def manual_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:

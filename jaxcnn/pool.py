@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxcnn._args import PoolSpec, check_bool, normalize_global_pool, normalize_pool
 from jaxcnn._shapes import spatial_axes
-from jaxcnn._taps import offsets, pad_axes, place, window
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -126,7 +126,7 @@ def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
     for flat, offset in enumerate(offsets(spec.window)):
         part = _place(select(flat, g), spec, offset)
         dx_pad = part if dx_pad is None else dx_pad + part
-    return _pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding], 0)
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
 
 
 def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
