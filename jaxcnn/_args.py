@@ -5,14 +5,13 @@ Each public op calls one ``normalize_*`` function at its front door. It turns us
 canonical form, and raises ``ValueError``/``TypeError`` naming the argument, what was expected
 and what came, before tracing reaches XLA.
 
-The shape arithmetic lives in small shape-only helpers (``conv_output_size``,
-``resolve_padding``) that can be tested without arrays.
+The shape arithmetic (``conv_output_size``, ``resolve_padding``, ...) lives in
+``jaxcnn._shapes``, shape-only and tested without arrays.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from typing import Any, Sequence
 
 import jax
@@ -20,11 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.lax import canonicalize_precision
 
-PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL")
+from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_transpose_output_size, dilated_size,
+                            is_int, kernel_sizes, output_sizes, pool_output_size,
+                            pool_padding, resolve_padding, spatial_axes, spatial_sizes)
+
+# The old private name, until jaxcnn.data and jaxcnn._dataset import ``is_int``.
+_is_int = is_int
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 IMPLS = ("lax", "manual")
-
-Pads = tuple[tuple[int, int], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +52,7 @@ class ConvSpec:
 
     def spatial_axes(self) -> tuple[int, ...]:
         """Positions of the spatial axes in x / y: ``(N, C, *S)`` or ``(N, *S, C)``."""
-        first = 1 if self.channels_last else 2
-        return tuple(range(first, first + self.n))
+        return spatial_axes(self.n, self.channels_last)
 
     def channel_axis(self) -> int:
         return self.n + 1 if self.channels_last else 1
@@ -75,79 +77,13 @@ class ConvSpec:
         return dataclasses.replace(self, **changes)
 
 
-# ----------------------------------------------------------------------------- shape helpers
-
-def dilated_size(size: int, dilation: int) -> int:
-    """Extent of ``size`` taps spaced ``dilation`` apart: ``dilation·(size − 1) + 1`` (0 if empty)."""
-    return 0 if size == 0 else dilation * (size - 1) + 1
-
-
-def conv_output_size(length: int, kernel: int, stride: int, dilation: int, lo: int, hi: int) -> int:
-    """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1``, never below 0."""
-    span = length + lo + hi - dilated_size(kernel, dilation)
-    return max(span // stride + 1, 0) if span >= 0 else 0
-
-
-def resolve_padding(padding: Any, in_sizes: Sequence[int], kernel_sizes: Sequence[int],
-                    stride: Sequence[int], dilation: Sequence[int], name: str = "padding") -> Pads:
-    """Turn any accepted ``padding`` form into explicit ``(lo, hi)`` pairs per spatial axis.
-
-    ``SAME``: output ``ceil(L / stride)``, the odd extra at the high end (TensorFlow, PyTorch).
-    ``FULL``: ``dilation·(K − 1)`` on both sides. ``CAUSAL``: the same on the low side only.
-    """
-    n = len(in_sizes)
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode not in PADDING_STRINGS:
-            raise ValueError(f"{name}: expected one of {PADDING_STRINGS} (any case), an int, "
-                             f"a tuple of {n} ints or {n} (lo, hi) pairs; got {padding!r}")
-        pads = []
-        for length, k, s, d in zip(in_sizes, kernel_sizes, stride, dilation):
-            extent = dilated_size(k, d)
-            if mode == "VALID":
-                pads.append((0, 0))
-            elif mode == "FULL":
-                pads.append((extent - 1, extent - 1))
-            elif mode == "CAUSAL":
-                pads.append((extent - 1, 0))
-            else:
-                out = -(-length // s)
-                total = max((out - 1) * s + extent - length, 0)
-                pads.append((total // 2, total - total // 2))
-        return tuple(pads)
-    if _is_int(padding):
-        pads = ((int(padding), int(padding)),) * n
-    elif isinstance(padding, Sequence) and len(padding) == n and all(_is_int(p) for p in padding):
-        pads = tuple((int(p), int(p)) for p in padding)
-    elif (isinstance(padding, Sequence) and len(padding) == n
-          and all(isinstance(p, Sequence) and len(p) == 2 and all(_is_int(q) for q in p)
-                  for p in padding)):
-        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    else:
-        raise ValueError(f"{name}: expected one of {PADDING_STRINGS}, an int, a tuple of {n} ints "
-                         f"or {n} (lo, hi) pairs for {n} spatial axes; got {padding!r}")
-    if any(lo < 0 or hi < 0 for lo, hi in pads):
-        raise ValueError(f"{name}: expected non-negative padding; got {padding!r}")
-    return pads
-
-
 # ----------------------------------------------------------------------------- small checks
-
-def _is_int(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
 
 def int_tuple(value: Any, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """An int or a sequence of ``n`` ints, each ``>= minimum``, as a tuple of ``n`` ints."""
-    if _is_int(value):
+    if is_int(value):
         values = (int(value),) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str) and all(_is_int(v) for v in value):
+    elif isinstance(value, Sequence) and not isinstance(value, str) and all(is_int(v) for v in value):
         values = tuple(int(v) for v in value)
         if len(values) != n:
             raise ValueError(f"{name}: expected an int or {n} ints (one per spatial axis); "
@@ -265,7 +201,7 @@ def _common_conv_args(x: jax.Array, w: jax.Array, *, channels_last: Any, impl: A
         raise TypeError(f"w: expected the dtype of x ({x.dtype}); got {w.dtype}")
     impl = choice(impl, IMPLS, "impl")
     padding_mode = choice(padding_mode, PADDING_MODES, "padding_mode")
-    if not _is_int(groups):
+    if not is_int(groups):
         raise TypeError(f"groups: expected a positive int; got {groups!r}")
     groups = int(groups)
     if groups < 1:
@@ -286,14 +222,14 @@ def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilatio
         x, w, channels_last=channels_last, impl=impl, padding_mode=padding_mode, groups=groups,
         stride=stride, dilation=dilation, ndim=ndim, op=op)
 
-    spec0 = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
-    in_sizes = tuple(x.shape[a] for a in spec0.spatial_axes())
-    kernel_sizes = tuple(w.shape[a] for a in spec0.kernel_spatial_axes())
-    channels = x.shape[spec0.channel_axis()]
-    o_ax, i_ax = spec0.kernel_io_axes()
+    layout = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
+    in_sizes = spatial_sizes(x.shape, layout)
+    k_sizes = kernel_sizes(w.shape, layout)
+    channels = x.shape[layout.channel_axis()]
+    o_ax, i_ax = layout.kernel_io_axes()
     out_channels, in_per_group = w.shape[o_ax], w.shape[i_ax]
-    if any(k < 1 for k in kernel_sizes):
-        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {kernel_sizes}")
+    if any(k < 1 for k in k_sizes):
+        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {k_sizes}")
     if channels % groups:
         raise ValueError(f"groups: expected a divisor of the {channels} input channels of x; got {groups}")
     if out_channels % groups:
@@ -302,9 +238,9 @@ def normalize_conv(x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilatio
     if in_per_group * groups != channels:
         raise ValueError(f"w: expected {channels // groups} input channels per group (x has {channels} "
                          f"channels, groups={groups}); got {in_per_group} in shape {tuple(w.shape)}")
-    pads = resolve_padding(padding, in_sizes, kernel_sizes, stride, dilation)
+    pads = resolve_padding(padding, in_sizes, k_sizes, stride, dilation)
     check_padding_mode(padding_mode, pads, in_sizes)
-    for axis, (length, k, d, (lo, hi)) in enumerate(zip(in_sizes, kernel_sizes, dilation, pads)):
+    for axis, (length, k, d, (lo, hi)) in enumerate(zip(in_sizes, k_sizes, dilation, pads)):
         if length + lo + hi < dilated_size(k, d):
             raise ValueError(
                 f"w: kernel extent {dilated_size(k, d)} (size {k}, dilation {d}) on spatial axis "
@@ -355,7 +291,7 @@ def normalize_bias(b: Any, out_channels: int, dtype: Any, preferred_element_type
 def shape_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     """A shape of ``ndim`` non-negative ints."""
     if (not isinstance(value, Sequence) or isinstance(value, str)
-            or not all(_is_int(v) for v in value)):
+            or not all(is_int(v) for v in value)):
         raise TypeError(f"{name}: expected a tuple of {ndim} ints; got {value!r}")
     shape = tuple(int(v) for v in value)
     if len(shape) != ndim or any(v < 0 for v in shape):
@@ -384,13 +320,6 @@ def prod(values: Sequence[int]) -> int:
 
 
 # ----------------------------------------------------------------------------- conv_transpose
-
-def conv_transpose_output_size(length: int, kernel: int, stride: int, dilation: int, lo: int,
-                               hi: int, output_padding: int) -> int:
-    """``(L − 1)·stride − (lo + hi) + dilation·(K − 1) + output_padding + 1`` (PyTorch's
-    ``ConvTranspose`` formula); may come out non-positive, which the caller rejects."""
-    return (length - 1) * stride - (lo + hi) + dilated_size(kernel, dilation) + output_padding
-
 
 @dataclasses.dataclass(frozen=True)
 class ConvTransposeArgs:
@@ -442,13 +371,13 @@ def normalize_conv_transpose(x: Any, w: Any, b: Any, *, stride: Any, padding: An
             raise ValueError(f"output_padding: expected a value < max(stride, dilation) = {max(s, d)} "
                              f"on spatial axis {axis}; got {p}")
 
-    spec0 = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
-    in_sizes = tuple(x.shape[a] for a in spec0.spatial_axes())
-    kernel_sizes = tuple(w.shape[a] for a in spec0.kernel_spatial_axes())
-    channels = x.shape[spec0.channel_axis()]
-    in_ax, out_ax = spec0.kernel_io_axes()  # conv's (O, C/g) are the transpose's (C_in, C_out/g)
-    if any(k < 1 for k in kernel_sizes):
-        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {kernel_sizes}")
+    layout = ConvSpec(stride, ((0, 0),) * n, dilation, groups, channels_last)
+    in_sizes = spatial_sizes(x.shape, layout)
+    k_sizes = kernel_sizes(w.shape, layout)
+    channels = x.shape[layout.channel_axis()]
+    in_ax, out_ax = layout.kernel_io_axes()  # conv's (O, C/g) are the transpose's (C_in, C_out/g)
+    if any(k < 1 for k in k_sizes):
+        raise ValueError(f"w: expected every kernel size >= 1; got kernel sizes {k_sizes}")
     if any(length < 1 for length in in_sizes):
         raise ValueError(f"x: expected every spatial size >= 1; got spatial sizes {in_sizes}")
     if w.shape[in_ax] != channels:
@@ -459,19 +388,19 @@ def normalize_conv_transpose(x: Any, w: Any, b: Any, *, stride: Any, padding: An
     out_channels = w.shape[out_ax] * groups
 
     pads = resolve_padding(padding, tuple(length * s for length, s in zip(in_sizes, stride)),
-                           kernel_sizes, stride, dilation)
+                           k_sizes, stride, dilation)
     if isinstance(padding, str) and padding.upper() == "SAME":
         if any(output_padding):
             raise ValueError(f"output_padding: padding='SAME' fixes the output at input × stride; "
                              f"expected 0; got {output_padding}")
         output_padding = tuple(length * s - conv_transpose_output_size(length, k, s, d, lo, hi, 0)
                                for length, k, s, d, (lo, hi)
-                               in zip(in_sizes, kernel_sizes, stride, dilation, pads))
+                               in zip(in_sizes, k_sizes, stride, dilation, pads))
     out_sizes = tuple(conv_transpose_output_size(length, k, s, d, lo, hi, p)
                       for length, k, s, d, (lo, hi), p
-                      in zip(in_sizes, kernel_sizes, stride, dilation, pads, output_padding))
+                      in zip(in_sizes, k_sizes, stride, dilation, pads, output_padding))
     check_positive_size("padding", out_sizes,
-                        f"padding {pads} with input sizes {in_sizes}, kernel sizes {kernel_sizes}, "
+                        f"padding {pads} with input sizes {in_sizes}, kernel sizes {k_sizes}, "
                         f"stride {stride}, dilation {dilation} and output_padding {output_padding}")
     check_padding_mode(padding_mode, pads, out_sizes)
     b = normalize_bias(b, out_channels, x.dtype)
@@ -515,25 +444,11 @@ class PoolSpec:
         return len(self.window)
 
     def spatial_axes(self) -> tuple[int, ...]:
-        first = 1 if self.channels_last else 2
-        return tuple(range(first, first + self.n))
+        return spatial_axes(self.n, self.channels_last)
 
     def out_sizes(self) -> tuple[int, ...]:
         """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1`` per axis."""
-        return tuple(conv_output_size(length, k, s, d, lo, hi) for length, k, s, d, (lo, hi)
-                     in zip(self.in_sizes, self.window, self.stride, self.dilation, self.padding))
-
-
-def pool_output_size(length: int, window: int, stride: int, dilation: int, pad: int,
-                     ceil_mode: bool) -> int:
-    """PyTorch's ``pooling_output_shape``: ``⌊(L + 2p − d(K−1) − 1 [+ s − 1]) / s⌋ + 1``, the
-    ``s − 1`` with ceil_mode, whose last window must start inside the input or the left padding:
-    ``if ceil_mode and (out − 1)·s ≥ L + p: out −= 1``. May be ≤ 0 (the caller rejects it)."""
-    span = length + 2 * pad - dilated_size(window, dilation) + (stride - 1 if ceil_mode else 0)
-    out = span // stride + 1
-    if ceil_mode and out > 0 and (out - 1) * stride >= length + pad:
-        out -= 1
-    return out
+        return output_sizes(self.in_sizes, self.window, self.stride, self.dilation, self.padding)
 
 
 def check_window_holds_input(length: int, window: int, stride: int, dilation: int, pad: int,
@@ -594,8 +509,7 @@ def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: 
         raise TypeError(f"padding: {op} takes integer padding only (an int or {n} ints); "
                         f"got {padding!r}")
     pads = int_tuple(padding, n, "padding", minimum=0)
-    first = 1 if channels_last else 2
-    in_sizes = tuple(int(s) for s in x.shape[first:first + n])
+    in_sizes = tuple(int(x.shape[a]) for a in spatial_axes(n, channels_last))
     pairs = []
     for axis, (length, k, s, d, p) in enumerate(zip(in_sizes, window, stride, dilation, pads)):
         extent = dilated_size(k, d)
@@ -610,7 +524,7 @@ def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: 
                              f"{length} + padding {p} + {p}; expected an output size >= 1")
         if op == "max_pool":
             check_window_holds_input(length, k, s, d, p, out, axis)
-        pairs.append((p, max(p, (out - 1) * s + extent - length - p)))
+        pairs.append(pool_padding(length, k, s, d, p, out))
     return x, PoolSpec(window, stride, dilation, tuple(pairs), in_sizes, channels_last)
 
 
@@ -618,7 +532,7 @@ def normalize_pool(x: Any, window: Any, stride: Any, padding: Any, *, dilation: 
 
 def positive_int(value: Any, name: str) -> int:
     """One int ``>= 1`` (bools refused)."""
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name}: expected a positive int; got {value!r}")
     if int(value) < 1:
         raise ValueError(f"{name}: expected a positive int; got {value!r}")
@@ -628,7 +542,7 @@ def positive_int(value: Any, name: str) -> int:
 def kernel_tuple(value: Any, name: str = "kernel") -> tuple[int, ...]:
     """A kernel size as a tuple of positive ints; its length is the number of spatial axes."""
     if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) == 0
-            or not all(_is_int(v) for v in value)):
+            or not all(is_int(v) for v in value)):
         raise TypeError(f"{name}: expected a non-empty tuple of ints, one per spatial axis (use "
                         f"Conv1d/Conv2d/Conv3d to pass an int); got {value!r}")
     if any(int(v) < 1 for v in value):
@@ -639,7 +553,7 @@ def kernel_tuple(value: Any, name: str = "kernel") -> tuple[int, ...]:
 def layer_input_shape(shape: Any, n: int | None, layer: str, channels_last: bool) -> tuple[int, ...]:
     """A layer's ``input_shape``: ints, with ``n`` spatial axes (``None``: any number)."""
     if (not isinstance(shape, Sequence) or isinstance(shape, str)
-            or not all(_is_int(v) and int(v) >= 0 for v in shape)):
+            or not all(is_int(v) and int(v) >= 0 for v in shape)):
         raise TypeError(f"input_shape: {layer} expects a tuple of non-negative ints; got {shape!r}")
     shape = tuple(int(v) for v in shape)
     if (n is None and len(shape) < 2) or (n is not None and len(shape) != n + 2):
@@ -668,7 +582,7 @@ def drop_rate(value: Any, name: str = "rate") -> float:
 
 def axis_index(axis: Any, ndim: int, name: str = "axis") -> int:
     """``axis`` of an ``ndim``-d shape, negatives counted from the end, not the batch axis 0."""
-    if not _is_int(axis) or not (-ndim <= int(axis) < ndim) or int(axis) % ndim == 0:
+    if not is_int(axis) or not (-ndim <= int(axis) < ndim) or int(axis) % ndim == 0:
         raise ValueError(f"{name}: expected a non-batch axis in [1, {ndim}) or [{-ndim + 1}, 0) "
                          f"of a {ndim}-d shape; got {axis!r}")
     return int(axis) % ndim

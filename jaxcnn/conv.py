@@ -45,8 +45,9 @@ from jax.interpreters import ad, batching, mlir
 from jaxcnn import padding as _padding
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
+from jaxcnn._shapes import conv_output_shape
 from jaxcnn.conv_forms import choose
-from jaxcnn.conv_impls import _acc_dtype, kernel_sizes, output_sizes, spatial_sizes
+from jaxcnn.conv_impls import output_dtype
 
 
 # ----------------------------------------------------------------------------- the VJP family
@@ -94,22 +95,16 @@ def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
 
 
 conv_p = _make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
-    shape, _acc_dtype(spec, x.dtype)))
+    shape, output_dtype(spec, x.dtype)))
 input_grad_p = _make_primitive("conv_input_grad", _input_grad_compute,
                                lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype))
 weight_grad_p = _make_primitive("conv_weight_grad", _weight_grad_compute,
                                 lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype))
 
 
-def _conv_shape(x_shape, w_shape, spec: ConvSpec) -> tuple[int, ...]:
-    out = output_sizes(spatial_sizes(x_shape, spec), kernel_sizes(w_shape, spec), spec)
-    channels = w_shape[spec.kernel_io_axes()[0]]
-    return (x_shape[0], *out, channels) if spec.channels_last else (x_shape[0], channels, *out)
-
-
 def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
     """Zero-padded correlation ``y[i] = Σ_k w[k] · x_pad[i·s + k·d]``, no bias."""
-    return conv_p.bind(x, w, spec=spec, impl=impl, shape=_conv_shape(x.shape, w.shape, spec))
+    return conv_p.bind(x, w, spec=spec, impl=impl, shape=conv_output_shape(x.shape, w.shape, spec))
 
 
 def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,
@@ -277,7 +272,7 @@ def output_shape(args: ConvArgs) -> tuple[int, ...]:
     padded = list(args.x.shape)
     for axis, (lo, hi) in zip(args.spec.spatial_axes(), args.mode_pads):
         padded[axis] += lo + hi
-    return _conv_shape(tuple(padded), args.w.shape, args.spec)
+    return conv_output_shape(tuple(padded), args.w.shape, args.spec)
 
 
 def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *, stride: Any = 1,

@@ -39,9 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn._args import ConvSpec
-from jaxcnn.conv_impls import (IMPLS, _contract, _lax_conv, _lax_input_grad, _manual_conv,
-                               _manual_input_grad, _manual_weight_grad, _stack_taps, _sum_dtype, _taps,
-                               _window, _zero_pad, kernel_sizes, output_sizes, spatial_sizes)
+from jaxcnn._shapes import conv_output_size, kernel_sizes, spatial_sizes
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad,
+                               manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
+                               stack_taps, sum_dtype, tap_window, zero_pad)
 
 
 PIECES = ("conv", "input_grad", "weight_grad")
@@ -58,19 +60,19 @@ def depthwise_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]`` per tap ``k``
     (one input channel per group, channel multiplier ``M = O/g``): a fused multiply-and-sum
     instead of a batched matmul of 1×1 blocks."""
-    x_pad = _zero_pad(x, spec, spec.padding)
+    x_pad = zero_pad(x, spec, spec.padding)
     out = spatial_sizes(dy.shape, spec)
-    g, acc = spec.groups, _sum_dtype(spec, x.dtype)
+    g, acc = spec.groups, sum_dtype(spec, x.dtype)
     if spec.channels_last:          # x slice (N, *O, G, 1) × dy (N, *O, G, M) → (G, M) per tap
         dy_g = dy.reshape(*dy.shape[:-1], g, dy.shape[-1] // g).astype(acc)
         axes = tuple(range(dy.ndim - 1))
-        taps = [jnp.sum(x_pad[_window(spec, k, out, x.ndim)][..., None].astype(acc) * dy_g, axis=axes)
-                for k in _taps(kernel_sizes(w_shape, spec))]
+        taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][..., None].astype(acc) * dy_g, axis=axes)
+                for k in offsets(kernel_sizes(w_shape, spec))]
         return jnp.stack(taps).reshape(w_shape)                # (T, G, M) → (*K, 1, O)
     dy_g = dy.reshape(dy.shape[0], g, dy.shape[1] // g, *dy.shape[2:]).astype(acc)
     axes = (0, *range(3, dy_g.ndim))
-    taps = [jnp.sum(x_pad[_window(spec, k, out, x.ndim)][:, :, None].astype(acc) * dy_g, axis=axes)
-            for k in _taps(kernel_sizes(w_shape, spec))]
+    taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][:, :, None].astype(acc) * dy_g, axis=axes)
+            for k in offsets(kernel_sizes(w_shape, spec))]
     return jnp.stack(taps, axis=-1).reshape(w_shape)           # (G, M, T) → (O, 1, *K)
 
 
@@ -82,22 +84,23 @@ def sample_batched_weight_grad(x, dy, spec: ConvSpec, w_shape):
     per sample batched over ``n``, then the sum over ``n``. The same products as one long
     contraction over ``(n, i)``, but XLA's CPU matmul cannot split a long contraction into
     parallel work when its output ``C × O`` is small; a batch of ``N`` short ones it can."""
-    x_pad = _zero_pad(x, spec, spec.padding)
+    x_pad = zero_pad(x, spec, spec.padding)
     out = spatial_sizes(dy.shape, spec)
     dy = dy.astype(x.dtype)
     subscripts = "n...c,n...o->nco" if spec.channels_last else "nc...,no...->noc"
-    taps = [_contract(subscripts, x_pad[_window(spec, k, out, x.ndim)], dy, spec).sum(0)
-            for k in _taps(kernel_sizes(w_shape, spec))]
-    return _stack_taps(taps, spec, w_shape)
+    taps = [contract(subscripts, x_pad[tap_window(spec, k, out, x.ndim)], dy, spec).sum(0)
+            for k in offsets(kernel_sizes(w_shape, spec))]
+    return stack_taps(taps, spec, w_shape)
 
 
 # ----------------------------------------------------------------------------- im2col
 
 
-def _patches(x_pad: jax.Array, spec: ConvSpec, k_sizes, out) -> jax.Array:
+def patches(x_pad: jax.Array, spec: ConvSpec, k_sizes: tuple[int, ...],
+            out: tuple[int, ...]) -> jax.Array:
     """``(N, G, C/g, T, *O)`` (channels first) or ``(N, *O, T, G, C/g)``: tap ``t`` holds
     ``x_pad[i·s + k_t·d]``, ``T = ∏K`` in row-major order of the kernel."""
-    slices = [x_pad[_window(spec, k, out, x_pad.ndim)] for k in _taps(k_sizes)]
+    slices = [x_pad[tap_window(spec, k, out, x_pad.ndim)] for k in offsets(k_sizes)]
     g = spec.groups
     if spec.channels_last:
         p = jnp.stack(slices, axis=-2)
@@ -110,46 +113,49 @@ def _patches(x_pad: jax.Array, spec: ConvSpec, k_sizes, out) -> jax.Array:
 def im2col_conv(x, w, spec: ConvSpec):
     """``y[i] = Σ_{k,c} w[k, c] · x_pad[i·s + k·d, c]`` as one contraction over (tap, channel)."""
     k_sizes = kernel_sizes(w.shape, spec)
-    out = output_sizes(spatial_sizes(x.shape, spec), k_sizes, spec)
-    p = _patches(_zero_pad(x, spec, spec.padding), spec, k_sizes, out)
+    out = conv_output_sizes(x.shape, k_sizes, spec)
+    p = patches(zero_pad(x, spec, spec.padding), spec, k_sizes, out)
     g, t = spec.groups, int(np.prod(k_sizes))
     if spec.channels_last:                              # w (*K, C/g, O) → (T, C/g, G, O/g)
-        y = _contract("n...tgc,tcgo->n...go", p, w.reshape(t, w.shape[-2], g, w.shape[-1] // g), spec)
+        y = contract("n...tgc,tcgo->n...go", p, w.reshape(t, w.shape[-2], g, w.shape[-1] // g), spec)
         y = y.reshape(*y.shape[:-2], w.shape[-1])
     else:                                               # w (O, C/g, *K) → (G, O/g, C/g, T)
-        y = _contract("ngct...,goct->ngo...", p, w.reshape(g, w.shape[0] // g, w.shape[1], t), spec)
+        y = contract("ngct...,goct->ngo...", p, w.reshape(g, w.shape[0] // g, w.shape[1], t), spec)
         y = y.reshape(y.shape[0], w.shape[0], *y.shape[3:])
-    return y.astype(spec.preferred_element_type or x.dtype)
+    return y.astype(output_dtype(spec, x.dtype))
 
 
 def im2col_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """``dw[k, c, o] = Σ_{n,i} x_pad[n, i·s + k·d, c] · dy[n, i, o]``: the stacked slices
     contracted with ``dy`` over (batch, positions), one matmul of depth ``N·∏S_out``."""
     out = spatial_sizes(dy.shape, spec)
-    p = _patches(_zero_pad(x, spec, spec.padding), spec, kernel_sizes(w_shape, spec), out)
+    p = patches(zero_pad(x, spec, spec.padding), spec, kernel_sizes(w_shape, spec), out)
     g, dy = spec.groups, dy.astype(x.dtype)
     if spec.channels_last:                              # → (T, C/g, G, O/g) → (*K, C/g, O)
         dy_g = dy.reshape(*dy.shape[:-1], g, dy.shape[-1] // g)
-        return _contract("n...tgc,n...go->tcgo", p, dy_g, spec).reshape(w_shape)
+        return contract("n...tgc,n...go->tcgo", p, dy_g, spec).reshape(w_shape)
     dy_g = dy.reshape(dy.shape[0], g, dy.shape[1] // g, *dy.shape[2:])
-    return _contract("ngct...,ngo...->goct", p, dy_g, spec).reshape(w_shape)
+    return contract("ngct...,ngo...->goct", p, dy_g, spec).reshape(w_shape)
 
 
 # ----------------------------------------------------------------------------- fold depth
 
 
-def _last(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+def _to_channels_last(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
     """An activation ``(N, *S, C)`` or kernel ``(*K, C, O)`` in channels-last layout."""
     if spec.channels_last:
         return a
     return jnp.moveaxis(a, (0, 1), (-1, -2)) if kernel else jnp.moveaxis(a, 1, -1)
 
 
-def _first(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
-    """Undo ``_last``."""
+def _to_channels_first(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+    """Undo ``_to_channels_last``."""
     if spec.channels_last:
         return a
     return jnp.moveaxis(a, (-1, -2), (0, 1)) if kernel else jnp.moveaxis(a, -1, 1)
+
+
+_DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
 
 
 def _without_depth(spec: ConvSpec) -> ConvSpec:
@@ -167,42 +173,38 @@ def _fold_kernel(w_last: jax.Array) -> jax.Array:
 def fold_depth_conv(x, w, spec: ConvSpec):
     """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])`` as one (n−1)-D conv over batch
     ``N·D_out`` with the ``K_d`` depth taps stacked into the channels."""
-    x_last, w_last = _last(x, spec), _last(w, spec, kernel=True)
+    x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
     k_depth = w_last.shape[0]
     (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
-    out_depth = output_sizes((x_last.shape[1],), (k_depth,), spec)[0]
-    x_pad = jax.lax.pad(x_last, jnp.zeros((), x.dtype),
-                        [(0, 0, 0), (lo, hi, 0)] + [(0, 0, 0)] * (x.ndim - 2))
-    taps = jnp.stack([x_pad[:, k * d: k * d + (out_depth - 1) * s + 1: s]
+    out_depth = conv_output_size(x_last.shape[1], k_depth, s, d, lo, hi)
+    x_pad = pad_axes(x_last, _DEPTH, ((lo, hi),))
+    taps = jnp.stack([x_pad[window((k,), (out_depth,), (s,), (d,), _DEPTH, x.ndim)]
                       for k in range(k_depth)], axis=-2)       # (N, D_out, *S', K_d, C)
     folded = taps.reshape(taps.shape[0] * taps.shape[1], *taps.shape[2:-2], taps.shape[-2] * taps.shape[-1])
-    y = _lax_conv(folded, _fold_kernel(w_last), _without_depth(spec))
-    return _first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
+    y = lax_conv(folded, _fold_kernel(w_last), _without_depth(spec))
+    return _to_channels_first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
 
 
 def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
     """The transpose of ``fold_depth_conv``: ``G[t, k] = input_grad_{n−1}(dy[t], w[k])`` as one
     input gradient with the depth taps as extra channels, then ``dx_pad[t·s + k·d] += G[t, k]``."""
-    dy_last, w_last = _last(dy.astype(w.dtype), spec), _last(w, spec, kernel=True)
+    dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
     k_depth, c = w_last.shape[0], w_last.shape[-2]
     n, out_depth = dy_last.shape[:2]
     in_last = tuple(in_shape) if spec.channels_last else (in_shape[0], *in_shape[2:], in_shape[1])
     inner_shape = (n * out_depth, *in_last[2:-1], k_depth * c)
-    g = _lax_input_grad(dy_last.reshape(n * out_depth, *dy_last.shape[2:]), _fold_kernel(w_last),
-                        _without_depth(spec), inner_shape).astype(w.dtype)
+    g = lax_input_grad(dy_last.reshape(n * out_depth, *dy_last.shape[2:]), _fold_kernel(w_last),
+                       _without_depth(spec), inner_shape).astype(w.dtype)
     g = g.reshape(n, out_depth, *in_last[2:-1], k_depth, c)
     (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
     padded = in_last[1] + lo + hi
     dx_pad = None
     for k in range(k_depth):    # tap k of output t lands on t·s + k·d: k·d below, s − 1 between
-        part = jax.lax.pad(g[..., k, :], jnp.zeros((), g.dtype),
-                           [(0, 0, 0), (k * d, padded - k * d - (out_depth - 1) * s - 1, s - 1)]
-                           + [(0, 0, 0)] * (g.ndim - 3))
+        part = place(g[..., k, :], (k,), (out_depth,), (s,), (d,), _DEPTH, (padded,))
         dx_pad = part if dx_pad is None else dx_pad + part
     # Crop the padding back off; a negative side (conv_transpose's output_padding) means
     # samples the conv never read, whose gradient is zero.
-    return _first(jax.lax.pad(dx_pad, jnp.zeros((), dx_pad.dtype),
-                              [(0, 0, 0), (-lo, -hi, 0)] + [(0, 0, 0)] * (dx_pad.ndim - 2)), spec)
+    return _to_channels_first(crop(dx_pad, _DEPTH, ((lo, hi),)), spec)
 
 
 # ----------------------------------------------------------------------------- the choice
@@ -229,7 +231,7 @@ def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
         return IMPLS["manual"][index]
     if platform == "cpu":
         if depthwise:
-            return (_manual_conv, _manual_input_grad, depthwise_weight_grad)[index]
+            return (manual_conv, manual_input_grad, depthwise_weight_grad)[index]
         if piece == "weight_grad" and spec.n >= 2 and spec.groups == 1:
             return _cpu_weight_grad(spec, in_shape, w_shape)
         if spec.n == 3 and spec.groups == 1:
@@ -249,4 +251,4 @@ def _cpu_weight_grad(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
         return sample_batched_weight_grad
     if spec.n == 2 and w_shape[i_ax] <= 4:   # the stem: few samples and channels, XLA's is as fast
         return IMPLS["lax"][2]
-    return _manual_weight_grad
+    return manual_weight_grad

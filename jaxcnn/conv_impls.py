@@ -8,73 +8,40 @@ rebuilds (``jaxcnn.conv`` holds the math and the primitives whose lowerings call
 - ``weight_grad(x, dy)``: ``dw[k] = Σ_n Σ_i dy[n, i] ⊗ x_pad[n, i·s + k·d]``
 
 ``impl="lax"``: one ``lax.conv_general_dilated`` call per piece, the roles swapped and the
-kernel flipped as the padding helpers below derive. ``impl="manual"``: no convolution
-primitive: a static sum over kernel offsets ``k`` of strided slices ``x_pad[k·d + i·s]``, each
-contracted over channels with ``einsum``; in ``input_grad`` the same slices placed back with
-``lax.pad`` (interior padding = the stride's holes). Faster forms of the same maps, chosen per
-shape, are in ``jaxcnn.conv_forms``.
+kernel flipped as the padding helpers of ``jaxcnn._shapes`` derive. ``impl="manual"``: no
+convolution primitive: a static sum over kernel offsets ``k`` of strided slices
+``x_pad[k·d + i·s]``, each contracted over channels with ``einsum``; in ``input_grad`` the same
+slices placed back with ``lax.pad`` (interior padding = the stride's holes; ``jaxcnn._taps``).
+Faster forms of the same maps, chosen per shape, are in ``jaxcnn.conv_forms``.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._args import ConvSpec, Pads, dilated_size
+from jaxcnn._args import ConvSpec
+from jaxcnn._shapes import (Pads, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
+                            weight_grad_padding)
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
 from jaxcnn.xla_guard import operand_swap_aborts
 
-# ----------------------------------------------------------------------------- shape helpers
+Shape = tuple[int, ...]
+
+# ----------------------------------------------------------------------------- shared pieces
 
 
-def spatial_sizes(shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, ...]:
-    return tuple(shape[a] for a in spec.spatial_axes())
-
-
-def kernel_sizes(w_shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, ...]:
-    return tuple(w_shape[a] for a in spec.kernel_spatial_axes())
-
-
-def output_sizes(in_sizes, k_sizes, spec: ConvSpec) -> tuple[int, ...]:
-    return tuple((length + lo + hi - dilated_size(k, d)) // s + 1
-                 for length, k, s, d, (lo, hi)
-                 in zip(in_sizes, k_sizes, spec.stride, spec.dilation, spec.padding))
-
-
-def input_grad_padding(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> Pads:
-    """Padding of the stride-dilated ``dy`` for the correlation that gives ``dx``.
-
-    Tap ``k`` of output ``i`` reads ``x_pad[i·s + k·d]``; flipping the kernel turns that into
-    a correlation over the dilated ``dy`` that must start ``d·(K−1) − lo`` before it and end
-    where ``x`` ends: ``hi' = L + lo − dilated(out, s)``. Either side may be negative (crop).
-    """
-    pads = []
-    for length, k, o, s, d, (lo, _) in zip(in_sizes, k_sizes, out_sizes, spec.stride,
-                                           spec.dilation, spec.padding):
-        before = dilated_size(k, d) - 1 - lo
-        pads.append((before, length + lo - dilated_size(o, s)))
-    return tuple(pads)
-
-
-def weight_grad_padding(in_sizes, k_sizes, out_sizes, spec: ConvSpec) -> Pads:
-    """Padding of ``x`` for the correlation that gives ``dw``: ``dy`` is the kernel (dilation
-    ``s``), the result has ``K`` positions (stride ``d``): ``hi' = dilated(out, s) − L +
-    d·(K−1) − lo``, so that ``(L + lo + hi' − dilated(out, s)) / d + 1 = K``."""
-    return tuple((lo, dilated_size(o, s) - length + dilated_size(k, d) - 1 - lo)
-                 for length, k, o, s, d, (lo, _)
-                 in zip(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding))
-
-
-def input_grad_aborts_xla(in_sizes, k_sizes, out_sizes, spec: ConvSpec, dtype: Any) -> bool:
+def input_grad_aborts_xla(in_sizes: Shape, k_sizes: Shape, out_sizes: Shape, spec: ConvSpec,
+                          dtype: Any) -> bool:
     """Whether the input gradient as one lhs-dilated convolution (below, and what ``jax.grad``
     of ``lax`` emits) is a convolution XLA's operand swap aborts on (``jaxcnn.xla_guard``)."""
-    pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec)
+    pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding)
     return operand_swap_aborts(out_sizes, k_sizes, (1,) * spec.n, pads, spec.stride,
                                spec.dilation, spec.groups, dtype=dtype)
 
 
-def _flip_swap_io(w: jax.Array, spec: ConvSpec) -> jax.Array:
+def flip_swap_io(w: jax.Array, spec: ConvSpec) -> jax.Array:
     """``w (O, C/g, *K)`` → ``(C, O/g, *K)`` flipped along ``K`` (either layout): the kernel
     of the input-gradient correlation, channel roles swapped within each group."""
     o_ax, i_ax = spec.kernel_io_axes()
@@ -87,38 +54,87 @@ def _flip_swap_io(w: jax.Array, spec: ConvSpec) -> jax.Array:
     return jnp.moveaxis(wc, (0, 1), (o_ax, i_ax))
 
 
-def _acc_dtype(spec: ConvSpec, dtype) -> Any:
+# The accumulation rule, decided here for every form: a piece returns ``output_dtype`` (what
+# lax.conv_general_dilated returns) and sums its taps in ``sum_dtype``.
+
+def _half(dtype: Any) -> bool:
+    return jnp.finfo(dtype).bits < 32
+
+
+def output_dtype(spec: ConvSpec, dtype: Any) -> Any:
+    """The dtype a piece returns for operands of ``dtype``: ``preferred_element_type`` if set."""
     return spec.preferred_element_type if spec.preferred_element_type is not None else dtype
+
+
+def sum_dtype(spec: ConvSpec, dtype: Any) -> Any:
+    """The dtype taps are summed in: ``preferred_element_type`` if set, float32 for half
+    precision (rounded once by the caller, as lax.conv_general_dilated accumulates; summing in
+    bfloat16 lost ~1e-2 over 25 taps), else the operands' own."""
+    if spec.preferred_element_type is None and _half(dtype):
+        return jnp.float32
+    return output_dtype(spec, dtype)
+
+
+def contract(subscripts: str, a: jax.Array, b: jax.Array, spec: ConvSpec) -> jax.Array:
+    """``einsum`` of two operands, summed in ``sum_dtype``, at the spec's precision."""
+    total = sum_dtype(spec, a.dtype)
+    if _half(a.dtype):
+        # A product of two bfloat16 (or float16) values is exact in float32: the same sum,
+        # and XLA's CPU dot has no bf16 × bf16 → f32.
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
+
+
+def stack_taps(taps: list[jax.Array], spec: ConvSpec, w_shape: Shape) -> jax.Array:
+    """Per-tap ``(O, C/g)`` or ``(C/g, O)`` blocks in row-major order of K, stacked where K
+    sits in ``w``: ``(O, C/g, *K)`` or ``(*K, C/g, O)``."""
+    return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
+
+
+def conv_output_sizes(x_shape: Shape, k_sizes: Shape, spec: ConvSpec) -> Shape:
+    """The spatial sizes of the correlation of ``x_shape`` with a kernel of ``k_sizes``."""
+    return output_sizes(spatial_sizes(x_shape, spec), k_sizes, spec.stride, spec.dilation, spec.padding)
+
+
+def tap_window(spec: ConvSpec, offset: Shape, out_sizes: Shape, ndim: int) -> tuple[slice, ...]:
+    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
+    return window(offset, out_sizes, spec.stride, spec.dilation, spec.spatial_axes(), ndim)
+
+
+def zero_pad(a: jax.Array, spec: ConvSpec, pads: Pads) -> jax.Array:
+    """``a`` zero-padded (negative: cropped) on the spec's spatial axes."""
+    return pad_axes(a, spec.spatial_axes(), pads)
 
 
 # ----------------------------------------------------------------------------- impl="lax"
 
 
-def _lax_conv(x, w, spec: ConvSpec):
+def lax_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x, w, spec.stride, spec.padding, rhs_dilation=spec.dilation,
         dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
         precision=spec.precision, preferred_element_type=spec.preferred_element_type)
 
 
-def _lax_input_grad(dy, w, spec: ConvSpec, in_shape):
+def lax_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape) -> jax.Array:
     in_sizes, k_sizes = spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec)
-    pads = input_grad_padding(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec)
-    if input_grad_aborts_xla(in_sizes, k_sizes, spatial_sizes(dy.shape, spec), spec, w.dtype):
+    out_sizes = spatial_sizes(dy.shape, spec)
+    pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding)
+    if input_grad_aborts_xla(in_sizes, k_sizes, out_sizes, spec, w.dtype):
         # XLA would rewrite this lhs-dilated convolution into an invalid one and abort the
         # process (jaxcnn.xla_guard); the manual form is the same map with no convolution.
-        return _manual_input_grad(dy, w, spec, in_shape)
+        return manual_input_grad(dy, w, spec, in_shape)
     return jax.lax.conv_general_dilated(
-        dy.astype(w.dtype), _flip_swap_io(w, spec), (1,) * spec.n, pads,
+        dy.astype(w.dtype), flip_swap_io(w, spec), (1,) * spec.n, pads,
         lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
         dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
         precision=spec.precision, preferred_element_type=spec.preferred_element_type)
 
 
-def _lax_weight_grad(x, dy, spec: ConvSpec, w_shape):
+def lax_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
     k_sizes = kernel_sizes(w_shape, spec)
-    pads = weight_grad_padding(spatial_sizes(x.shape, spec), k_sizes,
-                               spatial_sizes(dy.shape, spec), spec)
+    pads = weight_grad_padding(spatial_sizes(x.shape, spec), k_sizes, spatial_sizes(dy.shape, spec),
+                               spec.stride, spec.dilation, spec.padding)
     # Roles swapped: x's channels are the batch, its batch the features; dy is the kernel
     # (out-features = its channels, in-features = its batch); the result's "batch" is w's
     # in-channel axis and its features w's out-channel axis.
@@ -167,10 +183,6 @@ def _split_axes(spec: ConvSpec) -> tuple[int, int]:
     return (-1, 1) if spec.channels_last else (1, 0)
 
 
-def _taps(k_sizes):
-    return itertools.product(*(range(k) for k in k_sizes))
-
-
 def _tap(w: jax.Array, spec: ConvSpec, offset) -> jax.Array:
     """``w[k]`` as ``(G, O/g, C/g)`` (channels first) or ``(C/g, G, O/g)`` (channels last)."""
     index = [slice(None)] * w.ndim
@@ -180,90 +192,50 @@ def _tap(w: jax.Array, spec: ConvSpec, offset) -> jax.Array:
     return _split_channels(tap, _split_axes(spec)[1], spec.groups)
 
 
-def _window(spec: ConvSpec, offset, out_sizes, ndim) -> tuple[slice, ...]:
-    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
-    index = [slice(None)] * ndim
-    for axis, k, o, s, d in zip(spec.spatial_axes(), offset, out_sizes, spec.stride, spec.dilation):
-        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s)
-    return tuple(index)
-
-
-def _zero_pad(a: jax.Array, spec: ConvSpec, pads, interior=None) -> jax.Array:
-    config = [(0, 0, 0)] * a.ndim
-    for i, axis in enumerate(spec.spatial_axes()):
-        config[axis] = (pads[i][0], pads[i][1], 0 if interior is None else interior[i])
-    return jax.lax.pad(a, jnp.zeros((), a.dtype), config)
-
-
-def _sum_dtype(spec: ConvSpec, dtype) -> Any:
-    """The dtype taps are summed in: ``preferred_element_type`` if set, float32 for half
-    precision (rounded once by the caller, as lax.conv_general_dilated accumulates; summing in
-    bfloat16 lost ~1e-2 over 25 taps), else the operands' own."""
-    if spec.preferred_element_type is not None:
-        return spec.preferred_element_type
-    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-
-
-def _contract(subscripts: str, a, b, spec: ConvSpec):
-    total = _sum_dtype(spec, a.dtype)
-    if jnp.finfo(a.dtype).bits < 32:
-        # A product of two bfloat16 (or float16) values is exact in float32: the same sum,
-        # and XLA's CPU dot has no bf16 × bf16 → f32.
-        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
-
-
-def _manual_conv(x, w, spec: ConvSpec):
-    x_pad = _zero_pad(x, spec, spec.padding)
+def manual_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    x_pad = zero_pad(x, spec, spec.padding)
     k_sizes = kernel_sizes(w.shape, spec)
-    out = output_sizes(spatial_sizes(x.shape, spec), k_sizes, spec)
+    out = conv_output_sizes(x.shape, k_sizes, spec)
     act_axis = _split_axes(spec)[0]
     y = None
-    for offset in _taps(k_sizes):
-        xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        term = _contract(_subscripts(spec, 0), xs, _tap(w, spec, offset), spec)
+    for offset in offsets(k_sizes):
+        xs = _split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
+        term = contract(_subscripts(spec, 0), xs, _tap(w, spec, offset), spec)
         y = term if y is None else y + term
-    return _merge_channels(y, act_axis - spec.channels_last, spec.groups).astype(_acc_dtype(spec, x.dtype))
+    y = _merge_channels(y, act_axis - spec.channels_last, spec.groups)
+    return y.astype(output_dtype(spec, x.dtype))
 
 
-def _manual_input_grad(dy, w, spec: ConvSpec, in_shape):
+def manual_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape) -> jax.Array:
     in_sizes = spatial_sizes(in_shape, spec)
     out = spatial_sizes(dy.shape, spec)
     padded = [length + lo + hi for length, (lo, hi) in zip(in_sizes, spec.padding)]
     act_axis = _split_axes(spec)[0]
     dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
     dx_pad = None
-    for offset in _taps(kernel_sizes(w.shape, spec)):
-        part = _contract(_subscripts(spec, 1), dy_g, _tap(w, spec, offset), spec)
+    for offset in offsets(kernel_sizes(w.shape, spec)):
+        part = contract(_subscripts(spec, 1), dy_g, _tap(w, spec, offset), spec)
         part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
         # Tap k's contribution lands on x_pad[k·d + i·s]: pad k·d before, s − 1 between.
-        pads = [(k * d, size - k * d - dilated_size(o, s))
-                for k, d, size, o, s in zip(offset, spec.dilation, padded, out, spec.stride)]
-        part = _zero_pad(part, spec, pads, [s - 1 for s in spec.stride])
+        part = place(part, offset, out, spec.stride, spec.dilation, spec.spatial_axes(), padded)
         dx_pad = part if dx_pad is None else dx_pad + part
-    return _zero_pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding])
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
 
 
-def _manual_weight_grad(x, dy, spec: ConvSpec, w_shape):
-    x_pad = _zero_pad(x, spec, spec.padding)
+def manual_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
+    x_pad = zero_pad(x, spec, spec.padding)
     out = spatial_sizes(dy.shape, spec)
     act_axis, tap_axis = _split_axes(spec)
     dy_g = _split_channels(dy.astype(x.dtype), act_axis, spec.groups)
     taps = []
-    for offset in _taps(kernel_sizes(w_shape, spec)):
-        xs = _split_channels(x_pad[_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        tap = _contract(_subscripts(spec, 2), xs, dy_g, spec)
+    for offset in offsets(kernel_sizes(w_shape, spec)):
+        xs = _split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
+        tap = contract(_subscripts(spec, 2), xs, dy_g, spec)
         taps.append(_merge_channels(tap, tap_axis, spec.groups))
-    return _stack_taps(taps, spec, w_shape)
-
-
-def _stack_taps(taps: list[jax.Array], spec: ConvSpec, w_shape) -> jax.Array:
-    """Per-tap ``(O, C/g)`` or ``(C/g, O)`` blocks in row-major order of K, stacked where K
-    sits in ``w``: ``(O, C/g, *K)`` or ``(*K, C/g, O)``."""
-    return jnp.stack(taps, axis=0 if spec.channels_last else 2).reshape(w_shape)
+    return stack_taps(taps, spec, w_shape)
 
 
 IMPLS = {  # (conv, input_grad, weight_grad) per impl
-    "lax": (_lax_conv, _lax_input_grad, _lax_weight_grad),
-    "manual": (_manual_conv, _manual_input_grad, _manual_weight_grad),
+    "lax": (lax_conv, lax_input_grad, lax_weight_grad),
+    "manual": (manual_conv, manual_input_grad, manual_weight_grad),
 }

@@ -13,9 +13,10 @@ as the rest of jaxcnn reads it):
 No layer keeps state: normalisation is ``GroupNorm`` (Wu & He, 2018), which uses each
 example's own statistics, so ``apply`` is the same function in training and evaluation.
 
-Output shapes come from the ops' own shape rules: ``_args.resolve_padding`` and
-``_args.conv_output_size`` for convolutions, ``jax.eval_shape`` of the op for pooling and
-transposed convolution; ``tests/test_nn.py`` checks that they equal ``apply``'s shapes.
+Output shapes come from the ops' own shape rules: ``_shapes.resolve_padding`` and
+``_shapes.conv_output_shape`` (as ``conv.output_shape``) for convolutions, ``jax.eval_shape``
+of the op for pooling and transposed convolution; ``tests/test_nn.py`` checks that they equal
+``apply``'s shapes.
 
 Initialisation follows PyTorch: ``kaiming_uniform_(a=√5)`` for weights, which is
 ``U(−1/√fan_in, 1/√fan_in)``, and the same bound for biases (``torch.nn.Conv*d.reset_parameters``).
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcnn
-from jaxcnn import _args
+from jaxcnn import _args, _shapes
 
 Shape = tuple[int, ...]
 
@@ -77,12 +78,12 @@ def count_params(params: Any) -> int:
 
 def init_shapes(layer: Layer, input_shape: Shape) -> tuple[Any, Shape]:
     """``layer.init`` run abstractly: params as ``ShapeDtypeStruct``, no arrays allocated."""
-    box = {}
+    output_shape = {}     # init's second result, a plain tuple, kept out of eval_shape
 
     def params_only(key: jax.Array) -> Any:
-        params, box["out"] = layer.init(key, input_shape)
+        params, output_shape["value"] = layer.init(key, input_shape)
         return params
-    return jax.eval_shape(params_only, jax.random.key(0)), box["out"]
+    return jax.eval_shape(params_only, jax.random.key(0)), output_shape["value"]
 
 
 def _uniform(key: jax.Array, shape: Shape, fan_in: int) -> jax.Array:
@@ -139,16 +140,15 @@ def Conv(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any
         input_shape = _args.layer_input_shape(input_shape, n, "Conv", spec.channels_last)
         channels = input_shape[spec.channel_axis()]
         _args.check_groups(groups, channels, out_channels)
-        sizes = tuple(input_shape[a] for a in spec.spatial_axes())
-        pads = _args.resolve_padding(padding, sizes, kernel, stride, dilation)
-        out = tuple(_args.conv_output_size(*args) for args in
-                    zip(sizes, kernel, stride, dilation, *zip(*pads)))
-        _args.check_positive_size("input_shape", out, f"Conv with kernel {kernel} on {sizes}")
+        sizes = _shapes.spatial_sizes(input_shape, spec)
+        pads = _shapes.resolve_padding(padding, sizes, kernel, stride, dilation)
         w_shape = ((*kernel, channels // groups, out_channels) if spec.channels_last
                    else (out_channels, channels // groups, *kernel))
+        padded = spec.replace(padding=pads)     # every padding mode pads to the same sizes
+        out_shape = _shapes.conv_output_shape(input_shape, w_shape, padded)
+        _args.check_positive_size("input_shape", _shapes.spatial_sizes(out_shape, spec),
+                                  f"Conv with kernel {kernel} on {sizes}")
         params = _conv_params(key, w_shape, channels // groups * math.prod(kernel), out_channels, bias)
-        out_shape = ((input_shape[0], *out, out_channels) if spec.channels_last
-                     else (input_shape[0], out_channels, *out))
         return params, out_shape
 
     def apply(params: dict, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:

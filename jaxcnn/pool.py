@@ -38,7 +38,6 @@ in ``dy``. ``jax.jvp`` on the op itself is not defined (``custom_vjp``); use rev
 """
 from __future__ import annotations
 
-import itertools
 from functools import partial
 from typing import Any
 
@@ -46,14 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._args import PoolSpec, check_bool, dilated_size, normalize_global_pool, normalize_pool
+from jaxcnn._args import PoolSpec, check_bool, normalize_global_pool, normalize_pool
+from jaxcnn._shapes import spatial_axes
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
 
 # ----------------------------------------------------------------------------- shape helpers
-
-
-def _offsets(window: tuple[int, ...]):
-    """Window offsets ``k`` in row-major order (PyTorch's scan order)."""
-    return itertools.product(*(range(k) for k in window))
 
 
 def _out_shape(shape: tuple[int, ...], spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -104,29 +100,21 @@ def avg_divisor(spec: PoolSpec, count_include_pad: bool, ndim: int) -> np.ndarra
 # ----------------------------------------------------------------------------- slices
 
 
-def _pad(a: jax.Array, spec: PoolSpec, pads, value, interior=None) -> jax.Array:
-    config = [(0, 0, 0)] * a.ndim
-    for i, axis in enumerate(spec.spatial_axes()):
-        config[axis] = (pads[i][0], pads[i][1], 0 if interior is None else interior[i])
-    return jax.lax.pad(a, jnp.asarray(value, a.dtype), config)
+def _pad(a: jax.Array, spec: PoolSpec, pads, value) -> jax.Array:
+    return pad_axes(a, spec.spatial_axes(), pads, value)
 
 
 def _window(spec: PoolSpec, offset, ndim: int) -> tuple[slice, ...]:
     """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
-    index = [slice(None)] * ndim
-    for axis, k, o, s, d in zip(spec.spatial_axes(), offset, spec.out_sizes(), spec.stride,
-                                spec.dilation):
-        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s)
-    return tuple(index)
+    return window(offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(), ndim)
 
 
 def _place(part: jax.Array, spec: PoolSpec, offset) -> jax.Array:
     """The adjoint of ``_window``: ``part[i]`` put at ``x_pad[k·d + i·s]``, zeros elsewhere
     (``k·d`` before, ``s − 1`` between samples, the rest of the padded size after)."""
-    pads = [(k * d, length + lo + hi - k * d - dilated_size(o, s))
-            for k, d, length, (lo, hi), o, s in zip(offset, spec.dilation, spec.in_sizes,
-                                                    spec.padding, spec.out_sizes(), spec.stride)]
-    return _pad(part, spec, pads, 0, [s - 1 for s in spec.stride])
+    padded = [length + lo + hi for length, (lo, hi) in zip(spec.in_sizes, spec.padding)]
+    return place(part, offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(),
+                 padded)
 
 
 def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
@@ -135,10 +123,10 @@ def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
     if any(s > 1 for s in spec.stride):
         return _spread_phases(g, spec, select)
     dx_pad = None
-    for flat, offset in enumerate(_offsets(spec.window)):
+    for flat, offset in enumerate(offsets(spec.window)):
         part = _place(select(flat, g), spec, offset)
         dx_pad = part if dx_pad is None else dx_pad + part
-    return _pad(dx_pad, spec, [(-lo, -hi) for lo, hi in spec.padding], 0)
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
 
 
 def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
@@ -150,7 +138,7 @@ def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
     rows = [-(-(length + lo + hi) // s)
             for length, (lo, hi), s in zip(spec.in_sizes, spec.padding, spec.stride)]
     phases: dict[tuple[int, ...], jax.Array] = {}
-    for flat, offset in enumerate(_offsets(spec.window)):
+    for flat, offset in enumerate(offsets(spec.window)):
         base = [k * d for k, d in zip(offset, spec.dilation)]
         residue = tuple(b % s for b, s in zip(base, spec.stride))
         pads = [(b // s, j - b // s - o)
@@ -159,7 +147,7 @@ def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
         phases[residue] = part + phases[residue] if residue in phases else part
     shape = _out_shape(g.shape, spec, tuple(rows))
     stacked = jnp.stack([phases.get(r, jnp.zeros(shape, g.dtype))
-                         for r in itertools.product(*(range(s) for s in spec.stride))])
+                         for r in offsets(spec.stride)])
     stacked = stacked.reshape(*spec.stride, *shape)
     n = len(spec.stride)
     spatial = spec.spatial_axes()
@@ -185,7 +173,7 @@ def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]
     shape = _out_shape(x.shape, spec, spec.out_sizes())
     best = jnp.full(shape, -jnp.inf, x.dtype)
     argmax = jnp.full(shape, -1, jnp.int32)
-    for flat, offset in enumerate(_offsets(spec.window)):
+    for flat, offset in enumerate(offsets(spec.window)):
         value = x_pad[_window(spec, offset, x.ndim)]
         take = (value > best) | jnp.isnan(value) | (argmax < 0)
         real = _real_taps(spec, offset, x.ndim)
@@ -225,7 +213,7 @@ max_pool_core.defvjp(_max_pool_core_fwd, _max_pool_core_bwd)
 # ----------------------------------------------------------------------------- avg pooling
 
 
-def _tiles(spec: PoolSpec) -> bool:
+def _windows_tile_input(spec: PoolSpec) -> bool:
     """Whether the windows tile the input exactly: stride = window, no padding, no dilation,
     every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
     return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
@@ -255,11 +243,11 @@ def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
 def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
     tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
-    if _tiles(spec):
+    if _windows_tile_input(spec):
         return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
     x_pad = _pad(x, spec, spec.padding, 0)
     total = None
-    for offset in _offsets(spec.window):
+    for offset in offsets(spec.window):
         part = x_pad[_window(spec, offset, x.ndim)]
         total = part if total is None else total + part
     return total / jnp.asarray(avg_divisor(spec, count_include_pad, x.ndim), x.dtype)
@@ -286,7 +274,8 @@ avg_pool_core.defvjp(_avg_pool_core_fwd, _avg_pool_core_bwd)
 def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input; linear,
     its own VJP (JAX's transpose of ``lax.pad``: strided slices) is ``avg_pool`` again."""
-    if _tiles(spec):    # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
+    if _windows_tile_input(spec):
+        # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
         g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
         in_shape = _out_shape(dy.shape, spec, spec.in_sizes)
         return jnp.broadcast_to(g, _tiled_shape(in_shape, spec)).reshape(in_shape)
@@ -297,18 +286,14 @@ def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -
 # ----------------------------------------------------------------------------- global avg
 
 
-def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, ...]:
-    return tuple(range(1, ndim - 1)) if channels_last else tuple(range(2, ndim))
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def global_avg_pool_core(x: jax.Array, in_sizes: tuple[int, ...], channels_last: bool) -> jax.Array:
     """``y[n, c] = Σ_j x[n, c, j] / |S|``."""
-    return jnp.mean(x, axis=_spatial_axes(x.ndim, channels_last))
+    return jnp.mean(x, axis=spatial_axes(x.ndim - 2, channels_last))
 
 
 def _global_avg_pool_fwd(x, in_sizes, channels_last):
-    return jnp.mean(x, axis=_spatial_axes(x.ndim, channels_last)), None
+    return jnp.mean(x, axis=spatial_axes(x.ndim - 2, channels_last)), None
 
 
 def _global_avg_pool_bwd(in_sizes, channels_last, _, dy):
@@ -324,7 +309,7 @@ def global_avg_pool_transpose(dy: jax.Array, in_sizes: tuple[int, ...],
     """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over ``in_sizes``; its VJP is the mean."""
     n, c = dy.shape
     shape = (n, *in_sizes, c) if channels_last else (n, c, *in_sizes)
-    axes = _spatial_axes(len(shape), channels_last)
+    axes = spatial_axes(len(shape) - 2, channels_last)
     g = jnp.expand_dims(dy / jnp.asarray(np.prod(in_sizes), dy.dtype), axes)
     return jnp.broadcast_to(g, shape)
 
@@ -395,5 +380,5 @@ def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
       x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; every spatial size ≥ 1.
     """
     x, channels_last = normalize_global_pool(x, channels_last)
-    in_sizes = tuple(x.shape[a] for a in _spatial_axes(x.ndim, channels_last))
+    in_sizes = tuple(x.shape[a] for a in spatial_axes(x.ndim - 2, channels_last))
     return global_avg_pool_core(x, in_sizes, channels_last)

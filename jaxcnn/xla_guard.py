@@ -22,7 +22,7 @@ with a group axis whose ``L ≠ K``, whose other axes pass the product test, is 
 an invalid one and the compiler aborts the process.
 
 Where jaxcnn meets it: the input gradient of a strided conv written as one lhs-dilated
-convolution (``conv_impls._lax_input_grad``, also what ``jax.grad`` of ``lax`` emits) has
+convolution (``conv_impls.lax_input_grad``, also what ``jax.grad`` of ``lax`` emits) has
 ``stride = 1`` and ``base_dilation`` = the conv's stride, so an axis with kernel 2, stride 2,
 dilation 1 and ``pad_lo = 1`` whose padding leaves nothing over at the high end
 (``L + 1`` even; ``lo' = hi' = 0``) is a group axis. If another axis makes the kernel "larger"

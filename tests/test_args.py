@@ -1,92 +1,16 @@
-"""Tests of jaxcnn/_args.py: the shape-only helpers against hand-worked values, and every
+"""Tests of jaxcnn/_args.py: the normalisers (``int_tuple``, ``ConvSpec``'s axes), and every
 bad input of conv and its VJP pieces, raised at the front door with a message naming the
-argument, what was expected and what came."""
+argument, what was expected and what came. The shape formulas are tested in test_shapes.py."""
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import jaxcnn
-from jaxcnn._args import ConvSpec, conv_output_size, int_tuple, resolve_padding
-
-# ----------------------------------------------------------------------------- shape helpers
-
-
-@pytest.mark.parametrize("length,kernel,stride,dilation,lo,hi,expected", [
-    pytest.param(28, 3, 1, 1, 0, 0, 26, id="28x3-valid"),        # the seed notes' example
-    pytest.param(7, 3, 2, 1, 1, 1, 4, id="stride2-pad1"),         # (7 + 2 − 3) // 2 + 1
-    pytest.param(10, 3, 3, 2, 0, 0, 2, id="dilated"),             # extent 5: (10 − 5) // 3 + 1
-    pytest.param(6, 2, 4, 3, 2, 1, 2, id="uneven-pads"),          # extent 4: (6 + 3 − 4) // 4 + 1
-    pytest.param(5, 5, 1, 1, 0, 0, 1, id="kernel-equals-input"),
-    pytest.param(1, 1, 4, 1, 0, 0, 1, id="one-sample"),
-    pytest.param(4, 5, 1, 1, 0, 0, 0, id="kernel-too-large"),     # never below zero
-])
-def test_conv_output_size(length, kernel, stride, dilation, lo, hi, expected):
-    assert conv_output_size(length, kernel, stride, dilation, lo, hi) == expected
-
-
-@given(length=st.integers(0, 20), kernel=st.integers(1, 5), stride=st.integers(1, 4),
-       dilation=st.integers(1, 3), lo=st.integers(0, 3), hi=st.integers(0, 3))
-def test_conv_output_size_counts_windows(length, kernel, stride, dilation, lo, hi):
-    """The number of positions i·stride whose dilated window fits in the padded input."""
-    extent = dilation * (kernel - 1) + 1
-    count = sum(1 for i in range(length + lo + hi + 1) if i * stride + extent <= length + lo + hi)
-    assert conv_output_size(length, kernel, stride, dilation, lo, hi) == count
-
-
-# (L, K, stride, dilation) -> (lo, hi), worked by hand: out = ceil(L / s), total =
-# max((out − 1)·s + d·(K − 1) + 1 − L, 0), the odd extra at the high end.
-SAME_TABLE = [
-    ((5, 3, 1, 1), (1, 1)), ((5, 4, 1, 1), (1, 2)), ((5, 1, 1, 1), (0, 0)),
-    ((5, 2, 1, 3), (1, 2)),                                   # extent 4
-    ((7, 3, 2, 1), (1, 1)), ((8, 3, 2, 1), (0, 1)), ((8, 4, 2, 1), (1, 1)),
-    ((7, 4, 2, 1), (1, 2)), ((5, 1, 2, 1), (0, 0)), ((6, 3, 2, 2), (1, 2)),  # extent 5: 4 + 5 − 6
-    ((7, 3, 3, 1), (1, 1)), ((9, 2, 3, 1), (0, 0)), ((10, 5, 3, 1), (2, 2)),
-    ((7, 4, 3, 1), (1, 2)), ((4, 3, 3, 1), (1, 1)), ((6, 2, 3, 1), (0, 0)),
-]
-
-
-@pytest.mark.parametrize("spelling", ["SAME", "same", "Same"])
-@pytest.mark.parametrize("case,expected", SAME_TABLE, ids=[str(c) for c, _ in SAME_TABLE])
-def test_resolve_same(case, expected, spelling):
-    length, kernel, stride, dilation = case
-    assert resolve_padding(spelling, (length,), (kernel,), (stride,), (dilation,)) == (expected,)
-
-
-def test_resolve_same_per_axis():
-    assert resolve_padding("same", (8, 7, 5), (4, 3, 2), (2, 1, 3), (1, 2, 1)) == (
-        (1, 1), (2, 2), (0, 0))
-
-
-@pytest.mark.parametrize("padding,expected", [
-    pytest.param(2, ((2, 2), (2, 2)), id="int"),
-    pytest.param((1, 0), ((1, 1), (0, 0)), id="per-axis-ints"),
-    pytest.param(((0, 1), (2, 3)), ((0, 1), (2, 3)), id="pairs"),
-    pytest.param([[0, 1], (2, 3)], ((0, 1), (2, 3)), id="pairs-as-lists"),
-    pytest.param("VALID", ((0, 0), (0, 0)), id="valid"),
-    pytest.param("vAlId", ((0, 0), (0, 0)), id="valid-mixed-case"),
-    pytest.param("FULL", ((2, 2), (4, 4)), id="full"),                # extents 3 and 5
-    pytest.param("full", ((2, 2), (4, 4)), id="full-lower"),
-    pytest.param("CAUSAL", ((2, 0), (4, 0)), id="causal"),
-    pytest.param("Causal", ((2, 0), (4, 0)), id="causal-capitalised"),
-])
-def test_resolve_padding_forms(padding, expected):
-    """Two axes: kernel 3 (dilation 1) and kernel 3 with dilation 2 (extent 5)."""
-    assert resolve_padding(padding, (6, 9), (3, 3), (1, 2), (1, 2)) == expected
-
-
-@given(length=st.integers(1, 30), kernel=st.integers(1, 6), stride=st.integers(1, 5),
-       dilation=st.integers(1, 3))
-def test_same_gives_ceil_of_length_over_stride(length, kernel, stride, dilation):
-    ((lo, hi),) = resolve_padding("SAME", (length,), (kernel,), (stride,), (dilation,))
-    assert 0 <= lo <= hi <= lo + 1
-    assert conv_output_size(length, kernel, stride, dilation, lo, hi) == math.ceil(length / stride)
+from jaxcnn._args import ConvSpec, int_tuple
 
 
 def test_int_tuple():

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn import reference
-from jaxcnn._args import pool_output_size
+from jaxcnn._shapes import pool_output_size
 from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
 
 F64 = TOL["float64"]

@@ -297,9 +297,9 @@ def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
     spec, in_shape, w_shape = _core(c)
     lax_conv, lax_input_grad, lax_weight_grad = impls.IMPLS["lax"]
     c_per_group = in_shape[spec.channel_axis()] // spec.groups
-    candidates = {"conv": {"manual": impls._manual_conv, "im2col": forms.im2col_conv},
-                  "input_grad": {"manual": impls._manual_input_grad},
-                  "weight_grad": {"manual": impls._manual_weight_grad, "im2col": forms.im2col_weight_grad}}
+    candidates = {"conv": {"manual": impls.manual_conv, "im2col": forms.im2col_conv},
+                  "input_grad": {"manual": impls.manual_input_grad},
+                  "weight_grad": {"manual": impls.manual_weight_grad, "im2col": forms.im2col_weight_grad}}
     if spec.n == 3 and spec.groups == 1:
         candidates["conv"]["fold_depth"] = forms.fold_depth_conv
         candidates["input_grad"]["fold_depth"] = forms.fold_depth_input_grad
