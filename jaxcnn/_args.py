@@ -23,9 +23,6 @@ from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_transpose_output_size, d
                             is_int, kernel_sizes, output_sizes, pool_output_size,
                             pool_padding, resolve_padding, spatial_axes, spatial_sizes)
 
-# The old private name, until jaxcnn.data and jaxcnn._dataset import ``is_int``.
-_is_int = is_int
-
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 IMPLS = ("lax", "manual")
 

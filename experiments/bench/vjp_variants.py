@@ -32,9 +32,10 @@ import numpy as np
 import jaxcnn
 from jaxcnn._args import ConvSpec, normalize_conv
 from jaxcnn.conv import conv_core, input_grad_core, weight_grad_core
-from jaxcnn.conv_forms import _patches
-from jaxcnn.conv_impls import (_flip_swap_io, _taps, _window, _zero_pad, input_grad_padding,
-                               kernel_sizes, spatial_sizes)
+from jaxcnn._shapes import input_grad_padding, kernel_sizes, spatial_sizes
+from jaxcnn._taps import offsets, pad_axes
+from jaxcnn.conv_forms import patches
+from jaxcnn.conv_impls import flip_swap_io, tap_window, zero_pad
 
 
 def conv_spec(x_shape, w_shape, dtype=jnp.float32, **kwargs: Any) -> ConvSpec:
@@ -51,11 +52,11 @@ def _contract(subscripts, a, b, spec):
 
 def forward_im2col(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """``y[i] = Σ_{k,c} w[k, c] · x_pad[i·s + k·d, c]`` as one contraction over (tap, channel)."""
-    x_pad = _zero_pad(x, spec, spec.padding)
+    x_pad = zero_pad(x, spec, spec.padding)
     k_sizes = kernel_sizes(w.shape, spec)
     out = tuple((size + lo + hi - d * (k - 1) - 1) // s + 1 for size, k, s, d, (lo, hi)
                 in zip(spatial_sizes(x.shape, spec), k_sizes, spec.stride, spec.dilation, spec.padding))
-    p = _patches(x_pad, spec, k_sizes, out)
+    p = patches(x_pad, spec, k_sizes, out)
     g, t = spec.groups, int(np.prod(k_sizes))
     if spec.channels_last:                      # w (*K, C/g, O) → (T, C/g, G, O/g)
         wt = w.reshape(t, w.shape[-2], g, w.shape[-1] // g)
@@ -70,14 +71,15 @@ def _dilated_dy(dy, w, spec: ConvSpec, in_shape):
     """``dy`` with ``s − 1`` zeros between samples and padded (or cropped) for the full
     correlation that gives ``dx``; and the stride-1, unpadded spec of that correlation."""
     pads = input_grad_padding(spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec),
-                              spatial_sizes(dy.shape, spec), spec)
-    dy_d = _zero_pad(dy.astype(w.dtype), spec, pads, [s - 1 for s in spec.stride])
+                              spatial_sizes(dy.shape, spec), spec.stride, spec.dilation,
+                              spec.padding)
+    dy_d = pad_axes(dy.astype(w.dtype), spec.spatial_axes(), pads, 0, [s - 1 for s in spec.stride])
     return dy_d, spec.replace(stride=(1,) * spec.n, padding=((0, 0),) * spec.n)
 
 
 def input_grad_im2col(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
     dy_d, spec1 = _dilated_dy(dy, w, spec, in_shape)
-    return forward_im2col(dy_d, _flip_swap_io(w, spec), spec1).astype(w.dtype)
+    return forward_im2col(dy_d, flip_swap_io(w, spec), spec1).astype(w.dtype)
 
 
 def input_grad_phases(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
@@ -102,7 +104,7 @@ def input_grad_phases(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
         index = [slice(None)] * w.ndim
         for axis, r, s in zip(spec.kernel_spatial_axes(), residue, spec.stride):
             index[axis] = slice(r, None, s)
-        w_sub = _flip_swap_io(w[tuple(index)], spec)
+        w_sub = flip_swap_io(w[tuple(index)], spec)
         # out_r[j] = Σ_m w[r + s·m]ᵀ dy[j − m]: pad dy by M − 1 below, up to J rows above.
         pads = [(m - 1, j - o) for m, j, o in zip(taps, rows, out)]
         phases.append(jax.lax.conv_general_dilated(
@@ -127,10 +129,10 @@ def input_grad_phases(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
 
 
 def weight_grad_im2col(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
-    x_pad = _zero_pad(x, spec, spec.padding)
+    x_pad = zero_pad(x, spec, spec.padding)
     k_sizes = kernel_sizes(w_shape, spec)
     out = spatial_sizes(dy.shape, spec)
-    p = _patches(x_pad, spec, k_sizes, out)
+    p = patches(x_pad, spec, k_sizes, out)
     g = spec.groups
     dy = dy.astype(x.dtype)
     if spec.channels_last:                      # → (T, C/g, G, O/g) → (*K, C/g, O)
@@ -144,20 +146,20 @@ def weight_grad_depthwise(x, dy, spec: ConvSpec, w_shape) -> jax.Array:
     """One input channel per group (depthwise, any multiplier ``M = O/g``): each tap is
     ``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]``, an elementwise
     product summed (a fused reduction) instead of a batched matmul of 1×1 blocks."""
-    x_pad = _zero_pad(x, spec, spec.padding)
+    x_pad = zero_pad(x, spec, spec.padding)
     out = spatial_sizes(dy.shape, spec)
     g, cl = spec.groups, spec.channels_last
     acc = spec.preferred_element_type or x.dtype
     if cl:    # (N, *O, G) × (N, *O, G, M), summed over N and *O
         dyg = dy.reshape(*dy.shape[:-1], g, -1).astype(acc)
         axes = tuple(range(dy.ndim - 1))
-        taps = [jnp.sum(x_pad[_window(spec, k, out, x.ndim)][..., None].astype(acc) * dyg, axis=axes)
-                for k in _taps(kernel_sizes(w_shape, spec))]
+        taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][..., None].astype(acc) * dyg, axis=axes)
+                for k in offsets(kernel_sizes(w_shape, spec))]
         return jnp.stack(taps).reshape(w_shape).astype(x.dtype)     # (T, G, M) → (*K, 1, O)
     dyg = dy.reshape(dy.shape[0], g, -1, *dy.shape[2:]).astype(acc)
     axes = (0, *range(3, dyg.ndim))
-    taps = [jnp.sum(x_pad[_window(spec, k, out, x.ndim)][:, :, None].astype(acc) * dyg, axis=axes)
-            for k in _taps(kernel_sizes(w_shape, spec))]
+    taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][:, :, None].astype(acc) * dyg, axis=axes)
+            for k in offsets(kernel_sizes(w_shape, spec))]
     return jnp.stack(taps, axis=-1).reshape(w_shape).astype(x.dtype)  # (G, M, T) → (O, 1, *K)
 
 
@@ -207,7 +209,7 @@ def forward_fold_depth(x, w, spec: ConvSpec) -> jax.Array:
 
 def input_grad_fold_depth(dy, w, spec: ConvSpec, in_shape) -> jax.Array:
     dy_d, spec1 = _dilated_dy(dy, w, spec, in_shape)
-    return forward_fold_depth(dy_d, _flip_swap_io(w, spec), spec1).astype(w.dtype)
+    return forward_fold_depth(dy_d, flip_swap_io(w, spec), spec1).astype(w.dtype)
 
 
 def input_grad_fold_depth_out(dy, w, spec: ConvSpec, in_shape) -> jax.Array:

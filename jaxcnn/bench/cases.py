@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 import jaxcnn
+from jaxcnn._shapes import conv_output_size, conv_transpose_output_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,9 @@ class Case:
 
     def out_spatial(self) -> tuple[int, ...]:
         if self.op == "conv_transpose":
-            return tuple((s - 1) * self.stride - 2 * self.padding + k
+            return tuple(conv_transpose_output_size(s, k, self.stride, 1, self.padding, self.padding, 0)
                          for s, k in zip(self.spatial, self.kernel))
-        return tuple((s + 2 * self.padding - k) // self.stride + 1
+        return tuple(conv_output_size(s, k, self.stride, 1, self.padding, self.padding)
                      for s, k in zip(self.spatial, self.kernel))
 
     def shapes(self, channels_last: bool) -> tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...]]:

@@ -9,8 +9,9 @@ import dataclasses
 import types
 from typing import Any, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
+
+from jaxcnn._shapes import is_int
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,15 +46,6 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         """One example's shape, ``(C, *S)``."""
         return tuple(self.x_train.shape[1:])
-
-
-def is_int(value: Any) -> bool:
-    """An integer scalar: a Python or numpy int, or a 0-d integer array; not a bool."""
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    dtype = getattr(value, "dtype", None)
-    return isinstance(value, (int, np.integer)) or (
-        dtype is not None and np.ndim(value) == 0 and jnp.issubdtype(dtype, jnp.integer))
 
 
 def int_arg(value: Any, name: str, minimum: int, why: str = "") -> int:
