@@ -32,17 +32,14 @@ placed back with ``lax.pad`` (interior padding = the stride's holes). Both live 
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax._src import dispatch  # eager evaluation of a primitive through its lowering
-from jax.core import ShapedArray
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
 from jaxcnn import padding as _padding
+from jaxcnn._primitives import ShapedArray, make_primitive
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
 from jaxcnn.conv_forms import choose
@@ -67,16 +64,6 @@ from jaxcnn.conv_impls import _acc_dtype, kernel_sizes, output_sizes, spatial_si
 # its primal's dtype.
 
 
-def _make_primitive(name: str, compute, out_aval):
-    prim = Primitive(f"jaxcnn_{name}")
-    prim.def_impl(partial(dispatch.apply_primitive, prim))
-    prim.def_abstract_eval(out_aval)
-    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
-    mlir.register_lowering(prim, mlir.lower_fun(partial(compute, platform="cpu"),
-                                                multiple_results=False), platform="cpu")
-    return prim
-
-
 def _conv_compute(x, w, *, spec, impl, shape, platform=None):
     return choose("conv", impl, spec, x.shape, w.shape, platform)(x, w, spec)
 
@@ -93,12 +80,14 @@ def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
     return choose("weight_grad", impl, spec, x.shape, shape, platform)(x, dy, spec, shape).astype(x.dtype)
 
 
-conv_p = _make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
-    shape, _acc_dtype(spec, x.dtype)))
-input_grad_p = _make_primitive("conv_input_grad", _input_grad_compute,
-                               lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype))
-weight_grad_p = _make_primitive("conv_weight_grad", _weight_grad_compute,
-                                lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype))
+conv_p = make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
+    shape, _acc_dtype(spec, x.dtype)), platforms=("cpu",))
+input_grad_p = make_primitive("conv_input_grad", _input_grad_compute,
+                              lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype),
+                              platforms=("cpu",))
+weight_grad_p = make_primitive("conv_weight_grad", _weight_grad_compute,
+                               lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype),
+                               platforms=("cpu",))
 
 
 def _conv_shape(x_shape, w_shape, spec: ConvSpec) -> tuple[int, ...]:
