@@ -6,7 +6,7 @@ which, and why no public name serves. No other jaxcnn module imports ``jax._src`
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ContextManager
 
 import jax
 
@@ -46,6 +46,19 @@ def is_lax_precision(precision: Any) -> bool:
         return (all(isinstance(p, jax.lax.Precision) for p in precision)
                 or all(isinstance(p, str) and _is_precision_name(p) for p in precision))
     return False
+
+
+def enable_x64(enabled: bool = True) -> ContextManager[None]:
+    """A context in which ``jax_enable_x64`` is ``enabled``, for this thread only.
+
+    Release-dependent: ``jax.enable_x64(flag)`` is the public name from the release after
+    0.4.30 on; 0.4.30 has only ``jax.experimental.enable_x64(flag)``, which newer releases
+    removed. Both are used as ``with enable_x64(True): ...``.
+    """
+    context = getattr(jax, "enable_x64", None)
+    if context is None:
+        from jax.experimental import enable_x64 as context
+    return context(enabled)
 
 
 def jit_cache_size(jitted: Any) -> int:

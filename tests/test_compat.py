@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn._compat import DOT_ALGORITHM_TYPES, is_lax_precision, jit_cache_size
+from jaxcnn._compat import DOT_ALGORITHM_TYPES, enable_x64, is_lax_precision, jit_cache_size
 
 P = jax.lax.Precision
 CANDIDATES = {
@@ -69,3 +69,12 @@ def test_jit_cache_size_counts_compiled_signatures():
     assert jit_cache_size(double) == 1
     double(jnp.ones(4))
     assert jit_cache_size(double) == len(traces) == 2
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_enable_x64_sets_the_flag_inside_only(enabled):
+    before = jax.config.read("jax_enable_x64")
+    with enable_x64(enabled):
+        assert jax.config.read("jax_enable_x64") == enabled
+        assert jnp.ones(2).dtype == (jnp.float64 if enabled else jnp.float32)
+    assert jax.config.read("jax_enable_x64") == before
