@@ -39,9 +39,9 @@ import jax.numpy as jnp
 from jax.interpreters import ad, batching
 
 from jaxcnn import padding as _padding
-from jaxcnn._primitives import ShapedArray, make_primitive
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
+from jaxcnn._primitives import ShapedArray, make_primitive
 from jaxcnn.conv_forms import choose
 from jaxcnn.conv_impls import _acc_dtype, kernel_sizes, output_sizes, spatial_sizes
 
