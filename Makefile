@@ -1,16 +1,33 @@
 # Every target creates .venv if it is missing and installs the package into it.
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+TORCH := torch==2.13.0
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q torch==2.13.0 || echo "torch not installed: PyTorch comparisons will be skipped"
+	$(PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
 	touch $(VENV_STAMP)
 
-.PHONY: venv train test gradcheck bench
+# The lowest jax/jaxlib that pyproject.toml declares, in a venv of its own (torch too, so the
+# PyTorch comparisons and the fuzzer run there as well).
+LOWEST_VENV := build/venv-jax-lowest
+LOWEST_PY := $(LOWEST_VENV)/bin/python
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
+JAX_LOWEST := $(shell sed -n 's/^ *"jax>=\([0-9.]*\)",*$$/\1/p' pyproject.toml)
+JAXLIB_LOWEST := $(shell sed -n 's/^ *"jaxlib>=\([0-9.]*\)",*$$/\1/p' pyproject.toml)
+
+$(LOWEST_STAMP): pyproject.toml
+	test -x $(LOWEST_PY) || python3 -m venv $(LOWEST_VENV)
+	$(LOWEST_PY) -m pip install -q --upgrade pip
+	$(LOWEST_PY) -m pip install -q -e '.[dev]' 'jax==$(JAX_LOWEST)' 'jaxlib==$(JAXLIB_LOWEST)'
+	$(LOWEST_PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
+	touch $(LOWEST_STAMP)
+
+.PHONY: venv venv-lowest train test test-lowest gradcheck bench
 venv: $(VENV_STAMP)
+venv-lowest: $(LOWEST_STAMP)
 
 # The default MNIST-1D run (mnist1d-resnet, 4000 steps): prints the test accuracy, writes the
 # report, metrics and plots to runs/mnist1d-mnist1d-resnet-seed0/.
@@ -22,6 +39,13 @@ gradcheck: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest -n 2 tests
+
+# The suite on the lowest declared jax/jaxlib (pyproject.toml's lower bounds). Random keys draw
+# the stream newer JAX draws by default (partitionable threefry, the default from 0.5.0), so a
+# test's seeded draws are the same numbers in both environments.
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_PY) -c 'import jax; assert jax.__version__ == "$(JAX_LOWEST)", jax.__version__'
+	JAX_THREEFRY_PARTITIONABLE=1 $(LOWEST_PY) -m pytest -n 2 tests
 
 bench: $(VENV_STAMP)
 	$(PY) -m jaxcnn bench

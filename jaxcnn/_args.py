@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src.lax.lax import canonicalize_precision
+
+from jaxcnn._compat import is_lax_precision
 
 from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_transpose_output_size, dilated_size,
                             is_int, kernel_sizes, output_sizes, pool_output_size,
@@ -129,11 +130,9 @@ def _hashable_precision(precision: Any) -> Any:
     except TypeError as err:
         raise TypeError(f"precision: expected None, a jax.lax.Precision, a string or a pair of "
                         f"them; got {precision!r}") from err
-    try:  # JAX's own check, here at the front door rather than in the lowering
-        canonicalize_precision(precision)
-    except ValueError as err:
+    if not is_lax_precision(precision):  # refused here, not at the lowering in lax's words
         raise ValueError(f"precision: expected None, a jax.lax.Precision, one of its names "
-                         f"('highest', ...) or a pair of them; got {precision!r}") from err
+                         f"('highest', ...) or a pair of them; got {precision!r}")
     return precision
 
 

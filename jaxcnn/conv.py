@@ -32,19 +32,16 @@ placed back with ``lax.pad`` (interior padding = the stride's holes). Both live 
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax._src import dispatch  # eager evaluation of a primitive through its lowering
-from jax.core import ShapedArray
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
 from jaxcnn import padding as _padding
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
+from jaxcnn._primitives import ShapedArray, make_primitive
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn.conv_forms import choose
 from jaxcnn.conv_impls import output_dtype
@@ -68,16 +65,6 @@ from jaxcnn.conv_impls import output_dtype
 # its primal's dtype.
 
 
-def _make_primitive(name: str, compute, out_aval):
-    prim = Primitive(f"jaxcnn_{name}")
-    prim.def_impl(partial(dispatch.apply_primitive, prim))
-    prim.def_abstract_eval(out_aval)
-    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
-    mlir.register_lowering(prim, mlir.lower_fun(partial(compute, platform="cpu"),
-                                                multiple_results=False), platform="cpu")
-    return prim
-
-
 def _conv_compute(x, w, *, spec, impl, shape, platform=None):
     return choose("conv", impl, spec, x.shape, w.shape, platform)(x, w, spec)
 
@@ -94,12 +81,14 @@ def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
     return choose("weight_grad", impl, spec, x.shape, shape, platform)(x, dy, spec, shape).astype(x.dtype)
 
 
-conv_p = _make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
-    shape, output_dtype(spec, x.dtype)))
-input_grad_p = _make_primitive("conv_input_grad", _input_grad_compute,
-                               lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype))
-weight_grad_p = _make_primitive("conv_weight_grad", _weight_grad_compute,
-                                lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype))
+conv_p = make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
+    shape, output_dtype(spec, x.dtype)), platforms=("cpu",))
+input_grad_p = make_primitive("conv_input_grad", _input_grad_compute,
+                              lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype),
+                              platforms=("cpu",))
+weight_grad_p = make_primitive("conv_weight_grad", _weight_grad_compute,
+                               lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype),
+                               platforms=("cpu",))
 
 
 def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
@@ -119,7 +108,10 @@ def weight_grad_core(x: jax.Array, dy: jax.Array, spec: ConvSpec, impl: str,
     return weight_grad_p.bind(x, dy, spec=spec, impl=impl, shape=tuple(w_shape))
 
 
-def _as(value, dtype):
+def _cast(value, dtype):
+    """``value`` in ``dtype``, with no convert op when it already is: conv's output comes in its
+    accumulation dtype (``preferred_element_type``), so a cotangent may not match the operand
+    it meets in a transpose."""
     return value.astype(dtype) if value.dtype != dtype else value
 
 
@@ -131,13 +123,15 @@ ad.defbilinear(
 # input_grad: δ̄ = conv(c, w), w̄ = weight_grad(c, δ).
 ad.defbilinear(
     input_grad_p,
-    lambda ct, dy, w, *, spec, impl, shape: _as(conv_core(_as(ct, w.dtype), w, spec, impl), dy.aval.dtype),
+    lambda ct, dy, w, *, spec, impl, shape: _cast(conv_core(_cast(ct, w.dtype), w, spec, impl),
+                                                  dy.aval.dtype),
     lambda ct, dy, w, *, spec, impl, shape: weight_grad_core(ct, dy, spec, impl, w.aval.shape))
 # weight_grad: x̄ = input_grad(δ, c), δ̄ = conv(x, c).
 ad.defbilinear(
     weight_grad_p,
     lambda ct, x, dy, *, spec, impl, shape: input_grad_core(dy, ct, spec, impl, x.aval.shape),
-    lambda ct, x, dy, *, spec, impl, shape: _as(conv_core(x, _as(ct, x.dtype), spec, impl), dy.aval.dtype))
+    lambda ct, x, dy, *, spec, impl, shape: _cast(conv_core(x, _cast(ct, x.dtype), spec, impl),
+                                                  dy.aval.dtype))
 
 
 # vmap. A mapped axis B of the activations alone folds into the batch N. A mapped kernel folds,
@@ -156,13 +150,16 @@ def _split(a, axis, size):
     return jnp.moveaxis(a, axis, 0)
 
 
-def _front(a, bdim, size):
+def _mapped_axis_first(a, bdim, size):
+    """``a`` with its mapped axis ``bdim`` in front; an unmapped ``a`` (``bdim`` None) is
+    broadcast to ``size`` copies."""
     if bdim is None:
         return jnp.broadcast_to(a, (size,) + a.shape)
     return jnp.moveaxis(a, bdim, 0)
 
 
-def _scaled(shape, axis, size):
+def _merged_shape(shape, axis, size):
+    """``shape`` as ``_merge`` leaves it: ``axis`` holds ``size`` times as many entries."""
     shape = list(shape)
     shape[axis] *= size
     return tuple(shape)
@@ -176,15 +173,15 @@ def _batch_rule(prim, kernel_slot):
         kernel_mapped = kernel_slot is not None and dims[kernel_slot] is not None
         if not kernel_mapped and prim is not weight_grad_p:
             act = _merge(jnp.moveaxis(args[0], dims[0], 0), 0)
-            out_shape = _scaled(shape, 0, size)
+            out_shape = _merged_shape(shape, 0, size)
             out = prim.bind(act, args[1], spec=spec, impl=impl, shape=out_shape)
             return _split(out, 0, size), 0
         c_ax, o_ax = spec.channel_axis(), spec.kernel_io_axes()[0]
-        merged = [_merge(_front(a, d, size), o_ax if i == kernel_slot else c_ax)
+        merged = [_merge(_mapped_axis_first(a, d, size), o_ax if i == kernel_slot else c_ax)
                   for i, (a, d) in enumerate(zip(args, dims))]
         grouped = spec.replace(groups=spec.groups * size)
         out_axis = o_ax if prim is weight_grad_p else c_ax
-        out = prim.bind(*merged, spec=grouped, impl=impl, shape=_scaled(shape, out_axis, size))
+        out = prim.bind(*merged, spec=grouped, impl=impl, shape=_merged_shape(shape, out_axis, size))
         return _split(out, out_axis, size), 0
     return rule
 
@@ -251,19 +248,41 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
         preferred_element_type=preferred_element_type))
 
 
-def _conv_nd(ndim: int, name: str):
-    def conv_nd(x: jax.Array, w: jax.Array, b: jax.Array | None = None, **kwargs: Any) -> jax.Array:
-        return apply_conv(normalize_conv(x, w, b, **{**_CONV_DEFAULTS, **kwargs}, ndim=ndim, op=name))
+def _conv_nd(ndim: int):
+    name = f"conv{ndim}d"
+
+    def conv_nd(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
+                padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
+                channels_last: bool = False, impl: str = "lax", precision: Any = None,
+                preferred_element_type: Any = None) -> jax.Array:
+        return apply_conv(normalize_conv(
+            x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            padding_mode=padding_mode, channels_last=channels_last, impl=impl,
+            precision=precision, preferred_element_type=preferred_element_type,
+            ndim=ndim, op=name))
     conv_nd.__name__ = conv_nd.__qualname__ = name
-    conv_nd.__doc__ = f"``conv`` with {ndim} spatial axes checked: ``w`` must be {ndim + 2}-d."
+    conv_nd.__doc__ = _CONV_ND_DOC.format(ndim=ndim, rank=ndim + 2, name=name)
     return conv_nd
 
 
-_CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                      channels_last=False, impl="lax", precision=None, preferred_element_type=None)
-conv1d = _conv_nd(1, "conv1d")
-conv2d = _conv_nd(2, "conv2d")
-conv3d = _conv_nd(3, "conv3d")
+_CONV_ND_DOC = """``conv`` with {ndim} spatial axes, checked: ``w`` (and so ``x``) must be {rank}-d.
+
+    Args (as ``conv``):
+      x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; ``len(S) = {ndim}``.
+      w: ``(O, C // groups, *K)``, or ``(*K, C // groups, O)`` with ``channels_last``.
+      b: ``(O,)`` or None.
+      stride, dilation: an int or {ndim} ints, each ≥ 1.
+      padding: an int, {ndim} ints, {ndim} ``(lo, hi)`` pairs, or ``"VALID"``, ``"SAME"``,
+        ``"FULL"``, ``"CAUSAL"``.
+      groups, padding_mode, channels_last, impl, precision, preferred_element_type: as ``conv``.
+
+    Returns:
+      ``y``: ``(N, O, *S_out)`` or ``(N, *S_out, O)``; a wrong rank is a ``ValueError`` naming
+      ``{name}``.
+    """
+conv1d = _conv_nd(1)
+conv2d = _conv_nd(2)
+conv3d = _conv_nd(3)
 
 
 def output_shape(args: ConvArgs) -> tuple[int, ...]:

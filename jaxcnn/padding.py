@@ -15,17 +15,13 @@ differentiable to any order in both modes.
 """
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src import dispatch  # eager evaluation of a primitive through its lowering
-from jax.core import ShapedArray
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
 from jaxcnn._args import Pads
+from jaxcnn._primitives import ShapedArray, make_primitive
 
 
 def border_indices(length: int, lo: int, hi: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,11 +77,8 @@ def _resized(shape, pads, axes, sign):
 
 
 def _linear_primitive(name, compute, sign):
-    prim = Primitive(f"jaxcnn_{name}")
-    prim.def_impl(partial(dispatch.apply_primitive, prim))
-    prim.def_abstract_eval(lambda x, *, pads, mode, axes: ShapedArray(
+    prim = make_primitive(name, compute, lambda x, *, pads, mode, axes: ShapedArray(
         _resized(x.shape, pads, axes, sign), x.dtype))
-    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
 
     def batch_rule(args, dims, *, pads, mode, axes):
         # The mapped axis goes in front; the padded axes move one along.

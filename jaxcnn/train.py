@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from jaxcnn import checkpoint, data, models, nn
+from jaxcnn._compat import jit_cache_size
 from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, Plan, TrainConfig,
                                  augmentation, make_optimizer, make_plan, parse_args)
 
@@ -335,7 +336,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
         return {"halted_at": plan.stop, "steps": plan.total, **timing}
     last_eval = monitor.last_eval or {"step": plan.total, "epoch": plan.total / plan.steps_per_epoch,
                                       **test(state.params)}  # resumed a finished run: evaluate it
-    report = _report(config, dataset, state, last_eval, plan, timing, train_step._cache_size())
+    report = _report(config, dataset, state, last_eval, plan, timing, jit_cache_size(train_step))
     return _finish(config, workdir, report, model, state, dataset)
 
 

@@ -87,6 +87,17 @@ def test_conv_nd_is_conv(n, rng):
     np.testing.assert_array_equal(y, jaxcnn.conv(*args, **cfg.kwargs()))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_conv_nd_signature_is_convs(n):
+    """``conv1d/2d/3d`` take exactly ``conv``'s arguments, named and defaulted alike."""
+    import inspect
+    conv_nd = getattr(jaxcnn, f"conv{n}d")
+    assert inspect.signature(conv_nd) == inspect.signature(jaxcnn.conv)
+    assert conv_nd.__name__ == f"conv{n}d" and f"{n} spatial axes" in conv_nd.__doc__
+    with pytest.raises(ValueError, match=f"w: conv{n}d expects {n} spatial axes"):
+        conv_nd(jnp.ones((1, 1) + (4,) * (n % 3 + 1)), jnp.ones((1, 1) + (2,) * (n % 3 + 1)))
+
+
 # ----------------------------------------------------------------------------- second order
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import gradcheck
+from jaxcnn._compat import enable_x64
 from jaxcnn.gradcheck import GradcheckError, check, check_dtype, matrix
 from jaxcnn.tolerances import RTOL
 
@@ -171,7 +172,7 @@ def test_smooth_nonlinear_function_passes_within_the_derived_tolerance(rng):
 
 def test_check_turns_float64_on_when_it_is_off_and_says_so(rng):
     x, w, b = (np.asarray(a, np.float32) for a in _conv_args(rng, 1))
-    with jax.enable_x64(False):
+    with enable_x64(False):
         report = check(jaxcnn.conv, (x, w, b))
         assert not jax.config.read("jax_enable_x64")
     assert "turned on for this check only" in report.precision

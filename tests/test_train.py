@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from jaxcnn import data, models, nn, train
+from jaxcnn._compat import jit_cache_size
 from helpers import TOL, relative_error
 
 
@@ -142,7 +143,7 @@ def test_train_step_is_traced_and_compiled_once():
     for i in range(5):
         state, metrics = step(state, DATA.x_train[20 * i:20 * i + 20], DATA.y_train[20 * i:20 * i + 20])
     assert int(state.step) == 5 and bool(metrics["finite"])
-    assert len(traces) == 1 and step._cache_size() == 1
+    assert len(traces) == 1 and jit_cache_size(step) == 1
 
 
 @pytest.fixture(scope="module")

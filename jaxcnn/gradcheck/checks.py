@@ -30,6 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxcnn import reference as _reference
+from jaxcnn._compat import enable_x64
 from jaxcnn.gradcheck.report import Comparison, GradcheckError, Report, max_errors
 from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
@@ -106,7 +107,7 @@ def float64() -> Iterator[str]:
     if jax.config.read("jax_enable_x64"):
         yield "float64 (jax_enable_x64 already on)"
         return
-    with jax.enable_x64(True):
+    with enable_x64(True):
         yield "float64 (jax_enable_x64 turned on for this check only)"
 
 
@@ -163,7 +164,7 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
       ``report.ok``, ``print(report)`` for the table.
 
     Float64 needs ``jax_enable_x64``; if it is off, ``check`` turns it on inside a
-    ``jax.enable_x64`` context for its own computations and says so in ``report.precision``.
+    ``enable_x64`` context for its own computations and says so in ``report.precision``.
     """
     reference = resolve_reference(f, reference)
     args = tuple(args)
@@ -218,7 +219,7 @@ def _run_once(fn: Callable, *args: Any) -> Any:
     """``jax.jit(fn)(*args)`` on the host, compiled for speed on CPU (see above)."""
     if jax.default_backend() == "cpu":
         try:
-            return jax.device_get(jax.jit(fn, compiler_options=_CPU_COMPILER_OPTIONS)(*args))
+            return jax.device_get(jax.jit(fn).lower(*args).compile(_CPU_COMPILER_OPTIONS)(*args))
         except Exception as err:  # an XLA without these options: compile as usual
             if "compile option" not in str(err):
                 raise
