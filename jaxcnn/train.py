@@ -171,7 +171,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.Gradien
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example ``−log softmax(logits)[label]``, in float32 at least."""
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = logits.astype(np.promote_types(logits.dtype, jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -192,13 +192,14 @@ def make_train_step(model: nn.Layer, optimizer: optax.GradientTransformation, tr
             logits = model.apply(params, x, train=True, key=dropout_key)
             return jnp.mean(cross_entropy(logits, y)), logits
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam: float ** int32 step count
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
         state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), state.step + 1)
-        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1).astype(y.dtype) == y).astype(jnp.float32))
         return state, {"loss": loss.astype(jnp.float32), "accuracy": accuracy, "finite": finite}
     return jax.jit(train_step, donate_argnums=(0,))
 
@@ -209,7 +210,7 @@ def make_eval_step(model: nn.Layer, dtype: Any) -> Callable:
     def eval_step(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = model.apply(params, x.astype(dtype))
         loss = jnp.sum(jnp.where(mask, cross_entropy(logits, y), 0.0))
-        correct = jnp.sum(mask & (jnp.argmax(logits, axis=-1) == y))
+        correct = jnp.sum(mask & (jnp.argmax(logits, axis=-1).astype(y.dtype) == y))
         return loss, correct
     return eval_step
 
@@ -438,8 +439,10 @@ def _flush(pending: list, schedule: Callable, rate: float, saved_step: int, chec
                 f"loss: non-finite loss {float(m['loss'])} (or gradient) at step {step}; training "
                 f"stopped. The last good checkpoint (step {saved_step}) is kept in {checkpoint}; "
                 f"lower --lr or check the data")
+        with jax.numpy_dtype_promotion("standard"):  # optax's schedules promote implicitly
+            lr = float(schedule(step - 1))
         records.append({"kind": "train", "step": step, "epoch": epoch, "loss": float(m["loss"]),
-                        "accuracy": float(m["accuracy"]), "lr": float(schedule(step - 1)),
+                        "accuracy": float(m["accuracy"]), "lr": lr,
                         "examples_per_s": rate})
     return records
 
