@@ -15,9 +15,9 @@ float32's unit roundoff is u = 2⁻²⁴ ≈ 6e-8; each output here sums at most
 products, so each library's rounding error is at most ~K·u·Σ|terms| and in practice
 ~√K·u·Σ|terms|, a few 1e-7 of the largest output for these shapes. The two libraries sum in
 different orders, so the differences are of that size (measured: at most 5e-7, median 7e-8):
-1e-5 leaves a margin of 20×, and a wrong tap, a missing flip or a bad border is off by O(1). Off CPU, XLA's default precision for
-float32 convolutions may be TensorFloat-32 (~1e-3): there the tests ask for full float32 with
-``jax.default_matmul_precision("float32")`` so the same bound holds.
+1e-5 leaves a margin of 20×, and a wrong tap, a missing flip or a bad border is off by O(1).
+Off CPU, XLA's default precision for float32 convolutions may be TensorFloat-32 (~1e-3): there
+the tests ask for full float32 with ``jax.default_matmul_precision("float32")``.
 """
 from __future__ import annotations
 
@@ -27,15 +27,15 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from helpers import TOL, assert_close
+from helpers import TOL, assert_close, kernel_to_layout, to_layout
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 F32 = TOL["float32"]
 pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
-# Latin pairing over n (2 CPU cores): every n meets both impls and both layouts, and every
-# (impl, layout) pair meets two n.
+# Latin pairing instead of the full product (2 CPU cores): every n meets both impls and both
+# layouts, and every (impl, layout) pair occurs.
 N_IMPL_LAYOUT = [(1, "lax", False), (1, "manual", True), (2, "lax", True), (2, "manual", False),
                  (3, "lax", False), (3, "manual", True)]
 IDS = [f"{n}d-{impl}-{'last' if last else 'first'}" for n, impl, last in N_IMPL_LAYOUT]
@@ -67,20 +67,15 @@ def normal(rng):
     return sample
 
 
-def to_layout(a: jax.Array, channels_last: bool) -> jax.Array:
-    """An activation ``(N, C, *S)`` as ``(N, *S, C)`` for channels last."""
-    return jnp.moveaxis(a, 1, -1) if channels_last else a
-
-
 def from_layout(a: jax.Array, channels_last: bool) -> jax.Array:
-    """An activation back to ``(N, C, *S)``."""
+    """An activation back to ``(N, C, *S)`` (the inverse of ``helpers.to_layout``)."""
     return jnp.moveaxis(a, -1, 1) if channels_last else a
 
 
-def kernel_to_layout(w: jax.Array, channels_last: bool) -> jax.Array:
-    """A kernel ``(A, B, *K)`` as ``(*K, B, A)`` for channels last."""
+def kernel_from_layout(w: jax.Array, channels_last: bool) -> jax.Array:
+    """A kernel back to ``(A, B, *K)`` (the inverse of ``helpers.kernel_to_layout``)."""
     n = w.ndim - 2
-    return jnp.transpose(w, (*range(2, n + 2), 1, 0)) if channels_last else w
+    return jnp.transpose(w, (n + 1, n, *range(n))) if channels_last else w
 
 
 def check(what: str, jax_op, torch_op, args: tuple, normal) -> None:
@@ -103,12 +98,6 @@ def check(what: str, jax_op, torch_op, args: tuple, normal) -> None:
     assert_close(y, y_torch.detach().numpy(), F32, f"{what}: value")
     for i, (g, t) in enumerate(zip(grads, tensors)):
         assert_close(g, t.grad.numpy(), F32, f"{what}: gradient of argument {i}")
-
-
-def kernel_from_layout(w: jax.Array, channels_last: bool) -> jax.Array:
-    """A kernel back to ``(A, B, *K)``."""
-    n = w.ndim - 2
-    return jnp.transpose(w, (n + 1, n, *range(n))) if channels_last else w
 
 
 # ----------------------------------------------------------------------------- the conv family
