@@ -24,6 +24,7 @@ from helpers import (TOL, assert_close, fixed_config, kernel_to_layout, numpy_co
 F64 = TOL["float64"]
 LAYOUTS = {"channels_first": False, "channels_last": True}
 MODES = ("zeros", "reflect", "replicate", "circular")
+pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
 
 
 def torch_or_skip():
