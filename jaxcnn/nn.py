@@ -354,7 +354,7 @@ def GroupNorm(groups: int, eps: float = 1e-5, channels_last: bool = False) -> La
     def apply(params: dict, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
         axis = x.ndim - 1 if channels_last else 1
         xc = jnp.moveaxis(x, axis, 1)
-        grouped = xc.reshape(x.shape[0], groups, -1).astype(jnp.promote_types(x.dtype, jnp.float32))
+        grouped = xc.reshape(x.shape[0], groups, -1).astype(np.promote_types(x.dtype, jnp.float32))
         mean = jnp.mean(grouped, axis=2, keepdims=True)
         var = jnp.mean(jnp.square(grouped - mean), axis=2, keepdims=True)
         normed = ((grouped - mean) * jax.lax.rsqrt(var + eps)).reshape(xc.shape).astype(x.dtype)

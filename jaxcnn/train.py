@@ -67,7 +67,7 @@ def load_dataset(config: TrainConfig) -> data.Dataset:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example ``−log softmax(logits)[label]``, in float32 at least."""
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = logits.astype(np.promote_types(logits.dtype, jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -91,13 +91,14 @@ def train_step(state: TrainState, x: jax.Array, y: jax.Array, *, model: nn.Layer
         logits = model.apply(params, x, train=True, key=dropout_key)
         return jnp.mean(cross_entropy(logits, y)), logits
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam: float ** int32 step count
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
     state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state), state.step + 1)
-    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1).astype(y.dtype) == y).astype(jnp.float32))
     return state, {"loss": loss.astype(jnp.float32), "accuracy": accuracy, "finite": finite}
 
 
@@ -106,7 +107,7 @@ def eval_step(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array, *, model
     """``{"loss": summed loss, "correct": count}`` over the rows where ``mask`` is true, pure."""
     logits = model.apply(params, x.astype(dtype))
     loss = jnp.sum(jnp.where(mask, cross_entropy(logits, y), 0.0))
-    return {"loss": loss, "correct": jnp.sum(mask & (jnp.argmax(logits, axis=-1) == y))}
+    return {"loss": loss, "correct": jnp.sum(mask & (jnp.argmax(logits, axis=-1).astype(y.dtype) == y))}
 
 
 def make_train_step(model: nn.Layer, optimizer: optax.GradientTransformation, train_key: jax.Array,
@@ -363,8 +364,10 @@ def _flush(pending: list, schedule: Callable, rate: float, saved_step: int, chec
                 f"loss: non-finite loss {float(m['loss'])} (or gradient) at step {step}; training "
                 f"stopped. The last good checkpoint (step {saved_step}) is kept in {checkpoint_path}; "
                 f"lower --lr or check the data")
+        with jax.numpy_dtype_promotion("standard"):  # optax's schedules promote implicitly
+            lr = float(schedule(step - 1))
         records.append({"kind": "train", "step": step, "epoch": epoch, "loss": float(m["loss"]),
-                        "accuracy": float(m["accuracy"]), "lr": float(schedule(step - 1)),
+                        "accuracy": float(m["accuracy"]), "lr": lr,
                         "examples_per_s": rate})
     return records
 

@@ -1,8 +1,13 @@
-"""Suite-wide settings: float64 on, strict rank promotion, bounded hypothesis examples.
+"""Suite-wide settings: float64 on, strict dtype and rank promotion, bounded hypothesis examples.
 
 Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
 
-- ``jax_enable_x64``: float64 makes VJP-vs-autodiff comparisons exact to ~1e-12.
+- ``jax_enable_x64``: float64 makes VJP-vs-autodiff comparisons exact to ~1e-12. The library's
+  default mode, float32 with x64 off, is tested in ``test_float32.py``, which turns x64 off
+  around each of its tests (``jax.enable_x64(False)``).
+- ``jax_numpy_dtype_promotion="strict"``: no implicit promotion between dtypes (float32 with
+  float64, an int array with a float array): a mixed-dtype operation fails loudly, in the tests
+  and in the library, instead of silently computing in another precision (as Equinox's suite).
 - ``jax_numpy_rank_promotion="raise"``: silent broadcasting fails loudly (as Equinox's suite).
 - hypothesis profile ``ci``: 15 examples, no deadline (the first call of a shape compiles).
 """
@@ -14,6 +19,7 @@ import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True,

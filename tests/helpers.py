@@ -211,8 +211,7 @@ def configs(draw) -> Config:
 
 
 # ----------------------------------------------------------------------------- conv_transpose
-# Cases, layout moves and a jitted VJP shared by test_transpose.py, test_transpose_grads.py
-# and test_convolve.py.
+# Cases, layout moves and a jitted VJP shared by test_transpose.py (conv_transpose and convolve)
 
 IMPLS = ("lax", "manual")
 
