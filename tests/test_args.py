@@ -1,4 +1,4 @@
-"""Tests of jaxcnn/_args.py: the normalisers (``int_tuple``, ``ConvSpec``'s axes), and every
+"""Tests of jaxcnn/_args/: the normalisers (``int_tuple``, ``ConvSpec``'s axes), and every
 bad input of conv and its VJP pieces, raised at the front door with a message naming the
 argument, what was expected and what came. The shape formulas are tested in test_shapes.py."""
 from __future__ import annotations
