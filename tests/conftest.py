@@ -4,7 +4,7 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
 
 - ``jax_enable_x64``: float64 makes VJP-vs-autodiff comparisons exact to ~1e-12. The library's
   default mode, float32 with x64 off, is tested in ``test_float32.py``, which turns x64 off
-  around each of its tests (``jax.enable_x64(False)``).
+  around each of its tests (``jaxcnn._compat.enable_x64(False)``).
 - ``jax_numpy_dtype_promotion="strict"``: no implicit promotion between dtypes (float32 with
   float64, an int array with a float array): a mixed-dtype operation fails loudly, in the tests
   and in the library, instead of silently computing in another precision (as Equinox's suite).

@@ -3,9 +3,10 @@ float32 (``torch.nn.functional`` and ``torch.nn.grad``): every op, 1D/2D/3D, bot
 layouts; values and gradients (``jax.grad`` against torch autograd).
 
 The rest of the suite runs with float64 on (tests/conftest.py) for exactness; this module
-turns it off around each test with ``jax.enable_x64(False)``, JAX's public context manager
-for the flag: the setting is thread-local and part of every jit cache key, so nothing traced
-here leaks into the float64 tests (or back) even when pytest-xdist runs both in one worker.
+turns it off around each test with ``jaxcnn._compat.enable_x64(False)`` (JAX's public context
+manager for the flag, ``jax.enable_x64``, where the release has it): the setting is
+thread-local and part of every jit cache key, so nothing traced here leaks into the float64
+tests (or back) even when pytest-xdist runs both in one worker.
 Inputs are made as a user would make them in this mode: ``jnp.asarray`` of numpy samples, no
 dtype argument (float32 because x64 is off); the tests check that every output and gradient
 stays float32.
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
+from jaxcnn._compat import enable_x64
 from helpers import TOL, assert_close, kernel_to_layout, to_layout
 
 torch = pytest.importorskip("torch")
@@ -46,7 +48,7 @@ N_LAYOUT_IDS = [f"{n}d-{'last' if last else 'first'}" for n, last in N_LAYOUT]
 @pytest.fixture(autouse=True)
 def float32_default():
     """x64 off for the test (and its jit traces); full float32 precision off CPU (see above)."""
-    with jax.enable_x64(False):
+    with enable_x64(False):
         assert jnp.zeros(()).dtype == jnp.float32, "x64 still on"
         if jax.default_backend() == "cpu":
             yield
