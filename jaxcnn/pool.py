@@ -1,21 +1,19 @@
-r"""N-D max, average and global average pooling with hand-written VJPs (PyTorch's semantics).
+r"""N-D max, average and global average pooling as JAX primitives with hand-written derivative
+rules (PyTorch's semantics), the arithmetic in ``jaxcnn.pool_impls``.
 
-One generic code path, as ``conv``'s ``impl="manual"``: a static loop over window offsets
-``k`` (row-major over the n spatial axes) of strided slices of the padded input,
-``x_pad[i·s + k·d]`` for every output position ``i`` (``s`` stride, ``d`` dilation), and in
-the VJPs the same slices placed back with ``lax.pad`` (interior padding = the stride's holes).
-Channels first (``(N, C, *S)``) or last (``(N, *S, C)``); 1, 2, 3 or more spatial axes.
-
-Max pooling (``torch.nn.functional.max_pool{1,2,3}d``)::
+Max pooling (``torch.nn.functional.max_pool{1,2,3}d``), ``s`` stride, ``d`` dilation::
 
     y[i] = max_k x_pad[i·s + k·d]            (padding never wins: it is −∞, and skipped)
     a[i] = PyTorch's argmax: scan the real taps in row-major order, keep the tap whose value
            is > the running max or is NaN (so ties go to the FIRST maximum, and a NaN is the
            maximum and propagates; among several NaNs PyTorch's scan keeps the LAST one)
-    dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]   (each output's gradient to its argmax)
 
-``y`` is ``x`` read at the argmax, linear in ``x`` for a fixed ``a`` (the argmax is piecewise
-constant in ``x``: it has no derivative), so the VJP is the scatter above, linear in ``dy``.
+``y`` is ``x`` read at the argmax, ``y = gather(x, a)``, linear in ``x`` for a fixed ``a`` (the
+argmax is piecewise constant in ``x``: it has no derivative). So the tangent map is the same
+gather, and the VJP its adjoint, the scatter::
+
+    ẏ[i] = ẋ_pad[i·s + a[i]·d]                    (gather: each window's tangent at its argmax)
+    dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]    (scatter: each output's gradient to its argmax)
 
 Average pooling (``torch.nn.functional.avg_pool{1,2,3}d``)::
 
@@ -24,294 +22,138 @@ Average pooling (``torch.nn.functional.avg_pool{1,2,3}d``)::
 
 PyTorch's divisor, per axis, with ``start = i·s − p``: ``min(start + K, L + p) − start`` when
 ``count_include_pad`` (the symmetric padding counts, ceil_mode's overhang does not), else the
-number of real samples ``min(start + K, L) − max(start, 0)``. The op is linear; its VJP
-(``avg_pool_transpose``) is its adjoint.
+number of real samples ``min(start + K, L) − max(start, 0)``. The op is linear: its tangent map
+is itself, its VJP (``avg_pool_transpose``) its adjoint.
 
 Global average pooling (``adaptive_avg_pool{1,2,3}d`` to size 1): ``y[n, c] = mean_S x``,
-VJP ``dx[n, c, j] = dy[n, c] / |S|``.
+linear, adjoint ``dx[n, c, j] = dy[n, c] / |S|``.
 
-Each op is a ``jax.custom_vjp`` whose forward and backward are written in plain, differentiable
-``jax.numpy``/``lax`` ops (slices, ``where``, ``lax.pad``) and never call a ``custom_vjp``: the
-first derivative is the hand-written rule, and higher orders (grad-of-grad, and
-forward-over-reverse ``jax.hessian``) are JAX's exact derivative of that rule, which is linear
-in ``dy``. ``jax.jvp`` on the op itself is not defined (``custom_vjp``); use reverse mode.
+Every map above is a primitive (``jaxcnn_max_pool``, ``jaxcnn_max_pool_argmax``,
+``jaxcnn_max_pool_gather``, ``jaxcnn_max_pool_scatter``, ``jaxcnn_avg_pool``, ...), and the
+linear ones come in adjoint pairs, each the other's transpose: gather/scatter,
+avg_pool/avg_pool_transpose, global_avg_pool/its transpose. So ``jax.jvp``, ``jax.linearize``
+and ``jax.jacfwd`` run the hand-written tangent maps, ``jax.grad`` their transposes, and every
+higher order (grad-of-grad, ``jax.hessian``) differentiates or transposes those again, never
+leaving these rules. ``vmap`` folds a mapped axis into the batch axis.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.interpreters import ad, batching
 
-from jaxcnn._args import PoolSpec, check_bool, normalize_global_pool, normalize_pool
+from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
+from jaxcnn._primitives import ShapedArray, make_primitive
 from jaxcnn._shapes import spatial_axes
-from jaxcnn._taps import crop, offsets, pad_axes, place, window
-
-# ----------------------------------------------------------------------------- shape helpers
-
-
-def _out_shape(shape: tuple[int, ...], spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[int, ...]:
-    """``shape`` with its spatial sizes replaced by ``sizes``."""
-    out = list(shape)
-    for axis, size in zip(spec.spatial_axes(), sizes):
-        out[axis] = size
-    return tuple(out)
+from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
+                               global_mean, max_pool_argmax, max_pool_gather, max_pool_scatter,
+                               window_average, with_spatial_sizes)
 
 
-def _spatial_array(per_axis: list[np.ndarray], spec: PoolSpec, ndim: int) -> np.ndarray:
-    """The outer product (``&`` for bools, ``*`` for counts) of one vector per spatial axis,
-    shaped to broadcast against an activation of rank ``ndim`` in the spec's layout."""
-    result = np.ones([1] * ndim, dtype=per_axis[0].dtype)
-    for axis, values in zip(spec.spatial_axes(), per_axis):
-        shape = [1] * ndim
-        shape[axis] = values.size
-        result = result * values.reshape(shape)
-    return result
+def _pooled(a, *, spec, **_) -> ShapedArray:
+    """The output's aval: ``a``'s shape with the pooled spatial sizes."""
+    return ShapedArray(with_spatial_sizes(a.shape, spec, spec.out_sizes()), a.dtype)
 
 
-def _real_taps(spec: PoolSpec, offset: tuple[int, ...], ndim: int) -> np.ndarray | None:
-    """Where tap ``k`` of output ``i`` reads a real sample, ``0 ≤ i·s + k·d − lo < L``, as a
-    static bool mask; None if it always does."""
-    masks = []
-    for k, o, s, d, length, (lo, _) in zip(offset, spec.out_sizes(), spec.stride, spec.dilation,
-                                          spec.in_sizes, spec.padding):
-        position = np.arange(o) * s + k * d - lo
-        masks.append((position >= 0) & (position < length))
-    if all(m.all() for m in masks):
-        return None
-    return _spatial_array(masks, spec, ndim).astype(bool)
-
-
-def avg_divisor(spec: PoolSpec, count_include_pad: bool, ndim: int) -> np.ndarray:
-    """PyTorch's ``avg_pool`` divisor per output position (see the module docstring)."""
-    counts = []
-    for k, o, s, length, (p, _) in zip(spec.window, spec.out_sizes(), spec.stride,
-                                      spec.in_sizes, spec.padding):
-        start = np.arange(o) * s - p
-        if count_include_pad:
-            counts.append(np.minimum(start + k, length + p) - start)
-        else:
-            counts.append(np.minimum(start + k, length) - np.maximum(start, 0))
-    return _spatial_array(counts, spec, ndim)
-
-
-# ----------------------------------------------------------------------------- slices
-
-
-def _pad(a: jax.Array, spec: PoolSpec, pads, value) -> jax.Array:
-    return pad_axes(a, spec.spatial_axes(), pads, value)
-
-
-def _window(spec: PoolSpec, offset, ndim: int) -> tuple[slice, ...]:
-    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
-    return window(offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(), ndim)
-
-
-def _place(part: jax.Array, spec: PoolSpec, offset) -> jax.Array:
-    """The adjoint of ``_window``: ``part[i]`` put at ``x_pad[k·d + i·s]``, zeros elsewhere
-    (``k·d`` before, ``s − 1`` between samples, the rest of the padded size after)."""
-    padded = [length + lo + hi for length, (lo, hi) in zip(spec.in_sizes, spec.padding)]
-    return place(part, offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(),
-                 padded)
-
-
-def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
-    """``dx = crop(Σ_k place_k(select(k, g)))``: every output's share sent back to the taps
-    that read it, the padding cropped off. With a stride, by phases (see ``_spread_phases``)."""
-    if any(s > 1 for s in spec.stride):
-        return _spread_phases(g, spec, select)
-    dx_pad = None
-    for flat, offset in enumerate(offsets(spec.window)):
-        part = _place(select(flat, g), spec, offset)
-        dx_pad = part if dx_pad is None else dx_pad + part
-    return crop(dx_pad, spec.spatial_axes(), spec.padding)
-
-
-def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
-    """``_spread`` without the stride's holes. Tap ``k`` sends ``part[i]`` to
-    ``p = k·d + i·s``; with ``k·d = q·s + r`` (``0 ≤ r < s``) that is row ``q + i`` of phase
-    ``r`` of ``x_pad`` (``x_pad[j·s + r]``), so each phase is a sum of parts shifted by ``q``
-    (dense pads, no zeros between samples), and ``x_pad`` is the phases interleaved:
-    ``(J, s) → J·s`` per axis. Every tap then writes ``|dy|`` elements, not ``∏s·|dy|``."""
-    rows = [-(-(length + lo + hi) // s)
-            for length, (lo, hi), s in zip(spec.in_sizes, spec.padding, spec.stride)]
-    phases: dict[tuple[int, ...], jax.Array] = {}
-    for flat, offset in enumerate(offsets(spec.window)):
-        base = [k * d for k, d in zip(offset, spec.dilation)]
-        residue = tuple(b % s for b, s in zip(base, spec.stride))
-        pads = [(b // s, j - b // s - o)
-                for b, s, j, o in zip(base, spec.stride, rows, spec.out_sizes())]
-        part = _pad(select(flat, g), spec, pads, 0)
-        phases[residue] = part + phases[residue] if residue in phases else part
-    shape = _out_shape(g.shape, spec, tuple(rows))
-    stacked = jnp.stack([phases.get(r, jnp.zeros(shape, g.dtype))
-                         for r in offsets(spec.stride)])
-    stacked = stacked.reshape(*spec.stride, *shape)
-    n = len(spec.stride)
-    spatial = spec.spatial_axes()
-    order = [ax for a in range(g.ndim)
-             for ax in ((n + a, spatial.index(a)) if a in spatial else (n + a,))]
-    dx_pad = stacked.transpose(order).reshape(
-        _out_shape(g.shape, spec, tuple(j * s for j, s in zip(rows, spec.stride))))
-    index = [slice(None)] * g.ndim
-    for axis, length, (lo, _) in zip(spatial, spec.in_sizes, spec.padding):
-        index[axis] = slice(lo, lo + length)
-    return dx_pad[tuple(index)]
+def _unpooled(a, *, spec, **_) -> ShapedArray:
+    """An adjoint's aval: ``a``'s shape with the input's spatial sizes."""
+    return ShapedArray(with_spatial_sizes(a.shape, spec, spec.in_sizes), a.dtype)
 
 
 # ----------------------------------------------------------------------------- max pooling
+# Forward: the max; its JVP needs the argmax (int32, no derivative) and the gather.
+
+max_pool_p = make_primitive("max_pool", lambda x, *, spec: max_pool_argmax(x, spec)[0], _pooled)
+argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: max_pool_argmax(x, spec)[1],
+                          lambda x, *, spec: ShapedArray(_pooled(x, spec=spec).shape, jnp.int32))
+gather_p = make_primitive("max_pool_gather", lambda v, a, *, spec: max_pool_gather(v, a, spec),
+                          lambda v, a, *, spec: ShapedArray(a.shape, v.dtype))
+scatter_p = make_primitive("max_pool_scatter", lambda dy, a, *, spec: max_pool_scatter(dy, a, spec),
+                           lambda dy, a, *, spec: _unpooled(dy, spec=spec))
 
 
-def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]:
-    """PyTorch's scan (``aten/src/ATen/native/cpu/MaxPoolKernel.cpp``): over the real taps in
-    row-major order, the first one starts the running max, later ones replace it when
-    ``value > max or isnan(value)``. Returns ``(max, flat offset of the argmax)``; a window of
-    padding only gives ``(−∞, −1)``. No derivative is taken through this function."""
-    x_pad = _pad(x, spec, spec.padding, -jnp.inf)
-    shape = _out_shape(x.shape, spec, spec.out_sizes())
-    best = jnp.full(shape, -jnp.inf, x.dtype)
-    argmax = jnp.full(shape, -1, jnp.int32)
-    for flat, offset in enumerate(offsets(spec.window)):
-        value = x_pad[_window(spec, offset, x.ndim)]
-        take = (value > best) | jnp.isnan(value) | (argmax < 0)
-        real = _real_taps(spec, offset, x.ndim)
-        if real is not None:
-            take = take & real
-        best = jnp.where(take, value, best)
-        argmax = jnp.where(take, flat, argmax)
-    return best, argmax
+def _max_pool_jvp(primals, tangents, *, spec):
+    # y = gather(x, a) and ẏ = gather(ẋ, a): x and its tangent read at the (first) maximum.
+    (x,), (x_dot,) = primals, tangents
+    argmax = argmax_p.bind(x, spec=spec)
+    return gather_p.bind(x, argmax, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)
 
 
-def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
-    """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's gradient to its argmax.
-    Linear in ``dy``; its own VJP (JAX's transpose of ``where`` and ``lax.pad``) reads the
-    cotangent back at the argmax."""
-    return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
+ad.primitive_jvps[max_pool_p] = _max_pool_jvp
+ad.defjvp(argmax_p, None)  # piecewise constant: a zero tangent
+# gather and scatter are linear in their first operand (the argmax is data): JVP = the op on the
+# tangent; transposes, from ⟨gather(v, a), c⟩ = ⟨v, scatter(c, a)⟩, each the other.
+ad.defjvp(gather_p, lambda v_dot, v, a, *, spec: gather_p.bind(v_dot, a, spec=spec), None)
+ad.defjvp(scatter_p, lambda g_dot, g, a, *, spec: scatter_p.bind(g_dot, a, spec=spec), None)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def max_pool_core(x: jax.Array, spec: PoolSpec) -> jax.Array:
-    """``y[i] = max_k x_pad[i·s + k·d]`` over the real taps (PyTorch's NaN rule)."""
-    return max_pool_argmax(x, spec)[0]
+def _gather_transpose(ct, v, argmax, *, spec):
+    return [scatter_p.bind(ad.instantiate_zeros(ct), argmax, spec=spec), None]
 
 
-def _max_pool_core_fwd(x, spec):
-    # The argmax (int32, one per output) is all the VJP needs.
-    return max_pool_argmax(x, spec)
+def _scatter_transpose(ct, g, argmax, *, spec):
+    return [gather_p.bind(ad.instantiate_zeros(ct), argmax, spec=spec), None]
 
 
-def _max_pool_core_bwd(spec, argmax, dy):
-    # dx = scatter(dy, a): each output's gradient lands on its (first) maximum.
-    return (max_pool_scatter(dy, argmax, spec),)
-
-
-max_pool_core.defvjp(_max_pool_core_fwd, _max_pool_core_bwd)
+ad.primitive_transposes[gather_p] = _gather_transpose
+ad.primitive_transposes[scatter_p] = _scatter_transpose
 
 
 # ----------------------------------------------------------------------------- avg pooling
+# Linear: JVP = the op on the tangent; ⟨avg_pool(x), dy⟩ = ⟨x, avg_pool_transpose(dy)⟩, dy / c
+# spread over each window, and the transpose's transpose is avg_pool again.
 
-
-def _windows_tile_input(spec: PoolSpec) -> bool:
-    """Whether the windows tile the input exactly: stride = window, no padding, no dilation,
-    every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
-    return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
-            and all(d == 1 for d in spec.dilation)
-            and all(length == o * k
-                    for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
-
-
-def _tiled_shape(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
-    """``shape`` with each spatial size ``L`` split into ``(L / K, K)``: one axis per tile
-    position and one per offset in the tile."""
-    out = []
-    for axis, size in enumerate(shape):
-        if axis in spec.spatial_axes():
-            k = spec.window[spec.spatial_axes().index(axis)]
-            out += [size // k, k]
-        else:
-            out.append(size)
-    return tuple(out)
-
-
-def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
-    """The in-tile offset axes of ``_tiled_shape``."""
-    return tuple(axis + i + 1 for i, axis in enumerate(spec.spatial_axes()))
-
-
-def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
-    tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
-    if _windows_tile_input(spec):
-        return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
-    x_pad = _pad(x, spec, spec.padding, 0)
-    total = None
-    for offset in offsets(spec.window):
-        part = x_pad[_window(spec, offset, x.ndim)]
-        total = part if total is None else total + part
-    return total / jnp.asarray(avg_divisor(spec, count_include_pad, x.ndim), x.dtype)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def avg_pool_core(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``window_average`` with its hand-written VJP ``avg_pool_transpose``."""
-    return window_average(x, spec, count_include_pad)
-
-
-def _avg_pool_core_fwd(x, spec, count_include_pad):
-    return window_average(x, spec, count_include_pad), None
-
-
-def _avg_pool_core_bwd(spec, count_include_pad, _, dy):
-    # Linear: ⟨avg_pool(x), dy⟩ = ⟨x, avg_pool_transpose(dy)⟩, dy / c spread over each window.
-    return (avg_pool_transpose(dy, spec, count_include_pad),)
-
-
-avg_pool_core.defvjp(_avg_pool_core_fwd, _avg_pool_core_bwd)
-
-
-def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input; linear,
-    its own VJP (JAX's transpose of ``lax.pad``: strided slices) is ``avg_pool`` again."""
-    if _windows_tile_input(spec):
-        # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
-        g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
-        in_shape = _out_shape(dy.shape, spec, spec.in_sizes)
-        return jnp.broadcast_to(g, _tiled_shape(in_shape, spec)).reshape(in_shape)
-    g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
-    return _spread(g, spec, lambda flat, share: share)
+avg_pool_p = make_primitive(
+    "avg_pool", lambda x, *, spec, count_include_pad: window_average(x, spec, count_include_pad),
+    _pooled)
+avg_pool_transpose_p = make_primitive(
+    "avg_pool_transpose",
+    lambda dy, *, spec, count_include_pad: avg_pool_transpose(dy, spec, count_include_pad),
+    _unpooled)
+ad.deflinear2(avg_pool_p, lambda ct, x, **params: [avg_pool_transpose_p.bind(ct, **params)])
+ad.deflinear2(avg_pool_transpose_p, lambda ct, dy, **params: [avg_pool_p.bind(ct, **params)])
 
 
 # ----------------------------------------------------------------------------- global avg
+# Linear: y[n, c] = mean_S x[n, c]; its transpose dx[n, c, j] = dy[n, c] / |S|, and back.
+
+global_avg_pool_p = make_primitive(
+    "global_avg_pool", lambda x, *, in_sizes, channels_last: global_mean(x, channels_last),
+    lambda x, *, in_sizes, channels_last: ShapedArray(
+        (x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype))
+global_avg_pool_transpose_p = make_primitive(
+    "global_avg_pool_transpose",
+    lambda dy, *, in_sizes, channels_last: global_avg_pool_transpose(dy, in_sizes, channels_last),
+    lambda dy, *, in_sizes, channels_last: ShapedArray(
+        global_input_shape(dy.shape, in_sizes, channels_last), dy.dtype))
+ad.deflinear2(global_avg_pool_p,
+              lambda ct, x, **params: [global_avg_pool_transpose_p.bind(ct, **params)])
+ad.deflinear2(global_avg_pool_transpose_p,
+              lambda ct, dy, **params: [global_avg_pool_p.bind(ct, **params)])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def global_avg_pool_core(x: jax.Array, in_sizes: tuple[int, ...], channels_last: bool) -> jax.Array:
-    """``y[n, c] = Σ_j x[n, c, j] / |S|``."""
-    return jnp.mean(x, axis=spatial_axes(x.ndim - 2, channels_last))
+# ----------------------------------------------------------------------------- vmap
+# Every pooling map acts on each example of the batch axis (axis 0, in either layout) alone, so
+# a mapped axis B folds into it: (B, N, ...) → (B·N, ...), one call, and the result unfolds.
+# An unmapped operand (the argmax beside a mapped tangent, say) is broadcast to B copies first.
 
 
-def _global_avg_pool_fwd(x, in_sizes, channels_last):
-    return jnp.mean(x, axis=spatial_axes(x.ndim - 2, channels_last)), None
+def _fold_batch_rule(prim):
+    def rule(args, dims, **params):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        fronted = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+                   for a, d in zip(args, dims)]
+        batch = fronted[0].shape[1]
+        out = prim.bind(*[a.reshape(size * batch, *a.shape[2:]) for a in fronted], **params)
+        return out.reshape(size, batch, *out.shape[1:]), 0
+    return rule
 
 
-def _global_avg_pool_bwd(in_sizes, channels_last, _, dy):
-    # dx[n, c, j] = dy[n, c] / |S|: the mean's gradient, spread evenly.
-    return (global_avg_pool_transpose(dy, in_sizes, channels_last),)
-
-
-global_avg_pool_core.defvjp(_global_avg_pool_fwd, _global_avg_pool_bwd)
-
-
-def global_avg_pool_transpose(dy: jax.Array, in_sizes: tuple[int, ...],
-                              channels_last: bool) -> jax.Array:
-    """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over ``in_sizes``; its VJP is the mean."""
-    n, c = dy.shape
-    shape = (n, *in_sizes, c) if channels_last else (n, c, *in_sizes)
-    axes = spatial_axes(len(shape) - 2, channels_last)
-    g = jnp.expand_dims(dy / jnp.asarray(np.prod(in_sizes), dy.dtype), axes)
-    return jnp.broadcast_to(g, shape)
+for _prim in (max_pool_p, argmax_p, gather_p, scatter_p, avg_pool_p, avg_pool_transpose_p,
+              global_avg_pool_p, global_avg_pool_transpose_p):
+    batching.primitive_batchers[_prim] = _fold_batch_rule(_prim)
 
 
 # ----------------------------------------------------------------------------- public
@@ -341,11 +183,11 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
       channels_last: TensorFlow/Flax layout instead of PyTorch's.
 
     Returns:
-      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; reverse-mode differentiable to any order.
+      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; differentiable to any order, in both modes.
     """
     x, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
                              channels_last=channels_last, op="max_pool")
-    return max_pool_core(x, spec)
+    return max_pool_p.bind(x, spec=spec)
 
 
 def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
@@ -364,12 +206,12 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
       count_include_pad: whether the zero padding counts in the divisor.
 
     Returns:
-      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; reverse-mode differentiable to any order.
+      ``(N, C, *S_out)`` or ``(N, *S_out, C)``; differentiable to any order, in both modes.
     """
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x, spec = normalize_pool(x, window, stride, padding, ceil_mode=ceil_mode,
                              channels_last=channels_last, op="avg_pool")
-    return avg_pool_core(x, spec, count_include_pad)
+    return avg_pool_p.bind(x, spec=spec, count_include_pad=count_include_pad)
 
 
 def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
@@ -381,4 +223,4 @@ def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
     """
     x, channels_last = normalize_global_pool(x, channels_last)
     in_sizes = tuple(x.shape[a] for a in spatial_axes(x.ndim - 2, channels_last))
-    return global_avg_pool_core(x, in_sizes, channels_last)
+    return global_avg_pool_p.bind(x, in_sizes=in_sizes, channels_last=channels_last)

@@ -1,0 +1,246 @@
+r"""The arithmetic of pooling, in plain ``jax.numpy``/``lax``: what ``jaxcnn.pool``'s primitives
+lower to. The math, the derivative rules and the primitives are in ``jaxcnn.pool``.
+
+One generic code path, as ``conv``'s ``impl="manual"``: a static loop over window offsets
+``k`` (row-major over the n spatial axes) of strided slices of the padded input,
+``x_pad[i·s + k·d]`` for every output position ``i`` (``s`` stride, ``d`` dilation), and in
+the adjoints the same slices placed back with ``lax.pad`` (interior padding = the stride's
+holes). Channels first (``(N, C, *S)``) or last (``(N, *S, C)``); 1, 2, 3 or more spatial axes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn._args import PoolSpec
+from jaxcnn._shapes import spatial_axes
+from jaxcnn._taps import crop, offsets, pad_axes, place, window
+
+# ----------------------------------------------------------------------------- shape helpers
+
+
+def with_spatial_sizes(shape: tuple[int, ...], spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with its spatial sizes replaced by ``sizes``."""
+    out = list(shape)
+    for axis, size in zip(spec.spatial_axes(), sizes):
+        out[axis] = size
+    return tuple(out)
+
+
+def _spatial_array(per_axis: list[np.ndarray], spec: PoolSpec, ndim: int) -> np.ndarray:
+    """The outer product (``&`` for bools, ``*`` for counts) of one vector per spatial axis,
+    shaped to broadcast against an activation of rank ``ndim`` in the spec's layout."""
+    result = np.ones([1] * ndim, dtype=per_axis[0].dtype)
+    for axis, values in zip(spec.spatial_axes(), per_axis):
+        shape = [1] * ndim
+        shape[axis] = values.size
+        result = result * values.reshape(shape)
+    return result
+
+
+def _real_taps(spec: PoolSpec, offset: tuple[int, ...], ndim: int) -> np.ndarray | None:
+    """Where tap ``k`` of output ``i`` reads a real sample, ``0 ≤ i·s + k·d − lo < L``, as a
+    static bool mask; None if it always does."""
+    masks = []
+    for k, o, s, d, length, (lo, _) in zip(offset, spec.out_sizes(), spec.stride, spec.dilation,
+                                          spec.in_sizes, spec.padding):
+        position = np.arange(o) * s + k * d - lo
+        masks.append((position >= 0) & (position < length))
+    if all(m.all() for m in masks):
+        return None
+    return _spatial_array(masks, spec, ndim).astype(bool)
+
+
+def avg_divisor(spec: PoolSpec, count_include_pad: bool, ndim: int) -> np.ndarray:
+    """PyTorch's ``avg_pool`` divisor per output position (see the module docstring)."""
+    counts = []
+    for k, o, s, length, (p, _) in zip(spec.window, spec.out_sizes(), spec.stride,
+                                      spec.in_sizes, spec.padding):
+        start = np.arange(o) * s - p
+        if count_include_pad:
+            counts.append(np.minimum(start + k, length + p) - start)
+        else:
+            counts.append(np.minimum(start + k, length) - np.maximum(start, 0))
+    return _spatial_array(counts, spec, ndim)
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+def _pad(a: jax.Array, spec: PoolSpec, pads, value) -> jax.Array:
+    return pad_axes(a, spec.spatial_axes(), pads, value)
+
+
+def _window(spec: PoolSpec, offset, ndim: int) -> tuple[slice, ...]:
+    """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
+    return window(offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(), ndim)
+
+
+def _place(part: jax.Array, spec: PoolSpec, offset) -> jax.Array:
+    """The adjoint of ``_window``: ``part[i]`` put at ``x_pad[k·d + i·s]``, zeros elsewhere
+    (``k·d`` before, ``s − 1`` between samples, the rest of the padded size after)."""
+    padded = [length + lo + hi for length, (lo, hi) in zip(spec.in_sizes, spec.padding)]
+    return place(part, offset, spec.out_sizes(), spec.stride, spec.dilation, spec.spatial_axes(),
+                 padded)
+
+
+def _spread(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
+    """``dx = crop(Σ_k place_k(select(k, g)))``: every output's share sent back to the taps
+    that read it, the padding cropped off. With a stride, by phases (see ``_spread_phases``)."""
+    if any(s > 1 for s in spec.stride):
+        return _spread_phases(g, spec, select)
+    dx_pad = None
+    for flat, offset in enumerate(offsets(spec.window)):
+        part = _place(select(flat, g), spec, offset)
+        dx_pad = part if dx_pad is None else dx_pad + part
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
+
+
+def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
+    """``_spread`` without the stride's holes. Tap ``k`` sends ``part[i]`` to
+    ``p = k·d + i·s``; with ``k·d = q·s + r`` (``0 ≤ r < s``) that is row ``q + i`` of phase
+    ``r`` of ``x_pad`` (``x_pad[j·s + r]``), so each phase is a sum of parts shifted by ``q``
+    (dense pads, no zeros between samples), and ``x_pad`` is the phases interleaved:
+    ``(J, s) → J·s`` per axis. Every tap then writes ``|dy|`` elements, not ``∏s·|dy|``."""
+    rows = [-(-(length + lo + hi) // s)
+            for length, (lo, hi), s in zip(spec.in_sizes, spec.padding, spec.stride)]
+    phases: dict[tuple[int, ...], jax.Array] = {}
+    for flat, offset in enumerate(offsets(spec.window)):
+        base = [k * d for k, d in zip(offset, spec.dilation)]
+        residue = tuple(b % s for b, s in zip(base, spec.stride))
+        pads = [(b // s, j - b // s - o)
+                for b, s, j, o in zip(base, spec.stride, rows, spec.out_sizes())]
+        part = _pad(select(flat, g), spec, pads, 0)
+        phases[residue] = part + phases[residue] if residue in phases else part
+    shape = with_spatial_sizes(g.shape, spec, tuple(rows))
+    stacked = jnp.stack([phases.get(r, jnp.zeros(shape, g.dtype))
+                         for r in offsets(spec.stride)])
+    stacked = stacked.reshape(*spec.stride, *shape)
+    n = len(spec.stride)
+    spatial = spec.spatial_axes()
+    order = [ax for a in range(g.ndim)
+             for ax in ((n + a, spatial.index(a)) if a in spatial else (n + a,))]
+    dx_pad = stacked.transpose(order).reshape(
+        with_spatial_sizes(g.shape, spec, tuple(j * s for j, s in zip(rows, spec.stride))))
+    index = [slice(None)] * g.ndim
+    for axis, length, (lo, _) in zip(spatial, spec.in_sizes, spec.padding):
+        index[axis] = slice(lo, lo + length)
+    return dx_pad[tuple(index)]
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+
+def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]:
+    """PyTorch's scan (``aten/src/ATen/native/cpu/MaxPoolKernel.cpp``): over the real taps in
+    row-major order, the first one starts the running max, later ones replace it when
+    ``value > max or isnan(value)``. Returns ``(max, flat offset of the argmax)``; a window of
+    padding only gives ``(−∞, −1)`` (the front door refuses such windows)."""
+    x_pad = _pad(x, spec, spec.padding, -jnp.inf)
+    shape = with_spatial_sizes(x.shape, spec, spec.out_sizes())
+    best = jnp.full(shape, -jnp.inf, x.dtype)
+    argmax = jnp.full(shape, -1, jnp.int32)
+    for flat, offset in enumerate(offsets(spec.window)):
+        value = x_pad[_window(spec, offset, x.ndim)]
+        take = (value > best) | jnp.isnan(value) | (argmax < 0)
+        real = _real_taps(spec, offset, x.ndim)
+        if real is not None:
+            take = take & real
+        best = jnp.where(take, value, best)
+        argmax = jnp.where(take, flat, argmax)
+    return best, argmax
+
+
+def max_pool_gather(v: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``y[i] = v_pad[i·s + a[i]·d]``: ``v`` read at each window's argmax. Linear in ``v``."""
+    v_pad = _pad(v, spec, spec.padding, 0)
+    picked = jnp.zeros(argmax.shape, v.dtype)
+    for flat, offset in enumerate(offsets(spec.window)):
+        picked = jnp.where(argmax == flat, v_pad[_window(spec, offset, v.ndim)], picked)
+    return picked
+
+
+def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's value sent to its argmax,
+    shaped as the pooled input. Linear in ``dy``: the adjoint of ``max_pool_gather``."""
+    return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
+
+
+# ----------------------------------------------------------------------------- avg pooling
+
+
+def _windows_tile_input(spec: PoolSpec) -> bool:
+    """Whether the windows tile the input exactly: stride = window, no padding, no dilation,
+    every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
+    return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
+            and all(d == 1 for d in spec.dilation)
+            and all(length == o * k
+                    for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
+
+
+def _tiled_shape(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
+    """``shape`` with each spatial size ``L`` split into ``(L / K, K)``: one axis per tile
+    position and one per offset in the tile."""
+    out = []
+    for axis, size in enumerate(shape):
+        if axis in spec.spatial_axes():
+            k = spec.window[spec.spatial_axes().index(axis)]
+            out += [size // k, k]
+        else:
+            out.append(size)
+    return tuple(out)
+
+
+def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
+    """The in-tile offset axes of ``_tiled_shape``."""
+    return tuple(axis + i + 1 for i, axis in enumerate(spec.spatial_axes()))
+
+
+def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
+    tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
+    if _windows_tile_input(spec):
+        return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
+    x_pad = _pad(x, spec, spec.padding, 0)
+    total = None
+    for offset in offsets(spec.window):
+        part = x_pad[_window(spec, offset, x.ndim)]
+        total = part if total is None else total + part
+    return total / jnp.asarray(avg_divisor(spec, count_include_pad, x.ndim), x.dtype)
+
+
+def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
+    """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input: the
+    adjoint of ``window_average``."""
+    if _windows_tile_input(spec):
+        # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
+        g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
+        in_shape = with_spatial_sizes(dy.shape, spec, spec.in_sizes)
+        return jnp.broadcast_to(g, _tiled_shape(in_shape, spec)).reshape(in_shape)
+    g = dy / jnp.asarray(avg_divisor(spec, count_include_pad, dy.ndim), dy.dtype)
+    return _spread(g, spec, lambda flat, share: share)
+
+
+# ----------------------------------------------------------------------------- global avg
+
+
+def global_mean(x: jax.Array, channels_last: bool) -> jax.Array:
+    """``y[n, c] = Σ_j x[n, c, j] / |S|``."""
+    return jnp.mean(x, axis=spatial_axes(x.ndim - 2, channels_last))
+
+
+def global_avg_pool_transpose(dy: jax.Array, in_sizes: tuple[int, ...],
+                              channels_last: bool) -> jax.Array:
+    """``dx[n, c, j] = dy[n, c] / |S|`` broadcast over ``in_sizes``: the adjoint of the mean."""
+    shape = global_input_shape(dy.shape, in_sizes, channels_last)
+    axes = spatial_axes(len(shape) - 2, channels_last)
+    g = jnp.expand_dims(dy / jnp.asarray(np.prod(in_sizes), dy.dtype), axes)
+    return jnp.broadcast_to(g, shape)
+
+
+def global_input_shape(pooled: tuple[int, ...], in_sizes: tuple[int, ...],
+                       channels_last: bool) -> tuple[int, ...]:
+    """The input shape of a global pooling whose output is ``pooled = (N, C)``."""
+    n, c = pooled
+    return (n, *in_sizes, c) if channels_last else (n, c, *in_sizes)
