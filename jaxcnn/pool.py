@@ -75,10 +75,11 @@ scatter_p = make_primitive("max_pool_scatter", lambda dy, a, *, spec: max_pool_s
 
 
 def _max_pool_jvp(primals, tangents, *, spec):
-    # y = gather(x, a) and ẏ = gather(ẋ, a): x and its tangent read at the (first) maximum.
+    # ẏ = gather(ẋ, a): the tangent read at each window's (first) maximum. The max and the
+    # argmax lower to the same scan, and XLA computes it once (common subexpressions).
     (x,), (x_dot,) = primals, tangents
     argmax = argmax_p.bind(x, spec=spec)
-    return gather_p.bind(x, argmax, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)
+    return max_pool_p.bind(x, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)
 
 
 ad.primitive_jvps[max_pool_p] = _max_pool_jvp

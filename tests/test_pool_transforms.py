@@ -256,13 +256,19 @@ def test_vmap_of_a_linearized_map_over_tangents(kind, rng):
 
 # ----------------------------------------------------------------------------- jaxprs
 
-PRIMITIVES = {  # kind: the primitive of the forward; those in jvp's jaxpr, and in grad's
-    "max": ("jaxcnn_max_pool", {"jaxcnn_max_pool_argmax", "jaxcnn_max_pool_gather"},
-            {"jaxcnn_max_pool_argmax", "jaxcnn_max_pool_gather", "jaxcnn_max_pool_scatter"}),
-    "avg": ("jaxcnn_avg_pool", {"jaxcnn_avg_pool"},
-            {"jaxcnn_avg_pool", "jaxcnn_avg_pool_transpose"}),
-    "global": ("jaxcnn_global_avg_pool", {"jaxcnn_global_avg_pool"},
-               {"jaxcnn_global_avg_pool", "jaxcnn_global_avg_pool_transpose"}),
+def _names(*suffixes):
+    return {f"jaxcnn_{suffix}" for suffix in suffixes}
+
+
+PRIMITIVES = {  # kind: primitives in the jaxprs of the forward, of jvp, of grad, of second orders
+    "max": (_names("max_pool"), _names("max_pool_argmax", "max_pool_gather"),
+            _names("max_pool_argmax", "max_pool_scatter"),
+            _names("max_pool_argmax", "max_pool_scatter", "max_pool_gather")),
+    "avg": (_names("avg_pool"), _names("avg_pool"), _names("avg_pool_transpose"),
+            _names("avg_pool", "avg_pool_transpose")),
+    "global": (_names("global_avg_pool"), _names("global_avg_pool"),
+               _names("global_avg_pool_transpose"),
+               _names("global_avg_pool", "global_avg_pool_transpose")),
 }
 
 
@@ -286,14 +292,14 @@ def test_derivatives_run_through_the_pooling_primitives(kind, rng):
 
     def loss(z):
         return jnp.sum(op(z) ** 2)
-    in_forward, in_jvp, in_grad = PRIMITIVES[kind]
-    assert primitive_names(jax.make_jaxpr(op)(x)) == {in_forward}
+    in_forward, in_jvp, in_grad, in_second = PRIMITIVES[kind]
+    assert primitive_names(jax.make_jaxpr(op)(x)) == in_forward
     for what, f, expected in (
             ("jvp", lambda z: jax.jvp(op, (z,), (z,)), in_jvp),
             ("linearize", lambda z: jax.linearize(op, z)[1](z), in_jvp),
             ("grad", jax.grad(loss), in_grad),
-            ("grad of grad", jax.grad(lambda z: jnp.sum(jax.grad(loss)(z) ** 2)), in_grad),
-            ("hessian", jax.hessian(loss), in_grad)):
+            ("grad of grad", jax.grad(lambda z: jnp.sum(jax.grad(loss)(z) ** 2)), in_second),
+            ("hessian", jax.hessian(loss), in_second)):
         names = primitive_names(jax.make_jaxpr(f)(x))
         assert expected <= names, f"{what}: {sorted(expected - names)} missing from {sorted(names)}"
         assert not any("custom" in name for name in names), f"{what}: {sorted(names)}"
