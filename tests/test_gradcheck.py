@@ -201,10 +201,28 @@ def test_check_dtype_half_precision_uses_the_tolerance_table(rng, dtype):
     assert not wrong["x"].ok and wrong["w"].ok and wrong["output"].ok
 
 
+def test_no_reference_checks_the_vjp_against_its_own_jvp_and_finite_differences(rng):
+    """A function with no twin in jaxcnn.reference (a user's own): as torch.autograd.gradcheck,
+    finite differences and the jvp/vjp consistency, said in the report."""
+    def my_conv(x, w, b):
+        return jaxcnn.conv(x, w, b, padding=1)
+    args = _conv_args(rng, 1)
+    for full_jacobian_max in (0, 1000):
+        report = check(my_conv, args, full_jacobian_max=full_jacobian_max, order=2)
+        assert report.ok, report.table()
+        assert "no reference" in report.precision and "output" not in [r.name for r in report.rows]
+        assert all(r.method.endswith("vs f's JVP") for r in report.rows)
+        assert all(r.rel_autodiff <= 1e-10 and r.rel_fd <= 1e-7 for r in report.rows)
+    # A custom_vjp has no forward mode: finite differences alone, and they catch a factor 2.
+    wrong = _wrong_conv(scale_dx=2.0)     # named "conv": wrapped, so that no twin is found
+    report = check(lambda x, w, b: wrong(x, w, b), args)
+    assert not report["x"].ok and report["x"].rel_autodiff is None
+    assert report["x"].rel_fd == pytest.approx(1.0, rel=1e-6) and report["w"].ok
+    assert report["x"].method.endswith("(no forward mode: fin. diff. only)")
+
+
 def test_bad_arguments_name_the_argument(rng):
     args = _conv_args(rng, 1)
-    with pytest.raises(ValueError, match="reference"):
-        check(lambda x, w, b: jaxcnn.conv(x, w, b), args)
     with pytest.raises(TypeError, match="reference"):
         check(jaxcnn.conv, args, reference="conv")
     with pytest.raises(ValueError, match="argnums"):
