@@ -252,6 +252,35 @@ def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
     assert all(r["ok"] and r["report"]["rows"] for r in result["configurations"])
     out = capsys.readouterr().out
     assert all(op in out for op in ops)
+    # Forward mode and batched columns, from the float64 order-1 configurations.
+    for s in result["summary"]:
+        assert s["batched"] == s["fwd_checked"] + s["fwd_unavailable"] <= s["float64"]
+        if s["fwd_checked"]:
+            assert s["worst_fwd_autodiff"] <= 1e-10 and s["worst_fwd_fd"] <= 1e-7
+            assert s["worst_consistency"] <= 1e-10
+        if s["batched"]:
+            assert s["worst_batched"] <= 1e-10
+    conv = next(s for s in result["summary"] if s["op"] == "conv")
+    assert conv["fwd_checked"] == 1 and conv["fwd_unavailable"] == 0
+
+
+def test_forward_mode_column_says_na_for_an_op_without_forward_mode():
+    """A ``jax.custom_vjp`` op (pooling before it becomes primitives) is not a failure: its
+    forward-mode cell reads "n/a (no forward mode)", its batched reverse mode still runs; the
+    cell fills in with the errors once the op has a JVP rule."""
+    case = matrix.cases_for("global_avg_pool", seed=0)[0]
+    row = matrix.run_case(case)
+    assert row["ok"], row
+    assert row["worst_batched"] <= 1e-10
+    summary = matrix.summarize("global_avg_pool", [row])
+    has_jvp = row["fwd"] == "ran"    # global_avg_pool as a primitive with a JVP rule
+    assert (summary["fwd_checked"], summary["fwd_unavailable"]) == ((1, 0) if has_jvp else (0, 1))
+    expected = (f"{row['worst_fwd_autodiff']:.1e} / {row['worst_fwd_fd']:.1e}" if has_jvp
+                else "n/a (no forward mode)")
+    assert gradcheck.command.forward_cell(summary) == expected
+    assert gradcheck.command.forward_cell(dict(summary, fwd_checked=2, fwd_unavailable=1,
+                                               worst_fwd_autodiff=1e-16, worst_fwd_fd=2e-10)) \
+        == "1.0e-16 / 2.0e-10 (n/a in 1)"
 
 
 def gradcheck_ops() -> list[str]:
