@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxcnn.gradcheck.checks import _run_once, argument_names, float64, resolve_reference
+from jaxcnn.gradcheck.checks import (_check_options, _run_once, argument_names, float64,
+                                     resolve_reference)
 from jaxcnn.gradcheck.report import GradcheckError, ModeReport, ModeRow, compare
 from jaxcnn.tolerances import FD_EPS, VJP_RTOL, finite_difference_rtol
 
@@ -83,12 +84,7 @@ def _check_modes_options(modes: Any, order: Any, eps: Any, n_projections: Any) -
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes: expected a non-empty subset of {MODES}; got {modes!r}")
-    if order not in (1, 2):
-        raise ValueError(f"order: expected 1 or 2; got {order!r}")
-    if not isinstance(eps, (int, float)) or not 0 < eps < 1:
-        raise ValueError(f"eps: expected a float step in (0, 1); got {eps!r}")
-    if not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections: expected a positive int; got {n_projections!r}")
+    _check_options(order, eps, n_projections, 0)
     return modes
 
 
@@ -100,8 +96,8 @@ def check_modes(f: Callable, args: Sequence[Any], *, reference: Callable | None 
 
     Args:
       f: called ``f(*args, **kwargs)``; args and output any pytrees.
-      args: every floating-point leaf is differentiated (in float64); other leaves (ints,
-        shapes, None) pass through unchanged.
+      args: every floating-point array leaf is differentiated (in float64); other leaves (ints,
+        shapes, None, Python floats) pass through unchanged.
       reference: the same function without custom rules (autodiff is the oracle); default
         ``f``'s namesake in ``jaxcnn.reference`` if there is one, else none: finite
         differences and the jvp/vjp consistency alone (the report says so).
