@@ -201,10 +201,28 @@ def test_check_dtype_half_precision_uses_the_tolerance_table(rng, dtype):
     assert not wrong["x"].ok and wrong["w"].ok and wrong["output"].ok
 
 
+def test_no_reference_checks_the_vjp_against_its_own_jvp_and_finite_differences(rng):
+    """A function with no twin in jaxcnn.reference (a user's own): as torch.autograd.gradcheck,
+    finite differences and the jvp/vjp consistency, said in the report."""
+    def my_conv(x, w, b):
+        return jaxcnn.conv(x, w, b, padding=1)
+    args = _conv_args(rng, 1)
+    for full_jacobian_max in (0, 1000):
+        report = check(my_conv, args, full_jacobian_max=full_jacobian_max, order=2)
+        assert report.ok, report.table()
+        assert "no reference" in report.precision and "output" not in [r.name for r in report.rows]
+        assert all(r.method.endswith("vs f's JVP") for r in report.rows)
+        assert all(r.rel_autodiff <= 1e-10 and r.rel_fd <= 1e-7 for r in report.rows)
+    # A custom_vjp has no forward mode: finite differences alone, and they catch a factor 2.
+    wrong = _wrong_conv(scale_dx=2.0)     # named "conv": wrapped, so that no twin is found
+    report = check(lambda x, w, b: wrong(x, w, b), args)
+    assert not report["x"].ok and report["x"].rel_autodiff is None
+    assert report["x"].rel_fd == pytest.approx(1.0, rel=1e-6) and report["w"].ok
+    assert report["x"].method.endswith("(no forward mode: fin. diff. only)")
+
+
 def test_bad_arguments_name_the_argument(rng):
     args = _conv_args(rng, 1)
-    with pytest.raises(ValueError, match="reference"):
-        check(lambda x, w, b: jaxcnn.conv(x, w, b), args)
     with pytest.raises(TypeError, match="reference"):
         check(jaxcnn.conv, args, reference="conv")
     with pytest.raises(ValueError, match="argnums"):
@@ -234,6 +252,35 @@ def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
     assert all(r["ok"] and r["report"]["rows"] for r in result["configurations"])
     out = capsys.readouterr().out
     assert all(op in out for op in ops)
+    # Forward mode and batched columns, from the float64 order-1 configurations.
+    for s in result["summary"]:
+        assert s["batched"] == s["fwd_checked"] + s["fwd_unavailable"] <= s["float64"]
+        if s["fwd_checked"]:
+            assert s["worst_fwd_autodiff"] <= 1e-10 and s["worst_fwd_fd"] <= 1e-7
+            assert s["worst_consistency"] <= 1e-10
+        if s["batched"]:
+            assert s["worst_batched"] <= 1e-10
+    conv = next(s for s in result["summary"] if s["op"] == "conv")
+    assert conv["fwd_checked"] == 1 and conv["fwd_unavailable"] == 0
+
+
+def test_forward_mode_column_says_na_for_an_op_without_forward_mode():
+    """A ``jax.custom_vjp`` op (pooling before it becomes primitives) is not a failure: its
+    forward-mode cell reads "n/a (no forward mode)", its batched reverse mode still runs; the
+    cell fills in with the errors once the op has a JVP rule."""
+    case = matrix.cases_for("global_avg_pool", seed=0)[0]
+    row = matrix.run_case(case)
+    assert row["ok"], row
+    assert row["worst_batched"] <= 1e-10
+    summary = matrix.summarize("global_avg_pool", [row])
+    has_jvp = row["fwd"] == "ran"    # global_avg_pool as a primitive with a JVP rule
+    assert (summary["fwd_checked"], summary["fwd_unavailable"]) == ((1, 0) if has_jvp else (0, 1))
+    expected = (f"{row['worst_fwd_autodiff']:.1e} / {row['worst_fwd_fd']:.1e}" if has_jvp
+                else "n/a (no forward mode)")
+    assert gradcheck.command.forward_cell(summary) == expected
+    assert gradcheck.command.forward_cell(dict(summary, fwd_checked=2, fwd_unavailable=1,
+                                               worst_fwd_autodiff=1e-16, worst_fwd_fd=2e-10)) \
+        == "1.0e-16 / 2.0e-10 (n/a in 1)"
 
 
 def gradcheck_ops() -> list[str]:

@@ -2,7 +2,9 @@
 
 - ``checks``: ``check`` (float64, against autodiff of the reference and central differences,
   order 1 or 2) and ``check_dtype`` (a low-precision dtype against the float64 reference);
-- ``report``: the ``Report`` they return, its rows and ``GradcheckError``;
+- ``pytrees``: ``check_modes`` and ``assert_grads``: any function of pytrees, reverse and
+  forward mode, batched (``vmap``), order 1 or 2, each leaf named by its path;
+- ``report``: the ``Report`` and ``ModeReport`` they return, their rows and ``GradcheckError``;
 - ``matrix``: the configurations ``jaxcnn gradcheck`` runs (every op × 1D/2D/3D × options);
 - ``command``: ``jaxcnn gradcheck`` itself (``main``).
 
@@ -11,9 +13,11 @@ The tolerances and their derivations live in ``jaxcnn.tolerances``.
 from jaxcnn.gradcheck.checks import (argument_names, check, check_dtype, differentiable_argnums,
                                      float64, resolve_reference)
 from jaxcnn.gradcheck.command import main
-from jaxcnn.gradcheck.report import Comparison, GradcheckError, Report, max_errors
+from jaxcnn.gradcheck.pytrees import assert_grads, check_modes
+from jaxcnn.gradcheck.report import (Comparison, GradcheckError, ModeReport, ModeRow, Report,
+                                     max_errors)
 from jaxcnn.tolerances import finite_difference_rtol
 
-__all__ = ["check", "check_dtype", "Report", "Comparison", "GradcheckError", "main",
+__all__ = ["check", "check_dtype", "check_modes", "assert_grads", "ModeReport", "ModeRow", "Report", "Comparison", "GradcheckError", "main",
            "finite_difference_rtol", "float64", "resolve_reference", "argument_names",
            "differentiable_argnums", "max_errors"]

@@ -44,8 +44,10 @@ _CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusio
 # ----------------------------------------------------------------------------- arguments
 
 
-def resolve_reference(f: Callable, reference: Callable | None) -> Callable:
-    """``reference`` itself, else the function named ``f.__name__`` in ``jaxcnn.reference``."""
+def resolve_reference(f: Callable, reference: Callable | None, *,
+                      required: bool = True) -> Callable | None:
+    """``reference`` itself, else the function named ``f.__name__`` in ``jaxcnn.reference``;
+    if there is none, None (or, with ``required``, ValueError)."""
     if reference is not None:
         if not callable(reference):
             raise TypeError(f"reference: expected a callable; got {reference!r}")
@@ -53,6 +55,8 @@ def resolve_reference(f: Callable, reference: Callable | None) -> Callable:
     name = getattr(f, "__name__", None)
     found = getattr(_reference, name, None) if isinstance(name, str) else None
     if not callable(found) or name.startswith("_"):
+        if not required:
+            return None
         raise ValueError(f"reference: jaxcnn.reference has no function named {name!r} (the name "
                          f"of f); expected reference=<the same function built from plain "
                          f"lax/jnp, differentiated by JAX autodiff>; got None")
@@ -144,7 +148,11 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
       args: its positional arguments. Floating arrays are differentiated (cast to float64);
         None (an absent bias) and non-arrays (shapes) are passed through unchanged.
       reference: the oracle, same signature, no ``custom_vjp``; default ``f``'s namesake in
-        ``jaxcnn.reference`` (ValueError if there is none).
+        ``jaxcnn.reference``. With neither (a user's own function), ``f``'s VJP is compared
+        with its own JVP (``⟨vᵀJ, u⟩ = ⟨v, Ju⟩``, or ``J`` row by row against column by
+        column) and with finite differences, as ``torch.autograd.gradcheck``; the report's
+        precision line says so. A function with no forward mode then gets finite
+        differences only (its autodiff columns empty).
       argnums: which of ``args`` to differentiate; default every floating array.
       order: 1, or 2 to also check the VJP of ``(args, v) ↦ vjp(f, args)(v)`` (grad-of-grad).
       eps: the finite-difference step ε.
@@ -166,7 +174,7 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
     Float64 needs ``jax_enable_x64``; if it is off, ``check`` turns it on inside a
     ``enable_x64`` context for its own computations and says so in ``report.precision``.
     """
-    reference = resolve_reference(f, reference)
+    reference = resolve_reference(f, reference, required=False)
     args = tuple(args)
     argnums = differentiable_argnums(args, argnums)
     _check_options(order, eps, n_projections, full_jacobian_max)
@@ -177,13 +185,17 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
     options = dict(eps=eps, k=n_projections, full_max=full_jacobian_max, rtol=rtol, fd_rtol=fd_rtol)
     with float64() as precision:
         args = tuple(jnp.asarray(a, jnp.float64) if _is_float_array(a) else a for a in args)
-        g, g_ref = _flat(f, args, argnums, kwargs), _flat(reference, args, argnums, kwargs)
+        g = _flat(f, args, argnums, kwargs)
+        g_ref = None if reference is None else _flat(reference, args, argnums, kwargs)
         primals = tuple(args[i] for i in argnums)
         rows = _compare(g, g_ref, primals, diff_names, 1, rng, **options)
         if order == 2:
             v = jnp.asarray(rng.standard_normal(jax.eval_shape(g, *primals).shape))
-            rows += _compare(_vjp_of(g), _vjp_of(g_ref), primals + (v,), diff_names + ["v"], 2,
-                             rng, **options)
+            rows += _compare(_vjp_of(g), None if g_ref is None else _vjp_of(g_ref), primals + (v,),
+                             diff_names + ["v"], 2, rng, **options)
+    if reference is None:
+        precision += ("; no reference (no twin in jaxcnn.reference): the autodiff columns "
+                      "compare f's VJP with f's own JVP (consistency), and finite differences")
     report = Report(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}", tuple(rows))
     if raise_on_failure and not report.ok:
         raise GradcheckError("\n" + report.table())
@@ -199,20 +211,35 @@ def _compare(g, g_ref, primals, names, order, rng, *, eps, k, full_max, rtol, fd
     directions = tuple(np.eye(p.size).reshape((p.size,) + p.shape) if is_full
                        else rng.standard_normal((k,) + p.shape) for p, is_full in zip(primals, full))
     y, y_ref, pulls, pulls_ref, diffs = _evaluate(g, g_ref, primals, cotangents, directions, eps)
-    rows = [Comparison("output", 0, "forward", *max_errors(y, y_ref), None, None, rtol, None)] if order == 1 else []
+    rows = []
+    if order == 1 and g_ref is not None:
+        rows.append(Comparison("output", 0, "forward", *max_errors(y, y_ref), None, None, rtol, None))
     for name, p, is_full, u, pull, pull_ref, diff in zip(names, primals, full, directions, pulls,
                                                           pulls_ref, diffs):
         if is_full:   # J (m × n): rows from VJPs, columns from finite differences
-            jac, jac_ref = np.reshape(pull[:m], (m, -1)), np.reshape(pull_ref[:m], (m, -1))
+            jac, jac_ref = np.reshape(pull[:m], (m, -1)), _reference_jacobian(pull_ref, m, g_ref is None)
             method, against_fd = f"jacobian {m}×{p.size}", (jac, np.reshape(diff, (p.size, m)).T)
         else:         # vᵀJ rows against autodiff; ⟨vᵀJ, u⟩ against ⟨v, (f(x+εu) − f(x−εu)) / 2ε⟩
-            jac, jac_ref = np.reshape(pull[-k:], (k, -1)), np.reshape(pull_ref[-k:], (k, -1))
+            jac = np.reshape(pull[-k:], (k, -1))
             method = f"{k} projections"
             against_fd = (np.sum(jac * np.reshape(u, (k, -1)), axis=1),
                           np.sum(projections * np.asarray(diff), axis=1))
-        rows.append(Comparison(name, order, method, *max_errors(jac, jac_ref),
-                               *max_errors(*against_fd), rtol, fd_rtol))
+            if g_ref is None and pull_ref is not None:   # ⟨vᵀJ, u⟩ against ⟨v, Ju⟩
+                jac, jac_ref = against_fd[0], np.sum(projections * np.asarray(pull_ref), axis=1)
+            else:
+                jac_ref = None if pull_ref is None else np.reshape(pull_ref[-k:], (k, -1))
+        errors = (None, None) if jac_ref is None else max_errors(jac, jac_ref)
+        if g_ref is None:
+            method += " vs f's JVP" if jac_ref is not None else " (no forward mode: fin. diff. only)"
+        rows.append(Comparison(name, order, method, *errors, *max_errors(*against_fd), rtol, fd_rtol))
     return rows
+
+
+def _reference_jacobian(pull_ref, m, from_jvp):
+    """J (m × n) from the reference's VJP rows, or (no reference) from f's JVP columns."""
+    if pull_ref is None:
+        return None
+    return np.asarray(pull_ref).T if from_jvp else np.reshape(pull_ref[:m], (m, -1))
 
 
 def _run_once(fn: Callable, *args: Any) -> Any:
@@ -238,13 +265,25 @@ def _evaluate(g, g_ref, primals, cotangents, directions, eps):
                   for j, n in enumerate(counts) for sign in (1.0, -1.0)]
         steps.append(np.concatenate(blocks))
 
-    def run(primals, cotangents, steps):
+    def run(primals, cotangents, steps, with_jvp=True):
         y, pull = jax.vjp(g, *primals)
-        y_ref, pull_ref = jax.vjp(g_ref, *primals)
         shifted = jax.vmap(lambda *step: g(*(p + s for p, s in zip(primals, step))))(*steps)
-        return y, y_ref, jax.vmap(pull)(cotangents), jax.vmap(pull_ref)(cotangents), shifted
+        if g_ref is not None:
+            y_ref, pull_ref = jax.vjp(g_ref, *primals)
+            return y, y_ref, jax.vmap(pull)(cotangents), jax.vmap(pull_ref)(cotangents), shifted
+        # No reference: f's own JVPs along the directions, one primal at a time (consistency).
+        jvps = tuple(jax.vmap(lambda u, i=i: jax.jvp(lambda p: g(*primals[:i], p, *primals[i + 1:]),
+                                                     (primals[i],), (u,))[1])(jnp.asarray(d))
+                     for i, d in enumerate(directions)) if with_jvp else (None,) * len(primals)
+        return y, None, jax.vmap(pull)(cotangents), jvps, shifted
 
-    y, y_ref, pulls, pulls_ref, shifted = _run_once(run, primals, cotangents, tuple(steps))
+    try:
+        y, y_ref, pulls, pulls_ref, shifted = _run_once(run, primals, cotangents, tuple(steps))
+    except TypeError as err:   # no reference and f is a jax.custom_vjp: no forward mode
+        if g_ref is not None or "forward-mode" not in str(err):
+            raise
+        y, y_ref, pulls, pulls_ref, shifted = _run_once(
+            lambda *a: run(*a, with_jvp=False), primals, cotangents, tuple(steps))
     diffs, start = [], 0
     for n in counts:
         diffs.append((shifted[start:start + n] - shifted[start + n:start + 2 * n]) / (2 * eps))

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxcnn.gradcheck import matrix
 from jaxcnn.gradcheck.checks import float64
+from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE
 from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
 
@@ -60,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     eps = f"{FD_EPS:.0e}".replace("e-0", "e-")    # 1e-6, not 1e-06
     notes = (f"Relative errors (max|a − b| / max|b|), worst over configurations and arguments. "
              f"Tolerances: float64 vs autodiff {VJP_RTOL:.0e}, vs central differences "
-             f"{finite_difference_rtol(FD_EPS):.1e} (ε = {eps}), float32 {RTOL['float32']:.0e}.")
+             f"{finite_difference_rtol(FD_EPS):.1e} (ε = {eps}), float32 {RTOL['float32']:.0e}. "
+             f"Forward mode: JVPs against autodiff of the reference ({VJP_RTOL:.0e}) and central "
+             f"differences ({finite_difference_rtol(FD_EPS):.1e}), and ⟨u, Jᵀv⟩ = ⟨Ju, v⟩; "
+             f"batched: vmap of the VJP and of the JVP against the per-example ones ({VJP_RTOL:.0e}). "
+             f"{NO_FORWARD_MODE}: the op is a jax.custom_vjp on this build.")
     _print_table(summaries, title, notes)
     for line in failure_lines(rows):
         print(line)
@@ -110,7 +115,7 @@ def _print_table(summaries: list[dict[str, Any]], title: str, notes: str) -> Non
         table.add_row(*line, style=None if line[-1] == "pass" else "bold red")
     console = Console()
     if not console.is_terminal:   # a file or a pipe: wide enough never to wrap a row
-        console = Console(width=160)
+        console = Console(width=200)
     console.print(table)
     print(notes)
 
@@ -127,14 +132,27 @@ def run_all(cases: list[matrix.Case], seed: int, advance: Callable[[matrix.Case]
 # ----------------------------------------------------------------------------- output
 
 COLUMNS = ("op", "configs (f64 / order 2 / f32)", "worst rel. vs autodiff", "worst rel. vs fin. diff.",
-           "worst rel. float32 vs f64 ref.", "time (s)", "status")
+           "worst rel. float32 vs f64 ref.", "fwd vs autodiff / fin. diff.",
+           "batched (vmap vs loop)", "time (s)", "status")
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def forward_cell(s: dict[str, Any]) -> str:
+    """The forward-mode column: worst errors, or ``n/a (no forward mode)`` where the op has
+    none on this build (a ``jax.custom_vjp``); fills in once the op has a JVP rule."""
+    if s["fwd_checked"] == 0:
+        return NO_FORWARD_MODE if s["fwd_unavailable"] else "—"
+    cell = f"{_num(s['worst_fwd_autodiff'])} / {_num(s['worst_fwd_fd'])}"
+    return cell + (f" (n/a in {s['fwd_unavailable']})" if s["fwd_unavailable"] else "")
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    def num(value):
-        return "—" if value is None else f"{value:.1e}"
     return [(s["op"], f"{s['configurations']} ({s['float64']} / {s['order2']} / {s['float32']})",
-             num(s["worst_autodiff"]), num(s["worst_fd"]), num(s["worst_float32"]),
+             _num(s["worst_autodiff"]), _num(s["worst_fd"]), _num(s["worst_float32"]),
+             forward_cell(s), _num(s["worst_batched"]),
              f"{s['seconds']:.1f}", "pass" if s["ok"] else f"FAIL ({s['failed']})")
             for s in summaries]
 
@@ -155,6 +173,9 @@ def failure_lines(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
             lines.append(f"FAIL {what}: {row['error']}")
             continue
         bad = [r for r in row["report"]["rows"] if not r["ok"]]
+        lines += [f"FAIL {what}: {r['path']} (order {r['order']}, {r['check']}): rel. error "
+                  f"{r['rel_error']:.1e} > {r['tolerance']:.1e} at {r['worst']}"
+                  for r in row.get("modes", {}).get("rows", []) if not r["ok"]]
         lines += [f"FAIL {what}: {r['name']} (order {r['order']}, {r['method']}): rel. error "
                   f"{r['rel_autodiff']:.1e} vs autodiff, "
                   + ("—" if r["rel_fd"] is None else f"{r['rel_fd']:.1e}") + " vs fin. diff."

@@ -8,7 +8,11 @@ variant runs once per number of spatial axes, the (impl, layout) pair cycling so
 variant meets both impls and both layouts and every dimension all four pairs. Each case is
 checked in float64 against autodiff and finite differences (``checks.check``); every
 third also in float32 against the float64 reference (``checks.check_dtype``), and one per
-dimension at order 2 (grad-of-grad).
+dimension at order 2 (grad-of-grad). Each float64 order-1 case is also checked in forward
+mode and batched (``pytrees.check_modes``: the JVP against autodiff of the reference and finite
+differences, the jvp/vjp consistency, ``vmap`` of the VJP and of the JVP against the
+per-example ones); an op with no forward mode on this build (a ``jax.custom_vjp``) is marked
+``n/a (no forward mode)`` there instead of failing, and its batched reverse mode still runs.
 
 Shapes stay small (N = 2, C ≤ 4, sizes ≤ 7): compiling each configuration is the main cost.
 """
@@ -25,6 +29,7 @@ import numpy as np
 from jaxcnn import reference
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
 from jaxcnn.gradcheck.checks import check, check_dtype
+from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
 from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
 from jaxcnn.transpose import conv_transpose, convolve
 
@@ -279,7 +284,26 @@ def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
     row.update(ok=report.ok, seconds=time.perf_counter() - start, report=report.as_dict(),
                worst_autodiff=max(r.rel_autodiff for r in rows),
                worst_fd=max((r.rel_fd for r in rows if r.rel_fd is not None), default=None))
+    if case.dtype == "float64" and case.order == 1:
+        _run_modes(case, f, reference_f, seed, row)
+    row["seconds"] = time.perf_counter() - start
     return row
+
+
+def _run_modes(case: Case, f: Callable, reference_f: Callable, seed: int, row: dict) -> None:
+    """Forward mode and batched: ``row["modes"]`` and the worst errors, or ``row["fwd"]`` =
+    ``NO_FORWARD_MODE`` where ``f`` has none (only batched reverse mode then)."""
+    try:
+        modes = check_modes(f, case.args, reference=reference_f, batched=True, seed=seed,
+                            **case.kwargs)
+    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
+        row.update(ok=False, error=f"forward mode / batched: {type(err).__name__}: {err}")
+        return
+    row.update(ok=row["ok"] and modes.ok, modes=modes.as_dict(),
+               fwd=NO_FORWARD_MODE if modes.unavailable else "ran",
+               worst_fwd_autodiff=modes.worst("fwd vs reference"),
+               worst_fwd_fd=modes.worst("fwd vs finite differences"),
+               worst_consistency=modes.worst("consistency"), worst_batched=modes.worst("batched"))
 
 
 def summarize(op: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -289,11 +313,18 @@ def summarize(op: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return max(values) if values else None
     exact = [r for r in rows if r["dtype"] == "float64"]
     low = [r for r in rows if r["dtype"] != "float64"]
+    checked = [r for r in exact if "fwd" in r]
     return {"op": op, "configurations": len(rows),
             "float64": sum(r["order"] == 1 for r in exact), "order2": sum(r["order"] == 2 for r in exact),
             "float32": len(low), "failed": sum(not r["ok"] for r in rows),
             "worst_autodiff": worst(exact, "worst_autodiff"), "worst_fd": worst(exact, "worst_fd"),
             "worst_float32": worst(low, "worst_autodiff"),
+            "fwd_checked": sum(r["fwd"] == "ran" for r in checked),
+            "fwd_unavailable": sum(r["fwd"] == NO_FORWARD_MODE for r in checked),
+            "worst_fwd_autodiff": worst(checked, "worst_fwd_autodiff"),
+            "worst_fwd_fd": worst(checked, "worst_fwd_fd"),
+            "worst_consistency": worst(checked, "worst_consistency"),
+            "worst_batched": worst(checked, "worst_batched"), "batched": len(checked),
             "seconds": sum(r["seconds"] for r in rows), "ok": all(r["ok"] for r in rows)}
 
 

@@ -16,13 +16,14 @@ TINY = float(np.finfo(np.float64).tiny)
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """One row: an argument's derivative (order 1 or 2), or the output itself (order 0),
-    against autodiff of the reference and against finite differences (None: not compared)."""
+    against autodiff of the reference (no reference: against f's own JVP) and against finite
+    differences (None: not compared)."""
 
     name: str
     order: int
     method: str
-    abs_autodiff: float
-    rel_autodiff: float
+    abs_autodiff: float | None
+    rel_autodiff: float | None
     abs_fd: float | None
     rel_fd: float | None
     rtol: float
@@ -30,7 +31,7 @@ class Comparison:
 
     @property
     def ok(self) -> bool:   # NaN compares False: a NaN error fails
-        return bool(self.rel_autodiff <= self.rtol
+        return bool((self.rel_autodiff is None or self.rel_autodiff <= self.rtol)
                     and (self.rel_fd is None or self.rel_fd <= self.fd_rtol))
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,3 +97,120 @@ def max_errors(a: Any, b: Any) -> tuple[float, float]:
         return 0.0, 0.0
     err = float(np.max(np.abs(a - b)))
     return err, err / max(float(np.max(np.abs(b))), TINY)
+
+
+# ----------------------------------------------------------------------------- check_modes' report
+
+EXPECTED = {"reference": "reference's autodiff", "finite": "finite differences",
+            "consistency": "⟨Ju, v⟩ from f's JVP", "batched": "per-example, stacked"}
+LEGEND = ("error = max|got − expected| / max|expected| over the compared array: relative to the "
+          "largest expected value, so it neither shrinks nor grows with the array's size; "
+          "expected = the oracle (reference's autodiff, central finite differences, ⟨Ju, v⟩ from "
+          "f's JVP, or the per-example results stacked), got = f's own derivative.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeRow:
+    """One check of one leaf: ``got`` (f's derivative) against ``expected`` (the oracle), the
+    worst element's index and both values there, the relative error and its tolerance."""
+
+    path: str
+    order: int
+    check: str
+    abs_error: float
+    rel_error: float
+    worst: str
+    expected: float
+    got: float
+    tolerance: float
+    tolerance_origin: str
+
+    @property
+    def ok(self) -> bool:   # NaN compares False: a NaN error fails
+        return bool(self.rel_error <= self.tolerance)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
+    def sentence(self) -> str:
+        oracle = next((v for k, v in EXPECTED.items() if k in self.check), "the oracle")
+        return (f"{self.path} (order {self.order}): check '{self.check}' failed: worst element "
+                f"{self.worst}: expected ({oracle}) {self.expected:.6e}, got (f's derivative) "
+                f"{self.got:.6e}; error {self.rel_error:.2e} relative to max|expected| > "
+                f"tolerance {self.tolerance:.1e} ({self.tolerance_origin})")
+
+
+def compare(path: str, order: int, check: str, got: Any, expected: Any, index_name: Any,
+            tolerance: float, origin: str) -> ModeRow:
+    """A ``ModeRow`` for ``got`` against ``expected``; ``index_name(flat) -> str`` names the
+    worst element (a NaN counts as the worst)."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.size == 0:
+        return ModeRow(path, order, check, 0.0, 0.0, "(empty)", 0.0, 0.0, tolerance, origin)
+    diff = np.abs(got - expected).ravel()
+    flat = int(np.argmax(np.where(np.isnan(diff), np.inf, diff)))
+    abs_error, rel_error = max_errors(got, expected)
+    if np.isnan(diff[flat]):
+        abs_error = rel_error = float("nan")
+    return ModeRow(path, order, check, abs_error, rel_error, index_name(flat),
+                   float(expected.ravel()[flat]), float(got.ravel()[flat]), tolerance, origin)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeReport:
+    """``check_modes``' result: per (order, leaf path, check) a ``ModeRow``; the modes ``f``
+    could not run; the tolerances with their origins."""
+
+    function: str
+    precision: str
+    oracle: str
+    rows: tuple[ModeRow, ...]
+    unavailable: tuple[tuple[str, str], ...] = ()
+    tolerances: tuple[tuple[float, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def failed(self) -> list[ModeRow]:
+        return [row for row in self.rows if not row.ok]
+
+    def row(self, path: str, check: str, order: int = 1) -> ModeRow:
+        for row in self.rows:
+            if (row.path, row.check, row.order) == (path, check, order):
+                return row
+        raise KeyError(f"{path!r}, {check!r} (order {order}); rows: "
+                       f"{[(r.path, r.check, r.order) for r in self.rows]}")
+
+    def worst(self, *words: str) -> float | None:
+        """The largest relative error over the rows whose check contains every word."""
+        errors = [r.rel_error for r in self.rows if all(w in r.check for w in words)]
+        return max(errors, key=lambda e: np.inf if np.isnan(e) else e) if errors else None
+
+    def table(self) -> str:
+        head = ("order", "leaf", "check", "error", "tolerance", "worst element",
+                "expected (oracle)", "got (f's derivative)", "ok")
+        body = [(str(r.order), r.path, r.check, _num(r.rel_error), _num(r.tolerance), r.worst,
+                 f"{r.expected:.6e}", f"{r.got:.6e}", "ok" if r.ok else "FAIL") for r in self.rows]
+        widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+        lines = [f"gradcheck {self.function}: {self.precision}: {'ok' if self.ok else 'FAILED'}",
+                 f"oracle: {self.oracle}"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                  for line in [head, *body]]
+        lines += [f"not run: {where}: {why}" for where, why in self.unavailable]
+        lines.append(LEGEND)
+        lines += [f"tolerance {tol:.1e}: {origin}" for tol, origin in self.tolerances]
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def failure_message(self) -> str:
+        lines = [row.sentence() for row in self.failed()]
+        lines += [f"{where}: {why} (pass modes=('rev',) to check reverse mode only)"
+                  for where, why in self.unavailable]
+        return "\n".join(lines + ["", self.table()])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "precision": self.precision, "oracle": self.oracle,
+                "ok": self.ok, "unavailable": dict(self.unavailable),
+                "rows": [row.as_dict() for row in self.rows]}

@@ -1,0 +1,290 @@
+r"""Gradient checks for any function of pytrees, in reverse and forward mode, batched, order 1 or 2.
+
+``check_modes(f, args)`` differentiates ``f(*args)`` (an output pytree) with respect to every
+floating-point leaf of ``args`` (a model's params dict, an input array), one leaf at a time,
+the others held fixed, and names each leaf by its path (``params[0]['w']``:
+``jax.tree_util.keystr`` after the argument's name). For a leaf ``x`` and ``k`` random
+directions ``uᵢ`` (x's shape) and cotangents ``vᵢ`` (the output's size), in float64:
+
+- ``rev vs reference``: the VJP rows ``vᵢᵀJ`` against those of JAX autodiff of ``reference``;
+- ``rev vs finite differences``: ``⟨vᵢᵀJ, uᵢ⟩`` against ``⟨vᵢ, (f(x+εuᵢ) − f(x−εuᵢ)) / 2ε⟩``;
+- ``fwd vs reference``: the JVPs ``Juᵢ`` against autodiff of ``reference``;
+- ``fwd vs finite differences``: ``Juᵢ`` against ``(f(x+εuᵢ) − f(x−εuᵢ)) / 2ε``, whole;
+- ``jvp/vjp consistency``: ``⟨uᵢ, Jᵀvᵢ⟩`` against ``⟨Juᵢ, vᵢ⟩`` (both modes asked);
+- ``batched vjp`` / ``batched jvp``: ``vmap`` of the VJP over the ``vᵢ`` (of the JVP over the
+  ``uᵢ``) against the per-example results stacked (PyTorch's ``check_batched_grad`` and
+  ``check_batched_forward_grad``).
+
+Each per-example result is computed one direction at a time (no ``vmap``), so that a wrong
+batching rule shows in the batched rows only. ``order=2`` repeats every check on
+``(leaves, v) ↦ vjp(f, leaves)(v)``, the function whose derivative grad-of-grad and
+Hessian-vector products evaluate (its extra argument ``v`` is reported as ``v``, by the
+output's paths). With no ``reference`` the checks against it are left out, as
+``torch.autograd.gradcheck`` does: finite differences and the consistency alone.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxcnn.gradcheck.checks import (_check_options, _run_once, argument_names, float64,
+                                     resolve_reference)
+from jaxcnn.gradcheck.report import GradcheckError, ModeReport, ModeRow, compare
+from jaxcnn.tolerances import FD_EPS, VJP_RTOL, finite_difference_rtol
+
+MODES = ("rev", "fwd")
+NO_FORWARD_MODE = "n/a (no forward mode)"
+
+
+def _is_float_leaf(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and hasattr(leaf, "shape") and jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
+def leaves_with_paths(args: Sequence[Any], names: Sequence[str]) -> tuple[list, list[str], Callable]:
+    """The floating leaves of ``args`` (cast to float64), their paths (``name`` + keystr),
+    and ``rebuild(float_leaves) -> args`` with every other leaf (ints, shapes) unchanged."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tuple(args), is_leaf=lambda a: a is None)
+    where = [i for i, (_, leaf) in enumerate(flat) if _is_float_leaf(leaf)]
+    paths = [names[path[0].idx] + jax.tree_util.keystr(tuple(path[1:])) for path, _ in
+             (flat[i] for i in where)]
+    leaves = [jnp.asarray(flat[i][1], jnp.float64) for i in where]
+    others = [leaf for _, leaf in flat]
+
+    def rebuild(float_leaves):
+        full = list(others)
+        for i, leaf in zip(where, float_leaves):
+            full[i] = leaf
+        return jax.tree_util.tree_unflatten(treedef, full)
+    return leaves, paths, rebuild
+
+
+def output_paths(tree: Any) -> list[tuple[str, int]]:
+    """``(keystr path, size)`` of each leaf of an output pytree, in ``ravel_pytree`` order."""
+    return [(jax.tree_util.keystr(path), int(np.size(leaf)))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _tolerances(eps: float, rtol: float, fd_rtol: float) -> dict[str, tuple[float, str]]:
+    exact = (rtol, f"tolerances.VJP_RTOL: both sides are float64 sums of the same terms in "
+                   f"different orders, error ≲ L·u ≈ 1e-13 for L ≲ 10³ terms, u = 2⁻⁵³")
+    if rtol != VJP_RTOL:
+        exact = (rtol, "rtol given by the caller")
+    fd = (fd_rtol, f"tolerances.finite_difference_rtol(eps={eps:g}) = 1e3·u/ε + ε²: f's rounding "
+                   f"error over 2ε plus the O(ε²) truncation of central differences")
+    if fd_rtol != finite_difference_rtol(eps):
+        fd = (fd_rtol, "fd_rtol given by the caller")
+    return {"reference": exact, "fd": fd, "consistency": exact, "batched": exact}
+
+
+def _check_modes_options(modes: Any, order: Any, eps: Any, n_projections: Any) -> tuple[str, ...]:
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes: expected a non-empty subset of {MODES}; got {modes!r}")
+    _check_options(order, eps, n_projections, 0)
+    return modes
+
+
+def check_modes(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
+                modes: Sequence[str] = MODES, order: int = 1, batched: bool = False,
+                eps: float = FD_EPS, n_projections: int = 4, rtol: float = VJP_RTOL,
+                fd_rtol: float | None = None, seed: int = 0, **kwargs: Any) -> ModeReport:
+    """Check ``f``'s derivatives at ``args`` in ``modes``, leaf by leaf (see the module doc).
+
+    Args:
+      f: called ``f(*args, **kwargs)``; args and output any pytrees.
+      args: every floating-point array leaf is differentiated (in float64); other leaves (ints,
+        shapes, None, Python floats) pass through unchanged.
+      reference: the same function without custom rules (autodiff is the oracle); default
+        ``f``'s namesake in ``jaxcnn.reference`` if there is one, else none: finite
+        differences and the jvp/vjp consistency alone (the report says so).
+      modes: ``"rev"`` (VJP), ``"fwd"`` (JVP), or both (adds the consistency check).
+      order: 1, or 2 to check the derivative of ``(leaves, v) ↦ vjp(f, leaves)(v)`` too.
+      batched: also ``vmap`` of the VJP / JVP against the stacked per-example ones.
+      eps, n_projections, rtol, fd_rtol, seed: as in ``check``.
+
+    Returns:
+      A ``ModeReport``: a row per (order, leaf path, check), ``ok``, ``print`` for the table;
+      a mode ``f`` cannot run (``jax.custom_vjp`` has no forward mode) is listed in
+      ``report.unavailable`` instead of raising.
+    """
+    modes = _check_modes_options(modes, order, eps, n_projections)
+    reference = resolve_reference(f, reference, required=False)
+    fd_rtol = finite_difference_rtol(eps) if fd_rtol is None else float(fd_rtol)
+    tolerances = _tolerances(eps, rtol, fd_rtol)
+    names = argument_names(f, len(args))
+    rng = np.random.default_rng(seed)
+    rows: list[ModeRow] = []
+    unavailable: dict[str, str] = {}
+    with float64() as precision:
+        leaves, paths, rebuild = leaves_with_paths(args, names)
+        if not leaves:
+            raise ValueError(f"args: expected at least one floating-point leaf to differentiate; "
+                             f"got {jax.tree_util.tree_structure(tuple(args))}")
+        call = lambda fn: (lambda *ls: fn(*rebuild(ls), **kwargs))
+        F, F_ref = call(f), None if reference is None else call(reference)
+        out_tree = jax.eval_shape(F, *leaves)
+        rows += _check_function(F, F_ref, leaves, paths, output_paths(out_tree), 1, modes,
+                                batched, eps, n_projections, tolerances, rng, unavailable)
+        if order == 2:
+            v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape)), out_tree)
+            v_leaves, v_paths = jax.tree_util.tree_leaves(v), [f"v{p}" for p, _ in output_paths(out_tree)]
+            H, H_ref = _second_order(F, len(leaves), v), None
+            if F_ref is not None:
+                H_ref = _second_order(F_ref, len(leaves), v)
+            out2 = output_paths(jax.eval_shape(H, *leaves, *v_leaves))
+            rows += _check_function(H, H_ref, leaves + v_leaves, paths + v_paths, out2, 2, modes,
+                                    batched, eps, n_projections, tolerances, rng, unavailable)
+    oracle = (f"reference {getattr(reference, '__module__', '')}.{getattr(reference, '__name__', reference)!s}"
+              if reference is not None else
+              "no reference (no twin in jaxcnn.reference): finite differences and jvp/vjp consistency only")
+    return ModeReport(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}, "
+                      f"{n_projections} random directions and cotangents per leaf", oracle,
+                      tuple(rows), tuple(sorted(unavailable.items())),
+                      tuple(sorted({t for t in tolerances.values()})))
+
+
+def _second_order(F: Callable, count: int, v_template: Any) -> Callable:
+    """``(leaves, v_leaves) ↦ vjp(F, leaves)(v)``: what grad-of-grad differentiates."""
+    treedef = jax.tree_util.tree_structure(v_template)
+
+    def pulled(*leaves_and_v):
+        leaves, v_leaves = leaves_and_v[:count], leaves_and_v[count:]
+        return jax.vjp(F, *leaves)[1](jax.tree_util.tree_unflatten(treedef, v_leaves))
+    return pulled
+
+
+def _check_function(F, F_ref, leaves, paths, out_paths, order, modes, batched, eps, k,
+                    tolerances, rng, unavailable) -> list[ModeRow]:
+    rows = []
+    for i, (leaf, path) in enumerate(zip(leaves, paths)):
+        flat = lambda fn, i=i: (lambda x: ravel_pytree(fn(*leaves[:i], x, *leaves[i + 1:]))[0])
+        g, g_ref = flat(F), None if F_ref is None else flat(F_ref)
+        m = jax.eval_shape(g, leaf).shape[0]
+        directions = jnp.asarray(rng.standard_normal((k,) + leaf.shape))
+        cotangents = jnp.asarray(rng.standard_normal((k, m)))
+        use = tuple(modes)
+        if "fwd" in use and "fwd" in unavailable.get(f"order {order}", ""):
+            use = tuple(x for x in use if x != "fwd")
+        try:
+            results = _run_once(_evaluate(g, g_ref, use, batched, eps), leaf, directions, cotangents)
+        except TypeError as err:   # jax.custom_vjp: "can't apply forward-mode autodiff (jvp)"
+            if "fwd" not in use or "forward-mode" not in str(err):
+                raise
+            unavailable[f"order {order}"] = f"fwd: {NO_FORWARD_MODE}: {err}"
+            use = tuple(x for x in use if x != "fwd")
+            if not use:
+                continue
+            results = _run_once(_evaluate(g, g_ref, use, batched, eps), leaf, directions, cotangents)
+        rows += _rows(path, order, results, leaf.shape, out_paths, directions, cotangents,
+                      tolerances, first=i == 0)
+    return rows
+
+
+def _evaluate(g, g_ref, modes, batched, eps):
+    """One program for one leaf: every quantity the rows compare (see the module doc)."""
+    def run(x, directions, cotangents):
+        out = {}
+        y, pull = jax.vjp(g, x)
+        if g_ref is not None:
+            y_ref, pull_ref = jax.vjp(g_ref, x)
+            out.update(y=y, y_ref=y_ref)
+        k = directions.shape[0]
+        diffs = [(g(x + eps * directions[j]) - g(x - eps * directions[j])) / (2 * eps) for j in range(k)]
+        out["fd"] = jnp.stack(diffs)
+        if "rev" in modes:
+            out["vjp"] = jnp.stack([pull(cotangents[j])[0] for j in range(k)])
+            if g_ref is not None:
+                out["vjp_ref"] = jax.vmap(pull_ref)(cotangents)[0]
+            if batched:
+                out["vjp_batched"] = jax.vmap(pull)(cotangents)[0]
+        if "fwd" in modes:
+            tangent = lambda fn, u: jax.jvp(fn, (x,), (u,))[1]
+            out["jvp"] = jnp.stack([tangent(g, directions[j]) for j in range(k)])
+            if g_ref is not None:
+                out["jvp_ref"] = jax.vmap(lambda u: tangent(g_ref, u))(directions)
+            if batched:
+                out["jvp_batched"] = jax.vmap(lambda u: tangent(g, u))(directions)
+        return out
+    return run
+
+
+def _rows(path, order, r, shape, out_paths, directions, cotangents, tolerances, first) -> list[ModeRow]:
+    k = directions.shape[0]
+    u, v = np.reshape(directions, (k, -1)), np.asarray(cotangents)
+    leaf_index = lambda flat: _element(flat, (k, *shape), "cotangent", path)
+    out_index = lambda flat: _output_element(flat, k, out_paths, "direction")
+    scalar_index = lambda flat: f"direction and cotangent {flat}"
+    rows = []
+    if "y_ref" in r and first and order == 1:
+        rows.append(compare("output", 0, "output vs reference", r["y"], r["y_ref"],
+                            lambda flat: _output_element(flat, 1, out_paths, None), *tolerances["reference"]))
+    if "vjp" in r:
+        if "vjp_ref" in r:
+            rows.append(compare(path, order, "rev vs reference", r["vjp"], r["vjp_ref"], leaf_index,
+                                *tolerances["reference"]))
+        rows.append(compare(path, order, "rev vs finite differences",
+                            np.sum(np.reshape(r["vjp"], (k, -1)) * u, axis=1),
+                            np.sum(v * r["fd"], axis=1), scalar_index, *tolerances["fd"]))
+        if "vjp_batched" in r:
+            rows.append(compare(path, order, "batched vjp (vmap vs loop)", r["vjp_batched"], r["vjp"],
+                                leaf_index, *tolerances["batched"]))
+    if "jvp" in r:
+        if "jvp_ref" in r:
+            rows.append(compare(path, order, "fwd vs reference", r["jvp"], r["jvp_ref"], out_index,
+                                *tolerances["reference"]))
+        rows.append(compare(path, order, "fwd vs finite differences", r["jvp"], r["fd"], out_index,
+                            *tolerances["fd"]))
+        if "vjp" in r:
+            rows.append(compare(path, order, "jvp/vjp consistency",
+                                np.sum(np.reshape(r["vjp"], (k, -1)) * u, axis=1),
+                                np.sum(np.asarray(r["jvp"]) * v, axis=1), scalar_index,
+                                *tolerances["consistency"]))
+        if "jvp_batched" in r:
+            rows.append(compare(path, order, "batched jvp (vmap vs loop)", r["jvp_batched"], r["jvp"],
+                                out_index, *tolerances["batched"]))
+    return rows
+
+
+def _element(flat: int, shape: tuple, batch_name: str, path: str) -> str:
+    index = np.unravel_index(flat, shape)
+    return f"{batch_name} {index[0]}, {path}[{', '.join(map(str, index[1:]))}]"
+
+
+def _output_element(flat: int, k: int, out_paths: list[tuple[str, int]], batch_name: str | None) -> str:
+    """``flat`` in a ``(k, output size)`` array, as '<batch> j, output<path>[i]'."""
+    m = sum(size for _, size in out_paths)
+    j, rest = divmod(flat, max(m, 1))
+    for name, size in out_paths:
+        if rest < size:
+            break
+        rest -= size
+    where = f"output{name}" + (f"[flat {rest}]" if size > 1 else "")
+    return where if batch_name is None else f"{batch_name} {j}, {where}"
+
+
+def assert_grads(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
+                 modes: Sequence[str] = MODES, order: int = 1, batched: bool = False,
+                 **options: Any) -> ModeReport:
+    """``check_modes``, raising ``GradcheckError`` (an ``AssertionError``) on any failure or
+    on a mode asked for that ``f`` cannot run; for users' own pytest suites.
+
+    The message names, per failed check, the leaf's pytree path, the check, the worst
+    element's index with the expected (reference / finite differences) and got (``f``'s
+    derivative) values, the error relative to the largest expected value, and the tolerance
+    with where it came from; the report's table follows. Returns the report when all pass.
+
+    Example::
+
+        params = model.init(key, (2, 1, 8))[0]
+        loss = lambda params, x, labels: cross_entropy(model.apply(params, x), labels).mean()
+        assert_grads(loss, (params, x, labels), batched=True)
+    """
+    report = check_modes(f, args, reference=reference, modes=modes, order=order, batched=batched,
+                         **options)
+    if not report.ok or report.unavailable:
+        raise GradcheckError("\n" + report.failure_message())
+    return report
