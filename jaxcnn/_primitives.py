@@ -19,12 +19,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Sequence
 
+import jax.numpy as jnp
 from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 from jax.interpreters.xla import apply_primitive
 
-__all__ = ["ShapedArray", "make_primitive"]
+__all__ = ["ShapedArray", "fold_mapped", "make_primitive", "mapped_axis_first", "unfold_mapped"]
 
 
 def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., ShapedArray], *,
@@ -51,3 +52,27 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
         mlir.register_lowering(prim, mlir.lower_fun(partial(compute, platform=platform),
                                                     multiple_results=False), platform=platform)
     return prim
+
+
+# ----------------------------------------------------------------------------- vmap rules
+# Every jaxcnn batching rule folds the mapped axis B into an axis the op already maps over
+# (the batch, or the channels as extra groups), calls the primitive once, and unfolds.
+
+def mapped_axis_first(a, bdim, size):
+    """``a`` with its mapped axis ``bdim`` in front; an unmapped ``a`` (``bdim`` None) is
+    broadcast to ``size`` copies."""
+    if bdim is None:
+        return jnp.broadcast_to(a, (size,) + a.shape)
+    return jnp.moveaxis(a, bdim, 0)
+
+
+def fold_mapped(a, axis):
+    """``a`` with its leading mapped axis folded into ``axis`` (mapped index major)."""
+    a = jnp.moveaxis(a, 0, axis)
+    return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
+
+
+def unfold_mapped(a, axis, size):
+    """Undo ``fold_mapped``: the mapped axis comes back to the front."""
+    a = a.reshape(a.shape[:axis] + (size, a.shape[axis] // size) + a.shape[axis + 1:])
+    return jnp.moveaxis(a, axis, 0)

@@ -41,7 +41,8 @@ from jax.interpreters import ad, batching
 from jaxcnn import padding as _padding
 from jaxcnn._args import ConvArgs, ConvSpec, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import as_float_array as _as_float
-from jaxcnn._primitives import ShapedArray, make_primitive
+from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
+                                unfold_mapped)
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn.conv_forms import choose
 from jaxcnn.conv_impls import output_dtype
@@ -138,28 +139,8 @@ ad.defbilinear(
 # with the activations, into the channels: B independent convs are one conv with B·groups
 # groups (channel b·C + c of the merged input belongs to group b·G + c // (C/G)).
 
-def _merge(a, axis):
-    """``a`` with its leading mapped axis folded into ``axis`` (mapped index major)."""
-    a = jnp.moveaxis(a, 0, axis)
-    return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
-
-
-def _split(a, axis, size):
-    """Undo ``_merge``: the mapped axis comes back to the front."""
-    a = a.reshape(a.shape[:axis] + (size, a.shape[axis] // size) + a.shape[axis + 1:])
-    return jnp.moveaxis(a, axis, 0)
-
-
-def _mapped_axis_first(a, bdim, size):
-    """``a`` with its mapped axis ``bdim`` in front; an unmapped ``a`` (``bdim`` None) is
-    broadcast to ``size`` copies."""
-    if bdim is None:
-        return jnp.broadcast_to(a, (size,) + a.shape)
-    return jnp.moveaxis(a, bdim, 0)
-
-
 def _merged_shape(shape, axis, size):
-    """``shape`` as ``_merge`` leaves it: ``axis`` holds ``size`` times as many entries."""
+    """``shape`` as ``fold_mapped`` leaves it: ``axis`` holds ``size`` times as many entries."""
     shape = list(shape)
     shape[axis] *= size
     return tuple(shape)
@@ -172,17 +153,17 @@ def _batch_rule(prim, kernel_slot):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         kernel_mapped = kernel_slot is not None and dims[kernel_slot] is not None
         if not kernel_mapped and prim is not weight_grad_p:
-            act = _merge(jnp.moveaxis(args[0], dims[0], 0), 0)
+            act = fold_mapped(jnp.moveaxis(args[0], dims[0], 0), 0)
             out_shape = _merged_shape(shape, 0, size)
             out = prim.bind(act, args[1], spec=spec, impl=impl, shape=out_shape)
-            return _split(out, 0, size), 0
+            return unfold_mapped(out, 0, size), 0
         c_ax, o_ax = spec.channel_axis(), spec.kernel_io_axes()[0]
-        merged = [_merge(_mapped_axis_first(a, d, size), o_ax if i == kernel_slot else c_ax)
+        merged = [fold_mapped(mapped_axis_first(a, d, size), o_ax if i == kernel_slot else c_ax)
                   for i, (a, d) in enumerate(zip(args, dims))]
         grouped = spec.replace(groups=spec.groups * size)
         out_axis = o_ax if prim is weight_grad_p else c_ax
         out = prim.bind(*merged, spec=grouped, impl=impl, shape=_merged_shape(shape, out_axis, size))
-        return _split(out, out_axis, size), 0
+        return unfold_mapped(out, out_axis, size), 0
     return rule
 
 

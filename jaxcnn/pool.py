@@ -45,7 +45,8 @@ import jax.numpy as jnp
 from jax.interpreters import ad, batching
 
 from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
-from jaxcnn._primitives import ShapedArray, make_primitive
+from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
+                                unfold_mapped)
 from jaxcnn._shapes import spatial_axes
 from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
                                global_mean, max_pool_argmax, max_pool_gather, max_pool_scatter,
@@ -144,11 +145,8 @@ ad.deflinear2(global_avg_pool_transpose_p,
 def _fold_batch_rule(prim):
     def rule(args, dims, **params):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-        fronted = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
-                   for a, d in zip(args, dims)]
-        batch = fronted[0].shape[1]
-        out = prim.bind(*[a.reshape(size * batch, *a.shape[2:]) for a in fronted], **params)
-        return out.reshape(size, batch, *out.shape[1:]), 0
+        folded = [fold_mapped(mapped_axis_first(a, d, size), 0) for a, d in zip(args, dims)]
+        return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
     return rule
 
 
