@@ -52,13 +52,22 @@ def _compiled(function: Callable, *args):
 # ----------------------------------------------------------------------------- arrays and layout
 
 
+def _input_shape(c: dict) -> tuple[int, ...]:
+    """``x``'s shape, channels first: ``(N, C, *S)``."""
+    return (c["batch"], c["channels"], *c["sizes"])
+
+
+def _weight_shape(c: dict) -> tuple[int, ...]:
+    """The conv's kernel shape, channels first: ``(O, C / groups, *K)``."""
+    return (c["out_channels"], c["channels"] // c.get("groups", 1), *c["kernel"])
+
+
 def _shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy."""
-    n, g = c["n"], c.get("groups", 1)
-    x = (c["batch"], c["channels"], *c["sizes"])
+    g, x = c.get("groups", 1), _input_shape(c)
     if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
         return [("x", x)]
-    w = (c["out_channels"], c["channels"] // g, *c["kernel"])
+    w = _weight_shape(c)
     out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
     dy = (c["batch"], c["out_channels"], *out)
     if c["op"] == "conv_transpose":
@@ -92,8 +101,9 @@ def _out_kind(c: dict) -> str:
     return {"conv_weight_grad": "w", "global_avg_pool": "b"}.get(c["op"], "x")
 
 
-def _static(c: dict, shape, kind: str) -> tuple[int, ...]:
-    return tuple(_layout(c, np.empty(shape, np.uint8), kind, True).shape)
+def _layout_shape(c: dict, shape, kind: str, to_library: bool = True) -> tuple[int, ...]:
+    """``shape`` moved as ``_layout`` moves an array of it."""
+    return tuple(_layout(c, np.empty(shape, np.uint8), kind, to_library).shape)
 
 
 def _options(c: dict) -> dict:
@@ -111,10 +121,9 @@ def _options(c: dict) -> dict:
     options = {k: tup(c[k]) for k in names[c["op"]] if k in c}
     options["channels_last"] = c["channels_last"]
     if c["op"] == "conv_input_grad":
-        options["input_shape"] = _static(c, (c["batch"], c["channels"], *c["sizes"]), "x")
+        options["input_shape"] = _layout_shape(c, _input_shape(c), "x")
     if c["op"] == "conv_weight_grad":
-        shape = (c["out_channels"], c["channels"] // c["groups"], *c["kernel"])
-        options["weight_shape"] = _static(c, shape, "w")
+        options["weight_shape"] = _layout_shape(c, _weight_shape(c), "w")
     return options
 
 
@@ -138,7 +147,7 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     except (ValueError, TypeError) as error:
         raise Refused(str(error)) from error
     out_kind = _out_kind(c)
-    ct = jnp.asarray(_layout(c, cotangent(_static_first(c, out.shape, out_kind)), out_kind, True))
+    ct = jnp.asarray(_layout(c, cotangent(_layout_shape(c, out.shape, out_kind, False)), out_kind, True))
 
     def vjp(*a):
         y, pull = jax.vjp(f, *a)
@@ -155,19 +164,15 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     return results
 
 
-def _static_first(c: dict, shape, kind: str) -> tuple[int, ...]:
-    return tuple(_layout(c, np.empty(shape, np.uint8), kind, False).shape)
-
-
 def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
     import torch
     op = torch_side.OPS[c["op"]]
     tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
     context = dict(c)
     if c["op"] == "conv_input_grad":
-        context["input_shape"] = (c["batch"], c["channels"], *c["sizes"])
+        context["input_shape"] = _input_shape(c)
     if c["op"] == "conv_weight_grad":
-        context["weight_shape"] = (c["out_channels"], c["channels"] // c["groups"], *c["kernel"])
+        context["weight_shape"] = _weight_shape(c)
     try:
         if c["op"] in ("conv", "convolve", "conv_transpose"):
             y = op(torch, tensors[0], tensors[1], tensors[2] if c.get("bias") else None, context)
@@ -337,7 +342,7 @@ def _core(c: dict):
     options = _options(c)
     options.pop("impl")
     kinds, shapes = zip(*_shapes(c))
-    structs = [jax.ShapeDtypeStruct(_static(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
+    structs = [jax.ShapeDtypeStruct(_layout_shape(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
     b = structs[2] if c.get("bias") else None
     if c["op"] == "conv_transpose":
         args = normalize_conv_transpose(structs[0], structs[1], b, impl="lax", **options)
