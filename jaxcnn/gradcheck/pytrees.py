@@ -69,8 +69,8 @@ def output_paths(tree: Any) -> list[tuple[str, int]]:
 
 
 def _tolerances(eps: float, rtol: float, fd_rtol: float) -> dict[str, tuple[float, str]]:
-    exact = (rtol, f"tolerances.VJP_RTOL: both sides are float64 sums of the same terms in "
-                   f"different orders, error ≲ L·u ≈ 1e-13 for L ≲ 10³ terms, u = 2⁻⁵³")
+    exact = (rtol, "tolerances.VJP_RTOL: both sides are float64 sums of the same terms in "
+                   "different orders, error ≲ L·u ≈ 1e-13 for L ≲ 10³ terms, u = 2⁻⁵³")
     if rtol != VJP_RTOL:
         exact = (rtol, "rtol given by the caller")
     fd = (fd_rtol, f"tolerances.finite_difference_rtol(eps={eps:g}) = 1e3·u/ε + ε²: f's rounding "
