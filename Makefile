@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,interop]'
 	$(PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
 	touch $(VENV_STAMP)
 

@@ -10,8 +10,17 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
   and in the library, instead of silently computing in another precision (as Equinox's suite).
 - ``jax_numpy_rank_promotion="raise"``: silent broadcasting fails loudly (as Equinox's suite).
 - hypothesis profile ``ci``: 15 examples, no deadline (the first call of a shape compiles).
+- eight CPU devices (``--xla_force_host_platform_device_count=8``, unless ``XLA_FLAGS`` already
+  names a count): the sharding tests build meshes of 2, 4 and 8 devices; everything else runs
+  on device 0 as before. Set before JAX starts its backend, which reads the flag once.
 """
 from __future__ import annotations
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=8").strip()
 
 import jax
 import numpy as np
