@@ -69,3 +69,35 @@ def jit_cache_size(jitted: Any) -> int:
     lowering, not the cache). Used to report that a training step compiled exactly once.
     """
     return jitted._cache_size()
+
+
+def explicit_axes(array: Any) -> tuple[str, ...]:
+    """The mesh axes of ``AxisType.Explicit`` that ``array``'s type is sharded over or lives on.
+
+    Release-dependent: explicit sharding (``jax.typeof``, ``jax.sharding.AxisType``, an array
+    type that carries its sharding) came after 0.4.30; there every array is untyped in this
+    sense and the answer is ``()``.
+    """
+    typeof = getattr(jax, "typeof", None)
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if typeof is None or axis_type is None or not hasattr(jax.sharding, "auto_axes"):
+        return ()
+    sharding = getattr(typeof(array), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty:
+        return ()
+    return tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+                 if kind == axis_type.Explicit)
+
+
+def array_spec(array: Any) -> tuple[Any, ...]:
+    """The ``PartitionSpec`` entries of ``array``'s type, one per dimension (``None``:
+    unsharded), on releases with explicit sharding; call only where ``explicit_axes`` is not
+    empty."""
+    spec = tuple(jax.typeof(array).sharding.spec)
+    return spec + (None,) * (array.ndim - len(spec))
+
+
+def mesh_axis_sizes(array: Any) -> dict[str, int]:
+    """The sizes of the mesh axes ``array``'s type lives on (explicit sharding only)."""
+    return dict(jax.typeof(array).sharding.mesh.shape)

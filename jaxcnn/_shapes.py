@@ -169,6 +169,58 @@ def conv_transpose_output_size(length: int, kernel: int, stride: int, dilation: 
     return (length - 1) * stride - (lo + hi) + dilated_size(kernel, dilation) + output_padding
 
 
+# ----------------------------------------------------------------------------- jax.lax's forms
+# ``jaxcnn.lax`` takes ``lax.conv_general_dilated``'s arguments; these turn its general form
+# (``lhs_dilation`` l: the input dilated, l − 1 zeros between samples) into the family's.
+
+LAX_PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
+
+
+def lax_padding(mode: str, in_sizes: Sequence[int], k_sizes: Sequence[int], stride: Sequence[int],
+                dilation: Sequence[int]) -> Pads:
+    """``lax.padtype_to_pads`` for an upper-case ``mode`` of ``LAX_PADDING_STRINGS`` on the
+    dilated kernel: ``SAME`` as conv's (odd extra at the high end), ``SAME_LOWER`` its mirror."""
+    pads = tuple(_string_padding("VALID" if mode == "VALID" else "SAME", length, k, s, d)
+                 for length, k, s, d in zip(in_sizes, k_sizes, stride, dilation))
+    return tuple((hi, lo) for lo, hi in pads) if mode == "SAME_LOWER" else pads
+
+
+def lax_output_size(length: int, kernel: int, stride: int, lhs_dilation: int, rhs_dilation: int,
+                    lo: int, hi: int) -> int:
+    """``lax.conv_general_dilated``'s output size: ``conv_output_size`` of the dilated input
+    ``dilated(L, l)``; the padded input ``dilated(L, l) + lo + hi`` must be ≥ 0 (the caller
+    checks)."""
+    return conv_output_size(dilated_size(length, lhs_dilation), kernel, stride, rhs_dilation, lo, hi)
+
+
+def lhs_dilated_padding(k_sizes: Sequence[int], dilation: Sequence[int], padding: Pads) -> Pads:
+    """A stride-1 conv of the ``l``-dilated input is the input gradient of a conv of stride
+    ``l`` (``jaxcnn.conv``'s family) with the kernel flipped: tap ``k`` of output ``i`` reads
+    dilated sample ``i + k·d − lo``, i.e. input ``m`` with ``m·l + (K − 1 − k)·d = i + d·(K − 1)
+    − lo``, so that conv's padding is ``(d·(K − 1) − lo, d·(K − 1) − hi)``; with it the
+    conv maps the output size back to ``L`` (``(l·(L − 1)) / l + 1``). Either side may be
+    negative (a crop)."""
+    return tuple((dilated_size(k, d) - 1 - lo, dilated_size(k, d) - 1 - hi)
+                 for k, d, (lo, hi) in zip(k_sizes, dilation, padding))
+
+
+def lax_transpose_padding(kernel: int, stride: int, padding: Any) -> tuple[int, int]:
+    """``lax.conv_transpose``'s padding of the ``stride``-dilated input for one axis of a
+    (dilated) kernel ``kernel``: ``"SAME"``: ``K + s − 2`` in all, ``K − 1`` before when
+    ``s > K − 1`` else half rounded up; ``"VALID"``: ``K + s − 2 + max(K − s, 0)``, ``K − 1``
+    before; a forward conv's ``(lo, hi)``: ``(K − 1 − lo, K − 1 − hi)``."""
+    if padding == "SAME":
+        total = kernel + stride - 2
+        before = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = kernel + stride - 2 + max(kernel - stride, 0)
+        before = kernel - 1
+    else:
+        before, after = (kernel - 1 - p for p in padding)
+        total = before + after
+    return (before, total - before)
+
+
 # ----------------------------------------------------------------------------- pooling
 
 

@@ -44,6 +44,7 @@ from jaxcnn._args import as_float_array as _as_float
 from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
                                 unfold_mapped)
 from jaxcnn._shapes import conv_output_shape
+from jaxcnn._sharding import sharded_call
 from jaxcnn.conv_forms import choose
 from jaxcnn.conv_impls import output_dtype
 
@@ -183,21 +184,38 @@ def bias_add(y: jax.Array, b: jax.Array, channel_axis: int) -> jax.Array:
 # ----------------------------------------------------------------------------- public
 
 
-def apply_conv(args: ConvArgs) -> jax.Array:
-    """Run a validated conv: border padding (its own VJP folds it back), core, bias."""
-    x = args.x
-    if args.padding_mode != "zeros":
-        x = _padding.pad(x, args.mode_pads, args.padding_mode, args.spec.spatial_axes())
-    y = conv_core(x, args.w, args.spec, args.impl)
-    if args.b is not None:
-        y = bias_add(y, args.b, args.spec.channel_axis())
-    return y
+def conv_inherit(spec: ConvSpec, operands: int) -> list[list[tuple[int, int]]]:
+    """Where each axis of a conv's result comes from, for its default sharding
+    (``jaxcnn._sharding``): batch and spatial axes from ``x`` (operand 0), the channels from
+    ``w``'s out-channel axis (operand 1) and the bias (operand 2, if given)."""
+    inherit: list[list[tuple[int, int]]] = [[] for _ in range(spec.n + 2)]
+    inherit[0] = [(0, 0)]
+    inherit[spec.channel_axis()] = [(1, spec.kernel_io_axes()[0])] + [(2, 0)] * (operands > 2)
+    for axis in spec.spatial_axes():
+        inherit[axis] = [(0, axis)]
+    return inherit
+
+
+def apply_conv(args: ConvArgs, out_sharding: Any = None) -> jax.Array:
+    """Run a validated conv: border padding (its own VJP folds it back), core, bias; sharded
+    as ``out_sharding`` or its operands imply (``jaxcnn._sharding``)."""
+    def run(x, w, *bias):
+        if args.padding_mode != "zeros":
+            x = _padding.pad(x, args.mode_pads, args.padding_mode, args.spec.spatial_axes())
+        y = conv_core(x, w, args.spec, args.impl)
+        if bias:
+            y = bias_add(y, bias[0], args.spec.channel_axis())
+        return y
+
+    operands = (args.x, args.w) + ((args.b,) if args.b is not None else ())
+    return sharded_call(run, operands, ("x", "w", "b"), out_shape=output_shape(args),
+                        inherit=conv_inherit(args.spec, len(operands)), out_sharding=out_sharding)
 
 
 def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
          padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
          channels_last: bool = False, impl: str = "lax", precision: Any = None,
-         preferred_element_type: Any = None) -> jax.Array:
+         preferred_element_type: Any = None, out_sharding: Any = None) -> jax.Array:
     r"""N-D cross-correlation, what deep learning calls convolution.
 
     ``y[n, o, i] = b[o] + Σ_c Σ_k w[o, c, k] · x[n, c, i·stride + k·dilation − pad_lo]``
@@ -217,6 +235,9 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
       impl: ``"lax"`` (``lax.conv_general_dilated``) or ``"manual"`` (no conv primitive: a
         sum over kernel offsets of strided slices contracted over channels).
       precision, preferred_element_type: as in ``jax.lax`` (bfloat16 in, float32 out).
+      out_sharding: as in ``jax.lax``: None, a ``NamedSharding`` or a ``PartitionSpec`` for the
+        result. On a mesh of ``AxisType.Explicit`` the default keeps ``x``'s batch and spatial
+        sharding and ``w``'s out-channel sharding (``jaxcnn._sharding``).
 
     Returns:
       ``y``: ``(N, O, *S_out)`` or ``(N, *S_out, O)``, differentiable to any order, in reverse
@@ -226,7 +247,7 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any 
     return apply_conv(normalize_conv(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, channels_last=channels_last, impl=impl, precision=precision,
-        preferred_element_type=preferred_element_type))
+        preferred_element_type=preferred_element_type), out_sharding)
 
 
 def _conv_nd(ndim: int):
@@ -235,12 +256,12 @@ def _conv_nd(ndim: int):
     def conv_nd(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
                 padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
                 channels_last: bool = False, impl: str = "lax", precision: Any = None,
-                preferred_element_type: Any = None) -> jax.Array:
+                preferred_element_type: Any = None, out_sharding: Any = None) -> jax.Array:
         return apply_conv(normalize_conv(
             x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
             padding_mode=padding_mode, channels_last=channels_last, impl=impl,
             precision=precision, preferred_element_type=preferred_element_type,
-            ndim=ndim, op=name))
+            ndim=ndim, op=name), out_sharding)
     conv_nd.__name__ = conv_nd.__qualname__ = name
     conv_nd.__doc__ = _CONV_ND_DOC.format(ndim=ndim, rank=ndim + 2, name=name)
     return conv_nd
@@ -255,7 +276,8 @@ _CONV_ND_DOC = """``conv`` with {ndim} spatial axes, checked: ``w`` (and so ``x`
       stride, dilation: an int or {ndim} ints, each ≥ 1.
       padding: an int, {ndim} ints, {ndim} ``(lo, hi)`` pairs, or ``"VALID"``, ``"SAME"``,
         ``"FULL"``, ``"CAUSAL"``.
-      groups, padding_mode, channels_last, impl, precision, preferred_element_type: as ``conv``.
+      groups, padding_mode, channels_last, impl, precision, preferred_element_type,
+        out_sharding: as ``conv``.
 
     Returns:
       ``y``: ``(N, O, *S_out)`` or ``(N, *S_out, O)``; a wrong rank is a ``ValueError`` naming
@@ -277,7 +299,8 @@ def output_shape(args: ConvArgs) -> tuple[int, ...]:
 
 def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *, stride: Any = 1,
                     padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                    channels_last: bool = False, impl: str = "lax") -> jax.Array:
+                    channels_last: bool = False, impl: str = "lax",
+                    out_sharding: Any = None) -> jax.Array:
     """``dx`` of ``conv(x, w)`` for an upstream gradient ``dy`` (``torch.nn.grad.conv2d_input``).
 
     ``dx[n, c, j] = Σ_o Σ_{i, k : i·s + k·d = j + lo} w[o, c, k] · dy[n, o, i]``: a full
@@ -288,6 +311,7 @@ def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *
       dy: the conv's output shape, ``(N, O, *S_out)`` (or channels last).
       w: ``(O, C // groups, *K)`` (or ``(*K, C // groups, O)``).
       input_shape: the shape of ``x``.
+      out_sharding: as ``conv``; by default ``dx`` keeps ``dy``'s batch and spatial sharding.
     """
     w = _as_float(w, "w")
     input_shape = shape_tuple(input_shape, w.ndim, "input_shape")
@@ -295,12 +319,18 @@ def conv_input_grad(dy: jax.Array, w: jax.Array, input_shape: tuple[int, ...], *
                           padding=padding, dilation=dilation, groups=groups, padding_mode="zeros",
                           channels_last=channels_last, impl=impl)
     dy = check_cotangent(dy, output_shape(args), w.dtype)
-    return input_grad_core(dy, w, args.spec, args.impl, input_shape)
+    spec = args.spec
+    inherit = [[(0, axis)] for axis in range(w.ndim)]            # batch and spatial from dy
+    inherit[spec.channel_axis()] = [(1, spec.kernel_io_axes()[1])] * (spec.groups == 1)
+    return sharded_call(lambda dy, w: input_grad_core(dy, w, spec, args.impl, input_shape),
+                        (dy, w), ("dy", "w"), out_shape=input_shape, inherit=inherit,
+                        out_sharding=out_sharding)
 
 
 def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: tuple[int, ...], *,
                      stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
-                     channels_last: bool = False, impl: str = "lax") -> jax.Array:
+                     channels_last: bool = False, impl: str = "lax",
+                     out_sharding: Any = None) -> jax.Array:
     """``dw`` of ``conv(x, w)`` for an upstream gradient ``dy`` (``torch.nn.grad.conv2d_weight``).
 
     ``dw[o, c, k] = Σ_n Σ_i dy[n, o, i] · x_pad[n, c, i·s + k·d]``: the input correlated with
@@ -310,6 +340,9 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: tuple[int, ...],
       x: ``(N, C, *S)`` (or channels last).
       dy: the conv's output shape.
       weight_shape: the shape of ``w``.
+      out_sharding: as ``conv``; by default ``dw`` keeps ``dy``'s channel sharding on its
+        out-channel axis and is replicated otherwise (a batch-sharded ``x`` and ``dy`` are
+        summed across their devices: the data-parallel gradient).
     """
     x = _as_float(x, "x")
     weight_shape = shape_tuple(weight_shape, x.ndim, "weight_shape")
@@ -317,4 +350,11 @@ def conv_weight_grad(x: jax.Array, dy: jax.Array, weight_shape: tuple[int, ...],
                           padding=padding, dilation=dilation, groups=groups, padding_mode="zeros",
                           channels_last=channels_last, impl=impl)
     dy = check_cotangent(dy, output_shape(args), x.dtype)
-    return weight_grad_core(args.x, dy, args.spec, args.impl, weight_shape)
+    spec = args.spec
+    o_ax, i_ax = spec.kernel_io_axes()
+    inherit: list[list[tuple[int, int]]] = [[] for _ in weight_shape]
+    inherit[o_ax] = [(1, spec.channel_axis())]
+    inherit[i_ax] = [(0, spec.channel_axis())] * (spec.groups == 1)
+    return sharded_call(lambda x, dy: weight_grad_core(x, dy, spec, args.impl, weight_shape),
+                        (args.x, dy), ("x", "dy"), out_shape=weight_shape, inherit=inherit,
+                        out_sharding=out_sharding)

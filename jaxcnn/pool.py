@@ -48,6 +48,7 @@ from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
 from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
+from jaxcnn._sharding import sharded_call
 from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
                                global_mean, max_pool_argmax, max_pool_gather, max_pool_scatter,
                                window_average, with_spatial_sizes)
@@ -159,7 +160,8 @@ for _prim in (max_pool_p, argmax_p, gather_p, scatter_p, avg_pool_p, avg_pool_tr
 
 
 def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
-             dilation: Any = 1, ceil_mode: bool = False, channels_last: bool = False) -> jax.Array:
+             dilation: Any = 1, ceil_mode: bool = False, channels_last: bool = False,
+             out_sharding: Any = None) -> jax.Array:
     """N-D max pooling, as ``torch.nn.functional.max_pool{1,2,3}d``.
 
     ``y[n, c, i] = max_k x[n, c, i·stride + k·dilation − padding]`` over the window offsets
@@ -180,18 +182,27 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
         error here; PyTorch returns −∞ and its backward writes outside the input).
       ceil_mode: round the output size up instead of down.
       channels_last: TensorFlow/Flax layout instead of PyTorch's.
+      out_sharding: as ``jaxcnn.conv``; by default the result keeps ``x``'s sharding.
 
     Returns:
       ``(N, C, *S_out)`` or ``(N, *S_out, C)``; differentiable to any order, in both modes.
     """
     x, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
                              channels_last=channels_last, op="max_pool")
-    return max_pool_p.bind(x, spec=spec)
+    return _pool_sharded(lambda x: max_pool_p.bind(x, spec=spec), x, spec, out_sharding)
+
+
+def _pool_sharded(run, x: jax.Array, spec, out_sharding: Any) -> jax.Array:
+    """``run(x)``, a pooling of ``x``, sharded as ``out_sharding`` or as ``x`` (every axis of
+    the result comes from the same axis of ``x``)."""
+    out_shape = with_spatial_sizes(x.shape, spec, spec.out_sizes())
+    return sharded_call(run, (x,), ("x",), out_shape=out_shape,
+                        inherit=[[(0, axis)] for axis in range(x.ndim)], out_sharding=out_sharding)
 
 
 def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
              ceil_mode: bool = False, count_include_pad: bool = True,
-             channels_last: bool = False) -> jax.Array:
+             channels_last: bool = False, out_sharding: Any = None) -> jax.Array:
     """N-D average pooling, as ``torch.nn.functional.avg_pool{1,2,3}d``.
 
     ``y[n, c, i] = Σ_k x_pad[n, c, i·stride + k] / c[i]`` (zero padding). The divisor ``c[i]``
@@ -203,6 +214,7 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
       x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``.
       window, stride, padding, ceil_mode, channels_last: as ``max_pool`` (padding ≤ window // 2).
       count_include_pad: whether the zero padding counts in the divisor.
+      out_sharding: as ``max_pool``.
 
     Returns:
       ``(N, C, *S_out)`` or ``(N, *S_out, C)``; differentiable to any order, in both modes.
@@ -210,16 +222,23 @@ def avg_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = 0, *,
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x, spec = normalize_pool(x, window, stride, padding, ceil_mode=ceil_mode,
                              channels_last=channels_last, op="avg_pool")
-    return avg_pool_p.bind(x, spec=spec, count_include_pad=count_include_pad)
+    return _pool_sharded(lambda x: avg_pool_p.bind(x, spec=spec, count_include_pad=count_include_pad),
+                         x, spec, out_sharding)
 
 
-def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
+def global_avg_pool(x: jax.Array, *, channels_last: bool = False,
+                    out_sharding: Any = None) -> jax.Array:
     """Mean over every spatial axis, ``(N, C, *S) → (N, C)``, as PyTorch's
     ``adaptive_avg_pool{1,2,3}d(x, 1)`` flattened: ``y[n, c] = Σ_j x[n, c, j] / |S|``.
 
     Args:
       x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; every spatial size ≥ 1.
+      out_sharding: as ``max_pool``; by default ``x``'s batch and channel sharding.
     """
     x, channels_last = normalize_global_pool(x, channels_last)
     in_sizes = tuple(x.shape[a] for a in spatial_axes(x.ndim - 2, channels_last))
-    return global_avg_pool_p.bind(x, in_sizes=in_sizes, channels_last=channels_last)
+    channel_axis = x.ndim - 1 if channels_last else 1
+    return sharded_call(
+        lambda x: global_avg_pool_p.bind(x, in_sizes=in_sizes, channels_last=channels_last),
+        (x,), ("x",), out_shape=(x.shape[0], x.shape[channel_axis]),
+        inherit=[[(0, 0)], [(0, channel_axis)]], out_sharding=out_sharding)

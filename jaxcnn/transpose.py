@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxcnn import padding as _padding
 from jaxcnn._args import ConvTransposeArgs, normalize_conv, normalize_conv_transpose
+from jaxcnn._sharding import sharded_call
 from jaxcnn.conv import apply_conv, bias_add, input_grad_core
 
 # ----------------------------------------------------------------------------- the flip
@@ -45,7 +46,7 @@ def flip(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 def convolve(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
              padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
              channels_last: bool = False, impl: str = "lax", precision: Any = None,
-             preferred_element_type: Any = None) -> jax.Array:
+             preferred_element_type: Any = None, out_sharding: Any = None) -> jax.Array:
     r"""N-D true convolution: ``conv`` with the kernel flipped along every spatial axis.
 
     The seed formulas (one channel, stride 1, no padding, ``a`` over the kernel)::
@@ -67,31 +68,38 @@ def convolve(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: 
                           impl=impl, precision=precision,
                           preferred_element_type=preferred_element_type)
     flipped = flip(args.w, args.spec.kernel_spatial_axes())
-    return apply_conv(dataclasses.replace(args, w=flipped))
+    return apply_conv(dataclasses.replace(args, w=flipped), out_sharding)
 
 
 # ----------------------------------------------------------------------------- conv_transpose
 
 
-def apply_conv_transpose(args: ConvTransposeArgs) -> jax.Array:
+def apply_conv_transpose(args: ConvTransposeArgs, out_sharding: Any = None) -> jax.Array:
     """Run validated conv_transpose arguments: input gradient, border fold, bias.
 
     The conv being transposed is ``y = conv_core(pad(x))`` (``pad`` is the identity for zeros
     mode, whose padding sits in ``spec``), so its adjoint is ``fold ∘ input_grad_core``: VJPs
     ``conv_core`` for ``y`` and ``weight_grad_core`` for ``w``, from the family's own rules.
     """
-    z = input_grad_core(args.x, args.w, args.spec, args.impl, args.core_shape)
-    if args.padding_mode != "zeros":
-        z = _padding.fold(z, args.pads, args.padding_mode, args.spec.spatial_axes())
-    if args.b is not None:
-        z = bias_add(z, args.b, args.spec.channel_axis())
-    return z
+    def run(x, w, *bias):
+        z = input_grad_core(x, w, args.spec, args.impl, args.core_shape)
+        if args.padding_mode != "zeros":
+            z = _padding.fold(z, args.pads, args.padding_mode, args.spec.spatial_axes())
+        if bias:
+            z = bias_add(z, bias[0], args.spec.channel_axis())
+        return z
+
+    operands = (args.x, args.w) + ((args.b,) if args.b is not None else ())
+    inherit = [[(0, axis)] for axis in range(args.x.ndim)]       # batch and spatial from x
+    inherit[args.spec.channel_axis()] = [(2, 0)] * (len(operands) > 2)
+    return sharded_call(run, operands, ("x", "w", "b"), out_shape=args.out_shape, inherit=inherit,
+                        out_sharding=out_sharding)
 
 
 def conv_transpose(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: Any = 1,
                    padding: Any = 0, output_padding: Any = 0, dilation: Any = 1, groups: int = 1,
                    padding_mode: str = "zeros", channels_last: bool = False,
-                   impl: str = "lax") -> jax.Array:
+                   impl: str = "lax", out_sharding: Any = None) -> jax.Array:
     r"""N-D transposed convolution, PyTorch's ``conv_transpose{1,2,3}d``: the adjoint of ``conv``.
 
     With ``s = stride``, ``d = dilation``, ``(lo, hi)`` the padding (channels first, one group)::
@@ -133,6 +141,7 @@ def conv_transpose(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, st
       padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
       channels_last: TensorFlow/Flax layout instead of PyTorch's.
       impl: ``"lax"`` (a conv with ``lhs_dilation``) or ``"manual"`` (strided slice sums).
+      out_sharding: as ``conv``; by default the result keeps ``x``'s batch and spatial sharding.
 
     Returns:
       ``(N, C_out, *S_out)`` or ``(N, *S_out, C_out)``. Derivatives are the family's
@@ -144,4 +153,4 @@ def conv_transpose(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, st
     return apply_conv_transpose(normalize_conv_transpose(
         x, w, b, stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
-        channels_last=channels_last, impl=impl))
+        channels_last=channels_last, impl=impl), out_sharding)
