@@ -100,7 +100,10 @@ def sharded_call(fn: Callable[..., jax.Array], operands: Sequence[jax.Array], na
                 return result
             return jax.lax.with_sharding_constraint(result, out_sharding)
         spec = out_sharding if out_sharding is not None else default_spec(operands, names, out_shape, inherit)
-        return jax.sharding.auto_axes(fn, out_sharding=spec)(*operands)
+        # Under jit also when called eagerly: an eager VJP would run auto_axes' transpose op
+        # by op, with the Auto context mesh meeting the cotangents' Explicit types (an error in
+        # JAX 0.10); a jitted call is transposed as one program.
+        return jax.jit(jax.sharding.auto_axes(fn, out_sharding=spec))(*operands)
     except ValueError as err:
         if str(err).startswith("out_sharding:") or out_sharding is None:
             raise

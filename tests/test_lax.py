@@ -7,7 +7,7 @@ inputs, 4×5 kernels, lhs dilation as transposed convolution, ``conv_transpose``
 without ``transpose_kernel``), written here as our own parameter lists. Each case compares in
 float64 with ``jax.lax`` (values ≤ RTOL, VJPs ≤ VJP_RTOL against ``jax.vjp`` of lax); the full
 grid is large, so the suite takes a fixed, seeded sample of it (``JAXCNN_LAX_GRID=all`` runs it
-all).
+all, ``JAXCNN_LAX_GRID=<k>`` a sample of k from each grid).
 """
 from __future__ import annotations
 
@@ -52,9 +52,10 @@ def _autodiff_grid() -> list[dict]:
 
 
 def _sample(cases: list[dict], k: int, seed: int) -> list[dict]:
-    if os.environ.get("JAXCNN_LAX_GRID") == "all":
+    chosen = os.environ.get("JAXCNN_LAX_GRID", "")
+    if chosen == "all":
         return cases
-    return random.Random(seed).sample(cases, k)
+    return random.Random(seed).sample(cases, min(int(chosen), len(cases)) if chosen.isdigit() else k)
 
 
 def _case_id(case: dict) -> str:

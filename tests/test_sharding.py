@@ -161,3 +161,16 @@ def test_result_that_cannot_keep_the_sharding_asks_for_out_sharding(rng):
     with jax.set_mesh(mesh):   # saying where the result goes makes it work
         y = jaxcnn.conv(xs, random_array(rng, (4, 3, 3, 3)), padding=2, out_sharding=P())
     assert y.shape == (2, 4, 18, 18)
+
+
+@needs_explicit
+def test_eager_vjp_on_an_explicit_mesh(rng):
+    """Without jax.jit around it: the VJP of a batch-sharded conv, as under jit."""
+    mesh = _mesh("explicit", 2)
+    x, w, dy = random_array(rng, (2, 3, 5)), random_array(rng, (4, 3, 3)), random_array(rng, (2, 4, 5))
+    expected = jax.vjp(lambda a, b: jax.lax.conv_general_dilated(a, b, (1,), ((1, 1),)), x, w)[1](dy)
+    with jax.set_mesh(mesh):
+        xs, dys = (jax.device_put(a, NamedSharding(mesh, P("d"))) for a in (x, dy))
+        got = jax.vjp(lambda a, b: jaxcnn.conv(a, b, padding=1), xs, w)[1](dys)
+    for g, r in zip(got, expected):
+        assert_close(g, r, VJP_TOL, "eager vjp")
