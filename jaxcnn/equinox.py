@@ -21,7 +21,7 @@ arithmetic is Equinox's own (its ``_nonzero_pad``, ``_padding_transpose``, ``_ci
 so the two layers cannot drift apart; ``tests/test_interop.py`` holds them to the stock layers.
 
 ``import jaxcnn`` never imports this module (nor Equinox); import ``jaxcnn.equinox``.
-Requires ``equinox>=0.13`` (the ``interop`` extra).
+Requires ``equinox>=0.13`` (the ``interop`` extra; earlier releases declared these layers strict).
 """
 from __future__ import annotations
 
