@@ -120,6 +120,7 @@ def test_convert_keeps_the_parameters_and_the_values(name, rng):
     ours = jqx.convert(stock, impl="manual")
     assert type(ours) is getattr(jqx, case.layer) and ours.impl == "manual"
     assert ours.weight is stock.weight
+    assert jqx.convert(ours).impl == "lax"          # one of ours: only the impl changes
     x = random_array(rng, (2,) + case.shape)
     check_against_stock(stock, ours, x, int(rng.integers(2**31)), name)
 

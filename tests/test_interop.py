@@ -4,8 +4,8 @@ Reference: the stock layer (``jax.lax.conv_general_dilated``, differentiated by 
 built from the same seed, so the two hold the same parameters. Outputs agree to float64's
 ``TOL`` and the gradients (kernel, bias and input) to ``VJP_TOL``, over Flax's paddings
 (SAME, VALID, CIRCULAR, REFLECT, CAUSAL, an int, pairs, negative pairs), strides, kernel and
-input dilations, feature groups, 1D/2D/3D and extra batch axes; the ``manual`` impl on a
-subset. The gradient's jaxpr holds jaxcnn's primitives and no ``conv_general_dilated``.
+input dilations, feature groups, 1D–4D and extra batch axes; the ``manual`` impl on a subset.
+The gradient's jaxpr holds jaxcnn's primitives and no ``conv_general_dilated``.
 
 Flax's ``ConvTranspose`` (NNX and Linen) calls ``lax.conv_transpose`` itself and takes no
 convolution argument, so it is not here; ``jaxcnn.lax.conv_transpose`` is tested in
@@ -73,6 +73,7 @@ CASES = {
     "3d_same_stride": Case((1, 5, 4, 6, 2), 3, (2, 3, 2), strides=(2, 1, 2)),
     "3d_valid_groups2_dilation": Case((1, 5, 5, 5, 4), 2, (2, 2, 2), padding="VALID",
                                       kernel_dilation=(1, 2, 1), feature_group_count=2),
+    "4d_same_stride2": Case((1, 3, 4, 3, 3, 2), 2, (2, 2, 2, 2), strides=(2, 1, 1, 2)),
 }
 MANUAL = ("1d_causal_dilation2", "1d_input_dilation", "2d_same_stride2_groups2",
           "2d_reflect_groups3", "2d_input_dilation_stride2", "3d_same_stride")
