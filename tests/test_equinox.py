@@ -40,7 +40,6 @@ class Case:
 
 
 CASES = {
-    "1d_zeros_int": Case("Conv1d", (2, 9), 3, 3, {"padding": 1}),
     "1d_same_lower_dilation2": Case("Conv1d", (2, 8), 3, 2, {"padding": "SAME_LOWER",
                                                              "dilation": 3}),
     "1d_reflect_same_stride2": Case("Conv1d", (2, 9), 3, 3, {"padding": "SAME", "stride": 2,
@@ -71,8 +70,7 @@ CASES = {
     "t_3d_valid_stride2": Case("ConvTranspose3d", (2, 3, 2, 3), 2, 2, {"stride": 2,
                                                                       "padding": "VALID"}),
 }
-MANUAL = ("1d_reflect_same_stride2", "2d_circular_same_groups2", "t_1d_stride2_output_padding",
-          "t_2d_circular_same_stride2")
+MANUAL = ("2d_circular_same_groups2", "t_1d_stride2_output_padding")
 
 
 def build(case: Case, module: Any) -> Any:
@@ -146,7 +144,7 @@ def test_convert_replaces_every_conv_of_a_model_and_its_gradients_use_jaxcnn(rng
 
     def loss(model, x):
         return jnp.sum(jnp.sin(jax.vmap(model)(x)))
-    grad = eqx.filter_grad(loss)
+    grad = eqx.filter_jit(eqx.filter_grad(loss))
     assert_close(loss(ours, x), loss(stock, x), TOL["float64"], "loss")
     for g, g_ref in zip(jax.tree.leaves(grad(ours, x)), jax.tree.leaves(grad(stock, x))):
         assert_close(g, g_ref, VJP_TOL, "gradient")
