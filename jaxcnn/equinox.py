@@ -2,11 +2,12 @@ r"""Equinox's convolution layers with jaxcnn's hand-written gradients.
 
 ``equinox.nn.Conv`` and ``ConvTranspose`` call ``jax.lax.conv_general_dilated`` directly and
 take no convolution argument (Flax's ``Conv`` does: pass it ``jaxcnn.lax.conv_general_dilated``).
-The classes here are subclasses of Equinox's, with the same constructor, fields, parameters
-(the same ``key`` draws the same weights), padding and ``padding_mode`` handling, unbatched
-``(C, *S)`` input (``jax.vmap`` a batch, as with the stock layers) and ``(O, *S_out)`` output;
-only the convolution in ``__call__`` is ``jaxcnn.lax.conv_general_dilated``, so every
-derivative of the layer runs through jaxcnn's rule family::
+The classes here are subclasses of Equinox's, with the same constructor, fields (and one more,
+the static ``impl``), parameters (the same ``key`` draws the same weights), padding and
+``padding_mode`` handling, unbatched ``(C, *S)`` input (``jax.vmap`` a batch, as with the stock
+layers) and ``(O, *S_out)`` output; only the convolution in ``__call__`` is
+``jaxcnn.lax.conv_general_dilated``, so every derivative of the layer runs through jaxcnn's
+rule family::
 
     import jaxcnn.equinox as jqx
     layer = jqx.Conv2d(3, 8, kernel_size=3, padding="SAME", key=key)   # instead of eqx.nn.Conv2d
@@ -18,7 +19,7 @@ lax's default dimension numbers. ``Conv`` pads a non-zero ``padding_mode`` with 
 is lax's lhs-dilated convolution of Equinox's transposed padding (Dumoulin & Visin 2016,
 relationship 14), which ``jaxcnn.lax`` maps onto the family's input gradient. The padding
 arithmetic is Equinox's own (its ``_nonzero_pad``, ``_padding_transpose``, ``_circular_pad``),
-so the two layers cannot drift apart; ``tests/test_interop.py`` holds them to the stock layers.
+so the two layers cannot drift apart; ``tests/test_equinox.py`` holds them to the stock layers.
 
 ``import jaxcnn`` never imports this module (nor Equinox); import ``jaxcnn.equinox``.
 Requires ``equinox>=0.13`` (the ``interop`` extra; earlier releases declared these layers strict).
