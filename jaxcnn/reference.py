@@ -207,3 +207,19 @@ def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
     x, channels_last = normalize_global_pool(x, channels_last)
     axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
     return jnp.mean(x, axis=axes)
+
+
+# ----------------------------------------------------------------------------- jaxcnn.lax
+# The drop-ins' references are jax.lax's own functions, differentiated by JAX's autodiff;
+# ``impl`` is jaxcnn's (lax has one implementation) and is dropped.
+
+def lax_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args: Any, impl: str = "lax",
+                             **kwargs: Any) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` itself."""
+    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def lax_conv_transpose(lhs: jax.Array, rhs: jax.Array, *args: Any, impl: str = "lax",
+                       **kwargs: Any) -> jax.Array:
+    """``jax.lax.conv_transpose`` itself."""
+    return jax.lax.conv_transpose(lhs, rhs, *args, **kwargs)

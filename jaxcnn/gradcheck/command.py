@@ -110,7 +110,8 @@ def _print_table(summaries: list[dict[str, Any]], title: str, notes: str) -> Non
     print(title)
     table = Table()
     for i, name in enumerate(COLUMNS):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0,
+                         min_width=max(len(s["op"]) for s in summaries) if i == 0 else None)
     for line in table_rows(summaries):
         table.add_row(*line, style=None if line[-1] == "pass" else "bold red")
     console = Console()

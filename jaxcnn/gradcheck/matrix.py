@@ -32,6 +32,7 @@ from jaxcnn.gradcheck.checks import check, check_dtype
 from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
 from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
 from jaxcnn.transpose import conv_transpose, convolve
+from jaxcnn import lax as jaxcnn_lax
 
 SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
 KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
@@ -41,6 +42,13 @@ FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurat
 FUNCTIONS = {f.__name__: f for f in (conv, conv1d, conv2d, conv3d, conv_input_grad,
                                      conv_weight_grad, convolve, conv_transpose, max_pool,
                                      avg_pool, global_avg_pool)}
+FUNCTIONS.update({"lax.conv_general_dilated": jaxcnn_lax.conv_general_dilated,
+                  "lax.conv_transpose": jaxcnn_lax.conv_transpose})
+
+
+def reference_name(op: str) -> str:
+    """The name of ``op``'s reference in ``jaxcnn.reference`` (``lax.x`` → ``lax_x``)."""
+    return op.replace(".", "_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +197,71 @@ def _transpose_case(variant, n, impl, channels_last, rng):
                 f"{n}D {label}, {_layout_label(impl, channels_last)}", (x, w, b), kwargs)
 
 
+# ----------------------------------------------------------------------------- jaxcnn.lax
+# lax's argument forms, not jaxcnn.conv's: dimension-number strings in several orders, lhs
+# dilation (a transposed conv), batch groups (lax's weight-gradient form), negative padding.
+# Layout per n: the family's channels-last form, or a permutation of lax's default.
+
+LAX_LAYOUTS = {False: {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW"),
+                       3: ("NCDHW", "OIDHW", "NCDHW")},
+               True: {1: ("NHC", "HIO", "NHC"), 2: ("HNWC", "HWOI", "CNHW"),
+                      3: ("NDHWC", "DHWIO", "NDHWC")}}
+# (label, lhs channels, rhs out-features, batch, kwargs for n axes)
+LAX_VARIANTS = (
+    ("SAME, stride 2", 2, 3, 2, lambda n: dict(window_strides=(2,) * n, padding="SAME")),
+    ("SAME_LOWER, rhs dilation 2", 2, 2, 2, lambda n: dict(window_strides=(1,) * n,
+                                                          padding="SAME_LOWER", rhs_dilation=(2,) * n)),
+    ("negative padding", 3, 2, 2, lambda n: dict(window_strides=(1,) * n,
+                                                 padding=_per_axis(((1, -1), (0, 1), (-1, 0)), n))),
+    ("lhs dilation 2 (transposed)", 2, 3, 2, lambda n: dict(
+        window_strides=(1,) * n, padding=((2, 1),) * n, lhs_dilation=(2,) * n)),
+    ("lhs dilation and stride", 2, 2, 2, lambda n: dict(
+        window_strides=_per_axis((2, 1, 2), n), padding=((1, 1),) * n, lhs_dilation=(2,) * n)),
+    ("feature groups 2", 4, 2, 2, lambda n: dict(window_strides=(1,) * n, padding="VALID",
+                                                 feature_group_count=2)),
+    ("batch groups 2", 2, 4, 4, lambda n: dict(window_strides=(1,) * n, padding=((1, 0),) * n,
+                                               batch_group_count=2)),
+)
+
+
+def _lax_case(variant, n, impl, channels_last, rng):
+    label, c_in, c_out, batch, kwargs = variant
+    kwargs = kwargs(n)
+    dn = LAX_LAYOUTS[channels_last][n]
+    groups = kwargs.get("feature_group_count", 1)
+    family = {"N": batch, "C": c_in, "O": c_out, "I": c_in // groups}
+    spatial = "HW"[:n] if n < 3 else "DHW"
+    sizes, k_sizes = dict(zip(spatial, SIZES[n])), dict(zip(spatial, KERNELS[n]))
+    lhs = rng.standard_normal(tuple(family.get(c, sizes.get(c)) for c in dn[0]))
+    rhs = rng.standard_normal(tuple(family.get(c, k_sizes.get(c)) for c in dn[1]))
+    return Case("lax.conv_general_dilated", "lax.conv_general_dilated", "lax_conv_general_dilated",
+                f"{n}D {label}, {'/'.join(dn)} {impl}", (lhs, rhs),
+                dict(kwargs, dimension_numbers=dn, impl=impl))
+
+
+LAX_TRANSPOSE_VARIANTS = (
+    ("SAME, stride 2", lambda n: dict(strides=(2,) * n, padding="SAME")),
+    ("VALID, stride 2, transpose_kernel", lambda n: dict(strides=(2,) * n, padding="VALID",
+                                                         transpose_kernel=True)),
+    ("(lo, hi) pairs, rhs dilation 2", lambda n: dict(strides=_per_axis((1, 2, 1), n),
+                                                      padding=((1, 0),) * n, rhs_dilation=(2,) * n)),
+)
+
+
+def _lax_transpose_case(variant, n, impl, channels_last, rng):
+    label, kwargs = variant
+    dn = LAX_LAYOUTS[channels_last][n] if not channels_last else None   # None: lax's NHWC default
+    kwargs = dict(kwargs(n), dimension_numbers=dn, impl=impl)
+    lhs = rng.standard_normal(_activation(2, 2, TRANSPOSE_SIZES[n], True if dn is None else False))
+    # conv_transpose's kernel is the lhs-dilated conv's: (O, I, *K), or (*K, I, O) by default.
+    rhs = rng.standard_normal(_kernel(3, 2, KERNELS[n], dn is None))
+    if kwargs.get("transpose_kernel"):      # the forward conv's kernel: I and O exchanged
+        rhs = np.swapaxes(rhs, -1, -2) if dn is None else np.swapaxes(rhs, 0, 1)
+    return Case("lax.conv_transpose", "lax.conv_transpose", "lax_conv_transpose",
+                f"{n}D {label}, {'default NHWC' if dn is None else '/'.join(dn)} {impl}",
+                (lhs, rhs), kwargs)
+
+
 # ----------------------------------------------------------------------------- pooling
 
 MAX_POOL_VARIANTS = (
@@ -245,12 +318,17 @@ OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "avg_pool": lambda rng: _expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
     "global_avg_pool": lambda rng: _both_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
                                                    _pool_case("global_avg_pool")),
+    "lax.conv_general_dilated": lambda rng: _expand("lax.conv_general_dilated", LAX_VARIANTS, rng,
+                                                    _lax_case),
+    "lax.conv_transpose": lambda rng: _expand("lax.conv_transpose", LAX_TRANSPOSE_VARIANTS, rng,
+                                              _lax_transpose_case),
 }
 
 
 def available_ops() -> list[str]:
     """The ops of ``OPS`` that exist both in ``FUNCTIONS`` and in ``jaxcnn.reference``."""
-    return [op for op in OPS if op in FUNCTIONS and callable(getattr(reference, op, None))]
+    return [op for op in OPS
+            if op in FUNCTIONS and callable(getattr(reference, reference_name(op), None))]
 
 
 def cases_for(op: str, seed: int) -> list[Case]:
