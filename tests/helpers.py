@@ -61,7 +61,8 @@ def vdot(a: Any, b: Any) -> jax.Array:
 
 
 def primitive_names(jaxpr) -> set[str]:
-    """Every primitive in a (closed) jaxpr, those of its sub-jaxprs included."""
+    """Every primitive in a (closed) jaxpr, those of the jaxprs inside its equations included
+    (pjit, auto_axes, custom rules, cond branches: a parameter that is a jaxpr or a tuple of them)."""
     names = set()
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
         names.add(eqn.primitive.name)
