@@ -1,6 +1,6 @@
-"""Shared test helpers: tolerances, random arrays, error measures, an independent numpy conv,
-conv configurations (a dataclass, fixed cases, a hypothesis strategy), and conv_transpose
-cases with layout and VJP helpers."""
+"""Shared test helpers: tolerances, random arrays, error measures, the primitives of a jaxpr, an
+independent numpy conv, conv configurations (a dataclass, fixed cases, a hypothesis strategy),
+and conv_transpose cases with layout and VJP helpers."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import assume
+from jax.extend.core import ClosedJaxpr, Jaxpr
 from hypothesis import strategies as st
 
 import jaxcnn
@@ -57,6 +58,19 @@ def tree_assert_close(a: Any, b: Any, tol: float, what: str = "") -> None:
 def vdot(a: Any, b: Any) -> jax.Array:
     """``⟨a, b⟩`` in float64 over all elements."""
     return jnp.vdot(jnp.asarray(a, jnp.float64).ravel(), jnp.asarray(b, jnp.float64).ravel())
+
+
+def primitive_names(jaxpr) -> set[str]:
+    """Every primitive in a (closed) jaxpr, those of the jaxprs inside its equations included
+    (pjit, auto_axes, custom rules, cond branches: a parameter that is a jaxpr or a tuple of them)."""
+    names = set()
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, (Jaxpr, ClosedJaxpr)):
+                    names |= primitive_names(sub)
+    return names
 
 
 # ----------------------------------------------------------------------------- an independent conv

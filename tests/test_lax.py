@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import jaxcnn.lax as jlax
-from helpers import TOL, VJP_TOL, assert_close, random_array
+from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array
 
 F64 = TOL["float64"]
 IMPLS = ("lax", "manual")
@@ -191,18 +191,6 @@ def test_conv_transpose_consistent_padding_and_1d(rng):
                           partial(jax.lax.conv_transpose, **kwargs), (lhs, rhs))
 
 
-def _primitive_names(jaxpr) -> set[str]:
-    """Every primitive of ``jaxpr`` and of the jaxprs inside its equations (pjit, auto_axes)."""
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            inner = getattr(value, "jaxpr", None)
-            if inner is not None:
-                names |= _primitive_names(getattr(inner, "jaxpr", inner))
-    return names
-
-
 FORMS = {   # one per mapping onto the family (jaxcnn.lax's docstring)
     "plain": dict(window_strides=(2, 1), padding=((1, -1), (0, 2)), rhs_dilation=(1, 2)),
     "lhs-dilated": dict(window_strides=(1, 1), padding=((2, 1), (0, 1)), lhs_dilation=(2, 3)),
@@ -223,7 +211,7 @@ def test_every_derivative_runs_through_the_family(rng, form):
     second = jax.grad(lambda a, b: jnp.sum(grad(a, b)[0] ** 2), argnums=(0, 1))
     jvp = lambda a, b: jax.jvp(conv, (a, b), (a, b))
     for name, fn in (("grad", grad), ("grad of grad", second), ("jvp", jvp)):
-        names = _primitive_names(jax.make_jaxpr(fn)(lhs, rhs).jaxpr)
+        names = primitive_names(jax.make_jaxpr(fn)(lhs, rhs).jaxpr)
         assert "conv_general_dilated" not in names, f"{name}: {sorted(names)}"
         assert names & {"jaxcnn_conv", "jaxcnn_conv_input_grad", "jaxcnn_conv_weight_grad"}, name
     reference = jax.grad(lambda a, b: jnp.sum(jax.lax.conv_general_dilated(a, b, **kwargs) ** 2),

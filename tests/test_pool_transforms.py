@@ -15,11 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import jaxcnn
 from jaxcnn import reference
-from helpers import VJP_TOL, assert_close, random_array, vdot
+from helpers import VJP_TOL, assert_close, primitive_names, random_array, vdot
 from test_pool import Case, from_layout, pool_pair, to_layout
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
@@ -270,18 +269,6 @@ PRIMITIVES = {  # kind: primitives in the jaxprs of the forward, of jvp, of grad
                _names("global_avg_pool_transpose"),
                _names("global_avg_pool", "global_avg_pool_transpose")),
 }
-
-
-def primitive_names(jaxpr) -> set[str]:
-    """Every primitive in a (closed) jaxpr, those of its sub-jaxprs included."""
-    names = set()
-    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
-        names.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                if isinstance(sub, (Jaxpr, ClosedJaxpr)):
-                    names |= primitive_names(sub)
-    return names
 
 
 @pytest.mark.parametrize("kind", PRIMITIVES)

@@ -1,0 +1,177 @@
+"""``jaxcnn.equinox``: Equinox's ``Conv*`` and ``ConvTranspose*`` with jaxcnn's gradients.
+
+Reference: the stock Equinox layer built with the same arguments and key (hence the same
+parameters), differentiated by JAX autodiff through ``jax.lax.conv_general_dilated``. Outputs
+agree to float64's ``TOL``, the gradients (weight, bias, input) to ``VJP_TOL``, over Equinox's
+paddings (an int, per-axis ints, pairs, VALID, SAME, SAME_LOWER), every ``padding_mode`` it
+supports (ZEROS, REFLECT, REPLICATE, CIRCULAR; CIRCULAR with SAME for the transposed layer),
+strides, dilations, groups, output padding and 1D/2D/3D, on a batch through ``jax.vmap``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array
+
+eqx = pytest.importorskip("equinox", reason="equinox is not installed (the interop extra)")
+import jaxcnn.equinox as jqx  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One layer: its class name in ``equinox.nn``, its arguments, one example's ``(C, *S)``."""
+    layer: str
+    shape: tuple[int, ...]
+    out_channels: int
+    kernel_size: Any
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def build(self, module: Any, key: jax.Array) -> Any:
+        return getattr(module, self.layer)(self.shape[0], self.out_channels, self.kernel_size,
+                                           **self.options, dtype=jnp.float64, key=key)
+
+
+CASES = {
+    "1d_same_lower_dilation2": Case("Conv1d", (2, 8), 3, 2, {"padding": "SAME_LOWER",
+                                                             "dilation": 3}),
+    "1d_reflect_same_stride2": Case("Conv1d", (2, 9), 3, 3, {"padding": "SAME", "stride": 2,
+                                                             "padding_mode": "REFLECT"}),
+    "1d_replicate_pairs": Case("Conv1d", (2, 7), 3, 3, {"padding": ((2, 1),),
+                                                        "padding_mode": "REPLICATE"}),
+    "2d_circular_same_groups2": Case("Conv2d", (4, 6, 5), 4, 3, {
+        "padding": "SAME", "groups": 2, "padding_mode": "CIRCULAR"}),
+    "2d_valid_stride_dilation": Case("Conv2d", (2, 8, 9), 3, (3, 2), {
+        "padding": "VALID", "stride": (2, 1), "dilation": (1, 2)}),
+    "2d_zeros_pairs_groups2": Case("Conv2d", (4, 6, 6), 2, 2, {"padding": ((1, 0), (0, 2)),
+                                                              "groups": 2}),
+    "2d_reflect_per_axis": Case("Conv2d", (2, 5, 6), 3, 3, {"padding": (1, 2),
+                                                          "padding_mode": "reflect"}),
+    "3d_same_stride2": Case("Conv3d", (2, 5, 4, 5), 2, 3, {"padding": "SAME", "stride": 2}),
+    "3d_replicate_int": Case("Conv3d", (2, 4, 3, 4), 2, 2, {"padding": 1,
+                                                           "padding_mode": "REPLICATE"}),
+    "generic_2d": Case("Conv", (2, 5, 5), 3, 3, {"padding": 1}),
+    "t_1d_stride2_output_padding": Case("ConvTranspose1d", (3, 5), 2, 3, {
+        "stride": 2, "padding": 1, "output_padding": 1}),
+    "t_1d_same_stride2": Case("ConvTranspose1d", (2, 6), 3, 4, {"stride": 2, "padding": "SAME"}),
+    "t_2d_circular_same_stride2": Case("ConvTranspose2d", (2, 4, 5), 3, 3, {
+        "stride": 2, "padding": "SAME", "padding_mode": "CIRCULAR"}),
+    "t_2d_groups2_dilation2": Case("ConvTranspose2d", (4, 4, 3), 2, 2, {
+        "groups": 2, "dilation": 2, "padding": ((1, 0), (0, 1))}),
+    "t_2d_same_lower_stride3": Case("ConvTranspose2d", (2, 3, 4), 2, (3, 2), {
+        "stride": 3, "padding": "SAME_LOWER", "output_padding": (2, 1)}),
+    "t_3d_valid_stride2": Case("ConvTranspose3d", (2, 3, 2, 3), 2, 2, {"stride": 2,
+                                                                      "padding": "VALID"}),
+}
+MANUAL = ("2d_circular_same_groups2", "t_1d_stride2_output_padding")
+
+
+def build(case: Case, module: Any) -> Any:
+    """The layer; ``Conv``/``ConvTranspose`` (generic) take the number of spatial axes first."""
+    if case.layer in ("Conv", "ConvTranspose"):
+        n = len(case.shape) - 1
+        return getattr(module, case.layer)(n, case.shape[0], case.out_channels, case.kernel_size,
+                                           **case.options, dtype=jnp.float64, key=jax.random.key(0))
+    return case.build(module, jax.random.key(0))
+
+
+def values_and_grads(layer: Any, x: jax.Array, cotangent_seed: int) -> tuple:
+    """``y = vmap(layer)(x)`` and the gradients of ``⟨c, y⟩`` (a fixed random ``c``) with
+    respect to the layer's arrays and ``x``."""
+    params, static = eqx.partition(layer, eqx.is_array)
+    y, vjp = jax.vjp(lambda p, x: jax.vmap(eqx.combine(p, static))(x), params, x)
+    return y, vjp(random_array(np.random.default_rng(cotangent_seed), y.shape))
+
+
+def check_against_stock(stock: Any, ours: Any, x: jax.Array, seed: int, name: str) -> None:
+    assert_close(ours.weight, stock.weight, 0.0, f"{name}: the same initial weight")
+    y_ref, (dp_ref, dx_ref) = values_and_grads(stock, x, seed)
+    y, (dp, dx) = values_and_grads(ours, x, seed)
+    assert_close(y, y_ref, TOL["float64"], f"{name}: output")
+    assert_close(dp.weight, dp_ref.weight, VJP_TOL, f"{name}: d weight")
+    assert_close(dp.bias, dp_ref.bias, VJP_TOL, f"{name}: d bias")
+    assert_close(dx, dx_ref, VJP_TOL, f"{name}: d input")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_layer_matches_the_stock_layer(name, rng):
+    case = CASES[name]
+    stock, ours = build(case, eqx.nn), build(case, jqx)
+    assert isinstance(ours, getattr(eqx.nn, case.layer)) and ours.impl == "lax"
+    x = random_array(rng, (2,) + case.shape)
+    check_against_stock(stock, ours, x, int(rng.integers(2**31)), name)
+
+
+@pytest.mark.parametrize("name", MANUAL)
+def test_convert_keeps_the_parameters_and_the_values(name, rng):
+    """``convert`` of a stock layer, with the manual impl: the same arrays, the same values
+    and gradients."""
+    case = CASES[name]
+    stock = build(case, eqx.nn)
+    ours = jqx.convert(stock, impl="manual")
+    assert type(ours) is getattr(jqx, case.layer) and ours.impl == "manual"
+    assert ours.weight is stock.weight
+    assert jqx.convert(ours).impl == "lax"          # one of ours: only the impl changes
+    x = random_array(rng, (2,) + case.shape)
+    check_against_stock(stock, ours, x, int(rng.integers(2**31)), name)
+
+
+def small_model(key: jax.Array) -> Any:
+    k1, k2, k3 = jax.random.split(key, 3)
+    return eqx.nn.Sequential([
+        eqx.nn.Conv1d(1, 4, 3, padding="SAME", dtype=jnp.float64, key=k1),
+        eqx.nn.Lambda(jax.nn.relu),
+        eqx.nn.Conv1d(4, 4, 3, stride=2, padding=1, padding_mode="CIRCULAR", dtype=jnp.float64,
+                      key=k2),
+        eqx.nn.ConvTranspose1d(4, 2, 2, stride=2, dtype=jnp.float64, key=k3)])
+
+
+def test_convert_replaces_every_conv_of_a_model_and_its_gradients_use_jaxcnn(rng):
+    """A stock ``Sequential``: every conv converted, the rest kept; the loss and its gradients
+    are the stock model's, and the gradient's jaxpr holds jaxcnn's primitives, no lax conv."""
+    stock = small_model(jax.random.key(0))
+    ours = jqx.convert(stock)
+    assert [type(layer).__module__ for layer in ours.layers] == [
+        "jaxcnn.equinox", type(stock.layers[1]).__module__, "jaxcnn.equinox", "jaxcnn.equinox"]
+    x = random_array(rng, (3, 1, 8))
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(jax.vmap(model)(x)))
+    grad = eqx.filter_jit(eqx.filter_grad(loss))
+    assert_close(loss(ours, x), loss(stock, x), TOL["float64"], "loss")
+    for g, g_ref in zip(jax.tree.leaves(grad(ours, x)), jax.tree.leaves(grad(stock, x))):
+        assert_close(g, g_ref, VJP_TOL, "gradient")
+    names = primitive_names(jax.make_jaxpr(lambda x: grad(ours, x))(x))
+    assert {"jaxcnn_conv", "jaxcnn_conv_input_grad", "jaxcnn_conv_weight_grad"} <= names
+    assert "conv_general_dilated" not in names, sorted(names)
+
+
+def test_bad_input():
+    layer = jqx.Conv2d(2, 3, 3, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"x: expected one example of rank 3, \(C, \*S\)"):
+        layer(jnp.zeros((1, 2, 5, 5), jnp.float32))
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        jqx.convert(layer, impl="fast")
+
+    class Mine(eqx.nn.Conv1d):
+        pass
+    with pytest.raises(TypeError, match="model: cannot convert .*Mine"):
+        jqx.convert([Mine(1, 1, 1, key=jax.random.key(0))])
+
+
+def test_import_jaxcnn_does_not_import_equinox():
+    import pathlib
+    import subprocess
+    import sys
+    code = "import sys, jaxcnn, jaxcnn.lax; print('equinox' in sys.modules, 'flax' in sys.modules)"
+    root = pathlib.Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root)
+    assert out.stdout.split() == ["False", "False"]
