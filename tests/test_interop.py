@@ -133,15 +133,8 @@ def test_linen_conv_matches_the_stock_layer(name, rng):
     check_against_stock(linen_model, CASES[name], "lax", rng, name)
 
 
-EAGER_ON_A_MESH = pytest.mark.xfail(strict=True, reason=(
-    "jaxcnn's VJP run eagerly (jax.vjp without jax.jit) on an explicit mesh mixes an Auto "
-    "residual with an Explicit cotangent (ValueError: context mesh ... should match the aval "
-    "mesh); under jax.jit, as API.md promises, it works"))
-
-
 @pytest.mark.skipif(not hasattr(jax, "set_mesh"), reason="explicit sharding needs a newer jax")
-@pytest.mark.parametrize("jit", [True, pytest.param(False, marks=EAGER_ON_A_MESH)],
-                         ids=["jit", "eager"])
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 def test_nnx_conv_on_an_explicit_mesh(jit, rng):
     """NNX passes its ``out_sharding`` on to the convolution: on a batch-sharded input the
     output is batch-sharded and values and gradients are the stock layer's on the unsharded
