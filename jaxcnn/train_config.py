@@ -190,6 +190,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--eval-batch-size", type=int, default=500)
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
