@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,8 @@ import optax
 
 from jaxcnn import checkpoint, data, distributed, models, nn
 from jaxcnn._compat import jit_cache_size
+from jaxcnn.train_checkpoint import (CHECKPOINT, METRICS, TrainState, initial_state, load_checkpoint,
+                                     load_trained, resume_or_start, save_checkpoint)
 from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, Plan, TrainConfig,
                                  augmentation, make_optimizer, make_plan, parse_args)
 
@@ -47,12 +49,6 @@ __all__ = [
     "train_step", "eval_step", "make_train_step", "make_eval_step", "evaluate", "train_epoch",
     "CHECKPOINT", "save_checkpoint", "load_checkpoint", "load_trained", "train_and_evaluate", "main",
 ]
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    step: jax.Array
 
 
 class NonFiniteLossError(RuntimeError):
@@ -177,69 +173,6 @@ def train_epoch(train_step: Callable, state: TrainState, batches: Iterator[tuple
     return state
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
-_CHECKPOINT_ARRAYS = ("step", "key", "epoch", "position", "elapsed")
-
-
-def save_checkpoint(path: Path, state: TrainState, *, key: jax.Array, epoch: int, position: int,
-                    elapsed: float, config: TrainConfig) -> None:
-    """The ``(params, opt_state)`` leaves, the step, the PRNG key and the data position, by
-    ``checkpoint.save`` (atomic)."""
-    checkpoint.save(path, (state.params, state.opt_state), config.identity(), step=state.step,
-                    key=jax.random.key_data(key), epoch=epoch, position=position, elapsed=elapsed)
-
-
-def load_checkpoint(path: Path, template: TrainState, config: TrainConfig) -> tuple[TrainState, dict]:
-    """The state saved at ``path``, in ``template``'s tree structure (shapes and dtypes
-    checked), and its ``key``, ``epoch``, ``position``, ``elapsed``."""
-    (params, opt_state), saved = checkpoint.load(path, (template.params, template.opt_state),
-                                                 config.identity(), _CHECKPOINT_ARRAYS)
-    extra = {"key": jax.random.wrap_key_data(jnp.asarray(saved["key"])), "epoch": int(saved["epoch"]),
-             "position": int(saved["position"]), "elapsed": float(saved["elapsed"])}
-    return TrainState(params, opt_state, jnp.asarray(saved["step"])), extra
-
-
-def initial_state(config: TrainConfig, model: nn.Layer, optimizer: optax.GradientTransformation,
-                  input_shape: tuple[int, ...]) -> TrainState:
-    """Step 0: the params drawn from the seed's init key, the optimizer's initial state."""
-    init_key, _, _ = jax.random.split(jax.random.key(config.seed), 3)
-    params, _ = model.init(init_key, (config.batch_size, *input_shape))
-    return TrainState(params, optimizer.init(params), jnp.asarray(0, jnp.int32))
-
-
-def load_trained(workdir: str | os.PathLike) -> tuple[TrainConfig, nn.Layer, Any]:
-    """``(config, model, params)`` of the run whose checkpoint is in ``workdir`` (a named
-    model of ``jaxcnn.models``), e.g. to evaluate it again: ``model.apply(params, x)``."""
-    path = Path(workdir) / CHECKPOINT
-    config = TrainConfig(**checkpoint.read_config(path, _CHECKPOINT_ARRAYS)).resolved()
-    model = models.build(config.model, impl=config.impl)
-    optimizer, _ = make_optimizer(config, 1)
-    template = initial_state(config, model, optimizer, models.INPUT_SHAPES[config.model])
-    return config, model, load_checkpoint(path, template, config)[0].params
-
-
-def _resume(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, jax.Array, float]:
-    """``(state, root key, elapsed seconds)`` from the workdir's checkpoint with ``--resume``;
-    else the fresh ``state``, and the workdir's old checkpoint and metrics removed (by the
-    writing process; every process reads the checkpoint)."""
-    path, metrics_path = workdir / CHECKPOINT, workdir / METRICS
-    if not (config.resume and path.exists()):
-        if distributed.is_writer():
-            metrics_path.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
-        return state, jax.random.key(config.seed), 0.0
-    state, extra = load_checkpoint(path, state, config)
-    if metrics_path.exists() and distributed.is_writer():  # keep the lines up to the checkpoint; the run rewrites the rest
-        lines = [line for line in metrics_path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["step"] <= int(state.step)]
-        checkpoint.atomic_write(metrics_path, "".join(line + "\n" for line in lines))
-    print(f"resuming from step {int(state.step)} (epoch {extra['epoch']}, batch {extra['position']})")
-    return state, extra["key"], extra["elapsed"]
-
-
 # ----------------------------------------------------------------------------- the run
 
 @dataclasses.dataclass
@@ -356,7 +289,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     model = models.build(config.model, dataset.num_classes, impl=config.impl)
     optimizer, schedule = make_optimizer(config, plan.total)
     state = initial_state(config, model, optimizer, dataset.input_shape)
-    state, root_key, elapsed_before = _resume(config, workdir, state)
+    state, root_key, elapsed_before = resume_or_start(config, workdir, state)
     state = parallel.replicate(state)
     _, data_key, train_key = jax.random.split(root_key, 3)
     dtype, start = jnp.dtype(config.dtype), int(state.step)
