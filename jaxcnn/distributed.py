@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcnn._args.devices import check_splits_evenly, device_request, optional_index
+from jaxcnn import _args
 from jaxcnn._compat import distributed_is_initialized
 
 __all__ = ["DATA_AXIS", "ENV_COORDINATOR", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "DataParallel",
@@ -51,9 +51,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     cross-process implementation on every platform).
     """
     coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
-    num_processes = optional_index(num_processes if num_processes is not None
+    num_processes = _args.optional_index(num_processes if num_processes is not None
                                    else os.environ.get(ENV_NUM_PROCESSES), "num_processes", 1)
-    process_id = optional_index(process_id if process_id is not None
+    process_id = _args.optional_index(process_id if process_id is not None
                                 else os.environ.get(ENV_PROCESS_ID), "process_id", 0)
     if (coordinator, num_processes, process_id) == (None, None, None) or distributed_is_initialized():
         return False
@@ -76,7 +76,7 @@ def _mesh_devices(request: int | str | None) -> list[jax.Device]:
     """The mesh's devices, process-major: every device for ``"all"``, else the first
     ``request / processes`` devices of each process (one device when ``None`` in one process,
     every device when ``None`` in several)."""
-    request = device_request(request)
+    request = _args.device_request(request)
     processes = jax.process_count()
     if request is None:
         request = 1 if processes == 1 else "all"
@@ -87,7 +87,7 @@ def _mesh_devices(request: int | str | None) -> list[jax.Device]:
     if request > jax.device_count():
         raise ValueError(f"devices: expected at most the {jax.device_count()} devices JAX sees "
                          f"({jax.devices()[0].platform}, {processes} process(es)); got {request}")
-    check_splits_evenly(request, processes, "processes (each brings the same number of devices)",
+    _args.check_splits_evenly(request, processes, "processes (each brings the same number of devices)",
                         "devices")
     per_process = request // processes
     if per_process > min(len(local) for local in by_process):
@@ -118,7 +118,7 @@ class DataParallel:
 
     def check_batch(self, batch_size: int) -> None:
         """A global batch must split evenly over the devices."""
-        check_splits_evenly(batch_size, self.size, f"devices (--devices {self.size})")
+        _args.check_splits_evenly(batch_size, self.size, f"devices (--devices {self.size})")
 
     def process_rows(self, rows: int) -> slice:
         """This process's rows of a global batch of ``rows`` (all of them in one process)."""

@@ -13,7 +13,6 @@ import jax
 import optax
 
 from jaxcnn import _args, data, models
-from jaxcnn._args.devices import device_request, optional_index
 
 DATASET_NAMES = ("mnist1d", "fashion", "clips")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -97,9 +96,9 @@ class TrainConfig:
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
         _args.choice(config.dtype, DTYPES, "dtype")
-        device_request(config.devices)
-        optional_index(config.num_processes, "num_processes", 1)
-        optional_index(config.process_id, "process_id", 0)
+        config = dataclasses.replace(config, devices=_args.device_request(config.devices))  # "8" -> 8
+        _args.optional_index(config.num_processes, "num_processes", 1)
+        _args.optional_index(config.process_id, "process_id", 0)
         for name in ("lr", "weight_decay"):
             value = getattr(config, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -192,10 +191,12 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--eval-batch-size", type=int, default=500)
     parser.add_argument("--train-subset", type=int)
+    parser.add_argument("--halt-after", type=int, help="stop after this step, its checkpoint written "
+                        "(as a kill would; --resume continues)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     where = parser.add_argument_group("devices and processes (jaxcnn.distributed)")
-    where.add_argument("--devices", type=device_request, help="N or 'all': data parallelism over that many "
+    where.add_argument("--devices", help="N or 'all': data parallelism over that many "
                        "devices, --batch-size the global batch (default: one; all in a multi-process run)")
     where.add_argument("--coordinator", help="host:port of process 0 (env JAX_COORDINATOR_ADDRESS)")
     where.add_argument("--num-processes", type=int, help="processes of the run (env JAXCNN_NUM_PROCESSES)")

@@ -145,8 +145,13 @@ def test_command_line_flags_fill_the_devices_and_processes():
     config, _ = train.parse_args(["--devices", "all", "--coordinator", "host:1234", "--num-processes", "2",
                                   "--process-id", "1"])
     assert (config.devices, config.coordinator, config.num_processes, config.process_id) == ("all", "host:1234", 2, 1)
-    assert train.parse_args(["--devices", "4"])[0].devices == 4
+    assert train.parse_args(["--devices", "4"])[0].resolved().devices == 4
     assert "devices" not in config.resolved().identity()  # a checkpoint resumes on any count
+
+
+def test_bad_devices_flag_is_an_error_naming_it(capsys):
+    assert train.main(["--devices", "0", "--steps", "1", "--no-progress", "--no-plots"]) == 2
+    assert "jaxcnn train: error: devices: expected a positive number of devices or 'all'; got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the acceptance
