@@ -222,6 +222,7 @@ class Monitor:
                             epoch=done // plan.steps_per_epoch, position=done % plan.steps_per_epoch,
                             elapsed=self.elapsed_before + time.perf_counter() - self.wall_start,
                             config=self.config)
+        if save_now:
             self.saved_step = done
 
     def rate(self, done: int) -> float:
