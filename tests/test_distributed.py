@@ -23,14 +23,16 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcnn import data, distributed, models, train
 from jaxcnn._compat import MULTIPROCESS_CPU_COLLECTIVES, enable_x64
 from jaxcnn.tolerances import RTOL
 import helpers
-from test_train import BASE, DATA, train_records
+from test_train import BASE, DATA, dropout_cnn, train_records
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (the suite forces 8 CPU devices)")
 
@@ -155,6 +157,28 @@ def test_command_line_flags_fill_the_devices_and_processes():
 def test_bad_devices_flag_is_an_error_naming_it(capsys):
     assert train.main(["--devices", "0", "--steps", "1", "--no-progress", "--no-plots"]) == 2
     assert "jaxcnn train: error: devices: expected a positive number of devices or 'all'; got 0" in capsys.readouterr().err
+
+
+def test_one_step_on_eight_devices_with_dropout_and_augmentation_equals_one_device():
+    """The dropout masks and the shifts are drawn for the global batch from the step's key, so
+    8 devices draw the same ones as 1: the same loss and update, to float32 rounding."""
+    model = dropout_cnn()
+    optimizer = optax.adamw(1e-2)
+    with enable_x64(False):
+        params, _ = model.init(jax.random.key(0), (40, 1, 40))
+        state = train.TrainState(params, optimizer.init(params), jnp.asarray(3, jnp.int32))
+        x, y = DATA.x_train[:40], DATA.y_train[:40]
+        results = {}
+        for devices in (1, 8):
+            parallel = distributed.data_parallel(devices)
+            step = train.make_train_step(model, optimizer, jax.random.key(1), train.augmentation("mnist1d"),
+                                         jnp.float32, parallel)
+            new, metrics = step(parallel.replicate(state), parallel.batch(x, 40), parallel.batch(y, 40))
+            results[devices] = distributed.host((new.params, metrics["loss"]))
+    (params_8, loss_8), (params_1, loss_1) = results[8], results[1]
+    assert_close(loss_8, loss_1, "loss")
+    for i, (p8, p1) in enumerate(zip(jax.tree_util.tree_leaves(params_8), jax.tree_util.tree_leaves(params_1))):
+        assert_close(p8, p1, f"leaf {i}")
 
 
 # ----------------------------------------------------------------------------- the acceptance
