@@ -85,8 +85,10 @@ def _mesh_devices(request: int | str | None) -> list[jax.Device]:
     if request == "all":
         return [d for local in by_process for d in local]
     if request > jax.device_count():
+        hint = (" (XLA_FLAGS=--xla_force_host_platform_device_count=N splits a CPU into N)"
+                if jax.devices()[0].platform == "cpu" else "")
         raise ValueError(f"devices: expected at most the {jax.device_count()} devices JAX sees "
-                         f"({jax.devices()[0].platform}, {processes} process(es)); got {request}")
+                         f"({jax.devices()[0].platform}, {processes} process(es)){hint}; got {request}")
     _args.check_splits_evenly(request, processes, "processes (each brings the same number of devices)",
                         "devices")
     per_process = request // processes
