@@ -101,3 +101,23 @@ def array_spec(array: Any) -> tuple[Any, ...]:
 def mesh_axis_sizes(array: Any) -> dict[str, int]:
     """The sizes of the mesh axes ``array``'s type lives on (explicit sharding only)."""
     return dict(jax.typeof(array).sharding.mesh.shape)
+
+
+def distributed_is_initialized() -> bool:
+    """Whether ``jax.distributed.initialize`` has run in this process.
+
+    Release-dependent: ``jax.distributed.is_initialized()`` is public after 0.4.30; 0.4.30
+    has only the private ``global_state.client`` that the public function reads.
+    """
+    public = getattr(jax.distributed, "is_initialized", None)
+    if public is not None:
+        return bool(public())
+    from jax._src import distributed
+    return distributed.global_state.client is not None
+
+
+# Several processes on one CPU platform, their collectives through gloo: on jax 0.4.30 the
+# processes connect but the first collective times out building the gloo context (a key
+# naming process 1's devices by their global ids is never written); 0.10.2 runs it. Releases
+# in between are not known to fail, so only 0.4.30 and older are refused.
+MULTIPROCESS_CPU_COLLECTIVES: bool = jax.__version_info__ > (0, 4, 30)

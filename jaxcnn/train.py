@@ -13,6 +13,11 @@ the losses up to their step were seen finite.
 
 Files in the workdir: ``checkpoint.npz``, ``metrics.jsonl`` (one JSON object per train step
 and per evaluation), ``report.json``, and the plots of ``jaxcnn.plots``.
+
+On several devices or processes (``config.devices``, ``jaxcnn.distributed``) the same run is
+data parallel: the same global batches, split over the devices; parameters and optimizer
+state replicated; the files written by process 0 only. The checkpoint holds host copies of
+the replicated state, so it resumes on any device or process count.
 """
 from __future__ import annotations
 
@@ -24,15 +29,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import checkpoint, data, models, nn
+from jaxcnn import checkpoint, data, distributed, models, nn
 from jaxcnn._compat import jit_cache_size
+from jaxcnn.train_checkpoint import (CHECKPOINT, METRICS, TrainState, initial_state, load_checkpoint,
+                                     load_trained, resume_or_start, save_checkpoint)
 from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, Plan, TrainConfig,
                                  augmentation, make_optimizer, make_plan, parse_args)
 
@@ -42,12 +49,6 @@ __all__ = [
     "train_step", "eval_step", "make_train_step", "make_eval_step", "evaluate", "train_epoch",
     "CHECKPOINT", "save_checkpoint", "load_checkpoint", "load_trained", "train_and_evaluate", "main",
 ]
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    step: jax.Array
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,17 +112,30 @@ def eval_step(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array, *, model
 
 
 def make_train_step(model: nn.Layer, optimizer: optax.GradientTransformation, train_key: jax.Array,
-                    augment: Callable | None, dtype: Any) -> Callable:
+                    augment: Callable | None, dtype: Any,
+                    parallel: distributed.DataParallel | None = None) -> Callable:
     """``train_step`` of this run, jit-compiled once: ``(state, x, y) -> (state, metrics)``,
-    ``state`` donated."""
-    step = functools.partial(train_step, model=model, optimizer=optimizer, train_key=train_key,
-                             augment=augment, dtype=dtype)
-    return jax.jit(step, donate_argnums=(0,))
+    ``state`` donated. With ``parallel``: ``x``, ``y`` sharded along its mesh, ``state`` and
+    the metrics replicated (XLA inserts the gradient's all-reduce)."""
+    if parallel is None:
+        return jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, train_key=train_key,
+                                         augment=augment, dtype=dtype), donate_argnums=(0,))
+    step = functools.partial(train_step, model=model, optimizer=optimizer,
+                             train_key=parallel.replicate(train_key), augment=augment, dtype=dtype)
+    batch, replicated = parallel.batch_sharding, parallel.replicated
+    return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
+                   donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Layer, dtype: Any) -> Callable:
-    """``eval_step`` of this run, jit-compiled: ``(params, x, y, mask) -> metrics``."""
-    return jax.jit(functools.partial(eval_step, model=model, dtype=dtype))
+def make_eval_step(model: nn.Layer, dtype: Any, parallel: distributed.DataParallel | None = None) -> Callable:
+    """``eval_step`` of this run, jit-compiled: ``(params, x, y, mask) -> metrics``; with
+    ``parallel``, the rows sharded along its mesh, ``params`` and the sums replicated."""
+    step = functools.partial(eval_step, model=model, dtype=dtype)
+    if parallel is None:
+        return jax.jit(step)
+    batch = parallel.batch_sharding
+    return jax.jit(step, in_shardings=(parallel.replicated, batch, batch, batch),
+                   out_shardings=parallel.replicated)
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -129,13 +143,22 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, np.zeros((pad, *array.shape[1:]), array.dtype)]) if pad else array
 
 
-def evaluate(eval_step: Callable, params: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict:
-    """Mean loss and accuracy over ``(x, y)``; the last batch padded (one compilation)."""
+def evaluate(eval_step: Callable, params: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
+             parallel: distributed.DataParallel | None = None) -> dict:
+    """Mean loss and accuracy over ``(x, y)``; the last batch padded (one compilation). With
+    ``parallel``, batches padded to a multiple of its devices and this process's rows placed
+    (``eval_step`` made with the same ``parallel``)."""
     batch_size = min(batch_size, len(x))
+    if parallel is not None:
+        batch_size = -(-batch_size // parallel.size) * parallel.size
+        rows = parallel.process_rows(batch_size)
+        place = lambda array: parallel.batch(array[rows], batch_size)
+    else:
+        place = lambda array: array
     loss, correct = 0.0, 0
     for xb, yb in data.batches(0, x, y, batch_size, shuffle=False, drop_last=False):
         mask = np.arange(batch_size) < len(xb)
-        metrics = eval_step(params, _pad_rows(xb, batch_size), _pad_rows(yb, batch_size), mask)
+        metrics = eval_step(params, *map(place, (_pad_rows(xb, batch_size), _pad_rows(yb, batch_size), mask)))
         loss, correct = loss + float(metrics["loss"]), correct + int(metrics["correct"])
     return {"test_loss": loss / len(x), "test_accuracy": correct / len(x)}
 
@@ -150,74 +173,15 @@ def train_epoch(train_step: Callable, state: TrainState, batches: Iterator[tuple
     return state
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
-_CHECKPOINT_ARRAYS = ("step", "key", "epoch", "position", "elapsed")
-
-
-def save_checkpoint(path: Path, state: TrainState, *, key: jax.Array, epoch: int, position: int,
-                    elapsed: float, config: TrainConfig) -> None:
-    """The ``(params, opt_state)`` leaves, the step, the PRNG key and the data position, by
-    ``checkpoint.save`` (atomic)."""
-    checkpoint.save(path, (state.params, state.opt_state), config.identity(), step=state.step,
-                    key=jax.random.key_data(key), epoch=epoch, position=position, elapsed=elapsed)
-
-
-def load_checkpoint(path: Path, template: TrainState, config: TrainConfig) -> tuple[TrainState, dict]:
-    """The state saved at ``path``, in ``template``'s tree structure (shapes and dtypes
-    checked), and its ``key``, ``epoch``, ``position``, ``elapsed``."""
-    (params, opt_state), saved = checkpoint.load(path, (template.params, template.opt_state),
-                                                 config.identity(), _CHECKPOINT_ARRAYS)
-    extra = {"key": jax.random.wrap_key_data(jnp.asarray(saved["key"])), "epoch": int(saved["epoch"]),
-             "position": int(saved["position"]), "elapsed": float(saved["elapsed"])}
-    return TrainState(params, opt_state, jnp.asarray(saved["step"])), extra
-
-
-def initial_state(config: TrainConfig, model: nn.Layer, optimizer: optax.GradientTransformation,
-                  input_shape: tuple[int, ...]) -> TrainState:
-    """Step 0: the params drawn from the seed's init key, the optimizer's initial state."""
-    init_key, _, _ = jax.random.split(jax.random.key(config.seed), 3)
-    params, _ = model.init(init_key, (config.batch_size, *input_shape))
-    return TrainState(params, optimizer.init(params), jnp.asarray(0, jnp.int32))
-
-
-def load_trained(workdir: str | os.PathLike) -> tuple[TrainConfig, nn.Layer, Any]:
-    """``(config, model, params)`` of the run whose checkpoint is in ``workdir`` (a named
-    model of ``jaxcnn.models``), e.g. to evaluate it again: ``model.apply(params, x)``."""
-    path = Path(workdir) / CHECKPOINT
-    config = TrainConfig(**checkpoint.read_config(path, _CHECKPOINT_ARRAYS)).resolved()
-    model = models.build(config.model, impl=config.impl)
-    optimizer, _ = make_optimizer(config, 1)
-    template = initial_state(config, model, optimizer, models.INPUT_SHAPES[config.model])
-    return config, model, load_checkpoint(path, template, config)[0].params
-
-
-def _resume(config: TrainConfig, workdir: Path, state: TrainState) -> tuple[TrainState, jax.Array, float]:
-    """``(state, root key, elapsed seconds)`` from the workdir's checkpoint with ``--resume``;
-    else the fresh ``state``, and the workdir's old checkpoint and metrics removed."""
-    path, metrics_path = workdir / CHECKPOINT, workdir / METRICS
-    if not (config.resume and path.exists()):
-        metrics_path.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
-        return state, jax.random.key(config.seed), 0.0
-    state, extra = load_checkpoint(path, state, config)
-    if metrics_path.exists():  # keep the lines up to the checkpoint; the run rewrites the rest
-        lines = [line for line in metrics_path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["step"] <= int(state.step)]
-        checkpoint.atomic_write(metrics_path, "".join(line + "\n" for line in lines))
-    print(f"resuming from step {int(state.step)} (epoch {extra['epoch']}, batch {extra['position']})")
-    return state, extra["key"], extra["elapsed"]
-
-
 # ----------------------------------------------------------------------------- the run
 
 @dataclasses.dataclass
 class Monitor:
     """What happens between steps: metrics stay on the device until every ``log_every``-th
     step (one host sync), the test set is evaluated every ``eval_every`` steps, a checkpoint
-    is written every ``checkpoint_every`` steps once the losses up to it were seen finite."""
+    is written every ``checkpoint_every`` steps once the losses up to it were seen finite.
+    Only the writing process (``distributed.is_writer``) writes files and shows progress;
+    every process evaluates (a collective)."""
 
     config: TrainConfig
     workdir: Path
@@ -228,6 +192,7 @@ class Monitor:
     root_key: jax.Array
     elapsed_before: float  # seconds trained before a resume
     wall_start: float
+    writer: bool = True
     pending: list = dataclasses.field(default_factory=list)
     last_eval: dict | None = None
     startup_s: float | None = None
@@ -235,7 +200,7 @@ class Monitor:
 
     def __post_init__(self) -> None:
         self.saved_step = self.start
-        self.bar = _progress(self.config, self.plan.stop, self.start)
+        self.bar = _progress(self.config, self.plan.stop, self.start, self.writer)
 
     def after_step(self, done: int, state: TrainState, metrics: dict) -> None:
         plan = self.plan
@@ -249,13 +214,15 @@ class Monitor:
             self.log()
         if evaluate_now:
             self.last_eval = {"step": done, "epoch": done / plan.steps_per_epoch, **self.test(state.params)}
-            _write_lines(self.workdir / METRICS, [{"kind": "eval", **self.last_eval}])
-            self.bar.write(f"step {done}: test accuracy {self.last_eval['test_accuracy']:.4f}")
-        if save_now:
+            self._write([{"kind": "eval", **self.last_eval}])
+            if self.writer:
+                self.bar.write(f"step {done}: test accuracy {self.last_eval['test_accuracy']:.4f}")
+        if save_now and self.writer:
             save_checkpoint(self.workdir / CHECKPOINT, state, key=self.root_key,
                             epoch=done // plan.steps_per_epoch, position=done % plan.steps_per_epoch,
                             elapsed=self.elapsed_before + time.perf_counter() - self.wall_start,
                             config=self.config)
+        if save_now:
             self.saved_step = done
 
     def rate(self, done: int) -> float:
@@ -265,10 +232,15 @@ class Monitor:
         rate = self.rate(self.pending[-1][0])
         records = _flush(self.pending, self.schedule, rate, self.saved_step, self.workdir / CHECKPOINT)
         self.pending = []
-        _write_lines(self.workdir / METRICS, records)
+        self._write(records)
         self.bar.update(len(records))
         self.bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", acc=f"{records[-1]['accuracy']:.3f}",
                              ex_s=f"{rate:.0f}")
+
+    def _write(self, records: list[dict]) -> None:
+        if self.writer:
+            with (self.workdir / METRICS).open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
 
     def timing(self, cpu_start: float) -> dict:
         wall = time.perf_counter() - self.wall_start
@@ -278,24 +250,20 @@ class Monitor:
                 "examples_per_s": self.rate(self.plan.stop) if steps_run > 1 else None}
 
 
-def _write_lines(path: Path, records: list[dict]) -> None:
-    with path.open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-
-
-def _progress(config: TrainConfig, total: int, start: int) -> Any:
+def _progress(config: TrainConfig, total: int, start: int, writer: bool) -> Any:
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, disable=not config.progress, unit="step",
+    return tqdm(total=total, initial=start, disable=not (config.progress and writer), unit="step",
                 dynamic_ncols=True, file=sys.stderr, desc=f"{config.dataset} {config.model}")
 
 
-def epochs(data_key: jax.Array, x: np.ndarray, y: np.ndarray, plan: Plan,
-           start: int) -> Iterator[tuple[int, Iterator]]:
+def epochs(data_key: jax.Array, x: np.ndarray, y: np.ndarray, plan: Plan, start: int,
+           rows: slice | None = None) -> Iterator[tuple[int, Iterator]]:
     """``(first step, batches)`` of each epoch from step ``start`` to ``plan.stop``: the
-    batches of ``data.batches`` for that epoch, from the step's position on."""
+    batches of ``data.batches`` for that epoch, from the step's position on (only ``rows``
+    of each: this process's part)."""
     for epoch in range(start // plan.steps_per_epoch, -(-plan.stop // plan.steps_per_epoch)):
         first_step = max(start, epoch * plan.steps_per_epoch)
-        batches = data.batches(data_key, x, y, plan.batch_size, epoch=epoch)
+        batches = data.batches(data_key, x, y, plan.batch_size, epoch=epoch, rows=rows)
         yield first_step, itertools.islice(batches, first_step - epoch * plan.steps_per_epoch,
                                            min(plan.stop - epoch * plan.steps_per_epoch, plan.steps_per_epoch))
 
@@ -312,6 +280,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     """
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     config, workdir = config.resolved(), Path(workdir)
+    distributed.initialize(config.coordinator, config.num_processes, config.process_id)
+    parallel = distributed.data_parallel(config.devices)
+    parallel.check_batch(config.batch_size)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config) if dataset is None else dataset
     x_train, y_train = dataset.x_train[:config.train_subset], dataset.y_train[:config.train_subset]
@@ -319,17 +290,21 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     model = models.build(config.model, dataset.num_classes, impl=config.impl)
     optimizer, schedule = make_optimizer(config, plan.total)
     state = initial_state(config, model, optimizer, dataset.input_shape)
-    state, root_key, elapsed_before = _resume(config, workdir, state)
+    state, root_key, elapsed_before = resume_or_start(config, workdir, state)
+    state = parallel.replicate(state)
     _, data_key, train_key = jax.random.split(root_key, 3)
     dtype, start = jnp.dtype(config.dtype), int(state.step)
     train_step = make_train_step(model, optimizer, train_key,
-                                 augmentation(config.dataset) if config.augment else None, dtype)
-    test = functools.partial(evaluate, make_eval_step(model, dtype), x=dataset.x_test, y=dataset.y_test,
-                             batch_size=config.eval_batch_size)
-    monitor = Monitor(config, workdir, plan, start, schedule, test, root_key, elapsed_before, wall_start)
+                                 augmentation(config.dataset) if config.augment else None, dtype, parallel)
+    test = functools.partial(evaluate, make_eval_step(model, dtype, parallel), x=dataset.x_test,
+                             y=dataset.y_test, batch_size=config.eval_batch_size, parallel=parallel)
+    monitor = Monitor(config, workdir, plan, start, schedule, test, root_key, elapsed_before, wall_start,
+                      distributed.is_writer())
+    place = lambda batch: tuple(parallel.batch(array, plan.batch_size) for array in batch)
     try:
-        for first_step, batches in epochs(data_key, x_train, y_train, plan, start):
-            state = train_epoch(train_step, state, batches, first_step, monitor.after_step)
+        for first_step, batches in epochs(data_key, x_train, y_train, plan, start,
+                                          parallel.process_rows(plan.batch_size)):
+            state = train_epoch(train_step, state, map(place, batches), first_step, monitor.after_step)
     finally:
         monitor.bar.close()
     timing = monitor.timing(cpu_start)
@@ -337,20 +312,22 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
         return {"halted_at": plan.stop, "steps": plan.total, **timing}
     last_eval = monitor.last_eval or {"step": plan.total, "epoch": plan.total / plan.steps_per_epoch,
                                       **test(state.params)}  # resumed a finished run: evaluate it
-    report = _report(config, dataset, state, last_eval, plan, timing, jit_cache_size(train_step))
-    return _finish(config, workdir, report, model, state, dataset)
+    report = _report(config, dataset, state, last_eval, plan, timing, jit_cache_size(train_step), parallel)
+    return _finish(config, workdir, report, model, state, dataset) if distributed.is_writer() else report
 
 
 def _finish(config: TrainConfig, workdir: Path, report: dict, model: nn.Layer, state: TrainState,
             dataset: data.Dataset) -> dict:
-    """Write ``report.json``, print the summary line, draw the plots."""
+    """Write ``report.json``, print the summary line, draw the plots (from host copies of
+    the parameters, so that only this process computes them)."""
     checkpoint.atomic_write(workdir / "report.json", json.dumps(report, indent=2) + "\n")
     print(f"{config.dataset} {config.model} seed {config.seed}: test accuracy "
           f"{report['test_accuracy']:.4f} after {report['steps']} steps, {report['train_time_s']:.1f} s, "
           f"{report['examples_per_s'] or 0:.0f} examples/s")
     if config.plots:
         from jaxcnn import plots
-        report["plots"] = plots.write_all(workdir, model, state.params, dataset, workdir / METRICS)
+        report["plots"] = plots.write_all(workdir, model, distributed.host(state.params), dataset,
+                                          workdir / METRICS)
     return report
 
 
@@ -373,12 +350,13 @@ def _flush(pending: list, schedule: Callable, rate: float, saved_step: int, chec
 
 
 def _report(config: TrainConfig, dataset: data.Dataset, state: TrainState, last_eval: dict, plan: Plan,
-            timing: dict, compilations: int) -> dict:
+            timing: dict, compilations: int, parallel: distributed.DataParallel) -> dict:
     return {"dataset": config.dataset, "model": config.model, "seed": config.seed, "impl": config.impl,
             "dtype": config.dtype, "test_accuracy": last_eval["test_accuracy"],
             "test_loss": last_eval["test_loss"], "steps": plan.total, "epochs": plan.total / plan.steps_per_epoch,
             "batch_size": config.batch_size, "params": nn.count_params(state.params), **timing,
             "train_step_compilations": compilations, "device": jax.devices()[0].device_kind,
+            "devices": parallel.size, "processes": jax.process_count(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "config": dataclasses.asdict(config)}
 
 

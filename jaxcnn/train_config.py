@@ -34,8 +34,14 @@ class TrainConfig:
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
     training examples. A resumed run must match its checkpoint in every field except
-    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir`` and the logging and
-    checkpoint intervals (``identity``).
+    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir``, the logging and
+    checkpoint intervals, and where it runs (``identity``).
+
+    Where it runs (``jaxcnn.distributed``): ``devices`` is a count, ``"all"``, or ``None``
+    (one device; every device of a multi-process run); ``batch_size`` is the global batch,
+    split evenly over them. ``coordinator`` (``host:port`` of process 0), ``num_processes``
+    and ``process_id`` join a multi-process run (``jax.distributed.initialize``); ``None``
+    takes them from the environment, if set there.
     """
 
     dataset: str = "mnist1d"
@@ -61,6 +67,10 @@ class TrainConfig:
     halt_after: int | None = None
     progress: bool = True
     plots: bool = True
+    devices: int | str | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     def resolved(self) -> "TrainConfig":
         """Validated, with the dataset's defaults filled in."""
@@ -86,6 +96,9 @@ class TrainConfig:
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
         _args.choice(config.dtype, DTYPES, "dtype")
+        config = dataclasses.replace(config, devices=_args.device_request(config.devices))  # "8" -> 8
+        _args.optional_index(config.num_processes, "num_processes", 1)
+        _args.optional_index(config.process_id, "process_id", 0)
         for name in ("lr", "weight_decay"):
             value = getattr(config, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -94,7 +107,8 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint."""
-        skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every"}
+        skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every",
+                "devices", "coordinator", "num_processes", "process_id"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -175,9 +189,18 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--eval-batch-size", type=int, default=500)
     parser.add_argument("--train-subset", type=int)
+    parser.add_argument("--halt-after", type=int, help="stop after this step, its checkpoint written "
+                        "(as a kill would; --resume continues)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
+    where = parser.add_argument_group("devices and processes (jaxcnn.distributed)")
+    where.add_argument("--devices", help="N or 'all': data parallelism over that many "
+                       "devices, --batch-size the global batch (default: one; all in a multi-process run)")
+    where.add_argument("--coordinator", help="host:port of process 0 (env JAX_COORDINATOR_ADDRESS)")
+    where.add_argument("--num-processes", type=int, help="processes of the run (env JAXCNN_NUM_PROCESSES)")
+    where.add_argument("--process-id", type=int, help="this process, 0 ... N-1 (env JAXCNN_PROCESS_ID)")
     args = vars(parser.parse_args(argv))
     workdir = args.pop("workdir")
     return TrainConfig(**args), workdir

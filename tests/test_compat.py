@@ -78,3 +78,13 @@ def test_enable_x64_sets_the_flag_inside_only(enabled):
         assert jax.config.read("jax_enable_x64") == enabled
         assert jnp.ones(2).dtype == (jnp.float64 if enabled else jnp.float32)
     assert jax.config.read("jax_enable_x64") == before
+
+
+def test_distributed_is_initialized_agrees_with_jax():
+    """The suite is one process that never joined a run; where JAX has the public function, the
+    two agree."""
+    from jaxcnn._compat import distributed_is_initialized
+    assert distributed_is_initialized() is False and jax.process_count() == 1
+    public = getattr(jax.distributed, "is_initialized", None)
+    if public is not None:
+        assert distributed_is_initialized() == public()

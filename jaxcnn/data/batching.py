@@ -37,12 +37,15 @@ def epoch_permutation(key_or_seed: int | jax.Array, epoch: int, n: int) -> np.nd
 
 
 def batches(key_or_seed: int | jax.Array, x: Any, y: Any, batch_size: int, *, epoch: int = 0,
-            shuffle: bool = True, drop_last: bool = True) -> Iterator[tuple[Any, Any]]:
+            shuffle: bool = True, drop_last: bool = True,
+            rows: slice | None = None) -> Iterator[tuple[Any, Any]]:
     """One epoch of ``(x[idx], y[idx])`` minibatches, ``x: (N, ...)``, ``y: (N, ...)``.
 
     With ``shuffle``, ``idx`` runs through ``epoch_permutation(key_or_seed, epoch, N)``; else
     in order. ``drop_last`` drops the final short batch, so every batch has ``batch_size``
-    rows (one jit compilation). Arguments are checked here, before the first batch.
+    rows (one jit compilation). ``rows`` keeps only those rows of every batch (``idx[rows]``):
+    one process's part of a global batch in a multi-process run, which reads only its rows.
+    Arguments are checked here, before the first batch.
     """
     n = getattr(x, "shape", (None,))[0] if getattr(x, "ndim", 0) else None
     if n is None or getattr(y, "ndim", 0) == 0 or y.shape[0] != n:
@@ -54,5 +57,8 @@ def batches(key_or_seed: int | jax.Array, x: Any, y: Any, batch_size: int, *, ep
         raise ValueError(f"batch_size: expected at most N = {n} with drop_last=True (else no "
                          f"batch at all); got {batch_size}")
     order = epoch_permutation(key_or_seed, epoch, n) if shuffle else np.arange(n)
+    if rows is not None and not isinstance(rows, slice):
+        raise TypeError(f"rows: expected a slice of each batch's rows or None; got {rows!r}")
     stop = n - n % batch_size if drop_last else n
-    return ((x[idx], y[idx]) for idx in (order[i:i + batch_size] for i in range(0, stop, batch_size)))
+    rows = slice(None) if rows is None else rows
+    return ((x[idx], y[idx]) for idx in (order[i:i + batch_size][rows] for i in range(0, stop, batch_size)))
