@@ -121,3 +121,46 @@ def distributed_is_initialized() -> bool:
 # naming process 1's devices by their global ids is never written); 0.10.2 runs it. Releases
 # in between are not known to fail, so only 0.4.30 and older are refused.
 MULTIPROCESS_CPU_COLLECTIVES: bool = jax.__version_info__ > (0, 4, 30)
+
+
+def shard_map(f: Any, mesh: Any, in_specs: Any, out_specs: Any, check: bool = True) -> Any:
+    """``f`` mapped over ``mesh``'s blocks, each device running it on its block.
+
+    Release-dependent: ``jax.shard_map`` (keyword arguments; ``check_vma``: values typed by the
+    mesh axes they vary along) is public from JAX 0.6 on; 0.4.30 has only
+    ``jax.experimental.shard_map.shard_map(f, mesh, in_specs, out_specs, check_rep)``, which
+    newer releases removed. ``check`` is ``check_vma`` / ``check_rep``.
+    """
+    public = getattr(jax, "shard_map", None)
+    if public is not None:
+        return public(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check)
+    from jax.experimental.shard_map import shard_map as experimental
+    return experimental(f, mesh, in_specs, out_specs, check_rep=check)
+
+
+def axis_size(axis_name: Any) -> int:
+    """The number of devices along a bound mesh axis, as a Python int (inside ``shard_map``).
+
+    Release-dependent: ``jax.lax.axis_size`` exists from JAX 0.6 on; on 0.4.30 ``psum`` of the
+    Python constant 1 is the documented way, and gives a Python int there.
+    """
+    size = getattr(jax.lax, "axis_size", None)
+    return int(size(axis_name) if size is not None else jax.lax.psum(1, axis_name))
+
+
+def axis_types() -> tuple[Any, ...]:
+    """The mesh axis types this release offers, ``(AxisType.Explicit, AxisType.Auto)``, or
+    ``()`` on releases before ``jax.sharding.AxisType`` (0.4.30: every mesh is automatic)."""
+    kinds = getattr(jax.sharding, "AxisType", None)
+    return () if kinds is None else (kinds.Explicit, kinds.Auto)
+
+
+def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], axis_type: Any = None) -> Any:
+    """A ``jax.sharding.Mesh`` of the first ``prod(shape)`` devices, with ``axis_type`` for every
+    axis where the release has axis types. ``jax.make_mesh`` is public after 0.4.30 only."""
+    import math
+    import numpy as np
+    devices = np.asarray(jax.devices()[:math.prod(shape)]).reshape(shape)
+    if axis_type is None:
+        return jax.sharding.Mesh(devices, names)
+    return jax.sharding.Mesh(devices, names, axis_types=(axis_type,) * len(names))

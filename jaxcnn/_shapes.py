@@ -241,3 +241,29 @@ def pool_padding(length: int, window: int, stride: int, dilation: int, pad: int,
     """``(lo, hi)`` for a pooling of ``out`` windows: the symmetric ``pad``, ``hi`` grown by
     ceil_mode's overhang so that the last window ``(out − 1)·s + extent`` fits."""
     return (pad, max(pad, (out - 1) * stride + dilated_size(window, dilation) - length - pad))
+
+
+# ----------------------------------------------------------------------------- spatial sharding
+# An axis of length L = P·m split into P blocks of m samples, one per shard; output i reads
+# x_pad[i·s + k·d], i.e. x[i·s + k·d − lo]. The shards' outputs tile the global output in
+# equal, aligned blocks of q = m / s when shard p's first output p·q reads from the start of
+# its block (p·q·s = p·m): that needs s | m and an output of exactly L / s.
+
+
+def tiles_shards(length: int, shards: int, stride: int, out: int) -> bool:
+    """Whether the output (``out`` samples) of an axis of ``length = shards·m`` samples splits
+    into ``shards`` aligned blocks of ``m / stride``: ``stride | m`` and ``out = length / stride``.
+    For a window of extent ``e`` and padding ``(lo, hi)`` the second holds iff
+    ``e − s ≤ lo + hi ≤ e − 1`` (``"SAME"`` always; ``"CAUSAL"`` always; ``"VALID"`` iff ``e ≤ s``)."""
+    local = length // shards
+    return local * shards == length and local % stride == 0 and out * stride == length
+
+
+def halo_widths(extent: int, stride: int, lo: int) -> tuple[int, int]:
+    """``(left, right)`` samples a shard needs beyond its block, for aligned blocks.
+
+    Local output ``i' < q = m / s`` reads local positions ``i'·s + k·d − lo``: from ``−lo``
+    (``i' = k = 0``) to ``(q − 1)·s + (e − 1) − lo = m − 1 + (e − s − lo)``. So ``lo`` samples
+    from the left neighbour's tail and ``e − s − lo`` from the right neighbour's head; a
+    negative right width (``> −s``) is the block's tail that no window of the shard reads."""
+    return lo, extent - stride - lo
