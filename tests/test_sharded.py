@@ -257,3 +257,146 @@ def test_conv_on_an_explicit_mesh(rng):
         y = jax.jit(_sharded_conv(mesh, **kwargs))(*args)
         assert tuple(jax.typeof(y).sharding.spec)[2] == "s"
         _assert_same(_sharded_conv(mesh, **kwargs), _unsharded_conv(**kwargs), args, rng, "explicit")
+
+
+# ----------------------------------------------------------------------------- against GSPMD
+
+
+def test_conv_matches_xla_partitioner_on_a_spatially_sharded_input(rng):
+    """``jax.jit(jaxcnn.conv)`` on an input placed split along its length (XLA's partitioner
+    does the halo itself) and the hand-written exchange: same values and gradients."""
+    mesh = _mesh(4)
+    kwargs = dict(stride=2, padding="SAME", padding_mode="zeros")
+    x, w, b = _conv_case(rng, 2, 4, 0)
+    x = jax.device_put(x, NamedSharding(mesh, P(None, None, "s")))
+    _assert_same(_sharded_conv(mesh, **kwargs), _unsharded_conv(**kwargs), (x, w, b), rng,
+                 "halo exchange vs GSPMD")
+
+
+def test_jax_16894_stride2_batch_and_output_channel_sharded(rng):
+    """JAX issue 16894 reports wrong numbers for a stride-2 conv whose input is sharded by batch
+    and whose kernel is sharded by output channel; jaxcnn.conv under jit on that placement
+    against the same conv on unsharded arrays, values and gradients."""
+    mesh = make_mesh((2, 4), ("data", "model"), AUTO)
+    kwargs = dict(stride=2, padding=1)
+    x = random_array(rng, (4, 3, 8, 8))
+    w = random_array(rng, (8, 3, 3, 3))
+    placed = (jax.device_put(x, NamedSharding(mesh, P("data"))),
+              jax.device_put(w, NamedSharding(mesh, P("model"))))
+    seed = int(rng.integers(2**31))
+    y, grads = _value_and_vjp(_unsharded_conv(**kwargs), placed, np.random.default_rng(seed))
+    with jax.default_device(jax.devices()[0]):
+        y_ref, grads_ref = _value_and_vjp(_unsharded_conv(**kwargs), (np.asarray(x), np.asarray(w)),
+                                          np.random.default_rng(seed))
+    assert_close(y, y_ref, F64, "16894: value")
+    for g, g_ref, name in zip(grads, grads_ref, ("x", "w")):
+        assert_close(g, g_ref, VJP_TOL, f"16894: gradient of {name}")
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+# 1D: window, stride, padding (the ones that tile the shards), dilation and ceil_mode for max
+# pooling, count_include_pad for average pooling; shard counts 2, 4, 8.
+MAX_POOL_1D = {
+    "window2": (2, dict(window=2)),
+    "window3-stride1-pad1": (4, dict(window=3, stride=1, padding=1)),
+    "window3-stride2-pad1": (8, dict(window=3, stride=2, padding=1)),
+    "window2-stride1-dilation2-pad1": (2, dict(window=2, stride=1, dilation=2, padding=1)),
+    "window3-stride2-ceil": (4, dict(window=3, stride=2, ceil_mode=True)),   # floor: 1 short
+}
+AVG_POOL_1D = {
+    "window2": (4, dict(window=2)),
+    "window3-stride1-pad1": (2, dict(window=3, stride=1, padding=1)),
+    "window3-stride1-pad1-exclude-pad": (8, dict(window=3, stride=1, padding=1, count_include_pad=False)),
+    "window3-stride2-pad1-exclude-pad": (4, dict(window=3, stride=2, padding=1, count_include_pad=False)),
+    "window3-stride2-ceil-overhang": (2, dict(window=3, stride=2, ceil_mode=True)),
+}
+POOL_ND = {
+    "max-2D-axis1-channels_last": ("max_pool", 2, 4, 1, dict(window=3, stride=1, padding=1, channels_last=True)),
+    "avg-2D-axis0-exclude-pad": ("avg_pool", 2, 2, 0, dict(window=(3, 2), stride=(2, 1), padding=(1, 0),
+                                                           count_include_pad=False)),
+    "max-3D-axis2-stride2": ("max_pool", 3, 2, 2, dict(window=2, stride=2)),
+    "avg-3D-axis0-channels_last": ("avg_pool", 3, 4, 0, dict(window=3, stride=1, padding=1,
+                                                             channels_last=True)),
+}
+
+
+def _pool_case(op, n, shards, split, kwargs, rng):
+    sizes = [4, 5, 3][:n]
+    sizes[split] = 4 * shards
+    shape = (2, *sizes, 3) if kwargs.get("channels_last") else (2, 3, *sizes)
+    mesh = _mesh(shards)
+    f = lambda x: getattr(sharded, op)(x, mesh=mesh, axis_name="s", spatial_axis=split, **kwargs)
+    # continuous random data: no ties, so max pooling is differentiable there
+    _assert_same(f, lambda x: getattr(jaxcnn, op)(x, **kwargs), (random_array(rng, shape),), rng,
+                 f"{op} {n}D {kwargs}, {shards} shards")
+
+
+@pytest.mark.parametrize("case", list(MAX_POOL_1D), ids=list(MAX_POOL_1D))
+def test_max_pool_1d_matches_unsharded(case, rng):
+    shards, kwargs = MAX_POOL_1D[case]
+    _pool_case("max_pool", 1, shards, 0, kwargs, rng)
+
+
+@pytest.mark.parametrize("case", list(AVG_POOL_1D), ids=list(AVG_POOL_1D))
+def test_avg_pool_1d_matches_unsharded(case, rng):
+    shards, kwargs = AVG_POOL_1D[case]
+    _pool_case("avg_pool", 1, shards, 0, kwargs, rng)
+
+
+@pytest.mark.parametrize("case", list(POOL_ND), ids=list(POOL_ND))
+def test_pool_nd_matches_unsharded(case, rng):
+    op, n, shards, split, kwargs = POOL_ND[case]
+    _pool_case(op, n, shards, split, kwargs, rng)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _conv_error(x_shape, w_shape, shards=4, **kwargs):
+    x, w = jnp.ones(x_shape), jnp.ones(w_shape)
+    return lambda: sharded.conv(x, w, mesh=_mesh(shards), axis_name="s", **kwargs)
+
+
+@pytest.mark.parametrize("call,error,pattern", [
+    pytest.param(_conv_error((1, 2, 18), (2, 2, 3), padding=1), ValueError,
+                 r"x: spatial axis 0 \(array axis 2\) of size 18 does not split into 4 equal shards "
+                 r"over mesh axis 's'", id="unequal-shards"),
+    pytest.param(_conv_error((1, 2, 12), (2, 2, 3), stride=2, padding=1), ValueError,
+                 r"stride: 2 on spatial axis 0 \(split into 4 shards of 3 over mesh axis 's'\) "
+                 r"does not tile the shard boundaries", id="stride-does-not-tile"),
+    pytest.param(_conv_error((1, 2, 16), (2, 2, 3), padding="VALID"), ValueError,
+                 r"padding: sharded conv on spatial axis 0 .* needs an output of input / stride = "
+                 r"16 / 1 = 16 samples.* padding \(0, 0\) gives 14; expected lo \+ hi between 2 and 2",
+                 id="valid-does-not-tile"),
+    pytest.param(_conv_error((1, 2, 8), (2, 2, 7), padding="SAME"), ValueError,
+                 r"x: conv's halo on spatial axis 0 .* wider than a shard: 3 samples from the left "
+                 r"and 3 from the right; expected at most 2", id="halo-wider-than-shard"),
+    pytest.param(_conv_error((1, 2, 8), (2, 2, 5), padding=2, padding_mode="reflect"), ValueError,
+                 r"expected at most 1 \(reflect\)", id="reflect-halo"),
+    pytest.param(_conv_error((1, 2, 8, 8), (2, 2, 3, 3), padding=1, spatial_axis=2), ValueError,
+                 r"spatial_axis: expected an int in \[0, 2\) for 2 spatial axes; got 2", id="spatial-axis"),
+    pytest.param(_conv_error((1, 2, 8), (2, 2, 3), padding=1, spatial_axis=0.0), TypeError,
+                 r"spatial_axis: expected an int", id="spatial-axis-type"),
+    pytest.param(lambda: sharded.conv(jnp.ones((1, 2, 8)), jnp.ones((2, 2, 3)), mesh=_mesh(4),
+                                      axis_name="t"), ValueError,
+                 r"axis_name: expected one of the mesh's axes \('s',\); got 't'", id="axis-not-in-mesh"),
+    pytest.param(lambda: sharded.conv(jnp.ones((1, 2, 8)), jnp.ones((2, 2, 3)), mesh="mesh",
+                                      axis_name="s"), TypeError,
+                 r"mesh: expected a jax.sharding.Mesh; got str", id="mesh-type"),
+    pytest.param(lambda: sharded.conv(jnp.ones((1, 2, 8)), jnp.ones((2, 2, 3)), axis_name="s"),
+                 ValueError, r"axis_name: expected a mesh axis bound by an enclosing jax.shard_map",
+                 id="unbound-axis"),
+    pytest.param(_conv_error((1, 2, 8), (2, 3, 3), padding=1), ValueError,
+                 r"w: expected 2 input channels per group", id="global-check-still-applies"),
+    pytest.param(lambda: sharded.max_pool(jnp.ones((1, 2, 12)), 3, 2, 1, mesh=_mesh(4),
+                                          axis_name="s"), ValueError,
+                 r"stride: 2 on spatial axis 0 \(split into 4 shards of 3", id="pool-stride"),
+    pytest.param(lambda: sharded.avg_pool(jnp.ones((1, 2, 16)), 3, 1, 0, mesh=_mesh(4),
+                                          axis_name="s"), ValueError,
+                 r"padding: sharded avg_pool on spatial axis 0 .* gives 14", id="pool-padding"),
+])
+def test_bad_input_is_named(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
