@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from jaxcnn import reference
+from jaxcnn import sharded as _sharded
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
 from jaxcnn.gradcheck.checks import check, check_dtype
 from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
@@ -46,9 +47,14 @@ FUNCTIONS.update({"lax.conv_general_dilated": jaxcnn_lax.conv_general_dilated,
                   "lax.conv_transpose": jaxcnn_lax.conv_transpose})
 
 
+# Ops whose reference has another name than ``reference_name``'s rule gives.
+REFERENCE_NAMES: dict[str, str] = {}
+
+
 def reference_name(op: str) -> str:
-    """The name of ``op``'s reference in ``jaxcnn.reference`` (``lax.x`` → ``lax_x``)."""
-    return op.replace(".", "_")
+    """The name of ``op``'s reference in ``jaxcnn.reference`` (``lax.x`` → ``lax_x``), or the
+    one ``REFERENCE_NAMES`` gives."""
+    return REFERENCE_NAMES.get(op, op.replace(".", "_"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +329,93 @@ OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "lax.conv_transpose": lambda rng: _expand("lax.conv_transpose", LAX_TRANSPOSE_VARIANTS, rng,
                                               _lax_transpose_case),
 }
+
+
+# ----------------------------------------------------------------------------- sharded (begin)
+# jaxcnn.sharded's ops on the global array, split along the first spatial axis over a mesh of
+# 2 devices where the process has two or more (else 1: the exchange's ends only),
+# against the unsharded op's reference: the rows check the halo exchange's hand-written VJP
+# (and the local op's rules) against autodiff of plain lax on the whole array.
+
+def _sharded_mesh() -> jax.sharding.Mesh:
+    from jaxcnn._compat import make_mesh
+    return make_mesh((2 if jax.device_count() >= 2 else 1,), ("shards",))
+
+
+def sharded_conv(x, w, b=None, **kwargs):
+    """``jaxcnn.sharded.conv`` on a global ``x`` split along its first spatial axis."""
+    return _sharded.conv(x, w, b, mesh=_sharded_mesh(), axis_name="shards", **kwargs)
+
+
+def sharded_max_pool(x, **kwargs):
+    """``jaxcnn.sharded.max_pool`` on a global ``x`` split along its first spatial axis."""
+    return _sharded.max_pool(x, mesh=_sharded_mesh(), axis_name="shards", **kwargs)
+
+
+def sharded_avg_pool(x, **kwargs):
+    """``jaxcnn.sharded.avg_pool`` on a global ``x`` split along its first spatial axis."""
+    return _sharded.avg_pool(x, mesh=_sharded_mesh(), axis_name="shards", **kwargs)
+
+
+# The split axis has 8 samples (4 per shard); its padding tiles the shards
+# (e − s ≤ lo + hi ≤ e − 1, e the dilated kernel extent; kernel 3 on every axis).
+SHARDED_SIZES = {1: (8,), 2: (8, 5), 3: (8, 4, 3)}
+SHARDED_CONV_VARIANTS = (
+    ("padding 1", 2, 3, True, lambda n: dict(padding=1)),
+    ("SAME, stride 2, reflect", 2, 2, True, lambda n: dict(padding="SAME", stride=2,
+                                                           padding_mode="reflect")),
+    ("dilation 2, padding 2, circular", 2, 3, False, lambda n: dict(
+        dilation=2, padding=2, padding_mode="circular")),
+    ("CAUSAL, replicate, groups 2", 4, 2, True, lambda n: dict(padding="causal", groups=2,
+                                                               padding_mode="replicate")),
+    ("(lo, hi) pairs, stride 2, dilation 2", 2, 2, False, lambda n: dict(
+        padding=_per_axis(((2, 1), (1, 1), (0, 2)), n), stride=2, dilation=2)),
+)
+SHARDED_MAX_POOL_VARIANTS = (
+    ("window 3, stride 1, padding 1", lambda n: dict(window=3, stride=1, padding=1)),
+    ("window 3, stride 2, ceil_mode", lambda n: dict(window=3, stride=2, ceil_mode=True)),
+)
+SHARDED_AVG_POOL_VARIANTS = (
+    ("window 2", lambda n: dict(window=2)),
+    ("window 3, stride 1, padding 1, count_include_pad=False", lambda n: dict(
+        window=3, stride=1, padding=1, count_include_pad=False)),
+)
+
+
+def _sharded_conv_case(variant, n, impl, channels_last, rng):
+    label, c_in, c_out, bias, kwargs = variant
+    kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
+    groups = kwargs.get("groups", 1)
+    x = rng.standard_normal(_activation(2, c_in, SHARDED_SIZES[n], channels_last))
+    w = rng.standard_normal(_kernel(c_out, c_in // groups, KERNELS[1] * n, channels_last))
+    b = rng.standard_normal(c_out) if bias else None
+    return Case("sharded.conv", "sharded.conv", "conv",
+                f"{n}D {label}, {_layout_label(impl, channels_last)}", (x, w, b), kwargs)
+
+
+def _sharded_pool_case(op: str):
+    def build(variant, n, impl, channels_last, rng):
+        label, kwargs = variant
+        x = rng.standard_normal(_activation(2, 3, SHARDED_SIZES[n], channels_last))
+        return Case(f"sharded.{op}", f"sharded.{op}", op,
+                    f"{n}D {label}, {_layout_label(None, channels_last)}", (x,),
+                    dict(kwargs(n), channels_last=channels_last))
+    return build
+
+
+FUNCTIONS.update({"sharded.conv": sharded_conv, "sharded.max_pool": sharded_max_pool,
+                  "sharded.avg_pool": sharded_avg_pool})
+OPS.update({
+    "sharded.conv": lambda rng: _expand("sharded.conv", SHARDED_CONV_VARIANTS, rng,
+                                        _sharded_conv_case),
+    "sharded.max_pool": lambda rng: _expand("sharded.max_pool", SHARDED_MAX_POOL_VARIANTS, rng,
+                                            _sharded_pool_case("max_pool")),
+    "sharded.avg_pool": lambda rng: _expand("sharded.avg_pool", SHARDED_AVG_POOL_VARIANTS, rng,
+                                            _sharded_pool_case("avg_pool")),
+})
+REFERENCE_NAMES.update({"sharded.conv": "conv", "sharded.max_pool": "max_pool",
+                        "sharded.avg_pool": "avg_pool"})
+# ----------------------------------------------------------------------------- sharded (end)
 
 
 def available_ops() -> list[str]:
