@@ -16,7 +16,8 @@ devices (forced CPU devices unless the process already has 8), float32, padding 
 
     python experiments/sharded/run.py [--rounds R] [--quick]
 
-writes experiments/sharded/results.json and results.md. Forced CPU devices share the
+writes experiments/sharded/results.json and table.md (results.md quotes it, with what it
+means). Forced CPU devices share the
 machine's cores: times measure the programs' overhead and structure, not a scaling.
 """
 from __future__ import annotations
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     info = dict(device_info(), load_average=load_average())
     suffix = "_quick" if options.quick else ""
     (HERE / f"results{suffix}.json").write_text(json.dumps({"device": info, "rows": rows}, indent=1))
-    (HERE / f"results{suffix}.md").write_text(markdown(rows, info))
+    (HERE / f"table{suffix}.md").write_text(markdown(rows, info))
     print(markdown(rows, info))
     return 0
 
