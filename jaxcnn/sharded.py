@@ -26,6 +26,15 @@ transpose (the weight is replicated).
 Two ways in: inside your own ``jax.shard_map`` call ``conv(x_block, w, b, axis_name=...,
 spatial_axis=...)`` on the local block (output: the local block of the global output, split
 the same way); or pass ``mesh=`` and the global array, and ``conv`` runs the ``shard_map``.
+Your own ``shard_map`` needs ``check_vma=False`` (``check_rep=False`` on JAX 0.4.30) for
+gradients: jaxcnn's conv and pooling primitives do not yet type their results by the mesh
+axes they vary along, and JAX's transpose then refuses their cotangents (so does plain
+``jaxcnn.conv`` inside a checked ``shard_map``). ``mesh=`` does this for you.
+
+Why the exchange is a ``jax.custom_vjp`` and not a primitive: the ``ppermute``s stay visible
+in the jaxpr (no all-gather hides there), at the price of forward mode (``jax.jvp`` of a
+custom_vjp is refused); a primitive pair with JVP and transpose rules gives both modes but
+hides the collectives inside its lowering.
 """
 from __future__ import annotations
 

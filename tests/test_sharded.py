@@ -400,3 +400,16 @@ def _conv_error(x_shape, w_shape, shards=4, **kwargs):
 def test_bad_input_is_named(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+def test_vmap_of_the_gradient_matches_unsharded(rng):
+    """``jax.vmap`` of the gradient over a leading axis (per-example gradients) through the
+    exchange's hand-written VJP, against the unsharded conv's."""
+    mesh = _mesh(4)
+    kwargs = dict(stride=2, padding=1, padding_mode="replicate")
+    x, w = _conv_case(rng, 1, 4, 0, bias=False)
+    f, f_ref = _sharded_conv(mesh, **kwargs), _unsharded_conv(**kwargs)
+    xs = random_array(rng, (3, *x.shape))
+    per_example = jax.jit(jax.vmap(lambda x: jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x)))(xs)
+    reference = jax.jit(jax.vmap(lambda x: jax.grad(lambda x: jnp.sum(f_ref(x, w) ** 2))(x)))(xs)
+    assert_close(per_example, reference, VJP_TOL, "vmap of the gradient")
