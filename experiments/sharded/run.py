@@ -164,10 +164,14 @@ def _mb(value: int | None) -> str:
     return "—" if value is None or value < 0 else f"{value / 2 ** 20:.2f}"
 
 
+def _size(value: int) -> str:
+    return f"{value / 2 ** 10:.1f} KiB" if value < 2 ** 20 else f"{value / 2 ** 20:.2f} MiB"
+
+
 def _collective_cell(found: dict) -> str:
     if not found:
         return "none"
-    return ", ".join(f"{v['count']}× {k} ({_mb(v['bytes'])} MiB)" for k, v in found.items())
+    return ", ".join(f"{v['count']}× {k} ({_size(v['bytes'])})" for k, v in found.items())
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -181,12 +185,12 @@ def markdown(rows: list[dict], info: dict) -> str:
         lines.append(f"| {r['case']} | {r['mode']} | {r['contender']} | {r['median_ms']:.2f} | "
                      f"{_mb(m['temp_bytes'])} | {_mb(m['peak_bytes'])} | "
                      f"{_collective_cell(m['collectives'])} | {r['rel_err_vs_unsharded']:.1e} |")
-    traffic = ["", "| case | input MiB | halo sent per forward step MiB | all-gather of the input MiB | ratio |",
+    traffic = ["", "| case | input | halo sent per forward step (all shards) | all-gather of the input | ratio |",
                "|---|---:|---:|---:|---:|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         r = next(r for r in rows if r["case"] == case and "halo_forward" in r)
-        traffic.append(f"| {case} | {_mb(r['input'])} | {_mb(r['halo_forward'])} | "
-                       f"{_mb(r['all_gather_input'])} | {r['halo_forward'] / r['all_gather_input']:.4f} |")
+        traffic.append(f"| {case} | {_size(r['input'])} | {_size(r['halo_forward'])} | "
+                       f"{_size(r['all_gather_input'])} | {r['halo_forward'] / r['all_gather_input']:.2e} |")
     head = (f"{SHARDS} devices ({info['platform']}, {info.get('cpu', '?')}, "
             f"{info.get('cpu_cores', '?')} cores, jax {info['jax']}), float32, padding SAME; "
             f"load average {info.get('load_average')}. Medians of interleaved rounds after "
