@@ -48,12 +48,10 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from jaxcnn import padding as _padding
-from jaxcnn._args import PoolSpec, as_float_array, check_bool
+from jaxcnn._args import PoolSpec, check_bool
 from jaxcnn._args.sharded import (HaloSpec, bound_axis_size, check_mesh_axis, check_split,
-                                  check_spatial_axis, normalize_sharded_conv,
-                                  normalize_sharded_pool)
+                                  normalize_sharded_conv, normalize_sharded_pool, split_axis)
 from jaxcnn._compat import shard_map
-from jaxcnn._shapes import spatial_axes
 from jaxcnn.conv import conv as _conv
 from jaxcnn.pool import avg_pool as _avg_pool
 from jaxcnn.pool import max_pool as _max_pool
@@ -322,13 +320,7 @@ def _on_mesh(block_op: Callable, x: Any, operands: tuple, *, mesh: jax.sharding.
     """``block_op`` under ``shard_map`` on ``mesh``: ``x`` split along its spatial axis over
     ``axis_name``, the ``operands`` (weights) replicated, the output split like ``x``."""
     shards = check_mesh_axis(mesh, axis_name)
-    x = as_float_array(x, "x")
-    check_bool(channels_last, "channels_last")
-    if x.ndim < 3:
-        raise ValueError(f"x: expected a batch, a channel and at least one spatial axis; "
-                         f"got shape {tuple(x.shape)}")
-    spatial_axis = check_spatial_axis(spatial_axis, x.ndim - 2)
-    axis = spatial_axes(x.ndim - 2, bool(channels_last))[spatial_axis]
+    x, spatial_axis, axis = split_axis(x, spatial_axis, channels_last, block_op.__name__)
     check_split(tuple(x.shape), axis, spatial_axis, shards, axis_name)
     split = PartitionSpec(*(axis_name if i == axis else None for i in range(x.ndim)))
 

@@ -111,15 +111,21 @@ def halo_spec(*, axis: int, spatial_axis: int, local: int, shards: int, axis_nam
     return HaloSpec(axis, left, right, axis_name, shards, mode, fill)
 
 
-def _global_struct(x: Any, spatial_axis: Any, channels_last: Any, shards: int, op: str):
-    """The block as a float array, the checked axis and the global shape it is a block of."""
+def split_axis(x: Any, spatial_axis: Any, channels_last: Any, op: str) -> tuple[jax.Array, int, int]:
+    """``x`` (a block or the global array) as a float array with a batch, a channel and at
+    least one spatial axis; the checked ``spatial_axis`` and its position in ``x``."""
     x = as_float_array(x, "x")
     check_bool(channels_last, "channels_last")
     if x.ndim < 3:
-        raise ValueError(f"x: sharded {op} expects a block with a batch, a channel and at least "
-                         f"one spatial axis; got shape {tuple(x.shape)}")
+        raise ValueError(f"x: sharded {op} expects a batch, a channel and at least one spatial "
+                         f"axis; got shape {tuple(x.shape)}")
     spatial_axis = check_spatial_axis(spatial_axis, x.ndim - 2)
-    axis = spatial_axes(x.ndim - 2, bool(channels_last))[spatial_axis]
+    return x, spatial_axis, spatial_axes(x.ndim - 2, bool(channels_last))[spatial_axis]
+
+
+def _global_struct(x: Any, spatial_axis: Any, channels_last: Any, shards: int, op: str):
+    """The checked block and axis, and the global shape the block is one of ``shards`` of."""
+    x, spatial_axis, axis = split_axis(x, spatial_axis, channels_last, op)
     shape = list(x.shape)
     shape[axis] *= shards
     return x, spatial_axis, axis, jax.ShapeDtypeStruct(tuple(shape), x.dtype)
