@@ -25,7 +25,7 @@ from jaxcnn import sharded
 from jaxcnn._args.sharded import HaloSpec
 from jaxcnn._compat import axis_types, make_mesh, shard_map
 from jaxcnn._shapes import conv_output_size, dilated_size, halo_widths, tiles_shards
-from tests.helpers import TOL, VJP_TOL, assert_close, random_array
+from helpers import TOL, VJP_TOL, assert_close, random_array
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 F64 = TOL["float64"]
