@@ -212,7 +212,9 @@ def conv(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, axis_name: H
       axis_name: the mesh axis the spatial axis is split over (``P`` devices).
       spatial_axis: which spatial axis is split (0 is the first spatial axis in either layout).
       mesh: if given, ``x`` is global and this runs the ``shard_map`` itself: ``x`` split along
-        ``spatial_axis`` over ``axis_name``, ``w`` and ``b`` replicated, the output split like ``x``.
+        ``spatial_axis`` over ``axis_name``, ``w`` and ``b`` replicated, the output split like
+        ``x``. A mesh of ``Auto`` axes works anywhere; one of ``Explicit`` axes (what
+        ``jax.make_mesh`` gives in current JAX) under ``jax.set_mesh(mesh)``, as any op on it.
 
     The split must tile the output: ``stride | m`` and ``L / stride`` outputs, i.e.
     ``e − s ≤ lo + hi ≤ e − 1`` on that axis (``e`` the dilated kernel extent; ``"SAME"`` and
