@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import conv_tuning
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (conv_output_size, dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
@@ -352,7 +353,25 @@ def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
     or None for the generic lowering: the first of ``candidates`` whose intermediates fit the
     memory budget. Every candidate computes the same map."""
     forms = candidates(piece, impl, spec, in_shape, w_shape, platform)
-    return next((f for f in forms[:-1] if fits(f, spec, in_shape, w_shape)), forms[-1])
+    forms = [f for f in forms[:-1] if fits(f, spec, in_shape, w_shape)] + forms[-1:]
+    if len(forms) < 2 or not conv_tuning.enabled():
+        return forms[0]
+    return _measuring(piece, impl, spec, forms)
+
+
+def _measuring(piece: str, impl: str, spec: ConvSpec, forms: list[Callable]) -> Callable:
+    """A piece that, when lowered, runs the fastest of ``forms`` for its operands' shapes and
+    dtype as ``conv_tuning.measured`` finds it (cached on disk), else the rule's (``forms[0]``)."""
+    def piece_fn(a, b, spec_, *shape):
+        def operands():
+            rng = np.random.default_rng(0)
+            return [rng.standard_normal(o.shape).astype(o.dtype) for o in (a, b)]
+        key = conv_tuning.cache_key(piece, impl, spec_, (a.shape, b.shape, *shape), a.dtype)
+        form = conv_tuning.measured(key, forms, operands,
+                                    lambda f: lambda x, y: f(x, y, spec_, *shape)) or forms[0]
+        return form(a, b, spec_, *shape)
+    piece_fn.__name__ = f"measured_{piece}"
+    return piece_fn
 
 
 _SMALL_TAP = 4096

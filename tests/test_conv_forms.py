@@ -7,6 +7,7 @@ independent computation of the same map. The wiring test reads the compiled HLO:
 """
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import jax
@@ -202,3 +203,43 @@ def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
         x, w, _, spec = _operands(name, channels_last, rng)
         for piece in conv_forms.PIECES:
             assert conv_forms.choose(piece, "manual", spec, x.shape, w.shape, platform) not in uses_lax
+
+
+def test_measured_choice_is_cached_and_exact(monkeypatch, tmp_path, rng):
+    """JAXCNN_MEASURE_FORMS=1: the candidates are timed once per shape, the winner cached on
+    disk; the values stay those of the one-lax-call pieces; a second process (an empty
+    in-memory cache) reads the file instead of timing again."""
+    from jaxcnn import conv_tuning
+    cache = tmp_path / "forms.json"
+    monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
+    monkeypatch.setenv(conv_tuning.CACHE_ENV, str(cache))
+    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
+    x, w = random_array(rng, (2, 4, 16, 16)), random_array(rng, (8, 1, 3, 3))   # depthwise: loops fit
+    def loss(x, w, **kwargs):
+        return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, groups=4, **kwargs)))
+    got = jax.grad(loss, (0, 1))(x, w)
+    with conv_tuning_off(monkeypatch):
+        want = jax.grad(partial(loss, impl="lax"), (0, 1))(x, w)
+    assert_close(got[0], want[0], TOL["float64"], "dx")
+    assert_close(got[1], want[1], TOL["float64"], "dw")
+    entries = json.loads(cache.read_text())
+    assert entries and all(json.loads(k)[3] in conv_forms.PIECES for k in entries)
+    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
+    monkeypatch.setattr(conv_tuning, "time_form", lambda *a, **k: pytest.fail("timed again"))
+    jax.clear_caches()
+    jax.grad(loss, (0, 1))(x, w)
+
+
+class conv_tuning_off:
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self):
+        from jaxcnn import conv_tuning
+        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "0")
+        jax.clear_caches()
+
+    def __exit__(self, *exc):
+        from jaxcnn import conv_tuning
+        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
+        return False
