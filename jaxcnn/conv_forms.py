@@ -52,8 +52,8 @@ from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (conv_output_size, dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
-from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_stack, loop_weight_grad, read_tap,
-                                tap_offsets)
+from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
+                                loop_weight_grad, read_tap, tap_offsets)
 from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
@@ -294,6 +294,7 @@ FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → el
     "loop_conv": lambda a: a["padded"] + 2 * a["output"],
     "loop_input_grad": lambda a: a["padded"] + a["dilated"] + a["output"],
     "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
+    "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
     "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
 }
 
@@ -329,7 +330,7 @@ def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
         if piece == "weight_grad" and platform == "cpu" and spec.n >= 2 and spec.groups == 1:
             form = _cpu_weight_grad(spec, in_shape, w_shape)
             if form is not IMPLS["lax"][2]:     # manual never falls back to a conv primitive
-                forms.append(form)
+                forms += [form, _looped(form)]
         if 1 < c_per_group <= 4 and piece != "input_grad":
             forms.append((im2col_conv, None, im2col_weight_grad)[index])
         if depthwise and piece == "weight_grad":
@@ -340,10 +341,15 @@ def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
             forms.extend(depthwise_forms)
         elif piece == "weight_grad" and spec.n >= 2 and spec.groups == 1:
             form = _cpu_weight_grad(spec, in_shape, w_shape)
-            forms.extend([form, loop_weight_grad] if form is not IMPLS["lax"][2] else [])
+            forms.extend([form, _looped(form)] if form is not IMPLS["lax"][2] else [])
         elif spec.n == 3 and spec.groups == 1 and piece != "weight_grad":
             forms.append((fold_depth_conv, fold_depth_input_grad)[index])
     return forms + [IMPLS["lax"][index]]
+
+
+def _looped(form: Callable) -> Callable:
+    """The tap-loop twin of a per-tap weight-gradient form."""
+    return loop_sample_batched_weight_grad if form is sample_batched_weight_grad else loop_weight_grad
 
 
 def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],

@@ -116,7 +116,10 @@ def loop_stack(count: int, tap: Callable[[jax.Array], jax.Array]) -> jax.Array:
         jnp.zeros((count, *first.shape), first.dtype))
 
 
-def loop_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
+def loop_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape,
+                     batched: bool = False) -> jax.Array:
+    """``dw[k_t]`` one tap at a time; ``batched``: each tap's contraction one matmul per sample,
+    summed after (``conv_forms.sample_batched_weight_grad``'s order, one group only)."""
     x_pad = zero_pad(x, spec, spec.padding)
     k_sizes = kernel_sizes(w_shape, spec)
     out = spatial_sizes(dy.shape, spec)
@@ -125,8 +128,17 @@ def loop_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape
 
     def tap(t):
         xs = _split_channels(read_tap(x_pad, spec, tap_offsets(t, k_sizes), out), act_axis, spec.groups)
+        if batched:
+            per_sample = "n...c,n...o->nco" if spec.channels_last else "nc...,no...->noc"
+            return contract(per_sample, xs, dy_g, spec).sum(0)
         return _merge_channels(contract(_subscripts(spec, 2), xs, dy_g, spec), tap_axis, spec.groups)
 
     taps = loop_stack(math.prod(k_sizes), tap)
     # (T, O, C/g) → (O, C/g, *K) channels first; (T, C/g, O) → (*K, C/g, O) channels last.
     return (taps if spec.channels_last else jnp.moveaxis(taps, 0, -1)).reshape(w_shape)
+
+
+def loop_sample_batched_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
+    """``loop_weight_grad`` batched over the samples: for many samples and a small ``C × O``
+    tap (XLA's CPU matmul cannot split a long contraction of a small output)."""
+    return loop_weight_grad(x, dy, spec, w_shape, batched=True)

@@ -51,6 +51,8 @@ FORMS = {  # form: (piece, configs it applies to)
     **{f"loop_{piece}": (piece, ["depthwise_multiplier_strided", "depthwise_3d", "fold_3d_strided_dilated",
                                  "im2col_groups", "im2col_1d", "many_samples_3d"])
        for piece in ("conv", "input_grad", "weight_grad")},
+    "loop_sample_batched_weight_grad": ("weight_grad", ["fold_3d_strided_dilated", "wide_2d",
+                                                        "many_samples_2d", "many_samples_3d"]),
     "loop_depthwise_weight_grad": ("weight_grad", ["depthwise_2d", "depthwise_multiplier_strided",
                                                    "depthwise_1d_dilated", "depthwise_3d"]),
 }
