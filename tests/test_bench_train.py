@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.bench import train_step
+from jaxcnn.bench import profile, train_step
 from tests.helpers import TOL, assert_close
 
 IMPLS = {"fashion-cnn": ("lax", "manual", "jax")}   # others: lax and the twin (compile time)
@@ -72,3 +72,14 @@ def test_markdown_ratio_to_fastest_torch():
     table = train_step.markdown([row])
     assert "| m | 2 | jaxcnn lax | 30 | 2.00 | 1 |" in table
     assert "| m | 2 | torch channels_last | 15 | 1.00 | — |" in table
+
+
+def test_profile_categories_from_stack_frames():
+    """A step of fashion-cnn (batch 2): its ops are attributed to the convolutions (forward
+    and backward), the normalisation and the optimizer, and the trace adds up to a time."""
+    x, y = train_step.batch_data("fashion-cnn", 2)
+    compiled, args = train_step.jax_step("fashion-cnn", "lax", x, y)["compiled"]["step"]
+    kinds = profile.op_categories(compiled.as_text())
+    assert {"conv forward", "conv backward", "normalisation", "optimizer"} <= set(kinds.values())
+    ms = profile.step_profile(compiled, args, 1)
+    assert ms.get("conv forward", 0) > 0 and sum(ms.values()) > 0

@@ -5,6 +5,8 @@
 - ``timing``: interleaved rounds of synchronised calls, the matmul peak;
 - ``rows``: one row, every contender timed, its compiled temp memory, compared with the baseline;
 - ``report``: the markdown table, the device, the load;
+- ``train_step``: ``jaxcnn bench --train``, the training step of every named model;
+- ``profile``: XLA's per-op trace of a compiled step, summed by category;
 - ``command``: ``jaxcnn bench`` itself (``main``; what it measures is in its docstring).
 """
 from jaxcnn.bench.cases import (CASES, QUICK_CASES, Case, available, case_flops, conv_flops,
