@@ -76,11 +76,11 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=1))
 
 
-def jax_loss(name: str, impl: str) -> tuple[Callable, Any]:
+def jax_loss(name: str, impl: str, channels_last: bool = False) -> tuple[Callable, Any]:
     """``(loss(params, x, y, key, train), params)`` of the model; ``impl`` "lax", "manual" or
     "jax" (the model built with impl="lax", traced under ``plain_lax_ops``: call the loss
     inside that context)."""
-    model = models.build(name, impl="lax" if impl == "jax" else impl)
+    model = models.build(name, impl="lax" if impl == "jax" else impl, channels_last=channels_last)
     params, _ = model.init(jax.random.key(0), (2, *models.INPUT_SHAPES[name]))
 
     def loss(params, x, y, key, train=True):
@@ -88,11 +88,11 @@ def jax_loss(name: str, impl: str) -> tuple[Callable, Any]:
     return loss, params
 
 
-def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: bool = False) -> dict[str, Any]:
     """The compiled phases of one contender: ``step`` (value-and-grad and AdamW), ``grad``
     (value-and-grad), ``forward`` (the loss), with their arguments."""
     import optax
-    loss, params = jax_loss(name, impl)
+    loss, params = jax_loss(name, impl, channels_last)
     optimizer = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
@@ -217,14 +217,16 @@ def _census(compiled: Any) -> dict[str, int]:
 def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual", "jax"),
                 torch_layouts: Sequence[bool] = (False, True), batch: int | None = None,
                 min_seconds: float = 1.0) -> dict[str, Any]:
-    """Every contender's step on one model, interleaved; the profile of the fastest jaxcnn one."""
+    """Every contender's step on one model, interleaved; the profile of the fastest jaxcnn one.
+    The JAX contenders run in both layouts where the model takes ``channels_last``."""
     batch = batch or BATCH[name]
     x, y = batch_data(name, batch)
     calls, temp, failures, steps = {}, {}, {}, {}
-    for impl in impls:
-        label = impl if impl == "jax" else f"jaxcnn {impl}"
+    layouts = (False, True) if name in models.LAYOUT_MODELS else (False,)
+    for impl, channels_last in [(i, cl) for i in impls for cl in layouts]:
+        label = (impl if impl == "jax" else f"jaxcnn {impl}") + (" channels_last" if channels_last else "")
         try:
-            steps[label] = jax_step(name, impl, x, y)
+            steps[label] = jax_step(name, impl, x, y, channels_last)
         except Exception as err:   # a contender that fails is reported, the others go on
             failures[label] = failure_message(err)
             continue
