@@ -26,21 +26,34 @@ CPU (BENCHMARKS.md, "Where the time goes"):
   slices along a tap axis makes one contraction of depth ``∏K·C/g`` (the 3-channel 7×7 stem:
   6–9× faster forward).
 
+Memory weighs as much as time: each form's intermediates are estimated from shapes
+(``FORM_MEMORY``; an unrolled tap sum holds ``∏K`` slices, XLA's CPU compiler computing every
+tap before summing) and a form is used only within ``MEMORY_BUDGET`` of its piece's
+activations; otherwise the next candidate: the tap loops of ``jaxcnn.conv_loops`` (one tap
+alive at a time), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd then stays
+within 1.5× (lax) of the compiled temp memory of ``jax.grad`` of lax on every bench row
+(``experiments/bench/memory.md``).
+
 The depthwise, fold-depth and channels-last forms are CPU lowerings of ``impl="lax"`` (on a
 GPU, cuDNN handles grouped and 3D convolutions itself); im2col and the depthwise weight
 gradient are ``impl="manual"`` forms everywhere (no convolution primitive in either).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import conv_tuning
 from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import conv_output_size, kernel_sizes, spatial_sizes
+from jaxcnn._shapes import (conv_output_size, dilated_size, kernel_sizes, output_sizes,
+                            spatial_sizes)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
+                                loop_weight_grad, read_tap, tap_offsets)
 from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
@@ -56,24 +69,46 @@ def _channels_per_group(shape: tuple[int, ...], spec: ConvSpec) -> int:
 # ----------------------------------------------------------------------------- depthwise
 
 
+def _depthwise_tap(xs: jax.Array, dy_g: jax.Array, spec: ConvSpec) -> jax.Array:
+    """One tap of the depthwise weight gradient, ``(G, M)``: ``Σ_{n,i} xs[n, g, i] · dy[n, g, m, i]``."""
+    acc = dy_g.dtype
+    if spec.channels_last:          # xs (N, *O, G) × dy (N, *O, G, M)
+        return jnp.sum(xs[..., None].astype(acc) * dy_g, axis=tuple(range(dy_g.ndim - 2)))
+    return jnp.sum(xs[:, :, None].astype(acc) * dy_g, axis=(0, *range(3, dy_g.ndim)))
+
+
+def _depthwise_operands(x, dy, spec: ConvSpec):
+    """``x_pad``, ``dy`` split as ``(…, G, M, …)`` in the summing dtype, and the output sizes."""
+    g, acc = spec.groups, sum_dtype(spec, x.dtype)
+    if spec.channels_last:
+        dy_g = dy.reshape(*dy.shape[:-1], g, dy.shape[-1] // g)
+    else:
+        dy_g = dy.reshape(dy.shape[0], g, dy.shape[1] // g, *dy.shape[2:])
+    return zero_pad(x, spec, spec.padding), dy_g.astype(acc), spatial_sizes(dy.shape, spec)
+
+
+def _depthwise_taps_to_kernel(taps: jax.Array, spec: ConvSpec, w_shape) -> jax.Array:
+    """``(T, G, M)`` → ``(*K, 1, O)`` (channels last) or ``(O, 1, *K)`` (channels first)."""
+    return (taps if spec.channels_last else jnp.moveaxis(taps, 0, -1)).reshape(w_shape)
+
+
 def depthwise_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]`` per tap ``k``
     (one input channel per group, channel multiplier ``M = O/g``): a fused multiply-and-sum
     instead of a batched matmul of 1×1 blocks."""
-    x_pad = zero_pad(x, spec, spec.padding)
-    out = spatial_sizes(dy.shape, spec)
-    g, acc = spec.groups, sum_dtype(spec, x.dtype)
-    if spec.channels_last:          # x slice (N, *O, G, 1) × dy (N, *O, G, M) → (G, M) per tap
-        dy_g = dy.reshape(*dy.shape[:-1], g, dy.shape[-1] // g).astype(acc)
-        axes = tuple(range(dy.ndim - 1))
-        taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][..., None].astype(acc) * dy_g, axis=axes)
-                for k in offsets(kernel_sizes(w_shape, spec))]
-        return jnp.stack(taps).reshape(w_shape)                # (T, G, M) → (*K, 1, O)
-    dy_g = dy.reshape(dy.shape[0], g, dy.shape[1] // g, *dy.shape[2:]).astype(acc)
-    axes = (0, *range(3, dy_g.ndim))
-    taps = [jnp.sum(x_pad[tap_window(spec, k, out, x.ndim)][:, :, None].astype(acc) * dy_g, axis=axes)
+    x_pad, dy_g, out = _depthwise_operands(x, dy, spec)
+    taps = [_depthwise_tap(x_pad[tap_window(spec, k, out, x.ndim)], dy_g, spec)
             for k in offsets(kernel_sizes(w_shape, spec))]
-    return jnp.stack(taps, axis=-1).reshape(w_shape)           # (G, M, T) → (O, 1, *K)
+    return _depthwise_taps_to_kernel(jnp.stack(taps), spec, w_shape)
+
+
+def loop_depthwise_weight_grad(x, dy, spec: ConvSpec, w_shape):
+    """``depthwise_weight_grad`` one tap at a time (``jaxcnn.conv_loops``)."""
+    x_pad, dy_g, out = _depthwise_operands(x, dy, spec)
+    k_sizes = kernel_sizes(w_shape, spec)
+    taps = loop_stack(int(np.prod(k_sizes)), lambda t: _depthwise_tap(
+        read_tap(x_pad, spec, tap_offsets(t, k_sizes), out), dy_g, spec))
+    return _depthwise_taps_to_kernel(taps, spec, w_shape)
 
 
 # ----------------------------------------------------------------------------- weight gradient
@@ -207,36 +242,142 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
     return _to_channels_first(crop(dx_pad, _DEPTH, ((lo, hi),)), spec)
 
 
+# ----------------------------------------------------------------------------- memory
+# Each form's intermediates, in elements, from shapes alone (what XLA's CPU compiler was seen to
+# hold at once, ``jaxcnn bench``'s temp-memory column): an unrolled tap sum holds every tap's
+# slice or product, a loop one of them, a depth fold its stacked depth taps (and their copy).
+
+
+MEMORY_BUDGET = 1.5
+"""A form is used only if its intermediates fit in ``MEMORY_BUDGET × (input + output)`` elements
+of its piece's activations; otherwise the next candidate (at last the lean tap loop, or for
+``impl="lax"`` the one-lax-call piece). Keeps fwd+bwd within ~1.5× (lax) and ~2× (manual) the
+compiled temp memory of ``jax.grad`` of lax."""
+
+
+def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, int]:
+    """Elements of a conv's activations: ``input``, ``output``, ``padded`` (``x_pad``), ``slice``
+    (one tap's read, ``N·C·∏S_out``), ``dilated`` (one tap's placed part, stride holes
+    included), and ``taps`` (``∏K``) and ``depth_taps`` (``K_0``)."""
+    k_sizes = kernel_sizes(w_shape, spec)
+    in_sizes = spatial_sizes(in_shape, spec)
+    out_sizes = output_sizes(in_sizes, k_sizes, spec.stride, spec.dilation, spec.padding)
+    n, c = in_shape[0], in_shape[spec.channel_axis()]
+    o = w_shape[spec.kernel_io_axes()[0]]
+    return {"input": n * c * math.prod(in_sizes), "output": n * o * math.prod(out_sizes),
+            "padded": n * c * math.prod(s + lo + hi for s, (lo, hi) in zip(in_sizes, spec.padding)),
+            "slice": n * c * math.prod(out_sizes),
+            "dilated": n * c * math.prod(dilated_size(o_, s) for o_, s in zip(out_sizes, spec.stride)),
+            "taps": math.prod(k_sizes), "depth_taps": k_sizes[0],
+            "depth_slice": n * c * out_sizes[0] * math.prod(in_sizes[1:])}
+
+
+def _unrolled(a):
+    return a["padded"] + a["taps"] * max(a["slice"], a["output"])
+
+
+FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → elements
+    "manual_conv": _unrolled,
+    "manual_input_grad": lambda a: a["padded"] + a["taps"] * a["dilated"],
+    "manual_weight_grad": _unrolled,
+    "sample_batched_weight_grad": _unrolled,
+    "depthwise_weight_grad": _unrolled,
+    "im2col_conv": lambda a: a["padded"] + 2 * a["taps"] * a["slice"],
+    "im2col_weight_grad": lambda a: a["padded"] + 2 * a["taps"] * a["slice"],
+    "fold_depth_conv": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
+    "fold_depth_input_grad": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
+    # A loop holds x_pad (or dx_pad), one tap's product and its accumulator (a lax conv feeds
+    # its consumer's fusion directly: a depthwise loop_conv measured +0.9× jax.grad's memory).
+    # A loop that reads dy also holds a copy of it (XLA copies a loop operand that is live
+    # after the loop into the loop's state); the weight gradient's dot copies its slice too;
+    # the depthwise tap is a fused multiply-and-sum.
+    "loop_conv": lambda a: a["padded"] + 2 * a["output"],
+    "loop_input_grad": lambda a: a["padded"] + a["dilated"] + a["output"],
+    "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
+    "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
+    "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
+}
+
+
+def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
+    """Estimated intermediate elements of ``form`` (0 for the one-lax-call pieces)."""
+    model = FORM_MEMORY.get(form.__name__)
+    return 0 if model is None else model(activation_sizes(spec, in_shape, w_shape))
+
+
+def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
+    """Whether ``form``'s intermediates fit the budget (``MEMORY_BUDGET``)."""
+    a = activation_sizes(spec, in_shape, w_shape)
+    return form_memory(form, spec, in_shape, w_shape) <= MEMORY_BUDGET * (a["input"] + a["output"])
+
+
 # ----------------------------------------------------------------------------- the choice
+
+LOOPS = (loop_conv, loop_input_grad, loop_weight_grad)
+
+
+def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
+               w_shape: tuple[int, ...], platform: str | None) -> list[Callable]:
+    """The forms that compute ``piece`` of ``impl``, fastest first (the measurements of the
+    module docstring); the last one always fits (``fits``): the tap loop or the lax piece."""
+    index = PIECES.index(piece)
+    c_per_group = _channels_per_group(in_shape, spec)
+    depthwise = spec.groups > 1 and c_per_group == 1
+    depthwise_forms = ((manual_conv, loop_conv), (manual_input_grad, loop_input_grad),
+                       (depthwise_weight_grad, loop_depthwise_weight_grad))[index]
+    forms: list[Callable] = []
+    if impl == "manual":
+        if piece == "weight_grad" and platform == "cpu" and spec.n >= 2 and spec.groups == 1:
+            form = _cpu_weight_grad(spec, in_shape, w_shape)
+            if form is not IMPLS["lax"][2]:     # manual never falls back to a conv primitive
+                forms += [form, _looped(form)]
+        if 1 < c_per_group <= 4 and piece != "input_grad":
+            forms.append((im2col_conv, None, im2col_weight_grad)[index])
+        if depthwise and piece == "weight_grad":
+            forms.extend(depthwise_forms)
+        return forms + [IMPLS["manual"][index], LOOPS[index]]
+    if platform == "cpu":
+        if depthwise:
+            forms.extend(depthwise_forms)
+        elif piece == "weight_grad" and spec.n >= 2 and spec.groups == 1:
+            form = _cpu_weight_grad(spec, in_shape, w_shape)
+            forms.extend([form, _looped(form)] if form is not IMPLS["lax"][2] else [])
+        elif spec.n == 3 and spec.groups == 1 and piece != "weight_grad":
+            forms.append((fold_depth_conv, fold_depth_input_grad)[index])
+    return forms + [IMPLS["lax"][index]]
+
+
+def _looped(form: Callable) -> Callable:
+    """The tap-loop twin of a per-tap weight-gradient form."""
+    return loop_sample_batched_weight_grad if form is sample_batched_weight_grad else loop_weight_grad
 
 
 def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
            w_shape: tuple[int, ...], platform: str | None) -> Callable:
     """The function that computes ``piece`` of ``impl`` for a conv whose input ``x`` has
     ``in_shape`` and kernel ``w`` has ``w_shape``; ``platform`` is the lowering's (``"cpu"``)
-    or None for the generic lowering. Every candidate computes the same map; the rules are
-    the measurements of the module docstring."""
-    index = PIECES.index(piece)
-    c_per_group = _channels_per_group(in_shape, spec)
-    depthwise = spec.groups > 1 and c_per_group == 1
-    if impl == "manual":
-        if piece == "weight_grad" and platform == "cpu" and spec.n >= 2 and spec.groups == 1:
-            form = _cpu_weight_grad(spec, in_shape, w_shape)
-            if form is not IMPLS["lax"][2]:     # manual never falls back to a conv primitive
-                return form
-        if 1 < c_per_group <= 4 and piece != "input_grad":
-            return (im2col_conv, None, im2col_weight_grad)[index]
-        if depthwise and piece == "weight_grad":
-            return depthwise_weight_grad
-        return IMPLS["manual"][index]
-    if platform == "cpu":
-        if depthwise:
-            return (manual_conv, manual_input_grad, depthwise_weight_grad)[index]
-        if piece == "weight_grad" and spec.n >= 2 and spec.groups == 1:
-            return _cpu_weight_grad(spec, in_shape, w_shape)
-        if spec.n == 3 and spec.groups == 1:
-            return (fold_depth_conv, fold_depth_input_grad)[index]
-    return IMPLS["lax"][index]
+    or None for the generic lowering: the first of ``candidates`` whose intermediates fit the
+    memory budget. Every candidate computes the same map."""
+    forms = candidates(piece, impl, spec, in_shape, w_shape, platform)
+    forms = [f for f in forms[:-1] if fits(f, spec, in_shape, w_shape)] + forms[-1:]
+    if len(forms) < 2 or not conv_tuning.enabled():
+        return forms[0]
+    return _measuring(piece, impl, spec, forms)
+
+
+def _measuring(piece: str, impl: str, spec: ConvSpec, forms: list[Callable]) -> Callable:
+    """A piece that, when lowered, runs the fastest of ``forms`` for its operands' shapes and
+    dtype as ``conv_tuning.measured`` finds it (cached on disk), else the rule's (``forms[0]``)."""
+    def piece_fn(a, b, spec_, *shape):
+        def operands():
+            rng = np.random.default_rng(0)
+            return [rng.standard_normal(o.shape).astype(o.dtype) for o in (a, b)]
+        key = conv_tuning.cache_key(piece, impl, spec_, (a.shape, b.shape, *shape), a.dtype)
+        form = conv_tuning.measured(key, forms, operands,
+                                    lambda f: lambda x, y: f(x, y, spec_, *shape)) or forms[0]
+        return form(a, b, spec_, *shape)
+    piece_fn.__name__ = f"measured_{piece}"
+    return piece_fn
 
 
 _SMALL_TAP = 4096

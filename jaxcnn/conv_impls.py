@@ -192,11 +192,16 @@ def _tap(w: jax.Array, spec: ConvSpec, offset) -> jax.Array:
     return _split_channels(tap, _split_axes(spec)[1], spec.groups)
 
 
-def manual_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
-    x_pad = zero_pad(x, spec, spec.padding)
+def conv_operands(x: jax.Array, w: jax.Array, spec: ConvSpec) -> tuple[jax.Array, Shape, Shape, int]:
+    """What a manual forward's tap sum reads: ``x_pad``, ``K``, the output sizes and the
+    activation's channel axis."""
     k_sizes = kernel_sizes(w.shape, spec)
-    out = conv_output_sizes(x.shape, k_sizes, spec)
-    act_axis = _split_axes(spec)[0]
+    return (zero_pad(x, spec, spec.padding), k_sizes, conv_output_sizes(x.shape, k_sizes, spec),
+            _split_axes(spec)[0])
+
+
+def manual_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
     y = None
     for offset in offsets(k_sizes):
         xs = _split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)

@@ -2,7 +2,9 @@
 ``jaxcnn summary``.
 
 ``MODELS[name](num_classes=..., impl=...)`` builds a ``jaxcnn.nn.Layer``; ``impl`` ("lax" or
-"manual") goes to every convolution. ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
+"manual") goes to every convolution. ``channels_last=True`` (``LAYOUT_MODELS``) runs every
+layer channels last, as XLA's CPU convolutions want it (no transpose around each conv); the
+model still takes channels-first input, moved once at its entrance. ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
 ``DATASETS[name]`` the dataset the model is made for.
 """
 from __future__ import annotations
@@ -10,13 +12,24 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+import jax.numpy as jnp
+
 from jaxcnn import nn
 
 Builder = Callable[..., nn.Layer]
 
 
-def _norm_relu(channels: int, groups: int = 8) -> list[nn.Layer]:
-    return [nn.GroupNorm(min(groups, channels)), nn.ReLU()]
+def _norm_relu(channels: int, groups: int = 8, channels_last: bool = False) -> list[nn.Layer]:
+    return [nn.GroupNorm(min(groups, channels), channels_last=channels_last), nn.ReLU()]
+
+
+def _entrance(channels_last: bool) -> list[nn.Layer]:
+    """``(N, C, *S)`` → ``(N, *S, C)`` when the model runs channels last; nothing otherwise."""
+    if not channels_last:
+        return []
+    return [nn.Layer(lambda key, s: ({}, (s[0], *s[2:], s[1])),
+                     lambda params, x, *, train=False, key=None: jnp.moveaxis(x, 1, -1),
+                     "ToChannelsLast")]
 
 
 def mnist1d_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
@@ -30,62 +43,74 @@ def mnist1d_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
         nn.Flatten(), nn.Dense(num_classes))
 
 
-def _basic_block(conv: Callable[..., nn.Layer], channels: int, stride: int, impl: str) -> list[nn.Layer]:
+def _basic_block(conv: Callable[..., nn.Layer], channels: int, stride: int, impl: str,
+                 channels_last: bool = False) -> list[nn.Layer]:
     """He et al. (2016)'s basic block with GroupNorm: conv-norm-relu-conv-norm + shortcut, relu."""
-    body = nn.serial(conv(channels, 3, stride=stride, padding=1, impl=impl, bias=False),
-                     *_norm_relu(channels),
-                     conv(channels, 3, padding=1, impl=impl, bias=False), nn.GroupNorm(min(8, channels)))
-    return [nn.Residual(body, impl=impl), nn.ReLU()]
+    cl = channels_last
+    body = nn.serial(conv(channels, 3, stride=stride, padding=1, impl=impl, bias=False, channels_last=cl),
+                     *_norm_relu(channels, channels_last=cl),
+                     conv(channels, 3, padding=1, impl=impl, bias=False, channels_last=cl),
+                     nn.GroupNorm(min(8, channels), channels_last=cl))
+    return [nn.Residual(body, impl=impl, channels_last=cl), nn.ReLU()]
 
 
-def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 64) -> nn.Layer:
+def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 64,
+                   channels_last: bool = False) -> nn.Layer:
     """A residual 1D CNN: a kernel-5 stem of ``channels`` maps, three basic blocks (the last
     two halve the length, 40 → 20 → 10), then the flattened maps into a linear layer.
     Flattening (not global pooling) keeps where along the signal a feature fired."""
-    conv = nn.Conv1d
+    conv, cl = nn.Conv1d, channels_last
     return nn.serial(
-        conv(channels, 5, padding=2, impl=impl, bias=False), *_norm_relu(channels),
-        *_basic_block(conv, channels, 1, impl),
-        *_basic_block(conv, channels, 2, impl),
-        *_basic_block(conv, channels, 2, impl),
+        *_entrance(cl),
+        conv(channels, 5, padding=2, impl=impl, bias=False, channels_last=cl), *_norm_relu(channels, channels_last=cl),
+        *_basic_block(conv, channels, 1, impl, cl),
+        *_basic_block(conv, channels, 2, impl, cl),
+        *_basic_block(conv, channels, 2, impl, cl),
         nn.Flatten(), nn.Dense(num_classes))
 
 
-def fashion_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
+def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
     """A small 2D CNN: 3x3 convs of 32 maps at 28x28, 64 at 14x14 and 128 at 7x7, each
     followed by ReLU (GroupNorm from the second on) and 2x2 max pooling between sizes, then
     dropout and a linear layer on the flattened maps. Only the one-channel first layer runs
     at full resolution: on CPU, XLA's weight-gradient convolution is slowest there."""
+    cl = channels_last
     return nn.serial(
-        nn.Conv2d(32, 3, padding=1, impl=impl), nn.ReLU(), nn.MaxPool(2),
-        nn.Conv2d(64, 3, padding=1, impl=impl), *_norm_relu(64), nn.MaxPool(2),
-        nn.Conv2d(128, 3, padding=1, impl=impl), *_norm_relu(128),
+        *_entrance(cl),
+        nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool(2, channels_last=cl),
+        nn.Conv2d(64, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(64, channels_last=cl),
+        nn.MaxPool(2, channels_last=cl),
+        nn.Conv2d(128, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(128, channels_last=cl),
         nn.Flatten(), nn.Dropout(0.3), nn.Dense(num_classes))
 
 
-def fashion_resnet(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
+def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
     """A small ResNet: a 3x3 stem of 32 maps, basic blocks of 32, 64 (stride 2) and 128
     (stride 2) maps (28 → 14 → 7), global average pooling, a linear layer."""
-    conv = nn.Conv2d
+    conv, cl = nn.Conv2d, channels_last
     return nn.serial(
-        conv(32, 3, padding=1, impl=impl, bias=False), *_norm_relu(32),
-        *_basic_block(conv, 32, 1, impl),
-        *_basic_block(conv, 64, 2, impl),
-        *_basic_block(conv, 128, 2, impl),
-        nn.GlobalAvgPool(), nn.Dense(num_classes))
+        *_entrance(cl),
+        conv(32, 3, padding=1, impl=impl, bias=False, channels_last=cl), *_norm_relu(32, channels_last=cl),
+        *_basic_block(conv, 32, 1, impl, cl),
+        *_basic_block(conv, 64, 2, impl, cl),
+        *_basic_block(conv, 128, 2, impl, cl),
+        nn.GlobalAvgPool(channels_last=cl), nn.Dense(num_classes))
 
 
-def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax") -> nn.Layer:
+def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
     """A 3D CNN for ``(N, 1, T, H, W)`` clips: 3x3x3 convs see three frames at once, so they
     can respond to motion. Frames are first averaged 2x2 to 16x16 (a 2-pixel step becomes 1
     pixel: still visible); pooling shrinks space first, then time: (8,16,16) → (8,8,8) →
     (4,4,4), then global average pooling and a linear layer."""
+    cl = channels_last
     return nn.serial(
-        nn.AvgPool((1, 2, 2)),
-        nn.Conv3d(16, 3, padding=1, impl=impl), nn.ReLU(), nn.MaxPool((1, 2, 2)),
-        nn.Conv3d(32, 3, padding=1, impl=impl), *_norm_relu(32), nn.MaxPool((2, 2, 2)),
-        nn.Conv3d(64, 3, padding=1, impl=impl), *_norm_relu(64),
-        nn.GlobalAvgPool(), nn.Dense(num_classes))
+        *_entrance(cl),
+        nn.AvgPool((1, 2, 2), channels_last=cl),
+        nn.Conv3d(16, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool((1, 2, 2), channels_last=cl),
+        nn.Conv3d(32, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(32, channels_last=cl),
+        nn.MaxPool((2, 2, 2), channels_last=cl),
+        nn.Conv3d(64, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(64, channels_last=cl),
+        nn.GlobalAvgPool(channels_last=cl), nn.Dense(num_classes))
 
 
 def clips_frame2d(num_classes: int = 40, *, impl: str = "lax") -> nn.Layer:
@@ -118,11 +143,20 @@ NUM_CLASSES = {"mnist1d": 10, "fashion": 10, "clips": 40}
 DATASETS = {name: name.split("-")[0] for name in MODELS}
 
 
-def build(name: str, num_classes: int | None = None, *, impl: str = "lax") -> nn.Layer:
-    """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given."""
+LAYOUT_MODELS = ("mnist1d-resnet", "fashion-cnn", "fashion-resnet", "clips-cnn3d")  # take channels_last
+
+
+def build(name: str, num_classes: int | None = None, *, impl: str = "lax",
+          channels_last: bool = False) -> nn.Layer:
+    """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given;
+    ``channels_last`` for the models of ``LAYOUT_MODELS``."""
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}; got {name!r}")
-    return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl)
+    if channels_last is not False and name not in LAYOUT_MODELS:
+        raise ValueError(f"channels_last: expected False for {name!r} (channels last for {LAYOUT_MODELS}); "
+                         f"got {channels_last!r}")
+    kwargs = {"channels_last": bool(channels_last)} if name in LAYOUT_MODELS else {}
+    return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl, **kwargs)
 
 
 def seed_example() -> str:

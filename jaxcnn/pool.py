@@ -50,8 +50,8 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
 from jaxcnn._shapes import spatial_axes
 from jaxcnn._sharding import sharded_call
 from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
-                               global_mean, max_pool_argmax, max_pool_gather, max_pool_scatter,
-                               window_average, with_spatial_sizes)
+                               global_mean, max_pool_argmax, max_pool_argmax_loop, max_pool_gather,
+                               max_pool_scatter, window_average, with_spatial_sizes)
 
 
 def _pooled(a, *, spec, **_) -> ShapedArray:
@@ -68,7 +68,7 @@ def _unpooled(a, *, spec, **_) -> ShapedArray:
 # Forward: the max; its JVP needs the argmax (int32, no derivative) and the gather.
 
 max_pool_p = make_primitive("max_pool", lambda x, *, spec: max_pool_argmax(x, spec)[0], _pooled)
-argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: max_pool_argmax(x, spec)[1],
+argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: max_pool_argmax_loop(x, spec),
                           lambda x, *, spec: ShapedArray(_pooled(x, spec=spec).shape, jnp.int32))
 gather_p = make_primitive("max_pool_gather", lambda v, a, *, spec: max_pool_gather(v, a, spec),
                           lambda v, a, *, spec: ShapedArray(a.shape, v.dtype))
@@ -77,8 +77,9 @@ scatter_p = make_primitive("max_pool_scatter", lambda dy, a, *, spec: max_pool_s
 
 
 def _max_pool_jvp(primals, tangents, *, spec):
-    # ẏ = gather(ẋ, a): the tangent read at each window's (first) maximum. The max and the
-    # argmax lower to the same scan, and XLA computes it once (common subexpressions).
+    # ẏ = gather(ẋ, a): the tangent read at each window's (first) maximum. The max is the
+    # unrolled scan (one fused pass); the argmax the same scan as a loop, so that it is
+    # computed once and read from memory by the gather and the scatter (pool_impls).
     (x,), (x_dot,) = primals, tangents
     argmax = argmax_p.bind(x, spec=spec)
     return max_pool_p.bind(x, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)

@@ -16,6 +16,7 @@ import numpy as np
 from jaxcnn._args import PoolSpec
 from jaxcnn._shapes import spatial_axes
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn.conv_loops import read_tap, tap_offsets
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -150,6 +151,37 @@ def max_pool_argmax(x: jax.Array, spec: PoolSpec) -> tuple[jax.Array, jax.Array]
         best = jnp.where(take, value, best)
         argmax = jnp.where(take, flat, argmax)
     return best, argmax
+
+
+def _real_taps_at(spec: PoolSpec, k: list, ndim: int) -> jax.Array:
+    """``_real_taps`` for a traced tap offset ``k``: a bool mask over the output positions."""
+    mask = jnp.ones([1] * ndim, bool)
+    for axis, ki, o, s, d, length, (lo, _) in zip(spec.spatial_axes(), k, spec.out_sizes(), spec.stride,
+                                                 spec.dilation, spec.in_sizes, spec.padding):
+        position = jnp.arange(o) * s + ki * d - lo
+        shape = [1] * ndim
+        shape[axis] = o
+        mask = mask & ((position >= 0) & (position < length)).reshape(shape)
+    return mask
+
+
+def max_pool_argmax_loop(x: jax.Array, spec: PoolSpec) -> jax.Array:
+    """The argmax of ``max_pool_argmax`` (the same scan, the same rule), its taps in a
+    ``lax.fori_loop``. A loop's result is a buffer XLA cannot fuse into its consumers: the
+    unrolled scan, fused into the scatter of the VJP, was recomputed for every tap that reads
+    it (9 × 9 compare-and-selects per output of a 3×3 window); read from memory it is 9."""
+    x_pad = _pad(x, spec, spec.padding, -jnp.inf)
+    shape = with_spatial_sizes(x.shape, spec, spec.out_sizes())
+
+    def body(t, carry):
+        best, argmax = carry
+        k = tap_offsets(t, spec.window)
+        value = read_tap(x_pad, spec, k, spec.out_sizes())
+        take = ((value > best) | jnp.isnan(value) | (argmax < 0)) & _real_taps_at(spec, k, x.ndim)
+        return jnp.where(take, value, best), jnp.where(take, t, argmax)
+
+    init = (jnp.full(shape, -jnp.inf, x.dtype), jnp.full(shape, -1, jnp.int32))
+    return jax.lax.fori_loop(0, int(np.prod(spec.window)), body, init)[1]
 
 
 def max_pool_gather(v: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:

@@ -18,7 +18,8 @@ from tests.helpers import TOL, assert_close, random_array
 
 ROW_FIELDS = {"case", "op", "training", "shape", "x_shape", "w_shape", "y_shape", "stride",
               "padding", "groups", "dtype", "layout", "mode", "flops", "ms", "ratio", "gflops",
-              "peak_fraction", "max_rel_err", "agree", "failures", "torch_memory_format"}
+              "peak_fraction", "max_rel_err", "agree", "failures", "torch_memory_format",
+              "temp_bytes", "temp_ratio"}
 
 
 def test_quick_run_writes_json(tmp_path):
@@ -196,3 +197,41 @@ def test_rel_err_hand_worked():
     assert bench.rel_err(out, ref) == pytest.approx(0.5 / 4.0)
     with pytest.raises(ValueError, match="outputs"):
         bench.rel_err([np.zeros(3)], [np.zeros(2)])
+
+
+# ----------------------------------------------------------------------------- compiled memory
+
+def test_compiled_temp_bytes_counts_intermediates():
+    """A sort must materialise its result (temp ≥ the array); ``x + 1`` writes its output only."""
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32)
+    sort = bench.compiled_temp_bytes(jax.jit(lambda a: jnp.sum(jnp.sort(a, axis=0) * a)), x)
+    add = bench.compiled_temp_bytes(jax.jit(lambda a: a + 1), x)
+    assert sort >= 64 * 256 * 4 > add
+
+
+MEMORY_CASES = [  # small shapes of the bench's kinds of rows
+    bench.Case("resnet_like", "conv", 2, 16, 16, (16, 16), (3, 3), 1, 1),
+    bench.Case("depthwise", "conv", 2, 32, 32, (16, 16), (3, 3), 1, 1, groups=32),
+    bench.Case("conv1d", "conv", 4, 16, 16, (64,), (5,), 1, 2),
+    bench.Case("conv3d", "conv", 1, 8, 8, (6, 8, 8), (3, 3, 3), 1, 1),
+    bench.Case("stem", "conv", 2, 3, 16, (32, 32), (7, 7), 2, 3),
+    bench.Case("transpose", "conv_transpose", 2, 16, 8, (12, 12), (4, 4), 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
+def test_temp_memory_within_budget(case, channels_last, request):
+    """Compiled temp memory of fwd+bwd (float32) against ``jax.grad`` of lax: ``impl="lax"``
+    ≤ 1.5×, ``impl="manual"`` ≤ 2× (conv_forms.MEMORY_BUDGET weighs each form's intermediates)."""
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in case.shapes(channels_last)]
+    def temp(impl):
+        f = bench.baseline_fn(case, channels_last) if impl == "jax" else bench.jaxcnn_fn(case, channels_last, impl)
+        return bench.compiled_temp_bytes(bench.rows._jax_runner(f, "fwd+bwd", 2), *shapes)
+    base = temp("jax")
+    assert temp("lax") <= 1.5 * base
+    if channels_last:   # an open gap, XLA-version dependent: 1.8–2.4× on these shapes
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
+            "manual channels-last: the tap loops hold x_pad, the forward's accumulator and a "
+            "copy of dy where jax.grad of lax fuses its conv into the consumer (issue 15)")))
+    assert temp("manual") <= 2 * base

@@ -7,6 +7,8 @@ independent computation of the same map. The wiring test reads the compiled HLO:
 """
 from __future__ import annotations
 
+import json
+import re
 from functools import partial
 
 import jax
@@ -46,6 +48,14 @@ FORMS = {  # form: (piece, configs it applies to)
                                                    "many_samples_2d", "many_samples_3d"]),
     "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
+    # The tap loops (conv_loops): every kind of config, groups, strides and dilations included.
+    **{f"loop_{piece}": (piece, ["depthwise_multiplier_strided", "depthwise_3d", "fold_3d_strided_dilated",
+                                 "im2col_groups", "im2col_1d", "many_samples_3d"])
+       for piece in ("conv", "input_grad", "weight_grad")},
+    "loop_sample_batched_weight_grad": ("weight_grad", ["fold_3d_strided_dilated", "wide_2d",
+                                                        "many_samples_2d", "many_samples_3d"]),
+    "loop_depthwise_weight_grad": ("weight_grad", ["depthwise_2d", "depthwise_multiplier_strided",
+                                                   "depthwise_1d_dilated", "depthwise_3d"]),
 }
 FORM_CASES = [(form, name, cl) for form, (_, names) in FORMS.items() for name in names
               for cl in (False, True)]
@@ -83,12 +93,13 @@ def test_form_equals_lax_piece(form, name, channels_last, rng):
     assert_close(got, want, TOL["float64"], f"{form} on {name}")
 
 
-@pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad"])
+@pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad", "loop_weight_grad",
+                                  "loop_depthwise_weight_grad"])
 def test_half_precision_forms_sum_in_float32(form, rng):
     """bfloat16 operands, a float64 reference on the same (rounded) values: the sum over
     N·∏S_out = 2·63 terms in bfloat16 would be off by ~1e-2; summed in float32 and rounded
     once it stays within bfloat16's own rounding."""
-    name = "depthwise_2d" if form.startswith("depthwise") else "im2col_thin"
+    name = "depthwise_2d" if "depthwise" in form else "im2col_thin"
     x, w, dy, spec = _operands(name, False, rng, jnp.bfloat16)
     got = _run(getattr(conv_forms, form), "weight_grad", x, w, dy, spec)
     want = _run(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
@@ -96,7 +107,7 @@ def test_half_precision_forms_sum_in_float32(form, rng):
     assert_close(got.astype(jnp.float64), want, TOL["bfloat16"], form)
 
 
-RULES = [  # (config, channels_last, impl, platform, piece, expected function name)
+RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's name)
     ("depthwise_2d", False, "lax", "cpu", "conv", "manual_conv"),
     ("depthwise_2d", True, "lax", "cpu", "input_grad", "manual_input_grad"),
     ("depthwise_2d", False, "lax", "cpu", "weight_grad", "depthwise_weight_grad"),
@@ -125,9 +136,45 @@ RULES = [  # (config, channels_last, impl, platform, piece, expected function na
 
 
 @pytest.mark.parametrize("name,channels_last,impl,platform,piece,expected", RULES)
-def test_choose_follows_the_rules(name, channels_last, impl, platform, piece, expected, rng):
+def test_candidates_follow_the_rules(name, channels_last, impl, platform, piece, expected, rng):
     x, w, _, spec = _operands(name, channels_last, rng)
-    assert conv_forms.choose(piece, impl, spec, x.shape, w.shape, platform).__name__ == expected
+    forms = conv_forms.candidates(piece, impl, spec, x.shape, w.shape, platform)
+    assert forms[0].__name__ == expected
+    # the last resort: the one-lax-call piece (lax) or the lean tap loop (manual)
+    last = (conv_forms.IMPLS["lax"] if impl == "lax" else conv_forms.LOOPS)[conv_forms.PIECES.index(piece)]
+    assert forms[-1] is last
+
+
+def _spec(**kwargs):
+    x, w = jnp.zeros(kwargs.pop("x")), jnp.zeros(kwargs.pop("w"))
+    return normalize_conv(x, w, None, padding_mode="zeros", channels_last=False, impl="lax",
+                          **{"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **kwargs}).spec
+
+
+def test_activation_sizes_hand_worked():
+    # x (2, 3, 10, 8), w (5, 3, 3, 3), stride 2, padding 1: out (5, 4); x_pad (12, 10)
+    spec = _spec(x=(2, 3, 10, 8), w=(5, 3, 3, 3), stride=2, padding=1)
+    a = conv_forms.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
+    assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
+                 "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8}
+
+
+def test_choice_weighs_memory():
+    """A 3×3 conv of 64 → 128 channels: nine unrolled taps (9 slices, each the size of the
+    input) exceed 1.5 × (input + output); the weight gradient's tap loop (one slice, x_pad and
+    a copy of dy) fits; impl="manual" falls back to its loop whatever the estimate; a 3-D conv of 3 → 16 channels has room for its folded depth taps."""
+    shapes = ((2, 64, 16, 16), (128, 64, 3, 3))
+    spec = _spec(x=shapes[0], w=shapes[1], padding=1)
+    assert not conv_forms.fits(conv_forms.manual_conv, spec, *shapes)
+    assert conv_forms.fits(conv_forms.loop_weight_grad, spec, *shapes)
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.loop_conv
+    assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
+    # a depth fold stacks K_0 = 3 copies of the input (and their folded copy): lax's piece
+    spec3 = _spec(x=(1, 8, 4, 6, 6), w=(8, 8, 3, 3, 3), padding=1)
+    assert conv_forms.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is conv_forms.lax_conv
+    wide = ((2, 3, 4, 5, 6), (16, 3, 3, 3, 3))
+    spec_wide = _spec(x=wide[0], w=wide[1], padding=1)
+    assert conv_forms.choose("conv", "lax", spec_wide, *wide, "cpu") is conv_forms.fold_depth_conv
 
 
 def _convolutions(fn, *args) -> list[str]:
@@ -137,14 +184,17 @@ def _convolutions(fn, *args) -> list[str]:
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU lowerings")
 def test_cpu_lowering_is_used(rng):
-    """fwd+bwd of a 3D conv compiles to 2D convolutions only; a depthwise one to none."""
+    """fwd+bwd of a 3D conv compiles to 2D convolutions only; a depthwise one's weight gradient
+    is no convolution (lax's would be one with batch_group_count)."""
     def loss(x, w, **kwargs):
         return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, **kwargs)))
-    x, w = random_array(rng, (2, 3, 4, 5, 6)), random_array(rng, (4, 3, 3, 3, 3))
+    # 3 → 16 channels: the folded depth taps fit the memory budget (conv_forms.fits)
+    x, w = random_array(rng, (2, 3, 4, 5, 6)), random_array(rng, (16, 3, 3, 3, 3))
     convs = _convolutions(jax.grad(loss, (0, 1)), x, w)
     assert convs and all(line.split("size=")[1].split()[0].count("x") == 1 for line in convs), convs
-    x, w = random_array(rng, (2, 4, 6, 6)), random_array(rng, (4, 1, 3, 3))
-    assert _convolutions(jax.grad(partial(loss, groups=4), (0, 1)), x, w) == []
+    x, w = random_array(rng, (2, 4, 16, 16)), random_array(rng, (8, 1, 3, 3))
+    convs = _convolutions(jax.grad(partial(loss, groups=4), (0, 1)), x, w)
+    assert not any(re.search(r"batch_group_count=(?!1\b)\d+", line) for line in convs), convs
 
 
 @pytest.mark.parametrize("platform", [None, "cpu"])
@@ -156,3 +206,43 @@ def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
         x, w, _, spec = _operands(name, channels_last, rng)
         for piece in conv_forms.PIECES:
             assert conv_forms.choose(piece, "manual", spec, x.shape, w.shape, platform) not in uses_lax
+
+
+def test_measured_choice_is_cached_and_exact(monkeypatch, tmp_path, rng):
+    """JAXCNN_MEASURE_FORMS=1: the candidates are timed once per shape, the winner cached on
+    disk; the values stay those of the one-lax-call pieces; a second process (an empty
+    in-memory cache) reads the file instead of timing again."""
+    from jaxcnn import conv_tuning
+    cache = tmp_path / "forms.json"
+    monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
+    monkeypatch.setenv(conv_tuning.CACHE_ENV, str(cache))
+    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
+    x, w = random_array(rng, (2, 4, 16, 16)), random_array(rng, (8, 1, 3, 3))   # depthwise: loops fit
+    def loss(x, w, **kwargs):
+        return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, groups=4, **kwargs)))
+    got = jax.grad(loss, (0, 1))(x, w)
+    with conv_tuning_off(monkeypatch):
+        want = jax.grad(partial(loss, impl="lax"), (0, 1))(x, w)
+    assert_close(got[0], want[0], TOL["float64"], "dx")
+    assert_close(got[1], want[1], TOL["float64"], "dw")
+    entries = json.loads(cache.read_text())
+    assert entries and all(json.loads(k)[3] in conv_forms.PIECES for k in entries)
+    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
+    monkeypatch.setattr(conv_tuning, "time_form", lambda *a, **k: pytest.fail("timed again"))
+    jax.clear_caches()
+    jax.grad(loss, (0, 1))(x, w)
+
+
+class conv_tuning_off:
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self):
+        from jaxcnn import conv_tuning
+        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "0")
+        jax.clear_caches()
+
+    def __exit__(self, *exc):
+        from jaxcnn import conv_tuning
+        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
+        return False

@@ -116,3 +116,19 @@ def test_summary_command_rejects_unknown_model(capsys):
     with pytest.raises(SystemExit):
         models.main(["lenet"])
     assert "lenet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fashion-resnet", "clips-cnn3d"])
+def test_channels_last_model_computes_the_same_logits(name):
+    """channels_last=True: the same network with every layer channels last (kernels
+    ``(*K, C, O)``), the same logits from the same parameters, channels-first input."""
+    first, last = models.build(name), models.build(name, channels_last=True)
+    shape = (2, *models.INPUT_SHAPES[name])
+    params, _ = first.init(jax.random.key(0), shape)
+    def to_last(a):
+        return np.moveaxis(np.asarray(a), (0, 1), (-1, -2)) if a.ndim >= 3 else a
+    params_last = ({},) + jax.tree_util.tree_map(to_last, params)
+    x = np.random.default_rng(0).standard_normal(shape)
+    assert_close(last.apply(params_last, x), first.apply(params, x), TOL["float64"], f"{name} logits")
+    with pytest.raises(ValueError, match="channels_last"):
+        models.build("mnist1d-cnn", channels_last=True)

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn import reference
+from jaxcnn._args import normalize_pool
 from jaxcnn._shapes import pool_output_size
+from jaxcnn.pool_impls import max_pool_argmax, max_pool_argmax_loop
 from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
 
 F64 = TOL["float64"]
@@ -433,3 +435,24 @@ def test_bad_input_names_the_argument(module, name):
     function, args, kwargs, exception, argument = BAD[name]
     with pytest.raises(exception, match=rf"^{argument}:"):
         getattr(module, function)(*args, **kwargs)
+
+
+# The argmax as a tap loop (what the VJP reads) against the unrolled scan, on ties, NaNs,
+# −∞ inputs, padding, dilation and ceil_mode, both layouts.
+@pytest.mark.parametrize("shape,window,stride,padding,dilation,ceil_mode", [
+    ((2, 3, 9, 8), (3, 3), (2, 2), 1, 1, False),
+    ((2, 3, 10, 7), (2, 3), (2, 1), (1, 1), (2, 1), True),
+    ((1, 2, 11), (4,), (3,), 2, 1, True),
+    ((1, 2, 5, 6, 4), (2, 3, 2), (1, 2, 2), (1, 1, 0), 1, False),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_argmax_loop_equals_unrolled_scan(shape, window, stride, padding, dilation, ceil_mode,
+                                          channels_last, rng):
+    x = np.round(np.asarray(random_array(rng, shape)) * 2) / 2     # many ties
+    x.flat[::7], x.flat[3::11] = np.nan, -np.inf
+    x = jnp.asarray(np.moveaxis(x, 1, -1) if channels_last else x)
+    _, spec = normalize_pool(x, window, stride, padding, dilation=dilation, ceil_mode=ceil_mode,
+                             channels_last=channels_last)
+    want = max_pool_argmax(x, spec)[1]
+    got = jax.jit(max_pool_argmax_loop, static_argnums=1)(x, spec)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

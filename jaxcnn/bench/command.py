@@ -13,6 +13,9 @@ one forward); GFLOP/s are also a fraction of a square float32 matmul timed on th
 the start. Every output is compared with the baseline's (``max_rel_err``): a fast wrong answer
 shows. Shapes are full on a GPU, shrunk on CPU (each case's ``cpu`` sizes), tiny with ``--quick``.
 
+``jaxcnn bench --train [--models ...]``: the training step of every named model instead, beside
+the same network in plain lax and in PyTorch (``jaxcnn.bench.train_step``).
+
 The suite (``Case``, ``CASES``) lives in ``jaxcnn.bench.cases``, the contenders in
 ``jaxcnn.bench.contenders``, the timing in ``jaxcnn.bench.timing``, one row in
 ``jaxcnn.bench.rows``, the table in ``jaxcnn.bench.report``; this module is the command.
@@ -62,11 +65,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", default="auto", choices=SCALES,
                    help="shapes: full (GPU), cpu (shrunk), quick; auto picks by device and --quick")
     p.add_argument("--list", action="store_true", help="print the cases and exit")
+    p.add_argument("--train", action="store_true",
+                   help="the training step of every named model instead (jaxcnn.bench.train_step)")
+    p.add_argument("--models", help="with --train: comma-separated model names (default: all)")
+    p.add_argument("--batch", type=int, help="with --train: batch size (default: each model's)")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.train:
+        from jaxcnn.bench import train_step
+        names = _choices(args.models or ",".join(train_step.TRAIN_MODELS), train_step.TRAIN_MODELS, "--models")
+        repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+        return train_step.run(names, repeats, args.markdown, args.json, 2 if args.quick else args.batch)
     platform_name = jax.devices()[0].platform
     scale = args.scale if args.scale != "auto" else (
         "quick" if args.quick else "cpu" if platform_name == "cpu" else "full")

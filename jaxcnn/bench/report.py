@@ -12,21 +12,30 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2 ** 20:.3g}"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per row: ms per contender, ratios to ``jax``, and ours' GFLOP/s (% of peak)."""
+    """One line per row: ms per contender, ratios to ``jax``, ours' GFLOP/s (% of peak), and
+    each JAX contender's compiled temp memory (MiB) with ours' ratio to ``jax``'s."""
     head = ("| case | shape | dtype | layout | mode | jax ms | lax ms | manual ms | torch ms "
-            "| lax/jax | manual/jax | torch/jax | lax GFLOP/s (% peak) |")
-    lines = [head, "|" + "---|" * 13]
+            "| lax/jax | manual/jax | torch/jax | lax GFLOP/s (% peak) "
+            "| jax MiB | lax MiB | manual MiB | lax/jax mem | manual/jax mem |")
+    lines = [head, "|" + "---|" * 18]
     for r in rows:
         ours = "jaxcnn" if "jaxcnn" in r["ms"] else "lax"
         g, frac = r["gflops"].get(ours), r["peak_fraction"].get(ours)
         perf = "—" if g is None else f"{g:.3g} ({100 * frac:.2g}%)"
         layout = "NC…" if r["layout"] == "channels_first" else "N…C"
+        mem, mem_ratio = r.get("temp_bytes", {}), r.get("temp_ratio", {})
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['dtype']} | {layout} | {r['mode']} | "
             f"{_num(r['ms'].get('jax'))} | {_num(r['ms'].get(ours))} | {_num(r['ms'].get('manual'))} | "
             f"{_num(r['ms'].get('torch'))} | {_num(r['ratio'].get(ours), 2)} | "
-            f"{_num(r['ratio'].get('manual'), 2)} | {_num(r['ratio'].get('torch'), 2)} | {perf} |")
+            f"{_num(r['ratio'].get('manual'), 2)} | {_num(r['ratio'].get('torch'), 2)} | {perf} | "
+            f"{_mib(mem.get('jax'))} | {_mib(mem.get(ours))} | {_mib(mem.get('manual'))} | "
+            f"{_num(mem_ratio.get(ours), 2)} | {_num(mem_ratio.get('manual'), 2)} |")
     return "\n".join(lines)
 
 

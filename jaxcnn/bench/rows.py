@@ -27,6 +27,17 @@ def _jax_runner(f: Callable, mode: str, n_operands: int) -> Callable:
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(n_operands))))
 
 
+def compiled_temp_bytes(jitted: Callable, *args: Any) -> int | None:
+    """XLA's temporary memory for ``jitted(*args)``: the bytes its compiled program allocates
+    beyond its arguments and outputs (``memory_analysis().temp_size_in_bytes``); None where the
+    backend does not say. Deterministic, from the compiler: no timing involved."""
+    try:
+        stats = jitted.lower(*args).compile().memory_analysis()
+    except Exception:   # a backend without memory analysis
+        return None
+    return None if stats is None else int(stats.temp_size_in_bytes)
+
+
 def _jax_outputs(out: Any, mode: str) -> list[np.ndarray]:
     """``[y]`` (fwd) or the gradients ``[dx, dw]`` (fwd+bwd; the loss is their consequence)."""
     leaves = [out] if mode == "fwd" else list(out[1])
@@ -72,9 +83,11 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
         if impl in impls:
             contenders[impl] = jaxcnn_fn(case, channels_last, impl, acc)
     calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {}
+    temp: dict[str, int | None] = {}
     for impl, f in contenders.items():
         run = _jax_runner(f, mode, len(operands))
         calls[impl] = (partial(run, *jax_args), jax.block_until_ready)
+        temp[impl] = compiled_temp_bytes(run, *jax_args)
     failures: dict[str, str] = {}
     if torch_side is not None and "torch" in impls:
         tdtype = "bfloat16" if dtype.startswith("bfloat16") else dtype
@@ -110,6 +123,9 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
         "ratio": {k: v / base for k, v in ms.items()} if base else {},
         "gflops": {k: flops / v / 1e6 for k, v in ms.items()} if flops else {},
         "peak_fraction": {k: flops / v / 1e6 / peak_gflops for k, v in ms.items()} if flops else {},
+        "temp_bytes": temp,
+        "temp_ratio": ({k: v / temp["jax"] for k, v in temp.items() if v is not None}
+                       if temp.get("jax") else {}),
         "max_rel_err": errs, "agree": all(e <= AGREEMENT[dtype] for e in errs.values()),
         "failures": failures,
         "torch_memory_format": (None if torch_side is None else

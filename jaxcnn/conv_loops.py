@@ -1,0 +1,144 @@
+r"""The manual pieces with their sum over kernel offsets run as a loop: one tap at a time.
+
+``jaxcnn.conv_impls``' manual pieces write the tap sum out (``∏K`` slices and products in the
+program); XLA's CPU compiler then computes every tap's slice and product before it sums them,
+so the compiled program holds ``∏K`` activation-sized intermediates at once (6–18× the
+temporary memory of ``jax.grad`` of lax on the bench's 3×3 and 3×3×3 rows). These forms run
+the same sum in a ``lax.fori_loop`` over the tap index ``t`` (row-major order of the kernel,
+as ``jaxcnn._taps.offsets``), so one tap's slice and product are alive at a time and the sum
+is accumulated in place:
+
+- ``conv``:        ``y  += contract(x_pad[k_t·d + i·s], w[k_t])``
+- ``input_grad``:  ``dx_pad[k_t·d + i·s] += contract(dy[i], w[k_t])`` (a dynamic update of the
+  strided window: the part interior-padded by ``s − 1``, then added where it lands)
+- ``weight_grad``: ``dw[t] = contract(x_pad[k_t·d + i·s], dy[i])`` written into a ``(T, …)``
+  buffer
+
+The offsets are traced (``k_t`` from ``t`` by ``divmod``), the slice sizes static. Same maps,
+same summation order as the unrolled pieces; no convolution primitive. ``conv_forms.choose``
+picks these when the unrolled taps would not fit the memory budget.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn._args import ConvSpec
+from jaxcnn._shapes import dilated_size, kernel_sizes, spatial_sizes
+from jaxcnn._taps import crop, pad_axes
+from jaxcnn.conv_impls import (Shape, _merge_channels, _split_axes, _split_channels, _subscripts,
+                               contract, conv_operands, output_dtype, sum_dtype, zero_pad)
+
+
+def tap_offsets(t: jax.Array, k_sizes: Shape) -> list[jax.Array]:
+    """``k_t``: the per-axis offsets of flat tap index ``t`` in row-major order of ``K``."""
+    index, rest = [], t
+    for size in reversed(k_sizes):
+        index.append(rest % size)
+        rest = rest // size
+    return index[::-1]
+
+
+def _starts(a: jax.Array, axes: Shape, values: list) -> list:
+    start = [jnp.zeros((), jnp.int32)] * a.ndim
+    for axis, value in zip(axes, values):
+        start[axis] = jnp.asarray(value, jnp.int32)
+    return start
+
+
+def read_tap(x_pad: jax.Array, spec: ConvSpec, k: list, out: Shape) -> jax.Array:
+    """``x_pad[k·d + i·s]`` for ``i < out`` with traced ``k``: a dynamic slice of the dilated
+    extent, then the static stride."""
+    axes = spec.spatial_axes()
+    sizes = list(x_pad.shape)
+    strides = [1] * x_pad.ndim
+    for axis, o, s in zip(axes, out, spec.stride):
+        sizes[axis], strides[axis] = dilated_size(o, s), s
+    start = _starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
+    block = jax.lax.dynamic_slice(x_pad, start, sizes)
+    return jax.lax.slice(block, (0,) * block.ndim, block.shape, strides)
+
+
+def kernel_tap(w: jax.Array, spec: ConvSpec, k: list) -> jax.Array:
+    """``w[k]`` with traced ``k``, channels split as ``conv_impls._tap``."""
+    axes = spec.kernel_spatial_axes()
+    sizes = [1 if axis in axes else size for axis, size in enumerate(w.shape)]
+    tap = jax.lax.dynamic_slice(w, _starts(w, axes, k), sizes)
+    tap = tap.reshape([size for axis, size in enumerate(w.shape) if axis not in axes])
+    return _split_channels(tap, _split_axes(spec)[1], spec.groups)
+
+
+def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
+
+    def body(t, y):
+        k = tap_offsets(t, k_sizes)
+        xs = _split_channels(read_tap(x_pad, spec, k, out), act_axis, spec.groups)
+        return y + contract(_subscripts(spec, 0), xs, kernel_tap(w, spec, k), spec)
+
+    first = jax.eval_shape(lambda: body(0, 0.0))
+    y = jax.lax.fori_loop(0, math.prod(k_sizes), body, jnp.zeros(first.shape, first.dtype))
+    y = _merge_channels(y, act_axis - spec.channels_last, spec.groups)
+    return y.astype(output_dtype(spec, x.dtype))
+
+
+def loop_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape) -> jax.Array:
+    axes, k_sizes = spec.spatial_axes(), kernel_sizes(w.shape, spec)
+    act_axis = _split_axes(spec)[0]
+    dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
+    padded = list(in_shape)
+    for axis, (lo, hi) in zip(axes, spec.padding):
+        padded[axis] += lo + hi
+
+    def body(t, dx_pad):
+        k = tap_offsets(t, k_sizes)
+        part = contract(_subscripts(spec, 1), dy_g, kernel_tap(w, spec, k), spec)
+        part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
+        # s − 1 zeros between samples; the block then lands at k·d.
+        part = pad_axes(part, axes, ((0, 0),) * spec.n, 0, [s - 1 for s in spec.stride])
+        start = _starts(dx_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
+        here = jax.lax.dynamic_slice(dx_pad, start, part.shape)
+        return jax.lax.dynamic_update_slice(dx_pad, here + part.astype(dx_pad.dtype), start)
+
+    dx_pad = jax.lax.fori_loop(0, math.prod(k_sizes), body,
+                               jnp.zeros(padded, sum_dtype(spec, w.dtype)))
+    return crop(dx_pad, axes, spec.padding).astype(output_dtype(spec, w.dtype))
+
+
+def loop_stack(count: int, tap: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """``stack([tap(t) for t < count])`` as a loop writing each tap into a ``(count, …)`` buffer."""
+    first = jax.eval_shape(tap, 0)
+    return jax.lax.fori_loop(
+        0, count, lambda t, out: jax.lax.dynamic_update_index_in_dim(out, tap(t), t, 0),
+        jnp.zeros((count, *first.shape), first.dtype))
+
+
+def loop_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape,
+                     batched: bool = False) -> jax.Array:
+    """``dw[k_t]`` one tap at a time; ``batched``: each tap's contraction one matmul per sample,
+    summed after (``conv_forms.sample_batched_weight_grad``'s order, one group only)."""
+    x_pad = zero_pad(x, spec, spec.padding)
+    k_sizes = kernel_sizes(w_shape, spec)
+    out = spatial_sizes(dy.shape, spec)
+    act_axis, tap_axis = _split_axes(spec)
+    dy_g = _split_channels(dy.astype(x.dtype), act_axis, spec.groups)
+
+    def tap(t):
+        xs = _split_channels(read_tap(x_pad, spec, tap_offsets(t, k_sizes), out), act_axis, spec.groups)
+        if batched:
+            per_sample = "n...c,n...o->nco" if spec.channels_last else "nc...,no...->noc"
+            return contract(per_sample, xs, dy_g, spec).sum(0)
+        return _merge_channels(contract(_subscripts(spec, 2), xs, dy_g, spec), tap_axis, spec.groups)
+
+    taps = loop_stack(math.prod(k_sizes), tap)
+    # (T, O, C/g) → (O, C/g, *K) channels first; (T, C/g, O) → (*K, C/g, O) channels last.
+    return (taps if spec.channels_last else jnp.moveaxis(taps, 0, -1)).reshape(w_shape)
+
+
+def loop_sample_batched_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
+    """``loop_weight_grad`` batched over the samples: for many samples and a small ``C × O``
+    tap (XLA's CPU matmul cannot split a long contraction of a small output)."""
+    return loop_weight_grad(x, dy, spec, w_shape, batched=True)

@@ -1,0 +1,85 @@
+"""jaxcnn.bench.train_step: every contender of ``jaxcnn bench --train`` computes the same
+loss and the same gradients on the same parameters and batch (float64, no dropout): jaxcnn's
+impls, the plain-lax twin (``jaxcnn.reference`` ops under JAX autodiff) and PyTorch's.
+No timing is asserted (the machine is shared)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn.bench import profile, train_step
+from tests.helpers import TOL, assert_close
+
+IMPLS = {"fashion-cnn": ("lax", "manual", "jax")}   # others: lax and the twin (compile time)
+
+
+def _loss_and_grads(name, impl, x, y):
+    loss, params = train_step.jax_loss(name, impl)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    f = jax.jit(jax.value_and_grad(lambda p: loss(p, x, y, None, train=False)))
+    with train_step.plain_lax_ops() if impl == "jax" else _nothing():
+        return f(params), params
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("name", train_step.TRAIN_MODELS)
+def test_contenders_compute_the_same_step(name):
+    x, y = train_step.batch_data(name, 2)
+    x = jnp.asarray(x, jnp.float64)
+    results = {impl: _loss_and_grads(name, impl, x, jnp.asarray(y))
+               for impl in IMPLS.get(name, ("lax", "jax"))}
+    (want_loss, want_grads), params = results.pop("jax")
+    for impl, ((loss, grads), _) in results.items():
+        assert_close(loss, want_loss, TOL["float64"], f"{name} {impl} loss")
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            w = want_grads
+            for key in path:
+                w = w[key.idx] if hasattr(key, "idx") else w[key.key]
+            assert_close(g, w, TOL["float64"], f"{name} {impl} grad {jax.tree_util.keystr(path)}")
+    torch = pytest.importorskip("torch")
+    tree = train_step.torch_tree(params, channels_last=False)
+    logits = train_step.torch_forward(name, tree, torch.tensor(np.asarray(x)), train=False)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y, dtype=torch.long))
+    leaves = jax.tree_util.tree_leaves(tree)
+    grads = torch.autograd.grad(loss, leaves)
+    assert_close(jnp.asarray(loss.item()), want_loss, TOL["float64"], f"{name} torch loss")
+    for g, w in zip(grads, jax.tree_util.tree_leaves(want_grads), strict=True):
+        assert_close(jnp.asarray(g.numpy()), w, TOL["float64"], f"{name} torch grad")
+
+
+def test_plain_lax_ops_restores_jaxcnn():
+    import jaxcnn
+    from jaxcnn import reference
+    before = jaxcnn.conv
+    with train_step.plain_lax_ops():
+        assert jaxcnn.conv is reference.conv and jaxcnn.max_pool is reference.max_pool
+    assert jaxcnn.conv is before
+
+
+def test_markdown_ratio_to_fastest_torch():
+    row = {"model": "m", "batch": 2, "ms": {"jaxcnn lax": 30.0, "torch": 20.0, "torch channels_last": 15.0},
+           "temp_bytes": {"jaxcnn lax": 2 ** 20}, "failures": {}, "fastest_jaxcnn": "jaxcnn lax",
+           "fastest_torch": "torch channels_last"}
+    table = train_step.markdown([row])
+    assert "| m | 2 | jaxcnn lax | 30 | 2.00 | 1 |" in table
+    assert "| m | 2 | torch channels_last | 15 | 1.00 | — |" in table
+
+
+def test_profile_categories_from_stack_frames():
+    """A step of fashion-cnn (batch 2): its ops are attributed to the convolutions (forward
+    and backward), the normalisation and the optimizer, and the trace adds up to a time."""
+    x, y = train_step.batch_data("fashion-cnn", 2)
+    compiled, args = train_step.jax_step("fashion-cnn", "lax", x, y)["compiled"]["step"]
+    kinds = profile.op_categories(compiled.as_text())
+    assert {"conv forward", "conv backward", "normalisation", "optimizer"} <= set(kinds.values())
+    ms = profile.step_profile(compiled, args, 1)
+    assert ms.get("conv forward", 0) > 0 and sum(ms.values()) > 0
