@@ -405,14 +405,19 @@ def _sharded_pool_case(op: str):
 
 FUNCTIONS.update({"sharded.conv": sharded_conv, "sharded.max_pool": sharded_max_pool,
                   "sharded.avg_pool": sharded_avg_pool})
-OPS.update({
-    "sharded.conv": lambda rng: _expand("sharded.conv", SHARDED_CONV_VARIANTS, rng,
-                                        _sharded_conv_case),
-    "sharded.max_pool": lambda rng: _expand("sharded.max_pool", SHARDED_MAX_POOL_VARIANTS, rng,
-                                            _sharded_pool_case("max_pool")),
-    "sharded.avg_pool": lambda rng: _expand("sharded.avg_pool", SHARDED_AVG_POOL_VARIANTS, rng,
-                                            _sharded_pool_case("avg_pool")),
-})
+# Only on releases with the public jax.shard_map: on jax 0.4.30 (jax.experimental.shard_map)
+# the matrix's float32 3D max-pool row (window 3, stride 2, ceil_mode) drove one process past
+# 15 GB; tests/test_sharded.py covers the sharded ops there.
+SHARDED_ROWS = hasattr(jax, "shard_map")
+if SHARDED_ROWS:
+    OPS.update({
+        "sharded.conv": lambda rng: _expand("sharded.conv", SHARDED_CONV_VARIANTS, rng,
+                                            _sharded_conv_case),
+        "sharded.max_pool": lambda rng: _expand("sharded.max_pool", SHARDED_MAX_POOL_VARIANTS,
+                                                rng, _sharded_pool_case("max_pool")),
+        "sharded.avg_pool": lambda rng: _expand("sharded.avg_pool", SHARDED_AVG_POOL_VARIANTS,
+                                                rng, _sharded_pool_case("avg_pool")),
+    })
 REFERENCE_NAMES.update({"sharded.conv": "conv", "sharded.max_pool": "max_pool",
                         "sharded.avg_pool": "avg_pool"})
 # ----------------------------------------------------------------------------- sharded (end)
