@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from jax.interpreters import ad, batching
 
 from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
+from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
 from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
@@ -68,7 +69,15 @@ def _unpooled(a, *, spec, **_) -> ShapedArray:
 # Forward: the max; its JVP needs the argmax (int32, no derivative) and the gather.
 
 max_pool_p = make_primitive("max_pool", lambda x, *, spec: max_pool_argmax(x, spec)[0], _pooled)
-argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: max_pool_argmax_loop(x, spec),
+
+
+def _argmax(x, spec):
+    """Each window's argmax: the tap loop where XLA compiles it well, else the unrolled scan
+    (the same rule; ``jaxcnn._compat.MAX_POOL_ARGMAX_LOOP``)."""
+    return max_pool_argmax_loop(x, spec) if MAX_POOL_ARGMAX_LOOP else max_pool_argmax(x, spec)[1]
+
+
+argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: _argmax(x, spec),
                           lambda x, *, spec: ShapedArray(_pooled(x, spec=spec).shape, jnp.int32))
 gather_p = make_primitive("max_pool_gather", lambda v, a, *, spec: max_pool_gather(v, a, spec),
                           lambda v, a, *, spec: ShapedArray(a.shape, v.dtype))
