@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._args import ConvSpec
+from jaxcnn._args import ConvSpec, int_tuple
 from jaxcnn._args.lax import LaxConvArgs, dimension_numbers_of, normalize_lax_conv
 from jaxcnn._shapes import (dilated_size, lax_transpose_padding, lhs_dilated_padding,
                             weight_grad_padding)
@@ -207,8 +207,8 @@ def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], paddi
     dn = dimension_numbers_of(lhs, rhs, dimension_numbers)
     rhs_dilation = (1,) * n if rhs_dilation is None else rhs_dilation
     k_sizes = tuple(rhs.shape[a] for a in dn.rhs_spec[2:])
-    extents = tuple(dilated_size(k, d) for k, d in zip(k_sizes, _ints(rhs_dilation, n, "rhs_dilation")))
-    strides = _ints(strides, n, "strides")
+    extents = tuple(dilated_size(k, d) for k, d in zip(k_sizes, int_tuple(rhs_dilation, n, "rhs_dilation")))
+    strides = int_tuple(strides, n, "strides")
     if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
         pads = tuple(lax_transpose_padding(k, s, padding.upper()) for k, s in zip(extents, strides))
     elif isinstance(padding, str):
@@ -222,8 +222,3 @@ def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], paddi
     return conv_general_dilated(lhs, rhs, (1,) * n, pads, strides, rhs_dilation, dn,
                                 precision=precision, preferred_element_type=preferred_element_type,
                                 impl=impl)
-
-
-def _ints(value: Any, n: int, name: str) -> tuple[int, ...]:
-    from jaxcnn._args import int_tuple
-    return int_tuple(value, n, name)

@@ -64,12 +64,7 @@ def dimension_numbers_of(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
 
 
 def _dilation(value: Any, n: int, name: str) -> tuple[int, ...]:
-    return (1,) * n if value is None else _sequence(value, n, name)
-
-
-def _sequence(value: Any, n: int, name: str) -> tuple[int, ...]:
-    """A sequence of ``n`` ints ≥ 1 (lax takes sequences; one int is accepted too)."""
-    return int_tuple(value, n, name)
+    return (1,) * n if value is None else int_tuple(value, n, name)
 
 
 def _group_count(value: Any, name: str) -> int:
@@ -120,7 +115,7 @@ def normalize_lax_conv(lhs: Any, rhs: Any, window_strides: Any, padding: Any, lh
         raise TypeError(f"rhs: expected the dtype of lhs ({lhs.dtype}); got {rhs.dtype}")
     n = lhs.ndim - 2
     dn = dimension_numbers_of(lhs, rhs, dimension_numbers)
-    strides = _sequence(window_strides, n, "window_strides")
+    strides = int_tuple(window_strides, n, "window_strides")
     lhs_dil = _dilation(lhs_dilation, n, "lhs_dilation")
     rhs_dil = _dilation(rhs_dilation, n, "rhs_dilation")
     groups = _group_count(feature_group_count, "feature_group_count")
