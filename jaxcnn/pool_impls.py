@@ -196,13 +196,22 @@ def max_pool_gather(v: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Arra
 def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
     """``dx[j] = Σ_{i : i·s + a[i]·d = j + lo} dy[i]``: each output's value sent to its argmax,
     shaped as the pooled input. Linear in ``dy``: the adjoint of ``max_pool_gather``."""
+    if windows_tile_input(spec):
+        # Each sample lies in exactly one window: it gets its window's dy where the window's
+        # argmax is its own offset in the tile; one select over the tiled input, no spreading.
+        in_shape = with_spatial_sizes(dy.shape, spec, spec.in_sizes)
+        axes = _offset_axes(spec)
+        offset = np.arange(int(np.prod(spec.window)), dtype=np.int32).reshape(
+            [spec.window[axes.index(a)] if a in axes else 1 for a in range(len(_tiled_shape(in_shape, spec)))])
+        picked = jnp.expand_dims(argmax, axes) == offset
+        return jnp.where(picked, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype)).reshape(in_shape)
     return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
 
 
 # ----------------------------------------------------------------------------- avg pooling
 
 
-def _windows_tile_input(spec: PoolSpec) -> bool:
+def windows_tile_input(spec: PoolSpec) -> bool:
     """Whether the windows tile the input exactly: stride = window, no padding, no dilation,
     every size a multiple of the window (then ``c[i] = ∏K`` and no sample is left out)."""
     return (spec.stride == spec.window and all(p == (0, 0) for p in spec.padding)
@@ -232,7 +241,7 @@ def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
 def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
     tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
-    if _windows_tile_input(spec):
+    if windows_tile_input(spec):
         return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
     x_pad = _pad(x, spec, spec.padding, 0)
     total = None
@@ -245,7 +254,7 @@ def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax
 def avg_pool_transpose(dy: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
     """``dx[j] = Σ_{i, k : i·s + k = j + lo} dy[i] / c[i]``, shaped as the pooled input: the
     adjoint of ``window_average``."""
-    if _windows_tile_input(spec):
+    if windows_tile_input(spec):
         # every sample of a tile gets dy / ∏K: a broadcast over the tile axes
         g = jnp.expand_dims(dy / jnp.asarray(np.prod(spec.window), dy.dtype), _offset_axes(spec))
         in_shape = with_spatial_sizes(dy.shape, spec, spec.in_sizes)

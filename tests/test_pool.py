@@ -256,13 +256,21 @@ def test_max_pool_tie_gradient_goes_to_first_maximum():
     assert grad3.ravel().tolist() == [1.0] + [0.0] * 7
 
 
-def test_max_pool_ties_match_torch(rng):
-    x = jnp.asarray(rng.integers(0, 3, (2, 2, 6, 5)).astype(np.float64))  # many ties
-    case = Case(x.shape, (3, 2), (1, 2), 1)
-    dy = random_array(rng, jaxcnn.max_pool(x, **case.max_kwargs()).shape)
-    _, vjp = jax.vjp(lambda z: jaxcnn.max_pool(z, **case.max_kwargs()), x)
-    y_torch, dx_torch = torch_pool("max", case, x, dy)
-    assert_close(vjp(dy)[0], dx_torch, F64, "tie gradients vs torch")
+@pytest.mark.parametrize("case, channels_last", [
+    (Case((2, 2, 6, 5), (3, 2), (1, 2), 1), False),     # overlapping windows, padding
+    (Case((2, 2, 6, 4), (2, 2)), False),                 # windows tiling the input (one select)
+    (Case((2, 3, 4, 6, 4), (1, 2, 2)), True),
+    (Case((1, 2, 4, 4, 6), (2, 2, 3)), False),
+    (Case((2, 3, 8), (4,)), True),
+], ids=["overlapping", "tiled_2d", "tiled_3d_cl", "tiled_3d", "tiled_1d_cl"])
+def test_max_pool_ties_match_torch(case, channels_last, rng):
+    x = jnp.asarray(rng.integers(0, 3, case.shape).astype(np.float64))  # many ties
+    kw = dict(case.max_kwargs(), channels_last=channels_last)
+    dy = random_array(rng, jaxcnn.max_pool(to_layout(x, channels_last), **kw).shape)
+    y, vjp = jax.vjp(lambda z: jaxcnn.max_pool(z, **kw), to_layout(x, channels_last))
+    y_torch, dx_torch = torch_pool("max", case, x, from_layout(dy, channels_last))
+    assert_close(from_layout(y, channels_last), y_torch, F64, "forward vs torch")
+    assert_close(from_layout(vjp(dy)[0], channels_last), dx_torch, F64, "tie gradients vs torch")
 
 
 NAN = float("nan")
