@@ -10,12 +10,12 @@ CPU (BENCHMARKS.md, "Where the time goes"):
   of peak. The manual tap sum is an elementwise multiply per tap (20–28× faster forward), and
   the weight gradient a multiply-and-sum per tap:
   ``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]``.
-- **fold depth** (n = 3, one group): XLA's CPU backend sends 2D convolutions to its fast
-  library and 3D ones to a generic loop (4–12 % of peak). Stack the ``K_d`` depth taps
-  ``x_pad[t·s + k·d]`` into the channels and run one 2D conv over batch ``N·D_out``:
-  ``y[n, t] = Σ_k conv2d(x_pad[n, t·s + k·d], w[k])``. Its transpose is one 2D input gradient
-  with the depth taps as extra output channels, ``G[t, k] = input_grad2d(dy[t], w[k])``, added
-  back where they were read, ``dx_pad[t·s + k·d] += G[t, k]`` (col2im on depth alone).
+- **fold depth** (n = 3, one group; ``jaxcnn.conv_depth``): XLA's CPU backend sends 2D
+  convolutions to its fast library and 3D ones to a generic loop (4–12 % of peak). A 3D conv
+  is a sum over its ``K_d`` depth taps of 2D convs over a batch of ``N·D_out`` depth slices:
+  the taps stacked into the channels (one 2D conv; ``K_d`` copies of the input), or, where
+  those do not fit the memory budget, a loop over the taps (one depth slice alive at a time;
+  the clips model's 16 → 32 layer fwd+bwd 24 vs 67 ms for lax's 3D convolution).
 - **2D and 3D weight gradient** (one group): XLA computes it as a convolution whose "kernel"
   is the whole of ``dy`` (0.9–4.7× the forward's time). Per-tap matmuls (the manual form)
   are 1.3–3.6× faster; with ``N ≥ 4`` samples and a small ``C × O`` tap they run batched over
@@ -49,12 +49,14 @@ import numpy as np
 
 from jaxcnn import conv_tuning
 from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import (conv_output_size, dilated_size, kernel_sizes, output_sizes,
+from jaxcnn._shapes import (dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
-from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn._taps import offsets
+from jaxcnn.conv_depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
+                               fold_depth_input_grad)
 from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
                                 loop_weight_grad, read_tap, tap_offsets)
-from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad,
+from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
 
@@ -173,75 +175,6 @@ def im2col_weight_grad(x, dy, spec: ConvSpec, w_shape):
     return contract("ngct...,ngo...->goct", p, dy_g, spec).reshape(w_shape)
 
 
-# ----------------------------------------------------------------------------- fold depth
-
-
-def _to_channels_last(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
-    """An activation ``(N, *S, C)`` or kernel ``(*K, C, O)`` in channels-last layout."""
-    if spec.channels_last:
-        return a
-    return jnp.moveaxis(a, (0, 1), (-1, -2)) if kernel else jnp.moveaxis(a, 1, -1)
-
-
-def _to_channels_first(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
-    """Undo ``_to_channels_last``."""
-    if spec.channels_last:
-        return a
-    return jnp.moveaxis(a, (-1, -2), (0, 1)) if kernel else jnp.moveaxis(a, -1, 1)
-
-
-_DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
-
-
-def _without_depth(spec: ConvSpec) -> ConvSpec:
-    """The spec of the (n−1)-D conv over the remaining axes, channels last."""
-    return spec.replace(stride=spec.stride[1:], padding=spec.padding[1:],
-                        dilation=spec.dilation[1:], channels_last=True)
-
-
-def _fold_kernel(w_last: jax.Array) -> jax.Array:
-    """``(K_d, *K', C, O)`` → ``(*K', K_d·C, O)``: depth taps stacked tap-major into C."""
-    k_depth, *inner, c, o = w_last.shape
-    return jnp.moveaxis(w_last, 0, -3).reshape(*inner, k_depth * c, o)
-
-
-def fold_depth_conv(x, w, spec: ConvSpec):
-    """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])`` as one (n−1)-D conv over batch
-    ``N·D_out`` with the ``K_d`` depth taps stacked into the channels."""
-    x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
-    k_depth = w_last.shape[0]
-    (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
-    out_depth = conv_output_size(x_last.shape[1], k_depth, s, d, lo, hi)
-    x_pad = pad_axes(x_last, _DEPTH, ((lo, hi),))
-    taps = jnp.stack([x_pad[window((k,), (out_depth,), (s,), (d,), _DEPTH, x.ndim)]
-                      for k in range(k_depth)], axis=-2)       # (N, D_out, *S', K_d, C)
-    folded = taps.reshape(taps.shape[0] * taps.shape[1], *taps.shape[2:-2], taps.shape[-2] * taps.shape[-1])
-    y = lax_conv(folded, _fold_kernel(w_last), _without_depth(spec))
-    return _to_channels_first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
-
-
-def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
-    """The transpose of ``fold_depth_conv``: ``G[t, k] = input_grad_{n−1}(dy[t], w[k])`` as one
-    input gradient with the depth taps as extra channels, then ``dx_pad[t·s + k·d] += G[t, k]``."""
-    dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
-    k_depth, c = w_last.shape[0], w_last.shape[-2]
-    n, out_depth = dy_last.shape[:2]
-    in_last = tuple(in_shape) if spec.channels_last else (in_shape[0], *in_shape[2:], in_shape[1])
-    inner_shape = (n * out_depth, *in_last[2:-1], k_depth * c)
-    g = lax_input_grad(dy_last.reshape(n * out_depth, *dy_last.shape[2:]), _fold_kernel(w_last),
-                       _without_depth(spec), inner_shape).astype(w.dtype)
-    g = g.reshape(n, out_depth, *in_last[2:-1], k_depth, c)
-    (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
-    padded = in_last[1] + lo + hi
-    dx_pad = None
-    for k in range(k_depth):    # tap k of output t lands on t·s + k·d: k·d below, s − 1 between
-        part = place(g[..., k, :], (k,), (out_depth,), (s,), (d,), _DEPTH, (padded,))
-        dx_pad = part if dx_pad is None else dx_pad + part
-    # Crop the padding back off; a negative side (conv_transpose's output_padding) means
-    # samples the conv never read, whose gradient is zero.
-    return _to_channels_first(crop(dx_pad, _DEPTH, ((lo, hi),)), spec)
-
-
 # ----------------------------------------------------------------------------- memory
 # Each form's intermediates, in elements, from shapes alone (what XLA's CPU compiler was seen to
 # hold at once, ``jaxcnn bench``'s temp-memory column): an unrolled tap sum holds every tap's
@@ -258,7 +191,10 @@ compiled temp memory of ``jax.grad`` of lax."""
 def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, int]:
     """Elements of a conv's activations: ``input``, ``output``, ``padded`` (``x_pad``), ``slice``
     (one tap's read, ``N·C·∏S_out``), ``dilated`` (one tap's placed part, stride holes
-    included), and ``taps`` (``∏K``) and ``depth_taps`` (``K_0``)."""
+    included), ``taps`` (``∏K``) and ``depth_taps`` (``K_0``), ``depth_slice`` (one depth tap's
+    read, ``N·C·D_out·∏S'``), ``depth_padded`` (the input padded along depth alone) and
+    ``dy_copy`` (channels first: the output-sized copy of ``dy`` that a per-tap weight-gradient
+    contraction reads, transposed; channels last contracts ``dy`` as it lies)."""
     k_sizes = kernel_sizes(w_shape, spec)
     in_sizes = spatial_sizes(in_shape, spec)
     out_sizes = output_sizes(in_sizes, k_sizes, spec.stride, spec.dilation, spec.padding)
@@ -269,7 +205,9 @@ def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
             "slice": n * c * math.prod(out_sizes),
             "dilated": n * c * math.prod(dilated_size(o_, s) for o_, s in zip(out_sizes, spec.stride)),
             "taps": math.prod(k_sizes), "depth_taps": k_sizes[0],
-            "depth_slice": n * c * out_sizes[0] * math.prod(in_sizes[1:])}
+            "depth_slice": n * c * out_sizes[0] * math.prod(in_sizes[1:]),
+            "depth_padded": n * c * (in_sizes[0] + sum(spec.padding[0])) * math.prod(in_sizes[1:]),
+            "dy_copy": 0 if spec.channels_last else n * o * math.prod(out_sizes)}
 
 
 def _unrolled(a):
@@ -286,15 +224,21 @@ FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → el
     "im2col_weight_grad": lambda a: a["padded"] + 2 * a["taps"] * a["slice"],
     "fold_depth_conv": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
     "fold_depth_input_grad": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
+    # The depth-tap loops: x_pad (or dx_pad; padded along depth only), one tap's depth slice,
+    # and the tap's (n−1)-D result beside the accumulator (the forward's temp memory measured
+    # within 2 % of this on the bench's 3D rows; the input gradient's is smaller, given the
+    # same so that fwd+bwd stays within 1.5× jax.grad's: conv3d_3x3x3 N…C was 1.58 without).
+    "depth_tap_conv": lambda a: a["depth_padded"] + a["depth_slice"] + a["output"],
+    "depth_tap_input_grad": lambda a: a["depth_padded"] + a["depth_slice"] + a["output"],
     # A loop holds x_pad (or dx_pad), one tap's product and its accumulator (a lax conv feeds
     # its consumer's fusion directly: a depthwise loop_conv measured +0.9× jax.grad's memory).
-    # A loop that reads dy also holds a copy of it (XLA copies a loop operand that is live
-    # after the loop into the loop's state); the weight gradient's dot copies its slice too;
+    # A weight-gradient loop that reads dy channels first also holds a transposed copy of it
+    # (``dy_copy``); the weight gradient's dot copies its slice too;
     # the depthwise tap is a fused multiply-and-sum.
     "loop_conv": lambda a: a["padded"] + 2 * a["output"],
     "loop_input_grad": lambda a: a["padded"] + a["dilated"] + a["output"],
-    "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
-    "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["output"],
+    "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
+    "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
 }
 
@@ -343,7 +287,7 @@ def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
             form = _cpu_weight_grad(spec, in_shape, w_shape)
             forms.extend([form, _looped(form)] if form is not IMPLS["lax"][2] else [])
         elif spec.n == 3 and spec.groups == 1 and piece != "weight_grad":
-            forms.append((fold_depth_conv, fold_depth_input_grad)[index])
+            forms.extend(((fold_depth_conv, depth_tap_conv), (fold_depth_input_grad, depth_tap_input_grad))[index])
     return forms + [IMPLS["lax"][index]]
 
 

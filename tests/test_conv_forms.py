@@ -48,6 +48,8 @@ FORMS = {  # form: (piece, configs it applies to)
                                                    "many_samples_2d", "many_samples_3d"]),
     "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
+    "depth_tap_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
+    "depth_tap_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
     # The tap loops (conv_loops): every kind of config, groups, strides and dilations included.
     **{f"loop_{piece}": (piece, ["depthwise_multiplier_strided", "depthwise_3d", "fold_3d_strided_dilated",
                                  "im2col_groups", "im2col_1d", "many_samples_3d"])
@@ -156,7 +158,11 @@ def test_activation_sizes_hand_worked():
     spec = _spec(x=(2, 3, 10, 8), w=(5, 3, 3, 3), stride=2, padding=1)
     a = conv_forms.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
     assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
-                 "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8}
+                 "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8,
+                 "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200}
+    # channels last: dy is contracted as it lies, no transposed copy
+    spec_last = spec.replace(channels_last=True)
+    assert conv_forms.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
 
 
 def test_choice_weighs_memory():
@@ -169,9 +175,16 @@ def test_choice_weighs_memory():
     assert conv_forms.fits(conv_forms.loop_weight_grad, spec, *shapes)
     assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.loop_conv
     assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
-    # a depth fold stacks K_0 = 3 copies of the input (and their folded copy): lax's piece
+    # a depth fold stacks K_0 = 3 copies of the input (and their folded copy), the depth-tap
+    # loop holds x_pad, one depth slice and the output beside the accumulator: lax's piece
     spec3 = _spec(x=(1, 8, 4, 6, 6), w=(8, 8, 3, 3, 3), padding=1)
-    assert conv_forms.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is conv_forms.lax_conv
+    assert conv_forms.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is conv_forms.IMPLS["lax"][0]
+    # 16 → 40 channels, 4 samples: input 4096, output 10240 (budget 21504); the fold's 24576
+    # does not fit, the loop's 6144 + 4096 + 10240 does
+    taps = ((4, 16, 4, 4, 4), (40, 16, 3, 3, 3))
+    spec_taps = _spec(x=taps[0], w=taps[1], padding=1)
+    assert conv_forms.choose("conv", "lax", spec_taps, *taps, "cpu") is conv_forms.depth_tap_conv
+    assert conv_forms.choose("input_grad", "lax", spec_taps, *taps, "cpu") is conv_forms.depth_tap_input_grad
     wide = ((2, 3, 4, 5, 6), (16, 3, 3, 3, 3))
     spec_wide = _spec(x=wide[0], w=wide[1], padding=1)
     assert conv_forms.choose("conv", "lax", spec_wide, *wide, "cpu") is conv_forms.fold_depth_conv
@@ -201,7 +214,8 @@ def test_cpu_lowering_is_used(rng):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
     """Whatever the shapes, impl="manual" picks only forms without conv_general_dilated."""
-    uses_lax = {*conv_forms.IMPLS["lax"], conv_forms.fold_depth_conv, conv_forms.fold_depth_input_grad}
+    uses_lax = {*conv_forms.IMPLS["lax"], conv_forms.fold_depth_conv, conv_forms.fold_depth_input_grad,
+                conv_forms.depth_tap_conv, conv_forms.depth_tap_input_grad}
     for channels_last in (False, True):
         x, w, _, spec = _operands(name, channels_last, rng)
         for piece in conv_forms.PIECES:

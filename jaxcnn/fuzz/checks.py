@@ -308,6 +308,8 @@ def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
     if spec.n == 3 and spec.groups == 1:
         candidates["conv"]["fold_depth"] = forms.fold_depth_conv
         candidates["input_grad"]["fold_depth"] = forms.fold_depth_input_grad
+        candidates["conv"]["depth_tap"] = forms.depth_tap_conv
+        candidates["input_grad"]["depth_tap"] = forms.depth_tap_input_grad
     if spec.groups == 1:
         candidates["weight_grad"]["sample_batched"] = forms.sample_batched_weight_grad
     if c_per_group == 1:

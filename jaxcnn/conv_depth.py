@@ -1,0 +1,163 @@
+r"""3D convolutions as 2D ones: the depth axis folded into the batch (CPU forms of ``impl="lax"``).
+
+XLA's CPU backend sends 2D convolutions to its fast library and 3D ones to a generic loop
+(4–12 % of peak). A 3D conv is a sum over its ``K_d`` depth taps of 2D convs, each over a batch
+of ``N·D_out`` depth slices:
+
+    ``y[n, t] = Σ_k conv2d(x_pad[n, t·s + k·d], w[k])``
+
+and its input gradient the transpose of that, each depth tap's 2D input gradient added back
+where the tap read (col2im on depth alone):
+
+    ``dx_pad[n, t·s + k·d] += input_grad2d(dy[n, t], w[k])``
+
+Two forms of each:
+
+- **fold** (``fold_depth_*``): the ``K_d`` taps stacked into the channels, one 2D conv with
+  ``K_d·C`` input (or, transposed, output) channels. Fastest; holds ``K_d`` copies of the input.
+- **depth-tap loop** (``depth_tap_*``): a ``lax.fori_loop`` over the ``K_d`` taps, one 2D conv
+  each, accumulated in place: one depth slice alive at a time (the memory of a plain conv).
+
+Both run channels last inside (the fast library's layout) and return the caller's layout.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn._args import ConvSpec
+from jaxcnn._shapes import conv_output_size, dilated_size
+from jaxcnn._taps import crop, pad_axes, place, window
+from jaxcnn.conv_impls import lax_conv, lax_input_grad
+
+_DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
+
+
+def _to_channels_last(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+    """An activation ``(N, *S, C)`` or kernel ``(*K, C, O)`` in channels-last layout."""
+    if spec.channels_last:
+        return a
+    return jnp.moveaxis(a, (0, 1), (-1, -2)) if kernel else jnp.moveaxis(a, 1, -1)
+
+
+def _to_channels_first(a: jax.Array, spec: ConvSpec) -> jax.Array:
+    """An activation back in the spec's layout."""
+    return a if spec.channels_last else jnp.moveaxis(a, -1, 1)
+
+
+def _without_depth(spec: ConvSpec) -> ConvSpec:
+    """The spec of the (n−1)-D conv over the remaining axes, channels last."""
+    return spec.replace(stride=spec.stride[1:], padding=spec.padding[1:],
+                        dilation=spec.dilation[1:], channels_last=True)
+
+
+def _depth_geometry(spec: ConvSpec, in_depth: int, k_depth: int) -> tuple[int, int]:
+    """``(D_out, D_pad)``: the output depth and the zero-padded input depth."""
+    (lo, hi), s, d = spec.padding[0], spec.stride[0], spec.dilation[0]
+    return conv_output_size(in_depth, k_depth, s, d, lo, hi), in_depth + lo + hi
+
+
+def _last_shape(shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, ...]:
+    return tuple(shape) if spec.channels_last else (shape[0], *shape[2:], shape[1])
+
+
+def _batched(a: jax.Array) -> jax.Array:
+    """``(N, D, *S', C)`` → ``(N·D, *S', C)``: depth slices as a batch of (n−1)-D inputs."""
+    return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+# ----------------------------------------------------------------------------- fold
+
+
+def _fold_kernel(w_last: jax.Array) -> jax.Array:
+    """``(K_d, *K', C, O)`` → ``(*K', K_d·C, O)``: depth taps stacked tap-major into C."""
+    k_depth, *inner, c, o = w_last.shape
+    return jnp.moveaxis(w_last, 0, -3).reshape(*inner, k_depth * c, o)
+
+
+def fold_depth_conv(x, w, spec: ConvSpec):
+    """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])`` as one (n−1)-D conv over batch
+    ``N·D_out`` with the ``K_d`` depth taps stacked into the channels."""
+    x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
+    k_depth = w_last.shape[0]
+    out_depth, _ = _depth_geometry(spec, x_last.shape[1], k_depth)
+    x_pad = pad_axes(x_last, _DEPTH, spec.padding[:1])
+    s, d = spec.stride[0], spec.dilation[0]
+    taps = jnp.stack([x_pad[window((k,), (out_depth,), (s,), (d,), _DEPTH, x.ndim)]
+                      for k in range(k_depth)], axis=-2)       # (N, D_out, *S', K_d, C)
+    folded = _batched(taps.reshape(*taps.shape[:-2], taps.shape[-2] * taps.shape[-1]))
+    y = lax_conv(folded, _fold_kernel(w_last), _without_depth(spec))
+    return _to_channels_first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
+
+
+def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
+    """The transpose of ``fold_depth_conv``: ``G[t, k] = input_grad_{n−1}(dy[t], w[k])`` as one
+    input gradient with the depth taps as extra channels, then ``dx_pad[t·s + k·d] += G[t, k]``."""
+    dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
+    k_depth, c = w_last.shape[0], w_last.shape[-2]
+    n, out_depth = dy_last.shape[:2]
+    in_last = _last_shape(in_shape, spec)
+    inner_shape = (n * out_depth, *in_last[2:-1], k_depth * c)
+    g = lax_input_grad(_batched(dy_last), _fold_kernel(w_last), _without_depth(spec),
+                       inner_shape).astype(w.dtype)
+    g = g.reshape(n, out_depth, *in_last[2:-1], k_depth, c)
+    _, padded = _depth_geometry(spec, in_last[1], k_depth)
+    s, d = spec.stride[0], spec.dilation[0]
+    dx_pad = None
+    for k in range(k_depth):    # tap k of output t lands on t·s + k·d: k·d below, s − 1 between
+        part = place(g[..., k, :], (k,), (out_depth,), (s,), (d,), _DEPTH, (padded,))
+        dx_pad = part if dx_pad is None else dx_pad + part
+    # Crop the padding back off; a negative side (conv_transpose's output_padding) means
+    # samples the conv never read, whose gradient is zero.
+    return _to_channels_first(crop(dx_pad, _DEPTH, spec.padding[:1]), spec)
+
+
+# ----------------------------------------------------------------------------- depth-tap loop
+
+
+def _depth_start(a: jax.Array, start: jax.Array) -> list[jax.Array]:
+    zero = jnp.zeros((), jnp.int32)
+    return [zero, start.astype(jnp.int32), *[zero] * (a.ndim - 2)]
+
+
+def depth_tap_conv(x, w, spec: ConvSpec):
+    """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])``, one depth tap ``k`` per loop
+    step: a strided depth slice of ``x_pad`` read at ``k·d``, an (n−1)-D conv over batch
+    ``N·D_out``, added to the accumulator."""
+    x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
+    k_depth, n = w_last.shape[0], x_last.shape[0]
+    out_depth, _ = _depth_geometry(spec, x_last.shape[1], k_depth)
+    x_pad = pad_axes(x_last, _DEPTH, spec.padding[:1])
+    s, d, inner = spec.stride[0], spec.dilation[0], _without_depth(spec)
+    extent = (n, dilated_size(out_depth, s), *x_pad.shape[2:])
+
+    def tap(k):
+        block = jax.lax.dynamic_slice(x_pad, _depth_start(x_pad, k * d), extent)
+        return lax_conv(_batched(block[:, ::s]), w_last[k], inner)
+
+    first = jax.eval_shape(tap, 0)
+    y = jax.lax.fori_loop(0, k_depth, lambda k, acc: acc + tap(k), jnp.zeros(first.shape, first.dtype))
+    return _to_channels_first(y.reshape(n, out_depth, *y.shape[1:]), spec)
+
+
+def depth_tap_input_grad(dy, w, spec: ConvSpec, in_shape):
+    """The transpose of ``depth_tap_conv``, one depth tap per loop step:
+    ``dx_pad[n, t·s + k·d] += input_grad_{n−1}(dy[n, t], w[k])`` (the tap's gradient spread by
+    the depth stride, then added where it was read), the padding cropped off after."""
+    dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
+    k_depth, c = w_last.shape[0], w_last.shape[-2]
+    n, out_depth = dy_last.shape[:2]
+    in_last = _last_shape(in_shape, spec)
+    _, padded = _depth_geometry(spec, in_last[1], k_depth)
+    s, d, inner = spec.stride[0], spec.dilation[0], _without_depth(spec)
+    dy_batch, inner_shape = _batched(dy_last), (n * out_depth, *in_last[2:-1], c)
+
+    def body(k, dx_pad):
+        g = lax_input_grad(dy_batch, w_last[k], inner, inner_shape).astype(dx_pad.dtype)
+        part = pad_axes(g.reshape(n, out_depth, *g.shape[1:]), _DEPTH, ((0, 0),), 0, [s - 1])
+        start = _depth_start(dx_pad, k * d)
+        here = jax.lax.dynamic_slice(dx_pad, start, part.shape)
+        return jax.lax.dynamic_update_slice(dx_pad, here + part, start)
+
+    dx_pad = jax.lax.fori_loop(0, k_depth, body, jnp.zeros((n, padded, *in_last[2:]), w.dtype))
+    return _to_channels_first(crop(dx_pad, _DEPTH, spec.padding[:1]), spec)
