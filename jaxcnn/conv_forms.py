@@ -30,7 +30,8 @@ Memory weighs as much as time: each form's intermediates are estimated from shap
 (``FORM_MEMORY``; an unrolled tap sum holds ``∏K`` slices, XLA's CPU compiler computing every
 tap before summing) and a form is used only within ``MEMORY_BUDGET`` of its piece's
 activations; otherwise the next candidate: the tap loops of ``jaxcnn.conv_loops`` (one tap
-alive at a time), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd then stays
+alive at a time; the manual forward's over slices of the batch where the whole batch's loop does
+not fit), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd then stays
 within 1.5× (lax) of the compiled temp memory of ``jax.grad`` of lax on every bench row
 (``experiments/bench/memory.md``).
 
@@ -207,7 +208,7 @@ def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
             "taps": math.prod(k_sizes), "depth_taps": k_sizes[0],
             "depth_slice": n * c * out_sizes[0] * math.prod(in_sizes[1:]),
             "depth_padded": n * c * (in_sizes[0] + sum(spec.padding[0])) * math.prod(in_sizes[1:]),
-            "dy_copy": 0 if spec.channels_last else n * o * math.prod(out_sizes)}
+            "dy_copy": 0 if spec.channels_last else n * o * math.prod(out_sizes), "batch": n}
 
 
 def _unrolled(a):
@@ -240,7 +241,34 @@ FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → el
     "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
+    # Chunked over the batch: the stacked results and their reshaped copy, and per slice its
+    # input, x_pad, accumulator and product.
+    "batch_chunked_loop_conv": lambda a: _chunked_memory(a, _chunks(a)),
 }
+
+
+def _chunked_memory(a: dict[str, int], chunks: int) -> int:
+    if chunks == 1:
+        return FORM_MEMORY["loop_conv"](a)
+    return 2 * a["output"] + (a["input"] + a["padded"] + 2 * a["output"]) // chunks
+
+
+_MIN_SLICE = 8   # samples per slice: per-sample slices of conv1d_k7 (N = 8) held more, not less
+
+
+def _chunks(a: dict[str, int]) -> int:
+    """The fewest equal slices of the batch (a divisor of ``N``, at least ``_MIN_SLICE``
+    samples each) for which the chunked tap loop fits the budget; 1 (the plain loop) where
+    none does."""
+    n, room = a["batch"], MEMORY_BUDGET * (a["input"] + a["output"])
+    return next((b for b in range(1, n // _MIN_SLICE + 1)
+                 if n % b == 0 and _chunked_memory(a, b) <= room), 1)
+
+
+def batch_chunked_loop_conv(x, w, spec: ConvSpec):
+    """``loop_conv`` over slices of the batch, as few as fit the memory budget (``_chunks``):
+    the manual forward's last resort where the whole batch's tap loop does not fit."""
+    return loop_conv(x, w, spec, batch_chunks=_chunks(activation_sizes(spec, x.shape, w.shape)))
 
 
 def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
@@ -257,7 +285,7 @@ def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
 
 # ----------------------------------------------------------------------------- the choice
 
-LOOPS = (loop_conv, loop_input_grad, loop_weight_grad)
+LOOPS = (batch_chunked_loop_conv, loop_input_grad, loop_weight_grad)   # manual's last resorts
 
 
 def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
@@ -279,7 +307,7 @@ def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
             forms.append((im2col_conv, None, im2col_weight_grad)[index])
         if depthwise and piece == "weight_grad":
             forms.extend(depthwise_forms)
-        return forms + [IMPLS["manual"][index], LOOPS[index]]
+        return forms + [IMPLS["manual"][index], *([loop_conv] if piece == "conv" else []), LOOPS[index]]
     if platform == "cpu":
         if depthwise:
             forms.extend(depthwise_forms)

@@ -71,7 +71,13 @@ def kernel_tap(w: jax.Array, spec: ConvSpec, k: list) -> jax.Array:
     return _split_channels(tap, _split_axes(spec)[1], spec.groups)
 
 
-def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec, batch_chunks: int = 1) -> jax.Array:
+    """``y += contract(x_pad[k_t·d + i·s], w[k_t])`` one tap at a time; with ``batch_chunks``
+    (a divisor of ``N``) an outer loop over that many slices of the batch, each padded, summed
+    and written into ``y`` on its own: ``x_pad``, the accumulator and the tap's product then
+    exist for one slice at a time."""
+    if batch_chunks > 1:
+        return _batch_chunked(x, batch_chunks, lambda part: loop_conv(part, w, spec))
     x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
 
     def body(t, y):
@@ -83,6 +89,16 @@ def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     y = jax.lax.fori_loop(0, math.prod(k_sizes), body, jnp.zeros(first.shape, first.dtype))
     y = _merge_channels(y, act_axis - spec.channels_last, spec.groups)
     return y.astype(output_dtype(spec, x.dtype))
+
+
+def _batch_chunked(x: jax.Array, chunks: int, f: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """``f`` over ``chunks`` equal slices of ``x``'s batch, in a loop, the results stacked back."""
+    parts = x.reshape(chunks, x.shape[0] // chunks, *x.shape[1:])
+    first = jax.eval_shape(f, parts[0])
+    y = jax.lax.fori_loop(0, chunks, lambda b, y: jax.lax.dynamic_update_index_in_dim(
+        y, f(jax.lax.dynamic_index_in_dim(parts, b, 0, keepdims=False)), b, 0),
+        jnp.zeros((chunks, *first.shape), first.dtype))
+    return y.reshape(chunks * first.shape[0], *first.shape[1:])
 
 
 def loop_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape) -> jax.Array:

@@ -95,6 +95,32 @@ def test_form_equals_lax_piece(form, name, channels_last, rng):
     assert_close(got, want, TOL["float64"], f"{form} on {name}")
 
 
+@pytest.mark.parametrize("name,channels_last", [("many_samples_2d", False), ("many_samples_3d", True),
+                                                 ("depthwise_multiplier_strided", True)])
+def test_batch_chunked_loop_equals_lax_piece(name, channels_last, rng):
+    """The tap loop over slices of the batch (each padded, summed and written back alone)."""
+    x, w, dy, spec = _operands(name, channels_last, rng)
+    x = jnp.concatenate([x, 2 * x])                     # 2N samples: slices of N / 2 ... 2N
+    want = _run(IMPLS["lax"][0], "conv", x, w, dy, spec)
+    for chunks in {2, x.shape[0]}:
+        got = _run(partial(conv_forms.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
+        assert_close(got, want, TOL["float64"], f"{chunks} slices on {name}")
+
+
+def test_batch_chunks_fit_the_budget():
+    """fashion_conv2 channels last (128 × 14² × 32 → 64): the plain loop's x_pad, accumulator and
+    product exceed 1.5 × (input + output); 16 slices of 8 samples fit. Two samples: never sliced."""
+    shapes = ((128, 14, 14, 32), (3, 3, 32, 64))
+    spec = _spec(x=(128, 32, 14, 14), w=(64, 32, 3, 3), padding=1).replace(channels_last=True)
+    a = conv_forms.activation_sizes(spec, *shapes)
+    room = conv_forms.MEMORY_BUDGET * (a["input"] + a["output"])
+    assert conv_forms.form_memory(conv_forms.loop_conv, spec, *shapes) > room
+    assert conv_forms._chunks(a) == 16 and conv_forms._chunked_memory(a, 16) <= room
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.batch_chunked_loop_conv
+    small = conv_forms.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
+    assert conv_forms._chunks(small) == 1
+
+
 @pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad", "loop_weight_grad",
                                   "loop_depthwise_weight_grad"])
 def test_half_precision_forms_sum_in_float32(form, rng):
@@ -159,7 +185,7 @@ def test_activation_sizes_hand_worked():
     a = conv_forms.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
     assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
                  "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8,
-                 "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200}
+                 "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200, "batch": 2}
     # channels last: dy is contracted as it lies, no transposed copy
     spec_last = spec.replace(channels_last=True)
     assert conv_forms.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
@@ -173,7 +199,9 @@ def test_choice_weighs_memory():
     spec = _spec(x=shapes[0], w=shapes[1], padding=1)
     assert not conv_forms.fits(conv_forms.manual_conv, spec, *shapes)
     assert conv_forms.fits(conv_forms.loop_weight_grad, spec, *shapes)
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.loop_conv
+    # the last resort, the tap loop (two samples: not sliced)
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.batch_chunked_loop_conv
+    assert conv_forms._chunks(conv_forms.activation_sizes(spec, *shapes)) == 1
     assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
     # a depth fold stacks K_0 = 3 copies of the input (and their folded copy), the depth-tap
     # loop holds x_pad, one depth slice and the output beside the accumulator: lax's piece
