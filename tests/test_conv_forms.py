@@ -152,6 +152,8 @@ RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's 
     ("wide_2d", True, "manual", "cpu", "weight_grad", "manual_weight_grad"),
     ("im2col_1d", False, "lax", "cpu", "weight_grad", "lax_weight_grad"),
     ("many_samples_2d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
+    ("im2col_thin", False, "lax", "cpu", "weight_grad", "lax_weight_grad"),   # 2D, 3 channels, 35 taps
+    ("many_samples_3d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
     ("many_samples_3d", True, "manual", "cpu", "weight_grad", "sample_batched_weight_grad"),
     ("many_samples_2d", True, "lax", None, "weight_grad", "lax_weight_grad"),
     ("many_samples_2d", False, "manual", None, "weight_grad", "im2col_weight_grad"),
