@@ -56,7 +56,7 @@ from jaxcnn._taps import offsets
 from jaxcnn.conv_depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
                                fold_depth_input_grad)
 from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
-                                loop_weight_grad, read_tap, tap_offsets)
+                                loop_weight_grad, tap_offsets, tap_reader)
 from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
@@ -109,8 +109,9 @@ def loop_depthwise_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """``depthwise_weight_grad`` one tap at a time (``jaxcnn.conv_loops``)."""
     x_pad, dy_g, out = _depthwise_operands(x, dy, spec)
     k_sizes = kernel_sizes(w_shape, spec)
+    read_tap = tap_reader(x_pad, spec, out)
     taps = loop_stack(int(np.prod(k_sizes)), lambda t: _depthwise_tap(
-        read_tap(x_pad, spec, tap_offsets(t, k_sizes), out), dy_g, spec))
+        read_tap(tap_offsets(t, k_sizes)), dy_g, spec))
     return _depthwise_taps_to_kernel(taps, spec, w_shape)
 
 

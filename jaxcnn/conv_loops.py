@@ -21,7 +21,7 @@ picks these when the unrolled taps would not fit the memory budget.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,17 +49,67 @@ def _starts(a: jax.Array, axes: Shape, values: list) -> list:
     return start
 
 
-def read_tap(x_pad: jax.Array, spec: ConvSpec, k: list, out: Shape) -> jax.Array:
-    """``x_pad[k·d + i·s]`` for ``i < out`` with traced ``k``: a dynamic slice of the dilated
-    extent, then the static stride."""
+def _phases(shape: Shape, spec: Any, out: Shape) -> tuple[list, list, list]:
+    """``(pads, phased shape, tap block sizes)``: each spatial axis of ``shape`` padded at the
+    end to whole rows of ``s`` and split as ``(rows, s)``; a tap's block is ``(out, 1)`` there."""
+    axes, pads, phased, sizes = spec.spatial_axes(), [], [], []
+    for a, size in enumerate(shape):
+        if a not in axes:
+            pads.append((0, 0, 0)), phased.append(size), sizes.append(size)
+            continue
+        i = axes.index(a)
+        s, rows = spec.stride[i], -(-size // spec.stride[i])
+        pads.append((0, rows * s - size, 0)), phased.extend((rows, s)), sizes.extend((out[i], 1))
+    return pads, phased, sizes
+
+
+def _phase_start(k: list, spec: Any, ndim: int) -> list[jax.Array]:
+    """Where tap ``k`` starts in the phases: ``(q, r)`` with ``k·d = q·s + r`` per spatial axis."""
+    axes, start = spec.spatial_axes(), []
+    for a in range(ndim):
+        if a in axes:
+            i = axes.index(a)
+            offset = jnp.asarray(k[i] * spec.dilation[i], jnp.int32)
+            start.extend((offset // spec.stride[i], offset % spec.stride[i]))
+        else:
+            start.append(jnp.zeros((), jnp.int32))
+    return start
+
+
+def tap_reader(x_pad: jax.Array, spec: Any, out: Shape, pad_value: float = 0) -> Callable[[list], jax.Array]:
+    """``k ↦ x_pad[k·d + i·s]`` for ``i < out`` with traced ``k``. Stride 1: a dynamic slice.
+    Strided: ``x_pad`` is viewed once as its phases, each axis ``(rows, s)`` (padded at the end
+    to whole rows with ``pad_value``, never read), and tap ``k`` with ``k·d = q·s + r`` is rows
+    ``q … q + out − 1`` of phase ``r``: a dynamic slice of just the samples the tap reads
+    (slicing the dilated extent and striding after copied ``∏s`` times as much)."""
     axes = spec.spatial_axes()
-    sizes = list(x_pad.shape)
-    strides = [1] * x_pad.ndim
-    for axis, o, s in zip(axes, out, spec.stride):
-        sizes[axis], strides[axis] = dilated_size(o, s), s
-    start = _starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
-    block = jax.lax.dynamic_slice(x_pad, start, sizes)
-    return jax.lax.slice(block, (0,) * block.ndim, block.shape, strides)
+    if all(s == 1 for s in spec.stride):
+        sizes = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
+        return lambda k: jax.lax.dynamic_slice(
+            x_pad, _starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)]), sizes)
+    pads, phased, sizes = _phases(x_pad.shape, spec, out)
+    x_phases = jax.lax.pad(x_pad, jnp.asarray(pad_value, x_pad.dtype), pads).reshape(phased)
+    tap_shape = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
+    return lambda k: jax.lax.dynamic_slice(x_phases, _phase_start(k, spec, x_pad.ndim), sizes).reshape(tap_shape)
+
+
+def tap_sum_adjoint(k_sizes: Shape, part: Callable[[jax.Array], jax.Array], padded_shape: Shape,
+                    spec: Any, dtype: Any) -> jax.Array:
+    """The adjoint of reading taps: ``x̄_pad[k_t·d + i·s] += part(t)[i]`` for every tap, in a
+    loop over the phases of ``x̄_pad`` (``tap_reader``'s view), each tap a dynamic update of
+    the ``out``-sized block it read: no holes written."""
+    first = jax.eval_shape(part, 0)
+    out = [first.shape[a] for a in spec.spatial_axes()]
+    pads, phased, sizes = _phases(padded_shape, spec, out)
+
+    def body(t, acc):
+        start = _phase_start(tap_offsets(t, k_sizes), spec, len(padded_shape))
+        block = part(t).astype(dtype).reshape(sizes)
+        return jax.lax.dynamic_update_slice(acc, jax.lax.dynamic_slice(acc, start, sizes) + block, start)
+
+    acc = jax.lax.fori_loop(0, math.prod(k_sizes), body, jnp.zeros(phased, dtype))
+    whole = acc.reshape([size + hi for size, (_, hi, _) in zip(padded_shape, pads)])
+    return whole[tuple(slice(0, size) for size in padded_shape)]
 
 
 def kernel_tap(w: jax.Array, spec: ConvSpec, k: list) -> jax.Array:
@@ -79,10 +129,11 @@ def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec, batch_chunks: int = 1)
     if batch_chunks > 1:
         return _batch_chunked(x, batch_chunks, lambda part: loop_conv(part, w, spec))
     x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
+    read_tap = tap_reader(x_pad, spec, out)
 
     def body(t, y):
         k = tap_offsets(t, k_sizes)
-        xs = _split_channels(read_tap(x_pad, spec, k, out), act_axis, spec.groups)
+        xs = _split_channels(read_tap(k), act_axis, spec.groups)
         return y + contract(_subscripts(spec, 0), xs, kernel_tap(w, spec, k), spec)
 
     first = jax.eval_shape(lambda: body(0, 0.0))
@@ -141,9 +192,10 @@ def loop_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape
     out = spatial_sizes(dy.shape, spec)
     act_axis, tap_axis = _split_axes(spec)
     dy_g = _split_channels(dy.astype(x.dtype), act_axis, spec.groups)
+    read_tap = tap_reader(x_pad, spec, out)
 
     def tap(t):
-        xs = _split_channels(read_tap(x_pad, spec, tap_offsets(t, k_sizes), out), act_axis, spec.groups)
+        xs = _split_channels(read_tap(tap_offsets(t, k_sizes)), act_axis, spec.groups)
         if batched:
             per_sample = "n...c,n...o->nco" if spec.channels_last else "nc...,no...->noc"
             return contract(per_sample, xs, dy_g, spec).sum(0)

@@ -52,7 +52,8 @@ from jaxcnn._shapes import spatial_axes
 from jaxcnn._sharding import sharded_call
 from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
                                global_mean, max_pool_argmax, max_pool_argmax_loop, max_pool_gather,
-                               max_pool_scatter, window_average, with_spatial_sizes)
+                               max_pool_scatter, window_average, windows_tile_input,
+                               with_spatial_sizes)
 
 
 def _pooled(a, *, spec, **_) -> ShapedArray:
@@ -72,11 +73,15 @@ max_pool_p = make_primitive("max_pool", lambda x, *, spec: max_pool_argmax(x, sp
 
 
 def _argmax(x, spec):
-    """Each window's argmax: the tap loop where XLA compiles it well, else the unrolled scan
-    (the same rule; ``jaxcnn._compat.MAX_POOL_ARGMAX_LOOP``). The loop also where the windows
-    tile the input: unrolled, XLA fused the scan (and the GroupNorm and ReLU before it) into
-    the tiled scatter, once per sample of each window (clips-cnn3d: 13 of a 50 ms step)."""
-    return max_pool_argmax_loop(x, spec) if MAX_POOL_ARGMAX_LOOP else max_pool_argmax(x, spec)[1]
+    """Each window's argmax, the same scan either way: unrolled (one fused pass) where its
+    consumer, the scatter, is a loop that reads it from memory; as a loop itself where the
+    windows tile the input (the scatter is then one select, into which XLA fused the unrolled
+    scan, and the GroupNorm and ReLU before it, once per sample of each window: clips-cnn3d
+    13 of a 50 ms step). Loops only where XLA compiles them sanely
+    (``jaxcnn._compat.MAX_POOL_ARGMAX_LOOP``)."""
+    if MAX_POOL_ARGMAX_LOOP and windows_tile_input(spec):
+        return max_pool_argmax_loop(x, spec)
+    return max_pool_argmax(x, spec)[1]
 
 
 argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: _argmax(x, spec),

@@ -16,7 +16,8 @@ import numpy as np
 from jaxcnn._args import PoolSpec
 from jaxcnn._shapes import spatial_axes
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
-from jaxcnn.conv_loops import read_tap, tap_offsets
+from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
+from jaxcnn.conv_loops import tap_offsets, tap_reader, tap_sum_adjoint
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -172,11 +173,12 @@ def max_pool_argmax_loop(x: jax.Array, spec: PoolSpec) -> jax.Array:
     it (9 × 9 compare-and-selects per output of a 3×3 window); read from memory it is 9."""
     x_pad = _pad(x, spec, spec.padding, -jnp.inf)
     shape = with_spatial_sizes(x.shape, spec, spec.out_sizes())
+    read_tap = tap_reader(x_pad, spec, spec.out_sizes(), -jnp.inf)
 
     def body(t, carry):
         best, argmax = carry
         k = tap_offsets(t, spec.window)
-        value = read_tap(x_pad, spec, k, spec.out_sizes())
+        value = read_tap(k)
         take = ((value > best) | jnp.isnan(value) | (argmax < 0)) & _real_taps_at(spec, k, x.ndim)
         return jnp.where(take, value, best), jnp.where(take, t, argmax)
 
@@ -205,7 +207,21 @@ def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Ar
             [spec.window[axes.index(a)] if a in axes else 1 for a in range(len(_tiled_shape(in_shape, spec)))])
         picked = jnp.expand_dims(argmax, axes) == offset
         return jnp.where(picked, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype)).reshape(in_shape)
+    if MAX_POOL_ARGMAX_LOOP:
+        return max_pool_scatter_loop(dy, argmax, spec)
     return _spread(dy, spec, lambda flat, g: jnp.where(argmax == flat, g, jnp.zeros((), g.dtype)))
+
+
+def max_pool_scatter_loop(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
+    """``max_pool_scatter`` as a loop over the taps: tap ``t`` adds ``dy`` where the argmax is
+    ``t`` onto the block of ``x̄_pad`` it read (``conv_loops.tap_sum_adjoint``). The argmax is
+    the loop's operand, read from memory (fused into an unrolled spread, XLA recomputed the
+    window's scan for every tap: 3×3 s2 ``N…C`` fwd+bwd ~10 ms, PyTorch 3.5)."""
+    padded = with_spatial_sizes(dy.shape, spec, tuple(
+        length + lo + hi for length, (lo, hi) in zip(spec.in_sizes, spec.padding)))
+    zero = jnp.zeros((), dy.dtype)
+    dx_pad = tap_sum_adjoint(spec.window, lambda t: jnp.where(argmax == t, dy, zero), padded, spec, dy.dtype)
+    return crop(dx_pad, spec.spatial_axes(), spec.padding)
 
 
 # ----------------------------------------------------------------------------- avg pooling
