@@ -204,7 +204,9 @@ def test_choice_weighs_memory():
     # the last resort, the tap loop (two samples: not sliced)
     assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.batch_chunked_loop_conv
     assert conv_forms._chunks(conv_forms.activation_sizes(spec, *shapes)) == 1
-    assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
+    assert conv_forms.choose("weight_grad", "manual", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
+    # impl="lax" in 2D: XLA's weight gradient rather than the plain tap loop
+    assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.IMPLS["lax"][2]
     # a depth fold stacks K_0 = 3 copies of the input (and their folded copy), the depth-tap
     # loop holds x_pad, one depth slice and the output beside the accumulator: lax's piece
     spec3 = _spec(x=(1, 8, 4, 6, 6), w=(8, 8, 3, 3, 3), padding=1)
