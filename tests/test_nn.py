@@ -132,15 +132,29 @@ def test_groupnorm_by_hand_and_channels_last(rng):
     assert_close(jnp.moveaxis(last, -1, 1), expected, TOL["float64"])
 
 
-def test_groupnorm_matches_pytorch(rng):
+@pytest.mark.parametrize("shape", [(2, 6, 4, 3), (2, 6, 3, 2, 4)], ids=["2d", "3d"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels_first", "channels_last"])
+def test_groupnorm_matches_pytorch(shape, channels_last, rng):
+    """Values and the gradients of x, scale and bias, against torch.nn.GroupNorm (channels first
+    there; the channels-last layer sums its statistics per channel first, then per group)."""
     torch = pytest.importorskip("torch")
-    x = rng.standard_normal((2, 6, 4, 3))
+    x, ct = rng.standard_normal(shape), rng.standard_normal(shape)
     module = torch.nn.GroupNorm(3, 6, eps=1e-5).double()
     torch.nn.init.normal_(module.weight)
     torch.nn.init.normal_(module.bias)
+    xt = torch.from_numpy(x).requires_grad_()
+    expected = module(xt)
+    torch.sum(expected * torch.from_numpy(ct)).backward()
     params = {"scale": jnp.asarray(module.weight.detach().numpy()), "bias": jnp.asarray(module.bias.detach().numpy())}
-    expected = module(torch.from_numpy(x)).detach().numpy()
-    assert_close(nn.GroupNorm(3).apply(params, jnp.asarray(x)), expected, TOL["float64"])
+    layer = nn.GroupNorm(3, channels_last=channels_last)
+    move = (lambda a: jnp.moveaxis(a, 1, -1)) if channels_last else jnp.asarray
+    back = (lambda a: jnp.moveaxis(a, -1, 1)) if channels_last else (lambda a: a)
+    y, vjp = jax.vjp(lambda p, z: layer.apply(p, z), params, move(jnp.asarray(x)))
+    assert_close(back(y), expected.detach().numpy(), TOL["float64"])
+    grads, dx = vjp(move(jnp.asarray(ct)))
+    assert_close(back(dx), xt.grad.numpy(), TOL["float64"])
+    assert_close(grads["scale"], module.weight.grad.numpy(), TOL["float64"])
+    assert_close(grads["bias"], module.bias.grad.numpy(), TOL["float64"])
 
 
 def test_dropout_rate_is_the_drop_probability(rng):
