@@ -287,7 +287,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     dataset = load_dataset(config) if dataset is None else dataset
     x_train, y_train = dataset.x_train[:config.train_subset], dataset.y_train[:config.train_subset]
     plan = make_plan(config, len(x_train))
-    model = models.build(config.model, dataset.num_classes, impl=config.impl)
+    model = models.build(config.model, dataset.num_classes, impl=config.impl, channels_last=config.channels_last)
     optimizer, schedule = make_optimizer(config, plan.total)
     state = initial_state(config, model, optimizer, dataset.input_shape)
     state, root_key, elapsed_before = resume_or_start(config, workdir, state)
