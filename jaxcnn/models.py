@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from jaxcnn import nn
@@ -187,6 +188,12 @@ def build(name: str, num_classes: int | None = None, *, impl: str = "lax",
     check_layout(name, channels_last)
     kwargs = {"channels_last": bool(channels_last)} if name in LAYOUT_MODELS else {}
     return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl, **kwargs)
+
+
+def channels_first_params(params: Any) -> Any:
+    """The parameters of a ``channels_last=True`` build as its channels-first twin's: every
+    kernel (the leaves of 3+ axes; dense weights have 2) moved ``(*K, I, O)`` → ``(O, I, *K)``."""
+    return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, (-1, -2), (0, 1)) if a.ndim >= 3 else a, params)
 
 
 def seed_example() -> str:

@@ -326,8 +326,11 @@ def _finish(config: TrainConfig, workdir: Path, report: dict, model: nn.Layer, s
           f"{report['examples_per_s'] or 0:.0f} examples/s")
     if config.plots:
         from jaxcnn import plots
-        report["plots"] = plots.write_all(workdir, model, distributed.host(state.params), dataset,
-                                          workdir / METRICS)
+        params = distributed.host(state.params)
+        if config.channels_last:  # the plots read kernels and maps channels first: the twin draws them
+            model = models.build(config.model, dataset.num_classes, impl=config.impl)
+            params = models.channels_first_params(params)
+        report["plots"] = plots.write_all(workdir, model, params, dataset, workdir / METRICS)
     return report
 
 
