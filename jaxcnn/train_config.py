@@ -33,9 +33,10 @@ class TrainConfig:
 
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
-    training examples. A resumed run must match its checkpoint in every field except
-    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir``, the logging and
-    checkpoint intervals, and where it runs (``identity``).
+    training examples. ``channels_last`` runs a model of ``models.LAYOUT_MODELS`` channels
+    last (the same init and losses as channels first). A resumed run must match its
+    checkpoint in every field except ``resume``, ``halt_after``, ``progress``, ``plots``,
+    ``data_dir``, the logging and checkpoint intervals, and where it runs (``identity``).
 
     Where it runs (``jaxcnn.distributed``): ``devices`` is a count, ``"all"``, or ``None``
     (one device; every device of a multi-process run); ``batch_size`` is the global batch,
