@@ -38,6 +38,12 @@ def spatial_axes(n: int, channels_last: bool) -> tuple[int, ...]:
     return tuple(range(first, first + n))
 
 
+def kernel_to_channels_last(n: int) -> tuple[int, ...]:
+    """The axis permutation taking a channels-first kernel ``(O, I, *K)`` to the
+    channels-last ``(*K, I, O)`` (a transposed conv's ``(C, O, *K)`` to ``(*K, O, C)``)."""
+    return (*range(2, 2 + n), 1, 0)
+
+
 def dilated_size(size: int, dilation: int) -> int:
     """Extent of ``size`` taps spaced ``dilation`` apart: ``dilation·(size − 1) + 1`` (0 if empty)."""
     return 0 if size == 0 else dilation * (size - 1) + 1

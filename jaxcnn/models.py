@@ -4,14 +4,18 @@
 ``MODELS[name](num_classes=..., impl=...)`` builds a ``jaxcnn.nn.Layer``; ``impl`` ("lax" or
 "manual") goes to every convolution. ``channels_last=True`` (``LAYOUT_MODELS``) runs every
 layer channels last, as XLA's CPU convolutions want it (no transpose around each conv); the
-model still takes channels-first input, moved once at its entrance. ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
+model still takes channels-first input, moved once at its entrance, and flattens in the
+channels-first order: from one init key it is the same function as its channels-first build
+(``nn.Conv`` draws a kernel alike in both layouts). ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
 ``DATASETS[name]`` the dataset the model is made for.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import math
+from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from jaxcnn import nn
@@ -23,13 +27,34 @@ def _norm_relu(channels: int, groups: int = 8, channels_last: bool = False) -> l
     return [nn.GroupNorm(min(groups, channels), channels_last=channels_last), nn.ReLU()]
 
 
-def _entrance(channels_last: bool) -> list[nn.Layer]:
-    """``(N, C, *S)`` → ``(N, *S, C)`` when the model runs channels last; nothing otherwise."""
+def _in_layout(channels_last: bool, *layers: nn.Layer) -> nn.Layer:
+    """``nn.serial(*layers)``; channels last, the same serial behind one move of the input
+    ``(N, C, *S)`` → ``(N, *S, C)`` that has no parameters and passes the key on as it came.
+    The two builds thus have the same parameter tree (kernels transposed) and hand every
+    layer the same init and dropout keys."""
+    body = nn.serial(*layers)
     if not channels_last:
-        return []
-    return [nn.Layer(lambda key, s: ({}, (s[0], *s[2:], s[1])),
-                     lambda params, x, *, train=False, key=None: jnp.moveaxis(x, 1, -1),
-                     "ToChannelsLast")]
+        return body
+    move = lambda x: jnp.moveaxis(x, 1, -1)
+    moved = lambda s: (s[0], *s[2:], s[1])
+
+    def rows(input_shape: tuple[int, ...], depth: int) -> tuple[list[nn.Row], tuple[int, ...]]:
+        inner, out_shape = body.rows(moved(tuple(input_shape)), depth)
+        return [nn.Row("ToChannelsLast", moved(tuple(input_shape)), 0, depth), *inner], out_shape
+    return nn.Layer(lambda key, s: body.init(key, moved(tuple(s))),
+                    lambda params, x, *, train=False, key=None: body.apply(params, move(x), train=train, key=key),
+                    "serial", "serial", lambda params, x: body.trace(params, move(x)), rows)
+
+
+def _flatten(channels_last: bool) -> nn.Layer:
+    """``nn.Flatten``; channels last, ``(N, *S, C)`` flattened in the channels-first order
+    ``(C, *S)`` (one small transpose), so that the dense layer's rows and a dropout mask
+    drawn on the flat features mean the same features in both layouts."""
+    if not channels_last:
+        return nn.Flatten()
+    return nn.Layer(lambda key, s: ({}, (s[0], math.prod(s[1:]))),
+                    lambda params, x, *, train=False, key=None: jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1),
+                    "Flatten")
 
 
 def mnist1d_cnn(num_classes: int = 10, *, impl: str = "lax") -> nn.Layer:
@@ -60,13 +85,13 @@ def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 
     two halve the length, 40 → 20 → 10), then the flattened maps into a linear layer.
     Flattening (not global pooling) keeps where along the signal a feature fired."""
     conv, cl = nn.Conv1d, channels_last
-    return nn.serial(
-        *_entrance(cl),
+    return _in_layout(
+        cl,
         conv(channels, 5, padding=2, impl=impl, bias=False, channels_last=cl), *_norm_relu(channels, channels_last=cl),
         *_basic_block(conv, channels, 1, impl, cl),
         *_basic_block(conv, channels, 2, impl, cl),
         *_basic_block(conv, channels, 2, impl, cl),
-        nn.Flatten(), nn.Dense(num_classes))
+        _flatten(cl), nn.Dense(num_classes))
 
 
 def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
@@ -75,21 +100,21 @@ def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool
     dropout and a linear layer on the flattened maps. Only the one-channel first layer runs
     at full resolution: on CPU, XLA's weight-gradient convolution is slowest there."""
     cl = channels_last
-    return nn.serial(
-        *_entrance(cl),
+    return _in_layout(
+        cl,
         nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool(2, channels_last=cl),
         nn.Conv2d(64, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(64, channels_last=cl),
         nn.MaxPool(2, channels_last=cl),
         nn.Conv2d(128, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(128, channels_last=cl),
-        nn.Flatten(), nn.Dropout(0.3), nn.Dense(num_classes))
+        _flatten(cl), nn.Dropout(0.3), nn.Dense(num_classes))
 
 
 def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
     """A small ResNet: a 3x3 stem of 32 maps, basic blocks of 32, 64 (stride 2) and 128
     (stride 2) maps (28 → 14 → 7), global average pooling, a linear layer."""
     conv, cl = nn.Conv2d, channels_last
-    return nn.serial(
-        *_entrance(cl),
+    return _in_layout(
+        cl,
         conv(32, 3, padding=1, impl=impl, bias=False, channels_last=cl), *_norm_relu(32, channels_last=cl),
         *_basic_block(conv, 32, 1, impl, cl),
         *_basic_block(conv, 64, 2, impl, cl),
@@ -103,8 +128,8 @@ def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool
     pixel: still visible); pooling shrinks space first, then time: (8,16,16) → (8,8,8) →
     (4,4,4), then global average pooling and a linear layer."""
     cl = channels_last
-    return nn.serial(
-        *_entrance(cl),
+    return _in_layout(
+        cl,
         nn.AvgPool((1, 2, 2), channels_last=cl),
         nn.Conv3d(16, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool((1, 2, 2), channels_last=cl),
         nn.Conv3d(32, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(32, channels_last=cl),
@@ -146,17 +171,29 @@ DATASETS = {name: name.split("-")[0] for name in MODELS}
 LAYOUT_MODELS = ("mnist1d-resnet", "fashion-cnn", "fashion-resnet", "clips-cnn3d")  # take channels_last
 
 
+def check_layout(name: str, channels_last: bool) -> None:
+    """Raise the ``ValueError`` naming ``channels_last`` unless it is ``False`` or ``name``
+    is one of ``LAYOUT_MODELS``."""
+    if channels_last is not False and name not in LAYOUT_MODELS:
+        raise ValueError(f"channels_last: expected False for {name!r} (channels last for {LAYOUT_MODELS}); "
+                         f"got {channels_last!r}")
+
+
 def build(name: str, num_classes: int | None = None, *, impl: str = "lax",
           channels_last: bool = False) -> nn.Layer:
     """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given;
     ``channels_last`` for the models of ``LAYOUT_MODELS``."""
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}; got {name!r}")
-    if channels_last is not False and name not in LAYOUT_MODELS:
-        raise ValueError(f"channels_last: expected False for {name!r} (channels last for {LAYOUT_MODELS}); "
-                         f"got {channels_last!r}")
+    check_layout(name, channels_last)
     kwargs = {"channels_last": bool(channels_last)} if name in LAYOUT_MODELS else {}
     return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl, **kwargs)
+
+
+def channels_first_params(params: Any) -> Any:
+    """The parameters of a ``channels_last=True`` build as its channels-first twin's: every
+    kernel (the leaves of 3+ axes; dense weights have 2) moved ``(*K, I, O)`` → ``(O, I, *K)``."""
+    return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, (-1, -2), (0, 1)) if a.ndim >= 3 else a, params)
 
 
 def seed_example() -> str:

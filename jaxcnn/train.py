@@ -287,7 +287,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     dataset = load_dataset(config) if dataset is None else dataset
     x_train, y_train = dataset.x_train[:config.train_subset], dataset.y_train[:config.train_subset]
     plan = make_plan(config, len(x_train))
-    model = models.build(config.model, dataset.num_classes, impl=config.impl)
+    model = models.build(config.model, dataset.num_classes, impl=config.impl, channels_last=config.channels_last)
     optimizer, schedule = make_optimizer(config, plan.total)
     state = initial_state(config, model, optimizer, dataset.input_shape)
     state, root_key, elapsed_before = resume_or_start(config, workdir, state)
@@ -326,8 +326,11 @@ def _finish(config: TrainConfig, workdir: Path, report: dict, model: nn.Layer, s
           f"{report['examples_per_s'] or 0:.0f} examples/s")
     if config.plots:
         from jaxcnn import plots
-        report["plots"] = plots.write_all(workdir, model, distributed.host(state.params), dataset,
-                                          workdir / METRICS)
+        params = distributed.host(state.params)
+        if config.channels_last:  # the plots read kernels and maps channels first: the twin draws them
+            model = models.build(config.model, dataset.num_classes, impl=config.impl)
+            params = models.channels_first_params(params)
+        report["plots"] = plots.write_all(workdir, model, params, dataset, workdir / METRICS)
     return report
 
 

@@ -61,7 +61,7 @@ def load_trained(workdir: str | os.PathLike) -> tuple[TrainConfig, nn.Layer, Any
     model of ``jaxcnn.models``), e.g. to evaluate it again: ``model.apply(params, x)``."""
     path = Path(workdir) / CHECKPOINT
     config = TrainConfig(**checkpoint.read_config(path, _CHECKPOINT_ARRAYS)).resolved()
-    model = models.build(config.model, impl=config.impl)
+    model = models.build(config.model, impl=config.impl, channels_last=config.channels_last)
     optimizer, _ = make_optimizer(config, 1)
     template = initial_state(config, model, optimizer, models.INPUT_SHAPES[config.model])
     return config, model, load_checkpoint(path, template, config)[0].params

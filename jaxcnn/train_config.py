@@ -33,9 +33,10 @@ class TrainConfig:
 
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
-    training examples. A resumed run must match its checkpoint in every field except
-    ``resume``, ``halt_after``, ``progress``, ``plots``, ``data_dir``, the logging and
-    checkpoint intervals, and where it runs (``identity``).
+    training examples. ``channels_last`` runs a model of ``models.LAYOUT_MODELS`` channels
+    last (the same init and losses as channels first). A resumed run must match its
+    checkpoint in every field except ``resume``, ``halt_after``, ``progress``, ``plots``,
+    ``data_dir``, the logging and checkpoint intervals, and where it runs (``identity``).
 
     Where it runs (``jaxcnn.distributed``): ``devices`` is a count, ``"all"``, or ``None``
     (one device; every device of a multi-process run); ``batch_size`` is the global batch,
@@ -56,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     impl: str = "lax"
     dtype: str = "float32"
+    channels_last: bool = False
     augment: bool | None = None
     data_dir: str | None = None
     resume: bool = False
@@ -96,6 +98,7 @@ class TrainConfig:
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
         _args.choice(config.dtype, DTYPES, "dtype")
+        models.check_layout(config.model, _args.check_bool(config.channels_last, "channels_last"))
         config = dataclasses.replace(config, devices=_args.device_request(config.devices))  # "8" -> 8
         _args.optional_index(config.num_processes, "num_processes", 1)
         _args.optional_index(config.process_id, "process_id", 0)
@@ -106,9 +109,13 @@ class TrainConfig:
         return config
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with its checkpoint."""
+        """The fields a resumed run must share with its checkpoint. ``channels_last`` is one
+        (the kernels' layout), kept out only when false: checkpoints from before the flag,
+        all channels first, still resume and load."""
         skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every",
                 "devices", "coordinator", "num_processes", "process_id"}
+        if not self.channels_last:
+            skip.add("channels_last")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -183,6 +190,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--impl", choices=_args.IMPLS, default="lax", help="every convolution's impl")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (params stay float32)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--channels-last", action="store_true", help="run every layer channels last "
+                        f"(faster on CPU; models {models.LAYOUT_MODELS}); the same init and losses")
     parser.add_argument("--workdir", help="default: runs/<dataset>-<model>-seed<k>")
     parser.add_argument("--data-dir")
     parser.add_argument("--resume", action="store_true", help="continue from workdir's checkpoint")

@@ -118,17 +118,29 @@ def test_summary_command_rejects_unknown_model(capsys):
     assert "lenet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["fashion-resnet", "clips-cnn3d"])
-def test_channels_last_model_computes_the_same_logits(name):
+@pytest.mark.parametrize("name", models.LAYOUT_MODELS)
+def test_channels_last_model_is_the_same_model(name):
     """channels_last=True: the same network with every layer channels last (kernels
-    ``(*K, C, O)``), the same logits from the same parameters, channels-first input."""
+    ``(*K, C, O)``). From one key it draws the channels-first parameters with each kernel
+    moved by hand (the dense layer after a flatten unchanged: it flattens in the (C, *S)
+    order), and gives the same logits from channels-first input, in training too (the same
+    dropout mask). ``channels_first_params`` takes them back."""
     first, last = models.build(name), models.build(name, channels_last=True)
     shape = (2, *models.INPUT_SHAPES[name])
     params, _ = first.init(jax.random.key(0), shape)
     def to_last(a):
-        return np.moveaxis(np.asarray(a), (0, 1), (-1, -2)) if a.ndim >= 3 else a
-    params_last = ({},) + jax.tree_util.tree_map(to_last, params)
+        return np.moveaxis(np.asarray(a), (0, 1), (-1, -2)) if a.ndim >= 3 else np.asarray(a)
+    params_last = jax.tree_util.tree_map(to_last, params)
+    drawn, _ = last.init(jax.random.key(0), shape)
+    assert jax.tree_util.tree_structure(drawn) == jax.tree_util.tree_structure(params_last)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(drawn),
+                                                    jax.tree_util.tree_leaves(params_last)))
+    back = models.channels_first_params(drawn)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)))
     x = np.random.default_rng(0).standard_normal(shape)
     assert_close(last.apply(params_last, x), first.apply(params, x), TOL["float64"], f"{name} logits")
+    key = jax.random.key(1)
+    assert_close(last.apply(params_last, x, train=True, key=key), first.apply(params, x, train=True, key=key),
+                 TOL["float64"], f"{name} training logits")
     with pytest.raises(ValueError, match="channels_last"):
         models.build("mnist1d-cnn", channels_last=True)

@@ -90,6 +90,19 @@ def test_init_is_pytorch_kaiming_uniform(layer):
     assert abs(np.std(w) - bound / math.sqrt(3)) < 0.15 * bound / math.sqrt(3)
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda cl: nn.Conv2d(6, (3, 2), groups=2, channels_last=cl), (1, 4, 7, 5)),
+    (lambda cl: nn.Conv3d(3, 2, bias=False, channels_last=cl), (1, 2, 4, 4, 3)),
+    (lambda cl: nn.ConvTranspose(4, (3,), stride=2, channels_last=cl), (1, 5, 6)),
+], ids=["conv2d-groups", "conv3d-no-bias", "conv-transpose1d"])
+def test_channels_last_init_is_the_channels_first_kernel_transposed(make, shape):
+    """One key, one kernel: ``(A, B, *K)`` moved to ``(*K, B, A)`` by hand, bias alike."""
+    first, _ = make(False).init(KEY, shape)
+    last, _ = make(True).init(KEY, (shape[0], *shape[2:], shape[1]))
+    assert np.array_equal(last["w"], np.moveaxis(np.asarray(first["w"]), (0, 1), (-1, -2)))
+    assert first.keys() == last.keys() and all(np.array_equal(first[k], last[k]) for k in first if k != "w")
+
+
 def test_init_is_a_function_of_the_key_eager_or_jitted():
     layer = nn.serial(nn.Conv1d(4, 3), nn.Flatten(), nn.Dense(2))
     eager, shape = layer.init(KEY, (1, 2, 6))

@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (conv_output_shape, conv_output_size, conv_transpose_output_size,
-                            dilated_size, input_grad_padding, is_int, kernel_sizes, output_sizes,
+                            dilated_size, input_grad_padding, is_int, kernel_sizes, kernel_to_channels_last,
+                            output_sizes,
                             pool_output_size, pool_padding, resolve_padding, spatial_sizes,
                             tap_placement, weight_grad_padding)
 
@@ -360,3 +361,10 @@ def test_conv_output_shape_in_either_layout(channels_last):
 ])
 def test_is_int(value, expected):
     assert is_int(value) is expected
+
+
+def test_kernel_to_channels_last_by_hand():
+    """``(O, I, K1, K2)`` → ``(K1, K2, I, O)``; 1D ``(O, I, K)`` → ``(K, I, O)``."""
+    assert kernel_to_channels_last(2) == (2, 3, 1, 0)
+    assert kernel_to_channels_last(1) == (2, 1, 0)
+    assert kernel_to_channels_last(3) == (2, 3, 4, 1, 0)

@@ -1,7 +1,8 @@
 """Tests of ``jaxcnn.train`` on a small synthetic 1D dataset: the loss goes down, a run
 stopped halfway and resumed is bit-identical to one run straight, a non-finite loss stops the
 run and keeps the last good checkpoint, the train step compiles once, ``impl="manual"`` and
-``"lax"`` give the same loss curve, bfloat16 agrees with float32 to its precision."""
+``"lax"`` give the same loss curve, bfloat16 agrees with float32 to its precision, a channels-last
+run is the channels-first run (on small synthetic images)."""
 from __future__ import annotations
 
 import json
@@ -172,6 +173,78 @@ def test_bfloat16_first_loss_agrees_with_float32(tmp_path, lax_run):
     assert all(np.isfinite(r["loss"]) for r in bf16)
 
 
+def synthetic_images(n_train: int = 48, n_test: int = 16, seed: int = 0) -> data.Dataset:
+    """Ten classes (as Fashion-MNIST) of 28x28 images: a bright bar in a class-specific pair
+    of rows, on noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+    x = 0.5 * rng.standard_normal((n_train + n_test, 1, 28, 28))
+    for i, label in enumerate(y):
+        x[i, 0, 4 + 2 * label:6 + 2 * label] += 2.0
+    x = x.astype(np.float32)
+    return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10, "synthetic-images")
+
+
+IMAGES = synthetic_images()
+# SGD, not Adam: Adam's first steps move each weight by about ±lr whatever its gradient's size,
+# so a gradient entry near zero that rounds to another sign in the other layout would move
+# its weight 2·lr apart; SGD's steps keep the layouts' rounding differences at their size.
+LAYOUT_RUN = dict(dataset="fashion", model="fashion-cnn", steps=4, batch_size=16, augment=True, optimizer="sgd")
+
+
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory) -> dict[bool, Path]:
+    """4 steps of fashion-cnn (dropout, crops and flips) channels first and channels last,
+    from one seed: the workdir of each."""
+    workdirs = {}
+    for channels_last in (False, True):
+        workdirs[channels_last] = tmp_path_factory.mktemp(f"channels_last_{channels_last}")
+        train.train_and_evaluate(train.TrainConfig(**{**BASE, **LAYOUT_RUN, "channels_last": channels_last,
+                                                      "plots": channels_last}),
+                                 workdirs[channels_last], dataset=IMAGES)
+    return workdirs
+
+
+def test_channels_last_run_is_the_channels_first_run(layout_runs):
+    """Same seed: the same losses (to float32 rounding: the layouts sum in other orders), and
+    trained parameters that are the channels-first ones with each kernel moved by hand
+    ``(O, I, *K)`` → ``(*K, I, O)``; ``load_trained`` rebuilds the channels-last model."""
+    first, last = (np.array([r["loss"] for r in train_records(layout_runs[cl])]) for cl in (False, True))
+    assert len(first) == 4 and relative_error(last, first) <= TOL["float32"]
+    config, model, params = train.load_trained(layout_runs[True])
+    first_config, first_model, first_params = train.load_trained(layout_runs[False])
+    assert config.channels_last and not first_config.channels_last
+    moved = jax.tree_util.tree_map(
+        lambda a: np.moveaxis(np.asarray(a), (0, 1), (-1, -2)) if a.ndim >= 3 else np.asarray(a), first_params)
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(moved)):
+        assert got.shape == want.shape and relative_error(got, want) <= TOL["float32"]
+    x = IMAGES.x_test
+    assert relative_error(model.apply(params, x), first_model.apply(first_params, x)) <= TOL["float32"]
+    plots = {p.name for p in layout_runs[True].glob("*.png")}  # drawn by the channels-first twin
+    assert plots == {"training_curves.png", "kernels.png"} | {f"feature_maps_{i:02d}.png" for i in range(3)}
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["first-resumed-last", "last-resumed-first"])
+def test_resume_refuses_a_layout_change(tmp_path, written):
+    config = {**BASE, **LAYOUT_RUN, "halt_after": 1}
+    train.train_and_evaluate(train.TrainConfig(**config, channels_last=written), tmp_path, dataset=IMAGES)
+    with pytest.raises(ValueError, match="channels_last: the checkpoint"):
+        train.train_and_evaluate(train.TrainConfig(**config, channels_last=not written, resume=True),
+                                 tmp_path, dataset=IMAGES)
+
+
+def test_channels_last_is_refused_for_a_model_without_the_layout(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="channels_last: expected False for 'mnist1d-cnn'"):
+        train.TrainConfig(**{**BASE, "steps": 5, "channels_last": True}).resolved()
+    with pytest.raises(TypeError, match="channels_last: expected a bool; got 1"):
+        train.TrainConfig(**{**BASE, "steps": 5, "model": "mnist1d-resnet", "channels_last": 1}).resolved()
+    monkeypatch.setattr(train, "load_dataset", lambda config: DATA)
+    code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--channels-last", "--no-progress",
+                       "--no-plots", "--workdir", str(tmp_path)])
+    assert code == 2 and "jaxcnn train: error: channels_last: expected False" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 @pytest.mark.parametrize("changes, argument", [
     (dict(optimizer="lion"), "optimizer"),
     (dict(schedule="step"), "schedule"),
@@ -196,10 +269,13 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
 
 def test_command_line_flags_fill_the_config():
     config, workdir = train.parse_args(["--dataset", "fashion", "--epochs", "3", "--no-augment",
-                                        "--impl", "manual", "--dtype", "bfloat16", "--lr", "0.01"])
+                                        "--impl", "manual", "--dtype", "bfloat16", "--lr", "0.01",
+                                        "--channels-last"])
     resolved = config.resolved()
     assert (resolved.dataset, resolved.model, resolved.epochs, resolved.steps) == ("fashion", "fashion-cnn", 3, None)
     assert (resolved.augment, resolved.impl, resolved.dtype, resolved.lr) == (False, "manual", "bfloat16", 0.01)
+    assert resolved.channels_last is True and resolved.identity()["channels_last"] is True
     assert workdir is None
     defaults = train.TrainConfig().resolved()
-    assert (defaults.model, defaults.steps, defaults.augment) == ("mnist1d-resnet", 4000, True)
+    assert (defaults.model, defaults.steps, defaults.augment, defaults.channels_last) == ("mnist1d-resnet", 4000, True, False)
+    assert "channels_last" not in defaults.identity()  # checkpoints from before the flag still resume

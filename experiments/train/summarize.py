@@ -28,10 +28,12 @@ def command(report: dict) -> str:
     defaults = {**dataclasses.asdict(train.TrainConfig()), **train.DEFAULTS[config["dataset"]]}
     flags = [f"--dataset {config['dataset']}"]
     for name in ("model", "steps", "epochs", "batch_size", "optimizer", "lr", "schedule",
-                 "weight_decay", "impl", "dtype", "augment", "seed"):
-        value = config[name]
+                 "weight_decay", "impl", "dtype", "augment", "channels_last", "eval_every", "seed"):
+        value = config.get(name)  # reports from before a flag lack it
         if name == "augment" and value != defaults["augment"]:
             flags.append("--augment" if value else "--no-augment")
+        elif name == "channels_last" and value:
+            flags.append("--channels-last")
         elif name in ("model", "seed") or (value != defaults.get(name) and value is not None):
             flags.append(f"--{name.replace('_', '-')} {value}")
     return "jaxcnn train " + " ".join(flags)
@@ -73,12 +75,15 @@ def main() -> None:
                            ("clips-cnn3d", "clips-frame2d"))):
         chosen = [r for r in runs if r["model"] in models]
         lines += [f"## {title}", "", HEADER] + [row(r) for r in chosen] + [""]
-        lax = [r["test_accuracy"] for r in chosen if r["model"] == models[0] and r["impl"] == "lax"]
-        if len(lax) > 1:
-            mean, spread = statistics.mean(lax), statistics.stdev(lax)
-            summary[models[0]] = {"seeds": len(lax), "mean": mean, "stdev": spread}
-            lines += [f"{models[0]}, impl lax: mean test accuracy **{100 * mean:.2f} %** "
-                      f"(std {100 * spread:.2f}, {len(lax)} seeds).", ""]
+        recipes: dict[str, list[float]] = {}  # the command without its seed: one recipe
+        for r in chosen:
+            recipes.setdefault(command(r).rsplit(" --seed ", 1)[0], []).append(r["test_accuracy"])
+        for recipe, accuracies in recipes.items():
+            if len(accuracies) > 1:
+                mean, spread = statistics.mean(accuracies), statistics.stdev(accuracies)
+                summary.setdefault("recipes", {})[recipe] = {"seeds": len(accuracies), "mean": mean, "stdev": spread}
+                lines += [f"`{recipe}`: mean test accuracy **{100 * mean:.2f} %** "
+                          f"(std {100 * spread:.2f}, {len(accuracies)} seeds).", ""]
     impl = RESULTS / "mnist1d-impl-curves.json"
     if impl.exists():
         result = json.loads(impl.read_text())

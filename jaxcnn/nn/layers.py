@@ -120,7 +120,8 @@ def Conv(out_channels: int, kernel: Sequence[int], stride: Any = 1, padding: Any
         out_shape = _shapes.conv_output_shape(input_shape, w_shape, padded)
         _args.check_positive_size("input_shape", _shapes.spatial_sizes(out_shape, spec),
                                   f"Conv with kernel {kernel} on {sizes}")
-        params = _conv_params(key, w_shape, channels // groups * math.prod(kernel), out_channels, bias)
+        params = _conv_params(key, (out_channels, channels // groups, *kernel), channels // groups * math.prod(kernel),
+                              out_channels, bias, spec.channels_last)
         return params, out_shape
 
     def apply(params: dict, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
@@ -164,7 +165,8 @@ def ConvTranspose(out_channels: int, kernel: Sequence[int], stride: Any = 1, pad
         _args.check_groups(groups, channels, out_channels)
         w_shape = ((*kernel, out_channels // groups, channels) if channels_last
                    else (channels, out_channels // groups, *kernel))
-        params = _conv_params(key, w_shape, out_channels // groups * math.prod(kernel), out_channels, bias)
+        params = _conv_params(key, (channels, out_channels // groups, *kernel),
+                              out_channels // groups * math.prod(kernel), out_channels, bias, bool(channels_last))
         out = jax.eval_shape(lambda p, x: apply(p, x), params,
                              jax.ShapeDtypeStruct(input_shape, jnp.float32))
         return params, tuple(out.shape)
@@ -172,9 +174,16 @@ def ConvTranspose(out_channels: int, kernel: Sequence[int], stride: Any = 1, pad
     return Layer(init, apply, _conv_name("ConvTranspose", out_channels, kernel, stride, padding), "conv")
 
 
-def _conv_params(key: jax.Array, w_shape: Shape, fan_in: int, out_channels: int, bias: bool) -> dict:
+def _conv_params(key: jax.Array, first_shape: Shape, fan_in: int, out_channels: int, bias: bool,
+                 channels_last: bool) -> dict:
+    """``w`` drawn in its channels-first shape ``first_shape`` and, channels last, moved to
+    ``(*K, ., .)``: one key gives one kernel in either layout, so a model built channels last
+    starts as the same function as its channels-first twin."""
     w_key, b_key = subkeys(key, 2)
-    params = {"w": _uniform(w_key, w_shape, fan_in)}
+    w = _uniform(w_key, first_shape, fan_in)
+    if channels_last:
+        w = jnp.transpose(w, _shapes.kernel_to_channels_last(len(first_shape) - 2))
+    params = {"w": w}
     if bias:
         params["b"] = _uniform(b_key, (out_channels,), fan_in)
     return params
