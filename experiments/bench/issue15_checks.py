@@ -67,17 +67,13 @@ def pool_table(runs: list[dict[str, Any]]) -> list[str]:
 
 def train_table(train: dict[str, Any]) -> list[str]:
     lines = ["| model | fastest jaxcnn | ms | fastest PyTorch | ms | ratio |", "|---|---|---|---|---|---|"]
-    by_model: dict[str, list[dict]] = {}
     for row in train["rows"]:
-        by_model.setdefault(row["model"], []).append(row)
-    for model, rows in by_model.items():
-        ours = [r for r in rows if r["contender"].startswith("jaxcnn")]
-        theirs = [r for r in rows if r["contender"].startswith("torch")]
+        ours, theirs = row.get("fastest_jaxcnn"), row.get("fastest_torch")
         if not ours or not theirs:
             continue
-        best, rival = min(ours, key=lambda r: r["ms"]), min(theirs, key=lambda r: r["ms"])
-        lines.append(f"| {model} | {best['contender']} | {best['ms']:.3g} | {rival['contender']} | "
-                     f"{rival['ms']:.3g} | {_mark(best['ms'] / rival['ms'], LIMITS['train step / torch'])} |")
+        ms = row["ms"]
+        lines.append(f"| {row['model']} | {ours} | {ms[ours]:.3g} | {theirs} | {ms[theirs]:.3g} | "
+                     f"{_mark(ms[ours] / ms[theirs], LIMITS['train step / torch'])} |")
     return lines
 
 
