@@ -16,7 +16,10 @@ is accumulated in place:
 
 The offsets are traced (``k_t`` from ``t`` by ``divmod``), the slice sizes static. Same maps,
 same summation order as the unrolled pieces; no convolution primitive. ``conv_forms.choose``
-picks these when the unrolled taps would not fit the memory budget.
+picks these when the unrolled taps would not fit the memory budget. With a stride, a tap is
+read from the phases of ``x_pad`` (``tap_reader``: each axis viewed as ``(rows, s)``, so a tap
+is a dynamic slice of just the samples it reads), and ``tap_sum_adjoint`` adds parts back the
+same way (max pooling's scatter).
 """
 from __future__ import annotations
 
