@@ -29,6 +29,7 @@ from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_size, dilated_size
 from jaxcnn._taps import crop, pad_axes, place, window
 from jaxcnn.conv_impls import lax_conv, lax_input_grad
+from jaxcnn.conv_loops import slice_starts
 
 _DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
 
@@ -115,11 +116,6 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
 # ----------------------------------------------------------------------------- depth-tap loop
 
 
-def _depth_start(a: jax.Array, start: jax.Array) -> list[jax.Array]:
-    zero = jnp.zeros((), jnp.int32)
-    return [zero, start.astype(jnp.int32), *[zero] * (a.ndim - 2)]
-
-
 def depth_tap_conv(x, w, spec: ConvSpec):
     """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])``, one depth tap ``k`` per loop
     step: a strided depth slice of ``x_pad`` read at ``k·d``, an (n−1)-D conv over batch
@@ -132,7 +128,7 @@ def depth_tap_conv(x, w, spec: ConvSpec):
     extent = (n, dilated_size(out_depth, s), *x_pad.shape[2:])
 
     def tap(k):
-        block = jax.lax.dynamic_slice(x_pad, _depth_start(x_pad, k * d), extent)
+        block = jax.lax.dynamic_slice(x_pad, slice_starts(x_pad, _DEPTH, [k * d]), extent)
         return lax_conv(_batched(block[:, ::s]), w_last[k], inner)
 
     first = jax.eval_shape(tap, 0)
@@ -155,7 +151,7 @@ def depth_tap_input_grad(dy, w, spec: ConvSpec, in_shape):
     def body(k, dx_pad):
         g = lax_input_grad(dy_batch, w_last[k], inner, inner_shape).astype(dx_pad.dtype)
         part = pad_axes(g.reshape(n, out_depth, *g.shape[1:]), _DEPTH, ((0, 0),), 0, [s - 1])
-        start = _depth_start(dx_pad, k * d)
+        start = slice_starts(dx_pad, _DEPTH, [k * d])
         here = jax.lax.dynamic_slice(dx_pad, start, part.shape)
         return jax.lax.dynamic_update_slice(dx_pad, here + part, start)
 

@@ -257,13 +257,18 @@ def _chunked_memory(a: dict[str, int], chunks: int) -> int:
 _MIN_SLICE = 8   # samples per slice: per-sample slices of conv1d_k7 (N = 8) held more, not less
 
 
+def _room(a: dict[str, int]) -> float:
+    """The budget for a form's intermediates: ``MEMORY_BUDGET × (input + output)`` elements."""
+    return MEMORY_BUDGET * (a["input"] + a["output"])
+
+
 def _chunks(a: dict[str, int]) -> int:
     """The fewest equal slices of the batch (a divisor of ``N``, at least ``_MIN_SLICE``
     samples each) for which the chunked tap loop fits the budget; 1 (the plain loop) where
     none does."""
-    n, room = a["batch"], MEMORY_BUDGET * (a["input"] + a["output"])
+    n = a["batch"]
     return next((b for b in range(1, n // _MIN_SLICE + 1)
-                 if n % b == 0 and _chunked_memory(a, b) <= room), 1)
+                 if n % b == 0 and _chunked_memory(a, b) <= _room(a)), 1)
 
 
 def batch_chunked_loop_conv(x, w, spec: ConvSpec):
@@ -281,7 +286,8 @@ def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_sha
 def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
     """Whether ``form``'s intermediates fit the budget (``MEMORY_BUDGET``)."""
     a = activation_sizes(spec, in_shape, w_shape)
-    return form_memory(form, spec, in_shape, w_shape) <= MEMORY_BUDGET * (a["input"] + a["output"])
+    model = FORM_MEMORY.get(form.__name__)
+    return (0 if model is None else model(a)) <= _room(a)
 
 
 # ----------------------------------------------------------------------------- the choice

@@ -45,7 +45,8 @@ def tap_offsets(t: jax.Array, k_sizes: Shape) -> list[jax.Array]:
     return index[::-1]
 
 
-def _starts(a: jax.Array, axes: Shape, values: list) -> list:
+def slice_starts(a: jax.Array, axes: Shape, values: list) -> list:
+    """``dynamic_slice`` start indices into ``a``: ``values`` on ``axes``, 0 elsewhere."""
     start = [jnp.zeros((), jnp.int32)] * a.ndim
     for axis, value in zip(axes, values):
         start[axis] = jnp.asarray(value, jnp.int32)
@@ -89,7 +90,7 @@ def tap_reader(x_pad: jax.Array, spec: Any, out: Shape, pad_value: float = 0) ->
     if all(s == 1 for s in spec.stride):
         sizes = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
         return lambda k: jax.lax.dynamic_slice(
-            x_pad, _starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)]), sizes)
+            x_pad, slice_starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)]), sizes)
     pads, phased, sizes = _phases(x_pad.shape, spec, out)
     x_phases = jax.lax.pad(x_pad, jnp.asarray(pad_value, x_pad.dtype), pads).reshape(phased)
     tap_shape = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
@@ -119,7 +120,7 @@ def kernel_tap(w: jax.Array, spec: ConvSpec, k: list) -> jax.Array:
     """``w[k]`` with traced ``k``, channels split as ``conv_impls._tap``."""
     axes = spec.kernel_spatial_axes()
     sizes = [1 if axis in axes else size for axis, size in enumerate(w.shape)]
-    tap = jax.lax.dynamic_slice(w, _starts(w, axes, k), sizes)
+    tap = jax.lax.dynamic_slice(w, slice_starts(w, axes, k), sizes)
     tap = tap.reshape([size for axis, size in enumerate(w.shape) if axis not in axes])
     return _split_channels(tap, _split_axes(spec)[1], spec.groups)
 
@@ -169,7 +170,7 @@ def loop_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape
         part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
         # s − 1 zeros between samples; the block then lands at k·d.
         part = pad_axes(part, axes, ((0, 0),) * spec.n, 0, [s - 1 for s in spec.stride])
-        start = _starts(dx_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
+        start = slice_starts(dx_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
         here = jax.lax.dynamic_slice(dx_pad, start, part.shape)
         return jax.lax.dynamic_update_slice(dx_pad, here + part.astype(dx_pad.dtype), start)
 

@@ -94,8 +94,8 @@ scatter_p = make_primitive("max_pool_scatter", lambda dy, a, *, spec: max_pool_s
 
 def _max_pool_jvp(primals, tangents, *, spec):
     # ẏ = gather(ẋ, a): the tangent read at each window's (first) maximum. The max is the
-    # unrolled scan (one fused pass); the argmax the same scan as a loop, so that it is
-    # computed once and read from memory by the gather and the scatter (pool_impls).
+    # unrolled scan (one fused pass); the argmax is its own primitive (``_argmax`` says how
+    # it is computed so that the scatter reads it from memory).
     (x,), (x_dot,) = primals, tangents
     argmax = argmax_p.bind(x, spec=spec)
     return max_pool_p.bind(x, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)
