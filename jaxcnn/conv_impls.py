@@ -82,7 +82,29 @@ def contract(subscripts: str, a: jax.Array, b: jax.Array, spec: ConvSpec) -> jax
         # A product of two bfloat16 (or float16) values is exact in float32: the same sum,
         # and XLA's CPU dot has no bf16 × bf16 → f32.
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    return jnp.einsum(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
+    return _dot(subscripts, a, b, precision=spec.precision, preferred_element_type=total)
+
+
+def _dot(subscripts: str, a: jax.Array, b: jax.Array, **kwargs: Any) -> jax.Array:
+    """``einsum(subscripts, a, b)`` as one ``dot_general`` whose summed and batch axes are listed
+    in ``a``'s axis order. (``jnp.einsum`` lists them as its path search leaves them:
+    ``"n...c,n...o->co"`` summed ``(w, n)``, and XLA's CPU compiler then copied both operands
+    transposed, an activation-sized copy each, where ``(n, w)`` contracts them as they lie.)
+    Every letter of an operand is in the other operand or in the output."""
+    inputs, out = subscripts.split("->")
+    raw = inputs.split(",")
+    count = next((op.ndim - len(t.replace("...", "")) for t, op in zip(raw, (a, b)) if "..." in t), 0)
+    terms = [t.replace("...", "ABCDEFGH"[:count]) for t in raw]
+    out = out.replace("...", "ABCDEFGH"[:count])   # the subscripts here are lower case
+    (ta, tb), summed, batch = terms, [], []
+    for letter in ta:
+        if letter in tb:
+            (batch if letter in out else summed).append(letter)
+    dims = (([ta.index(l) for l in summed], [tb.index(l) for l in summed]),
+            ([ta.index(l) for l in batch], [tb.index(l) for l in batch]))
+    result = jax.lax.dot_general(a, b, dims, **kwargs)
+    order = batch + [l for l in ta if l not in tb] + [l for l in tb if l not in ta]
+    return jnp.transpose(result, [order.index(l) for l in out])
 
 
 def stack_taps(taps: list[jax.Array], spec: ConvSpec, w_shape: Shape) -> jax.Array:

@@ -1,17 +1,19 @@
-"""Tests of jaxcnn/conv_impls.py that need no arrays: the accumulation-dtype rule and the
-choice of the input gradient's form by XLA's abort rule. The shape formulas the pieces use
+"""Tests of jaxcnn/conv_impls.py's shared pieces: the accumulation-dtype rule, the choice of the
+input gradient's form by XLA's abort rule, and the contraction every manual form runs. The shape formulas the pieces use
 are tested in test_shapes.py; the pieces' values in test_conv.py and test_conv_forms.py.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import input_grad_padding
-from jaxcnn.conv_impls import input_grad_aborts_xla, output_dtype, sum_dtype
+from jaxcnn.conv_impls import _EINSUM, _dot, input_grad_aborts_xla, output_dtype, sum_dtype
 from jaxcnn.xla_guard import operand_swap_aborts
 
 axis = st.fixed_dictionaries(dict(
@@ -53,3 +55,31 @@ def test_accumulation_rule(dtype, preferred, returned, summed):
                     preferred_element_type=None if preferred is None else jnp.dtype(preferred))
     assert jnp.dtype(output_dtype(spec, jnp.dtype(dtype))) == jnp.dtype(returned)
     assert jnp.dtype(sum_dtype(spec, jnp.dtype(dtype))) == jnp.dtype(summed)
+
+
+_SUBSCRIPTS = [*(s for layout in _EINSUM.values() for s in layout),
+               *(s.replace("g", "") for layout in _EINSUM.values() for s in layout),
+               "n...c,n...o->nco", "nc...,no...->noc",                  # sample-batched taps
+               "n...tgc,n...go->tcgo", "ngct...,ngo...->goct"]          # im2col weight gradient
+
+
+def _operand_shapes(subscripts: str, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    sizes = dict(n=2, g=2, c=3, o=4, t=5)
+    return [tuple(s for letter in term for s in (spatial if letter == "." else (sizes[letter],)))
+            for term in subscripts.split("->")[0].replace("...", ".").split(",")]
+
+
+@pytest.mark.parametrize("subscripts", _SUBSCRIPTS)
+@pytest.mark.parametrize("spatial", [(7,), (3, 4), (2, 3, 4)], ids=["1d", "2d", "3d"])
+def test_dot_is_einsum_summing_in_operand_order(subscripts, spatial):
+    """``_dot`` is ``jnp.einsum`` (float64, to rounding), and its one ``dot_general`` lists the
+    summed and batch axes in the first operand's axis order (what spares XLA the copies)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s) for s in _operand_shapes(subscripts, spatial))
+    got = _dot(subscripts, jnp.asarray(a), jnp.asarray(b))
+    spelled = subscripts.replace("...", "xyz"[:len(spatial)])   # NumPy's ... is never summed
+    np.testing.assert_allclose(got, np.einsum(spelled, a, b), rtol=1e-12, atol=1e-12)
+    eqn, = [e for e in jax.make_jaxpr(lambda a, b: _dot(subscripts, a, b))(a, b).eqns
+            if e.primitive.name == "dot_general"]
+    (summed, _), (batch, _) = eqn.params["dimension_numbers"]
+    assert list(summed) == sorted(summed) and list(batch) == sorted(batch)
