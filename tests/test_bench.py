@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from jaxcnn import bench, reference
+from jaxcnn.bench.timing import paired_ratios
 from tests.helpers import TOL, assert_close, random_array
 
 ROW_FIELDS = {"case", "op", "training", "shape", "x_shape", "w_shape", "y_shape", "stride",
               "padding", "groups", "dtype", "layout", "mode", "flops", "ms", "ratio", "gflops",
               "peak_fraction", "max_rel_err", "agree", "failures", "torch_memory_format",
-              "temp_bytes", "temp_ratio"}
+              "temp_bytes", "temp_ratio", "paired_ratio"}
 
 
 def test_quick_run_writes_json(tmp_path):
@@ -36,7 +37,7 @@ def test_quick_run_writes_json(tmp_path):
         assert not row["failures"] and row["agree"], row
         ours = {"jaxcnn"} if row["op"].endswith("pool") else {"lax", "manual"}
         assert {"jax"} | ours <= set(row["ms"])
-        assert row["ratio"]["jax"] == 1.0
+        assert row["ratio"]["jax"] == 1.0 and row["paired_ratio"]["jax"] == 1.0
         for impl, ms in row["ms"].items():
             assert ms > 0 and row["max_rel_err"][impl] <= bench.AGREEMENT["float32"]
         if row["op"] == "conv":   # flops recomputed from the row's own shapes
@@ -235,3 +236,11 @@ def test_temp_memory_within_budget(case, channels_last, request):
             "manual channels-last: the tap loops hold x_pad, the forward's accumulator and a "
             "copy of dy where jax.grad of lax fuses its conv into the consumer (issue 15)")))
     assert temp("manual") <= 2 * base
+
+
+def test_paired_ratios_hand_worked():
+    """Per round ``a/b``: 2/1, 3/2, 12/4 → median 2.0 (the ratio of medians would be 3/2):
+    a contender slowed in the same rounds as the base keeps its ratio."""
+    times = {"jax": [1.0, 2.0, 4.0], "lax": [2.0, 3.0, 12.0]}
+    assert paired_ratios(times, "jax") == {"jax": 1.0, "lax": 2.0}
+    assert paired_ratios(times, "torch") == {}

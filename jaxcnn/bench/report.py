@@ -17,7 +17,8 @@ def _mib(value: int | None) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per row: ms per contender, ratios to ``jax``, ours' GFLOP/s (% of peak), and
+    """One line per row: ms per contender (medians), ratios to ``jax`` (``paired_ratio``: the
+    median of per-round ratios, where the row has it), ours' GFLOP/s (% of peak), and
     each JAX contender's compiled temp memory (MiB) with ours' ratio to ``jax``'s."""
     head = ("| case | shape | dtype | layout | mode | jax ms | lax ms | manual ms | torch ms "
             "| lax/jax | manual/jax | torch/jax | lax GFLOP/s (% peak) "
@@ -29,11 +30,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         perf = "—" if g is None else f"{g:.3g} ({100 * frac:.2g}%)"
         layout = "NC…" if r["layout"] == "channels_first" else "N…C"
         mem, mem_ratio = r.get("temp_bytes", {}), r.get("temp_ratio", {})
+        ratio = r.get("paired_ratio") or r["ratio"]
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['dtype']} | {layout} | {r['mode']} | "
             f"{_num(r['ms'].get('jax'))} | {_num(r['ms'].get(ours))} | {_num(r['ms'].get('manual'))} | "
-            f"{_num(r['ms'].get('torch'))} | {_num(r['ratio'].get(ours), 2)} | "
-            f"{_num(r['ratio'].get('manual'), 2)} | {_num(r['ratio'].get('torch'), 2)} | {perf} | "
+            f"{_num(r['ms'].get('torch'))} | {_num(ratio.get(ours), 2)} | "
+            f"{_num(ratio.get('manual'), 2)} | {_num(ratio.get('torch'), 2)} | {perf} | "
             f"{_mib(mem.get('jax'))} | {_mib(mem.get(ours))} | {_mib(mem.get('manual'))} | "
             f"{_num(mem_ratio.get(ours), 2)} | {_num(mem_ratio.get('manual'), 2)} |")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxcnn.bench.cases import Case, case_flops, describe
 from jaxcnn.bench.contenders import TorchSide, baseline_fn, jaxcnn_fn
-from jaxcnn.bench.timing import failure_message, time_interleaved
+from jaxcnn.bench.timing import failure_message, paired_ratios, time_interleaved
 from jaxcnn.tolerances import BENCH_AGREEMENT
 
 
@@ -121,6 +121,7 @@ def bench_row(case: Case, dtype: str, channels_last: bool, mode: str, impls: Seq
         "layout": "channels_last" if channels_last else "channels_first", "mode": mode,
         "flops": flops, "ms": ms, "ms_min": ms_min,
         "ratio": {k: v / base for k, v in ms.items()} if base else {},
+        "paired_ratio": paired_ratios(times, "jax"),
         "gflops": {k: flops / v / 1e6 for k, v in ms.items()} if flops else {},
         "peak_fraction": {k: flops / v / 1e6 / peak_gflops for k, v in ms.items()} if flops else {},
         "temp_bytes": temp,

@@ -3,6 +3,7 @@ every GFLOP/s is a fraction of."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any, Callable
 
@@ -45,6 +46,19 @@ def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], A
             sync(call())
             times[name].append((time.perf_counter() - start) * 1e3)
     return times, outs, failures
+
+
+def paired_ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Each contender's time over ``base``'s, **paired by round** (``time_interleaved`` calls
+    every contender once per round, side by side), the median over the rounds. A clock change
+    or a burst of load between rounds cancels in each pair; on this CPU two identical
+    programs' single calls spread ±20 % (resnet3x3_64 fwd+bwd: 7.8–11.9 ms, 10th–90th
+    percentile), so a ratio of two medians over 11 rounds moved 1.0 ± 0.3 where the paired
+    median over 60 rounds measured 0.99."""
+    if base not in times:
+        return {}
+    return {name: statistics.median(a / b for a, b in zip(values, times[base]))
+            for name, values in times.items()}
 
 
 def matmul_peak(n: int, repeats: int) -> dict[str, float]:
