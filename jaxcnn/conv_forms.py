@@ -30,8 +30,8 @@ Memory weighs as much as time: each form's intermediates are estimated from shap
 (``FORM_MEMORY``; an unrolled tap sum holds ``∏K`` slices, XLA's CPU compiler computing every
 tap before summing) and a form is used only within ``MEMORY_BUDGET`` of its piece's
 activations; otherwise the next candidate: the tap loops of ``jaxcnn.conv_loops`` (one tap
-alive at a time; the manual forward's over slices of the batch where the whole batch's loop does
-not fit), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd then stays
+alive at a time; the manual forward's over slices of the batch, or of the output's rows, where
+the whole loop does not fit), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd stays
 within 1.5× (lax) of the compiled temp memory of ``jax.grad`` of lax on every bench row
 (``experiments/bench/memory.md``).
 
@@ -196,7 +196,8 @@ def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
     included), ``taps`` (``∏K``) and ``depth_taps`` (``K_0``), ``depth_slice`` (one depth tap's
     read, ``N·C·D_out·∏S'``), ``depth_padded`` (the input padded along depth alone) and
     ``dy_copy`` (channels first: the output-sized copy of ``dy`` that a per-tap weight-gradient
-    contraction reads, transposed; channels last contracts ``dy`` as it lies)."""
+    contraction reads, transposed; channels last contracts ``dy`` as it lies), ``batch``
+    (``N``) and ``rows`` (the output's first spatial size)."""
     k_sizes = kernel_sizes(w_shape, spec)
     in_sizes = spatial_sizes(in_shape, spec)
     out_sizes = output_sizes(in_sizes, k_sizes, spec.stride, spec.dilation, spec.padding)
@@ -209,7 +210,8 @@ def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
             "taps": math.prod(k_sizes), "depth_taps": k_sizes[0],
             "depth_slice": n * c * out_sizes[0] * math.prod(in_sizes[1:]),
             "depth_padded": n * c * (in_sizes[0] + sum(spec.padding[0])) * math.prod(in_sizes[1:]),
-            "dy_copy": 0 if spec.channels_last else n * o * math.prod(out_sizes), "batch": n}
+            "dy_copy": 0 if spec.channels_last else n * o * math.prod(out_sizes), "batch": n,
+            "rows": out_sizes[0]}
 
 
 def _unrolled(a):
@@ -243,15 +245,19 @@ FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → el
     "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
     # Chunked over the batch: the stacked results and their reshaped copy, and per slice its
-    # input, x_pad, accumulator and product.
-    "batch_chunked_loop_conv": lambda a: _chunked_memory(a, _chunks(a)),
+    # input, x_pad, accumulator and product. Over the output's rows: x_pad and the output,
+    # and per slice the accumulator and product (conv3d_3x3x3 N…C fwd+bwd, 1 → 4 slices:
+    # 3.73 → 2.97 MiB; 8 slices no less).
+    "chunked_loop_conv": lambda a: _chunked_memory(a, *_chunks(a)),
 }
 
 
-def _chunked_memory(a: dict[str, int], chunks: int) -> int:
-    if chunks == 1:
-        return FORM_MEMORY["loop_conv"](a)
-    return 2 * a["output"] + (a["input"] + a["padded"] + 2 * a["output"]) // chunks
+def _chunked_memory(a: dict[str, int], batch: int, rows: int) -> int:
+    if batch > 1:
+        return 2 * a["output"] + (a["input"] + a["padded"] + 2 * a["output"]) // batch
+    if rows > 1:
+        return a["padded"] + a["output"] + 2 * a["output"] // rows
+    return FORM_MEMORY["loop_conv"](a)
 
 
 _MIN_SLICE = 8   # samples per slice: per-sample slices of conv1d_k7 (N = 8) held more, not less
@@ -262,19 +268,24 @@ def _room(a: dict[str, int]) -> float:
     return MEMORY_BUDGET * (a["input"] + a["output"])
 
 
-def _chunks(a: dict[str, int]) -> int:
-    """The fewest equal slices of the batch (a divisor of ``N``, at least ``_MIN_SLICE``
-    samples each) for which the chunked tap loop fits the budget; 1 (the plain loop) where
-    none does."""
-    n = a["batch"]
-    return next((b for b in range(1, n // _MIN_SLICE + 1)
-                 if n % b == 0 and _chunked_memory(a, b) <= _room(a)), 1)
+def _chunks(a: dict[str, int]) -> tuple[int, int]:
+    """``(batch slices, row slices)`` of the chunked tap loop: the fewest equal slices of the
+    batch (a divisor of ``N``, at least ``_MIN_SLICE`` samples each) that fit the budget; else
+    the fewest equal slices of the output's first spatial axis that do (a few samples' volume,
+    conv3d's single sample); ``(1, 1)`` (the plain loop) where none does."""
+    n, rows, room = a["batch"], a["rows"], _room(a)
+    batch = next((b for b in range(1, n // _MIN_SLICE + 1)
+                  if n % b == 0 and _chunked_memory(a, b, 1) <= room), None)
+    if batch is not None:
+        return batch, 1
+    return 1, next((r for r in range(2, rows + 1) if rows % r == 0 and _chunked_memory(a, 1, r) <= room), 1)
 
 
-def batch_chunked_loop_conv(x, w, spec: ConvSpec):
-    """``loop_conv`` over slices of the batch, as few as fit the memory budget (``_chunks``):
-    the manual forward's last resort where the whole batch's tap loop does not fit."""
-    return loop_conv(x, w, spec, batch_chunks=_chunks(activation_sizes(spec, x.shape, w.shape)))
+def chunked_loop_conv(x, w, spec: ConvSpec):
+    """``loop_conv`` over slices of the batch or of the output's rows, as few as fit the memory
+    budget (``_chunks``): the manual forward's last resort where the whole tap loop does not fit."""
+    batch, rows = _chunks(activation_sizes(spec, x.shape, w.shape))
+    return loop_conv(x, w, spec, batch_chunks=batch, row_chunks=rows)
 
 
 def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
@@ -292,7 +303,7 @@ def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
 
 # ----------------------------------------------------------------------------- the choice
 
-LOOPS = (batch_chunked_loop_conv, loop_input_grad, loop_weight_grad)   # manual's last resorts
+LOOPS = (chunked_loop_conv, loop_input_grad, loop_weight_grad)   # manual's last resorts
 
 
 def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],

@@ -80,21 +80,28 @@ def _phase_start(k: list, spec: Any, ndim: int) -> list[jax.Array]:
     return start
 
 
-def tap_reader(x_pad: jax.Array, spec: Any, out: Shape, pad_value: float = 0) -> Callable[[list], jax.Array]:
-    """``k ↦ x_pad[k·d + i·s]`` for ``i < out`` with traced ``k``. Stride 1: a dynamic slice.
-    Strided: ``x_pad`` is viewed once as its phases, each axis ``(rows, s)`` (padded at the end
-    to whole rows with ``pad_value``, never read), and tap ``k`` with ``k·d = q·s + r`` is rows
+def tap_reader(x_pad: jax.Array, spec: Any, out: Shape, pad_value: float = 0) -> Callable[..., jax.Array]:
+    """``(k, shift) ↦ x_pad[k·d + (i + shift)·s]`` for ``i < out`` with traced ``k`` (and a
+    traced ``shift`` of whole output rows along the first spatial axis, 0 by default: where a
+    chunk of the output starts). Stride 1: a dynamic slice. Strided: ``x_pad`` is viewed once
+    as its phases, each axis ``(rows, s)`` (padded at the end to whole rows with
+    ``pad_value``, never read), and tap ``k`` with ``k·d = q·s + r`` is rows
     ``q … q + out − 1`` of phase ``r``: a dynamic slice of just the samples the tap reads
     (slicing the dilated extent and striding after copied ``∏s`` times as much)."""
     axes = spec.spatial_axes()
     if all(s == 1 for s in spec.stride):
         sizes = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
-        return lambda k: jax.lax.dynamic_slice(
-            x_pad, slice_starts(x_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)]), sizes)
+        return lambda k, shift=0: jax.lax.dynamic_slice(x_pad, slice_starts(
+            x_pad, axes, [ki * d + (shift if i == 0 else 0) for i, (ki, d) in enumerate(zip(k, spec.dilation))]), sizes)
     pads, phased, sizes = _phases(x_pad.shape, spec, out)
     x_phases = jax.lax.pad(x_pad, jnp.asarray(pad_value, x_pad.dtype), pads).reshape(phased)
     tap_shape = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
-    return lambda k: jax.lax.dynamic_slice(x_phases, _phase_start(k, spec, x_pad.ndim), sizes).reshape(tap_shape)
+
+    def read(k, shift=0):
+        start = _phase_start(k, spec, x_pad.ndim)
+        start[axes[0]] = start[axes[0]] + shift   # the first spatial axis' rows sit at axes[0]
+        return jax.lax.dynamic_slice(x_phases, start, sizes).reshape(tap_shape)
+    return read
 
 
 def tap_sum_adjoint(k_sizes: Shape, part: Callable[[jax.Array], jax.Array], padded_shape: Shape,
@@ -125,24 +132,38 @@ def kernel_tap(w: jax.Array, spec: ConvSpec, k: list) -> jax.Array:
     return _split_channels(tap, _split_axes(spec)[1], spec.groups)
 
 
-def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec, batch_chunks: int = 1) -> jax.Array:
+def loop_conv(x: jax.Array, w: jax.Array, spec: ConvSpec, batch_chunks: int = 1,
+              row_chunks: int = 1) -> jax.Array:
     """``y += contract(x_pad[k_t·d + i·s], w[k_t])`` one tap at a time; with ``batch_chunks``
     (a divisor of ``N``) an outer loop over that many slices of the batch, each padded, summed
     and written into ``y`` on its own: ``x_pad``, the accumulator and the tap's product then
-    exist for one slice at a time."""
+    exist for one slice at a time. With ``row_chunks`` (a divisor of the first spatial axis'
+    output size) the outer loop runs over slices of the output's rows instead, every tap read
+    from the one ``x_pad`` at the slice's rows (a single sample's volume)."""
     if batch_chunks > 1:
         return _batch_chunked(x, batch_chunks, lambda part: loop_conv(part, w, spec))
     x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
-    read_tap = tap_reader(x_pad, spec, out)
+    rows = out[0] // row_chunks
+    read_tap = tap_reader(x_pad, spec, (rows, *out[1:]))
 
-    def body(t, y):
-        k = tap_offsets(t, k_sizes)
-        xs = _split_channels(read_tap(k), act_axis, spec.groups)
-        return y + contract(_subscripts(spec, 0), xs, kernel_tap(w, spec, k), spec)
+    def chunk(shift):
+        def body(t, y):
+            k = tap_offsets(t, k_sizes)
+            xs = _split_channels(read_tap(k, shift), act_axis, spec.groups)
+            return y + contract(_subscripts(spec, 0), xs, kernel_tap(w, spec, k), spec)
+        first = jax.eval_shape(lambda: body(0, 0.0))
+        y = jax.lax.fori_loop(0, math.prod(k_sizes), body, jnp.zeros(first.shape, first.dtype))
+        return _merge_channels(y, act_axis - spec.channels_last, spec.groups)
 
-    first = jax.eval_shape(lambda: body(0, 0.0))
-    y = jax.lax.fori_loop(0, math.prod(k_sizes), body, jnp.zeros(first.shape, first.dtype))
-    y = _merge_channels(y, act_axis - spec.channels_last, spec.groups)
+    if row_chunks == 1:
+        y = chunk(0)
+    else:
+        first = jax.eval_shape(chunk, 0)
+        row_axis = spec.spatial_axes()[0]
+        shape = list(first.shape)
+        shape[row_axis] = out[0]
+        y = jax.lax.fori_loop(0, row_chunks, lambda j, y: jax.lax.dynamic_update_slice_in_dim(
+            y, chunk(j * rows), j * rows, row_axis), jnp.zeros(shape, first.dtype))
     return y.astype(output_dtype(spec, x.dtype))
 
 

@@ -107,6 +107,20 @@ def test_batch_chunked_loop_equals_lax_piece(name, channels_last, rng):
         assert_close(got, want, TOL["float64"], f"{chunks} slices on {name}")
 
 
+@pytest.mark.parametrize("name,channels_last", [("many_samples_2d", False), ("many_samples_3d", True),
+                                                 ("depthwise_multiplier_strided", True),
+                                                 ("fold_3d_strided_dilated", False)])
+def test_row_chunked_loop_equals_lax_piece(name, channels_last, rng):
+    """The tap loop over slices of the output's first spatial axis, every tap read from the one
+    ``x_pad`` at its slice's rows (strided: from the phases, shifted by whole rows)."""
+    x, w, dy, spec = _operands(name, channels_last, rng)
+    want = _run(IMPLS["lax"][0], "conv", x, w, dy, spec)
+    rows = want.shape[spec.spatial_axes()[0]]
+    for chunks in sorted({c for c in (2, 3, rows) if rows % c == 0}):
+        got = _run(partial(conv_forms.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
+        assert_close(got, want, TOL["float64"], f"{chunks} row slices on {name}")
+
+
 def test_batch_chunks_fit_the_budget():
     """fashion_conv2 channels last (128 × 14² × 32 → 64): the plain loop's x_pad, accumulator and
     product exceed 1.5 × (input + output); 16 slices of 8 samples fit. Two samples: never sliced."""
@@ -115,10 +129,23 @@ def test_batch_chunks_fit_the_budget():
     a = conv_forms.activation_sizes(spec, *shapes)
     room = conv_forms.MEMORY_BUDGET * (a["input"] + a["output"])
     assert conv_forms.form_memory(conv_forms.loop_conv, spec, *shapes) > room
-    assert conv_forms._chunks(a) == 16 and conv_forms._chunked_memory(a, 16) <= room
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.batch_chunked_loop_conv
+    assert conv_forms._chunks(a) == (16, 1) and conv_forms._chunked_memory(a, 16, 1) <= room
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
     small = conv_forms.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
-    assert conv_forms._chunks(small) == 1
+    assert conv_forms._chunks(small)[0] == 1
+
+
+def test_row_chunks_fit_the_budget():
+    """conv3d_3x3x3 channels last (one 8 × 28² sample, 32 → 32): the batch cannot be sliced and
+    the plain loop's x_pad (10 × 30², 1.43× the input), accumulator and product exceed
+    1.5 × (input + output); two slices of 4 output rows do not fit either (x_pad + output + 2 ×
+    half the output = 3.43 outputs), four slices of 2 rows do (2.93 ≤ 3)."""
+    shapes = ((1, 8, 28, 28, 32), (3, 3, 3, 32, 32))
+    spec = _spec(x=(1, 32, 8, 28, 28), w=(32, 32, 3, 3, 3), padding=1).replace(channels_last=True)
+    a = conv_forms.activation_sizes(spec, *shapes)
+    assert a["rows"] == 8 and conv_forms._chunks(a) == (1, 4)
+    assert conv_forms._chunked_memory(a, 1, 2) > conv_forms._room(a) >= conv_forms._chunked_memory(a, 1, 4)
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
 
 
 @pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad", "loop_weight_grad",
@@ -187,7 +214,7 @@ def test_activation_sizes_hand_worked():
     a = conv_forms.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
     assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
                  "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8,
-                 "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200, "batch": 2}
+                 "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200, "batch": 2, "rows": 5}
     # channels last: dy is contracted as it lies, no transposed copy
     spec_last = spec.replace(channels_last=True)
     assert conv_forms.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
@@ -202,8 +229,8 @@ def test_choice_weighs_memory():
     assert not conv_forms.fits(conv_forms.manual_conv, spec, *shapes)
     assert conv_forms.fits(conv_forms.loop_weight_grad, spec, *shapes)
     # the last resort, the tap loop (two samples: not sliced)
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.batch_chunked_loop_conv
-    assert conv_forms._chunks(conv_forms.activation_sizes(spec, *shapes)) == 1
+    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
+    assert conv_forms._chunks(conv_forms.activation_sizes(spec, *shapes))[0] == 1
     assert conv_forms.choose("weight_grad", "manual", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
     # impl="lax" in 2D: XLA's weight gradient rather than the plain tap loop
     assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.IMPLS["lax"][2]
