@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_size, dilated_size
 from jaxcnn._taps import crop, pad_axes, place, window
-from jaxcnn.conv_impls import lax_conv, lax_input_grad
+from jaxcnn.conv_impls import lax_conv, lax_input_grad, lax_weight_grad
 from jaxcnn.conv_loops import slice_starts
 
 _DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
@@ -76,19 +76,40 @@ def _fold_kernel(w_last: jax.Array) -> jax.Array:
     return jnp.moveaxis(w_last, 0, -3).reshape(*inner, k_depth * c, o)
 
 
+def _folded_input(x, spec: ConvSpec, k_depth: int) -> tuple[jax.Array, int]:
+    """``(N·D_out, *S', K_d·C)``: the ``K_d`` strided depth slices of ``x_pad`` (channels last)
+    stacked tap-major into the channels, and ``D_out``."""
+    out_depth, _ = _depth_geometry(spec, x.shape[1], k_depth)
+    x_pad = pad_axes(x, _DEPTH, spec.padding[:1])
+    s, d = spec.stride[0], spec.dilation[0]
+    taps = jnp.stack([x_pad[window((k,), (out_depth,), (s,), (d,), _DEPTH, x.ndim)]
+                      for k in range(k_depth)], axis=-2)       # (N, D_out, *S', K_d, C)
+    return _batched(taps.reshape(*taps.shape[:-2], taps.shape[-2] * taps.shape[-1])), out_depth
+
+
 def fold_depth_conv(x, w, spec: ConvSpec):
     """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])`` as one (n−1)-D conv over batch
     ``N·D_out`` with the ``K_d`` depth taps stacked into the channels."""
     x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
-    k_depth = w_last.shape[0]
-    out_depth, _ = _depth_geometry(spec, x_last.shape[1], k_depth)
-    x_pad = pad_axes(x_last, _DEPTH, spec.padding[:1])
-    s, d = spec.stride[0], spec.dilation[0]
-    taps = jnp.stack([x_pad[window((k,), (out_depth,), (s,), (d,), _DEPTH, x.ndim)]
-                      for k in range(k_depth)], axis=-2)       # (N, D_out, *S', K_d, C)
-    folded = _batched(taps.reshape(*taps.shape[:-2], taps.shape[-2] * taps.shape[-1]))
+    folded, out_depth = _folded_input(x_last, spec, w_last.shape[0])
     y = lax_conv(folded, _fold_kernel(w_last), _without_depth(spec))
     return _to_channels_first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
+
+
+def fold_depth_weight_grad(x, dy, spec: ConvSpec, w_shape, inner_weight_grad=lax_weight_grad):
+    """The transpose of ``fold_depth_conv`` in ``w``: ``dw[k] = Σ_t weight_grad_{n−1}(x_pad[t·s
+    + k·d], dy[t])`` as one (n−1)-D weight gradient of the folded input (``K_d·C`` channels)
+    against ``dy`` over batch ``N·D_out``, unstacked: ``(*K', K_d·C, O)`` → ``(K_d, *K', C, O)``.
+    ``inner_weight_grad`` computes the (n−1)-D piece."""
+    x_last, dy_last = _to_channels_last(x, spec), _to_channels_last(dy.astype(x.dtype), spec)
+    k_depth = w_shape[spec.kernel_spatial_axes()[0]]
+    o_ax, i_ax = spec.kernel_io_axes()
+    c, o = w_shape[i_ax], w_shape[o_ax]
+    folded, _ = _folded_input(x_last, spec, k_depth)
+    inner_k = [w_shape[a] for a in spec.kernel_spatial_axes()[1:]]
+    dw = inner_weight_grad(folded, _batched(dy_last), _without_depth(spec), (*inner_k, k_depth * c, o))
+    dw = jnp.moveaxis(dw.reshape(*inner_k, k_depth, c, o), -3, 0)      # (K_d, *K', C, O)
+    return dw if spec.channels_last else jnp.moveaxis(dw, (-1, -2), (0, 1))
 
 
 def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):

@@ -48,6 +48,7 @@ FORMS = {  # form: (piece, configs it applies to)
                                                    "many_samples_2d", "many_samples_3d"]),
     "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
+    "fold_depth_weight_grad": ("weight_grad", ["fold_3d", "fold_3d_strided_dilated", "many_samples_3d"]),
     "depth_tap_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "depth_tap_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
     # The tap loops (conv_loops): every kind of config, groups, strides and dilations included.
@@ -170,7 +171,7 @@ RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's 
     ("depthwise_2d", True, "manual", None, "weight_grad", "depthwise_weight_grad"),
     ("fold_3d", False, "lax", "cpu", "conv", "fold_depth_conv"),
     ("fold_3d", True, "lax", "cpu", "input_grad", "fold_depth_input_grad"),
-    ("fold_3d", False, "lax", "cpu", "weight_grad", "manual_weight_grad"),
+    ("fold_3d", False, "lax", "cpu", "weight_grad", "fold_depth_weight_grad"),   # K_d·C = 9
     ("fold_3d", False, "lax", None, "conv", "lax_conv"),
     ("im2col_thin", False, "manual", None, "conv", "im2col_conv"),
     ("im2col_thin", True, "manual", None, "weight_grad", "im2col_weight_grad"),
@@ -180,7 +181,7 @@ RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's 
     ("im2col_1d", False, "lax", "cpu", "weight_grad", "lax_weight_grad"),
     ("many_samples_2d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
     ("im2col_thin", False, "lax", "cpu", "weight_grad", "lax_weight_grad"),   # 2D, 3 channels, 35 taps
-    ("many_samples_3d", False, "lax", "cpu", "weight_grad", "sample_batched_weight_grad"),
+    ("many_samples_3d", False, "lax", "cpu", "weight_grad", "fold_depth_weight_grad"),
     ("many_samples_3d", True, "manual", "cpu", "weight_grad", "sample_batched_weight_grad"),
     ("many_samples_2d", True, "lax", None, "weight_grad", "lax_weight_grad"),
     ("many_samples_2d", False, "manual", None, "weight_grad", "im2col_weight_grad"),
