@@ -54,12 +54,15 @@ def slice_starts(a: jax.Array, axes: Shape, values: list) -> list:
 
 
 def _phases(shape: Shape, spec: Any, out: Shape) -> tuple[list, list, list]:
-    """``(pads, phased shape, tap block sizes)``: each spatial axis of ``shape`` padded at the
-    end to whole rows of ``s`` and split as ``(rows, s)``; a tap's block is ``(out, 1)`` there."""
+    """``(pads, phased shape, tap block sizes)``: each strided spatial axis of ``shape`` padded
+    at the end to whole rows of ``s`` and split as ``(rows, s)``; a tap's block is ``(out, 1)``
+    there. An axis of stride 1 stays whole (a size-1 phase axis got a layout of its own from
+    XLA's CPU compiler: a 3 ms copy of the clips model's first activations per step)."""
     axes, pads, phased, sizes = spec.spatial_axes(), [], [], []
     for a, size in enumerate(shape):
-        if a not in axes:
-            pads.append((0, 0, 0)), phased.append(size), sizes.append(size)
+        if a not in axes or spec.stride[axes.index(a)] == 1:
+            whole = size if a not in axes else out[axes.index(a)]
+            pads.append((0, 0, 0)), phased.append(size), sizes.append(whole)
             continue
         i = axes.index(a)
         s, rows = spec.stride[i], -(-size // spec.stride[i])
@@ -68,13 +71,15 @@ def _phases(shape: Shape, spec: Any, out: Shape) -> tuple[list, list, list]:
 
 
 def _phase_start(k: list, spec: Any, ndim: int) -> list[jax.Array]:
-    """Where tap ``k`` starts in the phases: ``(q, r)`` with ``k·d = q·s + r`` per spatial axis."""
+    """Where tap ``k`` starts in the phases: ``(q, r)`` with ``k·d = q·s + r`` per strided spatial
+    axis, ``k·d`` on an axis of stride 1."""
     axes, start = spec.spatial_axes(), []
     for a in range(ndim):
         if a in axes:
             i = axes.index(a)
             offset = jnp.asarray(k[i] * spec.dilation[i], jnp.int32)
-            start.extend((offset // spec.stride[i], offset % spec.stride[i]))
+            s = spec.stride[i]
+            start.extend((offset // s, offset % s) if s > 1 else (offset,))
         else:
             start.append(jnp.zeros((), jnp.int32))
     return start

@@ -202,9 +202,9 @@ def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Ar
         # Each sample lies in exactly one window: it gets its window's dy where the window's
         # argmax is its own offset in the tile; one select over the tiled input, no spreading.
         in_shape = with_spatial_sizes(dy.shape, spec, spec.in_sizes)
-        axes = _offset_axes(spec)
+        axes, sizes = _offset_axes(spec), dict(zip(_offset_axes(spec), _split_window(spec)))
         offset = np.arange(int(np.prod(spec.window)), dtype=np.int32).reshape(
-            [spec.window[axes.index(a)] if a in axes else 1 for a in range(len(_tiled_shape(in_shape, spec)))])
+            [sizes.get(a, 1) for a in range(len(_tiled_shape(in_shape, spec)))])
         picked = jnp.expand_dims(argmax, axes) == offset
         return jnp.where(picked, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype)).reshape(in_shape)
     if MAX_POOL_ARGMAX_LOOP:
@@ -236,22 +236,30 @@ def windows_tile_input(spec: PoolSpec) -> bool:
                     for length, o, k in zip(spec.in_sizes, spec.out_sizes(), spec.window)))
 
 
+def _split_window(spec: PoolSpec) -> tuple[int, ...]:
+    """The window sizes ``K > 1``: the axes ``_tiled_shape`` splits (a window of 1 leaves its
+    axis whole: a size-1 offset axis got a layout of its own from XLA's CPU compiler, and the
+    clips model's first activations a 3 ms copy per step)."""
+    return tuple(k for k in spec.window if k > 1)
+
+
 def _tiled_shape(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
-    """``shape`` with each spatial size ``L`` split into ``(L / K, K)``: one axis per tile
-    position and one per offset in the tile."""
+    """``shape`` with each spatial size ``L`` whose window ``K`` > 1 split into ``(L / K, K)``:
+    one axis per tile position and one per offset in the tile."""
     out = []
     for axis, size in enumerate(shape):
-        if axis in spec.spatial_axes():
-            k = spec.window[spec.spatial_axes().index(axis)]
-            out += [size // k, k]
-        else:
-            out.append(size)
+        k = spec.window[spec.spatial_axes().index(axis)] if axis in spec.spatial_axes() else 1
+        out += [size // k, k] if k > 1 else [size]
     return tuple(out)
 
 
 def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
-    """The in-tile offset axes of ``_tiled_shape``."""
-    return tuple(axis + i + 1 for i, axis in enumerate(spec.spatial_axes()))
+    """The in-tile offset axes of ``_tiled_shape``, one per window size ``K > 1``."""
+    axes: list[int] = []
+    for axis, k in zip(spec.spatial_axes(), spec.window):
+        if k > 1:   # earlier splits shifted this axis right by one each
+            axes.append(axis + len(axes) + 1)
+    return tuple(axes)
 
 
 def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
