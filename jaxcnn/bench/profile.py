@@ -1,7 +1,8 @@
 r"""Where a compiled step spends its time: XLA's per-op trace, summed by what each op computes.
 
-``jax.profiler`` records every top-level op of the compiled program (a fusion, a library
-call, a loop) with its duration; the program's text says where each op came from (its stack
+``jax.profiler`` records every op the compiled program runs (a fusion, a library call, a
+loop, and each op of a loop's body on its own: a loop's event does not include its body's
+ops) with its duration; the program's text says where each op came from (its stack
 frames: the Python call that traced it, and whether it belongs to the forward or to a
 transpose, the backward). ``categories`` attributes each op to the innermost frame that names
 a part of the model: convolutions (forward / backward), pooling, normalisation, dropout,
@@ -37,7 +38,8 @@ def _table(text: str, title: str) -> dict[int, str]:
 
 
 def op_categories(hlo_text: str) -> dict[str, str]:
-    """``{op name: category}`` for every instruction of the entry computation."""
+    """``{op name: category}`` for every instruction of the program, loop bodies included
+    (instruction names are unique in a module)."""
     files = {k: v.strip('"') for k, v in _table(hlo_text, "FileNames").items()}
     functions = {k: v.strip('"') for k, v in _table(hlo_text, "FunctionNames").items()}
     locations = {k: tuple(int(x) for x in re.findall(r"(?:file_name_id|function_name_id)=(\d+)", v))
@@ -58,9 +60,8 @@ def op_categories(hlo_text: str) -> dict[str, str]:
             frame = parent
         return "rest"
 
-    entry = hlo_text[hlo_text.index("\nENTRY"):]
     result = {}
-    for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?metadata=\{([^}]*)\}", entry, re.M):
+    for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?metadata=\{([^}]*)\}", hlo_text, re.M):
         name, metadata = match.groups()
         frame = re.search(r"stack_frame_id=(\d+)", metadata)
         kind = category(int(frame.group(1))) if frame else "rest"
@@ -88,8 +89,9 @@ def trace_durations(run: Callable[[], Any], calls: int) -> dict[str, float]:
 
 
 def step_profile(compiled: Any, args: tuple, calls: int = 3) -> dict[str, float]:
-    """Milliseconds per step in each category (ops of the entry computation only: a loop
-    counts once, its body's ops inside it)."""
+    """Milliseconds per step in each category, every op's own time (loop bodies' ops
+    included; ops that ran side by side on the CPU's threads both count, so the sum can exceed
+    the step's wall time)."""
     jax.block_until_ready(compiled(*args))
     kinds = op_categories(compiled.as_text())
     durations = trace_durations(lambda: compiled(*args), calls)
