@@ -183,6 +183,9 @@ def _batch_chunked(x: jax.Array, chunks: int, f: Callable[[jax.Array], jax.Array
 
 
 def loop_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape) -> jax.Array:
+    """``dx_pad[k_t·d + i·s] += contract(dy[i], w[k_t])`` one tap at a time, each tap's part
+    added onto the phases of ``dx_pad`` it read (``tap_sum_adjoint``: no stride holes written),
+    the padding cropped off after."""
     axes, k_sizes = spec.spatial_axes(), kernel_sizes(w.shape, spec)
     act_axis = _split_axes(spec)[0]
     dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
@@ -190,18 +193,11 @@ def loop_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape
     for axis, (lo, hi) in zip(axes, spec.padding):
         padded[axis] += lo + hi
 
-    def body(t, dx_pad):
-        k = tap_offsets(t, k_sizes)
-        part = contract(_subscripts(spec, 1), dy_g, kernel_tap(w, spec, k), spec)
-        part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
-        # s − 1 zeros between samples; the block then lands at k·d.
-        part = pad_axes(part, axes, ((0, 0),) * spec.n, 0, [s - 1 for s in spec.stride])
-        start = slice_starts(dx_pad, axes, [ki * d for ki, d in zip(k, spec.dilation)])
-        here = jax.lax.dynamic_slice(dx_pad, start, part.shape)
-        return jax.lax.dynamic_update_slice(dx_pad, here + part.astype(dx_pad.dtype), start)
+    def part(t):
+        tap = contract(_subscripts(spec, 1), dy_g, kernel_tap(w, spec, tap_offsets(t, k_sizes)), spec)
+        return _merge_channels(tap, act_axis - spec.channels_last, spec.groups)
 
-    dx_pad = jax.lax.fori_loop(0, math.prod(k_sizes), body,
-                               jnp.zeros(padded, sum_dtype(spec, w.dtype)))
+    dx_pad = tap_sum_adjoint(k_sizes, part, tuple(padded), spec, sum_dtype(spec, w.dtype))
     return crop(dx_pad, axes, spec.padding).astype(output_dtype(spec, w.dtype))
 
 
