@@ -239,9 +239,10 @@ FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → el
     # its consumer's fusion directly: a depthwise loop_conv measured +0.9× jax.grad's memory).
     # A weight-gradient loop that reads dy channels first also holds a transposed copy of it
     # (``dy_copy``); the weight gradient's dot copies its slice too;
-    # the depthwise tap is a fused multiply-and-sum.
+    # the depthwise tap is a fused multiply-and-sum. The input gradient adds each tap's
+    # input-sized part onto the phases of dx_pad (no stride holes written).
     "loop_conv": lambda a: a["padded"] + 2 * a["output"],
-    "loop_input_grad": lambda a: a["padded"] + a["dilated"] + a["output"],
+    "loop_input_grad": lambda a: a["padded"] + a["slice"] + a["output"],
     "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
     "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
