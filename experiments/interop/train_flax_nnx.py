@@ -189,6 +189,13 @@ def time_train_steps(arch: str, batch_size: int, learning_rate: float, repeats: 
             "speedup": medians["stock"] / medians["jaxcnn"], "conv_gflop_per_step": flops / 1e9}
 
 
+def _load_words(load: float) -> str:
+    """What the 1-minute load average at the start says of the run's times (2 cores)."""
+    if load > 2.5:
+        return "the machine is shared and was busy, so the times are noisy (interleaved rounds keep the ratio fair)."
+    return "nothing else ran (the load is the run's own); steps timed in interleaved rounds."
+
+
 def markdown(report: dict) -> str:
     """The results table: one row per architecture, stock and jaxcnn side by side."""
     peak = report["matmul"]
@@ -196,8 +203,8 @@ def markdown(report: dict) -> str:
         "# Flax NNX on MNIST-1D: stock vs jaxcnn's rules", "",
         f"Command: `{report['command']}`. jax {report['jax']}, flax {report['flax']}, optax "
         f"{report['optax']}; {report['cpu']}. Load average (1, 5, 15 min) at start "
-        f"{report['load_average']['start']}, at end {report['load_average']['end']}: the machine is "
-        "shared and was busy, so the times are noisy (interleaved rounds keep the ratio fair). "
+        f"{report['load_average']['start']}, at end {report['load_average']['end']}: "
+        f"{_load_words(report['load_average']['start'][0])} "
         f"Matmul peak of the run: float32 {peak['n']}² in {peak['ms']:.3g} ms = "
         f"{peak['gflops']:.1f} GFLOP/s.", "",
         "| model | float64: max \\|Δ loss\\| over the steps | float32: test accuracy, stock / jaxcnn "
