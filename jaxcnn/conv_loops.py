@@ -96,8 +96,12 @@ def tap_reader(x_pad: jax.Array, spec: Any, out: Shape, pad_value: float = 0) ->
     axes = spec.spatial_axes()
     if all(s == 1 for s in spec.stride):
         sizes = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
-        return lambda k, shift=0: jax.lax.dynamic_slice(x_pad, slice_starts(
-            x_pad, axes, [ki * d + (shift if i == 0 else 0) for i, (ki, d) in enumerate(zip(k, spec.dilation))]), sizes)
+
+        def read_whole(k, shift=0):
+            offsets = [ki * d for ki, d in zip(k, spec.dilation)]
+            offsets[0] = offsets[0] + shift                 # stride 1: a row is a sample
+            return jax.lax.dynamic_slice(x_pad, slice_starts(x_pad, axes, offsets), sizes)
+        return read_whole
     pads, phased, sizes = _phases(x_pad.shape, spec, out)
     x_phases = jax.lax.pad(x_pad, jnp.asarray(pad_value, x_pad.dtype), pads).reshape(phased)
     tap_shape = [out[axes.index(a)] if a in axes else size for a, size in enumerate(x_pad.shape)]
