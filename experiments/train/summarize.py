@@ -75,15 +75,17 @@ def main() -> None:
                            ("clips-cnn3d", "clips-frame2d"))):
         chosen = [r for r in runs if r["model"] in models]
         lines += [f"## {title}", "", HEADER] + [row(r) for r in chosen] + [""]
-        recipes: dict[str, list[float]] = {}  # the command without its seed: one recipe
+        recipes: dict[str, list[dict]] = {}  # the command without its seed: one recipe
         for r in chosen:
-            recipes.setdefault(command(r).rsplit(" --seed ", 1)[0], []).append(r["test_accuracy"])
-        for recipe, accuracies in recipes.items():
+            recipes.setdefault(command(r).rsplit(" --seed ", 1)[0], []).append(r)
+        for recipe, found in recipes.items():
+            accuracies, seeds = [r["test_accuracy"] for r in found], len({r["seed"] for r in found})
             if len(accuracies) > 1:
                 mean, spread = statistics.mean(accuracies), statistics.stdev(accuracies)
-                summary.setdefault("recipes", {})[recipe] = {"seeds": len(accuracies), "mean": mean, "stdev": spread}
+                summary.setdefault("recipes", {})[recipe] = {"runs": len(accuracies), "seeds": seeds,
+                                                             "mean": mean, "stdev": spread}
                 lines += [f"`{recipe}`: mean test accuracy **{100 * mean:.2f} %** "
-                          f"(std {100 * spread:.2f}, {len(accuracies)} seeds).", ""]
+                          f"(std {100 * spread:.2f}, {len(accuracies)} runs of {seeds} seeds).", ""]
     impl = RESULTS / "mnist1d-impl-curves.json"
     if impl.exists():
         result = json.loads(impl.read_text())
