@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import conv_output_size, dilated_size
+from jaxcnn._shapes import conv_output_size
 from jaxcnn._taps import crop, pad_axes, place, window
 from jaxcnn.conv_impls import lax_conv, lax_input_grad, lax_weight_grad
-from jaxcnn.conv_loops import slice_starts
+from jaxcnn.conv_loops import tap_reader, tap_sum_adjoint
 
 _DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
 
@@ -41,15 +41,24 @@ def _to_channels_last(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax
     return jnp.moveaxis(a, (0, 1), (-1, -2)) if kernel else jnp.moveaxis(a, 1, -1)
 
 
-def _to_channels_first(a: jax.Array, spec: ConvSpec) -> jax.Array:
-    """An activation back in the spec's layout."""
-    return a if spec.channels_last else jnp.moveaxis(a, -1, 1)
+def _to_channels_first(a: jax.Array, spec: ConvSpec, kernel: bool = False) -> jax.Array:
+    """Undo ``_to_channels_last``: back in the spec's layout."""
+    if spec.channels_last:
+        return a
+    return jnp.moveaxis(a, (-1, -2), (0, 1)) if kernel else jnp.moveaxis(a, -1, 1)
 
 
 def _without_depth(spec: ConvSpec) -> ConvSpec:
     """The spec of the (n−1)-D conv over the remaining axes, channels last."""
     return spec.replace(stride=spec.stride[1:], padding=spec.padding[1:],
                         dilation=spec.dilation[1:], channels_last=True)
+
+
+def _depth_spec(spec: ConvSpec) -> ConvSpec:
+    """The depth axis alone, as ``conv_loops.tap_reader`` and ``tap_sum_adjoint`` see it: the
+    one spatial axis (1) of a channels-last activation ``(N, D, *S', C)``."""
+    return spec.replace(stride=spec.stride[:1], padding=spec.padding[:1],
+                        dilation=spec.dilation[:1], channels_last=True)
 
 
 def _depth_geometry(spec: ConvSpec, in_depth: int, k_depth: int) -> tuple[int, int]:
@@ -96,20 +105,19 @@ def fold_depth_conv(x, w, spec: ConvSpec):
     return _to_channels_first(y.reshape(x_last.shape[0], out_depth, *y.shape[1:]), spec)
 
 
-def fold_depth_weight_grad(x, dy, spec: ConvSpec, w_shape, inner_weight_grad=lax_weight_grad):
+def fold_depth_weight_grad(x, dy, spec: ConvSpec, w_shape):
     """The transpose of ``fold_depth_conv`` in ``w``: ``dw[k] = Σ_t weight_grad_{n−1}(x_pad[t·s
     + k·d], dy[t])`` as one (n−1)-D weight gradient of the folded input (``K_d·C`` channels)
-    against ``dy`` over batch ``N·D_out``, unstacked: ``(*K', K_d·C, O)`` → ``(K_d, *K', C, O)``.
-    ``inner_weight_grad`` computes the (n−1)-D piece."""
+    against ``dy`` over batch ``N·D_out``, unstacked: ``(*K', K_d·C, O)`` → ``(K_d, *K', C, O)``."""
     x_last, dy_last = _to_channels_last(x, spec), _to_channels_last(dy.astype(x.dtype), spec)
     k_depth = w_shape[spec.kernel_spatial_axes()[0]]
     o_ax, i_ax = spec.kernel_io_axes()
     c, o = w_shape[i_ax], w_shape[o_ax]
     folded, _ = _folded_input(x_last, spec, k_depth)
     inner_k = [w_shape[a] for a in spec.kernel_spatial_axes()[1:]]
-    dw = inner_weight_grad(folded, _batched(dy_last), _without_depth(spec), (*inner_k, k_depth * c, o))
+    dw = lax_weight_grad(folded, _batched(dy_last), _without_depth(spec), (*inner_k, k_depth * c, o))
     dw = jnp.moveaxis(dw.reshape(*inner_k, k_depth, c, o), -3, 0)      # (K_d, *K', C, O)
-    return dw if spec.channels_last else jnp.moveaxis(dw, (-1, -2), (0, 1))
+    return _to_channels_first(dw, spec, kernel=True)
 
 
 def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
@@ -139,18 +147,16 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
 
 def depth_tap_conv(x, w, spec: ConvSpec):
     """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])``, one depth tap ``k`` per loop
-    step: a strided depth slice of ``x_pad`` read at ``k·d``, an (n−1)-D conv over batch
-    ``N·D_out``, added to the accumulator."""
+    step: the depth slices ``x_pad[n, k·d + t·s]`` (``conv_loops.tap_reader``), an (n−1)-D conv
+    over batch ``N·D_out``, added to the accumulator."""
     x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
     k_depth, n = w_last.shape[0], x_last.shape[0]
     out_depth, _ = _depth_geometry(spec, x_last.shape[1], k_depth)
     x_pad = pad_axes(x_last, _DEPTH, spec.padding[:1])
-    s, d, inner = spec.stride[0], spec.dilation[0], _without_depth(spec)
-    extent = (n, dilated_size(out_depth, s), *x_pad.shape[2:])
+    read_tap, inner = tap_reader(x_pad, _depth_spec(spec), (out_depth,)), _without_depth(spec)
 
     def tap(k):
-        block = jax.lax.dynamic_slice(x_pad, slice_starts(x_pad, _DEPTH, [k * d]), extent)
-        return lax_conv(_batched(block[:, ::s]), w_last[k], inner)
+        return lax_conv(_batched(read_tap([k])), w_last[k], inner)
 
     # The first tap starts the sum (zeros written and added to cost the clips step ~2 ms).
     y = jax.lax.fori_loop(1, k_depth, lambda k, acc: acc + tap(k), tap(0))
@@ -159,28 +165,19 @@ def depth_tap_conv(x, w, spec: ConvSpec):
 
 def depth_tap_input_grad(dy, w, spec: ConvSpec, in_shape):
     """The transpose of ``depth_tap_conv``, one depth tap per loop step:
-    ``dx_pad[n, t·s + k·d] += input_grad_{n−1}(dy[n, t], w[k])`` (the tap's gradient spread by
-    the depth stride, then added where it was read), the padding cropped off after."""
+    ``dx_pad[n, k·d + t·s] += input_grad_{n−1}(dy[n, t], w[k])``, each tap's gradient added onto
+    the depth slices it read (``conv_loops.tap_sum_adjoint``), the padding cropped off after."""
     dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
     k_depth, c = w_last.shape[0], w_last.shape[-2]
     n, out_depth = dy_last.shape[:2]
     in_last = _last_shape(in_shape, spec)
     _, padded = _depth_geometry(spec, in_last[1], k_depth)
-    s, d, inner = spec.stride[0], spec.dilation[0], _without_depth(spec)
+    inner = _without_depth(spec)
     dy_batch, inner_shape = _batched(dy_last), (n * out_depth, *in_last[2:-1], c)
 
     def part(k):
         g = lax_input_grad(dy_batch, w_last[k], inner, inner_shape).astype(w.dtype)
-        return pad_axes(g.reshape(n, out_depth, *g.shape[1:]), _DEPTH, ((0, 0),), 0, [s - 1])
+        return g.reshape(n, out_depth, *g.shape[1:])
 
-    def body(k, dx_pad):
-        block = part(k)
-        start = slice_starts(dx_pad, _DEPTH, [k * d])
-        here = jax.lax.dynamic_slice(dx_pad, start, block.shape)
-        return jax.lax.dynamic_update_slice(dx_pad, here + block, start)
-
-    # Tap 0 (read at depth 0) padded to the whole depth starts the sum.
-    first = part(0)
-    first = pad_axes(first, _DEPTH, ((0, padded - first.shape[1]),))
-    dx_pad = jax.lax.fori_loop(1, k_depth, body, first)
+    dx_pad = tap_sum_adjoint((k_depth,), part, (n, padded, *in_last[2:]), _depth_spec(spec), w.dtype)
     return _to_channels_first(crop(dx_pad, _DEPTH, spec.padding[:1]), spec)

@@ -290,17 +290,20 @@ def chunked_loop_conv(x, w, spec: ConvSpec):
     return loop_conv(x, w, spec, batch_chunks=batch, row_chunks=rows)
 
 
+def _elements(form: Callable, a: dict[str, int]) -> int:
+    model = FORM_MEMORY.get(form.__name__)
+    return 0 if model is None else model(a)
+
+
 def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
     """Estimated intermediate elements of ``form`` (0 for the one-lax-call pieces)."""
-    model = FORM_MEMORY.get(form.__name__)
-    return 0 if model is None else model(activation_sizes(spec, in_shape, w_shape))
+    return _elements(form, activation_sizes(spec, in_shape, w_shape))
 
 
 def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
     """Whether ``form``'s intermediates fit the budget (``MEMORY_BUDGET``)."""
     a = activation_sizes(spec, in_shape, w_shape)
-    model = FORM_MEMORY.get(form.__name__)
-    return (0 if model is None else model(a)) <= _room(a)
+    return _elements(form, a) <= _room(a)
 
 
 # ----------------------------------------------------------------------------- the choice

@@ -202,7 +202,8 @@ def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Ar
         # Each sample lies in exactly one window: it gets its window's dy where the window's
         # argmax is its own offset in the tile; one select over the tiled input, no spreading.
         in_shape = with_spatial_sizes(dy.shape, spec, spec.in_sizes)
-        axes, sizes = _offset_axes(spec), dict(zip(_offset_axes(spec), _split_window(spec)))
+        axes = _offset_axes(spec)
+        sizes = dict(zip(axes, _split_window(spec)))
         offset = np.arange(int(np.prod(spec.window)), dtype=np.int32).reshape(
             [sizes.get(a, 1) for a in range(len(_tiled_shape(in_shape, spec)))])
         picked = jnp.expand_dims(argmax, axes) == offset
