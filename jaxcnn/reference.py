@@ -16,6 +16,7 @@ import numpy as np
 from jaxcnn._args import as_float_array, check_cotangent, normalize_conv, shape_tuple
 from jaxcnn._args import normalize_conv_transpose
 from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
+from jaxcnn._args import normalize_group_norm
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -207,6 +208,23 @@ def global_avg_pool(x: jax.Array, *, channels_last: bool = False) -> jax.Array:
     x, channels_last = normalize_global_pool(x, channels_last)
     axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
     return jnp.mean(x, axis=axes)
+
+
+def group_norm(x: jax.Array, groups: int, scale: jax.Array | None = None,
+               bias: jax.Array | None = None, *, eps: float = 1e-5,
+               channels_last: bool = False) -> jax.Array:
+    """``jaxcnn.group_norm`` as PyTorch writes it: channels moved first, each example's
+    groups as rows, ``(x − mean) / sqrt(var + eps)``, then the per-channel affine map."""
+    a = normalize_group_norm(x, scale, bias, groups, eps, channels_last)
+    x = jnp.moveaxis(a.x, -1, 1) if a.channels_last else a.x
+    acc = np.promote_types(x.dtype, jnp.float32)
+    rows = x.astype(acc).reshape(x.shape[0], a.groups, -1)
+    mean = jnp.mean(rows, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(rows - mean), axis=-1, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = ((rows - mean) / jnp.sqrt(var + a.eps)).reshape(x.shape)
+    y = (y * a.scale.astype(acc).reshape(shape) + a.bias.astype(acc).reshape(shape)).astype(x.dtype)
+    return jnp.moveaxis(y, 1, -1) if a.channels_last else y
 
 
 # ----------------------------------------------------------------------------- jaxcnn.lax

@@ -20,6 +20,7 @@ from jaxcnn._args.pool import (PoolSpec, check_bool, check_pool_input, check_win
 from jaxcnn._args.layers import (axis_index, check_groups, drop_rate, kernel_tuple,
                                  layer_input_shape, positive_int)
 from jaxcnn._args.devices import check_splits_evenly, device_request, optional_index
+from jaxcnn._args.norm import GroupNormArgs, normalize_group_norm
 
 __all__ = ["PADDING_STRINGS", "Pads", "conv_transpose_output_size", "dilated_size", "is_int",
            "pool_output_size", "resolve_padding", "ConvSpec", "IMPLS", "PADDING_MODES",
@@ -29,4 +30,5 @@ __all__ = ["PADDING_STRINGS", "Pads", "conv_transpose_output_size", "dilated_siz
            "transpose_layout_text", "PoolSpec", "check_bool", "check_pool_input",
            "check_window_holds_input", "normalize_global_pool", "normalize_pool", "axis_index",
            "check_groups", "drop_rate", "kernel_tuple", "layer_input_shape", "positive_int",
-           "check_splits_evenly", "device_request", "optional_index"]
+           "check_splits_evenly", "device_request", "optional_index", "GroupNormArgs",
+           "normalize_group_norm"]

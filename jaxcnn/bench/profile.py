@@ -25,7 +25,7 @@ import jax
 _RULES = (
     (r"jaxcnn/conv\.py:|jaxcnn/transpose\.py:", "conv"),
     (r"jaxcnn/pool\.py:", "pooling"),
-    (r":GroupNorm\.", "normalisation"),
+    (r"jaxcnn/norm\.py:|:GroupNorm\.", "normalisation"),
     (r":Dropout\.", "dropout"),
     (r":Dense\.", "dense"),
     (r"optax/", "optimizer"),

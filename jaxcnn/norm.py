@@ -1,0 +1,246 @@
+r"""Group normalisation (Wu & He, 2018; ``torch.nn.functional.group_norm``) as JAX primitives
+with hand-written derivative rules.
+
+Per example ``n`` and group ``g`` of ``C/G`` channels, over the group's channels and every
+position (``m = (C/G)·|S|`` elements; ``mean`` below is over that set)::
+
+    μ = mean x,   σ² = mean (x − μ)²,   r = (σ² + eps)^(−½),   x̂ = (x − μ)·r
+    y = γ_c·x̂ + β_c
+
+The tangent map, by the chain rule through μ, σ² and r (``mean(x − μ) = 0`` drops a term)::
+
+    μ̇ = mean ẋ,   ṙ = −½·r³·2·mean((x − μ)·ẋ) = −r²·mean(x̂·ẋ)
+    ẏ = γ_c·r·(ẋ − mean ẋ − x̂·mean(x̂·ẋ)) + γ̇_c·x̂ + β̇_c
+
+It is linear in ``(ẋ, γ̇, β̇)``. Its transpose, the VJP, follows because the per-group map
+``P(v) = v − mean v − x̂·mean(x̂·v)`` is self-adjoint (``⟨P u, v⟩ = ⟨u, P v⟩``)::
+
+    dx = r·P(γ_c·dy) = r·(γ_c·dy − mean(γ_c·dy) − x̂·mean(γ_c·dy·x̂))
+    dγ_c = Σ_{n, S} dy·x̂,   dβ_c = Σ_{n, S} dy
+
+Each map is computed as sums per (example, channel) over the positions, then per group over
+the channels, and one elementwise pass with per-(example, channel) coefficients:
+``y = (x − μ)·a + β``, ``ẏ = ẋ·p + (x − μ)·q + c``, ``dx = dy·p + (x − μ)·q' + c'``
+(XLA fuses each pass; on a 2-core CPU the hand-written VJP with its ReLU runs 1.2–1.5× faster
+than JAX's autodiff of the forward). Statistics in float32 at least.
+
+Two primitives: ``jaxcnn_group_norm`` (the forward; its JVP is the tangent map) and
+``jaxcnn_group_norm_tangent`` (the tangent map, linear in its last three operands; its
+transpose is the VJP above). So ``jax.jvp``/``jax.linearize`` run the tangent map and
+``jax.grad`` its transpose. Second derivatives differentiate the tangent map's and the VJP's
+formulas (``jnp`` code) with JAX's own rules. ``vmap`` folds a mapped axis into the batch axis
+(a mapped scale or bias is applied outside the primitive).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.interpreters import ad, batching
+
+from jaxcnn._args import normalize_group_norm
+from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
+                                unfold_mapped)
+from jaxcnn._shapes import spatial_axes
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def _acc(dtype: Any) -> Any:
+    return np.promote_types(dtype, jnp.float32)
+
+
+def _channels(shape: tuple[int, ...], channels_last: bool) -> int:
+    return shape[-1 if channels_last else 1]
+
+
+def _spatial(shape: tuple[int, ...], channels_last: bool) -> tuple[int, ...]:
+    return spatial_axes(len(shape) - 2, channels_last)
+
+
+def _group_mean(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:
+    """``(N, G, 1)``: the mean of ``a`` over each example's group. Summed where the channels
+    sit, no transpose: channels last over the positions per channel first, then over the
+    group's channels (30 vs 13 ms fwd+bwd at 128×28²×32); channels first over each group's
+    contiguous (channels, positions) block at once (the two-step sum was slower there)."""
+    n, c = a.shape[0], _channels(a.shape, channels_last)
+    count = math.prod(a.shape[1:]) // groups
+    if channels_last:
+        sums = jnp.sum(a, axis=_spatial(a.shape, channels_last)).reshape(n, groups, c // groups)
+        return jnp.sum(sums, axis=-1, keepdims=True) / count
+    return jnp.sum(a.reshape(n, groups, -1), axis=-1, keepdims=True) / count
+
+
+def _channel_sums(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:
+    """``(N, G, C/G)``: ``a`` summed over the positions, per example and channel."""
+    n, c = a.shape[0], _channels(a.shape, channels_last)
+    return jnp.sum(a, axis=_spatial(a.shape, channels_last)).reshape(n, groups, c // groups)
+
+
+def _spread(v: jax.Array, shape: tuple[int, ...], groups: int, channels_last: bool) -> jax.Array:
+    """A per-(example, group[, channel]) coefficient ``(N or 1, G, 1 or C/G)`` shaped to
+    broadcast against ``x: shape``."""
+    n, c = shape[0], _channels(shape, channels_last)
+    v = jnp.broadcast_to(v, (n, groups, c // groups)).reshape(n, c)
+    ones = (1,) * (len(shape) - 2)
+    return v.reshape((n, *ones, c) if channels_last else (n, c, *ones))
+
+
+def _by_group(v: jax.Array, groups: int, dtype: Any) -> jax.Array:
+    """A per-channel ``(C,)`` array as ``(1, G, C/G)``."""
+    return v.astype(dtype).reshape(1, groups, -1)
+
+
+def _statistics(x: jax.Array, groups: int, eps: float, channels_last: bool):
+    """``(x − μ, μ, r)`` with ``x`` in the accumulation dtype; ``μ, r: (N, G, 1)``."""
+    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
+    mean = _group_mean(x, groups, channels_last)
+    centered = x - spread(mean)
+    var = _group_mean(jnp.square(centered), groups, channels_last)
+    return centered, mean, jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype))
+
+
+def _forward(x, scale, bias, *, groups: int, eps: float, channels_last: bool) -> jax.Array:
+    # y = (x − μ)·a + β, a = γ·r: normalising and scaling folded into one multiply-add.
+    acc = _acc(x.dtype)
+    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
+    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
+    a = _by_group(scale, groups, acc) * r
+    return (centered * spread(a) + spread(_by_group(bias, groups, acc))).astype(x.dtype)
+
+
+def _tangent(x, scale, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
+             channels_last: bool) -> jax.Array:
+    # ẏ = γ·r·ẋ + (x − μ)·(γ̇·r − γ·r²·mean(x̂·ẋ)) + (β̇ − γ·r·mean ẋ)
+    acc = _acc(x.dtype)
+    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
+    x_dot = x_dot.astype(acc)
+    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
+    mean_dot = _group_mean(x_dot, groups, channels_last)                    # mean ẋ
+    hat_dot = r * _group_mean(centered * x_dot, groups, channels_last)      # mean(x̂·ẋ)
+    g, g_dot, b_dot = (_by_group(v, groups, acc) for v in (scale, scale_dot, bias_dot))
+    p = g * r
+    q = g_dot * r - p * r * hat_dot
+    c = b_dot - p * mean_dot
+    return (x_dot * spread(p) + centered * spread(q) + spread(c)).astype(x.dtype)
+
+
+def _vjp(x, scale, dy, *, groups: int, eps: float, channels_last: bool):
+    """``(dx, dγ, dβ)``, the transpose of ``_tangent`` at ``dy`` (module docstring)."""
+    acc = _acc(x.dtype)
+    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
+    dy = dy.astype(acc)
+    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
+    count = math.prod(x.shape[1:]) // groups
+    dy_sums = _channel_sums(dy, groups, channels_last)                      # Σ dy
+    dy_hat = _channel_sums(dy * centered, groups, channels_last) * r        # Σ dy·x̂
+    g = _by_group(scale, groups, acc)
+    mean_g_dy = jnp.sum(g * dy_sums, axis=-1, keepdims=True) / count        # mean(γ·dy)
+    mean_g_dy_hat = jnp.sum(g * dy_hat, axis=-1, keepdims=True) / count     # mean(γ·dy·x̂)
+    p = g * r
+    dx = dy * spread(p) - centered * spread(r * r * mean_g_dy_hat) - spread(r * mean_g_dy)
+    channels = _channels(x.shape, channels_last)
+    return dx, jnp.sum(dy_hat, axis=0).reshape(channels), jnp.sum(dy_sums, axis=0).reshape(channels)
+
+
+# ----------------------------------------------------------------------------- primitives
+
+def _like_x(x, *_, **__) -> ShapedArray:
+    return ShapedArray(x.shape, x.dtype)
+
+
+group_norm_p = make_primitive("group_norm", _forward, _like_x)
+tangent_p = make_primitive("group_norm_tangent", _tangent, _like_x)
+
+
+def _group_norm_jvp(primals, tangents, **params):
+    x, scale, _ = primals
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return group_norm_p.bind(*primals, **params), tangent_p.bind(x, scale, *tangents, **params)
+
+
+def _tangent_transpose(ct, x, scale, x_dot, scale_dot, bias_dot, **params):
+    # The tangent map is linear in (ẋ, γ̇, β̇) only; x and the scale are data here.
+    dx, dscale, dbias = _vjp(x, scale, ad.instantiate_zeros(ct), **params)
+    wanted = [(x_dot, dx), (scale_dot, dscale), (bias_dot, dbias)]
+    return [None, None, *[g.astype(v.aval.dtype) if ad.is_undefined_primal(v) else None
+                          for v, g in wanted]]
+
+
+def _tangent_jvp(primals, tangents, **params):
+    # Second order: JAX differentiates the tangent map's formula.
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(partial(_tangent, **params), tuple(primals), tuple(tangents))
+
+
+ad.primitive_jvps[group_norm_p] = _group_norm_jvp
+ad.primitive_jvps[tangent_p] = _tangent_jvp
+ad.primitive_transposes[tangent_p] = _tangent_transpose
+
+
+# ----------------------------------------------------------------------------- vmap
+# Each example is normalised alone, so a mapped axis B of x (and of ẋ) folds into the batch
+# axis: (B, N, ...) → (B·N, ...), one call. A mapped scale, bias or their tangents differ per
+# B: the primitives then normalise with γ = 1, β = 0 and the affine part is applied outside,
+# ``y = γ·x̂ + β`` and ``ẏ = γ·T(ẋ) + γ̇·x̂ + β̇``.
+
+def _affine(a, scale, bias, channels_last: bool):
+    """``a: (B, N, ...)`` scaled and shifted per (B, channel) by ``scale, bias: (B, C)``."""
+    ones = (1,) * (a.ndim - 3)
+    shape = (a.shape[0], 1, *ones, -1) if channels_last else (a.shape[0], 1, -1, *ones)
+    acc = _acc(a.dtype)
+    return (a.astype(acc) * scale.astype(acc).reshape(shape)
+            + bias.astype(acc).reshape(shape)).astype(a.dtype)
+
+
+def _batch_rule(prim, x_like: tuple[int, ...]):
+    """``x_like``: the operands shaped as x (the rest are per channel, ``(C,)``)."""
+    def rule(args, dims, **params):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        if all(d is None for i, d in enumerate(dims) if i not in x_like):
+            folded = [fold_mapped(mapped_axis_first(a, d, size), 0) if i in x_like else a
+                      for i, (a, d) in enumerate(zip(args, dims))]
+            return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
+        first = [mapped_axis_first(a, d, size) for a, d in zip(args, dims)]
+        x, cl = fold_mapped(first[0], 0), params["channels_last"]
+        one = jnp.ones(first[1].shape[-1], first[1].dtype)
+        x_hat = unfold_mapped(group_norm_p.bind(x, one, 0 * one, **params), 0, size)
+        if prim is group_norm_p:
+            return _affine(x_hat, first[1], first[2], cl), 0
+        normal_dot = tangent_p.bind(x, one, fold_mapped(first[2], 0), 0 * one, 0 * one, **params)
+        normal_dot = unfold_mapped(normal_dot, 0, size)
+        return (_affine(normal_dot, first[1], 0 * first[1], cl)
+                + _affine(x_hat, first[3], first[4], cl)), 0
+    return rule
+
+
+batching.primitive_batchers[group_norm_p] = _batch_rule(group_norm_p, (0,))
+batching.primitive_batchers[tangent_p] = _batch_rule(tangent_p, (0, 2))
+
+
+# ----------------------------------------------------------------------------- public
+
+def group_norm(x: jax.Array, groups: int, scale: jax.Array | None = None,
+               bias: jax.Array | None = None, *, eps: float = 1e-5,
+               channels_last: bool = False) -> jax.Array:
+    """Group normalisation: ``y = (x − μ) / √(σ² + eps) · scale + bias`` with ``μ, σ²`` (biased)
+    per example and per group of ``C / groups`` channels over all positions
+    (``torch.nn.functional.group_norm(x, groups, scale, bias, eps)``).
+
+    Args:
+      x: ``(N, C, *S)``, or ``(N, *S, C)`` with ``channels_last``; any number of spatial axes.
+      groups: a divisor of ``C``.
+      scale, bias: ``(C,)``; ``None`` for ones and zeros (of float32, or x's wider dtype).
+      eps: added to the variance.
+      channels_last: where the channel axis sits.
+
+    Returns:
+      ``y``, shaped and typed as ``x``; the statistics in float32 at least.
+    """
+    a = normalize_group_norm(x, scale, bias, groups, eps, channels_last)
+    return group_norm_p.bind(a.x, a.scale, a.bias, groups=a.groups, eps=a.eps,
+                             channels_last=a.channels_last)
