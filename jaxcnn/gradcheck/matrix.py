@@ -31,6 +31,7 @@ from jaxcnn import sharded as _sharded
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
 from jaxcnn.gradcheck.checks import check, check_dtype
 from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
+from jaxcnn.norm import group_norm
 from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
 from jaxcnn.transpose import conv_transpose, convolve
 from jaxcnn import lax as jaxcnn_lax
@@ -42,7 +43,7 @@ FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurat
 # The functions under test, by the name a Case gives (``jaxcnn.<name>``).
 FUNCTIONS = {f.__name__: f for f in (conv, conv1d, conv2d, conv3d, conv_input_grad,
                                      conv_weight_grad, convolve, conv_transpose, max_pool,
-                                     avg_pool, global_avg_pool)}
+                                     avg_pool, global_avg_pool, group_norm)}
 FUNCTIONS.update({"lax.conv_general_dilated": jaxcnn_lax.conv_general_dilated,
                   "lax.conv_transpose": jaxcnn_lax.conv_transpose})
 
@@ -312,6 +313,23 @@ def _both_layouts(op: str, variants, rng, build) -> list[Case]:
     return cases + [c for c in other if c.dtype == "float64" and c.order == 1]
 
 
+# ----------------------------------------------------------------------------- group norm
+
+GROUP_NORM_VARIANTS = (  # (label, groups) over 6 channels
+    ("3 groups", 3),
+    ("one group", 1),
+    ("6 groups (instance norm)", 6),
+)
+
+
+def _group_norm_case(variant, n, impl, channels_last, rng):
+    label, groups = variant
+    # Mean 1, spread 2: the centring matters. x, scale and bias are all differentiated.
+    x = rng.standard_normal(_activation(2, 6, SIZES[n], channels_last)) * 2 + 1
+    return Case("group_norm", "group_norm", "group_norm", f"{n}D {label}, {_layout_label(None, channels_last)}",
+                (x, groups, rng.standard_normal(6), rng.standard_normal(6)), dict(channels_last=channels_last))
+
+
 OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "conv": lambda rng: _expand("conv", CONV_VARIANTS, rng, _conv_case("conv", name_by_n=True)),
     "conv_input_grad": lambda rng: _expand("conv_input_grad", ZERO_PADDED, rng,
@@ -324,6 +342,7 @@ OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "avg_pool": lambda rng: _expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
     "global_avg_pool": lambda rng: _both_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
                                                    _pool_case("global_avg_pool")),
+    "group_norm": lambda rng: _both_layouts("group_norm", GROUP_NORM_VARIANTS, rng, _group_norm_case),
     "lax.conv_general_dilated": lambda rng: _expand("lax.conv_general_dilated", LAX_VARIANTS, rng,
                                                     _lax_case),
     "lax.conv_transpose": lambda rng: _expand("lax.conv_transpose", LAX_TRANSPOSE_VARIANTS, rng,
