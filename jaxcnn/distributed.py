@@ -118,9 +118,13 @@ class DataParallel:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def check_batch(self, batch_size: int) -> None:
-        """A global batch must split evenly over the devices."""
+    def check_batch(self, batch_size: int, micro_batches: int = 1) -> None:
+        """A global batch must split evenly over the devices, and each device's share over the
+        micro-batches."""
         _args.check_splits_evenly(batch_size, self.size, f"devices (--devices {self.size})")
+        if micro_batches > 1:
+            _args.check_splits_evenly(batch_size, self.size * micro_batches,
+                                      f"slices (--devices {self.size} × --micro-batches {micro_batches})")
 
     def process_rows(self, rows: int) -> slice:
         """This process's rows of a global batch of ``rows`` (all of them in one process)."""

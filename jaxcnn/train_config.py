@@ -34,9 +34,11 @@ class TrainConfig:
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
     training examples. ``channels_last`` runs a model of ``models.LAYOUT_MODELS`` channels
-    last (the same init and losses as channels first). A resumed run must match its
-    checkpoint in every field except ``resume``, ``halt_after``, ``progress``, ``plots``,
-    ``data_dir``, the logging and checkpoint intervals, and where it runs (``identity``).
+    last (the same init and losses as channels first). ``micro_batches`` sums each step's
+    gradient over that many slices of the batch in one program (``train.micro_batched``). A
+    resumed run must match its checkpoint in every field except ``resume``, ``halt_after``,
+    ``progress``, ``plots``, ``data_dir``, the logging and checkpoint intervals, and where it
+    runs (``identity``).
 
     Where it runs (``jaxcnn.distributed``): ``devices`` is a count, ``"all"``, or ``None``
     (one device; every device of a multi-process run); ``batch_size`` is the global batch,
@@ -58,6 +60,7 @@ class TrainConfig:
     impl: str = "lax"
     dtype: str = "float32"
     channels_last: bool = False
+    micro_batches: int = 1
     augment: bool | None = None
     data_dir: str | None = None
     resume: bool = False
@@ -89,11 +92,14 @@ class TrainConfig:
                              f"dataset; expected a model for {dataset}; got {config.model!r}")
         if (config.steps is None) == (config.epochs is None):
             raise ValueError(f"steps, epochs: expected exactly one; got steps={config.steps}, epochs={config.epochs}")
-        for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
+        for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size", "micro_batches"):
             _args.positive_int(getattr(config, name), name)
         for name in ("steps", "epochs", "eval_every", "train_subset", "halt_after"):
             if getattr(config, name) is not None:
                 _args.positive_int(getattr(config, name), name)
+        if config.batch_size % config.micro_batches:
+            raise ValueError(f"micro_batches: expected a divisor of batch_size={config.batch_size}; "
+                             f"got {config.micro_batches}")
         _args.choice(config.optimizer, OPTIMIZERS, "optimizer")
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
@@ -116,6 +122,8 @@ class TrainConfig:
                 "devices", "coordinator", "num_processes", "process_id"}
         if not self.channels_last:
             skip.add("channels_last")
+        if self.micro_batches == 1:
+            skip.add("micro_batches")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -192,6 +200,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--channels-last", action="store_true", help="run every layer channels last "
                         f"(faster on CPU; models {models.LAYOUT_MODELS}); the same init and losses")
+    parser.add_argument("--micro-batches", type=int, default=1, help="sum each step's gradient over "
+                        "this many slices of the batch, one program (faster on CPU; dropout draws per slice)")
     parser.add_argument("--workdir", help="default: runs/<dataset>-<model>-seed<k>")
     parser.add_argument("--data-dir")
     parser.add_argument("--resume", action="store_true", help="continue from workdir's checkpoint")

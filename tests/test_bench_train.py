@@ -103,3 +103,20 @@ def test_profile_categorises_loop_bodies():
     entry = text.index("\nENTRY")
     body = {kind for name, kind in profile.op_categories(text).items() if text.index(f"%{name} = ") < entry}
     assert {"conv forward", "conv backward"} <= body
+
+
+def test_micro_batched_contenders_compute_the_same_loss():
+    """The ``×k`` contenders: the step over 2 slices of the batch has the one-slice loss, for
+    jaxcnn (``train.micro_batched``) and for PyTorch (two backward passes), float32."""
+    name = "mnist1d-resnet"
+    x, y = train_step.batch_data(name, 4)
+
+    def loss(micro_batches):
+        compiled, args = train_step.jax_step(name, "lax", x, y, micro_batches=micro_batches)["compiled"]["step"]
+        return compiled(*args)[2]
+    assert_close(loss(2), loss(1), TOL["float32"], "jaxcnn ×2")
+    pytest.importorskip("torch")
+    _, params = train_step.jax_loss(name, "lax")
+    one, two = (train_step.torch_step(name, params, x, y, False, m)().item() for m in (1, 2))
+    assert_close(jnp.asarray(two), jnp.asarray(one), TOL["float32"], "torch ×2")
+    assert_close(jnp.asarray(one), loss(1), TOL["float32"], "torch vs jaxcnn")

@@ -11,7 +11,11 @@ rounds (``timing.time_interleaved``; medians) for each contender:
   plain JAX would write (``plain_lax_ops``);
 - ``torch`` / ``torch channels_last``: the same network in PyTorch eager (``torch_forward``,
   ``torch.nn.functional`` on the same parameters), NCHW and ``channels_last`` memory format
-  (2D and 3D models).
+  (2D and 3D models);
+- ``… ×k``: the same step with its gradient summed over ``k`` slices of the batch
+  (``jaxcnn.train.micro_batched``, one program; PyTorch: ``k`` backward passes into the same
+  gradients, then one optimizer step), for ``jaxcnn lax`` and PyTorch in the layout each runs
+  fastest: smaller slices keep activations in cache, on both sides.
 
 Beside each JAX contender's time: XLA's compiled temp memory of the step. For the fastest
 jaxcnn contender a profile: XLA's per-op trace of its step summed by category
@@ -88,17 +92,21 @@ def jax_loss(name: str, impl: str, channels_last: bool = False) -> tuple[Callabl
     return loss, params
 
 
-def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: bool = False) -> dict[str, Any]:
-    """The compiled phases of one contender: ``step`` (value-and-grad and AdamW), ``grad``
-    (value-and-grad), ``forward`` (the loss), with their arguments."""
+def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: bool = False,
+             micro_batches: int = 1) -> dict[str, Any]:
+    """The compiled phases of one contender: ``step`` (value-and-grad over ``micro_batches``
+    slices, and AdamW), ``grad`` (value-and-grad), ``forward`` (the loss), with their arguments."""
     import optax
+    from jaxcnn.train import micro_batched
     loss, params = jax_loss(name, impl, channels_last)
     optimizer = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
+    # micro_batched's per-example output: the labels, which cost nothing to put back in order
+    value_and_grad = jax.value_and_grad(lambda p, x, y, key: (loss(p, x, y, key), y), has_aux=True)
 
     def step(params, opt_state, x, y, key):
-        value, grads = jax.value_and_grad(loss)(params, x, y, key)
+        (value, _), grads = micro_batched(value_and_grad, params, x, y, key, micro_batches)
         with jax.numpy_dtype_promotion("standard"):   # optax's Adam: float ** int32 count
             updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
@@ -185,8 +193,10 @@ def torch_tree(params: Any, channels_last: bool, grad: bool = True) -> Any:
     return jax.tree_util.tree_map(leaf, params)
 
 
-def torch_step(name: str, params: Any, x: np.ndarray, y: np.ndarray, channels_last: bool) -> Callable:
-    """One PyTorch AdamW step of the model on ``(x, y)``, as a closure (it trains in place)."""
+def torch_step(name: str, params: Any, x: np.ndarray, y: np.ndarray, channels_last: bool,
+               micro_batches: int = 1) -> Callable:
+    """One PyTorch AdamW step of the model on ``(x, y)``, as a closure (it trains in place):
+    ``micro_batches`` backward passes, one per slice, accumulate into the gradients."""
     import torch
     tree = torch_tree(params, channels_last)
     leaves = jax.tree_util.tree_leaves(tree)
@@ -198,10 +208,13 @@ def torch_step(name: str, params: Any, x: np.ndarray, y: np.ndarray, channels_la
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(torch_forward(name, tree, xt, True), yt)
-        loss.backward()
+        total = 0.0
+        for xs, ys in zip(xt.chunk(micro_batches), yt.chunk(micro_batches)):
+            loss = torch.nn.functional.cross_entropy(torch_forward(name, tree, xs, True), ys) / micro_batches
+            loss.backward()
+            total = total + loss.detach()
         optimizer.step()
-        return loss
+        return total
     return step
 
 
@@ -214,19 +227,28 @@ def _census(compiled: Any) -> dict[str, int]:
             for op in ("convolution", "dot", "while", "reduce-window", "select-and-scatter")}
 
 
+def _label(base: str, channels_last: bool, micro_batches: int) -> str:
+    return base + (" channels_last" if channels_last else "") + (f" ×{micro_batches}" if micro_batches > 1 else "")
+
+
 def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual", "jax"),
                 torch_layouts: Sequence[bool] = (False, True), batch: int | None = None,
-                min_seconds: float = 1.0) -> dict[str, Any]:
+                min_seconds: float = 1.0, micro_batches: Sequence[int] = (2, 4)) -> dict[str, Any]:
     """Every contender's step on one model, interleaved; the profile of the fastest jaxcnn one.
-    The JAX contenders run in both layouts where the model takes ``channels_last``."""
+    The JAX contenders run in both layouts where the model takes ``channels_last``; ``jaxcnn
+    lax`` and PyTorch also over each of ``micro_batches`` slices (that divides the batch) in
+    their faster layout (channels last where the model has one)."""
     batch = batch or BATCH[name]
     x, y = batch_data(name, batch)
     calls, temp, failures, steps = {}, {}, {}, {}
     layouts = (False, True) if name in models.LAYOUT_MODELS else (False,)
-    for impl, channels_last in [(i, cl) for i in impls for cl in layouts]:
-        label = (impl if impl == "jax" else f"jaxcnn {impl}") + (" channels_last" if channels_last else "")
+    sliced = [m for m in micro_batches if m > 1 and batch % m == 0]
+    configs = [(i, cl, 1) for i in impls for cl in layouts]
+    configs += [("lax", layouts[-1], m) for m in sliced if "lax" in impls]
+    for impl, channels_last, m in configs:
+        label = _label(impl if impl == "jax" else f"jaxcnn {impl}", channels_last, m)
         try:
-            steps[label] = jax_step(name, impl, x, y, channels_last)
+            steps[label] = jax_step(name, impl, x, y, channels_last, m)
         except Exception as err:   # a contender that fails is reported, the others go on
             failures[label] = failure_message(err)
             continue
@@ -237,11 +259,10 @@ def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual"
         failures["torch"] = "torch is not installed"
     elif torch_layouts:
         _, params = jax_loss(name, "lax")
-        for channels_last in torch_layouts:
-            if channels_last and len(models.INPUT_SHAPES[name]) == 2:
-                continue   # 1-D: no channels-last memory format
-            label = "torch channels_last" if channels_last else "torch"
-            calls[label] = (torch_step(name, params, x, y, channels_last), lambda out: out.item())
+        layouts = [cl for cl in torch_layouts if not (cl and len(models.INPUT_SHAPES[name]) == 2)]
+        for channels_last, m in [(cl, 1) for cl in layouts] + [(layouts[-1], m) for m in sliced]:
+            calls[_label("torch", channels_last, m)] = (torch_step(name, params, x, y, channels_last, m),
+                                                        lambda out: out.item())
     times, _, call_failures = time_interleaved(calls, repeats, min_seconds)
     failures.update(call_failures)
     ms = {k: statistics.median(v) for k, v in times.items()}
