@@ -14,7 +14,7 @@ rounds (``timing.time_interleaved``; medians) for each contender:
   (2D and 3D models);
 - ``… ×k``: the same step with its gradient summed over ``k`` slices of the batch
   (``jaxcnn.train.micro_batched``, one program; PyTorch: ``k`` backward passes into the same
-  gradients, then one optimizer step), for ``jaxcnn lax`` and PyTorch in the layout each runs
+  gradients, then one optimizer step; k = 2, 4, 8), for ``jaxcnn lax`` and PyTorch in the layout each runs
   fastest: smaller slices keep activations in cache, on both sides.
 
 Beside each JAX contender's time: XLA's compiled temp memory of the step. For the fastest
@@ -233,7 +233,7 @@ def _label(base: str, channels_last: bool, micro_batches: int) -> str:
 
 def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual", "jax"),
                 torch_layouts: Sequence[bool] = (False, True), batch: int | None = None,
-                min_seconds: float = 1.0, micro_batches: Sequence[int] = (2, 4)) -> dict[str, Any]:
+                min_seconds: float = 1.0, micro_batches: Sequence[int] = (2, 4, 8)) -> dict[str, Any]:
     """Every contender's step on one model, interleaved; the profile of the fastest jaxcnn one.
     The JAX contenders run in both layouts where the model takes ``channels_last``; ``jaxcnn
     lax`` and PyTorch also over each of ``micro_batches`` slices (that divides the batch) in
