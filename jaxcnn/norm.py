@@ -72,7 +72,7 @@ def _group_mean(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:
     if channels_last:
         sums = jnp.sum(a, axis=_spatial(a.shape, channels_last)).reshape(n, groups, c // groups)
         return jnp.sum(sums, axis=-1, keepdims=True) / count
-    return jnp.sum(a.reshape(n, groups, -1), axis=-1, keepdims=True) / count
+    return jnp.sum(a.reshape(n, groups, count), axis=-1, keepdims=True) / count   # not -1: N may be 0
 
 
 def _channel_sums(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:

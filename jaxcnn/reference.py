@@ -7,6 +7,7 @@ same inputs; the arithmetic here shares nothing else with them.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -218,7 +219,7 @@ def group_norm(x: jax.Array, groups: int, scale: jax.Array | None = None,
     a = normalize_group_norm(x, scale, bias, groups, eps, channels_last)
     x = jnp.moveaxis(a.x, -1, 1) if a.channels_last else a.x
     acc = np.promote_types(x.dtype, jnp.float32)
-    rows = x.astype(acc).reshape(x.shape[0], a.groups, -1)
+    rows = x.astype(acc).reshape(x.shape[0], a.groups, math.prod(x.shape[1:]) // a.groups)
     mean = jnp.mean(rows, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(rows - mean), axis=-1, keepdims=True)
     shape = (1, -1) + (1,) * (x.ndim - 2)

@@ -1,11 +1,12 @@
 """``jaxcnn.fuzz``: the crash-isolating runner, the comparison, the documented differences,
 every failure the fuzzer ever found (now passing), the lowering forms at the edges of their
-shapes, and a bounded random sample of every op (the CI sample: its seed rotates with the
-commit, so each commit fuzzes new configurations).
+shapes, group_norm's edges and refusals, and a bounded random sample of every op (the CI
+sample: its seed rotates with the commit, so each commit fuzzes new configurations).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import random
@@ -87,6 +88,20 @@ def test_draws_are_reproducible_and_cover_every_op():
     assert {c["impl"] for c in first if "impl" in c} == {"lax", "manual"}
 
 
+def test_group_norm_draws_keep_three_elements_a_group_and_reach_both_refusals():
+    """Legal draws hold ≥ 3 elements a group (with fewer, dx cancels past the tolerance:
+    configs.draw_group_norm), over 0–3 spatial axes and both layouts; some draw a
+    non-divisor, some an empty axis."""
+    drawn = configs.draw_many(300, seed=5, ops=("group_norm",))
+    legal = [c for c in drawn if c["channels"] % c["groups"] == 0 and 0 not in c["sizes"]]
+    assert all(c["channels"] // c["groups"] * math.prod(c["sizes"]) >= 3 for c in legal)
+    assert {c["n"] for c in legal} == {0, 1, 2, 3}
+    assert {c["channels_last"] for c in legal} == {c["affine"] for c in legal} == {False, True}
+    assert any(c["channels"] % c["groups"] for c in drawn)
+    assert any(0 in c["sizes"] for c in drawn)
+    assert len(legal) > 0.8 * len(drawn)
+
+
 @pytest.mark.parametrize("name,config,fixed", [
     ("max_pool padding up to half the dilated window",
      dict(op="max_pool", n=1, sizes=[9], window=[2], stride=None, padding=[2], dilation=[3], ceil_mode=False),
@@ -107,6 +122,8 @@ def test_draws_are_reproducible_and_cover_every_op():
      dict(op="conv_transpose", n=1, batch=0, sizes=[3], kernel=[2], stride=[1], dilation=[3],
           padding=0, output_padding=[3]),
      dict(batch=1)),
+    ("group_norm empty spatial axis", dict(op="group_norm", n=2, batch=2, sizes=[3, 0]),
+     dict(sizes=[3, 1])),
 ])
 def test_documented_differences_pick_their_configurations(name, config, fixed):
     """Each difference picks its example, and one change (to a configuration both libraries
@@ -176,6 +193,55 @@ def test_lowering_forms_at_the_edges_of_their_shapes():
         if result["config"]["batch"]:
             assert len(forms) >= 8, (name, forms)   # every piece, its forms and the chosen ones
         assert "torch:y" in result["errors"], name
+
+
+# ----------------------------------------------------------------------------- group_norm
+
+def _group_norm(**changes) -> dict:
+    base = dict(op="group_norm", n=2, channels_last=False, batch=2, channels=6, groups=3,
+                sizes=[3, 2], eps=1e-5, affine=True, seed=7, second_order=False)
+    return {**base, **changes}
+
+
+GROUP_NORM = {   # name: (configuration, status, what the result must hold)
+    "no spatial axis, channels last, order 2": (
+        _group_norm(n=0, sizes=[], channels=9, channels_last=True, second_order=True), "ok",
+        ["torch:d2", "torch:d5", "reference:d5"]),
+    "no scale or bias, 3d, instance norm": (
+        _group_norm(n=3, sizes=[2, 1, 3], groups=6, affine=False, eps=0.1), "ok",
+        ["torch:d0", "reference:d0"]),
+    "groups not a divisor": (_group_norm(groups=4), "refused", ["groups:"]),
+    "empty spatial axis": (_group_norm(sizes=[3, 0], channels_last=True), "documented",
+                           ["x:", "group_norm empty spatial axis"]),
+}
+
+
+def test_group_norm_against_torch_and_reference_and_its_refusals():
+    """Values and gradients (every argument, order 2) against PyTorch and the reference;
+    a non-divisor refused by all, jaxcnn naming ``groups``; an empty axis refused by jaxcnn
+    alone, naming ``x``, as documented."""
+    pytest.importorskip("torch")
+    results = runner.run(command.TARGET, [{**c, "name": k} for k, (c, _, _) in GROUP_NORM.items()],
+                         processes=1, chunk=len(GROUP_NORM))
+    for result in results:
+        name = result["config"]["name"]
+        _, status, holds = GROUP_NORM[name]
+        assert result["status"] == status, (name, result)
+        if status == "ok":
+            assert all(key in result["errors"] for key in holds), (name, result["errors"])
+        else:
+            assert result["refusal"].startswith(holds[0]), (name, result["refusal"])
+            assert result.get("differences", []) == holds[1:], (name, result)
+
+
+def test_group_norm_on_an_empty_batch():
+    """N = 0 in both layouts: an empty result and empty gradients on every side (found by
+    wiring group_norm into the fuzzer: channels first, jaxcnn and the reference reshaped the
+    empty array with -1 and raised ZeroDivisionError; PyTorch returns an empty array)."""
+    pytest.importorskip("torch")
+    results = runner.run(command.TARGET, [_group_norm(batch=0, channels_last=layout)
+                                          for layout in (False, True)], processes=1)
+    assert [r["status"] for r in results] == ["ok", "ok"], results
 
 
 # ----------------------------------------------------------------------------- the CI sample

@@ -176,3 +176,17 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=f"^{name}:"):
         jaxcnn.group_norm(args.pop("x"), args.pop("groups"), **args)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_empty_batch(channels_last, rng):
+    """N = 0: an empty result, an empty dx and zero scale and bias gradients (nothing summed),
+    as PyTorch (found by the fuzzer: the channels-first path reshaped with -1 and divided by 0)."""
+    _, s, b = operands(rng, (1, 4, 3), channels_last)
+    x = jnp.zeros((0, 3, 4) if channels_last else (0, 4, 3), jnp.float64)
+    y, vjp = jax.vjp(lambda x, s, b: jaxcnn.group_norm(x, 2, s, b, channels_last=channels_last), x, s, b)
+    dx, ds, db = vjp(jnp.zeros_like(y))
+    assert y.shape == x.shape and dx.shape == x.shape
+    assert_close(ds, np.zeros(4), 0.0)
+    assert_close(db, np.zeros(4), 0.0)
+    assert reference.group_norm(x, 2, s, b, channels_last=channels_last).shape == x.shape

@@ -26,7 +26,7 @@ from jaxcnn.tolerances import VJP_RTOL
 TOLERANCE = VJP_RTOL   # float64 across libraries: the same sums in other orders (jaxcnn.tolerances)
 ARGUMENT_NAMES = ("x", "w", "b", "dy", "input_shape", "weight_shape", "stride", "padding",
                   "dilation", "groups", "padding_mode", "output_padding", "window", "ceil_mode",
-                  "count_include_pad", "channels_last", "impl")
+                  "count_include_pad", "channels_last", "impl", "scale", "bias", "eps")
 
 
 class Refused(Exception):
@@ -63,10 +63,13 @@ def _weight_shape(c: dict) -> tuple[int, ...]:
 
 
 def _shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy."""
+    """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy (b: one
+    per channel, whatever the layout, as group_norm's scale and bias)."""
     g, x = c.get("groups", 1), _input_shape(c)
     if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
         return [("x", x)]
+    if c["op"] == "group_norm":
+        return [("x", x)] + [("b", (c["channels"],))] * (2 if c["affine"] else 0)
     w = _weight_shape(c)
     out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
     dy = (c["batch"], c["out_channels"], *out)
@@ -116,7 +119,7 @@ def _options(c: dict) -> dict:
              "conv_input_grad": ("stride", "padding", "dilation", "groups", "impl"),
              "max_pool": ("window", "stride", "padding", "dilation", "ceil_mode"),
              "avg_pool": ("window", "stride", "padding", "ceil_mode", "count_include_pad"),
-             "global_avg_pool": ()}
+             "global_avg_pool": (), "group_norm": ("groups", "eps")}
     names["convolve"], names["conv_weight_grad"] = names["conv"], names["conv_input_grad"]
     options = {k: tup(c[k]) for k in names[c["op"]] if k in c}
     options["channels_last"] = c["channels_last"]
@@ -130,6 +133,16 @@ def _options(c: dict) -> dict:
 # ----------------------------------------------------------------------------- the runs
 
 
+def _bound(op: Callable, c: dict, options: dict) -> Callable:
+    """``op`` as a function of its arrays alone: group_norm takes ``groups`` second, between
+    ``x`` and its arrays ``scale, bias``."""
+    if c["op"] != "group_norm":
+        return lambda *arrays: op(*arrays, **options)
+    options = dict(options)
+    groups = options.pop("groups")
+    return lambda x, *affine: op(x, groups, *affine, **options)
+
+
 def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
             cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
     """Value, VJP and (on a sample) second order of ``module.<op>``, channels first."""
@@ -138,10 +151,7 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     op = getattr(module, c["op"])
     options = _options(c)
     args = [jnp.asarray(_layout(c, a, k, True)) for a, k in zip(arrays, kinds)]
-    if c.get("bias"):
-        f = lambda *a: op(*a[:-1], a[-1], **options)
-    else:
-        f = lambda *a: op(*a, **options)
+    f = _bound(op, c, options)
     try:
         out = jax.eval_shape(f, *args)
     except (ValueError, TypeError) as error:
@@ -174,10 +184,7 @@ def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: 
     if c["op"] == "conv_weight_grad":
         context["weight_shape"] = _weight_shape(c)
     try:
-        if c["op"] in ("conv", "convolve", "conv_transpose"):
-            y = op(torch, tensors[0], tensors[1], tensors[2] if c.get("bias") else None, context)
-        else:
-            y = op(torch, *tensors, context)
+        y = op(torch, *_torch_arrays(c, tensors), context)
     except (RuntimeError, ValueError, IndexError) as error:
         raise Refused(str(error)) from error
     ct = torch.tensor(cotangent(tuple(y.shape)))
@@ -195,6 +202,15 @@ def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: 
             second = [torch.zeros_like(t) if s is None else s for s, t in zip(second, tensors)]
         results += [s.detach().numpy() for s in second]
     return results
+
+
+def _torch_arrays(c: dict, tensors: list) -> list:
+    """``torch_side``'s array arguments: ``None`` for an absent bias, scale or bias."""
+    if c["op"] in ("conv", "convolve", "conv_transpose"):
+        return [tensors[0], tensors[1], tensors[2] if c.get("bias") else None]
+    if c["op"] == "group_norm" and not c["affine"]:
+        return [tensors[0], None, None]
+    return tensors
 
 
 def _attempt(run: Callable) -> tuple[str, Any]:

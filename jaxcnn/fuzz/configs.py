@@ -5,15 +5,18 @@ layout flag says how jaxcnn gets them), every knob, and the seed of its arrays. 
 the edges that hand-picked tests miss: sizes down to (and below) the smallest legal one,
 N = 0, a kernel as large as the padded input, strides larger than the kernel, outputs of
 size 1, even kernels on strided padded axes, every padding form and mode, groups and
-depthwise channels, 1–3 spatial axes (and 4, against the reference alone).
+depthwise channels, 1–3 spatial axes (and 4, against the reference alone); group_norm over
+0–3 spatial axes, groups that do not divide the channels and empty spatial axes.
 """
 from __future__ import annotations
 
+import math
 import random
 
 CONV_OPS = ("conv", "convolve", "conv_transpose", "conv_input_grad", "conv_weight_grad")
 POOL_OPS = ("max_pool", "avg_pool", "global_avg_pool")
-OPS = CONV_OPS + POOL_OPS
+NORM_OPS = ("group_norm",)
+OPS = CONV_OPS + POOL_OPS + NORM_OPS
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
 MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
 
@@ -98,7 +101,34 @@ def draw_pool(op: str, rng: random.Random) -> dict:
     return config
 
 
+def draw_group_norm(op: str, rng: random.Random) -> dict:
+    """N from 0 to 3 (an empty batch: jaxcnn.group_norm channels first and the reference
+    once raised ZeroDivisionError there, reshaping an empty array with -1). Every group holds
+    ≥ 3 elements, (C/G)·|S| ≥ 3: with one, x̂ = 0 and dx
+    is rounding alone (no relative error means anything); with two, x̂ = ±(1 − O(eps/d²)) and
+    dx is the O(eps) remainder of O(1) terms that cancel, measured 1e-12 to 3e-11 relative,
+    too close to the tolerance (the same sums in other orders), which is not widened."""
+    n = rng.choices([0, 1, 2, 3], weights=[15, 30, 35, 20])[0]
+    groups = rng.choice([1, 1, 2, 3, 4])
+    while True:
+        per_group = rng.choice([1, 1, 2, 3, 4])
+        sizes = [rng.randint(1, 5 if n < 3 else 3) for _ in range(n)]
+        if per_group * math.prod(sizes) >= 3:
+            break
+    channels = groups * per_group
+    if rng.random() < 0.08:     # not a divisor of the channels: refused by both
+        groups = rng.choice([g for g in range(2, channels + 2) if channels % g])
+    if n and rng.random() < 0.05:   # an empty spatial axis: refused by jaxcnn (DIFFERENCES)
+        sizes[rng.randrange(n)] = 0
+    return dict(op=op, n=n, channels_last=rng.random() < 0.4, batch=rng.choice([0, 1, 1, 2, 3]),
+                channels=channels, groups=groups, sizes=sizes, eps=rng.choice([1e-5, 1e-3, 0.1]),
+                affine=rng.random() < 0.8, seed=rng.randrange(2**31),
+                second_order=rng.random() < 0.15)
+
+
 def draw(op: str, rng: random.Random) -> dict:
+    if op in NORM_OPS:
+        return draw_group_norm(op, rng)
     return draw_pool(op, rng) if op in POOL_OPS else draw_conv(op, rng)
 
 

@@ -134,6 +134,11 @@ DIFFERENCES = {
         applies=lambda c: c["op"] == "conv_transpose" and c["batch"] == 0 and any(
             p >= max(s, d) for p, s, d in zip(as_list(c.get("output_padding", 0), c["n"]),
                                               as_list(c["stride"], c["n"]), as_list(c["dilation"], c["n"])))),
+    "group_norm empty spatial axis": dict(
+        refused_by="jaxcnn", skip=False,
+        why="PyTorch's group_norm returns an empty array for a spatial axis of size 0 (its scale "
+            "gradient NaN); jaxcnn refuses it, the mean of nothing being undefined",
+        applies=lambda c: c["op"] == "group_norm" and 0 in c["sizes"]),
 }
 
 
@@ -230,6 +235,11 @@ def global_avg_pool(torch, x, c: dict):
     return x.mean(dim=tuple(range(2, 2 + c["n"])))
 
 
+def group_norm(torch, x, scale, bias, c: dict):
+    return torch.nn.functional.group_norm(x, c["groups"], scale, bias, c["eps"])
+
+
 OPS = {"conv": conv, "convolve": conv, "conv_transpose": conv_transpose,
        "conv_input_grad": conv_input_grad, "conv_weight_grad": conv_weight_grad,
-       "max_pool": max_pool, "avg_pool": avg_pool, "global_avg_pool": global_avg_pool}
+       "max_pool": max_pool, "avg_pool": avg_pool, "global_avg_pool": global_avg_pool,
+       "group_norm": group_norm}
