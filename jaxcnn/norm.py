@@ -67,12 +67,10 @@ def _group_mean(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:
     sit, no transpose: channels last over the positions per channel first, then over the
     group's channels (30 vs 13 ms fwd+bwd at 128×28²×32); channels first over each group's
     contiguous (channels, positions) block at once (the two-step sum was slower there)."""
-    n, c = a.shape[0], _channels(a.shape, channels_last)
     count = math.prod(a.shape[1:]) // groups
     if channels_last:
-        sums = jnp.sum(a, axis=_spatial(a.shape, channels_last)).reshape(n, groups, c // groups)
-        return jnp.sum(sums, axis=-1, keepdims=True) / count
-    return jnp.sum(a.reshape(n, groups, count), axis=-1, keepdims=True) / count   # not -1: N may be 0
+        return jnp.sum(_channel_sums(a, groups, channels_last), axis=-1, keepdims=True) / count
+    return jnp.sum(a.reshape(a.shape[0], groups, count), axis=-1, keepdims=True) / count   # not -1: N may be 0
 
 
 def _channel_sums(a: jax.Array, groups: int, channels_last: bool) -> jax.Array:
@@ -96,19 +94,19 @@ def _by_group(v: jax.Array, groups: int, dtype: Any) -> jax.Array:
 
 
 def _statistics(x: jax.Array, groups: int, eps: float, channels_last: bool):
-    """``(x − μ, μ, r)`` with ``x`` in the accumulation dtype; ``μ, r: (N, G, 1)``."""
+    """``(x − μ, r, spread)``: ``x`` centred per group in the accumulation dtype (float32 at
+    least; ``centered.dtype``), ``r: (N, G, 1)``, and ``_spread`` for ``x``'s shape."""
     spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
-    mean = _group_mean(x, groups, channels_last)
-    centered = x - spread(mean)
+    x = x.astype(_acc(x.dtype))
+    centered = x - spread(_group_mean(x, groups, channels_last))
     var = _group_mean(jnp.square(centered), groups, channels_last)
-    return centered, mean, jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype))
+    return centered, jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype)), spread
 
 
 def _forward(x, scale, bias, *, groups: int, eps: float, channels_last: bool) -> jax.Array:
     # y = (x − μ)·a + β, a = γ·r: normalising and scaling folded into one multiply-add.
-    acc = _acc(x.dtype)
-    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
-    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
+    centered, r, spread = _statistics(x, groups, eps, channels_last)
+    acc = centered.dtype
     a = _by_group(scale, groups, acc) * r
     return (centered * spread(a) + spread(_by_group(bias, groups, acc))).astype(x.dtype)
 
@@ -116,10 +114,9 @@ def _forward(x, scale, bias, *, groups: int, eps: float, channels_last: bool) ->
 def _tangent(x, scale, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
              channels_last: bool) -> jax.Array:
     # ẏ = γ·r·ẋ + (x − μ)·(γ̇·r − γ·r²·mean(x̂·ẋ)) + (β̇ − γ·r·mean ẋ)
-    acc = _acc(x.dtype)
-    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
+    centered, r, spread = _statistics(x, groups, eps, channels_last)
+    acc = centered.dtype
     x_dot = x_dot.astype(acc)
-    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
     mean_dot = _group_mean(x_dot, groups, channels_last)                    # mean ẋ
     hat_dot = r * _group_mean(centered * x_dot, groups, channels_last)      # mean(x̂·ẋ)
     g, g_dot, b_dot = (_by_group(v, groups, acc) for v in (scale, scale_dot, bias_dot))
@@ -131,10 +128,9 @@ def _tangent(x, scale, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
 
 def _vjp(x, scale, dy, *, groups: int, eps: float, channels_last: bool):
     """``(dx, dγ, dβ)``, the transpose of ``_tangent`` at ``dy`` (module docstring)."""
-    acc = _acc(x.dtype)
-    centered, _, r = _statistics(x.astype(acc), groups, eps, channels_last)
+    centered, r, spread = _statistics(x, groups, eps, channels_last)
+    acc = centered.dtype
     dy = dy.astype(acc)
-    spread = partial(_spread, shape=x.shape, groups=groups, channels_last=channels_last)
     count = math.prod(x.shape[1:]) // groups
     dy_sums = _channel_sums(dy, groups, channels_last)                      # Σ dy
     dy_hat = _channel_sums(dy * centered, groups, channels_last) * r        # Σ dy·x̂

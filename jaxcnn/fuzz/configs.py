@@ -104,10 +104,10 @@ def draw_pool(op: str, rng: random.Random) -> dict:
 def draw_group_norm(op: str, rng: random.Random) -> dict:
     """N from 0 to 3 (an empty batch: jaxcnn.group_norm channels first and the reference
     once raised ZeroDivisionError there, reshaping an empty array with -1). Every group holds
-    ≥ 3 elements, (C/G)·|S| ≥ 3: with one, x̂ = 0 and dx
-    is rounding alone (no relative error means anything); with two, x̂ = ±(1 − O(eps/d²)) and
-    dx is the O(eps) remainder of O(1) terms that cancel, measured 1e-12 to 3e-11 relative,
-    too close to the tolerance (the same sums in other orders), which is not widened."""
+    ≥ 3 elements, (C/G)·|S| ≥ 3: with one, x̂ = 0 and dx is rounding alone (no relative error
+    means anything); with two, x̂ = ±(1 − O(eps/d²)) and dx is the O(eps) remainder of O(1)
+    terms that cancel, measured 1e-12 to 3e-11 relative, too close to the tolerance (the same
+    sums in other orders), which is not widened."""
     n = rng.choices([0, 1, 2, 3], weights=[15, 30, 35, 20])[0]
     groups = rng.choice([1, 1, 2, 3, 4])
     while True:
