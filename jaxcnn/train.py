@@ -327,7 +327,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     _, data_key, train_key = jax.random.split(root_key, 3)
     dtype, start = jnp.dtype(config.dtype), int(state.step)
     train_step = make_train_step(model, optimizer, train_key,
-                                 augmentation(config.dataset) if config.augment else None, dtype, parallel,
+                                 augmentation(config.dataset, config.augment) if config.augment else None, dtype, parallel,
                                  config.micro_batches)
     test = functools.partial(evaluate, make_eval_step(model, dtype, parallel), x=dataset.x_test,
                              y=dataset.y_test, batch_size=config.eval_batch_size, parallel=parallel)

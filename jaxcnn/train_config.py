@@ -18,6 +18,9 @@ DATASET_NAMES = ("mnist1d", "fashion", "clips")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DTYPES = ("float32", "bfloat16")
+# Augmentation policies per dataset; ``augment=True`` takes the first (``augmentation``).
+AUGMENTATIONS: dict[str, tuple[str, ...]] = {"mnist1d": ("shift",), "fashion": ("crop-flip", "flip"),
+                                             "clips": ("shift",)}
 
 # Per-dataset defaults: the recipes behind experiments/train/RESULTS.md.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -35,7 +38,9 @@ class TrainConfig:
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
     training examples. ``channels_last`` runs a model of ``models.LAYOUT_MODELS`` channels
     last (the same init and losses as channels first). ``micro_batches`` sums each step's
-    gradient over that many slices of the batch in one program (``train.micro_batched``). A
+    gradient over that many slices of the batch in one program (``train.micro_batched``).
+    ``augment`` is a bool (``True``: the dataset's first policy in ``AUGMENTATIONS``) or a
+    policy's name (Fashion-MNIST: ``"crop-flip"`` or ``"flip"``). A
     resumed run must match its checkpoint in every field except ``resume``, ``halt_after``,
     ``progress``, ``plots``, ``data_dir``, the logging and checkpoint intervals, and where it
     runs (``identity``).
@@ -61,7 +66,7 @@ class TrainConfig:
     dtype: str = "float32"
     channels_last: bool = False
     micro_batches: int = 1
-    augment: bool | None = None
+    augment: bool | str | None = None
     data_dir: str | None = None
     resume: bool = False
     log_every: int = 50
@@ -100,6 +105,8 @@ class TrainConfig:
         if config.batch_size % config.micro_batches:
             raise ValueError(f"micro_batches: expected a divisor of batch_size={config.batch_size}; "
                              f"got {config.micro_batches}")
+        if not isinstance(config.augment, bool):
+            config = dataclasses.replace(config, augment=_args.choice(config.augment, AUGMENTATIONS[dataset], "augment"))
         _args.choice(config.optimizer, OPTIMIZERS, "optimizer")
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
@@ -150,13 +157,19 @@ def make_plan(config: TrainConfig, n: int) -> Plan:
 
 
 
-def augmentation(dataset_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``augment(key, x) -> x``, jit-able: circular shifts of up to 4 samples for MNIST-1D,
-    a 2-pixel padded crop and a horizontal flip for Fashion-MNIST, a common spatial shift of
-    all frames on the clips' torus (flips would swap the directions, time shifts break motion)."""
+def augmentation(dataset_name: str, policy: bool | str = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``augment(key, x) -> x``, jit-able, by policy (``AUGMENTATIONS``; ``True``: the first):
+    circular shifts of up to 4 samples for MNIST-1D ("shift"); for Fashion-MNIST a 2-pixel
+    padded crop and a horizontal flip ("crop-flip") or the flip alone ("flip"); a common
+    spatial shift of all frames on the clips' torus ("shift": flips would swap the
+    directions, time shifts break motion)."""
+    policies = AUGMENTATIONS[_args.choice(dataset_name, DATASET_NAMES, "dataset_name")]
+    policy = policies[0] if policy is True else _args.choice(policy, policies, "policy")
     if dataset_name == "mnist1d":
         return lambda key, x: data.random_shift_1d(key, x, 4)
-    if dataset_name == "fashion":
+    if policy == "flip":
+        return lambda key, x: data.random_flip(key, x, -1)
+    if policy == "crop-flip":
         def fashion(key: jax.Array, x: jax.Array) -> jax.Array:
             crop_key, flip_key = jax.random.split(key)
             return data.random_flip(flip_key, data.random_crop(crop_key, x, 2), -1)
@@ -197,7 +210,10 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--impl", choices=_args.IMPLS, default="lax", help="every convolution's impl")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (params stay float32)")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--augment", nargs="?", const=True, default=None, metavar="POLICY",
+                        help="augment the training batches: the dataset's default, or a policy "
+                        f"by name {AUGMENTATIONS}")
+    parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--channels-last", action="store_true", help="run every layer channels last "
                         f"(faster on CPU; models {models.LAYOUT_MODELS}); the same init and losses")
     parser.add_argument("--micro-batches", type=int, default=1, help="sum each step's gradient over "

@@ -257,8 +257,11 @@ def test_channels_last_is_refused_for_a_model_without_the_layout(tmp_path, monke
     (dict(impl="fft"), "impl"),
     (dict(micro_batches=3), "micro_batches"),
     (dict(micro_batches=0), "micro_batches"),
+    (dict(augment="flip"), "augment"),      # BASE is MNIST-1D: its one policy is "shift"
+    (dict(augment=1), "augment"),
 ], ids=["optimizer", "schedule", "steps-and-epochs", "batch-size", "lr", "model", "model-of-another-dataset",
-     "dataset", "impl", "micro-batches-not-a-divisor", "micro-batches-zero"])
+     "dataset", "impl", "micro-batches-not-a-divisor", "micro-batches-zero", "augment-policy-of-another-dataset",
+     "augment-not-a-name"])
 def test_bad_config_names_the_argument(changes, argument):
     with pytest.raises(ValueError, match=argument):
         train.TrainConfig(**{**BASE, "steps": 5, **changes}).resolved()
@@ -283,6 +286,23 @@ def test_command_line_flags_fill_the_config():
     assert (defaults.model, defaults.steps, defaults.augment, defaults.channels_last) == ("mnist1d-resnet", 4000, True, False)
     assert "channels_last" not in defaults.identity()  # checkpoints from before the flag still resume
     assert "micro_batches" not in defaults.identity()
+
+
+def test_augment_takes_a_policy_by_name():
+    """``--augment flip``: each Fashion-MNIST example is itself or its mirror image, nothing
+    else (no crop: every pixel is kept); ``--augment`` alone is the dataset's first policy,
+    the padded crop and flip, which moves pixels off the image."""
+    config, _ = train.parse_args(["--dataset", "fashion", "--augment", "FLIP", "--epochs", "1"])
+    assert config.resolved().augment == "flip" and config.resolved().identity()["augment"] == "flip"
+    assert train.parse_args(["--dataset", "fashion", "--augment", "--epochs", "1"])[0].augment is True
+    x = np.random.default_rng(0).standard_normal((64, 1, 6, 6)).astype(np.float32)
+    flipped = np.asarray(jax.jit(train.augmentation("fashion", "flip"))(jax.random.key(3), x))
+    mirrored = np.all(flipped == x[..., ::-1], axis=(1, 2, 3))
+    assert np.all(mirrored | np.all(flipped == x, axis=(1, 2, 3))) and 0 < mirrored.sum() < len(x)
+    cropped = np.asarray(train.augmentation("fashion")(jax.random.key(3), x))
+    assert not np.all(np.all(cropped == x, axis=(1, 2, 3)) | np.all(cropped == x[..., ::-1], axis=(1, 2, 3)))
+    with pytest.raises(ValueError, match="policy: expected one of"):
+        train.augmentation("clips", "flip")
 
 
 @pytest.mark.parametrize("micro_batches", [2, 4])

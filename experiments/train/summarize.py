@@ -28,10 +28,10 @@ def command(report: dict) -> str:
     defaults = {**dataclasses.asdict(train.TrainConfig()), **train.DEFAULTS[config["dataset"]]}
     flags = [f"--dataset {config['dataset']}"]
     for name in ("model", "steps", "epochs", "batch_size", "optimizer", "lr", "schedule",
-                 "weight_decay", "impl", "dtype", "augment", "channels_last", "eval_every", "seed"):
+                 "weight_decay", "impl", "dtype", "augment", "channels_last", "micro_batches", "eval_every", "seed"):
         value = config.get(name)  # reports from before a flag lack it
         if name == "augment" and value != defaults["augment"]:
-            flags.append("--augment" if value else "--no-augment")
+            flags.append(f"--augment {value}" if isinstance(value, str) else "--augment" if value else "--no-augment")
         elif name == "channels_last" and value:
             flags.append("--channels-last")
         elif name in ("model", "seed") or (value != defaults.get(name) and value is not None):
