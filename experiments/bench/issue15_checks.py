@@ -4,7 +4,7 @@
     ...later, at another machine speed...
     python -m jaxcnn bench --mode fwd+bwd --dtype float32 --json run2.json
     python -m jaxcnn bench --train --json train.json
-    python experiments/bench/issue15_checks.py run1.json run2.json --train train.json --markdown out.md
+    python experiments/bench/issue15_checks.py run1.json run2.json --train train1.json [train2.json ...] --markdown out.md
 
 Per conv row and run: impl="lax" fwd+bwd time / jax.grad of lax (≤ 1.05; the row's
 ``paired_ratio``, the median of per-round ratios, where the run has it), the compiled temp
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 LIMITS = {"lax/jax time": 1.05, "lax/jax memory": 1.5, "manual/jax memory": 2.0,
@@ -82,7 +83,7 @@ def train_table(train: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="jaxcnn bench --json files (fwd+bwd, float32)")
-    parser.add_argument("--train", help="a jaxcnn bench --train --json file")
+    parser.add_argument("--train", nargs="+", default=[], help="jaxcnn bench --train --json files (a table each)")
     parser.add_argument("--markdown", help="write the tables here too")
     args = parser.parse_args(argv)
     runs = []
@@ -93,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                        for i, r in enumerate(runs))
     out = [f"float32 2048² matmul: {speeds}", "", "### Convolutions, fwd+bwd, float32", "", *conv_table(runs),
            "", "### max_pool 3×3 s2, fwd+bwd, float32", "", *pool_table(runs)]
-    if args.train:
-        with open(args.train) as f:
+    for path in args.train:
+        with open(path) as f:
             train = json.load(f)
-        out += ["", f"### The training step (matmul {train.get('matmul', {}).get('gflops', float('nan')):.0f} GFLOP/s)",
-                "", *train_table(train)]
+        name = os.path.splitext(os.path.basename(path))[0]
+        out += ["", f"### The training step (`{name}`, matmul "
+                f"{train.get('matmul', {}).get('gflops', float('nan')):.0f} GFLOP/s)", "", *train_table(train)]
     text = "\n".join(out) + "\n"
     print(text)
     if args.markdown:
