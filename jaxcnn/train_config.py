@@ -18,9 +18,23 @@ DATASET_NAMES = ("mnist1d", "fashion", "clips")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DTYPES = ("float32", "bfloat16")
-# Augmentation policies per dataset; ``augment=True`` takes the first (``augmentation``).
-AUGMENTATIONS: dict[str, tuple[str, ...]] = {"mnist1d": ("shift",), "fashion": ("crop-flip", "flip"),
-                                             "clips": ("shift",)}
+
+
+def _crop_flip(key: jax.Array, x: jax.Array) -> jax.Array:
+    crop_key, flip_key = jax.random.split(key)
+    return data.random_flip(flip_key, data.random_crop(crop_key, x, 2), -1)
+
+
+# Augmentation policies per dataset, ``augment(key, x) -> x``; ``augment=True`` takes the first.
+# MNIST-1D: circular shifts of up to 4 samples. Fashion-MNIST: a 2-pixel padded crop and a
+# horizontal flip, or the flip alone. Clips: a common spatial shift of all frames on their torus
+# (flips would swap the directions, time shifts break motion).
+_POLICIES: dict[str, dict[str, Callable[[jax.Array, jax.Array], jax.Array]]] = {
+    "mnist1d": {"shift": lambda key, x: data.random_shift_1d(key, x, 4)},
+    "fashion": {"crop-flip": _crop_flip, "flip": lambda key, x: data.random_flip(key, x, -1)},
+    "clips": {"shift": lambda key, x: data.random_shift(key, x, (0, 4, 4), mode="circular")},
+}
+AUGMENTATIONS: dict[str, tuple[str, ...]] = {name: tuple(policies) for name, policies in _POLICIES.items()}
 
 # Per-dataset defaults: the recipes behind experiments/train/RESULTS.md.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -158,23 +172,10 @@ def make_plan(config: TrainConfig, n: int) -> Plan:
 
 
 def augmentation(dataset_name: str, policy: bool | str = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``augment(key, x) -> x``, jit-able, by policy (``AUGMENTATIONS``; ``True``: the first):
-    circular shifts of up to 4 samples for MNIST-1D ("shift"); for Fashion-MNIST a 2-pixel
-    padded crop and a horizontal flip ("crop-flip") or the flip alone ("flip"); a common
-    spatial shift of all frames on the clips' torus ("shift": flips would swap the
-    directions, time shifts break motion)."""
-    policies = AUGMENTATIONS[_args.choice(dataset_name, DATASET_NAMES, "dataset_name")]
-    policy = policies[0] if policy is True else _args.choice(policy, policies, "policy")
-    if dataset_name == "mnist1d":
-        return lambda key, x: data.random_shift_1d(key, x, 4)
-    if policy == "flip":
-        return lambda key, x: data.random_flip(key, x, -1)
-    if policy == "crop-flip":
-        def fashion(key: jax.Array, x: jax.Array) -> jax.Array:
-            crop_key, flip_key = jax.random.split(key)
-            return data.random_flip(flip_key, data.random_crop(crop_key, x, 2), -1)
-        return fashion
-    return lambda key, x: data.random_shift(key, x, (0, 4, 4), mode="circular")
+    """``augment(key, x) -> x``, jit-able: the dataset's ``policy`` by name (``AUGMENTATIONS``;
+    ``True``: its first)."""
+    policies = _POLICIES[_args.choice(dataset_name, DATASET_NAMES, "dataset_name")]
+    return policies[next(iter(policies)) if policy is True else _args.choice(policy, tuple(policies), "policy")]
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
