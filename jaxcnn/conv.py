@@ -68,19 +68,19 @@ from jaxcnn.conv_impls import output_dtype
 
 
 def _conv_compute(x, w, *, spec, impl, shape, platform=None):
-    return choose("conv", impl, spec, x.shape, w.shape, platform)(x, w, spec)
+    return choose("conv", impl, spec, x.shape, w.shape, platform, x.dtype)(x, w, spec)
 
 
 def _input_grad_compute(dy, w, *, spec, impl, shape, platform=None):
     if 0 in dy.shape:
         return jnp.zeros(shape, w.dtype)
-    return choose("input_grad", impl, spec, shape, w.shape, platform)(dy, w, spec, shape).astype(w.dtype)
+    return choose("input_grad", impl, spec, shape, w.shape, platform, w.dtype)(dy, w, spec, shape).astype(w.dtype)
 
 
 def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
     if 0 in x.shape or 0 in dy.shape:
         return jnp.zeros(shape, x.dtype)
-    return choose("weight_grad", impl, spec, x.shape, shape, platform)(x, dy, spec, shape).astype(x.dtype)
+    return choose("weight_grad", impl, spec, x.shape, shape, platform, x.dtype)(x, dy, spec, shape).astype(x.dtype)
 
 
 conv_p = make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(

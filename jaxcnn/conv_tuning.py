@@ -32,8 +32,13 @@ def enabled() -> bool:
     return os.environ.get(MEASURE_ENV, "0") == "1"
 
 
+def cache_folder() -> str:
+    """jaxcnn's folder of things made on this machine: measured forms, compiled kernels."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "jaxcnn")
+
+
 def cache_path() -> str:
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "jaxcnn", "forms.json")
+    return os.environ.get(CACHE_ENV) or os.path.join(cache_folder(), "forms.json")
 
 
 def cache_key(piece: str, impl: str, spec: Any, shapes: Sequence[tuple[int, ...]], dtype: Any) -> str:

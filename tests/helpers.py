@@ -296,3 +296,13 @@ def value_and_vjp(op, args, cotangent):
         out, pullback = jax.vjp(op, *args)
         return out, pullback(cotangent)
     return jax.jit(run)(args, cotangent)
+
+
+def run_piece(fn, piece: str, x, w, dy, spec):
+    """One conv piece (``conv_impls``' calling convention: ``conv(x, w)``, ``input_grad(dy, w)``,
+    ``weight_grad(x, dy)``), jit-compiled with a static spec."""
+    if piece == "conv":
+        return jax.jit(partial(fn, spec=spec))(x, w)
+    if piece == "input_grad":
+        return jax.jit(partial(fn, spec=spec, in_shape=x.shape))(dy, w)
+    return jax.jit(partial(fn, spec=spec, w_shape=w.shape))(x, dy)

@@ -19,7 +19,7 @@ import jaxcnn
 from jaxcnn import conv_forms
 from jaxcnn._args import normalize_conv
 from jaxcnn.conv_impls import IMPLS
-from helpers import TOL, assert_close, random_array
+from helpers import TOL, assert_close, run_piece, random_array
 
 # name: (x spatial, kernel, C, O, conv kwargs)
 CONFIGS = {
@@ -77,21 +77,13 @@ def _operands(name, channels_last, rng, dtype=jnp.float64):
     return x, w, dy, args.spec
 
 
-def _run(fn, piece, x, w, dy, spec):
-    """The piece's operands in its calling convention, jit-compiled with a static spec."""
-    if piece == "conv":
-        return jax.jit(partial(fn, spec=spec))(x, w)
-    if piece == "input_grad":
-        return jax.jit(partial(fn, spec=spec, in_shape=x.shape))(dy, w)
-    return jax.jit(partial(fn, spec=spec, w_shape=w.shape))(x, dy)
-
 
 @pytest.mark.parametrize("form,name,channels_last", FORM_CASES)
 def test_form_equals_lax_piece(form, name, channels_last, rng):
     piece, _ = FORMS[form]
     x, w, dy, spec = _operands(name, channels_last, rng)
-    got = _run(getattr(conv_forms, form), piece, x, w, dy, spec)
-    want = _run(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+    got = run_piece(getattr(conv_forms, form), piece, x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
     assert got.shape == want.shape
     assert_close(got, want, TOL["float64"], f"{form} on {name}")
 
@@ -102,9 +94,9 @@ def test_batch_chunked_loop_equals_lax_piece(name, channels_last, rng):
     """The tap loop over slices of the batch (each padded, summed and written back alone)."""
     x, w, dy, spec = _operands(name, channels_last, rng)
     x = jnp.concatenate([x, 2 * x])                     # 2N samples: slices of N / 2 ... 2N
-    want = _run(IMPLS["lax"][0], "conv", x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     for chunks in {2, x.shape[0]}:
-        got = _run(partial(conv_forms.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(conv_forms.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} slices on {name}")
 
 
@@ -115,10 +107,10 @@ def test_row_chunked_loop_equals_lax_piece(name, channels_last, rng):
     """The tap loop over slices of the output's first spatial axis, every tap read from the one
     ``x_pad`` at its slice's rows (strided: from the phases, shifted by whole rows)."""
     x, w, dy, spec = _operands(name, channels_last, rng)
-    want = _run(IMPLS["lax"][0], "conv", x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     rows = want.shape[spec.spatial_axes()[0]]
     for chunks in sorted({c for c in (2, 3, rows) if rows % c == 0}):
-        got = _run(partial(conv_forms.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(conv_forms.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} row slices on {name}")
 
 
@@ -157,8 +149,8 @@ def test_half_precision_forms_sum_in_float32(form, rng):
     once it stays within bfloat16's own rounding."""
     name = "depthwise_2d" if "depthwise" in form else "im2col_thin"
     x, w, dy, spec = _operands(name, False, rng, jnp.bfloat16)
-    got = _run(getattr(conv_forms, form), "weight_grad", x, w, dy, spec)
-    want = _run(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
+    got = run_piece(getattr(conv_forms, form), "weight_grad", x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
                 dy.astype(jnp.float64), spec)
     assert_close(got.astype(jnp.float64), want, TOL["bfloat16"], form)
 

@@ -1,0 +1,147 @@
+"""jaxcnn.conv_native: the C++ kernels equal the one-lax-call pieces, and are used where they apply.
+
+Each native form is called directly (jit-compiled, float32: the only dtype the kernels take)
+and compared with the generic ``impl="lax"`` piece of ``jaxcnn.conv_impls`` (one
+``lax.conv_general_dilated`` at ``precision=HIGHEST``), an independent computation of the same
+map, at float32's tolerance (``helpers.TOL``: each output sums at most a few hundred products,
+``L·u ≈ 3e-5`` at worst, ~1e-6 measured; a wrong tap, border or stride is off by O(1)).
+The geometries cover 1D/2D/3D, strides, dilations, uneven and cropping (negative) pads, and
+batch and position counts that leave partial register blocks and partial thread chunks.
+Skipped where the kernels cannot be built (no compiler, a JAX without ``jax.ffi``).
+"""
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+from jaxcnn import conv_forms, conv_native, reference
+from jaxcnn._args import normalize_conv
+from jaxcnn._compat import enable_x64
+from jaxcnn.conv_impls import IMPLS
+from helpers import TOL, assert_close, run_piece
+
+F32 = TOL["float32"]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    AVAILABLE = conv_native.available()
+needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
+WIDTH = conv_native.vector_width() if AVAILABLE else 16
+
+# name: (batch, x spatial, kernel, C, O, conv kwargs); channels last, one group.
+CONFIGS = {
+    "clips_3d": (3, (4, 5, 6), (3, 3, 3), 16, 2 * WIDTH, dict(padding=1)),
+    "strided_dilated_3d": (2, (7, 6, 9), (2, 3, 3), 8, WIDTH, dict(stride=(2, 1, 2), dilation=(2, 1, 1),
+                                                                    padding=((1, 0), (1, 1), (0, 2)))),
+    "wide_out_2d": (5, (7, 6), (3, 3), 8, 5 * WIDTH, dict(padding=((2, 1), (0, 1)))),
+    "big_pad_2d": (2, (5, 5), (3, 2), 16, WIDTH, dict(padding=((3, 4), (2, 1)), dilation=(1, 2))),
+    "long_1d": (3, (37,), (5,), 8, WIDTH, dict(stride=3, padding=2)),
+    "many_channels_1d": (1, (10,), (3,), 3 * WIDTH, 3 * WIDTH, dict(padding=1)),
+    "no_padding_3d": (2, (5, 5, 5), (3, 3, 3), 24, WIDTH, dict()),
+}
+
+
+def _operands(name, rng):
+    n, spatial, kernel, c, o, kwargs = CONFIGS[name]
+    x = jnp.asarray(rng.standard_normal((n, *spatial, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((*kernel, c, o)), jnp.float32)
+    args = normalize_conv(x, w, None, padding_mode="zeros", channels_last=True, impl="lax",
+                          **{"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **kwargs})
+    spec = args.spec.replace(precision=jax.lax.Precision.HIGHEST)
+    y_shape = jax.eval_shape(partial(IMPLS["lax"][0], spec=spec), x, w).shape
+    dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+    return x, w, dy, spec
+
+
+
+def _computes(piece, name):
+    """The input gradient writes C channels (a multiple of the vector width) at stride 1."""
+    _, _, _, c, _, kwargs = CONFIGS[name]
+    return piece != "input_grad" or (c % WIDTH == 0 and kwargs.get("stride", 1) == 1)
+
+
+CASES = [(piece, name) for piece in conv_forms.PIECES for name in CONFIGS if _computes(piece, name)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("piece,name", CASES)
+def test_native_form_equals_lax_piece(piece, name, rng):
+    with enable_x64(False):
+        x, w, dy, spec = _operands(name, rng)
+        got = run_piece(conv_native.FORMS[piece], piece, x, w, dy, spec)
+        want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+        assert got.dtype == want.dtype == jnp.float32 and got.shape == want.shape
+        assert_close(got, want, F32, f"native {piece} on {name}")
+
+
+def test_supports_what_the_kernels_compute(monkeypatch):
+    """Each refusal by its own reason: dtype, layout, groups, thin input, a strided input
+    gradient, output channels off the vector width; the clips layer is taken."""
+    monkeypatch.setattr(conv_native, "available", lambda: True)
+    monkeypatch.setattr(conv_native, "vector_width", lambda: 16)
+    x, w = (64, 8, 8, 8, 16), (3, 3, 3, 16, 32)
+    spec = normalize_conv(jnp.zeros(x, jnp.float32), jnp.zeros(w, jnp.float32), None, padding_mode="zeros",
+                          channels_last=True, impl="lax", stride=1, padding=1, dilation=1, groups=1).spec
+    for piece in conv_forms.PIECES:
+        assert conv_native.supports(piece, spec, x, w, jnp.float32)
+        assert not conv_native.supports(piece, spec, x, w, jnp.float64)
+        assert not conv_native.supports(piece, spec, x, w, jnp.bfloat16)
+        assert not conv_native.supports(piece, spec.replace(channels_last=False), x, w, jnp.float32)
+        assert not conv_native.supports(piece, spec.replace(groups=2), x, w, jnp.float32)
+        assert not conv_native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
+    strided = spec.replace(stride=(2, 1, 1))
+    assert not conv_native.supports("input_grad", strided, x, w, jnp.float32)
+    assert conv_native.supports("conv", strided, x, w, jnp.float32)
+    odd = (3, 3, 3, 16, 24)          # 24 output channels: conv and weight_grad refuse, input_grad
+    assert not conv_native.supports("conv", spec, x, odd, jnp.float32)   # writes 16: takes it
+    assert conv_native.supports("input_grad", spec, x, odd, jnp.float32)
+
+
+@needs_kernels
+def test_the_rule_runs_3d_float32_through_the_kernels(rng):
+    """jaxcnn.conv of the clips model's 16 → 32 layer (channels last, float32): the compiled
+    forward and both gradients call the kernels, and agree with JAX's autodiff of plain lax."""
+    with enable_x64(False):
+        x = jnp.asarray(rng.standard_normal((4, 6, 6, 6, 16)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, 3, 16, 32)), jnp.float32)
+        kw = dict(padding=1, channels_last=True, precision="highest")
+
+        def loss(fn, x, w):
+            return jnp.sum(jnp.sin(fn(x, w, **kw)))
+        ours = jax.jit(jax.value_and_grad(partial(loss, jaxcnn.conv), argnums=(0, 1)))
+        text = ours.lower(x, w).as_text()
+        assert text.count("@jaxcnn_conv") == 2 and text.count("@jaxcnn_weight_grad") == 1
+        (value, grads) = ours(x, w)
+        (want_value, want_grads) = jax.value_and_grad(partial(loss, reference.conv), argnums=(0, 1))(x, w)
+        assert_close(value, want_value, F32, "loss")
+        for got, want, what in zip(grads, want_grads, ("dx", "dw")):
+            assert_close(got, want, F32, what)
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    """JAXCNN_NATIVE=0: no kernels, and the rule keeps to the XLA forms."""
+    monkeypatch.setattr(conv_native, "_STATE", {})
+    monkeypatch.setenv(conv_native.ENV, "0")
+    assert not conv_native.available()
+    shapes = ((64, 8, 8, 8, 16), (3, 3, 3, 16, 32))
+    spec = normalize_conv(jnp.zeros(shapes[0], jnp.float32), jnp.zeros(shapes[1], jnp.float32), None,
+                          padding_mode="zeros", channels_last=True, impl="lax", stride=1, padding=1,
+                          dilation=1, groups=1).spec
+    forms = conv_forms.candidates("conv", "lax", spec, *shapes, "cpu", jnp.float32)
+    assert conv_native.native_conv not in forms
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+    """A compiler that does not exist: one warning naming the reason, then no kernels."""
+    monkeypatch.setattr(conv_native, "_STATE", {})
+    monkeypatch.delenv(conv_native.ENV, raising=False)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.warns(UserWarning, match="native CPU conv kernels unavailable"):
+        assert conv_native.library() is None
+    assert not conv_native.available()
