@@ -171,3 +171,18 @@ def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], axis_type: Any = N
 # drove 3D max-pool programs past 10 GB of host memory (found by the fuzz sample and the
 # gradcheck matrix there); 0.10.2 compiles it in megabytes. Older releases keep the unrolled scan.
 MAX_POOL_ARGMAX_LOOP: bool = hasattr(jax, "shard_map")
+
+
+def lowering_is_partitioned(ctx: Any) -> bool:
+    """Whether XLA's SPMD partitioner will split the op that the lowering rule with ``ctx`` is
+    lowering over several devices: a ``jax.jit`` over more than one device, or a mesh with an
+    axis of size > 1 that is not manual (inside ``shard_map`` every axis is manual and the op
+    runs per shard). Private: ``ctx.module_context.axis_context`` (``ShardingContext`` with
+    ``num_devices``, ``SPMDAxisContext`` with ``mesh`` and ``manual_axes``); no public name says
+    this. Unknown contexts count as not partitioned."""
+    axis_context = getattr(getattr(ctx, "module_context", None), "axis_context", None)
+    mesh = getattr(axis_context, "mesh", None)
+    if mesh is not None:
+        manual = getattr(axis_context, "manual_axes", frozenset())
+        return any(size > 1 and name not in manual for name, size in mesh.shape.items())
+    return getattr(axis_context, "num_devices", 1) > 1

@@ -9,13 +9,16 @@ factory below does the part every primitive shares:
 - abstract evaluation: the output's ``ShapedArray`` from the inputs' and the static params;
 - lowering: ``compute`` traced by ``mlir.lower_fun`` for every platform, and once more for each
   platform named in ``platforms`` with ``platform=<name>`` passed, so ``compute`` can choose a
-  form that is faster on that backend (conv's per-tap forms on CPU).
+  form that is faster on that backend (conv's per-tap forms on CPU); while it is traced,
+  ``lowering_partitioned()`` says whether XLA's SPMD partitioner will split the op over devices
+  (a form it cannot partition, a custom call, would have its operands gathered on every device).
 
 Each op module registers its own JVP/transpose and batching rules beside its forward, since
 those are the op's mathematics.
 """
 from __future__ import annotations
 
+import contextvars
 from functools import partial
 from typing import Callable, Sequence
 
@@ -25,7 +28,29 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 from jax.interpreters.xla import apply_primitive
 
-__all__ = ["ShapedArray", "fold_mapped", "make_primitive", "mapped_axis_first", "unfold_mapped"]
+from jaxcnn._compat import lowering_is_partitioned
+
+__all__ = ["ShapedArray", "fold_mapped", "lowering_partitioned", "make_primitive", "mapped_axis_first",
+           "unfold_mapped"]
+
+_PARTITIONED = contextvars.ContextVar("jaxcnn_lowering_partitioned", default=False)
+
+
+def lowering_partitioned() -> bool:
+    """While a platform lowering traces ``compute``: whether the op will be split over devices."""
+    return _PARTITIONED.get()
+
+
+def _platform_lowering(compute: Callable, platform: str) -> Callable:
+    lowered = mlir.lower_fun(partial(compute, platform=platform), multiple_results=False)
+
+    def rule(ctx, *args, **params):
+        token = _PARTITIONED.set(lowering_is_partitioned(ctx))
+        try:
+            return lowered(ctx, *args, **params)
+        finally:
+            _PARTITIONED.reset(token)
+    return rule
 
 
 def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., ShapedArray], *,
@@ -49,8 +74,7 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
     prim.def_abstract_eval(abstract_eval)
     mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
     for platform in platforms:
-        mlir.register_lowering(prim, mlir.lower_fun(partial(compute, platform=platform),
-                                                    multiple_results=False), platform=platform)
+        mlir.register_lowering(prim, _platform_lowering(compute, platform), platform=platform)
     return prim
 
 

@@ -6,6 +6,11 @@ operations XLA runs faster for some shapes; each is linear in each operand, so t
 is lowered, with static shapes, so the choice costs nothing at run time. Measured on a 2-core
 CPU (BENCHMARKS.md, "Where the time goes"):
 
+- **native** (``jaxcnn.conv_native``; channels last, one group, float32, ``C ≥ 8``): C++
+  kernels called as FFI custom calls, register-blocked sums over a table of input rows, for
+  each piece in 1D, 2D and 3D where they apply (the input gradient at stride 1); first where
+  they do (fwd+bwd of the bench's eligible rows 0.12–0.91× ``jax.grad`` of lax). The forms below
+  serve every other dtype, layout and shape, and every machine without a compiler.
 - **depthwise** (``C/g = 1``, ``g > 1``): XLA's grouped convolution runs 1×1 blocks at ~0.3 %
   of peak. The manual tap sum is an elementwise multiply per tap (20–28× faster forward), and
   the weight gradient a multiply-and-sum per tap:
@@ -35,7 +40,7 @@ the whole loop does not fit), and at last the one-lax-call piece (``impl="lax"``
 within 1.5× (lax) of the compiled temp memory of ``jax.grad`` of lax on every bench row
 (``experiments/bench/memory.md``).
 
-The depthwise, fold-depth and channels-last forms are CPU lowerings of ``impl="lax"`` (on a
+The native, depthwise, fold-depth and channels-last forms are CPU lowerings of ``impl="lax"`` (on a
 GPU, cuDNN handles grouped and 3D convolutions itself); im2col and the depthwise weight
 gradient are ``impl="manual"`` forms everywhere (no convolution primitive in either).
 """
@@ -50,6 +55,7 @@ import numpy as np
 
 from jaxcnn import conv_native, conv_tuning
 from jaxcnn._args import ConvSpec
+from jaxcnn._primitives import lowering_partitioned
 from jaxcnn._shapes import (dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
 from jaxcnn._taps import offsets
@@ -354,10 +360,14 @@ def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
 
 def _native(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...],
             dtype: Any) -> bool:
-    """The native kernels (``jaxcnn.conv_native``) where they compute the piece, in 3D: the
-    clips model's 16 → 32 layer at 8³, 64 clips, forward / input gradient / weight gradient
-    ~3.5 / 5 / 3.7 ms vs 6.0 / 6.7 / 8.1 for the depth-tap loops."""
-    return spec.n == 3 and conv_native.supports(piece, spec, in_shape, w_shape, dtype)
+    """The native kernels (``jaxcnn.conv_native``) wherever they compute the piece: fwd+bwd of
+    the bench's eligible conv rows, channels last, 0.12–0.91× ``jax.grad`` of lax where the
+    XLA forms ran 0.13–1.08× in the same run (resnet3x3_64 0.49 vs 1.00, fashion_conv2 0.51 vs
+    0.75, conv3d_3x3x3 0.12 vs 0.13); the clips model's 16 → 32 layer at 8³, 64 clips,
+    forward / input gradient / weight gradient ~3.5 / 5 / 3.7 ms vs 6.0 / 6.7 / 8.1 for the
+    depth-tap loops. Not where XLA's partitioner splits the op over devices: it cannot split a
+    custom call and would gather its operands onto every device."""
+    return not lowering_partitioned() and conv_native.supports(piece, spec, in_shape, w_shape, dtype)
 
 
 _THIN_FOLD = 32

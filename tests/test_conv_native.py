@@ -145,3 +145,36 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="native CPU conv kernels unavailable"):
         assert conv_native.library() is None
     assert not conv_native.available()
+
+
+@needs_kernels
+def test_not_where_xla_partitions_the_op(rng):
+    """A jit over 4 devices with the batch sharded: XLA cannot split a custom call (it would
+    gather the batch onto every device), so the XLA forms run, each device on its shard; inside
+    ``shard_map`` the op runs per shard and the kernels do. Both equal the one-device result."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jaxcnn._compat import shard_map
+    if len(jax.devices()) < 4:
+        pytest.skip("needs 4 devices")
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    with enable_x64(False):
+        x = jnp.asarray(rng.standard_normal((8, 6, 6, 16)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
+
+        def grads(x, w):
+            return jax.grad(lambda x, w: jnp.sum(jaxcnn.conv(x, w, padding=1, channels_last=True) ** 2),
+                            argnums=(0, 1))(x, w)
+        want = jax.jit(grads)(x, w)
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        partitioned = jax.jit(grads)
+        text = partitioned.lower(xs, w).compile().as_text()
+        assert "jaxcnn_conv" not in text and "all-gather" not in text
+        def shard_grads(x, w):
+            dx, dw = grads(x, w)
+            return dx, jax.lax.psum(dw, "data")
+        per_shard = jax.jit(shard_map(shard_grads, mesh, in_specs=(P("data"), P()),
+                                      out_specs=(P("data"), P()), check=False))
+        assert "jaxcnn_conv" in per_shard.lower(xs, w).as_text()
+        for got in (partitioned(xs, w), per_shard(xs, w)):
+            for g, r, what in zip(got, want, ("dx", "dw")):
+                assert_close(g, r, F32, what)

@@ -223,8 +223,10 @@ def torch_step(name: str, params: Any, x: np.ndarray, y: np.ndarray, channels_la
 def _census(compiled: Any) -> dict[str, int]:
     """How many of each costly op the compiled program runs."""
     text = compiled.as_text()
-    return {op: len(re.findall(rf"= [^=]*? {op}\(", text))
-            for op in ("convolution", "dot", "while", "reduce-window", "select-and-scatter")}
+    census = {op: len(re.findall(rf"= [^=]*? {op}\(", text))
+              for op in ("convolution", "dot", "while", "reduce-window", "select-and-scatter")}
+    census["native"] = len(re.findall(r'custom_call_target="jaxcnn_', text))   # jaxcnn.conv_native
+    return census
 
 
 def _label(base: str, channels_last: bool, micro_batches: int) -> str:
@@ -303,14 +305,14 @@ def markdown(rows: Sequence[dict[str, Any]], peak: dict[str, float] | None = Non
              "optimizer", "rest")
     prof = ["", "Profile of the fastest jaxcnn step (XLA's per-op trace, ms per step by category; "
             "op census of the program):", "",
-            "| model | contender | " + " | ".join(kinds) + " | convolutions | dots | loops |",
-            "|---|---|" + "---|" * (len(kinds) + 3)]
+            "| model | contender | " + " | ".join(kinds) + " | convolutions | native | dots | loops |",
+            "|---|---|" + "---|" * (len(kinds) + 4)]
     for r in rows:
         if "profile" in r:
             p, c = r["profile"]["ms"], r["profile"]["census"]
             cells = " | ".join("—" if k not in p else f"{p[k]:.3g}" for k in kinds)
             prof.append(f"| {r['model']} | {r['fastest_jaxcnn']} | {cells} | {c['convolution']} | "
-                        f"{c['dot']} | {c['while']} |")
+                        f"{c.get('native', '—')} | {c['dot']} | {c['while']} |")
     note = [] if peak is None else ["", f"float32 {peak['n']}² matmul: {peak['gflops']:.1f} GFLOP/s "
                                         "(the machine's speed during the run); OMP_WAIT_POLICY="
                                         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}."]
