@@ -11,6 +11,8 @@ Skipped where the kernels cannot be built (no compiler, a JAX without ``jax.ffi`
 """
 from __future__ import annotations
 
+import os
+import random
 import warnings
 from functools import partial
 
@@ -178,3 +180,52 @@ def test_not_where_xla_partitions_the_op(rng):
         for got in (partitioned(xs, w), per_shard(xs, w)):
             for g, r, what in zip(got, want, ("dx", "dw")):
                 assert_close(g, r, F32, what)
+
+
+# ----------------------------------------------------------------------------- random geometries
+
+FUZZ_N = int(os.environ.get("JAXCNN_NATIVE_FUZZ_N", "24"))
+
+
+def _draw(seed: int):
+    """A random geometry the kernels take: 1–3 axes, kernel 1–4 (1–3 in 3D), stride 1–3,
+    dilation 1–2, pads from −1 (cropping) to past the kernel, sizes down to the smallest legal
+    one, 8–48 input channels, 1–5 vectors of output channels, batch 1–5."""
+    r = random.Random(seed)
+    n = r.choice([1, 2, 3])
+    kernel = [r.randint(1, 4 if n < 3 else 3) for _ in range(n)]
+    stride = [r.choice([1, 1, 2, 3]) for _ in range(n)] if r.random() < 0.7 else [1] * n
+    dilation = [r.choice([1, 1, 2]) for _ in range(n)]
+    padding = [(r.randint(-1, k + 1), r.randint(-1, k + 1)) for k in kernel]
+    sizes = []
+    for k, d, (lo, hi) in zip(kernel, dilation, padding):
+        smallest = max(1, d * (k - 1) + 1 - lo - hi)
+        sizes.append(r.randint(smallest, smallest + (9 if n < 3 else 5)))
+    c = r.choice([8, 16, 24, 32, 48])
+    o = WIDTH * r.randint(1, 5)
+    return r.randint(1, 5), tuple(sizes), tuple(kernel), c, o, dict(
+        stride=tuple(stride), dilation=tuple(dilation), padding=tuple(padding))
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(FUZZ_N))
+def test_random_geometry_equals_lax(seed):
+    """Every piece the kernels take, on a random geometry, against the one-lax-call piece."""
+    batch, sizes, kernel, c, o, kwargs = _draw(seed)
+    rng = np.random.default_rng(seed)
+    with enable_x64(False):
+        x = jnp.asarray(rng.standard_normal((batch, *sizes, c)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((*kernel, c, o)), jnp.float32)
+        spec = normalize_conv(x, w, None, padding_mode="zeros", channels_last=True, impl="lax", groups=1,
+                              stride=kwargs["stride"], dilation=kwargs["dilation"],
+                              padding=tuple((max(lo, 0), max(hi, 0)) for lo, hi in kwargs["padding"])).spec
+        # the pads set after the front door, which refuses negative (cropping) ones from users
+        spec = spec.replace(padding=kwargs["padding"], precision=jax.lax.Precision.HIGHEST)
+        y_shape = jax.eval_shape(partial(IMPLS["lax"][0], spec=spec), x, w).shape
+        dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+        for piece in conv_forms.PIECES:
+            if piece == "input_grad" and (c % WIDTH or any(s != 1 for s in kwargs["stride"])):
+                continue
+            got = run_piece(conv_native.FORMS[piece], piece, x, w, dy, spec)
+            want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+            assert_close(got, want, F32, f"native {piece}, seed {seed}: {_draw(seed)}")
