@@ -3,8 +3,9 @@ r"""Native CPU forms of the conv family's pieces: C++ kernels that XLA calls as 
 XLA's CPU backend runs 3D convolutions as a generic loop and 2D ones through a library that
 reaches 150–250 GFLOP/s on small images, where PyTorch's oneDNN reaches ~380 on the same
 machine; the clips model's training step lost 1.6× to PyTorch's almost all in its
-convolutions. ``jaxcnn/native/conv_cpu.cc`` computes two maps directly (channels last, one
-group, float32, 1 to 3 spatial axes; the seed formula with ``at(i, k) = (i·s + k·d − lo) / ld``):
+convolutions (with these kernels 0.91×, ``BENCHMARKS.md``). ``jaxcnn/native/conv_cpu.cc``
+computes two maps directly (channels last, one group, float32, 1 to 3 spatial axes; the seed
+formula with ``at(i, k) = (i·s + k·d − lo) / ld``):
 
 - ``conv``:         ``y[n, i, o]  = Σ_{k, c} x[n, at(i, k), c] · w[k, c, o]``
 - ``weight_grad``:  ``dw[k, c, o] = Σ_{n, i} x[n, at(i, k), c] · dy[n, i, o]``
@@ -15,6 +16,10 @@ Each kernel turns a block of output positions into a table of input rows (a row 
 a tap reads the padding) and sums products of register blocks over it, split over XLA's
 intra-op threads. Scratch: the row table of a block and, for the weight gradient, one
 ``(∏K, C, O)`` partial sum per thread; nothing the size of an activation.
+
+``conv_forms`` uses them first wherever they apply, except where XLA's SPMD partitioner would
+split the op over devices (a ``jax.jit`` over a batch-sharded mesh): it cannot split a custom
+call and would gather the operands onto every device. Inside ``shard_map`` they run per shard.
 
 The source is compiled on first use (``c++ -O3 -march=native``) into
 ``~/.cache/jaxcnn/native/<hash>/`` (the hash covers the source, the flags, the compiler, the
