@@ -25,7 +25,7 @@ from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (Pads, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
                             weight_grad_padding)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
-from jaxcnn.xla_guard import operand_swap_aborts
+from jaxcnn.xla_guard import low_crops, operand_swap_aborts
 
 Shape = tuple[int, ...]
 
@@ -135,8 +135,25 @@ def zero_pad(a: jax.Array, spec: ConvSpec, pads: Pads) -> jax.Array:
 # ----------------------------------------------------------------------------- impl="lax"
 
 
+def conv_general(lhs: jax.Array, rhs: jax.Array, strides, padding, *, dimension_numbers,
+                 lhs_dilation=None, **kwargs: Any) -> jax.Array:
+    """``lax.conv_general_dilated``, a negative low pad on an undilated axis taken as a slice of
+    ``lhs`` first (the same map; XLA's CPU float32 convolution returns garbage for some: see
+    ``jaxcnn.xla_guard``)."""
+    spatial = dimension_numbers.lhs_spec[2:]
+    base = lhs_dilation or (1,) * len(spatial)
+    crops, padding = low_crops([lhs.shape[a] for a in spatial], padding, base)
+    if any(crops):
+        index = [slice(None)] * lhs.ndim
+        for axis, cut in zip(spatial, crops):
+            index[axis] = slice(cut, None)
+        lhs = lhs[tuple(index)]
+    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=dimension_numbers, **kwargs)
+
+
 def lax_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
-    return jax.lax.conv_general_dilated(
+    return conv_general(
         x, w, spec.stride, spec.padding, rhs_dilation=spec.dilation,
         dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
         precision=spec.precision, preferred_element_type=spec.preferred_element_type)
@@ -150,7 +167,7 @@ def lax_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape)
         # XLA would rewrite this lhs-dilated convolution into an invalid one and abort the
         # process (jaxcnn.xla_guard); the manual form is the same map with no convolution.
         return manual_input_grad(dy, w, spec, in_shape)
-    return jax.lax.conv_general_dilated(
+    return conv_general(
         dy.astype(w.dtype), flip_swap_io(w, spec), (1,) * spec.n, pads,
         lhs_dilation=spec.stride, rhs_dilation=spec.dilation,
         dimension_numbers=spec.dimension_numbers(), feature_group_count=spec.groups,
@@ -168,7 +185,7 @@ def lax_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape)
     o_ax, i_ax = spec.kernel_io_axes()
     dn = jax.lax.ConvDimensionNumbers((c_ax, 0) + spatial, (c_ax, 0) + spatial,
                                       (i_ax, o_ax) + spec.kernel_spatial_axes())
-    return jax.lax.conv_general_dilated(
+    return conv_general(
         x, dy.astype(x.dtype), spec.dilation, pads, rhs_dilation=spec.stride,
         dimension_numbers=dn, batch_group_count=spec.groups,
         precision=spec.precision, preferred_element_type=spec.preferred_element_type)

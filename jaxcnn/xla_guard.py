@@ -29,6 +29,17 @@ dilation 1 and ``pad_lo = 1`` whose padding leaves nothing over at the high end
 than the gradient (``dy`` one wide under a 2-wide kernel, say), XLA aborts. jaxcnn computes
 those input gradients with the manual form instead (no convolution primitive); ``jax.grad``
 of plain ``lax`` aborts there. Reproducer: ``experiments/xla_conv_crash/``.
+
+**XLA's CPU convolution with a negative low pad** (jaxlib 0.10.2, float32): a
+``lax.conv_general_dilated`` whose padding on some axis has ``lo < 0`` (a crop) and ``hi = 1``
+(more generally ``lo + hi ≤ 0 < hi`` in the cases probed), with no input dilation there, returns
+wrong values, off by up to 10³⁶ (uninitialised memory): 1D and 2D, channels first and last,
+1–16 channels, kernels 2 and 3; float64 is right, and so is every other sign pattern probed
+((−1, 0), (−1, 2), (1, −1), (0, −2)), and input dilation 2–3. ``jax.grad`` of plain lax emits
+such a convolution for the input gradient of a conv with ``pad_lo > d·(K − 1)``: its padding
+is ``lo' = d·(K − 1) − pad_lo < 0``. jaxcnn never emits a negative low pad where the input is
+not dilated: ``low_crops`` turns it into a slice of the input (the same map), and the lax
+pieces of ``jaxcnn.conv_impls`` apply it. Reproducer: ``experiments/xla_negative_pad/``.
 """
 from __future__ import annotations
 
@@ -138,3 +149,23 @@ def aborting_convolutions(lowered: str) -> list[str]:
                                dtype=element, window_reversal=[bool(r) for r in reverse]):
             found.append(match.group(0))
     return found
+
+
+# ----------------------------------------------------------------------------- negative low pads
+
+def low_crops(in_sizes: Sequence[int], padding: Sequence[tuple[int, int]],
+              lhs_dilation: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """``(crops, padding')``: the leading elements to slice off each spatial axis of the input
+    and the padding that then gives the same convolution with no negative low pad on an axis
+    without input dilation. A crop past the whole axis leaves it empty and takes the rest from
+    the high pad, so the padded length ``size + lo + hi`` (and the output) is unchanged."""
+    crops, pads = [], []
+    for size, (lo, hi), base in zip(in_sizes, padding, lhs_dilation):
+        if lo >= 0 or base != 1:
+            crops.append(0)
+            pads.append((lo, hi))
+            continue
+        cut = min(-lo, size)
+        crops.append(cut)
+        pads.append((0, hi - (-lo - cut)))
+    return crops, pads

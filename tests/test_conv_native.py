@@ -229,3 +229,16 @@ def test_random_geometry_equals_lax(seed):
             got = run_piece(conv_native.FORMS[piece], piece, x, w, dy, spec)
             want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
             assert_close(got, want, F32, f"native {piece}, seed {seed}: {_draw(seed)}")
+
+
+@needs_kernels
+def test_weight_grad_is_the_same_on_every_call(rng):
+    """The weight gradient sums its thread partials in a fixed order: repeated calls (and their
+    threads' scheduling) give the same bits, so a training run repeats exactly."""
+    with enable_x64(False):
+        x, w, dy, spec = _operands("clips_3d", rng)
+        x, dy = jnp.concatenate([x] * 8), jnp.concatenate([dy] * 8)   # many chunks, both threads
+        grad = jax.jit(partial(conv_native.native_weight_grad, spec=spec, w_shape=w.shape))
+        first = np.asarray(grad(x, dy))
+        for _ in range(5):
+            np.testing.assert_array_equal(np.asarray(grad(x, dy)), first)

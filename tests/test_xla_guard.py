@@ -177,3 +177,45 @@ def test_reproducers_match_pytorch():
         assert r["status"] == "ok", r
         for form, error in r["worst"].items():
             assert error <= 1e-5, (r["config"], form, error)   # float32
+
+
+# ----------------------------------------------------------------------------- negative low pads
+
+def test_low_crops_hand_worked():
+    """(−2, 1) on 5: slice 2, pad (0, 1); (−3, 1) on 2: slice all 2, the third from hi → (0, 0);
+    a dilated axis or a non-negative lo is left alone. The padded length is unchanged."""
+    from jaxcnn.xla_guard import low_crops
+    crops, pads = low_crops([5, 2, 4, 6], [(-2, 1), (-3, 1), (-1, 1), (1, -1)], [1, 1, 2, 1])
+    assert crops == [2, 2, 0, 0]
+    assert pads == [(0, 1), (0, 0), (-1, 1), (1, -1)]
+    for size, cut, (lo, hi), (lo2, hi2) in zip([5, 2], crops, [(-2, 1), (-3, 1)], pads):
+        assert size - cut + lo2 + hi2 == size + lo + hi
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
+def test_float32_gradients_with_a_low_pad_past_the_kernel(n, channels_last):
+    """Pads (3, 0), kernel 2: the input gradient's convolution would pad by lo' = −2 with
+    hi' = 1, which XLA's CPU float32 convolution got wrong by up to 1e22 (four input channels:
+    not the native kernels' case). jaxcnn's float32 gradients equal the manual impl's in float64
+    (no convolution primitive) to float32's tolerance."""
+    import jax
+    import jax.numpy as jnp
+    import jaxcnn
+    from jaxcnn._compat import enable_x64
+    from helpers import TOL, assert_close
+    rng = np.random.default_rng(0)
+    shape = (5, *(2,) * n, 4) if channels_last else (5, 4, *(2,) * n)
+    w_shape = (*(2,) * n, 4, 8) if channels_last else (8, 4, *(2,) * n)
+    x, w = rng.standard_normal(shape), rng.standard_normal(w_shape)
+
+    def grads(dtype, impl):
+        def loss(x, w):
+            return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=((3, 0),) * n, channels_last=channels_last,
+                                               impl=impl)))
+        return jax.grad(loss, argnums=(0, 1))(jnp.asarray(x, dtype), jnp.asarray(w, dtype))
+    want = grads(jnp.float64, "manual")
+    with enable_x64(False):
+        got = grads(jnp.float32, "lax")
+    for g, r, what in zip(got, want, ("dx", "dw")):
+        assert_close(g, r, TOL["float32"], what)

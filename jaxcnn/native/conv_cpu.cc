@@ -81,18 +81,18 @@ void row_table(const Geometry& g, const float* x, const float* zeros, int64_t fi
 // Work split over the thread pool: chunks claimed from an atomic counter by the caller and by
 // helpers; the caller waits only for chunks a helper has claimed (and so is running), so a
 // pool whose threads are all busy elsewhere cannot deadlock it: the caller then does them all.
+// A helper that starts after the last chunk was claimed touches nothing but the shared counters.
 template <typename Body>
 void parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t workers, Body body) {
-  struct State { std::atomic<int64_t> next{0}, done{0}; std::atomic<int> slot{1}; };
+  struct State { std::atomic<int64_t> next{0}, done{0}; };
   auto state = std::make_shared<State>();
-  auto work = [state, chunks, body](int slot) {
+  auto work = [state, chunks, body]() {
     int64_t mine;
-    while ((mine = state->next.fetch_add(1)) < chunks) { body(mine, slot); state->done.fetch_add(1); }
+    while ((mine = state->next.fetch_add(1)) < chunks) { body(mine); state->done.fetch_add(1); }
   };
   int64_t helpers = std::min<int64_t>(workers - 1, chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h)
-    pool.Schedule([state, work]() { work(state->slot.fetch_add(1)); });
-  work(0);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
+  work();
   while (state->done.load() < chunks) std::this_thread::yield();
 }
 
@@ -173,7 +173,7 @@ void conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float*
   const int64_t m = g.positions(), vectors = g.o / V;
   // 240 positions a chunk: whole blocks of every P (16, 12, 8, 6; 8, 6, 4, 3 without AVX-512)
   const int64_t block = 240, chunks = (m + block - 1) / block;
-  parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk, int) {
+  parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk) {
     int64_t first = chunk * block, last = std::min(m, first + block);
     for (int64_t v = 0; v < vectors;) {
       int64_t ob = std::min<int64_t>(4, vectors - v);
@@ -224,34 +224,39 @@ void weight_grad_range_any(const Geometry& g, const float** table, int64_t count
   }
 }
 
+// The positions are cut into `groups` fixed ranges, each summed into a partial gradient of its
+// own in position order, and the partials are added in group order: whichever thread runs a
+// range, the sums are the same, so the result is the same bit for bit on every call.
 void weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dw) {
   std::vector<float> zeros(g.c, 0.0f);
   const int64_t m = g.positions(), vectors = g.o / V, size = g.taps() * g.c * g.o;
   const int64_t block = 128, chunks = (m + block - 1) / block;
-  const int64_t workers = std::min<int64_t>(worker_count(pool), chunks);
-  std::vector<std::vector<float>> partial(workers, std::vector<float>());
-  parallel_chunks(pool, chunks, workers, [&](int64_t chunk, int slot) {
-    std::vector<float>& mine = partial[slot];
-    if (mine.empty()) mine.assign(size, 0.0f);
-    int64_t first = chunk * block, count = std::min(m, first + block) - first;
-    std::vector<const float*> table(count * g.taps());
-    row_table(g, x, zeros.data(), first, count, table.data());
-    const float* dyc = dy + first * g.o;
-    for (int64_t v = 0; v < vectors;) {
-      int64_t ob = std::min<int64_t>(4, vectors - v);
-      switch (ob) {
-        case 1: weight_grad_range_any<1>(g, table.data(), count, dyc, mine.data(), v * V); break;
-        case 2: weight_grad_range_any<2>(g, table.data(), count, dyc, mine.data(), v * V); break;
-        case 3: weight_grad_range_any<3>(g, table.data(), count, dyc, mine.data(), v * V); break;
-        default: weight_grad_range_any<4>(g, table.data(), count, dyc, mine.data(), v * V); break;
+  const int64_t budget = std::max<int64_t>(1, (int64_t{16} << 20) / (size * 4));   // 16 MiB of partials
+  const int64_t groups = std::max<int64_t>(1, std::min({2 * worker_count(pool), chunks, budget}));
+  std::vector<std::vector<float>> partial(groups);
+  parallel_chunks(pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
+    std::vector<float>& mine = partial[group];
+    mine.assign(size, 0.0f);
+    std::vector<const float*> table(block * g.taps());
+    for (int64_t chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
+      int64_t first = chunk * block, count = std::min(m, first + block) - first;
+      row_table(g, x, zeros.data(), first, count, table.data());
+      const float* dyc = dy + first * g.o;
+      for (int64_t v = 0; v < vectors;) {
+        int64_t ob = std::min<int64_t>(4, vectors - v);
+        switch (ob) {
+          case 1: weight_grad_range_any<1>(g, table.data(), count, dyc, mine.data(), v * V); break;
+          case 2: weight_grad_range_any<2>(g, table.data(), count, dyc, mine.data(), v * V); break;
+          case 3: weight_grad_range_any<3>(g, table.data(), count, dyc, mine.data(), v * V); break;
+          default: weight_grad_range_any<4>(g, table.data(), count, dyc, mine.data(), v * V); break;
+        }
+        v += ob;
       }
-      v += ob;
     }
   });
   std::memset(dw, 0, size * sizeof(float));
   for (auto& part : partial)
-    if (!part.empty())
-      for (int64_t e = 0; e < size; ++e) dw[e] += part[e];
+    for (int64_t e = 0; e < size; ++e) dw[e] += part[e];
 }
 
 // ------------------------------------------------------------------------------------- FFI
@@ -267,11 +272,20 @@ ffi::Error geometry(Geometry& g, ffi::Span<const int64_t> sizes, int64_t n, int6
   return ffi::Error::Success();
 }
 
+// Each buffer must hold what the geometry says: the caller (jaxcnn/conv_native.py) computes both
+// from the same shapes, and a mismatch would read or write out of bounds.
+bool holds(const Geometry& g, int64_t x_count, int64_t w_count, int64_t y_count) {
+  const int64_t in = g.in[0] * g.in[1] * g.in[2], out = g.out[0] * g.out[1] * g.out[2];
+  return x_count == g.n * in * g.c && w_count == g.taps() * g.c * g.o && y_count == g.n * out * g.o;
+}
+
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                     ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> sizes) {
   Geometry g;
   auto wd = w.dimensions();
   if (auto e = geometry(g, sizes, x.dimensions()[0], wd[wd.size() - 2], wd[wd.size() - 1]); e.failure()) return e;
+  if (!holds(g, x.element_count(), w.element_count(), y->element_count()))
+    return ffi::Error::InvalidArgument("conv: buffer sizes do not match the geometry");
   conv(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
@@ -281,6 +295,8 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   Geometry g;
   auto xd = x.dimensions(), dd = dy.dimensions();
   if (auto e = geometry(g, sizes, xd[0], xd[xd.size() - 1], dd[dd.size() - 1]); e.failure()) return e;
+  if (!holds(g, x.element_count(), dw->element_count(), dy.element_count()))
+    return ffi::Error::InvalidArgument("weight_grad: buffer sizes do not match the geometry");
   weight_grad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
   return ffi::Error::Success();
 }
