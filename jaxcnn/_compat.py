@@ -186,3 +186,11 @@ def lowering_is_partitioned(ctx: Any) -> bool:
         manual = getattr(axis_context, "manual_axes", frozenset())
         return any(size > 1 and name not in manual for name, size in mesh.shape.items())
     return getattr(axis_context, "num_devices", 1) > 1
+
+
+def lowering_for_export(ctx: Any) -> bool:
+    """Whether the lowering rule with ``ctx`` lowers a program for ``jax.export`` (which takes no
+    custom call to a library of this machine). Private: ``ctx.module_context.lowering_parameters
+    .for_export``; False where the release lacks it."""
+    parameters = getattr(getattr(ctx, "module_context", None), "lowering_parameters", None)
+    return bool(getattr(parameters, "for_export", False))

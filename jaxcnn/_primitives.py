@@ -10,8 +10,10 @@ factory below does the part every primitive shares:
 - lowering: ``compute`` traced by ``mlir.lower_fun`` for every platform, and once more for each
   platform named in ``platforms`` with ``platform=<name>`` passed, so ``compute`` can choose a
   form that is faster on that backend (conv's per-tap forms on CPU); while it is traced,
-  ``lowering_partitioned()`` says whether XLA's SPMD partitioner will split the op over devices
-  (a form it cannot partition, a custom call, would have its operands gathered on every device).
+  ``custom_calls_allowed()`` says whether a form may be a custom call to a library of this
+  machine: not where XLA's SPMD partitioner will split the op over devices (it cannot split a
+  custom call and would gather its operands onto every device), nor in a program lowered for
+  ``jax.export``.
 
 Each op module registers its own JVP/transpose and batching rules beside its forward, since
 those are the op's mathematics.
@@ -28,28 +30,28 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 from jax.interpreters.xla import apply_primitive
 
-from jaxcnn._compat import lowering_is_partitioned
+from jaxcnn._compat import lowering_for_export, lowering_is_partitioned
 
-__all__ = ["ShapedArray", "fold_mapped", "lowering_partitioned", "make_primitive", "mapped_axis_first",
+__all__ = ["ShapedArray", "custom_calls_allowed", "fold_mapped", "make_primitive", "mapped_axis_first",
            "unfold_mapped"]
 
-_PARTITIONED = contextvars.ContextVar("jaxcnn_lowering_partitioned", default=False)
+_CUSTOM_CALLS = contextvars.ContextVar("jaxcnn_custom_calls_allowed", default=True)
 
 
-def lowering_partitioned() -> bool:
-    """While a platform lowering traces ``compute``: whether the op will be split over devices."""
-    return _PARTITIONED.get()
+def custom_calls_allowed() -> bool:
+    """While a platform lowering traces ``compute``: whether a form may be a custom call."""
+    return _CUSTOM_CALLS.get()
 
 
 def _platform_lowering(compute: Callable, platform: str) -> Callable:
     lowered = mlir.lower_fun(partial(compute, platform=platform), multiple_results=False)
 
     def rule(ctx, *args, **params):
-        token = _PARTITIONED.set(lowering_is_partitioned(ctx))
+        token = _CUSTOM_CALLS.set(not (lowering_is_partitioned(ctx) or lowering_for_export(ctx)))
         try:
             return lowered(ctx, *args, **params)
         finally:
-            _PARTITIONED.reset(token)
+            _CUSTOM_CALLS.reset(token)
     return rule
 
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from jaxcnn import conv_native, conv_tuning
 from jaxcnn._args import ConvSpec
-from jaxcnn._primitives import lowering_partitioned
+from jaxcnn._primitives import custom_calls_allowed
 from jaxcnn._shapes import (dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
 from jaxcnn._taps import offsets
@@ -365,9 +365,9 @@ def _native(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tupl
     XLA forms ran 0.13–1.08× in the same run (resnet3x3_64 0.49 vs 1.00, fashion_conv2 0.51 vs
     0.75, conv3d_3x3x3 0.12 vs 0.13); the clips model's 16 → 32 layer at 8³, 64 clips,
     forward / input gradient / weight gradient ~3.5 / 5 / 3.7 ms vs 6.0 / 6.7 / 8.1 for the
-    depth-tap loops. Not where XLA's partitioner splits the op over devices: it cannot split a
-    custom call and would gather its operands onto every device."""
-    return not lowering_partitioned() and conv_native.supports(piece, spec, in_shape, w_shape, dtype)
+    depth-tap loops. Not where the lowering takes no custom call (``custom_calls_allowed``: an
+    op XLA's partitioner splits over devices, a program for ``jax.export``)."""
+    return custom_calls_allowed() and conv_native.supports(piece, spec, in_shape, w_shape, dtype)
 
 
 _THIN_FOLD = 32

@@ -17,9 +17,11 @@ a tap reads the padding) and sums products of register blocks over it, split ove
 intra-op threads. Scratch: the row table of a block and, for the weight gradient, one
 ``(∏K, C, O)`` partial sum per thread; nothing the size of an activation.
 
-``conv_forms`` uses them first wherever they apply, except where XLA's SPMD partitioner would
-split the op over devices (a ``jax.jit`` over a batch-sharded mesh): it cannot split a custom
-call and would gather the operands onto every device. Inside ``shard_map`` they run per shard.
+``conv_forms`` uses them first wherever they apply, except where the lowering takes no custom
+call (``jaxcnn._primitives.custom_calls_allowed``): an op XLA's SPMD partitioner splits over
+devices (a ``jax.jit`` over a batch-sharded mesh; it cannot split a custom call and would gather
+the operands onto every device) and a program lowered for ``jax.export``. Inside ``shard_map``
+they run per shard.
 
 The source is compiled on first use (``c++ -O3 -march=native``) into
 ``~/.cache/jaxcnn/native/<hash>/`` (the hash covers the source, the flags, the compiler, the

@@ -242,3 +242,22 @@ def test_weight_grad_is_the_same_on_every_call(rng):
         first = np.asarray(grad(x, dy))
         for _ in range(5):
             np.testing.assert_array_equal(np.asarray(grad(x, dy)), first)
+
+
+@needs_kernels
+def test_export_takes_the_xla_forms(rng):
+    """``jax.export`` takes no custom call to a library of this machine: an exported conv and
+    its gradients lower to XLA's forms and compute what the jit-compiled (native) ones do."""
+    export = pytest.importorskip("jax.export")
+    with enable_x64(False):
+        x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
+
+        def grads(x, w):
+            return jax.grad(lambda x, w: jnp.sum(jaxcnn.conv(x, w, padding=1, channels_last=True) ** 2),
+                            argnums=(0, 1))(x, w)
+        assert "jaxcnn_conv" in jax.jit(grads).lower(x, w).as_text()
+        exported = export.export(jax.jit(grads))(x, w)
+        assert "jaxcnn_" not in exported.mlir_module()
+        for got, want, what in zip(exported.call(x, w), jax.jit(grads)(x, w), ("dx", "dw")):
+            assert_close(got, want, F32, what)
