@@ -149,6 +149,18 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     assert not conv_native.available()
 
 
+def _layer(rng, batch):
+    """A 2D 16 → 32 layer the kernels take (float32: call inside ``enable_x64(False)``)."""
+    return (jnp.asarray(rng.standard_normal((batch, 6, 6, 16)), jnp.float32),
+            jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32))
+
+
+def _grads(x, w):
+    """Both gradients of ``Σ conv(x, w)²`` (padding 1, channels last)."""
+    return jax.grad(lambda x, w: jnp.sum(jaxcnn.conv(x, w, padding=1, channels_last=True) ** 2),
+                    argnums=(0, 1))(x, w)
+
+
 @needs_kernels
 def test_not_where_xla_partitions_the_op(rng):
     """A jit over 4 devices with the batch sharded: XLA cannot split a custom call (it would
@@ -160,12 +172,8 @@ def test_not_where_xla_partitions_the_op(rng):
         pytest.skip("needs 4 devices")
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     with enable_x64(False):
-        x = jnp.asarray(rng.standard_normal((8, 6, 6, 16)), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
-
-        def grads(x, w):
-            return jax.grad(lambda x, w: jnp.sum(jaxcnn.conv(x, w, padding=1, channels_last=True) ** 2),
-                            argnums=(0, 1))(x, w)
+        x, w = _layer(rng, 8)
+        grads = _grads
         want = jax.jit(grads)(x, w)
         xs = jax.device_put(x, NamedSharding(mesh, P("data")))
         partitioned = jax.jit(grads)
@@ -250,12 +258,8 @@ def test_export_takes_the_xla_forms(rng):
     its gradients lower to XLA's forms and compute what the jit-compiled (native) ones do."""
     export = pytest.importorskip("jax.export")
     with enable_x64(False):
-        x = jnp.asarray(rng.standard_normal((2, 6, 6, 16)), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
-
-        def grads(x, w):
-            return jax.grad(lambda x, w: jnp.sum(jaxcnn.conv(x, w, padding=1, channels_last=True) ** 2),
-                            argnums=(0, 1))(x, w)
+        x, w = _layer(rng, 2)
+        grads = _grads
         assert "jaxcnn_conv" in jax.jit(grads).lower(x, w).as_text()
         exported = export.export(jax.jit(grads))(x, w)
         assert "jaxcnn_" not in exported.mlir_module()
