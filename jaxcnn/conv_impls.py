@@ -144,10 +144,7 @@ def conv_general(lhs: jax.Array, rhs: jax.Array, strides, padding, *, dimension_
     base = lhs_dilation or (1,) * len(spatial)
     crops, padding = low_crops([lhs.shape[a] for a in spatial], padding, base)
     if any(crops):
-        index = [slice(None)] * lhs.ndim
-        for axis, cut in zip(spatial, crops):
-            index[axis] = slice(cut, None)
-        lhs = lhs[tuple(index)]
+        lhs = pad_axes(lhs, spatial, [(-cut, 0) for cut in crops])
     return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation=lhs_dilation,
                                         dimension_numbers=dimension_numbers, **kwargs)
 

@@ -164,6 +164,13 @@ def _sizes(in_sizes, out_sizes, k_sizes, stride, dilation, lo) -> np.ndarray:
                      *three(dilation, 1), *three(lo, 0), *three((1,) * n, 1)], np.int64)
 
 
+def _forward_sizes(spec: ConvSpec, x_shape, y_shape, w_shape) -> np.ndarray:
+    """The geometry of the forward correlation (and of its weight gradient, which reads ``x``
+    at the same positions): the spec's stride, dilation and low pads."""
+    return _sizes(spatial_sizes(x_shape, spec), spatial_sizes(y_shape, spec), kernel_sizes(w_shape, spec),
+                  spec.stride, spec.dilation, [lo for lo, _ in spec.padding])
+
+
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, sizes: np.ndarray) -> jax.Array:
     library()
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(a, b, sizes=sizes)
@@ -172,9 +179,7 @@ def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, sizes
 def native_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """``y[n, i, o] = Σ_{k, c} x_pad[n, i·s + k·d, c] · w[k, c, o]`` in the native kernel."""
     y_shape = conv_output_shape(x.shape, w.shape, spec)
-    sizes = _sizes(spatial_sizes(x.shape, spec), spatial_sizes(y_shape, spec), kernel_sizes(w.shape, spec),
-                   spec.stride, spec.dilation, [lo for lo, _ in spec.padding])
-    return _call("jaxcnn_conv", y_shape, x, w, sizes)
+    return _call("jaxcnn_conv", y_shape, x, w, _forward_sizes(spec, x.shape, y_shape, w.shape))
 
 
 def native_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tuple[int, ...]) -> jax.Array:
@@ -189,9 +194,8 @@ def native_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tup
 
 def native_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: tuple[int, ...]) -> jax.Array:
     """``dw[k, c, o] = Σ_{n, i} x_pad[n, i·s + k·d, c] · dy[n, i, o]`` in the native kernel."""
-    sizes = _sizes(spatial_sizes(x.shape, spec), spatial_sizes(dy.shape, spec), kernel_sizes(w_shape, spec),
-                   spec.stride, spec.dilation, [lo for lo, _ in spec.padding])
-    return _call("jaxcnn_weight_grad", w_shape, x, dy.astype(jnp.float32), sizes)
+    return _call("jaxcnn_weight_grad", w_shape, x, dy.astype(jnp.float32),
+                 _forward_sizes(spec, x.shape, dy.shape, w_shape))
 
 
 FORMS = {"conv": native_conv, "input_grad": native_input_grad, "weight_grad": native_weight_grad}

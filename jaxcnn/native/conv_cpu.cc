@@ -20,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -94,6 +95,20 @@ void parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t workers, Bod
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
   work();
   while (state->done.load() < chunks) std::this_thread::yield();
+}
+
+// f(std::integral_constant<int, OB>{}, v) for each run of OB ≤ 4 vectors of output channels
+// starting at vector v: the register blocks are compiled for each OB.
+template <typename F>
+void for_vector_runs(int64_t vectors, F f) {
+  for (int64_t v = 0; v < vectors;) {
+    switch (std::min<int64_t>(4, vectors - v)) {
+      case 1: f(std::integral_constant<int, 1>{}, v); v += 1; break;
+      case 2: f(std::integral_constant<int, 2>{}, v); v += 2; break;
+      case 3: f(std::integral_constant<int, 3>{}, v); v += 3; break;
+      default: f(std::integral_constant<int, 4>{}, v); v += 4; break;
+    }
+  }
 }
 
 int64_t worker_count(ffi::ThreadPool& pool) {
@@ -175,16 +190,9 @@ void conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float*
   const int64_t block = 240, chunks = (m + block - 1) / block;
   parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk) {
     int64_t first = chunk * block, last = std::min(m, first + block);
-    for (int64_t v = 0; v < vectors;) {
-      int64_t ob = std::min<int64_t>(4, vectors - v);
-      switch (ob) {
-        case 1: conv_range_any<1>(g, x, w, y, zeros.data(), first, last, v * V); break;
-        case 2: conv_range_any<2>(g, x, w, y, zeros.data(), first, last, v * V); break;
-        case 3: conv_range_any<3>(g, x, w, y, zeros.data(), first, last, v * V); break;
-        default: conv_range_any<4>(g, x, w, y, zeros.data(), first, last, v * V); break;
-      }
-      v += ob;
-    }
+    for_vector_runs(vectors, [&](auto ob, int64_t v) {
+      conv_range_any<decltype(ob)::value>(g, x, w, y, zeros.data(), first, last, v * V);
+    });
   });
 }
 
@@ -210,7 +218,7 @@ void weight_grad_block(const float* const* table, int64_t count, const int64_t* 
 }
 
 template <int OB>
-void weight_grad_range_any(const Geometry& g, const float** table, int64_t count, const float* dy,
+void weight_grad_range(const Geometry& g, const float** table, int64_t count, const float* dy,
                            float* dw, int64_t o0) {
   constexpr int QB = REGS / OB;
   const int64_t rows = g.taps() * g.c;
@@ -242,16 +250,9 @@ void weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const
       int64_t first = chunk * block, count = std::min(m, first + block) - first;
       row_table(g, x, zeros.data(), first, count, table.data());
       const float* dyc = dy + first * g.o;
-      for (int64_t v = 0; v < vectors;) {
-        int64_t ob = std::min<int64_t>(4, vectors - v);
-        switch (ob) {
-          case 1: weight_grad_range_any<1>(g, table.data(), count, dyc, mine.data(), v * V); break;
-          case 2: weight_grad_range_any<2>(g, table.data(), count, dyc, mine.data(), v * V); break;
-          case 3: weight_grad_range_any<3>(g, table.data(), count, dyc, mine.data(), v * V); break;
-          default: weight_grad_range_any<4>(g, table.data(), count, dyc, mine.data(), v * V); break;
-        }
-        v += ob;
-      }
+      for_vector_runs(vectors, [&](auto ob, int64_t v) {
+        weight_grad_range<decltype(ob)::value>(g, table.data(), count, dyc, mine.data(), v * V);
+      });
     }
   });
   std::memset(dw, 0, size * sizeof(float));
