@@ -48,37 +48,54 @@ CONFIGS = {
 }
 
 
-def _operands(name, rng):
-    n, spatial, kernel, c, o, kwargs = CONFIGS[name]
+def _operands(config, rng):
+    """``(x, w, dy, spec)`` of a config ``(batch, spatial, kernel, C, O, conv kwargs)``. Its pads
+    may be negative (cropping, as inside the VJPs): the front door refuses those from users, so
+    it sees them clipped at 0 and the spec takes them after."""
+    n, spatial, kernel, c, o, kwargs = config
     x = jnp.asarray(rng.standard_normal((n, *spatial, c)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((*kernel, c, o)), jnp.float32)
-    args = normalize_conv(x, w, None, padding_mode="zeros", channels_last=True, impl="lax",
-                          **{"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **kwargs})
-    spec = args.spec.replace(precision=jax.lax.Precision.HIGHEST)
+    pads = kwargs.get("padding", 0)
+    front = pads if isinstance(pads, int) else tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+    spec = normalize_conv(x, w, None, padding_mode="zeros", channels_last=True, impl="lax",
+                          **{"stride": 1, "dilation": 1, "groups": 1, **kwargs, "padding": front}).spec
+    if not isinstance(pads, int):
+        spec = spec.replace(padding=tuple(pads))
+    spec = spec.replace(precision=jax.lax.Precision.HIGHEST)
     y_shape = jax.eval_shape(partial(IMPLS["lax"][0], spec=spec), x, w).shape
     dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
     return x, w, dy, spec
 
 
-
-def _computes(piece, name):
+def _computes(piece, config):
     """The input gradient writes C channels (a multiple of the vector width) at stride 1."""
-    _, _, _, c, _, kwargs = CONFIGS[name]
-    return piece != "input_grad" or (c % WIDTH == 0 and kwargs.get("stride", 1) == 1)
+    _, _, _, c, _, kwargs = config
+    return piece != "input_grad" or (c % WIDTH == 0 and np.all(np.asarray(kwargs.get("stride", 1)) == 1))
 
 
-CASES = [(piece, name) for piece in conv_forms.PIECES for name in CONFIGS if _computes(piece, name)]
+def _assert_native_equals_lax(piece, operands, what):
+    got = run_piece(conv_native.FORMS[piece], piece, *operands)
+    want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, *operands)
+    assert got.dtype == want.dtype == jnp.float32 and got.shape == want.shape
+    assert_close(got, want, F32, what)
+
+
+CASES = [(piece, name) for piece in conv_forms.PIECES for name in CONFIGS if _computes(piece, CONFIGS[name])]
 
 
 @needs_kernels
 @pytest.mark.parametrize("piece,name", CASES)
 def test_native_form_equals_lax_piece(piece, name, rng):
     with enable_x64(False):
-        x, w, dy, spec = _operands(name, rng)
-        got = run_piece(conv_native.FORMS[piece], piece, x, w, dy, spec)
-        want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
-        assert got.dtype == want.dtype == jnp.float32 and got.shape == want.shape
-        assert_close(got, want, F32, f"native {piece} on {name}")
+        _assert_native_equals_lax(piece, _operands(CONFIGS[name], rng), f"native {piece} on {name}")
+
+
+def _clips_layer_spec():
+    """The clips model's 16 → 32 layer (64 clips of 8³, channels last): shapes and spec."""
+    x, w = (64, 8, 8, 8, 16), (3, 3, 3, 16, 32)
+    spec = normalize_conv(jnp.zeros(x, jnp.float32), jnp.zeros(w, jnp.float32), None, padding_mode="zeros",
+                          channels_last=True, impl="lax", stride=1, padding=1, dilation=1, groups=1).spec
+    return x, w, spec
 
 
 def test_supports_what_the_kernels_compute(monkeypatch):
@@ -86,9 +103,7 @@ def test_supports_what_the_kernels_compute(monkeypatch):
     gradient, output channels off the vector width; the clips layer is taken."""
     monkeypatch.setattr(conv_native, "available", lambda: True)
     monkeypatch.setattr(conv_native, "vector_width", lambda: 16)
-    x, w = (64, 8, 8, 8, 16), (3, 3, 3, 16, 32)
-    spec = normalize_conv(jnp.zeros(x, jnp.float32), jnp.zeros(w, jnp.float32), None, padding_mode="zeros",
-                          channels_last=True, impl="lax", stride=1, padding=1, dilation=1, groups=1).spec
+    x, w, spec = _clips_layer_spec()
     for piece in conv_forms.PIECES:
         assert conv_native.supports(piece, spec, x, w, jnp.float32)
         assert not conv_native.supports(piece, spec, x, w, jnp.float64)
@@ -130,11 +145,8 @@ def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setattr(conv_native, "_STATE", {})
     monkeypatch.setenv(conv_native.ENV, "0")
     assert not conv_native.available()
-    shapes = ((64, 8, 8, 8, 16), (3, 3, 3, 16, 32))
-    spec = normalize_conv(jnp.zeros(shapes[0], jnp.float32), jnp.zeros(shapes[1], jnp.float32), None,
-                          padding_mode="zeros", channels_last=True, impl="lax", stride=1, padding=1,
-                          dilation=1, groups=1).spec
-    forms = conv_forms.candidates("conv", "lax", spec, *shapes, "cpu", jnp.float32)
+    x, w, spec = _clips_layer_spec()
+    forms = conv_forms.candidates("conv", "lax", spec, x, w, "cpu", jnp.float32)
     assert conv_native.native_conv not in forms
 
 
@@ -219,24 +231,12 @@ def _draw(seed: int):
 @pytest.mark.parametrize("seed", range(FUZZ_N))
 def test_random_geometry_equals_lax(seed):
     """Every piece the kernels take, on a random geometry, against the one-lax-call piece."""
-    batch, sizes, kernel, c, o, kwargs = _draw(seed)
-    rng = np.random.default_rng(seed)
+    config = _draw(seed)
     with enable_x64(False):
-        x = jnp.asarray(rng.standard_normal((batch, *sizes, c)), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((*kernel, c, o)), jnp.float32)
-        spec = normalize_conv(x, w, None, padding_mode="zeros", channels_last=True, impl="lax", groups=1,
-                              stride=kwargs["stride"], dilation=kwargs["dilation"],
-                              padding=tuple((max(lo, 0), max(hi, 0)) for lo, hi in kwargs["padding"])).spec
-        # the pads set after the front door, which refuses negative (cropping) ones from users
-        spec = spec.replace(padding=kwargs["padding"], precision=jax.lax.Precision.HIGHEST)
-        y_shape = jax.eval_shape(partial(IMPLS["lax"][0], spec=spec), x, w).shape
-        dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+        operands = _operands(config, np.random.default_rng(seed))
         for piece in conv_forms.PIECES:
-            if piece == "input_grad" and (c % WIDTH or any(s != 1 for s in kwargs["stride"])):
-                continue
-            got = run_piece(conv_native.FORMS[piece], piece, x, w, dy, spec)
-            want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
-            assert_close(got, want, F32, f"native {piece}, seed {seed}: {_draw(seed)}")
+            if _computes(piece, config):
+                _assert_native_equals_lax(piece, operands, f"native {piece}, seed {seed}: {config}")
 
 
 @needs_kernels
@@ -244,7 +244,7 @@ def test_weight_grad_is_the_same_on_every_call(rng):
     """The weight gradient sums its thread partials in a fixed order: repeated calls (and their
     threads' scheduling) give the same bits, so a training run repeats exactly."""
     with enable_x64(False):
-        x, w, dy, spec = _operands("clips_3d", rng)
+        x, w, dy, spec = _operands(CONFIGS["clips_3d"], rng)
         x, dy = jnp.concatenate([x] * 8), jnp.concatenate([dy] * 8)   # many chunks, both threads
         grad = jax.jit(partial(conv_native.native_weight_grad, spec=spec, w_shape=w.shape))
         first = np.asarray(grad(x, dy))
