@@ -206,7 +206,7 @@ def max_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
 
     >>> import jax.numpy as jnp
     >>> import jaxcnn.flax
-    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> x = jnp.arange(16.0, dtype=jnp.float32).reshape(1, 4, 4, 1)
     >>> jaxcnn.flax.max_pool(x, (2, 2), strides=(2, 2))[0, ..., 0]
     Array([[ 5.,  7.],
            [13., 15.]], dtype=float32)
