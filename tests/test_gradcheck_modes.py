@@ -158,18 +158,95 @@ def test_worst_element_index_points_into_the_leaf(rng):
     assert row.got == pytest.approx(5 * row.expected)
 
 
-def test_no_forward_mode_is_reported_not_raised(rng):
+def _double(scale_dx: float = 2.0):
+    """``2x`` as a ``jax.custom_vjp`` (no forward mode) whose VJP is ``scale_dx·g``."""
     @jax.custom_vjp
     def double(x):
         return 2.0 * x
-    double.defvjp(lambda x: (2.0 * x, None), lambda _, g: (2.0 * g,))
+    double.defvjp(lambda x: (2.0 * x, None), lambda _, g: (scale_dx * g,))
+    return double
+
+
+def _status(report) -> str:
+    return report.table().splitlines()[0].rsplit(": ", 1)[1]
+
+
+def test_no_forward_mode_is_not_applicable_by_default(rng):
     x = random_array(rng, (3,))
-    report = check_modes(double, (x,), batched=True)
-    assert report.ok and [w for w, _ in report.unavailable] == ["order 1"]
-    assert "n/a (no forward mode)" in report.table()
-    with pytest.raises(AssertionError, match=r"no forward mode.*modes=\('rev',\)"):
-        assert_grads(double, (x,))
-    assert assert_grads(double, (x,), modes=("rev",), batched=True, order=2).ok
+    report = check_modes(_double(), (x,), batched=True)
+    assert report.ok and _status(report) == "ok"
+    assert [w for w, _ in report.unavailable] == ["order 1"] and not report.refused
+    assert "not applicable: order 1: fwd: n/a (no forward mode)" in report.table()
+    assert {r.check for r in report.rows} == {"rev vs finite differences", "batched vjp (vmap vs loop)"}
+    passed = assert_grads(_double(), (x,))          # the issue: it raised although all passed
+    assert passed.ok and "n/a (no forward mode)" in passed.table()
+    assert assert_grads(_double(), (x,), modes=("rev",), batched=True, order=2).ok
+
+
+@pytest.mark.parametrize("modes", [("rev", "fwd"), "fwd"], ids=["rev+fwd", "fwd"])
+def test_forward_mode_asked_for_explicitly_fails_saying_why(rng, modes):
+    x = random_array(rng, (3,))
+    report = check_modes(_double(), (x,), modes=modes)
+    assert not report.ok and _status(report) == "FAILED" and not report.unavailable
+    assert [w for w, _ in report.refused] == ["order 1"]
+    assert "FAILED, asked for in modes but f cannot run it: order 1: fwd" in report.table()
+    with pytest.raises(GradcheckError, match=r"order 1: fwd: n/a \(no forward mode\).*asked for "
+                                             r"in modes.*modes=\('rev',\)"):
+        assert_grads(_double(), (x,), modes=modes)
+
+
+def test_custom_vjp_with_a_wrong_rule_still_fails_by_default(rng):
+    x = random_array(rng, (3,))
+    report = check_modes(_double(scale_dx=2.5), (x,))
+    assert _failing(report) == {("x", "rev vs finite differences")} and _status(report) == "FAILED"
+    with pytest.raises(GradcheckError, match=r"^\nx \(order 1\): check 'rev vs finite differences'"):
+        assert_grads(_double(scale_dx=2.5), (x,))
+    with pytest.raises(GradcheckError, match="rev vs reference"):
+        assert_grads(_double(scale_dx=2.5), (x,), reference=lambda x: 2.0 * x)
+
+
+@pytest.mark.parametrize("case", ["right", "right, fwd asked", "wrong", "wrong, rev only",
+                                  "primitive, wrong transpose", "primitive, right"])
+def test_report_status_and_assert_grads_always_agree(rng, case):
+    """The table's status line says FAILED exactly when ``assert_grads`` raises (and then the
+    table is in the message), ok exactly when it returns that report."""
+    x = random_array(rng, (3,))
+    f, options = {
+        "right": (_double(), {}), "right, fwd asked": (_double(), dict(modes=("rev", "fwd"))),
+        "wrong": (_double(3.0), {}), "wrong, rev only": (_double(3.0), dict(modes="rev")),
+        "primitive, wrong transpose": (_scale_primitive("agree_wrong", transpose_error=3.0), {}),
+        "primitive, right": (_scale_primitive("agree_right"), {}),
+    }[case]
+    status = _status(check_modes(f, (x,), **options))
+    try:
+        report = assert_grads(f, (x,), **options)
+    except GradcheckError as err:
+        assert status == "FAILED" and ": FAILED\n" in str(err)
+    else:
+        assert status == "ok" and _status(report) == "ok"
+    assert status == ("ok" if case.endswith("right") else "FAILED")
+
+
+def test_full_jacobian_on_request(rng):
+    """``full_jacobian=True``: the basis vectors as directions and cotangents, so "rev vs
+    finite differences" compares J row by row with J column by column, element by element."""
+    params, x = _args(rng)
+    report = check_modes(_model(_scale_primitive("full_right")), (params, x), full_jacobian=True,
+                         batched=True)
+    assert report.ok, report.table()
+    assert "full Jacobians" in report.precision
+    wrong = check_modes(_model(_scale_primitive("full_wrong", transpose_error=3.0)), (params, x),
+                        full_jacobian=True)
+    assert _failing(wrong) == {("params['b']", "rev vs finite differences"),
+                               ("params['b']", "jvp/vjp consistency")}
+    row = wrong.row("params['b']", "rev vs finite differences")
+    # z = 1.5·b·a: ∂z_i/∂b_i = 1.5·a_i, the wrong transpose gives 3 times that (J diagonal).
+    i = int(np.argmax(np.abs(np.asarray(params["a"]))))
+    assert row.worst == f"output['z'][flat {i}], params['b'][{i}]"
+    assert row.expected == pytest.approx(FACTOR * float(params["a"][i]), rel=finite_difference_rtol(1e-6))
+    assert row.got == pytest.approx(3 * FACTOR * float(params["a"][i]), rel=1e-15)
+    with pytest.raises(TypeError, match="full_jacobian"):
+        check_modes(jnp.sin, (x,), full_jacobian=1)
 
 
 def _loss(model):

@@ -3,8 +3,9 @@ r"""Gradient checking: every hand-written VJP against JAX autodiff and finite di
 ``check(f, args)`` compares the VJP of ``f`` at ``args``, in float64, with two oracles that
 share no code with it, one differentiable argument at a time:
 
-(a) ``jax.vjp`` of ``reference`` (default: ``f``'s namesake in ``jaxcnn.reference``, plain
-    ``lax``/``jnp`` differentiated by JAX autodiff), with the same cotangents;
+(a) ``jax.vjp`` of ``reference`` (default, for jaxcnn's own ops only: the op's twin in
+    ``jaxcnn.reference``, plain ``lax``/``jnp`` differentiated by JAX autodiff, found by the
+    op's identity, never by ``f``'s name; see ``twins``), with the same cotangents;
 (b) central finite differences of ``f`` itself, ``(f(x + εu) − f(x − εu)) / 2ε``.
 
 An argument with at most ``full_jacobian_max`` elements, of a function with at most that many
@@ -29,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxcnn import reference as _reference
 from jaxcnn._compat import enable_x64
 from jaxcnn.gradcheck.report import Comparison, GradcheckError, Report, max_errors
+from jaxcnn.gradcheck.twins import twin
 from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
 # The checked programs are tiny and run once, so compiling them is nearly all the cost. On CPU
@@ -46,20 +47,19 @@ _CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusio
 
 def resolve_reference(f: Callable, reference: Callable | None, *,
                       required: bool = True) -> Callable | None:
-    """``reference`` itself, else the function named ``f.__name__`` in ``jaxcnn.reference``;
-    if there is none, None (or, with ``required``, ValueError)."""
+    """``reference`` itself, else, if ``f`` is one of jaxcnn's ops (by identity, never by
+    name: ``twins.TWINS``), its twin in ``jaxcnn.reference``; else None (or, with
+    ``required``, ValueError naming ``reference``)."""
     if reference is not None:
         if not callable(reference):
             raise TypeError(f"reference: expected a callable; got {reference!r}")
         return reference
-    name = getattr(f, "__name__", None)
-    found = getattr(_reference, name, None) if isinstance(name, str) else None
-    if not callable(found) or name.startswith("_"):
-        if not required:
-            return None
-        raise ValueError(f"reference: jaxcnn.reference has no function named {name!r} (the name "
-                         f"of f); expected reference=<the same function built from plain "
-                         f"lax/jnp, differentiated by JAX autodiff>; got None")
+    found = twin(f)
+    if found is None and required:
+        raise ValueError(f"reference: f ({getattr(f, '__name__', f)!r}) is not one of jaxcnn's "
+                         f"ops with a twin in jaxcnn.reference, so there is no default oracle; "
+                         f"expected reference=<the same function built from plain lax/jnp, "
+                         f"differentiated by JAX autodiff>; got None")
     return found
 
 
@@ -147,12 +147,13 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
       f: the function under test, called ``f(*args, **kwargs)``; any output pytree.
       args: its positional arguments. Floating arrays are differentiated (cast to float64);
         None (an absent bias) and non-arrays (shapes) are passed through unchanged.
-      reference: the oracle, same signature, no ``custom_vjp``; default ``f``'s namesake in
-        ``jaxcnn.reference``. With neither (a user's own function), ``f``'s VJP is compared
-        with its own JVP (``⟨vᵀJ, u⟩ = ⟨v, Ju⟩``, or ``J`` row by row against column by
-        column) and with finite differences, as ``torch.autograd.gradcheck``; the report's
-        precision line says so. A function with no forward mode then gets finite
-        differences only (its autodiff columns empty).
+      reference: the oracle, same signature, no ``custom_vjp``; default: if ``f`` is one of
+        jaxcnn's ops (by identity, not name), its twin in ``jaxcnn.reference``. With neither
+        (a user's own function, whatever its name), ``f``'s VJP is compared with its own JVP
+        (``⟨vᵀJ, u⟩ = ⟨v, Ju⟩``, or ``J`` row by row against column by column) and with
+        finite differences, as ``torch.autograd.gradcheck``; the report's precision line
+        says so. A function with no forward mode then gets finite differences only (its
+        autodiff columns empty).
       argnums: which of ``args`` to differentiate; default every floating array.
       order: 1, or 2 to also check the VJP of ``(args, v) ↦ vjp(f, args)(v)`` (grad-of-grad).
       eps: the finite-difference step ε.
@@ -296,8 +297,9 @@ def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
                 rtol: float | None = None, n_projections: int = 4, raise_on_failure: bool = False,
                 seed: int = 0, **kwargs: Any) -> Report:
     """``f``'s forward and VJP in ``dtype`` against the reference's in float64 at the same
-    values (the inputs rounded to ``dtype`` once, then cast up exactly): ``n_projections``
-    random cotangents, compared in full. ``rtol`` defaults to ``tolerances.RTOL[dtype]``
+    values (the inputs rounded to ``dtype`` once, then cast up exactly; ``reference`` is
+    required unless ``f`` is one of jaxcnn's ops): ``n_projections`` random cotangents,
+    compared in full. ``rtol`` defaults to ``tolerances.RTOL[dtype]``
     (float32 1e-5, float16 3e-3, bfloat16 1e-2). No finite differences (they need float64).
 
     A bias's gradient in bfloat16 is JAX's transpose of a broadcast, summed in bfloat16: it

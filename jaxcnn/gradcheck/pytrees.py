@@ -80,45 +80,58 @@ def _tolerances(eps: float, rtol: float, fd_rtol: float) -> dict[str, tuple[floa
     return {"reference": exact, "fd": fd, "consistency": exact, "batched": exact}
 
 
-def _check_modes_options(modes: Any, order: Any, eps: Any, n_projections: Any) -> tuple[str, ...]:
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    if not modes or any(m not in MODES for m in modes):
-        raise ValueError(f"modes: expected a non-empty subset of {MODES}; got {modes!r}")
+def _check_modes_options(modes: Any, order: Any, eps: Any, n_projections: Any,
+                         full_jacobian: Any) -> tuple[str, ...] | None:
+    """``modes`` as a tuple (None stays None: every mode ``f`` can run), the rest checked."""
+    if modes is not None:
+        modes = (modes,) if isinstance(modes, str) else tuple(modes)
+        if not modes or any(m not in MODES for m in modes):
+            raise ValueError(f"modes: expected None (every mode f can run) or a non-empty subset "
+                             f"of {MODES}; got {modes!r}")
+    if not isinstance(full_jacobian, bool):
+        raise TypeError(f"full_jacobian: expected a bool; got {full_jacobian!r}")
     _check_options(order, eps, n_projections, 0)
     return modes
 
 
 def check_modes(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
-                modes: Sequence[str] = MODES, order: int = 1, batched: bool = False,
-                eps: float = FD_EPS, n_projections: int = 4, rtol: float = VJP_RTOL,
-                fd_rtol: float | None = None, seed: int = 0, **kwargs: Any) -> ModeReport:
+                modes: Sequence[str] | None = None, order: int = 1, batched: bool = False,
+                eps: float = FD_EPS, n_projections: int = 4, full_jacobian: bool = False,
+                rtol: float = VJP_RTOL, fd_rtol: float | None = None, seed: int = 0,
+                **kwargs: Any) -> ModeReport:
     """Check ``f``'s derivatives at ``args`` in ``modes``, leaf by leaf (see the module doc).
 
     Args:
       f: called ``f(*args, **kwargs)``; args and output any pytrees.
       args: every floating-point array leaf is differentiated (in float64); other leaves (ints,
         shapes, None, Python floats) pass through unchanged.
-      reference: the same function without custom rules (autodiff is the oracle); default
-        ``f``'s namesake in ``jaxcnn.reference`` if there is one, else none: finite
-        differences and the jvp/vjp consistency alone (the report says so).
-      modes: ``"rev"`` (VJP), ``"fwd"`` (JVP), or both (adds the consistency check).
+      reference: the same function without custom rules (autodiff is the oracle); default: if
+        ``f`` is one of jaxcnn's ops (by identity, not name), its twin in ``jaxcnn.reference``;
+        else none: finite differences and the jvp/vjp consistency alone (the report says so).
+      modes: ``"rev"`` (VJP), ``"fwd"`` (JVP), or both (adds the consistency check). Default
+        None: every mode ``f`` can run; one it cannot (forward mode of a ``jax.custom_vjp``)
+        is reported as not applicable, not as a failure. A mode named here that ``f`` cannot
+        run is a failure.
       order: 1, or 2 to check the derivative of ``(leaves, v) ↦ vjp(f, leaves)(v)`` too.
       batched: also ``vmap`` of the VJP / JVP against the stacked per-example ones.
-      eps, n_projections, rtol, fd_rtol, seed: as in ``check``.
+      n_projections: random directions per leaf and random cotangents (PyTorch's fast mode).
+      full_jacobian: instead, every leaf's whole Jacobian: the basis vectors as directions and
+        cotangents (PyTorch's ``fast_mode=False``); one evaluation per element, small ``f`` only.
+      eps, rtol, fd_rtol, seed: as in ``check``.
 
     Returns:
       A ``ModeReport``: a row per (order, leaf path, check), ``ok``, ``print`` for the table;
-      a mode ``f`` cannot run (``jax.custom_vjp`` has no forward mode) is listed in
-      ``report.unavailable`` instead of raising.
+      a mode ``f`` cannot run is listed in ``report.unavailable`` (not applicable) or, if
+      ``modes`` asked for it, in ``report.refused`` (a failure).
     """
-    modes = _check_modes_options(modes, order, eps, n_projections)
+    asked = _check_modes_options(modes, order, eps, n_projections, full_jacobian)
     reference = resolve_reference(f, reference, required=False)
     fd_rtol = finite_difference_rtol(eps) if fd_rtol is None else float(fd_rtol)
     tolerances = _tolerances(eps, rtol, fd_rtol)
     names = argument_names(f, len(args))
     rng = np.random.default_rng(seed)
     rows: list[ModeRow] = []
-    unavailable: dict[str, str] = {}
+    not_run: dict[str, str] = {}
     with float64() as precision:
         leaves, paths, rebuild = leaves_with_paths(args, names)
         if not leaves:
@@ -127,8 +140,10 @@ def check_modes(f: Callable, args: Sequence[Any], *, reference: Callable | None 
         call = lambda fn: (lambda *ls: fn(*rebuild(ls), **kwargs))
         F, F_ref = call(f), None if reference is None else call(reference)
         out_tree = jax.eval_shape(F, *leaves)
-        rows += _check_function(F, F_ref, leaves, paths, output_paths(out_tree), 1, modes,
-                                batched, eps, n_projections, tolerances, rng, unavailable)
+        check_order = lambda order, F, F_ref, leaves, paths, out_paths: _check_order(
+            F, F_ref, leaves, paths, out_paths, order, asked or MODES, batched, eps,
+            None if full_jacobian else n_projections, tolerances, rng, not_run)
+        rows += check_order(1, F, F_ref, leaves, paths, output_paths(out_tree))
         if order == 2:
             v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape)), out_tree)
             v_leaves, v_paths = jax.tree_util.tree_leaves(v), [f"v{p}" for p, _ in output_paths(out_tree)]
@@ -136,15 +151,18 @@ def check_modes(f: Callable, args: Sequence[Any], *, reference: Callable | None 
             if F_ref is not None:
                 H_ref = _second_order(F_ref, len(leaves), v)
             out2 = output_paths(jax.eval_shape(H, *leaves, *v_leaves))
-            rows += _check_function(H, H_ref, leaves + v_leaves, paths + v_paths, out2, 2, modes,
-                                    batched, eps, n_projections, tolerances, rng, unavailable)
+            rows += check_order(2, H, H_ref, leaves + v_leaves, paths + v_paths, out2)
     oracle = (f"reference {getattr(reference, '__module__', '')}.{getattr(reference, '__name__', reference)!s}"
               if reference is not None else
-              "no reference (no twin in jaxcnn.reference): finite differences and jvp/vjp consistency only")
-    return ModeReport(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}, "
-                      f"{n_projections} random directions and cotangents per leaf", oracle,
-                      tuple(rows), tuple(sorted(unavailable.items())),
-                      tuple(sorted({t for t in tolerances.values()})))
+              "no reference (f is none of jaxcnn's ops and none was passed): finite differences "
+              "and jvp/vjp consistency only")
+    sampling = ("full Jacobians (every basis direction and cotangent)" if full_jacobian else
+                f"{n_projections} random directions per leaf, {n_projections} random cotangents")
+    not_run = tuple(sorted(not_run.items()))
+    return ModeReport(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}, {sampling}",
+                      oracle, tuple(rows), () if asked else not_run,
+                      tuple(sorted({t for t in tolerances.values()})),
+                      refused=not_run if asked else ())
 
 
 def _second_order(F: Callable, count: int, v_template: Any) -> Callable:
@@ -157,78 +175,115 @@ def _second_order(F: Callable, count: int, v_template: Any) -> Callable:
     return pulled
 
 
-def _check_function(F, F_ref, leaves, paths, out_paths, order, modes, batched, eps, k,
-                    tolerances, rng, unavailable) -> list[ModeRow]:
+def _check_order(F, F_ref, leaves, paths, out_paths, order, modes, batched, eps, k,
+                 tolerances, rng, not_run) -> list[ModeRow]:
+    """The rows of one order, every leaf in one compiled program. ``k`` random directions per
+    leaf and ``k`` random cotangents (shared by the leaves), or with ``k`` None the basis
+    vectors: every leaf's whole Jacobian."""
+    m = sum(size for _, size in out_paths)
+    if k is None:
+        directions = tuple(np.eye(x.size).reshape((x.size,) + x.shape) for x in leaves)
+        cotangents = np.eye(m)
+    else:
+        directions = tuple(rng.standard_normal((k,) + x.shape) for x in leaves)
+        cotangents = rng.standard_normal((k, m))
+    program = lambda modes: _evaluate(F, F_ref, modes, batched, eps, [len(u) for u in directions])
+    try:
+        results = _run_once(program(modes), tuple(leaves), directions, cotangents)
+    except TypeError as err:   # jax.custom_vjp: "can't apply forward-mode autodiff (jvp)"
+        if "fwd" not in modes or "forward-mode" not in str(err):
+            raise
+        not_run[f"order {order}"] = f"fwd: {NO_FORWARD_MODE}: {err}"
+        if modes == ("fwd",):
+            return []
+        results = _run_once(program(("rev",)), tuple(leaves), directions, cotangents)
     rows = []
-    for i, (leaf, path) in enumerate(zip(leaves, paths)):
-        flat = lambda fn, i=i: (lambda x: ravel_pytree(fn(*leaves[:i], x, *leaves[i + 1:]))[0])
-        g, g_ref = flat(F), None if F_ref is None else flat(F_ref)
-        m = jax.eval_shape(g, leaf).shape[0]
-        directions = jnp.asarray(rng.standard_normal((k,) + leaf.shape))
-        cotangents = jnp.asarray(rng.standard_normal((k, m)))
-        use = tuple(modes)
-        if "fwd" in use and "fwd" in unavailable.get(f"order {order}", ""):
-            use = tuple(x for x in use if x != "fwd")
-        try:
-            results = _run_once(_evaluate(g, g_ref, use, batched, eps), leaf, directions, cotangents)
-        except TypeError as err:   # jax.custom_vjp: "can't apply forward-mode autodiff (jvp)"
-            if "fwd" not in use or "forward-mode" not in str(err):
-                raise
-            unavailable[f"order {order}"] = f"fwd: {NO_FORWARD_MODE}: {err}"
-            use = tuple(x for x in use if x != "fwd")
-            if not use:
-                continue
-            results = _run_once(_evaluate(g, g_ref, use, batched, eps), leaf, directions, cotangents)
-        rows += _rows(path, order, results, leaf.shape, out_paths, directions, cotangents,
-                      tolerances, first=i == 0)
+    if "y_ref" in results and order == 1:
+        rows.append(compare("output", 0, "output vs reference", results["y"], results["y_ref"],
+                            lambda flat: _output_element(flat, 1, out_paths, None),
+                            *tolerances["reference"]))
+    start = 0
+    for i, (path, u) in enumerate(zip(paths, directions)):
+        stop = start + len(u)
+        leaf = {key: value[i] if key.startswith("vjp") else value[start:stop]
+                for key, value in results.items() if not key.startswith("y")}
+        rows += _rows(path, order, leaf, leaves[i].shape, out_paths, u, cotangents, tolerances,
+                      full=k is None)
+        start = stop
     return rows
 
 
-def _evaluate(g, g_ref, modes, batched, eps):
-    """One program for one leaf: every quantity the rows compare (see the module doc)."""
-    def run(x, directions, cotangents):
-        out = {}
-        y, pull = jax.vjp(g, x)
-        if g_ref is not None:
-            y_ref, pull_ref = jax.vjp(g_ref, x)
+def _evaluate(F, F_ref, modes, batched, eps, counts):
+    """One program for every leaf: each quantity the rows compare (see the module doc).
+
+    Direction ``j`` (of ``sum(counts)``) moves one leaf, ``owner[j]``, along its direction
+    ``row[j]``; the other leaves' tangents are zero. The per-example results loop over the
+    directions and cotangents with ``lax.map`` (compiled once, and no batching rule of ``f``
+    involved, so that a wrong one shows in the batched rows only); ``vmap`` batches them."""
+    def run(leaves, directions, cotangents):
+        owner = jnp.repeat(jnp.arange(len(counts)), np.asarray(counts), total_repeat_length=sum(counts))
+        row = jnp.concatenate([jnp.arange(n) for n in counts])
+        g = lambda fn: (lambda *ls: ravel_pytree(fn(*ls))[0])
+
+        def tangent(j):
+            return tuple(jnp.where(owner[j] == i, u[jnp.minimum(row[j], len(u) - 1)], 0.0)
+                         for i, u in enumerate(directions))
+
+        def central(j):
+            t = tangent(j)
+            shifted = lambda sign: g(F)(*(x + sign * eps * d for x, d in zip(leaves, t)))
+            return (shifted(1.0) - shifted(-1.0)) / (2 * eps)
+
+        def jvp(fn):
+            return lambda j: jax.jvp(g(fn), leaves, tangent(j))[1]
+
+        every = jnp.arange(len(owner))
+        y, pull = jax.vjp(g(F), *leaves)
+        out = {"fd": jax.lax.map(central, every)}
+        if F_ref is not None:
+            y_ref, pull_ref = jax.vjp(g(F_ref), *leaves)
             out.update(y=y, y_ref=y_ref)
-        k = directions.shape[0]
-        diffs = [(g(x + eps * directions[j]) - g(x - eps * directions[j])) / (2 * eps) for j in range(k)]
-        out["fd"] = jnp.stack(diffs)
         if "rev" in modes:
-            out["vjp"] = jnp.stack([pull(cotangents[j])[0] for j in range(k)])
-            if g_ref is not None:
-                out["vjp_ref"] = jax.vmap(pull_ref)(cotangents)[0]
+            out["vjp"] = jax.lax.map(pull, cotangents)
+            if F_ref is not None:
+                out["vjp_ref"] = jax.vmap(pull_ref)(cotangents)
             if batched:
-                out["vjp_batched"] = jax.vmap(pull)(cotangents)[0]
+                out["vjp_batched"] = jax.vmap(pull)(cotangents)
         if "fwd" in modes:
-            tangent = lambda fn, u: jax.jvp(fn, (x,), (u,))[1]
-            out["jvp"] = jnp.stack([tangent(g, directions[j]) for j in range(k)])
-            if g_ref is not None:
-                out["jvp_ref"] = jax.vmap(lambda u: tangent(g_ref, u))(directions)
+            out["jvp"] = jax.lax.map(jvp(F), every)
+            if F_ref is not None:
+                out["jvp_ref"] = jax.vmap(jvp(F_ref))(every)
             if batched:
-                out["jvp_batched"] = jax.vmap(lambda u: tangent(g, u))(directions)
+                out["jvp_batched"] = jax.vmap(jvp(F))(every)
         return out
     return run
 
 
-def _rows(path, order, r, shape, out_paths, directions, cotangents, tolerances, first) -> list[ModeRow]:
-    k = directions.shape[0]
-    u, v = np.reshape(directions, (k, -1)), np.asarray(cotangents)
-    leaf_index = lambda flat: _element(flat, (k, *shape), "cotangent", path)
-    out_index = lambda flat: _output_element(flat, k, out_paths, "direction")
-    scalar_index = lambda flat: f"direction and cotangent {flat}"
+def _rows(path, order, r, shape, out_paths, directions, cotangents, tolerances, full) -> list[ModeRow]:
+    """One leaf's rows. The reverse-mode rows ``R = VJ`` (``V`` the cotangents) meet the
+    columns ``C = JU`` (``U`` the directions: finite differences, JVPs) as ``⟨Vᵢ J, Uᵢ⟩``
+    against ``⟨Vᵢ, (JU)ᵢ⟩`` for each random pair ``i``, or, with the basis vectors (``full``),
+    as the whole Jacobian ``R`` against ``Cᵀ``."""
+    n, size = len(directions), int(np.prod(shape, dtype=int))
+    u, v = np.reshape(directions, (n, -1)), np.asarray(cotangents)
+    leaf_index = lambda flat: _element(flat, (len(v), *shape), "cotangent", path)
+    out_index = lambda flat: _output_element(flat, n, out_paths, "direction")
+    if full:
+        jacobian_index = lambda flat: (f"{_output_element(flat // size, 1, out_paths, None)}, "
+                                       f"{_leaf_element(flat % size, shape, path)}")
+        pair = lambda rows, columns: (np.reshape(rows, (len(v), -1)), np.asarray(columns).T,
+                                      jacobian_index)
+    else:
+        pair = lambda rows, columns: (np.sum(np.reshape(rows, (n, -1)) * u, axis=1),
+                                      np.sum(v * np.asarray(columns), axis=1),
+                                      lambda flat: f"direction and cotangent {flat}")
     rows = []
-    if "y_ref" in r and first and order == 1:
-        rows.append(compare("output", 0, "output vs reference", r["y"], r["y_ref"],
-                            lambda flat: _output_element(flat, 1, out_paths, None), *tolerances["reference"]))
     if "vjp" in r:
         if "vjp_ref" in r:
             rows.append(compare(path, order, "rev vs reference", r["vjp"], r["vjp_ref"], leaf_index,
                                 *tolerances["reference"]))
-        rows.append(compare(path, order, "rev vs finite differences",
-                            np.sum(np.reshape(r["vjp"], (k, -1)) * u, axis=1),
-                            np.sum(v * r["fd"], axis=1), scalar_index, *tolerances["fd"]))
+        rows.append(compare(path, order, "rev vs finite differences", *pair(r["vjp"], r["fd"]),
+                            *tolerances["fd"]))
         if "vjp_batched" in r:
             rows.append(compare(path, order, "batched vjp (vmap vs loop)", r["vjp_batched"], r["vjp"],
                                 leaf_index, *tolerances["batched"]))
@@ -239,9 +294,7 @@ def _rows(path, order, r, shape, out_paths, directions, cotangents, tolerances, 
         rows.append(compare(path, order, "fwd vs finite differences", r["jvp"], r["fd"], out_index,
                             *tolerances["fd"]))
         if "vjp" in r:
-            rows.append(compare(path, order, "jvp/vjp consistency",
-                                np.sum(np.reshape(r["vjp"], (k, -1)) * u, axis=1),
-                                np.sum(np.asarray(r["jvp"]) * v, axis=1), scalar_index,
+            rows.append(compare(path, order, "jvp/vjp consistency", *pair(r["vjp"], r["jvp"]),
                                 *tolerances["consistency"]))
         if "jvp_batched" in r:
             rows.append(compare(path, order, "batched jvp (vmap vs loop)", r["jvp_batched"], r["jvp"],
@@ -249,9 +302,14 @@ def _rows(path, order, r, shape, out_paths, directions, cotangents, tolerances, 
     return rows
 
 
+def _leaf_element(flat: int, shape: tuple, path: str) -> str:
+    return f"{path}[{', '.join(map(str, np.unravel_index(flat, shape)))}]"
+
+
 def _element(flat: int, shape: tuple, batch_name: str, path: str) -> str:
-    index = np.unravel_index(flat, shape)
-    return f"{batch_name} {index[0]}, {path}[{', '.join(map(str, index[1:]))}]"
+    """``flat`` in a ``(batch, *leaf shape)`` array, as '<batch> j, <path>[i, ...]'."""
+    j, rest = divmod(flat, int(np.prod(shape[1:], dtype=int)))
+    return f"{batch_name} {j}, {_leaf_element(rest, shape[1:], path)}"
 
 
 def _output_element(flat: int, k: int, out_paths: list[tuple[str, int]], batch_name: str | None) -> str:
@@ -267,10 +325,11 @@ def _output_element(flat: int, k: int, out_paths: list[tuple[str, int]], batch_n
 
 
 def assert_grads(f: Callable, args: Sequence[Any], *, reference: Callable | None = None,
-                 modes: Sequence[str] = MODES, order: int = 1, batched: bool = False,
+                 modes: Sequence[str] | None = None, order: int = 1, batched: bool = False,
                  **options: Any) -> ModeReport:
-    """``check_modes``, raising ``GradcheckError`` (an ``AssertionError``) on any failure or
-    on a mode asked for that ``f`` cannot run; for users' own pytest suites.
+    """``check_modes``, raising ``GradcheckError`` (an ``AssertionError``) when its report is
+    not ok: a failed check, or a mode named in ``modes`` that ``f`` cannot run (left to the
+    default, such a mode is reported as not applicable); for users' own pytest suites.
 
     The message names, per failed check, the leaf's pytree path, the check, the worst
     element's index with the expected (reference / finite differences) and got (``f``'s
@@ -285,6 +344,6 @@ def assert_grads(f: Callable, args: Sequence[Any], *, reference: Callable | None
     """
     report = check_modes(f, args, reference=reference, modes=modes, order=order, batched=batched,
                          **options)
-    if not report.ok or report.unavailable:
+    if not report.ok:
         raise GradcheckError("\n" + report.failure_message())
     return report

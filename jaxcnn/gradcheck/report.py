@@ -159,7 +159,9 @@ def compare(path: str, order: int, check: str, got: Any, expected: Any, index_na
 @dataclasses.dataclass(frozen=True)
 class ModeReport:
     """``check_modes``' result: per (order, leaf path, check) a ``ModeRow``; the modes ``f``
-    could not run; the tolerances with their origins."""
+    cannot run, not applicable (``unavailable``: left to the default) or failed (``refused``:
+    asked for in ``modes``); the tolerances with their origins. The status line of the table,
+    ``ok`` and ``assert_grads`` agree: every row passes and no mode asked for was refused."""
 
     function: str
     precision: str
@@ -167,10 +169,11 @@ class ModeReport:
     rows: tuple[ModeRow, ...]
     unavailable: tuple[tuple[str, str], ...] = ()
     tolerances: tuple[tuple[float, str], ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        return all(row.ok for row in self.rows) and not self.refused
 
     def failed(self) -> list[ModeRow]:
         return [row for row in self.rows if not row.ok]
@@ -197,7 +200,9 @@ class ModeReport:
                  f"oracle: {self.oracle}"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
                   for line in [head, *body]]
-        lines += [f"not run: {where}: {why}" for where, why in self.unavailable]
+        lines += [f"not applicable: {where}: {why}" for where, why in self.unavailable]
+        lines += [f"FAILED, asked for in modes but f cannot run it: {where}: {why}"
+                  for where, why in self.refused]
         lines.append(LEGEND)
         lines += [f"tolerance {tol:.1e}: {origin}" for tol, origin in self.tolerances]
         return "\n".join(lines)
@@ -206,11 +211,12 @@ class ModeReport:
 
     def failure_message(self) -> str:
         lines = [row.sentence() for row in self.failed()]
-        lines += [f"{where}: {why} (pass modes=('rev',) to check reverse mode only)"
-                  for where, why in self.unavailable]
+        lines += [f"{where}: {why}: asked for in modes, which f cannot run (leave modes out "
+                  f"for every mode f can run, or pass modes=('rev',))" for where, why in self.refused]
         return "\n".join(lines + ["", self.table()])
 
     def as_dict(self) -> dict[str, Any]:
         return {"function": self.function, "precision": self.precision, "oracle": self.oracle,
                 "ok": self.ok, "unavailable": dict(self.unavailable),
+                "refused": dict(self.refused),
                 "rows": [row.as_dict() for row in self.rows]}
