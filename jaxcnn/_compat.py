@@ -6,6 +6,7 @@ which, and why no public name serves. No other jaxcnn module imports ``jax._src`
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ContextManager
 
 import jax
@@ -194,3 +195,67 @@ def lowering_for_export(ctx: Any) -> bool:
     .for_export``; False where the release lacks it."""
     parameters = getattr(getattr(ctx, "module_context", None), "lowering_parameters", None)
     return bool(getattr(parameters, "for_export", False))
+
+
+# ----------------------------------------------------------------------------- varying types
+# Inside ``jax.shard_map`` with ``check_vma=True`` (JAX 0.6 on) every value's type names the
+# manual mesh axes it varies along (its "vma"): an operand split over an axis varies, a
+# replicated one is invariant. A primitive's result varies along the union of its operands'
+# axes; an operation of two values of different types first casts the invariant one to varying
+# (``jax.lax.pcast(..., to="varying")``, earlier ``jax.lax.pvary``), whose transpose is the
+# ``psum`` that sums a replicated weight's gradient over the devices. Release-dependent: the
+# type's field is ``ShapedArray.vma`` (0.6 to 0.8) or ``manual_axis_type.varying`` (0.9 on);
+# 0.4.30 has no such types (its ``check_rep`` tracks replication beside the values), and there
+# every function below is the identity.
+
+VARYING_TYPES: bool = hasattr(jax, "typeof") and (hasattr(jax.lax, "pcast") or hasattr(jax.lax, "pvary"))
+
+
+def varying_axes(aval: Any) -> frozenset:
+    """The manual mesh axes that values of the abstract value ``aval`` vary along (empty outside
+    a checked ``shard_map`` and on releases without such types)."""
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def to_varying(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` (arrays or tracers) each cast to vary along every axis any of them varies
+    along: the operands of one primitive, typed alike as JAX's own primitives' are."""
+    if not VARYING_TYPES:
+        return values
+    axes = [varying_axes(jax.typeof(v)) for v in values]
+    union = frozenset().union(*axes)
+    if not union:
+        return values
+    pcast = getattr(jax.lax, "pcast", None)
+    cast = (partial(pcast, to="varying") if pcast is not None else jax.lax.pvary)
+    return tuple(v if own == union else cast(v, tuple(sorted(union - own, key=str)))
+                 for v, own in zip(values, axes))
+
+
+def varying_like(aval: Any, operands: tuple[Any, ...]) -> Any:
+    """``aval`` (a shape and dtype) typed as varying along every axis the abstract ``operands``
+    vary along, on the mesh of the first one that does: a primitive's result type."""
+    axes = frozenset().union(*(varying_axes(a) for a in operands))
+    if not axes:
+        return aval
+    like = next(a for a in operands if varying_axes(a))
+    fields = {"sharding": like.sharding.update(spec=jax.sharding.PartitionSpec())}
+    if hasattr(like, "manual_axis_type"):
+        fields["manual_axis_type"] = like.manual_axis_type.update(
+            varying=axes, unreduced=frozenset(), reduced=frozenset())
+    else:
+        fields["vma"] = axes
+    return like.update(shape=aval.shape, dtype=aval.dtype, weak_type=False, **fields)
+
+
+def invariant(aval: Any) -> Any:
+    """``aval`` with no varying axes: what a primitive's lowering traces its computation on,
+    one shard's values, whose arithmetic the type does not change."""
+    if not varying_axes(aval):
+        return aval
+    if hasattr(aval, "manual_axis_type"):
+        return aval.update(manual_axis_type=aval.manual_axis_type.update(varying=frozenset()))
+    return aval.update(vma=frozenset())

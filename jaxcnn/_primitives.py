@@ -30,7 +30,8 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 from jax.interpreters.xla import apply_primitive
 
-from jaxcnn._compat import lowering_for_export, lowering_is_partitioned
+from jaxcnn._compat import (invariant, lowering_for_export, lowering_is_partitioned, to_varying,
+                            varying_like)
 
 __all__ = ["ShapedArray", "custom_calls_allowed", "fold_mapped", "make_primitive", "mapped_axis_first",
            "unfold_mapped"]
@@ -43,8 +44,17 @@ def custom_calls_allowed() -> bool:
     return _CUSTOM_CALLS.get()
 
 
+def _lowering(compute: Callable) -> Callable:
+    """``compute`` as a lowering rule, traced on invariant operands (one shard's values)."""
+    lowered = mlir.lower_fun(compute, multiple_results=False)
+
+    def rule(ctx, *args, **params):
+        return lowered(ctx.replace(avals_in=[invariant(a) for a in ctx.avals_in]), *args, **params)
+    return rule
+
+
 def _platform_lowering(compute: Callable, platform: str) -> Callable:
-    lowered = mlir.lower_fun(partial(compute, platform=platform), multiple_results=False)
+    lowered = _lowering(partial(compute, platform=platform))
 
     def rule(ctx, *args, **params):
         token = _CUSTOM_CALLS.set(not (lowering_is_partitioned(ctx) or lowering_for_export(ctx)))
@@ -53,6 +63,14 @@ def _platform_lowering(compute: Callable, platform: str) -> Callable:
         finally:
             _CUSTOM_CALLS.reset(token)
     return rule
+
+
+class _Primitive(Primitive):
+    """A primitive whose operands are cast alike to varying types before each bind (the module
+    docstring): every bind, the op's own and its rules', goes through here."""
+
+    def bind(self, *args, **params):
+        return super().bind(*to_varying(args), **params)
 
 
 def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., ShapedArray], *,
@@ -64,17 +82,18 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
       compute: ``compute(*arrays, **params)`` in ``jnp``/``lax``; with ``platforms``, it also
         takes ``platform=`` (``None`` for the generic lowering).
       abstract_eval: ``abstract_eval(*avals, **params) -> ShapedArray``, the output's shape and
-        dtype (the params are the static keyword arguments given to ``bind``).
+        dtype (the params are the static keyword arguments given to ``bind``); its varying
+        axes are added here.
       platforms: backends (``"cpu"``, ``"cuda"``, ...) with a lowering of their own.
 
     Returns:
       The primitive, with impl, abstract eval and lowerings registered; derivative and batching
       rules are the caller's.
     """
-    prim = Primitive(f"jaxcnn_{name}")
+    prim = _Primitive(f"jaxcnn_{name}")
     prim.def_impl(partial(apply_primitive, prim))
-    prim.def_abstract_eval(abstract_eval)
-    mlir.register_lowering(prim, mlir.lower_fun(compute, multiple_results=False))
+    prim.def_abstract_eval(lambda *avals, **params: varying_like(abstract_eval(*avals, **params), avals))
+    mlir.register_lowering(prim, _lowering(compute))
     for platform in platforms:
         mlir.register_lowering(prim, _platform_lowering(compute, platform), platform=platform)
     return prim

@@ -219,7 +219,7 @@ def _form(form: str) -> Callable:
     if form == "batch_chunked_loop_conv":
         return partial(conv_forms.loop_conv, batch_chunks=2)
     if form == "row_chunked_loop_conv":
-        return partial(conv_forms.loop_conv, row_chunks=2)
+        return partial(conv_forms.loop_conv, row_chunks=3)      # the 3 output rows of its config
     if form.startswith("native_"):
         return conv_native.FORMS[form[len("native_"):]]
     return getattr(conv_forms, form)
