@@ -26,7 +26,12 @@ from jaxcnn.tolerances import VJP_RTOL
 TOLERANCE = VJP_RTOL   # float64 across libraries: the same sums in other orders (jaxcnn.tolerances)
 ARGUMENT_NAMES = ("x", "w", "b", "dy", "input_shape", "weight_shape", "stride", "padding",
                   "dilation", "groups", "padding_mode", "output_padding", "window", "ceil_mode",
-                  "count_include_pad", "channels_last", "impl", "scale", "bias", "eps")
+                  "count_include_pad", "channels_last", "impl", "scale", "bias", "eps",
+                  # jaxcnn.lax (lax's own argument names) and jaxcnn.sharded
+                  "lhs", "rhs", "window_strides", "lhs_dilation", "rhs_dilation",
+                  "dimension_numbers", "feature_group_count", "batch_group_count", "precision",
+                  "preferred_element_type", "strides", "transpose_kernel",
+                  "use_consistent_padding", "axis_name", "spatial_axis", "mesh")
 
 
 class Refused(Exception):
@@ -40,13 +45,59 @@ class WouldAbort(Exception):
 def _compiled(function: Callable, *args):
     """``jax.jit(function)`` compiled for ``args``, after checking its lowered program for
     convolutions XLA would abort on (compiling one would kill this process)."""
+    return _lowered_and_compiled(function, *args)[1]
+
+
+def _lowered_and_compiled(function: Callable, *args) -> tuple[str, Any]:
+    """The text of ``jax.jit(function)`` lowered for ``args`` and its compiled program."""
     import jax
     from jaxcnn.xla_guard import aborting_convolutions
     lowered = jax.jit(function).lower(*args)
-    found = aborting_convolutions(lowered.as_text())
+    text = lowered.as_text()
+    found = aborting_convolutions(text)
     if found:
         raise WouldAbort(found[0][:600])
-    return lowered.compile()
+    return text, lowered.compile()
+
+
+def _typed_like(ct: Any, y: Any) -> Any:
+    """``ct`` sharded as ``y``'s type says, where the release types values by their sharding
+    (an Explicit mesh): ``jax.vjp`` takes only a cotangent of the output's own type."""
+    import jax
+    typeof = getattr(jax, "typeof", None)
+    spec = tuple(getattr(typeof(y).sharding, "spec", ())) if typeof is not None else ()
+    if all(s is None for s in spec):
+        return ct
+    return jax.sharding.reshard(ct, jax.sharding.PartitionSpec(*spec))
+
+
+def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | None = None
+                 ) -> tuple[list[np.ndarray], str]:
+    """``f``'s value and VJP for ``cotangent(out)`` (``out`` its ShapeDtypeStruct), and with
+    ``tangents`` the second order (the gradient of ``⟨VJP, tangents⟩``), under ``jax.jit``, in
+    ``f``'s own layout; and the lowered text of the first order. A ``ValueError`` or
+    ``TypeError`` from ``f`` on abstract values is a refusal."""
+    import jax
+    import jax.numpy as jnp
+    try:
+        out = jax.eval_shape(f, *args)
+    except (ValueError, TypeError) as error:
+        raise Refused(f"{error}") from error
+    ct = cotangent(out)
+
+    def vjp(*a):
+        y, pull = jax.vjp(f, *a)
+        return y, pull(_typed_like(ct, y))
+
+    text, compiled = _lowered_and_compiled(vjp, *args)
+    y, grads = compiled(*args)
+    results = [np.asarray(y)] + [np.asarray(g) for g in grads]
+    if tangents is not None:
+        h = lambda *a: jnp.real(sum(jnp.sum(jnp.conj(_typed_like(t, g)) * g)
+                                    for g, t in zip(vjp(*a)[1], tangents)))
+        second = _compiled(jax.grad(h, argnums=tuple(range(len(args)))), *args)(*args)
+        results += [np.asarray(g) for g in second]
+    return results, text
 
 
 # ----------------------------------------------------------------------------- arrays and layout
@@ -242,18 +293,53 @@ def _named(message: str) -> bool:
 # ----------------------------------------------------------------------------- the check
 
 
-def _compare(errors: dict, name: str, ours: list, theirs: list) -> None:
+def _compare(errors: dict, name: str, ours: list, theirs: list, error=relative_error) -> None:
     labels = ["y"] + [f"d{i}" for i in range(len(ours) - 1)]
     for label, a, b in zip(labels, ours, theirs):
-        errors[f"{name}:{label}"] = relative_error(a, b)
+        errors[f"{name}:{label}"] = error(a, b)
     if len(ours) != len(theirs):
         errors[f"{name}:count"] = float("inf")
+
+
+def verdict(ours: tuple[str, Any], others: dict[str, tuple[str, Any]], tolerance: float,
+            compare: Callable = _compare, expected_refusal: str | None = None) -> dict:
+    """``check``'s classification for the newer ops, where every side is a JAX function:
+    ``ours`` and each of ``others`` are ``("ok", arrays)`` or ``("refused", message)``. A
+    refusal of ours alone is ``documented`` where ``expected_refusal`` (why) says so."""
+    result: dict = {"status": "ok", "errors": {}}
+    if ours[0] == "refused":
+        result["refusal"] = ours[1]
+        if not _named(ours[1]):
+            result["status"] = "unnamed"
+    if expected_refusal:
+        result["differences"] = [expected_refusal]
+    for name, (state, value) in others.items():
+        if state != ours[0]:
+            documented = expected_refusal is not None and ours[0] == "refused"
+            result["status"] = "documented" if documented else "one_sided"
+            result["detail"] = f"jaxcnn {ours[0]}, {name} {state}: {value if state == 'refused' else ours[1]}"[:800]
+        elif state == "ok":
+            compare(result["errors"], name, ours[1], value)
+    if expected_refusal is not None and ours[0] == "ok" and result["status"] == "ok":
+        result["status"] = "one_sided"
+        result["detail"] = f"expected a refusal ({expected_refusal}); jaxcnn accepted it"
+    if result["status"] == "ok":
+        if ours[0] == "refused":
+            result["status"] = "refused"
+        elif any(not e <= tolerance for e in result["errors"].values()):
+            result["status"] = "mismatch"
+    result["worst"] = max(result["errors"].values(), default=0.0)
+    return result
 
 
 def check(c: dict) -> dict:
     """Run one configuration every way; ``status`` is ``ok``, ``refused`` (by all, with a named
     error), ``documented`` (refused by one side, as ``torch_side.DIFFERENCES`` says),
-    ``mismatch``, ``one_sided`` or ``unnamed`` (a refusal that names no argument)."""
+    ``mismatch``, ``one_sided`` or ``unnamed`` (a refusal that names no argument); the newer
+    families (``configs.FAMILIES``) are checked by their own modules, alike."""
+    from jaxcnn.fuzz import configs
+    if c["op"] in configs.FAMILIES:
+        return configs.family(c["op"]).check(c)
     import jax
     jax.config.update("jax_enable_x64", True)
     import jaxcnn

@@ -22,7 +22,7 @@ from jaxcnn.fuzz import configs, runner
 
 TARGET = "jaxcnn.fuzz.checks:check"
 FAILURES = ("crash", "error", "mismatch", "one_sided", "unnamed")
-COLUMNS = ("configs", "ok", "refused", "documented", *FAILURES, "reference skipped",
+COLUMNS = ("configs", "ok", "refused", "documented", "skipped", *FAILURES, "reference skipped",
            "worst rel. error")
 
 
@@ -34,12 +34,13 @@ def fuzz(n: int, seed: int, ops=configs.OPS, processes: int = 2, chunk: int = 50
 
 
 def summarize(results: list[dict]) -> dict[str, Counter]:
-    """Per op (``conv[lax]``, ``conv[manual]``, ...): counts by status, reference skips, worst error."""
+    """Per op and path (``conv[lax]``, ``conv_float32[lax] / native``, ...): counts by status,
+    reference skips, worst error."""
     table: dict[str, Counter] = defaultdict(Counter)
     worst: dict[str, float] = defaultdict(float)
     for r in results:
         c = r["config"]
-        key = c["op"] + (f"[{c['impl']}]" if "impl" in c else "")
+        key = c["op"] + (f"[{c['impl']}]" if "impl" in c else "") + (f" / {r['path']}" if r.get("path") else "")
         table[key]["configs"] += 1
         table[key][r["status"]] += 1
         table[key]["reference skipped"] += bool(r.get("reference_skipped"))

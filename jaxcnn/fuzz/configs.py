@@ -16,7 +16,13 @@ import random
 CONV_OPS = ("conv", "convolve", "conv_transpose", "conv_input_grad", "conv_weight_grad")
 POOL_OPS = ("max_pool", "avg_pool", "global_avg_pool")
 NORM_OPS = ("group_norm",)
-OPS = CONV_OPS + POOL_OPS + NORM_OPS
+# The newer families, each drawn and checked by its own module (float32 and the native
+# kernels, the jax.lax drop-ins, the sharded runs): op -> module of jaxcnn.fuzz.
+FAMILIES = {"conv_float32": "float32",
+            "lax.conv_general_dilated": "drop_in", "lax.conv_transpose": "drop_in",
+            "sharded.conv": "sharding", "sharded.max_pool": "sharding",
+            "sharded.avg_pool": "sharding", "sharded_input": "sharding"}
+OPS = CONV_OPS + POOL_OPS + NORM_OPS + tuple(FAMILIES)
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
 MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
 
@@ -126,7 +132,15 @@ def draw_group_norm(op: str, rng: random.Random) -> dict:
                 second_order=rng.random() < 0.15)
 
 
+def family(op: str):
+    """The module of jaxcnn.fuzz that draws and checks ``op``, for the newer families."""
+    import importlib
+    return importlib.import_module(f"jaxcnn.fuzz.{FAMILIES[op]}")
+
+
 def draw(op: str, rng: random.Random) -> dict:
+    if op in FAMILIES:
+        return family(op).draw(op, rng)
     if op in NORM_OPS:
         return draw_group_norm(op, rng)
     return draw_pool(op, rng) if op in POOL_OPS else draw_conv(op, rng)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import traceback
 from typing import Callable
@@ -28,9 +29,20 @@ def load(target: str) -> Callable[[dict], dict]:
     return getattr(module, name)
 
 
+def force_devices(configs: list) -> None:
+    """CPU devices for the configurations that ask for them (``"devices"``: the sharded
+    runs), set before anything imports jax (the flag is read once, when jax starts)."""
+    wanted = max((c.get("devices", 0) for c in configs if isinstance(c, dict)), default=0)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if wanted and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={wanted}".strip()
+
+
 def main() -> None:
+    configs = json.loads(sys.stdin.read())
+    force_devices(configs)
     function = load(sys.argv[1])
-    for config in json.loads(sys.stdin.read()):
+    for config in configs:
         try:
             result = function(config)
         except Exception as error:  # noqa: BLE001 - a config's failure is data, not a stop
