@@ -30,6 +30,17 @@ data movement that JAX differentiates itself; every arithmetic op is one of the 
 primitives, whose JVPs and transposes are each other. So ``jax.grad`` of either function, at
 any order and in forward mode, shows ``jaxcnn_conv``, ``jaxcnn_conv_input_grad`` and
 ``jaxcnn_conv_weight_grad`` and no ``conv_general_dilated``.
+
+Other dtypes, as lax takes them:
+
+- **complex**: with ``x = a + ib``, ``w = c + id``, the bilinear map splits into four real
+  ones, ``conv(x, w) = conv(a, c) − conv(b, d) + i·(conv(a, d) + conv(b, c))``, each the real
+  drop-in above. ``real``, ``imag`` and ``complex`` are linear and JAX transposes them itself,
+  so derivatives follow JAX's convention for complex numbers (``jax.grad`` of a real loss is
+  ``∂L/∂Re − i·∂L/∂Im``, the conjugate of PyTorch's) and still run through the family's rules.
+- **bool and integers**: lax's own convolution (exact; no derivative, as in lax: ``jax.grad``
+  refuses integer inputs and ``jax.vjp`` returns ``float0`` cotangents), with lax's
+  ``preferred_element_type`` rule (integer in, wider integer or float out).
 """
 from __future__ import annotations
 
@@ -60,7 +71,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """``jax.lax.conv_general_dilated``, its derivatives jaxcnn's hand-written rules.
 
     Args (as ``jax.lax.conv_general_dilated``, whose docstring is the reference):
-      lhs: a rank ``n + 2`` floating array; rhs: the kernel, same rank and dtype.
+      lhs: a rank ``n + 2`` array of a dtype lax takes (bool, integer, floating, complex);
+        rhs: the kernel, same rank and dtype.
       window_strides: ``n`` ints ≥ 1.
       padding: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"`` (any case) or ``n`` ``(lo, hi)`` pairs,
         negative ones cropping; a string with ``lhs_dilation`` ≠ 1 is refused, as lax does.
@@ -69,7 +81,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         strings in any permutation, e.g. ``("NHWC", "HWIO", "NHWC")``.
       feature_group_count, batch_group_count: as lax (at most one above 1).
       precision: None, a ``Precision``, its name, a pair, or a dot algorithm where lax takes one.
-      preferred_element_type: the accumulation and result dtype (bfloat16 in, float32 out).
+      preferred_element_type: the accumulation and result dtype, by lax's rule (bfloat16 in,
+        float32 out; int8 in, int32 or float32 out; complex64 in, complex128 out).
       out_sharding: None, a ``NamedSharding`` or a ``PartitionSpec``; on an explicit mesh the
         default keeps ``lhs``'s batch and spatial and ``rhs``'s out-feature sharding.
       impl: ``"lax"`` or ``"manual"`` (no convolution primitive), as ``jaxcnn.conv``.
@@ -93,6 +106,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 def _compute(args: LaxConvArgs, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     """The family's layout in, the family's map, the user's layout out."""
+    if jnp.issubdtype(lhs.dtype, jnp.complexfloating):
+        return _complex(args, lhs, rhs)
+    if not jnp.issubdtype(lhs.dtype, jnp.floating):
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, args.strides, args.padding, args.lhs_dilation, args.rhs_dilation,
+            args.dimension_numbers, args.feature_groups, args.batch_groups,
+            precision=args.precision, preferred_element_type=args.preferred_element_type)
     x, w = jnp.transpose(lhs, args.lhs_perm), jnp.transpose(rhs, args.rhs_perm)
     shape = tuple(args.out_shape[a] for a in np.argsort(args.out_perm))    # family layout
     out_dtype = args.preferred_element_type or lhs.dtype
@@ -108,6 +128,17 @@ def _compute(args: LaxConvArgs, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     else:
         y = _family(args, x, w, shape)
     return jnp.transpose(y, args.out_perm)
+
+
+def _complex(args: LaxConvArgs, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``(a + ib) ⋆ (c + id) = a ⋆ c − b ⋆ d + i·(a ⋆ d + b ⋆ c)``, four real convolutions
+    (not Gauss's three: ``(a + b) ⋆ (c + d)`` would cancel digits that lax keeps)."""
+    out = args.preferred_element_type
+    real = dataclasses.replace(
+        args, preferred_element_type=None if out is None else jnp.finfo(out).dtype)
+    a, b, c, d = jnp.real(lhs), jnp.imag(lhs), jnp.real(rhs), jnp.imag(rhs)
+    return jax.lax.complex(_compute(real, a, c) - _compute(real, b, d),
+                           _compute(real, a, d) + _compute(real, b, c))
 
 
 def _family(args: LaxConvArgs, x: jax.Array, w: jax.Array, shape: tuple[int, ...]) -> jax.Array:

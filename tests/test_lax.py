@@ -278,7 +278,10 @@ def test_bad_arguments_name_the_argument(rng, kwargs, error, name):
 
 def test_bad_operands_name_the_operand(rng):
     lhs, rhs = random_array(rng, (4, 2, 7, 6)), random_array(rng, (4, 2, 3, 2))
-    with pytest.raises(TypeError, match="^lhs:"):
+    keys = jax.random.split(jax.random.key(0), 4 * 2 * 7 * 6).reshape(4, 2, 7, 6)
+    with pytest.raises(TypeError, match="^lhs:"):     # lax refuses it too (test_lax_dtypes)
+        jlax.conv_general_dilated(keys, rhs, (1, 1), "VALID")
+    with pytest.raises(TypeError, match="^rhs:"):
         jlax.conv_general_dilated(jnp.ones((4, 2, 7, 6), jnp.int32), rhs, (1, 1), "VALID")
     with pytest.raises(TypeError, match="^rhs:"):
         jlax.conv_general_dilated(lhs, rhs.astype(jnp.float32), (1, 1), "VALID")

@@ -2,7 +2,8 @@
 
 Every form lax accepts is accepted (and checked here, with a message naming the argument,
 before anything reaches XLA); the result is one of the family's two layouts with the
-permutations that lead to and from it.
+permutations that lead to and from it. So is every dtype lax accepts (bool, integers, floats,
+complex), with lax's ``preferred_element_type`` rule; what lax refuses is a ``TypeError`` here.
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import numpy as np
 
 from jaxcnn._shapes import (LAX_PADDING_STRINGS, Pads, dilated_size, is_int, lax_output_size,
                             lax_padding)
-from jaxcnn._args.common import (IMPLS, as_float_array, choice, element_type, hashable_precision,
-                                 int_tuple)
+from jaxcnn._args.common import IMPLS, choice, hashable_precision, int_tuple
 
 Perm = tuple[int, ...]
 
@@ -63,6 +63,58 @@ def dimension_numbers_of(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
                          f"({err})") from err
 
 
+# The element kinds lax's conv takes (its ``_any``), in the words of the messages.
+_KINDS = ((np.bool_, "bool"), (np.signedinteger, "signed integer"),
+          (np.unsignedinteger, "unsigned integer"), (np.floating, "floating"),
+          (np.complexfloating, "complex"))
+
+
+def _kind(dtype: Any) -> str | None:
+    return next((name for kind, name in _KINDS if jnp.issubdtype(dtype, kind)), None)
+
+
+def _operand(value: Any, name: str) -> jax.Array:
+    """``value`` as an array of a dtype lax's conv takes, else ``TypeError`` naming ``name``."""
+    if value is None:
+        raise TypeError(f"{name}: expected an array; got None")
+    try:
+        array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected an array; got {type(value).__name__}") from err
+    if _kind(array.dtype) is None:
+        raise TypeError(f"{name}: expected a bool, integer, floating or complex dtype (as "
+                        f"jax.lax.conv_general_dilated); got {array.dtype}")
+    return array
+
+
+def preferred_type(operands: Any, preferred_element_type: Any) -> Any:
+    """lax's rule for ``preferred_element_type`` given the operands' dtype (``None``: theirs).
+
+    As ``jax.lax``'s ``_validate_preferred_element_type``: integers may widen to integers of
+    their signedness (unsigned ones also to signed) or go to any float; floats to floats,
+    complex to complex; bool to anything; never to fewer bytes.
+    """
+    if preferred_element_type is None:
+        return None
+    try:
+        out = jnp.dtype(preferred_element_type)
+    except TypeError as err:
+        raise TypeError(f"preferred_element_type: expected None or a dtype; got "
+                        f"{preferred_element_type!r}") from err
+    source, target = _kind(operands), _kind(out)
+    integer = ("signed integer", "unsigned integer")
+    allowed = {"bool": {t for _, t in _KINDS}, "signed integer": {"signed integer", "floating"},
+               "unsigned integer": {*integer, "floating"}, "floating": {"floating"},
+               "complex": {"complex"}}[source]
+    if target not in allowed:
+        raise TypeError(f"preferred_element_type: expected a {' or '.join(sorted(allowed))} "
+                        f"dtype for {operands} operands (as jax.lax); got {out}")
+    if out.itemsize < jnp.dtype(operands).itemsize:
+        raise TypeError(f"preferred_element_type: expected a dtype at least as wide as the "
+                        f"operands' {operands}; got {out}")
+    return out
+
+
 def _dilation(value: Any, n: int, name: str) -> tuple[int, ...]:
     return (1,) * n if value is None else int_tuple(value, n, name)
 
@@ -106,8 +158,8 @@ def normalize_lax_conv(lhs: Any, rhs: Any, window_strides: Any, padding: Any, lh
                        batch_group_count: Any, precision: Any, preferred_element_type: Any,
                        impl: Any) -> LaxConvArgs:
     """Validate ``jaxcnn.lax.conv_general_dilated``'s arguments as lax would, naming each."""
-    lhs = as_float_array(lhs, "lhs")
-    rhs = as_float_array(rhs, "rhs")
+    lhs = _operand(lhs, "lhs")
+    rhs = _operand(rhs, "rhs")
     if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(f"rhs: expected as many dimensions as lhs (at least 2); got shapes "
                          f"{tuple(lhs.shape)} and {tuple(rhs.shape)}")
@@ -122,10 +174,7 @@ def normalize_lax_conv(lhs: Any, rhs: Any, window_strides: Any, padding: Any, lh
     batch_groups = _group_count(batch_group_count, "batch_group_count")
     impl = choice(impl, IMPLS, "impl")
     precision = hashable_precision(precision)
-    out_type = element_type(preferred_element_type)
-    if out_type is not None and jnp.finfo(out_type).bits < jnp.finfo(lhs.dtype).bits:
-        raise TypeError(f"preferred_element_type: expected a dtype at least as wide as the "
-                        f"operands' {lhs.dtype}; got {out_type}")
+    out_type = preferred_type(lhs.dtype, preferred_element_type)
 
     lhs_shape = tuple(lhs.shape[a] for a in dn.lhs_spec)      # (N, C, *S)
     rhs_shape = tuple(rhs.shape[a] for a in dn.rhs_spec)      # (O, I, *K)
