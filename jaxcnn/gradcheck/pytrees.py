@@ -3,8 +3,9 @@ r"""Gradient checks for any function of pytrees, in reverse and forward mode, ba
 ``check_modes(f, args)`` differentiates ``f(*args)`` (an output pytree) with respect to every
 floating-point leaf of ``args`` (a model's params dict, an input array), one leaf at a time,
 the others held fixed, and names each leaf by its path (``params[0]['w']``:
-``jax.tree_util.keystr`` after the argument's name). For a leaf ``x`` and ``k`` random
-directions ``uᵢ`` (x's shape) and cotangents ``vᵢ`` (the output's size), in float64:
+``jax.tree_util.keystr`` after the argument's name). For a leaf ``x``, ``k`` random
+directions ``uᵢ`` (x's shape) and ``k`` random cotangents ``vᵢ`` (the output's size, shared by
+the leaves), PyTorch's fast mode, in float64:
 
 - ``rev vs reference``: the VJP rows ``vᵢᵀJ`` against those of JAX autodiff of ``reference``;
 - ``rev vs finite differences``: ``⟨vᵢᵀJ, uᵢ⟩`` against ``⟨vᵢ, (f(x+εuᵢ) − f(x−εuᵢ)) / 2ε⟩``;
@@ -15,8 +16,14 @@ directions ``uᵢ`` (x's shape) and cotangents ``vᵢ`` (the output's size), in 
   ``uᵢ``) against the per-example results stacked (PyTorch's ``check_batched_grad`` and
   ``check_batched_forward_grad``).
 
-Each per-example result is computed one direction at a time (no ``vmap``), so that a wrong
-batching rule shows in the batched rows only. ``order=2`` repeats every check on
+With ``full_jacobian=True`` the ``uᵢ`` and ``vᵢ`` are the basis vectors, and the two reverse-mode
+rows compare the whole Jacobian ``J``, row by row, with ``J`` column by column.
+
+Every leaf and direction is checked in one compiled program per order (compiling is nearly
+all the cost). The per-example results loop over the directions and cotangents with
+``lax.map`` (not ``vmap``), so that a wrong batching rule shows in the batched rows only.
+A mode ``f`` cannot run (forward mode of a ``jax.custom_vjp``) is not applicable, not a
+failure, unless ``modes`` names it. ``order=2`` repeats every check on
 ``(leaves, v) ↦ vjp(f, leaves)(v)``, the function whose derivative grad-of-grad and
 Hessian-vector products evaluate (its extra argument ``v`` is reported as ``v``, by the
 output's paths). With no ``reference`` the checks against it are left out, as
@@ -51,7 +58,8 @@ def leaves_with_paths(args: Sequence[Any], names: Sequence[str]) -> tuple[list, 
     where = [i for i, (_, leaf) in enumerate(flat) if _is_float_leaf(leaf)]
     paths = [names[path[0].idx] + jax.tree_util.keystr(tuple(path[1:])) for path, _ in
              (flat[i] for i in where)]
-    leaves = [jnp.asarray(flat[i][1], jnp.float64) for i in where]
+    # Cast on the host: an eager jnp cast compiles a program per leaf shape.
+    leaves = [jnp.asarray(np.asarray(flat[i][1], np.float64)) for i in where]
     others = [leaf for _, leaf in flat]
 
     def rebuild(float_leaves):
@@ -218,8 +226,9 @@ def _evaluate(F, F_ref, modes, batched, eps, counts):
 
     Direction ``j`` (of ``sum(counts)``) moves one leaf, ``owner[j]``, along its direction
     ``row[j]``; the other leaves' tangents are zero. The per-example results loop over the
-    directions and cotangents with ``lax.map`` (compiled once, and no batching rule of ``f``
-    involved, so that a wrong one shows in the batched rows only); ``vmap`` batches them."""
+    directions (finite differences and JVP in one loop body) and the cotangents with
+    ``lax.map``: compiled once, and no batching rule of ``f`` involved, so that a wrong one
+    shows in the batched rows only; ``vmap`` batches them."""
     def run(leaves, directions, cotangents):
         owner = jnp.repeat(jnp.arange(len(counts)), np.asarray(counts), total_repeat_length=sum(counts))
         row = jnp.concatenate([jnp.arange(n) for n in counts])
@@ -234,27 +243,27 @@ def _evaluate(F, F_ref, modes, batched, eps, counts):
             shifted = lambda sign: g(F)(*(x + sign * eps * d for x, d in zip(leaves, t)))
             return (shifted(1.0) - shifted(-1.0)) / (2 * eps)
 
-        def jvp(fn):
-            return lambda j: jax.jvp(g(fn), leaves, tangent(j))[1]
-
+        jvp = lambda fn: (lambda j: jax.jvp(g(fn), leaves, tangent(j))[1])
         every = jnp.arange(len(owner))
         y, pull = jax.vjp(g(F), *leaves)
-        out = {"fd": jax.lax.map(central, every)}
-        if F_ref is not None:
-            y_ref, pull_ref = jax.vjp(g(F_ref), *leaves)
-            out.update(y=y, y_ref=y_ref)
-        if "rev" in modes:
-            out["vjp"] = jax.lax.map(pull, cotangents)
-            if F_ref is not None:
-                out["vjp_ref"] = jax.vmap(pull_ref)(cotangents)
-            if batched:
-                out["vjp_batched"] = jax.vmap(pull)(cotangents)
+        out = {}
         if "fwd" in modes:
-            out["jvp"] = jax.lax.map(jvp(F), every)
+            out["fd"], out["jvp"] = jax.lax.map(lambda j: (central(j), jvp(F)(j)), every)
             if F_ref is not None:
                 out["jvp_ref"] = jax.vmap(jvp(F_ref))(every)
             if batched:
                 out["jvp_batched"] = jax.vmap(jvp(F))(every)
+        else:
+            out["fd"] = jax.lax.map(central, every)
+        if "rev" in modes:
+            out["vjp"] = jax.lax.map(pull, cotangents)
+            if batched:
+                out["vjp_batched"] = jax.vmap(pull)(cotangents)
+        if F_ref is not None:
+            y_ref, pull_ref = jax.vjp(g(F_ref), *leaves)
+            out.update(y=y, y_ref=y_ref)
+            if "rev" in modes:
+                out["vjp_ref"] = jax.vmap(pull_ref)(cotangents)
         return out
     return run
 
