@@ -1,7 +1,9 @@
 """``jaxcnn.fuzz``: the crash-isolating runner, the comparison, the documented differences,
 every failure the fuzzer ever found (now passing), the lowering forms at the edges of their
-shapes, group_norm's edges and refusals, and a bounded random sample of every op (the CI
-sample: its seed rotates with the commit, so each commit fuzzes new configurations).
+shapes, group_norm's edges and refusals, the newer families (float32 and the native kernels,
+the jax.lax drop-ins, the sharded runs) on fixed cases, and a bounded random sample of every
+op and path (the CI sample: its seed rotates with the commit, so each commit fuzzes new
+configurations).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from jaxcnn.fuzz import checks, command, configs, runner, torch_side
+from jaxcnn.fuzz import checks, command, configs, drop_in, float32, runner, sharding, torch_side, worker
 
 HERE = pathlib.Path(__file__).parent
 REGRESSIONS = HERE / "fuzz_regressions.json"
@@ -263,6 +265,8 @@ CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", "240"))
 
 
 def test_random_sample_of_every_op():
+    """Every op, the newer families' paths too: float32 through the native kernels (where
+    they exist) and XLA, the sharded runs under jit and inside a checked shard_map."""
     pytest.importorskip("torch")
     seed = _rotating_seed()
     results = command.fuzz(CI_SAMPLE, seed)
@@ -274,3 +278,158 @@ def test_random_sample_of_every_op():
     ok = sum(r["status"] == "ok" for r in results)
     assert ok >= CI_SAMPLE // 2, table          # most draws are legal and really compared
     assert {r["config"]["op"] for r in results if r["status"] == "ok"} == set(configs.OPS), table
+    paths = {r["path"] for r in results if r["status"] == "ok" and "path" in r}
+    from jaxcnn import conv_native
+    wanted = {"xla", "jit (auto)", "shard_map (auto) check_vma"} | ({"native"} if conv_native.available() else set())
+    assert wanted <= paths, (sorted(paths), table)
+
+
+# ----------------------------------------------------------------------------- the newer families
+
+def test_float32_error_is_relative_to_the_magnitude_of_each_sum():
+    """|a − b| / Σ|terms| element by element: a cancelling sum (b = 1e-3 of Σ|terms| = 10)
+    keeps a float32-sized error small, a wrong term (0.5 off) is flagged, an element with
+    nothing summed must be exactly zero."""
+    b, magnitude = np.array([1e-3, 4.0, 0.0]), np.array([10.0, 4.0, 0.0])
+    assert float32.magnitude_error(b + np.array([1e-6, 0.0, 0.0]), b, magnitude) == pytest.approx(1e-7)
+    assert float32.magnitude_error(b + np.array([0.0, 0.5, 0.0]), b, magnitude) > float32.TOLERANCE
+    assert float32.magnitude_error(b + np.array([0.0, 0.0, 1e-30]), b, magnitude) == np.inf
+    assert float32.magnitude_error(np.array([np.nan, 4.0, 0.0]), b, magnitude) == np.inf
+
+
+def _float32(**changes) -> dict:
+    base = dict(op="conv_float32", n=2, impl="lax", channels_last=True, batch=2, groups=1,
+                channels=16, out_channels=32, kernel=[3, 3], stride=[1, 1], dilation=[1, 1],
+                padding="SAME", bias=True, padding_mode="zeros", sizes=[7, 6], seed=3,
+                second_order=False)
+    return {**base, **changes}
+
+
+def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_torch():
+    """The path is read from the lowered program: native where ``conv_native`` applies (on a
+    jax with ``jax.ffi`` and a compiler), XLA for channels first or few channels."""
+    pytest.importorskip("torch")
+    from jaxcnn import conv_native
+    cases = {"native": _float32(), "channels first": _float32(channels_last=False),
+             "few channels": _float32(channels=3), "3d strided": _float32(
+                 n=3, kernel=[2, 3, 1], stride=[2, 1, 1], dilation=[1, 1, 2], sizes=[5, 4, 3],
+                 padding=[[1, 0], [1, 1], [0, 0]])}
+    results = runner.run(command.TARGET, [{**c, "name": k} for k, c in cases.items()], processes=1,
+                         chunk=len(cases))
+    paths = {r["config"]["name"]: r["path"] for r in results}
+    assert all(r["status"] == "ok" and set(r["errors"]) == {"torch:y", "torch:d0", "torch:d1", "torch:d2"}
+               for r in results), results
+    native = "native" if conv_native.available() else "xla"
+    assert paths == {"native": native, "channels first": "xla", "few channels": "xla", "3d strided": native}
+
+
+def _drop_in(**changes) -> dict:
+    base = dict(op="lax.conv_general_dilated", n=2, impl="lax", seed=5, second_order=True,
+                batch=2, channels=4, out_channels=6, kernel=[2, 3], sizes=[5, 6],
+                rhs_dilation=[1, 2], dimension_numbers=["NHWC", "HWIO", "NHWC"], precision="highest",
+                dtype="float64", groups=2, batch_groups=1, window_strides=[2, 1],
+                lhs_dilation=None, preferred_element_type=None, padding=[[1, -1], [0, 2]])
+    return {**base, **changes}
+
+
+DROP_IN = {   # name: (configuration, status, what the result must hold)
+    "grouped, cropped, rhs-dilated, order 2": (_drop_in(), "ok", ["jax.lax:d3"]),
+    "batch groups, lhs dilation, permuted layouts": (
+        _drop_in(groups=1, batch_groups=2, lhs_dilation=[2, 1], dimension_numbers=["HCWN", "IHOW", "WNCH"],
+                 second_order=False, impl="manual"), "ok", ["jax.lax:d1"]),
+    "string padding with lhs dilation": (_drop_in(padding="SAME", lhs_dilation=[2, 2]), "refused", ["padding:"]),
+    "both group counts": (_drop_in(batch_groups=2, out_channels=4), "refused", ["batch_group_count:"]),
+    "conv_transpose, transposed kernel": (
+        dict(_drop_in(op="lax.conv_transpose", groups=1, strides=[2, 3], transpose_kernel=True,
+                      out_channels=3, padding="VALID", use_consistent_padding=False)), "ok", ["jax.lax:d1"]),
+}
+
+
+def test_drop_ins_against_jax_lax_and_their_refusals():
+    """Values, both VJPs and the second order against jax.lax's autodiff; what lax refuses,
+    jaxcnn.lax refuses too, naming the argument."""
+    results = runner.run(command.TARGET, [{**c, "name": k} for k, (c, _, _) in DROP_IN.items()],
+                         processes=1, chunk=len(DROP_IN))
+    for result in results:
+        name = result["config"]["name"]
+        _, status, holds = DROP_IN[name]
+        assert result["status"] == status, (name, result)
+        if status == "ok":
+            assert all(key in result["errors"] for key in holds), (name, result["errors"])
+        else:
+            assert result["refusal"].startswith(holds[0]), (name, result["refusal"])
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzzer: jaxcnn.lax.conv_transpose takes "
+                   "padding='same' (lower case) with a stride, which jax.lax.conv_transpose refuses")
+def test_drop_in_conv_transpose_refuses_lower_case_padding_as_lax_does():
+    config = dict(_drop_in(op="lax.conv_transpose", groups=1, strides=[2, 1], transpose_kernel=False,
+                           out_channels=3, padding="same", use_consistent_padding=False,
+                           dimension_numbers=None, second_order=False))
+    assert checks.check(config)["status"] == "refused"
+
+
+def test_sharded_tiling_by_hand():
+    """L = 12 in 2 shards of 6: kernel 3 tiles with lo + hi = 2 (SAME) or 1 at stride 2;
+    padding (0, 0) gives 10 outputs, not 12; a halo of 4 does not fit a shard of 3."""
+    conv = dict(op="sharded.conv", inner="conv", n=1, shards=2, spatial_axis=0, kernel=[3],
+                stride=[1], dilation=[1], sizes=[12], padding="SAME", padding_mode="zeros", batch=1)
+    assert sharding.tiles(conv)
+    assert sharding.tiles({**conv, "stride": [2], "padding": [[1, 0]]})
+    assert not sharding.tiles({**conv, "padding": [[0, 0]]})
+    assert not sharding.tiles({**conv, "kernel": [5], "dilation": [2], "sizes": [6], "padding": "SAME"})
+    pool = dict(op="sharded.max_pool", inner="max_pool", n=1, shards=4, spatial_axis=0, window=[3],
+                stride=[1], dilation=[1], sizes=[12], padding=[1], ceil_mode=False)
+    assert sharding.tiles(pool) and not sharding.tiles({**pool, "padding": [0]})
+
+
+def test_worker_forces_cpu_devices_for_the_sharded_configurations(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    worker.force_devices([{"op": "conv"}])
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1"
+    worker.force_devices([{"op": "conv"}, {"op": "sharded.conv", "devices": 8}])
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"
+
+
+def _sharded(op: str, **changes) -> dict:
+    inner = op.split(".")[-1]
+    base = dict(op=op, inner=inner, n=2, channels_last=False, batch=2, channels=3, seed=9,
+                second_order=False, sizes=[8, 5], stride=[1, 1], dilation=[1, 1], devices=8,
+                shards=4, spatial_axis=0, path="shard_map", mesh_kind="auto", check_vma=True)
+    if inner == "conv":
+        base.update(impl="manual", groups=1, out_channels=2, kernel=[3, 2], padding="SAME",
+                    padding_mode="circular", bias=True)
+    else:
+        base.update(window=[3, 2], padding=[1, 0], ceil_mode=False, count_include_pad=False)
+    return {**base, **changes}
+
+
+SHARDED = {   # name: (configuration, status, path)
+    "conv, checked shard_map, manual, circular": (_sharded("sharded.conv"), "ok", "shard_map (auto) check_vma"),
+    "max_pool on mesh=, channels last, order 2": (
+        _sharded("sharded.max_pool", path="mesh", channels_last=True, second_order=True), "ok", "mesh (auto)"),
+    "avg_pool, a split that does not tile": (
+        _sharded("sharded.avg_pool", padding=[0, 0]), "documented", "shard_map (auto) check_vma"),
+    "conv_transpose, batch-sharded input, checked shard_map": (
+        dict(_sharded("sharded_input", inner="conv_transpose", impl="lax", groups=1, out_channels=2,
+                      kernel=[3, 2], padding=1, padding_mode="zeros", bias=True, output_padding=[0, 0],
+                      batch=4), placement="batch"), "ok", "shard_map (auto) check_vma"),
+    "max_pool, spatially sharded input under jit": (
+        dict(_sharded("sharded_input", inner="max_pool", window=[2, 2], padding=[0, 0], path="jit"),
+             placement="spatial"), "ok", "jit (auto)"),
+}
+
+
+def test_sharded_runs_against_the_unsharded_op():
+    """Values and every VJP (and order 2) of the sharded runs equal the unsharded op's; a
+    split that does not tile is refused by jaxcnn.sharded alone, naming the padding."""
+    results = runner.run(command.TARGET, [{**c, "name": k} for k, (c, _, _) in SHARDED.items()],
+                         processes=1, chunk=len(SHARDED))
+    for result in results:
+        name = result["config"]["name"]
+        _, status, path = SHARDED[name]
+        assert (result["status"], result["path"]) == (status, path), (name, result)
+        if status == "ok":
+            assert "unsharded:d0" in result["errors"], (name, result["errors"])
+        else:
+            assert result["refusal"].startswith("padding:"), (name, result)
