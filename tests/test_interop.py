@@ -8,7 +8,8 @@ input dilations, feature groups, 1D–4D and extra batch axes; the ``manual`` im
 The gradient's jaxpr holds jaxcnn's primitives and no ``conv_general_dilated``.
 
 Flax's ``ConvTranspose`` (NNX and Linen) calls ``lax.conv_transpose`` itself and takes no
-convolution argument, so it is not here; ``jaxcnn.lax.conv_transpose`` is tested in
+convolution argument: ``jaxcnn.flax`` subclasses it, and ``test_flax.py`` holds it (and
+``jaxcnn.flax``'s pooling) to the stock layers; ``jaxcnn.lax.conv_transpose`` is tested in
 ``test_lax.py``. Equinox's layers are in ``test_equinox.py``.
 """
 from __future__ import annotations
