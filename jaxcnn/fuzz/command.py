@@ -7,7 +7,7 @@ one-lax-call pieces, each chunk of configurations in its own worker process.
 Prints a summary table per op and writes ``summary.md``, ``failures.json`` (each failure with
 its configuration: a reproducer) and ``results.jsonl`` (every configuration) to ``--out``.
 Exit status 1 if anything crashed, disagreed, was refused by one side only or was refused
-with a message that names no argument.
+with a message that names no argument; ``skipped``: a path this JAX release cannot run.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from jaxcnn.fuzz import configs, runner
 TARGET = "jaxcnn.fuzz.checks:check"
 FAILURES = ("crash", "error", "mismatch", "one_sided", "unnamed")
 COLUMNS = ("configs", "ok", "refused", "documented", "skipped", *FAILURES, "reference skipped",
-           "worst rel. error")
+           "worst rel. error", "s / config")
 
 
 def fuzz(n: int, seed: int, ops=configs.OPS, processes: int = 2, chunk: int = 50,
@@ -38,6 +38,7 @@ def summarize(results: list[dict]) -> dict[str, Counter]:
     reference skips, worst error."""
     table: dict[str, Counter] = defaultdict(Counter)
     worst: dict[str, float] = defaultdict(float)
+    seconds: dict[str, float] = defaultdict(float)     # each worker's own time, compiling included
     for r in results:
         c = r["config"]
         key = c["op"] + (f"[{c['impl']}]" if "impl" in c else "") + (f" / {r['path']}" if r.get("path") else "")
@@ -45,21 +46,30 @@ def summarize(results: list[dict]) -> dict[str, Counter]:
         table[key][r["status"]] += 1
         table[key]["reference skipped"] += bool(r.get("reference_skipped"))
         worst[key] = max(worst[key], r.get("worst", 0.0) if r["status"] == "ok" else 0.0)
+        seconds[key] += r.get("seconds", 0.0)
     for key in table:
         table[key]["worst rel. error"] = worst[key]
+        table[key]["s / config"] = seconds[key] / table[key]["configs"]
     return dict(sorted(table.items()))
+
+
+AVERAGES = ("worst rel. error", "s / config")
+
+
+def _cell(column: str, value) -> str:
+    return f"{value:.1e}" if column == "worst rel. error" else f"{value:.2f}" if column == "s / config" else str(value)
 
 
 def markdown(table: dict[str, Counter]) -> str:
     lines = ["| op | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     total: Counter = Counter()
     for key, row in table.items():
-        cells = [f"{row['worst rel. error']:.1e}" if col.startswith("worst") else str(row[col])
-                 for col in COLUMNS]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-        total.update({col: row[col] for col in COLUMNS if not col.startswith("worst")})
-    worst = max((row["worst rel. error"] for row in table.values()), default=0.0)
-    cells = [f"{worst:.1e}" if col.startswith("worst") else str(total[col]) for col in COLUMNS]
+        lines.append(f"| {key} | " + " | ".join(_cell(col, row[col]) for col in COLUMNS) + " |")
+        total.update({col: row[col] for col in COLUMNS if col not in AVERAGES})
+        total["seconds"] += row["s / config"] * row["configs"]
+    total["worst rel. error"] = max((row["worst rel. error"] for row in table.values()), default=0.0)
+    total["s / config"] = total["seconds"] / max(total["configs"], 1)
+    cells = [_cell(col, total[col]) for col in COLUMNS]
     lines.append("| **all** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -167,6 +167,10 @@ def check(c: dict) -> dict:
     import jaxcnn
     if len(jax.devices()) < c["shards"]:
         return {"status": "error", "detail": f"{len(jax.devices())} devices; expected {c['shards']}"}
+    if c["path"] == "shard_map" and c["check_vma"] and not hasattr(jax, "shard_map"):
+        return {"status": "skipped", "path": "shard_map check_rep",
+                "detail": "a checked shard_map needs jax.shard_map's check_vma (JAX 0.6 on): "
+                          "0.4.30's check_rep has no replication rules for jaxcnn's primitives"}
     plain = {**c, "op": c["inner"]}
     kinds, shapes = zip(*checks._shapes(plain))
     rng = np.random.default_rng(c["seed"])

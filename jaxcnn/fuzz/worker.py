@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -43,12 +44,14 @@ def main() -> None:
     force_devices(configs)
     function = load(sys.argv[1])
     for config in configs:
+        started = time.perf_counter()
         try:
             result = function(config)
         except Exception as error:  # noqa: BLE001 - a config's failure is data, not a stop
             result = {"status": "error",
                       "detail": f"{type(error).__name__}: {error}"[:2000],
                       "trace": traceback.format_exc(limit=4)[-1500:]}
+        result["seconds"] = round(time.perf_counter() - started, 3)    # compiling included
         print(MARK + json.dumps({"config": config, **result}, default=str), flush=True)
 
 
