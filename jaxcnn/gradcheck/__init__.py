@@ -4,6 +4,7 @@
   order 1 or 2) and ``check_dtype`` (a low-precision dtype against the float64 reference);
 - ``pytrees``: ``check_modes`` and ``assert_grads``: any function of pytrees, reverse and
   forward mode, batched (``vmap``), order 1 or 2, each leaf named by its path;
+- ``twins``: the default oracle, for jaxcnn's own ops only, found by identity (never by name);
 - ``report``: the ``Report`` and ``ModeReport`` they return, their rows and ``GradcheckError``;
 - ``matrix``: the configurations ``jaxcnn gradcheck`` runs (every op × 1D/2D/3D × options);
 - ``command``: ``jaxcnn gradcheck`` itself (``main``).
