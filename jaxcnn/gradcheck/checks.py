@@ -195,8 +195,9 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
             rows += _compare(_vjp_of(g), None if g_ref is None else _vjp_of(g_ref), primals + (v,),
                              diff_names + ["v"], 2, rng, **options)
     if reference is None:
-        precision += ("; no reference (f is none of jaxcnn's ops and none was passed): the autodiff columns "
-                      "compare f's VJP with f's own JVP (consistency), and finite differences")
+        precision += ("; no reference (f is none of jaxcnn's ops and none was passed): the "
+                      "autodiff columns compare f's VJP with f's own JVP (consistency), and "
+                      "finite differences")
     report = Report(getattr(f, "__name__", repr(f)), f"{precision}, eps={eps:g}", tuple(rows))
     if raise_on_failure and not report.ok:
         raise GradcheckError("\n" + report.table())
