@@ -263,7 +263,7 @@ def _rotating_seed() -> int:
         return 0
 
 
-CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", "240"))
+CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(14 * len(configs.OPS))))   # 14 a op: ~1 min on 2 cores
 
 
 def test_random_sample_of_every_op():

@@ -21,7 +21,7 @@ from jaxcnn.tolerances import RTOL
 
 OPS = ("lax.conv_general_dilated", "lax.conv_transpose")
 TOLERANCE = RTOL["float64"]
-COMPLEX = False     # complex128 draws: on once jaxcnn.lax takes complex operands
+COMPLEX = True      # complex128 draws (the drop-ins take what lax takes)
 # jax.lax.conv_transpose refuses padding "same" in lower case with a stride > 1 (it passes the
 # string on to conv_general_dilated with lhs dilation); jaxcnn.lax takes it (test_fuzz's
 # xfail). On once jaxcnn refuses it too.
