@@ -323,8 +323,13 @@ def verdict(ours: tuple[str, Any], others: dict[str, tuple[str, Any]], tolerance
     if expected_refusal is not None and ours[0] == "ok" and result["status"] == "ok":
         result["status"] = "one_sided"
         result["detail"] = f"expected a refusal ({expected_refusal}); jaxcnn accepted it"
+    return _settle(result, ours[0] == "refused", tolerance)
+
+
+def _settle(result: dict, refused: bool, tolerance: float) -> dict:
+    """Where nothing failed yet: ``refused`` (by every side) or ``mismatch`` past the tolerance."""
     if result["status"] == "ok":
-        if ours[0] == "refused":
+        if refused:
             result["status"] = "refused"
         elif any(not e <= tolerance for e in result["errors"].values()):
             result["status"] = "mismatch"
@@ -383,13 +388,7 @@ def check(c: dict) -> dict:
         _compare_forms(result["errors"], c, rng)
     if known and ours[0] == "refused" and "torch" not in others:
         result["status"] = "documented"    # PyTorch not run (memory-unsafe there)
-    if result["status"] == "ok":
-        if ours[0] == "refused":
-            result["status"] = "refused"
-        elif any(not e <= TOLERANCE for e in result["errors"].values()):
-            result["status"] = "mismatch"
-    result["worst"] = max(result["errors"].values(), default=0.0)
-    return result
+    return _settle(result, ours[0] == "refused", TOLERANCE)
 
 
 # ----------------------------------------------------------------------------- the forms
