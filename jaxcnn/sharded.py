@@ -26,10 +26,10 @@ transpose (the weight is replicated).
 Two ways in: inside your own ``jax.shard_map`` call ``conv(x_block, w, b, axis_name=...,
 spatial_axis=...)`` on the local block (output: the local block of the global output, split
 the same way); or pass ``mesh=`` and the global array, and ``conv`` runs the ``shard_map``.
-Your own ``shard_map`` needs ``check_vma=False`` (``check_rep=False`` on JAX 0.4.30) for
-gradients: jaxcnn's conv and pooling primitives do not yet type their results by the mesh
-axes they vary along, and JAX's transpose then refuses their cotangents (so does plain
-``jaxcnn.conv`` inside a checked ``shard_map``). ``mesh=`` does this for you.
+Your own ``shard_map`` may check types (``check_vma=True``, JAX's default: jaxcnn's primitives
+type their results by the mesh axes they vary along, ``jaxcnn._primitives``) or not; on JAX
+0.4.30 it needs ``check_rep=False`` (that release's replication checker has no rules for
+jaxcnn's primitives). ``mesh=`` runs an unchecked one, on any release.
 
 Why the exchange is a ``jax.custom_vjp`` and not a primitive: the ``ppermute``s stay visible
 in the jaxpr (no all-gather hides there), at the price of forward mode (``jax.jvp`` of a

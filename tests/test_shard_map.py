@@ -197,6 +197,31 @@ def test_native_kernels_data_parallel_step_matches_unsharded(check, rng):
     _assert_data_parallel(case, check, rng, "native conv")
 
 
+@CHECKED.marks[0]
+def test_hessian_vector_and_per_example_gradients_inside_checked_shard_map(rng):
+    """Second order (``jax.jvp`` of ``jax.grad``: the rules' rules) and ``jax.vmap`` (the batching
+    rules) inside a checked ``shard_map``, through conv, group norm and max pooling, against
+    the unsharded program. Each device's copy of ``w`` (``_per_device``) keeps per-example
+    gradients per device; the HVP of the replicated ``w`` is summed by JAX."""
+    x, w, v = (random_array(rng, s) for s in ((8, 3, 6, 6), (4, 3, 3, 3), (4, 3, 3, 3)))
+
+    def loss(w, x):
+        y = jaxcnn.conv(x, w, padding=1, impl="manual")
+        return jnp.sum(jnp.sin(jaxcnn.max_pool(jaxcnn.group_norm(y, 2), 2)))
+
+    def hvp(w, x):
+        return jax.jvp(lambda w: jax.grad(loss)(w, x), (w,), (v,))[1]
+
+    def per_example(w, x, copy=lambda w: w):
+        return jax.vmap(lambda xi: jax.grad(loss)(copy(w), xi[None]))(x)
+
+    h, g = jax.jit(shard_map(lambda w, x: (hvp(w, x), per_example(w, x, _per_device)), MESH,
+                             (P(), DATA), (P(), DATA), check=True))(w, x)
+    h_ref, g_ref = jax.jit(lambda w, x: (hvp(w, x), per_example(w, x)))(w, x)
+    assert_close(h, h_ref, TOL["float64"], "Hessian-vector product")
+    assert_close(g, g_ref, TOL["float64"], "per-example gradients")
+
+
 # ----------------------------------------------------------------------------- every form
 
 
