@@ -88,3 +88,32 @@ def test_distributed_is_initialized_agrees_with_jax():
     public = getattr(jax.distributed, "is_initialized", None)
     if public is not None:
         assert distributed_is_initialized() == public()
+
+
+def test_varying_types_against_jax_own_primitive():
+    """Inside a checked ``shard_map``, ``to_varying`` types a replicated operand as a split one,
+    as JAX does before its own primitives (``x + w`` is the reference type); ``varying_like``
+    gives a result that type on another shape, ``invariant`` strips it. Outside ``shard_map``
+    (and on releases without varying types) all three change nothing."""
+    from jax.sharding import PartitionSpec as Spec
+    from jaxcnn._compat import (VARYING_TYPES, invariant, make_mesh, shard_map, to_varying,
+                                varying_axes, varying_like)
+    x, w = jnp.ones((4, 3)), jnp.ones((1, 3))
+    assert to_varying((x, w)) == (x, w)
+    if not VARYING_TYPES:
+        pytest.skip("no varying types in this JAX (its shard_map has check_rep)")
+    seen = {}
+
+    def body(x, w):
+        xs, ws = to_varying((x, w))
+        want = jax.typeof(x + w)
+        seen["axes"] = [varying_axes(jax.typeof(a)) for a in (x, w, xs, ws, x + w)]
+        other = varying_like(jax.core.ShapedArray((2,), jnp.float32), (jax.typeof(w), want))
+        seen["other"] = (other.shape, other.dtype, varying_axes(other))
+        seen["stripped"] = varying_axes(invariant(want))
+        return xs + ws
+    jax.jit(shard_map(body, make_mesh((4,), ("data",)), (Spec("data"), Spec()), Spec("data")))(x, w)
+    data = frozenset({"data"})
+    assert seen["axes"] == [data, frozenset(), data, data, data]
+    assert seen["other"] == ((2,), jnp.float32, data)
+    assert seen["stripped"] == frozenset()
