@@ -67,6 +67,17 @@ def _close(a, b, tol: float, what: str) -> None:
     assert_close(parts(a), parts(b), tol, what)
 
 
+def _lax_vjp(conv, operands, cotangent):
+    """``jax.vjp`` of a lax conv; skips where this jax's transpose rules refuse a cotangent wider
+    than the operands (``preferred_element_type``: jax 0.4.30 passes mixed dtypes to the conv)."""
+    try:
+        return jax.vjp(conv, *operands)[1](cotangent)
+    except TypeError as err:
+        if "same dtypes" not in str(err):
+            raise
+        pytest.skip(f"this jax.lax cannot differentiate a wider preferred_element_type: {err}")
+
+
 def _complex(rng, shape, dtype) -> jax.Array:
     return jnp.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape), dtype)
 
@@ -148,8 +159,9 @@ def test_complex_preferred_element_type(rng, dtype, out):
     assert got.dtype == expected.dtype
     _close(got, expected, COMPLEX_TOL[dtype], "forward")
     cotangent = _complex(rng, got.shape, got.dtype)
-    vjp = lambda conv: jax.vjp(partial(conv, **kwargs), lhs, rhs)[1](cotangent)
-    for g, r in zip(vjp(jlax.conv_general_dilated), vjp(jax.lax.conv_general_dilated)):
+    expected_vjp = _lax_vjp(partial(jax.lax.conv_general_dilated, **kwargs), (lhs, rhs), cotangent)
+    got_vjp = jax.vjp(partial(jlax.conv_general_dilated, **kwargs), lhs, rhs)[1](cotangent)
+    for g, r in zip(got_vjp, expected_vjp):
         assert g.dtype == r.dtype == jnp.dtype(dtype)
         _close(g, r, COMPLEX_TOL[dtype], "vjp")
 
@@ -338,7 +350,7 @@ def test_bfloat16_to_float32_gradients_rounded_once_as_lax(rng, form):
     rhs = jnp.asarray(rng.standard_normal((4, 2, 3, 2)), jnp.bfloat16)
     y, ours = jax.vjp(partial(jlax.conv_general_dilated, **kwargs), lhs, rhs)
     cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    theirs = jax.vjp(partial(jax.lax.conv_general_dilated, **kwargs), lhs, rhs)[1](cotangent)
+    theirs = _lax_vjp(partial(jax.lax.conv_general_dilated, **kwargs), (lhs, rhs), cotangent)
     wide = dict(kwargs, preferred_element_type=None, precision="highest")
     exact = jax.vjp(partial(jax.lax.conv_general_dilated, **wide), lhs.astype(jnp.float64),
                     rhs.astype(jnp.float64))[1](cotangent.astype(jnp.float64))
