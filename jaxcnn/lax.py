@@ -85,7 +85,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         float32 out; int8 in, int32 or float32 out; complex64 in, complex128 out).
       out_sharding: None, a ``NamedSharding`` or a ``PartitionSpec``; on an explicit mesh the
         default keeps ``lhs``'s batch and spatial and ``rhs``'s out-feature sharding.
-      impl: ``"lax"`` or ``"manual"`` (no convolution primitive), as ``jaxcnn.conv``.
+      impl: ``"lax"`` or ``"manual"`` (no convolution primitive), as ``jaxcnn.conv``; bool and
+        integer operands, which have no derivative to hand-write, take lax's conv either way.
 
     Returns:
       The convolution, in ``dimension_numbers``' output layout; differentiable to any order,
