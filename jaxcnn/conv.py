@@ -71,16 +71,29 @@ def _conv_compute(x, w, *, spec, impl, shape, platform=None):
     return choose("conv", impl, spec, x.shape, w.shape, platform, x.dtype)(x, w, spec)
 
 
+def _meet(dy, operand):
+    """``dy`` and the operand in one dtype, as lax's transposes: the operand in ``dy``'s when
+    that is at least as wide (conv's ``preferred_element_type`` output; exact), so the gradient
+    is rounded once, at the end, not also ``dy`` on the way in."""
+    if dy.dtype.itemsize >= operand.dtype.itemsize:
+        return dy, operand.astype(dy.dtype)
+    return dy.astype(operand.dtype), operand
+
+
 def _input_grad_compute(dy, w, *, spec, impl, shape, platform=None):
     if 0 in dy.shape:
         return jnp.zeros(shape, w.dtype)
-    return choose("input_grad", impl, spec, shape, w.shape, platform, w.dtype)(dy, w, spec, shape).astype(w.dtype)
+    dy, w_met = _meet(dy, w)
+    return choose("input_grad", impl, spec, shape, w.shape, platform, w_met.dtype)(
+        dy, w_met, spec, shape).astype(w.dtype)
 
 
 def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
     if 0 in x.shape or 0 in dy.shape:
         return jnp.zeros(shape, x.dtype)
-    return choose("weight_grad", impl, spec, x.shape, shape, platform, x.dtype)(x, dy, spec, shape).astype(x.dtype)
+    dy, x_met = _meet(dy, x)
+    return choose("weight_grad", impl, spec, x.shape, shape, platform, x_met.dtype)(
+        x_met, dy, spec, shape).astype(x.dtype)
 
 
 conv_p = make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(

@@ -241,10 +241,12 @@ def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], paddi
     k_sizes = tuple(rhs.shape[a] for a in dn.rhs_spec[2:])
     extents = tuple(dilated_size(k, d) for k, d in zip(k_sizes, int_tuple(rhs_dilation, n, "rhs_dilation")))
     strides = int_tuple(strides, n, "strides")
-    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
-        pads = tuple(lax_transpose_padding(k, s, padding.upper()) for k, s in zip(extents, strides))
-    elif isinstance(padding, str):
-        raise ValueError(f"padding: expected 'SAME', 'VALID' or {n} (lo, hi) pairs; got {padding!r}")
+    # As lax: only the exact strings "SAME" and "VALID" are transposed paddings; any other
+    # string goes on to conv_general_dilated with lhs_dilation = strides, which takes it at
+    # stride 1 (the forward conv's meaning, any case) and refuses it, naming padding, above.
+    if isinstance(padding, str):
+        pads = (tuple(lax_transpose_padding(k, s, padding) for k, s in zip(extents, strides))
+                if padding in ("SAME", "VALID") else padding)
     elif use_consistent_padding:
         pads = tuple(lax_transpose_padding(k, s, tuple(p)) for k, s, p in zip(extents, strides, padding))
     else:

@@ -360,13 +360,14 @@ def test_drop_ins_against_jax_lax_and_their_refusals():
     _assert_named_cases(DROP_IN)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzzer: jaxcnn.lax.conv_transpose takes "
-                   "padding='same' (lower case) with a stride, which jax.lax.conv_transpose refuses")
 def test_drop_in_conv_transpose_refuses_lower_case_padding_as_lax_does():
+    """Found by the fuzzer: jaxcnn.lax.conv_transpose took padding='same' (lower case) with a
+    stride, which jax.lax.conv_transpose refuses; at stride 1 both take it."""
     config = dict(_drop_in(op="lax.conv_transpose", groups=1, strides=[2, 1], transpose_kernel=False,
                            out_channels=3, padding="same", use_consistent_padding=False,
                            dimension_numbers=None, second_order=False))
     assert checks.check(config)["status"] == "refused"
+    assert checks.check({**config, "strides": [1, 1]})["status"] == "ok"
 
 
 def test_sharded_tiling_by_hand():
