@@ -241,14 +241,17 @@ def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], paddi
     k_sizes = tuple(rhs.shape[a] for a in dn.rhs_spec[2:])
     extents = tuple(dilated_size(k, d) for k, d in zip(k_sizes, int_tuple(rhs_dilation, n, "rhs_dilation")))
     strides = int_tuple(strides, n, "strides")
-    # As lax: only the exact strings "SAME" and "VALID" are transposed paddings; any other
-    # string goes on to conv_general_dilated with lhs_dilation = strides, which takes it at
-    # stride 1 (the forward conv's meaning, any case) and refuses it, naming padding, above.
-    if isinstance(padding, str):
-        pads = (tuple(lax_transpose_padding(k, s, padding) for k, s in zip(extents, strides))
-                if padding in ("SAME", "VALID") else padding)
-    elif use_consistent_padding:
-        pads = tuple(lax_transpose_padding(k, s, tuple(p)) for k, s, p in zip(extents, strides, padding))
+    # As lax: the exact strings "SAME" and "VALID", and with use_consistent_padding anything,
+    # are the forward conv's padding, transposed; any other string goes on to
+    # conv_general_dilated with lhs_dilation = strides, which takes it at stride 1 (the forward
+    # conv's meaning, any case) and refuses it, naming padding, above.
+    exact_string = isinstance(padding, str) and padding in ("SAME", "VALID")
+    if use_consistent_padding or exact_string:
+        if isinstance(padding, str) and not exact_string:
+            raise ValueError(f"padding: with use_consistent_padding expected 'SAME', 'VALID' or "
+                             f"{n} (lo, hi) pairs (as jax.lax); got {padding!r}")
+        per_axis = (padding,) * n if isinstance(padding, str) else tuple(map(tuple, padding))
+        pads = tuple(lax_transpose_padding(k, s, p) for k, s, p in zip(extents, strides, per_axis))
     else:
         pads = padding
     if transpose_kernel:

@@ -7,6 +7,7 @@ configurations).
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -89,6 +90,8 @@ def test_draws_are_reproducible_and_cover_every_op():
     first, again = configs.draw_many(64, seed=5), configs.draw_many(64, seed=5)
     assert first == again != configs.draw_many(64, seed=6)
     assert {c["op"] for c in first} == set(configs.OPS)
+    rounds = collections.Counter(c["op"] for c in configs.draw_many(3 * len(configs.rotation()), seed=5))
+    assert rounds["conv_float32"] == 21 and rounds["conv"] == 3, rounds
     assert {c["impl"] for c in first if "impl" in c} == {"lax", "manual"}
 
 
@@ -269,7 +272,7 @@ def _rotating_seed() -> int:
         return 0
 
 
-CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(14 * len(configs.OPS))))   # 14 a op: ~1 min on 2 cores
+CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(10 * len(configs.rotation()))))   # 10 rounds: ~1 min on 2 cores
 
 
 def test_random_sample_of_every_op():
