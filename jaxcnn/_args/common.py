@@ -122,14 +122,19 @@ def hashable_precision(precision: Any) -> Any:
     return precision
 
 
+def parse_element_type(preferred_element_type: Any, expected: str) -> Any:
+    """``preferred_element_type`` (not None) as a dtype, or TypeError naming it."""
+    try:
+        return jnp.dtype(preferred_element_type)
+    except TypeError as err:
+        raise TypeError(f"preferred_element_type: expected None or {expected}; "
+                        f"got {preferred_element_type!r}") from err
+
+
 def element_type(preferred_element_type: Any) -> Any:
     if preferred_element_type is None:
         return None
-    try:
-        dtype = jnp.dtype(preferred_element_type)
-    except TypeError as err:
-        raise TypeError(f"preferred_element_type: expected None or a floating dtype; "
-                        f"got {preferred_element_type!r}") from err
+    dtype = parse_element_type(preferred_element_type, "a floating dtype")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"preferred_element_type: expected a floating dtype; got {dtype}")
     return dtype

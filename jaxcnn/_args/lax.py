@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxcnn._shapes import (LAX_PADDING_STRINGS, Pads, dilated_size, is_int, lax_output_size,
                             lax_padding)
-from jaxcnn._args.common import IMPLS, choice, hashable_precision, int_tuple
+from jaxcnn._args.common import IMPLS, choice, hashable_precision, int_tuple, parse_element_type
 
 Perm = tuple[int, ...]
 
@@ -96,11 +96,7 @@ def preferred_type(operands: Any, preferred_element_type: Any) -> Any:
     """
     if preferred_element_type is None:
         return None
-    try:
-        out = jnp.dtype(preferred_element_type)
-    except TypeError as err:
-        raise TypeError(f"preferred_element_type: expected None or a dtype; got "
-                        f"{preferred_element_type!r}") from err
+    out = parse_element_type(preferred_element_type, "a dtype")
     source, target = _kind(operands), _kind(out)
     integer = ("signed integer", "unsigned integer")
     allowed = {"bool": {t for _, t in _KINDS}, "signed integer": {"signed integer", "floating"},
