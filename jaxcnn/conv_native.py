@@ -23,11 +23,17 @@ devices (a ``jax.jit`` over a batch-sharded mesh; it cannot split a custom call 
 the operands onto every device) and a program lowered for ``jax.export``. Inside ``shard_map``
 they run per shard.
 
-The source is compiled on first use (``c++ -O3 -march=native``) into
-``~/.cache/jaxcnn/native/<hash>/`` (the hash covers the source, the flags, the compiler, the
-JAX version and the CPU's features) and loaded with ``ctypes``. Where that cannot be done (no
-compiler, a JAX without ``jax.ffi`` or its thread pool, ``JAXCNN_NATIVE=0``) ``available()`` is
-False, with one warning saying why, and ``conv_forms`` keeps to the XLA forms.
+The source is compiled on first use (``c++ -O3 -march=native -Wall -Wextra``, JAX's FFI headers
+as system headers) into ``$XDG_CACHE_HOME/jaxcnn/native/<hash>/`` (``~/.cache/jaxcnn/native``
+without it; the hash covers the source, the flags, the compiler, the versions of JAX and jaxlib
+and the CPU's features) and loaded with ``ctypes``. One build per hash: threads and processes
+that meet a cold cache wait on a file lock in its folder while one compiles into a temporary
+file and renames it into place. ``JAXCNN_NATIVE_ISA=avx2`` builds without AVX-512 (8 floats a
+vector, as on a CPU without it; its own hash) where the CPU has it. Where the kernels cannot be
+built (no compiler, a JAX without ``jax.ffi`` or its thread pool, ``JAXCNN_NATIVE=0``)
+``available()`` is False, with one warning saying why, and ``conv_forms`` keeps to the XLA forms.
+The kernels check the geometry they are given against the buffers: a bad one, or an allocation
+that fails, is an FFI error that JAX raises.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,14 +52,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import conv_tuning
+try:
+    import fcntl
+except ImportError:   # not POSIX: no lock for the build, and no kernels
+    fcntl = None
+
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_shape, kernel_sizes, spatial_sizes
 from jaxcnn.conv_impls import flip_swap_io
 
 SOURCE = Path(__file__).parent / "native" / "conv_cpu.cc"
 ENV = "JAXCNN_NATIVE"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+ISA_ENV = "JAXCNN_NATIVE_ISA"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra")
+ISAS = {"native": (), "avx2": ("-mno-avx512f",)}
+"""The instruction sets a build can take (``JAXCNN_NATIVE_ISA``): all of this CPU's, AVX-512 where
+it has it (16 floats a vector), or ``avx2``, AVX-512 off (8 floats, the build of a CPU without it:
+tested beside the native one where this CPU has AVX-512)."""
 TARGETS = {"jaxcnn_conv": "JaxcnnConv", "jaxcnn_weight_grad": "JaxcnnWeightGrad"}
 MIN_CHANNELS = 8
 """Input channels below this run the XLA forms: the row table costs as much as the products
@@ -74,39 +90,81 @@ def _compiler() -> str:
     return found
 
 
-def _build(include_dir: str) -> Path:
-    """The shared library for this machine, compiled once into the cache (atomically: a
-    concurrent process sees no file or the whole one)."""
-    compiler = _compiler()
+def _cache_dir() -> Path:
+    """Where the compiled kernels are kept: ``$XDG_CACHE_HOME/jaxcnn/native``, or
+    ``~/.cache/jaxcnn/native`` where that is unset or not absolute (the XDG base directory spec)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "jaxcnn" / "native"
+
+
+def _jaxlib_version() -> str:
+    from jaxlib import version
+    return version.__version__
+
+
+def _cache_key(compiler_version: str, flags: tuple[str, ...]) -> str:
+    """Everything the library depends on: the source, the flags, the compiler, the versions of
+    JAX and of jaxlib (whose FFI headers it includes) and the CPU's features."""
+    parts = [SOURCE.read_text(), " ".join(flags), compiler_version, jax.__version__, _jaxlib_version(),
+             _cpu_features()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _command(compiler: str, flags: tuple[str, ...], include_dir: str, output: str) -> list[str]:
+    """The compile command; JAX's headers are system headers (``-isystem``), so only warnings of
+    ours are shown."""
+    return [compiler, *flags, "-isystem", include_dir, str(SOURCE), "-o", output]
+
+
+def _build(include_dir: str, isa: str = "native") -> Path:
+    """The shared library for this machine and ``isa``, compiled once into the cache: a file lock
+    in its folder lets one thread or process compile while the others wait, and the library is
+    compiled into a temporary file and renamed, so a reader sees no file or the whole one."""
+    if isa not in ISAS:
+        raise OSError(f"{ISA_ENV}={isa!r}: expected one of {sorted(ISAS)}")
+    compiler, flags = _compiler(), (*FLAGS, *ISAS[isa])
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, jax.__version__,
-                                    _cpu_features()]).encode()).hexdigest()[:16]
-    folder = Path(conv_tuning.cache_folder()) / "native" / key
+    folder = _cache_dir() / _cache_key(version, flags)
     target = folder / "conv_cpu.so"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
-    try:
-        done = subprocess.run([compiler, *FLAGS, f"-I{include_dir}", str(SOURCE), "-o", tmp],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open(folder / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        if target.exists():                # built while this one waited
+            return target
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            done = subprocess.run(_command(compiler, flags, include_dir, tmp), capture_output=True, text=True)
+            if done.returncode:
+                raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return target
 
 
+def _open(isa: str, suffix: str = "") -> Any:
+    """Build and load the kernels for ``isa`` and register their FFI targets as ``TARGETS``'
+    names followed by ``suffix`` (a second build loads beside the first under its own names)."""
+    ffi = jax.ffi
+    lib = ctypes.cdll.LoadLibrary(str(_build(ffi.include_dir(), isa)))
+    for name, symbol in TARGETS.items():
+        ffi.register_ffi_target(name + suffix, ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return lib
+
+
 _STATE: dict[str, Any] = {}   # "library": the loaded kernels or None, once per process
+_STATE_LOCK = threading.Lock()
 
 
 def library() -> Any:
     """The loaded kernels with their FFI targets registered, or None (see the module docstring)."""
-    if "library" not in _STATE:
-        _STATE["library"] = _load()
+    with _STATE_LOCK:
+        if "library" not in _STATE:
+            _STATE["library"] = _load()
     return _STATE["library"]
 
 
@@ -117,9 +175,9 @@ def _load() -> Any:
     try:
         if ffi is None or not hasattr(ffi, "ffi_call"):
             raise OSError(f"jax {jax.__version__} has no jax.ffi")
-        lib = ctypes.cdll.LoadLibrary(str(_build(ffi.include_dir())))
-        for name, symbol in TARGETS.items():
-            ffi.register_ffi_target(name, ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        if fcntl is None:
+            raise OSError("no fcntl (the build's lock) on this platform")
+        lib = _open(os.environ.get(ISA_ENV, "native"))
     except (OSError, subprocess.SubprocessError, AttributeError) as err:
         warnings.warn(f"jaxcnn: native CPU conv kernels unavailable, using XLA's: {err}", stacklevel=3)
         return None
@@ -137,10 +195,12 @@ def vector_width() -> int:
 
 def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...],
              dtype: Any) -> bool:
-    """Whether the native form computes ``piece`` for these operands: channels last, one group,
-    float32 in and out, at least ``MIN_CHANNELS`` input channels, the piece's output channels a
-    multiple of the vector width, and for the input gradient stride 1 (a strided one would sum
-    the zeros between ``dy``'s samples)."""
+    """Whether the native form computes ``piece`` for these operands (``x: (N, *S, C)``,
+    ``w: (*K, C, O)``, 1 to 3 spatial axes): the kernels are built and loaded, channels last, one
+    group, float32 in and out (``preferred_element_type`` None or float32), ``C ≥ MIN_CHANNELS``,
+    and the channels the piece writes a multiple of the vector width ``V`` (``vector_width()``:
+    16 with AVX-512, else 8): ``O`` for ``conv`` and ``weight_grad``, ``C`` for ``input_grad``,
+    which also needs stride 1 (a strided one would sum the zeros between ``dy``'s samples)."""
     if (dtype is None or jnp.dtype(dtype) != jnp.float32 or not spec.channels_last or spec.groups != 1
             or spec.preferred_element_type not in (None, jnp.float32) or not 1 <= spec.n <= 3):
         return False

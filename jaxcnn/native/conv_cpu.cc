@@ -1,4 +1,5 @@
-// jaxcnn's CPU convolution kernels, called from XLA as FFI custom calls (jaxcnn/native.py).
+// jaxcnn's CPU convolution kernels, called from XLA as FFI custom calls (jaxcnn/conv_native.py
+// builds, loads and calls them).
 //
 // Channels last, one group, float32, 1 to 3 spatial axes (fewer are padded to 3 with size-1
 // axes). The geometry is lax.conv_general_dilated's: an output position i and a kernel tap k
@@ -10,15 +11,21 @@
 //   weight_grad: dw[k, c, o] = Σ_{n, i} x[n, at(i, k), c] · dy[n, i, o]
 //
 // The input gradient is `conv` of dy with the kernel flipped and its channels swapped, as in
-// lax (jaxcnn/native.py). Both kernels first turn a block of output positions into a table of
+// lax (jaxcnn/conv_native.py). Both kernels first turn a block of output positions into a table of
 // row pointers, one per (tap, position): the input's channel row, or a row of zeros where the
 // tap reads the padding, so the inner loops are branch-free multiply-adds on registers
 // (the products of a block of P positions by OB vectors of output channels).
+//
+// The entry points check the geometry against itself and against the buffers (a bad one is an
+// FFI error, which JAX raises), and an allocation that fails, in any thread, is an FFI error too.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <new>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -34,9 +41,15 @@ constexpr int REGS = 24;     // accumulators a block keeps in registers (of 32)
 constexpr int V = 8;
 constexpr int REGS = 12;     // of 16
 #endif
-typedef float vec __attribute__((vector_size(V * 4), aligned(4)));
+typedef float vec __attribute__((vector_size(V * 4)));
 
 namespace {
+
+// Vectors move in and out of the float buffers by memcpy, which compiles to one unaligned
+// vector move: a load through a cast `vec*` would read floats as another type, which strict
+// aliasing (exploited at -O3) does not allow.
+inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 
 struct Geometry {
   int64_t n, c, o;
@@ -83,18 +96,40 @@ void row_table(const Geometry& g, const float* x, const float* zeros, int64_t fi
 // helpers; the caller waits only for chunks a helper has claimed (and so is running), so a
 // pool whose threads are all busy elsewhere cannot deadlock it: the caller then does them all.
 // A helper that starts after the last chunk was claimed touches nothing but the shared counters.
+// An exception in a chunk (an allocation that failed) must not leave its thread (the pool would
+// terminate the process): it is caught there, the chunks not yet started are skipped, and the
+// caller returns it as an FFI error once every claimed chunk is done.
+enum class Failure : int { kNone, kMemory, kOther };
+
 template <typename Body>
-void parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t workers, Body body) {
-  struct State { std::atomic<int64_t> next{0}, done{0}; };
+ffi::Error parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t workers, Body body) {
+  struct State { std::atomic<int64_t> next{0}, done{0}; std::atomic<Failure> failure{Failure::kNone}; };
   auto state = std::make_shared<State>();
   auto work = [state, chunks, body]() {
     int64_t mine;
-    while ((mine = state->next.fetch_add(1)) < chunks) { body(mine); state->done.fetch_add(1); }
+    while ((mine = state->next.fetch_add(1)) < chunks) {
+      if (state->failure.load() == Failure::kNone) {
+        try {
+          body(mine);
+        } catch (const std::bad_alloc&) {
+          state->failure.store(Failure::kMemory);
+        } catch (...) {
+          state->failure.store(Failure::kOther);
+        }
+      }
+      state->done.fetch_add(1);
+    }
   };
   int64_t helpers = std::min<int64_t>(workers - 1, chunks - 1);
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
   work();
   while (state->done.load() < chunks) std::this_thread::yield();
+  switch (state->failure.load()) {
+    case Failure::kNone: return ffi::Error::Success();
+    case Failure::kMemory:
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory in a worker");
+    default: return ffi::Error::Internal("jaxcnn native conv: a worker failed");
+  }
 }
 
 // f(std::integral_constant<int, OB>{}, v) for each run of OB ≤ 4 vectors of output channels
@@ -134,7 +169,7 @@ void conv_block(const float* const* table, int64_t taps, int64_t c, const float*
     for (int64_t c0 = 0; c0 < c; c0 += CB) {
       vec wv[CB][OB];
       for (int j = 0; j < CB; ++j)
-        for (int b = 0; b < OB; ++b) wv[j][b] = *(const vec*)(wt + (c0 + j) * o + b * V);
+        for (int b = 0; b < OB; ++b) wv[j][b] = load(wt + (c0 + j) * o + b * V);
       for (int p = 0; p < P; ++p) {
         const float* r = rows[p] + c0;
         for (int j = 0; j < CB; ++j) {
@@ -145,7 +180,7 @@ void conv_block(const float* const* table, int64_t taps, int64_t c, const float*
     }
   }
   for (int64_t p = 0; p < count; ++p)
-    for (int b = 0; b < OB; ++b) *(vec*)(y + p * o + o0 + b * V) = acc[p][b];
+    for (int b = 0; b < OB; ++b) store(y + p * o + o0 + b * V, acc[p][b]);
 }
 
 template <int OB, int CB>
@@ -183,12 +218,12 @@ void conv_range_any(const Geometry& g, const float* x, const float* w, float* y,
   }
 }
 
-void conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
+ffi::Error conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
   std::vector<float> zeros(g.c, 0.0f);
   const int64_t m = g.positions(), vectors = g.o / V;
   // 240 positions a chunk: whole blocks of every P (16, 12, 8, 6; 8, 6, 4, 3 without AVX-512)
   const int64_t block = 240, chunks = (m + block - 1) / block;
-  parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk) {
+  return parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk) {
     int64_t first = chunk * block, last = std::min(m, first + block);
     for_vector_runs(vectors, [&](auto ob, int64_t v) {
       conv_range_any<decltype(ob)::value>(g, x, w, y, zeros.data(), first, last, v * V);
@@ -207,14 +242,17 @@ void weight_grad_block(const float* const* table, int64_t count, const int64_t* 
   for (int q = 0; q < QB; ++q) r[q] = table + tap[q] * count;
   for (int64_t p = 0; p < count; ++p) {
     vec dv[OB];
-    for (int b = 0; b < OB; ++b) dv[b] = *(const vec*)(dy + p * o + o0 + b * V);
+    for (int b = 0; b < OB; ++b) dv[b] = load(dy + p * o + o0 + b * V);
     for (int q = 0; q < QB; ++q) {
       float xv = r[q][p][chan[q]];
       for (int b = 0; b < OB; ++b) acc[q][b] += xv * dv[b];
     }
   }
   for (int64_t q = 0; q < rows; ++q)
-    for (int b = 0; b < OB; ++b) *(vec*)(dw + q * o + o0 + b * V) += acc[q][b];
+    for (int b = 0; b < OB; ++b) {
+      float* at = dw + q * o + o0 + b * V;
+      store(at, load(at) + acc[q][b]);
+    }
 }
 
 template <int OB>
@@ -235,14 +273,14 @@ void weight_grad_range(const Geometry& g, const float** table, int64_t count, co
 // The positions are cut into `groups` fixed ranges, each summed into a partial gradient of its
 // own in position order, and the partials are added in group order: whichever thread runs a
 // range, the sums are the same, so the result is the same bit for bit on every call.
-void weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dw) {
+ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dw) {
   std::vector<float> zeros(g.c, 0.0f);
   const int64_t m = g.positions(), vectors = g.o / V, size = g.taps() * g.c * g.o;
   const int64_t block = 128, chunks = (m + block - 1) / block;
   const int64_t budget = std::max<int64_t>(1, (int64_t{16} << 20) / (size * 4));   // 16 MiB of partials
   const int64_t groups = std::max<int64_t>(1, std::min({2 * worker_count(pool), chunks, budget}));
   std::vector<std::vector<float>> partial(groups);
-  parallel_chunks(pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
+  ffi::Error done = parallel_chunks(pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
     std::vector<float>& mine = partial[group];
     mine.assign(size, 0.0f);
     std::vector<const float*> table(block * g.taps());
@@ -255,51 +293,88 @@ void weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const
       });
     }
   });
+  if (done.failure()) return done;
   std::memset(dw, 0, size * sizeof(float));
   for (auto& part : partial)
     for (int64_t e = 0; e < size; ++e) dw[e] += part[e];
+  return ffi::Error::Success();
 }
 
 // ------------------------------------------------------------------------------------- FFI
 
-ffi::Error geometry(Geometry& g, ffi::Span<const int64_t> sizes, int64_t n, int64_t c, int64_t o) {
-  // sizes: in, out, k, s, d, lo, ld: 7 groups of 3
-  if (sizes.size() != 21) return ffi::Error::InvalidArgument("geometry: expected 21 sizes");
-  g.n = n; g.c = c; g.o = o;
+ffi::Error invalid(const std::string& what) {
+  return ffi::Error::InvalidArgument("jaxcnn native conv: " + what);
+}
+
+std::string str(int64_t value) { return std::to_string(value); }
+
+// The geometry is an attribute that any caller of the custom call can set: it is checked against
+// itself and against the buffers before a kernel runs, so a bad one is an FFI error, never a read
+// out of bounds or a division by zero. `sizes` holds 7 triples (in, out, k, s, d, lo, ld), 1-D and
+// 2-D padded to three axes with leading size-1 axes; with r spatial axes the buffers are
+// x: (n, *in, c), w: (*k, c, o), y: (n, *out, o) (the weight gradient's dy and dw are its y and w).
+constexpr int64_t kMaxStep = int64_t{1} << 31;   // s, d, ld and |lo|: no overflow in i·s + k·d − lo
+
+ffi::Error geometry(Geometry& g, ffi::Span<const int64_t> sizes, ffi::Span<const int64_t> xd,
+                    ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd) {
+  if (sizes.size() != 21) return invalid("expected 21 sizes, got " + str(sizes.size()));
+  const int64_t rank = xd.size(), r = rank - 2;
+  if (r < 1 || r > 3) return invalid("x has " + str(rank) + " dimensions, expected 3 to 5");
+  if (int64_t(wd.size()) != rank || int64_t(yd.size()) != rank)
+    return invalid("x, w and y have " + str(rank) + ", " + str(wd.size()) + " and " + str(yd.size()) +
+                   " dimensions, expected the same");
   int64_t* fields[7] = {g.in, g.out, g.k, g.s, g.d, g.lo, g.ld};
   for (int f = 0; f < 7; ++f)
     for (int a = 0; a < 3; ++a) fields[f][a] = sizes[f * 3 + a];
-  if (o % V) return ffi::Error::InvalidArgument("output channels must be a multiple of the vector width");
+  g.n = xd[0]; g.c = xd[r + 1]; g.o = wd[r + 1];
+  for (int a = 0; a < 3; ++a) {
+    const int64_t axis = a - (3 - r);   // the buffers' spatial axis, negative for a padded one
+    const int64_t in = axis < 0 ? 1 : xd[1 + axis], out = axis < 0 ? 1 : yd[1 + axis],
+                  k = axis < 0 ? 1 : wd[axis];
+    const std::string where = "axis " + str(a) + ": ";
+    if (g.in[a] != in || g.out[a] != out || g.k[a] != k)
+      return invalid(where + "sizes (in, out, k) = (" + str(g.in[a]) + ", " + str(g.out[a]) + ", " +
+                     str(g.k[a]) + ") but the buffers' are (" + str(in) + ", " + str(out) + ", " + str(k) + ")");
+    if (g.k[a] < 1) return invalid(where + "kernel size " + str(g.k[a]) + ", expected >= 1");
+    if (g.s[a] < 1 || g.d[a] < 1 || g.ld[a] < 1)
+      return invalid(where + "stride " + str(g.s[a]) + ", dilation " + str(g.d[a]) + ", input dilation " +
+                     str(g.ld[a]) + ": each must be >= 1");
+    if (g.s[a] > kMaxStep || g.d[a] > kMaxStep || g.ld[a] > kMaxStep || g.lo[a] > kMaxStep || g.lo[a] < -kMaxStep)
+      return invalid(where + "stride, dilation, input dilation or low pad beyond 2^31");
+  }
+  if (wd[r] != g.c) return invalid("w has " + str(wd[r]) + " input channels, x " + str(g.c));
+  if (yd[0] != g.n || yd[r + 1] != g.o)
+    return invalid("y is (" + str(yd[0]) + ", ..., " + str(yd[r + 1]) + "), expected (" + str(g.n) + ", ..., " +
+                   str(g.o) + ")");
+  if (g.c < 1) return invalid("input channels " + str(g.c) + ", expected >= 1");
+  if (g.o < 1 || g.o % V)
+    return invalid("output channels " + str(g.o) + ", expected a positive multiple of " + str(V));
   return ffi::Error::Success();
 }
 
-// Each buffer must hold what the geometry says: the caller (jaxcnn/conv_native.py) computes both
-// from the same shapes, and a mismatch would read or write out of bounds.
-bool holds(const Geometry& g, int64_t x_count, int64_t w_count, int64_t y_count) {
-  const int64_t in = g.in[0] * g.in[1] * g.in[2], out = g.out[0] * g.out[1] * g.out[2];
-  return x_count == g.n * in * g.c && w_count == g.taps() * g.c * g.o && y_count == g.n * out * g.o;
+// The kernels allocate (row tables, partial sums); a failure in the calling thread is caught here,
+// one in a worker by parallel_chunks.
+template <typename Kernel>
+ffi::Error guarded(Kernel kernel) {
+  try {
+    return kernel();
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory");
+  }
 }
 
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                     ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> sizes) {
   Geometry g;
-  auto wd = w.dimensions();
-  if (auto e = geometry(g, sizes, x.dimensions()[0], wd[wd.size() - 2], wd[wd.size() - 1]); e.failure()) return e;
-  if (!holds(g, x.element_count(), w.element_count(), y->element_count()))
-    return ffi::Error::InvalidArgument("conv: buffer sizes do not match the geometry");
-  conv(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
-  return ffi::Error::Success();
+  if (auto e = geometry(g, sizes, x.dimensions(), w.dimensions(), y->dimensions()); e.failure()) return e;
+  return guarded([&] { return conv(pool, g, x.typed_data(), w.typed_data(), y->typed_data()); });
 }
 
 ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> sizes) {
   Geometry g;
-  auto xd = x.dimensions(), dd = dy.dimensions();
-  if (auto e = geometry(g, sizes, xd[0], xd[xd.size() - 1], dd[dd.size() - 1]); e.failure()) return e;
-  if (!holds(g, x.element_count(), dw->element_count(), dy.element_count()))
-    return ffi::Error::InvalidArgument("weight_grad: buffer sizes do not match the geometry");
-  weight_grad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
-  return ffi::Error::Success();
+  if (auto e = geometry(g, sizes, x.dimensions(), dw->dimensions(), dy.dimensions()); e.failure()) return e;
+  return guarded([&] { return weight_grad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data()); });
 }
 
 }  // namespace
