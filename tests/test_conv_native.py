@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import subprocess
+import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +30,7 @@ import jaxcnn
 from jaxcnn import conv_forms, conv_native, reference
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import enable_x64
+from jaxcnn._shapes import conv_output_shape
 from jaxcnn.conv_impls import IMPLS
 from helpers import TOL, assert_close, run_piece
 
@@ -265,3 +271,186 @@ def test_export_takes_the_xla_forms(rng):
         assert "jaxcnn_" not in exported.mlir_module()
         for got, want, what in zip(exported.call(x, w), jax.jit(grads)(x, w), ("dx", "dw")):
             assert_close(got, want, F32, what)
+
+
+# ----------------------------------------------------------------------------- build, cache, entry
+
+HAS_FFI = hasattr(getattr(jax, "ffi", None), "ffi_call")
+
+
+def _compiler():
+    """The compiler the loader would use, or a skip."""
+    try:
+        return conv_native._compiler()
+    except OSError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.skipif(not HAS_FFI, reason="no jax.ffi (its headers)")
+@pytest.mark.parametrize("isa", sorted(conv_native.ISAS))
+def test_source_compiles_without_warnings(isa, tmp_path):
+    """The loader's command with ``-Werror``: any warning of ours (-Wall -Wextra) fails it;
+    JAX's headers are system headers, theirs do not count."""
+    flags = (*conv_native.FLAGS, *conv_native.ISAS[isa], "-Werror")
+    done = subprocess.run(conv_native._command(_compiler(), flags, jax.ffi.include_dir(), str(tmp_path / "k.so")),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_cache_dir_honours_xdg(monkeypatch, tmp_path):
+    """``$XDG_CACHE_HOME/jaxcnn/native``; unset, empty or relative (the spec ignores those):
+    ``~/.cache/jaxcnn/native``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert conv_native._cache_dir() == tmp_path / "xdg" / "jaxcnn" / "native"
+    home_cache = tmp_path / "home" / ".cache" / "jaxcnn" / "native"
+    for value in ("", "relative/cache"):
+        monkeypatch.setenv("XDG_CACHE_HOME", value)
+        assert conv_native._cache_dir() == home_cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert conv_native._cache_dir() == home_cache
+
+
+def test_cache_key_covers_jaxlib_jax_and_flags(monkeypatch):
+    """A new jaxlib (whose FFI headers the library includes), a new JAX or other flags (the
+    ISA) make another key; the same inputs the same key."""
+    import jaxlib.version
+    key = partial(conv_native._cache_key, "c++ (test) 1.0")
+    flags = conv_native.FLAGS
+    first = key(flags)
+    assert key(flags) == first
+    assert key((*flags, *conv_native.ISAS["avx2"])) != first
+    monkeypatch.setattr(jaxlib.version, "__version__", "0.0.0+other")
+    assert key(flags) != first
+    monkeypatch.undo()
+    monkeypatch.setattr(jax, "__version__", "0.0.0+other")
+    assert key(flags) != first
+
+
+_BUILD_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from jaxcnn import conv_native
+conv_native.SOURCE = Path(sys.argv[1])
+print(conv_native._build(sys.argv[2]))
+"""
+
+
+def test_one_build_per_key_across_threads_and_processes(monkeypatch, tmp_path):
+    """Two processes and four threads meet a cold cache at once: the compiler (a wrapper that
+    logs each compile and takes a second over it, so the builders overlap) runs once, all get
+    the same library, and no temporary file is left. A small source stands in for the kernels."""
+    if conv_native.fcntl is None:
+        pytest.skip("no fcntl")
+    real, log = _compiler(), tmp_path / "compiles.log"
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" != --version ]; then echo "$$" >> "{log}"; sleep 1; fi\n'
+                       f'exec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    source = tmp_path / "probe.cc"
+    source.write_text('extern "C" int jaxcnn_probe() { return 1; }\n')
+    monkeypatch.setattr(conv_native, "SOURCE", source)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    processes = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(source), str(tmp_path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(lambda _: conv_native._build(str(tmp_path)), range(4)))
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+        built.append(Path(out.strip().splitlines()[-1]))
+    assert len(log.read_text().split()) == 1
+    assert len(set(built)) == 1 and built[0].exists()
+    assert sorted(p.name for p in built[0].parent.iterdir()) == ["build.lock", "conv_cpu.so"]
+
+
+def _bad_geometry_cases():
+    """name: (how the geometry or the shapes go wrong, a piece of the error's message). The base
+    is a valid 2D layer: x (2, 5, 5, 8), w (3, 3, 8, V), y (2, 5, 5, V), padding 1. (No O = 0: XLA
+    does not call a custom call whose result is empty; the kernels refuse it all the same.)"""
+    def sizes_with(index, value):
+        return lambda sizes, shapes: (np.concatenate([sizes[:index], [value], sizes[index + 1:]]), shapes)
+
+    def shapes_with(which, shape):
+        return lambda sizes, shapes: (sizes, {**shapes, which: shape})
+    v = WIDTH
+    return {
+        "stride_0": (sizes_with(11, 0), "each must be >= 1"),
+        "dilation_0": (sizes_with(14, 0), "each must be >= 1"),
+        "input_dilation_0": (sizes_with(20, 0), "each must be >= 1"),
+        "negative_stride": (sizes_with(10, -2), "each must be >= 1"),
+        "huge_low_pad": (sizes_with(17, 1 << 40), "beyond 2^31"),
+        "out_size_off": (sizes_with(5, 6), "but the buffers' are"),
+        "kernel_size_off": (sizes_with(7, 2), "but the buffers' are"),
+        "padded_axis_not_1": (sizes_with(0, 2), "but the buffers' are"),
+        "twenty_sizes": (lambda sizes, shapes: (sizes[:20], shapes), "expected 21 sizes"),
+        "output_channels_off_width": (lambda sizes, shapes: (sizes, {**shapes, "w": (3, 3, 8, v + 1),
+                                                                     "y": (2, 5, 5, v + 1)}), "multiple of"),
+        "channels_disagree": (shapes_with("w", (3, 3, 16, v)), "input channels"),
+        "batch_disagrees": (shapes_with("y", (3, 5, 5, v)), "expected (2"),
+        "rank_2": (lambda sizes, shapes: (sizes, {"x": (2, 8), "w": (8, v), "y": (2, v)}), "dimensions"),
+    }
+
+
+BAD_GEOMETRIES = _bad_geometry_cases()
+
+
+@needs_kernels
+@pytest.mark.parametrize("target", ["jaxcnn_conv", "jaxcnn_weight_grad"])
+@pytest.mark.parametrize("case", sorted(BAD_GEOMETRIES))
+def test_a_bad_geometry_is_an_error(target, case):
+    """The registered custom call fed a bad geometry through ``jax.ffi.ffi_call``: an error
+    JAX raises, naming what is wrong, never a crash. The base geometry runs."""
+    x_shape, w_shape, spec = (2, 5, 5, 8), (3, 3, 8, WIDTH), None
+    spec = normalize_conv(jnp.zeros(x_shape, jnp.float32), jnp.zeros(w_shape, jnp.float32), None,
+                          padding_mode="zeros", channels_last=True, impl="lax", stride=1, padding=1,
+                          dilation=1, groups=1).spec
+    base = {"x": x_shape, "w": w_shape, "y": (2, 5, 5, WIDTH)}
+    sizes = conv_native._forward_sizes(spec, x_shape, base["y"], w_shape)
+
+    def call(sizes, shapes):
+        x, w, y = (jnp.ones(shapes[k], jnp.float32) for k in "xwy")
+        if target == "jaxcnn_conv":
+            return np.asarray(jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(y.shape, jnp.float32))(x, w, sizes=sizes))
+        return np.asarray(jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(w.shape, jnp.float32))(x, y, sizes=sizes))
+    with enable_x64(False):
+        assert np.all(np.isfinite(call(sizes, base)))
+        spoil, message = BAD_GEOMETRIES[case]
+        with pytest.raises(Exception, match="jaxcnn native conv: .*" + re.escape(message)):
+            call(*spoil(sizes, base))
+
+
+@pytest.fixture(scope="module")
+def avx2_targets():
+    """The AVX2 build (AVX-512 off, 8 floats a vector) loaded beside the native one, its FFI
+    targets registered with the suffix ``_avx2``."""
+    if not AVAILABLE:
+        pytest.skip("native kernels unavailable here")
+    return conv_native._open("avx2", "_avx2")
+
+
+def _avx2_conv(x, w, spec):
+    y_shape = conv_output_shape(x.shape, w.shape, spec)
+    return conv_native._call("jaxcnn_conv_avx2", y_shape, x, w,
+                             conv_native._forward_sizes(spec, x.shape, y_shape, w.shape))
+
+
+def _avx2_weight_grad(x, dy, spec, w_shape):
+    return conv_native._call("jaxcnn_weight_grad_avx2", w_shape, x, dy,
+                             conv_native._forward_sizes(spec, x.shape, dy.shape, w_shape))
+
+
+@pytest.mark.parametrize("name", ["long_1d", "wide_out_2d", "big_pad_2d", "strided_dilated_3d", "clips_3d"])
+def test_avx2_build_equals_lax(avx2_targets, name, rng):
+    """The build a CPU without AVX-512 gets (tested on this one too): 8 floats a vector, and its
+    forward and weight gradient equal the one-lax-call pieces (1D, 2D, 3D; strides, dilations,
+    cropping pads; O = 8·(odd) exercises the 8-wide tails)."""
+    assert avx2_targets.jaxcnn_vector_width() == 8
+    with enable_x64(False):
+        operands = _operands(CONFIGS[name], rng)
+        for piece, form in (("conv", _avx2_conv), ("weight_grad", _avx2_weight_grad)):
+            got = run_piece(form, piece, *operands)
+            want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, *operands)
+            assert got.shape == want.shape
+            assert_close(got, want, F32, f"avx2 {piece} on {name}")
