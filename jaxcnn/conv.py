@@ -64,11 +64,11 @@ from jaxcnn.conv_impls import output_dtype
 # that conv_forms.choose picks for the shapes ("lax": conv_general_dilated; "manual": slices
 # and einsums; on CPU also per-tap and depth-folded forms), one generic lowering and one for
 # CPU. Static parameters: the spec, the impl and the shape to rebuild. A cotangent always has
-# its primal's dtype.
-
-
-def _conv_compute(x, w, *, spec, impl, shape, platform=None):
-    return choose("conv", impl, spec, x.shape, w.shape, platform, x.dtype)(x, w, spec)
+# its primal's dtype. Each primitive's section below holds, in this order, its lowering
+# (``_conv_compute``), abstract eval (``_conv_abstract_eval``), the bind, its transpose for each
+# operand (``_conv_transpose_x``, ``_conv_transpose_w``; ``ad.defbilinear`` builds the JVP from
+# the primitive itself) and its vmap rule (``_conv_batch_rule``); alike for input_grad and
+# weight_grad.
 
 
 def _meet(dy, operand):
@@ -80,12 +80,93 @@ def _meet(dy, operand):
     return dy.astype(operand.dtype), operand
 
 
+def _cast(value, dtype):
+    """``value`` in ``dtype``, with no convert op when it already is: conv's output comes in its
+    accumulation dtype (``preferred_element_type``), so a cotangent may not match the operand
+    it meets in a transpose."""
+    return value.astype(dtype) if value.dtype != dtype else value
+
+
+# ----------------------------------------------------------------------------- conv
+# y = conv(x, w). Transposes: x̄ = input_grad(δ, w), w̄ = weight_grad(x, δ).
+
+
+def _conv_compute(x, w, *, spec, impl, shape, platform=None):
+    return choose("conv", impl, spec, x.shape, w.shape, platform, x.dtype)(x, w, spec)
+
+
+def _conv_abstract_eval(x, w, *, spec, impl, shape):
+    return ShapedArray(shape, output_dtype(spec, x.dtype))
+
+
+conv_p = make_primitive("conv", _conv_compute, _conv_abstract_eval, platforms=("cpu",))
+
+
+def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
+    """Zero-padded correlation ``y[i] = Σ_k w[k] · x_pad[i·s + k·d]``, no bias."""
+    return conv_p.bind(x, w, spec=spec, impl=impl, shape=conv_output_shape(x.shape, w.shape, spec))
+
+
+def _conv_transpose_x(ct, x, w, *, spec, impl, shape):
+    return input_grad_core(ct, w, spec, impl, x.aval.shape)
+
+
+def _conv_transpose_w(ct, x, w, *, spec, impl, shape):
+    return weight_grad_core(x, ct, spec, impl, w.aval.shape)
+
+
+def _conv_batch_rule(args, dims, **params):
+    return _family_batch_rule(conv_p, args, dims, kernel_slot=1, **params)
+
+
+ad.defbilinear(conv_p, _conv_transpose_x, _conv_transpose_w)
+batching.primitive_batchers[conv_p] = _conv_batch_rule
+
+
+# ----------------------------------------------------------------------------- input_grad
+# dx = input_grad(dy, w). Transposes (c: the cotangent of dx): δ̄ = conv(c, w), w̄ = weight_grad(c, δ).
+
+
 def _input_grad_compute(dy, w, *, spec, impl, shape, platform=None):
     if 0 in dy.shape:
         return jnp.zeros(shape, w.dtype)
     dy, w_met = _meet(dy, w)
     return choose("input_grad", impl, spec, shape, w.shape, platform, w_met.dtype)(
         dy, w_met, spec, shape).astype(w.dtype)
+
+
+def _input_grad_abstract_eval(dy, w, *, spec, impl, shape):
+    return ShapedArray(shape, w.dtype)
+
+
+input_grad_p = make_primitive("conv_input_grad", _input_grad_compute, _input_grad_abstract_eval,
+                              platforms=("cpu",))
+
+
+def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,
+                    in_shape: tuple[int, ...]) -> jax.Array:
+    """``dx[j] = Σ_{i·s + k·d = j + lo} w[k]ᵀ · dy[i]``, shaped as the input ``in_shape``."""
+    return input_grad_p.bind(dy, w, spec=spec, impl=impl, shape=tuple(in_shape))
+
+
+def _input_grad_transpose_dy(ct, dy, w, *, spec, impl, shape):
+    return _cast(conv_core(_cast(ct, w.dtype), w, spec, impl), dy.aval.dtype)
+
+
+def _input_grad_transpose_w(ct, dy, w, *, spec, impl, shape):
+    return weight_grad_core(ct, dy, spec, impl, w.aval.shape)
+
+
+def _input_grad_batch_rule(args, dims, **params):
+    return _family_batch_rule(input_grad_p, args, dims, kernel_slot=1, **params)
+
+
+ad.defbilinear(input_grad_p, _input_grad_transpose_dy, _input_grad_transpose_w)
+batching.primitive_batchers[input_grad_p] = _input_grad_batch_rule
+
+
+# ----------------------------------------------------------------------------- weight_grad
+# dw = weight_grad(x, dy). Transposes (c: the cotangent of dw): x̄ = input_grad(δ, c), δ̄ = conv(x, c).
 
 
 def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
@@ -96,25 +177,12 @@ def _weight_grad_compute(x, dy, *, spec, impl, shape, platform=None):
         x_met, dy, spec, shape).astype(x.dtype)
 
 
-conv_p = make_primitive("conv", _conv_compute, lambda x, w, *, spec, impl, shape: ShapedArray(
-    shape, output_dtype(spec, x.dtype)), platforms=("cpu",))
-input_grad_p = make_primitive("conv_input_grad", _input_grad_compute,
-                              lambda dy, w, *, spec, impl, shape: ShapedArray(shape, w.dtype),
-                              platforms=("cpu",))
-weight_grad_p = make_primitive("conv_weight_grad", _weight_grad_compute,
-                               lambda x, dy, *, spec, impl, shape: ShapedArray(shape, x.dtype),
+def _weight_grad_abstract_eval(x, dy, *, spec, impl, shape):
+    return ShapedArray(shape, x.dtype)
+
+
+weight_grad_p = make_primitive("conv_weight_grad", _weight_grad_compute, _weight_grad_abstract_eval,
                                platforms=("cpu",))
-
-
-def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
-    """Zero-padded correlation ``y[i] = Σ_k w[k] · x_pad[i·s + k·d]``, no bias."""
-    return conv_p.bind(x, w, spec=spec, impl=impl, shape=conv_output_shape(x.shape, w.shape, spec))
-
-
-def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,
-                    in_shape: tuple[int, ...]) -> jax.Array:
-    """``dx[j] = Σ_{i·s + k·d = j + lo} w[k]ᵀ · dy[i]``, shaped as the input ``in_shape``."""
-    return input_grad_p.bind(dy, w, spec=spec, impl=impl, shape=tuple(in_shape))
 
 
 def weight_grad_core(x: jax.Array, dy: jax.Array, spec: ConvSpec, impl: str,
@@ -123,33 +191,24 @@ def weight_grad_core(x: jax.Array, dy: jax.Array, spec: ConvSpec, impl: str,
     return weight_grad_p.bind(x, dy, spec=spec, impl=impl, shape=tuple(w_shape))
 
 
-def _cast(value, dtype):
-    """``value`` in ``dtype``, with no convert op when it already is: conv's output comes in its
-    accumulation dtype (``preferred_element_type``), so a cotangent may not match the operand
-    it meets in a transpose."""
-    return value.astype(dtype) if value.dtype != dtype else value
+def _weight_grad_transpose_x(ct, x, dy, *, spec, impl, shape):
+    return input_grad_core(dy, ct, spec, impl, x.aval.shape)
 
 
-# conv: x̄ = input_grad(δ, w), w̄ = weight_grad(x, δ).
-ad.defbilinear(
-    conv_p,
-    lambda ct, x, w, *, spec, impl, shape: input_grad_core(ct, w, spec, impl, x.aval.shape),
-    lambda ct, x, w, *, spec, impl, shape: weight_grad_core(x, ct, spec, impl, w.aval.shape))
-# input_grad: δ̄ = conv(c, w), w̄ = weight_grad(c, δ).
-ad.defbilinear(
-    input_grad_p,
-    lambda ct, dy, w, *, spec, impl, shape: _cast(conv_core(_cast(ct, w.dtype), w, spec, impl),
-                                                  dy.aval.dtype),
-    lambda ct, dy, w, *, spec, impl, shape: weight_grad_core(ct, dy, spec, impl, w.aval.shape))
-# weight_grad: x̄ = input_grad(δ, c), δ̄ = conv(x, c).
-ad.defbilinear(
-    weight_grad_p,
-    lambda ct, x, dy, *, spec, impl, shape: input_grad_core(dy, ct, spec, impl, x.aval.shape),
-    lambda ct, x, dy, *, spec, impl, shape: _cast(conv_core(x, _cast(ct, x.dtype), spec, impl),
-                                                  dy.aval.dtype))
+def _weight_grad_transpose_dy(ct, x, dy, *, spec, impl, shape):
+    return _cast(conv_core(x, _cast(ct, x.dtype), spec, impl), dy.aval.dtype)
 
 
-# vmap. A mapped axis B of the activations alone folds into the batch N. A mapped kernel folds,
+def _weight_grad_batch_rule(args, dims, **params):
+    return _family_batch_rule(weight_grad_p, args, dims, kernel_slot=None, **params)
+
+
+ad.defbilinear(weight_grad_p, _weight_grad_transpose_x, _weight_grad_transpose_dy)
+batching.primitive_batchers[weight_grad_p] = _weight_grad_batch_rule
+
+
+# ----------------------------------------------------------------------------- vmap
+# A mapped axis B of the activations alone folds into the batch N. A mapped kernel folds,
 # with the activations, into the channels: B independent convs are one conv with B·groups
 # groups (channel b·C + c of the merged input belongs to group b·G + c // (C/G)).
 
@@ -160,30 +219,23 @@ def _merged_shape(shape, axis, size):
     return tuple(shape)
 
 
-def _batch_rule(prim, kernel_slot):
-    """vmap rule for one of the three: ``kernel_slot`` is the operand that is w-shaped (1 for
-    conv and input_grad; for weight_grad the output is)."""
-    def rule(args, dims, *, spec, impl, shape):
-        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-        kernel_mapped = kernel_slot is not None and dims[kernel_slot] is not None
-        if not kernel_mapped and prim is not weight_grad_p:
-            act = fold_mapped(jnp.moveaxis(args[0], dims[0], 0), 0)
-            out_shape = _merged_shape(shape, 0, size)
-            out = prim.bind(act, args[1], spec=spec, impl=impl, shape=out_shape)
-            return unfold_mapped(out, 0, size), 0
-        c_ax, o_ax = spec.channel_axis(), spec.kernel_io_axes()[0]
-        merged = [fold_mapped(mapped_axis_first(a, d, size), o_ax if i == kernel_slot else c_ax)
-                  for i, (a, d) in enumerate(zip(args, dims))]
-        grouped = spec.replace(groups=spec.groups * size)
-        out_axis = o_ax if prim is weight_grad_p else c_ax
-        out = prim.bind(*merged, spec=grouped, impl=impl, shape=_merged_shape(shape, out_axis, size))
-        return unfold_mapped(out, out_axis, size), 0
-    return rule
-
-
-batching.primitive_batchers[conv_p] = _batch_rule(conv_p, 1)
-batching.primitive_batchers[input_grad_p] = _batch_rule(input_grad_p, 1)
-batching.primitive_batchers[weight_grad_p] = _batch_rule(weight_grad_p, None)
+def _family_batch_rule(prim, args, dims, *, kernel_slot, spec, impl, shape):
+    """The vmap rule of the three: ``kernel_slot`` is the operand that is w-shaped (1 for
+    conv and input_grad; None for weight_grad, whose output is)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    kernel_out = kernel_slot is None
+    if not kernel_out and dims[kernel_slot] is None:
+        act = fold_mapped(jnp.moveaxis(args[0], dims[0], 0), 0)
+        out_shape = _merged_shape(shape, 0, size)
+        out = prim.bind(act, args[1], spec=spec, impl=impl, shape=out_shape)
+        return unfold_mapped(out, 0, size), 0
+    c_ax, o_ax = spec.channel_axis(), spec.kernel_io_axes()[0]
+    merged = [fold_mapped(mapped_axis_first(a, d, size), o_ax if i == kernel_slot else c_ax)
+              for i, (a, d) in enumerate(zip(args, dims))]
+    grouped = spec.replace(groups=spec.groups * size)
+    out_axis = o_ax if kernel_out else c_ax
+    out = prim.bind(*merged, spec=grouped, impl=impl, shape=_merged_shape(shape, out_axis, size))
+    return unfold_mapped(out, out_axis, size), 0
 
 
 def bias_add(y: jax.Array, b: jax.Array, channel_axis: int) -> jax.Array:
