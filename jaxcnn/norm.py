@@ -193,29 +193,36 @@ def _affine(a, scale, bias, channels_last: bool):
             + bias.astype(acc).reshape(shape)).astype(a.dtype)
 
 
-def _batch_rule(prim, x_like: tuple[int, ...]):
-    """``x_like``: the operands shaped as x (the rest are per channel, ``(C,)``)."""
-    def rule(args, dims, **params):
-        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-        if all(d is None for i, d in enumerate(dims) if i not in x_like):
-            folded = [fold_mapped(mapped_axis_first(a, d, size), 0) if i in x_like else a
-                      for i, (a, d) in enumerate(zip(args, dims))]
-            return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
-        first = [mapped_axis_first(a, d, size) for a, d in zip(args, dims)]
-        x, cl = fold_mapped(first[0], 0), params["channels_last"]
-        one = jnp.ones(first[1].shape[-1], first[1].dtype)
-        x_hat = unfold_mapped(group_norm_p.bind(x, one, 0 * one, **params), 0, size)
-        if prim is group_norm_p:
-            return _affine(x_hat, first[1], first[2], cl), 0
-        normal_dot = tangent_p.bind(x, one, fold_mapped(first[2], 0), 0 * one, 0 * one, **params)
-        normal_dot = unfold_mapped(normal_dot, 0, size)
-        return (_affine(normal_dot, first[1], 0 * first[1], cl)
-                + _affine(x_hat, first[3], first[4], cl)), 0
-    return rule
+def _normalised_batch_rule(prim, x_like: tuple[int, ...], args, dims, **params):
+    """The vmap rule of both primitives; ``x_like``: the operands shaped as x (the rest are per
+    channel, ``(C,)``)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    if all(d is None for i, d in enumerate(dims) if i not in x_like):
+        folded = [fold_mapped(mapped_axis_first(a, d, size), 0) if i in x_like else a
+                  for i, (a, d) in enumerate(zip(args, dims))]
+        return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
+    first = [mapped_axis_first(a, d, size) for a, d in zip(args, dims)]
+    x, cl = fold_mapped(first[0], 0), params["channels_last"]
+    one = jnp.ones(first[1].shape[-1], first[1].dtype)
+    x_hat = unfold_mapped(group_norm_p.bind(x, one, 0 * one, **params), 0, size)
+    if prim is group_norm_p:
+        return _affine(x_hat, first[1], first[2], cl), 0
+    normal_dot = tangent_p.bind(x, one, fold_mapped(first[2], 0), 0 * one, 0 * one, **params)
+    normal_dot = unfold_mapped(normal_dot, 0, size)
+    return (_affine(normal_dot, first[1], 0 * first[1], cl)
+            + _affine(x_hat, first[3], first[4], cl)), 0
 
 
-batching.primitive_batchers[group_norm_p] = _batch_rule(group_norm_p, (0,))
-batching.primitive_batchers[tangent_p] = _batch_rule(tangent_p, (0, 2))
+def _group_norm_batch_rule(args, dims, **params):
+    return _normalised_batch_rule(group_norm_p, (0,), args, dims, **params)
+
+
+def _tangent_batch_rule(args, dims, **params):
+    return _normalised_batch_rule(tangent_p, (0, 2), args, dims, **params)
+
+
+batching.primitive_batchers[group_norm_p] = _group_norm_batch_rule
+batching.primitive_batchers[tangent_p] = _tangent_batch_rule
 
 
 # ----------------------------------------------------------------------------- public

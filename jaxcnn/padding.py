@@ -76,25 +76,52 @@ def _resized(shape, pads, axes, sign):
     return tuple(shape)
 
 
-def _linear_primitive(name, compute, sign):
-    prim = make_primitive(name, compute, lambda x, *, pads, mode, axes: ShapedArray(
-        _resized(x.shape, pads, axes, sign), x.dtype))
-
-    def batch_rule(args, dims, *, pads, mode, axes):
-        # The mapped axis goes in front; the padded axes move one along.
-        (x,), (dim,) = args, dims
-        x = jnp.moveaxis(x, dim, 0)
-        return prim.bind(x, pads=pads, mode=mode, axes=tuple(a + 1 for a in axes)), 0
-    batching.primitive_batchers[prim] = batch_rule
-    return prim
+def _pad_abstract_eval(x, *, pads, mode, axes):
+    return ShapedArray(_resized(x.shape, pads, axes, +1), x.dtype)
 
 
-pad_p = _linear_primitive("border_pad", _pad_compute, +1)
-fold_p = _linear_primitive("border_fold", _fold_compute, -1)
+def _fold_abstract_eval(g, *, pads, mode, axes):
+    return ShapedArray(_resized(g.shape, pads, axes, -1), g.dtype)
+
+
+pad_p = make_primitive("border_pad", _pad_compute, _pad_abstract_eval)
+fold_p = make_primitive("border_fold", _fold_compute, _fold_abstract_eval)
+
 # Both are linear: JVP = the op on the tangent. The transpose of the gather is the scatter-add
 # (fold the borders back), and the transpose of the fold is the gather again.
-ad.deflinear2(pad_p, lambda ct, x, *, pads, mode, axes: [fold_p.bind(ct, pads=pads, mode=mode, axes=axes)])
-ad.deflinear2(fold_p, lambda ct, g, *, pads, mode, axes: [pad_p.bind(ct, pads=pads, mode=mode, axes=axes)])
+
+
+def _pad_transpose(ct, x, *, pads, mode, axes):
+    return [fold_p.bind(ct, pads=pads, mode=mode, axes=axes)]
+
+
+def _fold_transpose(ct, g, *, pads, mode, axes):
+    return [pad_p.bind(ct, pads=pads, mode=mode, axes=axes)]
+
+
+ad.deflinear2(pad_p, _pad_transpose)
+ad.deflinear2(fold_p, _fold_transpose)
+
+
+# vmap: the mapped axis goes in front; the padded axes move one along.
+
+def _border_batch_rule(prim, args, dims, *, pads, mode, axes):
+    """The vmap rule of ``pad_p`` and ``fold_p``."""
+    (x,), (dim,) = args, dims
+    x = jnp.moveaxis(x, dim, 0)
+    return prim.bind(x, pads=pads, mode=mode, axes=tuple(a + 1 for a in axes)), 0
+
+
+def _pad_batch_rule(args, dims, **params):
+    return _border_batch_rule(pad_p, args, dims, **params)
+
+
+def _fold_batch_rule(args, dims, **params):
+    return _border_batch_rule(fold_p, args, dims, **params)
+
+
+batching.primitive_batchers[pad_p] = _pad_batch_rule
+batching.primitive_batchers[fold_p] = _fold_batch_rule
 
 
 def pad(x: jax.Array, pads: Pads, mode: str, axes: tuple[int, ...]) -> jax.Array:

@@ -38,6 +38,7 @@ leaving these rules. ``vmap`` folds a mapped axis into the batch axis.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -69,10 +70,15 @@ def _unpooled(a, *, spec, **_) -> ShapedArray:
 # ----------------------------------------------------------------------------- max pooling
 # Forward: the max; its JVP needs the argmax (int32, no derivative) and the gather.
 
-max_pool_p = make_primitive("max_pool", lambda x, *, spec: max_pool_argmax(x, spec)[0], _pooled)
+
+def _max_pool_compute(x, *, spec):
+    return max_pool_argmax(x, spec)[0]
 
 
-def _argmax(x, spec):
+max_pool_p = make_primitive("max_pool", _max_pool_compute, _pooled)
+
+
+def _argmax_compute(x, *, spec):
     """Each window's argmax, the same scan either way: unrolled (one fused pass) where its
     consumer, the scatter, is a loop that reads it from memory; as a loop itself where the
     windows tile the input (the scatter is then one select, into which XLA fused the unrolled
@@ -84,29 +90,53 @@ def _argmax(x, spec):
     return max_pool_argmax(x, spec)[1]
 
 
-argmax_p = make_primitive("max_pool_argmax", lambda x, *, spec: _argmax(x, spec),
-                          lambda x, *, spec: ShapedArray(_pooled(x, spec=spec).shape, jnp.int32))
-gather_p = make_primitive("max_pool_gather", lambda v, a, *, spec: max_pool_gather(v, a, spec),
-                          lambda v, a, *, spec: ShapedArray(a.shape, v.dtype))
-scatter_p = make_primitive("max_pool_scatter", lambda dy, a, *, spec: max_pool_scatter(dy, a, spec),
-                           lambda dy, a, *, spec: _unpooled(dy, spec=spec))
+def _argmax_abstract_eval(x, *, spec):
+    return ShapedArray(_pooled(x, spec=spec).shape, jnp.int32)
+
+
+argmax_p = make_primitive("max_pool_argmax", _argmax_compute, _argmax_abstract_eval)
+
+
+def _gather_compute(v, argmax, *, spec):
+    return max_pool_gather(v, argmax, spec)
+
+
+def _gather_abstract_eval(v, argmax, *, spec):
+    return ShapedArray(argmax.shape, v.dtype)
+
+
+gather_p = make_primitive("max_pool_gather", _gather_compute, _gather_abstract_eval)
+
+
+def _scatter_compute(dy, argmax, *, spec):
+    return max_pool_scatter(dy, argmax, spec)
+
+
+def _scatter_abstract_eval(dy, argmax, *, spec):
+    return _unpooled(dy, spec=spec)
+
+
+scatter_p = make_primitive("max_pool_scatter", _scatter_compute, _scatter_abstract_eval)
 
 
 def _max_pool_jvp(primals, tangents, *, spec):
     # ẏ = gather(ẋ, a): the tangent read at each window's (first) maximum. The max is the
-    # unrolled scan (one fused pass); the argmax is its own primitive (``_argmax`` says how
-    # it is computed so that the scatter reads it from memory).
+    # unrolled scan (one fused pass); the argmax is its own primitive (``_argmax_compute`` says
+    # how it is computed so that the scatter reads it from memory).
     (x,), (x_dot,) = primals, tangents
     argmax = argmax_p.bind(x, spec=spec)
     return max_pool_p.bind(x, spec=spec), gather_p.bind(x_dot, argmax, spec=spec)
 
 
-ad.primitive_jvps[max_pool_p] = _max_pool_jvp
-ad.defjvp(argmax_p, None)  # piecewise constant: a zero tangent
 # gather and scatter are linear in their first operand (the argmax is data): JVP = the op on the
 # tangent; transposes, from ⟨gather(v, a), c⟩ = ⟨v, scatter(c, a)⟩, each the other.
-ad.defjvp(gather_p, lambda v_dot, v, a, *, spec: gather_p.bind(v_dot, a, spec=spec), None)
-ad.defjvp(scatter_p, lambda g_dot, g, a, *, spec: scatter_p.bind(g_dot, a, spec=spec), None)
+
+def _gather_jvp(v_dot, v, argmax, *, spec):
+    return gather_p.bind(v_dot, argmax, spec=spec)
+
+
+def _scatter_jvp(g_dot, g, argmax, *, spec):
+    return scatter_p.bind(g_dot, argmax, spec=spec)
 
 
 def _gather_transpose(ct, v, argmax, *, spec):
@@ -117,6 +147,10 @@ def _scatter_transpose(ct, g, argmax, *, spec):
     return [gather_p.bind(ad.instantiate_zeros(ct), argmax, spec=spec), None]
 
 
+ad.primitive_jvps[max_pool_p] = _max_pool_jvp
+ad.defjvp(argmax_p, None)  # piecewise constant: a zero tangent
+ad.defjvp(gather_p, _gather_jvp, None)
+ad.defjvp(scatter_p, _scatter_jvp, None)
 ad.primitive_transposes[gather_p] = _gather_transpose
 ad.primitive_transposes[scatter_p] = _scatter_transpose
 
@@ -125,33 +159,68 @@ ad.primitive_transposes[scatter_p] = _scatter_transpose
 # Linear: JVP = the op on the tangent; ⟨avg_pool(x), dy⟩ = ⟨x, avg_pool_transpose(dy)⟩, dy / c
 # spread over each window, and the transpose's transpose is avg_pool again.
 
-avg_pool_p = make_primitive(
-    "avg_pool", lambda x, *, spec, count_include_pad: window_average(x, spec, count_include_pad),
-    _pooled)
-avg_pool_transpose_p = make_primitive(
-    "avg_pool_transpose",
-    lambda dy, *, spec, count_include_pad: avg_pool_transpose(dy, spec, count_include_pad),
-    _unpooled)
-ad.deflinear2(avg_pool_p, lambda ct, x, **params: [avg_pool_transpose_p.bind(ct, **params)])
-ad.deflinear2(avg_pool_transpose_p, lambda ct, dy, **params: [avg_pool_p.bind(ct, **params)])
+
+def _avg_pool_compute(x, *, spec, count_include_pad):
+    return window_average(x, spec, count_include_pad)
+
+
+def _avg_pool_transpose_compute(dy, *, spec, count_include_pad):
+    return avg_pool_transpose(dy, spec, count_include_pad)
+
+
+avg_pool_p = make_primitive("avg_pool", _avg_pool_compute, _pooled)
+avg_pool_transpose_p = make_primitive("avg_pool_transpose", _avg_pool_transpose_compute, _unpooled)
+
+
+def _avg_pool_transpose_rule(ct, x, **params):
+    return [avg_pool_transpose_p.bind(ct, **params)]
+
+
+def _avg_pool_transpose_transpose_rule(ct, dy, **params):
+    return [avg_pool_p.bind(ct, **params)]
+
+
+ad.deflinear2(avg_pool_p, _avg_pool_transpose_rule)
+ad.deflinear2(avg_pool_transpose_p, _avg_pool_transpose_transpose_rule)
 
 
 # ----------------------------------------------------------------------------- global avg
 # Linear: y[n, c] = mean_S x[n, c]; its transpose dx[n, c, j] = dy[n, c] / |S|, and back.
 
-global_avg_pool_p = make_primitive(
-    "global_avg_pool", lambda x, *, in_sizes, channels_last: global_mean(x, channels_last),
-    lambda x, *, in_sizes, channels_last: ShapedArray(
-        (x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype))
+
+def _global_avg_pool_compute(x, *, in_sizes, channels_last):
+    return global_mean(x, channels_last)
+
+
+def _global_avg_pool_abstract_eval(x, *, in_sizes, channels_last):
+    return ShapedArray((x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype)
+
+
+def _global_avg_pool_transpose_compute(dy, *, in_sizes, channels_last):
+    return global_avg_pool_transpose(dy, in_sizes, channels_last)
+
+
+def _global_avg_pool_transpose_abstract_eval(dy, *, in_sizes, channels_last):
+    return ShapedArray(global_input_shape(dy.shape, in_sizes, channels_last), dy.dtype)
+
+
+global_avg_pool_p = make_primitive("global_avg_pool", _global_avg_pool_compute,
+                                   _global_avg_pool_abstract_eval)
 global_avg_pool_transpose_p = make_primitive(
-    "global_avg_pool_transpose",
-    lambda dy, *, in_sizes, channels_last: global_avg_pool_transpose(dy, in_sizes, channels_last),
-    lambda dy, *, in_sizes, channels_last: ShapedArray(
-        global_input_shape(dy.shape, in_sizes, channels_last), dy.dtype))
-ad.deflinear2(global_avg_pool_p,
-              lambda ct, x, **params: [global_avg_pool_transpose_p.bind(ct, **params)])
-ad.deflinear2(global_avg_pool_transpose_p,
-              lambda ct, dy, **params: [global_avg_pool_p.bind(ct, **params)])
+    "global_avg_pool_transpose", _global_avg_pool_transpose_compute,
+    _global_avg_pool_transpose_abstract_eval)
+
+
+def _global_avg_pool_transpose_rule(ct, x, **params):
+    return [global_avg_pool_transpose_p.bind(ct, **params)]
+
+
+def _global_avg_pool_transpose_transpose_rule(ct, dy, **params):
+    return [global_avg_pool_p.bind(ct, **params)]
+
+
+ad.deflinear2(global_avg_pool_p, _global_avg_pool_transpose_rule)
+ad.deflinear2(global_avg_pool_transpose_p, _global_avg_pool_transpose_transpose_rule)
 
 
 # ----------------------------------------------------------------------------- vmap
@@ -160,17 +229,16 @@ ad.deflinear2(global_avg_pool_transpose_p,
 # An unmapped operand (the argmax beside a mapped tangent, say) is broadcast to B copies first.
 
 
-def _fold_batch_rule(prim):
-    def rule(args, dims, **params):
-        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-        folded = [fold_mapped(mapped_axis_first(a, d, size), 0) for a, d in zip(args, dims)]
-        return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
-    return rule
+def _pool_batch_rule(prim, args, dims, **params):
+    """The vmap rule of every pooling primitive ``prim`` (registered with ``partial``)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    folded = [fold_mapped(mapped_axis_first(a, d, size), 0) for a, d in zip(args, dims)]
+    return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
 
 
 for _prim in (max_pool_p, argmax_p, gather_p, scatter_p, avg_pool_p, avg_pool_transpose_p,
               global_avg_pool_p, global_avg_pool_transpose_p):
-    batching.primitive_batchers[_prim] = _fold_batch_rule(_prim)
+    batching.primitive_batchers[_prim] = partial(_pool_batch_rule, _prim)
 
 
 # ----------------------------------------------------------------------------- public
