@@ -454,3 +454,48 @@ def test_avx2_build_equals_lax(avx2_targets, name, rng):
             want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, *operands)
             assert got.shape == want.shape
             assert_close(got, want, F32, f"avx2 {piece} on {name}")
+
+
+_RUN_OUT_OF_MEMORY = """
+import re, resource
+import jax, jax.numpy as jnp, numpy as np
+from jaxcnn import conv_native
+from jaxcnn._args import normalize_conv
+jax.config.update("jax_enable_x64", False)
+assert conv_native.available()
+x_shape, w_shape, y_shape = (1, 2, 2, 2, 512), (3, 3, 3, 512, 1024), (1, 2, 2, 2, 1024)
+spec = normalize_conv(jnp.zeros(x_shape, jnp.float32), jnp.zeros(w_shape, jnp.float32), None, padding_mode="zeros",
+                      channels_last=True, impl="lax", stride=1, padding=1, dilation=1, groups=1).spec
+sizes = conv_native._forward_sizes(spec, x_shape, y_shape, w_shape)
+grad = jax.jit(lambda x, dy: jax.ffi.ffi_call("jaxcnn_weight_grad", jax.ShapeDtypeStruct(w_shape, jnp.float32))(
+    x, dy, sizes=sizes))
+x, dy = jnp.ones(x_shape, jnp.float32), jnp.ones(y_shape, jnp.float32)
+want = np.asarray(grad(x, dy))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+for quarters in range(1, 12):   # room for XLA's dw but not for the kernel's partial sum: find it
+    vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + want.nbytes * quarters // 4, hard))
+    try:
+        grad(x, dy).block_until_ready()
+        outcome = "no error"
+    except Exception as err:
+        outcome = f"{type(err).__name__}: {err}"
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print(quarters, outcome.splitlines()[0])
+    if "jaxcnn" in outcome or outcome == "no error":
+        break
+np.testing.assert_array_equal(np.asarray(grad(x, dy)), want)
+"""
+
+
+@needs_kernels
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_out_of_memory_is_an_error():
+    """A weight gradient whose partial sum (56 MB, the size of ``dw``) cannot be allocated, in a
+    process of its own: its address space capped at what it holds plus 1/4, 2/4, ... of ``dw``
+    until XLA can allocate ``dw`` (before that, XLA's own error) and the kernel's partial fails.
+    That is an error JAX raises, not an abort, and the process's next call computes the gradient
+    again."""
+    done = subprocess.run([sys.executable, "-c", _RUN_OUT_OF_MEMORY], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RESOURCE_EXHAUSTED: jaxcnn native conv: out of memory" in done.stdout.splitlines()[-1], done.stdout

@@ -127,7 +127,7 @@ ffi::Error parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t worker
   switch (state->failure.load()) {
     case Failure::kNone: return ffi::Error::Success();
     case Failure::kMemory:
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory in a worker");
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory in a kernel thread");
     default: return ffi::Error::Internal("jaxcnn native conv: a worker failed");
   }
 }
