@@ -15,7 +15,8 @@ swapped, padded by ``d·(K−1) − lo`` (``jaxcnn.conv``'s derivation), as ``la
 Each kernel turns a block of output positions into a table of input rows (a row of zeros where
 a tap reads the padding) and sums products of register blocks over it, split over XLA's
 intra-op threads. Scratch: the row table of a block and, for the weight gradient, one
-``(∏K, C, O)`` partial sum per thread; nothing the size of an activation.
+``(∏K, C, O)`` partial sum per range of positions (at most two per thread and 16 MiB in all, or
+one); nothing the size of an activation.
 
 ``conv_forms`` uses them first wherever they apply, except where the lowering takes no custom
 call (``jaxcnn._primitives.custom_calls_allowed``): an op XLA's SPMD partitioner splits over

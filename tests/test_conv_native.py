@@ -8,6 +8,13 @@ map, at float32's tolerance (``helpers.TOL``: each output sums at most a few hun
 The geometries cover 1D/2D/3D, strides, dilations, uneven and cropping (negative) pads, and
 batch and position counts that leave partial register blocks and partial thread chunks.
 Skipped where the kernels cannot be built (no compiler, a JAX without ``jax.ffi``).
+
+The build and its entry points: the source compiles with ``-Wall -Wextra -Werror``; the cache
+(``XDG_CACHE_HOME``, a key with jaxlib's version) builds once for threads and processes; a bad
+geometry fed to the registered custom call, or an allocation that fails, is an error JAX raises.
+The AVX2 build (``ISAS["avx2"]``: 8 floats a vector, the build of a CPU without AVX-512) loads
+beside the native one in this process, its FFI targets registered with the suffix ``_avx2``, and
+its forward and weight gradient are checked against lax's pieces.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     AVAILABLE = conv_native.available()
 needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
+HAS_FFI = hasattr(getattr(jax, "ffi", None), "ffi_call")
 WIDTH = conv_native.vector_width() if AVAILABLE else 16
 
 # name: (batch, x spatial, kernel, C, O, conv kwargs); channels last, one group.
@@ -167,6 +175,17 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     assert not conv_native.available()
 
 
+
+@pytest.mark.skipif(not HAS_FFI, reason="no jax.ffi: the kernels are off before the ISA is read")
+def test_an_unknown_isa_warns_and_falls_back(monkeypatch):
+    """``JAXCNN_NATIVE_ISA`` names a build ``ISAS`` does not know: one warning naming the value
+    and the choices, then no kernels."""
+    monkeypatch.setattr(conv_native, "_STATE", {})
+    monkeypatch.delenv(conv_native.ENV, raising=False)
+    monkeypatch.setenv(conv_native.ISA_ENV, "sse9")
+    with pytest.warns(UserWarning, match=r"JAXCNN_NATIVE_ISA='sse9': expected one of \['avx2', 'native'\]"):
+        assert conv_native.library() is None
+
 def _layer(rng, batch):
     """A 2D 16 → 32 layer the kernels take (float32: call inside ``enable_x64(False)``)."""
     return (jnp.asarray(rng.standard_normal((batch, 6, 6, 16)), jnp.float32),
@@ -274,8 +293,6 @@ def test_export_takes_the_xla_forms(rng):
 
 
 # ----------------------------------------------------------------------------- build, cache, entry
-
-HAS_FFI = hasattr(getattr(jax, "ffi", None), "ffi_call")
 
 
 def _compiler():

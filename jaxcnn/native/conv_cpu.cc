@@ -4,8 +4,8 @@
 // Channels last, one group, float32, 1 to 3 spatial axes (fewer are padded to 3 with size-1
 // axes). The geometry is lax.conv_general_dilated's: an output position i and a kernel tap k
 // read the input at (i·s + k·d − lo) / ld along each axis, where that is a whole number inside
-// the input (ld, the input dilation, is the stride of the transposed convolution); elsewhere
-// the padding's zeros. Two kernels:
+// the input (ld, the input dilation, as in a transposed convolution; jaxcnn/conv_native.py
+// passes 1); elsewhere the padding's zeros. Two kernels:
 //
 //   conv:        y[n, i, o]  = Σ_{k, c} x[n, at(i, k), c] · w[k, c, o]
 //   weight_grad: dw[k, c, o] = Σ_{n, i} x[n, at(i, k), c] · dy[n, i, o]
