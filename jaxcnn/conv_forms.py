@@ -3,49 +3,50 @@ r"""Faster forms of the conv family's three pieces, and the rule that picks one 
 Every form computes exactly the map of its piece (``jaxcnn.conv_impls``), in an order of
 operations XLA runs faster for some shapes; each is linear in each operand, so the VJP family
 (every piece's transpose is another piece) is untouched. ``choose`` is called when a primitive
-is lowered, with static shapes, so the choice costs nothing at run time. Measured on a 2-core
-CPU (BENCHMARKS.md, "Where the time goes"):
+is lowered, with static shapes, so the choice costs nothing at run time. The rule is a table:
+``FORMS`` holds each form (its function and its memory model) and ``RULES`` each piece's
+candidates, fastest first, each with the test of where it applies; ``candidates`` filters the
+rules in order and ``choose`` takes the first that fits the memory budget. The measurements
+behind the order are in BENCHMARKS.md ("Form choice: the measurements behind conv_forms'
+table"). On CPU:
 
 - **native** (``jaxcnn.conv_native``; channels last, one group, float32, ``C ≥ 8``): C++
   kernels called as FFI custom calls, register-blocked sums over a table of input rows, for
   each piece in 1D, 2D and 3D where they apply (the input gradient at stride 1); first where
-  they do (fwd+bwd of the bench's eligible rows 0.12–0.91× ``jax.grad`` of lax). The forms below
-  serve every other dtype, layout and shape, and every machine without a compiler.
-- **depthwise** (``C/g = 1``, ``g > 1``): XLA's grouped convolution runs 1×1 blocks at ~0.3 %
-  of peak. The manual tap sum is an elementwise multiply per tap (20–28× faster forward), and
-  the weight gradient a multiply-and-sum per tap:
+  they do. The forms below serve every other dtype, layout and shape, and every machine
+  without a compiler.
+- **depthwise** (``C/g = 1``, ``g > 1``): XLA's grouped convolution runs 1×1 blocks far from
+  peak. The manual tap sum is an elementwise multiply per tap, and the weight gradient a
+  multiply-and-sum per tap:
   ``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]``.
 - **fold depth** (n = 3, one group; ``jaxcnn.conv_depth``): XLA's CPU backend sends 2D
-  convolutions to its fast library and 3D ones to a generic loop (4–12 % of peak). A 3D conv
-  is a sum over its ``K_d`` depth taps of 2D convs over a batch of ``N·D_out`` depth slices:
-  the taps stacked into the channels (one 2D conv; ``K_d`` copies of the input), or, where
-  those do not fit the memory budget, a loop over the taps (one depth slice alive at a time;
-  the clips model's 16 → 32 layer fwd+bwd 24 vs 67 ms for lax's 3D convolution).
+  convolutions to its fast library and 3D ones to a generic loop. A 3D conv is a sum over its
+  ``K_d`` depth taps of 2D convs over a batch of ``N·D_out`` depth slices: the taps stacked into
+  the channels (one 2D conv; ``K_d`` copies of the input), or, where those do not fit the
+  memory budget, a loop over the taps (one depth slice alive at a time).
 - **2D and 3D weight gradient** (one group): XLA computes it as a convolution whose "kernel"
-  is the whole of ``dy`` (0.9–4.7× the forward's time). Per-tap matmuls (the manual form)
-  are 1.3–3.6× faster; with ``N ≥ 4`` samples and a small ``C × O`` tap they run batched over
-  the samples and summed after, 2.5–4× faster than XLA's (the long contraction over
-  ``(n, i)`` of a small output is the shape XLA's CPU matmul cannot parallelise).
+  is the whole of ``dy``. Per-tap matmuls (the manual form) are faster; with ``N ≥ 4`` samples
+  and a small ``C × O`` tap they run batched over the samples and summed after (the long
+  contraction over ``(n, i)`` of a small output is the shape XLA's CPU matmul cannot
+  parallelise).
 - **im2col** (``impl="manual"``, ``1 < C/g ≤ 4``): with few input channels each tap's
   contraction is a matmul of depth ``C/g`` that writes the whole output; stacking the ``∏K``
-  slices along a tap axis makes one contraction of depth ``∏K·C/g`` (the 3-channel 7×7 stem:
-  6–9× faster forward).
+  slices along a tap axis makes one contraction of depth ``∏K·C/g``.
 
 Memory weighs as much as time: each form's intermediates are estimated from shapes
-(``FORM_MEMORY``; an unrolled tap sum holds ``∏K`` slices, XLA's CPU compiler computing every
+(``Form.memory``; an unrolled tap sum holds ``∏K`` slices, XLA's CPU compiler computing every
 tap before summing) and a form is used only within ``MEMORY_BUDGET`` of its piece's
 activations; otherwise the next candidate: the tap loops of ``jaxcnn.conv_loops`` (one tap
 alive at a time; the manual forward's over slices of the batch, or of the output's rows, where
-the whole loop does not fit), and at last the one-lax-call piece (``impl="lax"``). fwd+bwd stays
-within 1.5× (lax) of the compiled temp memory of ``jax.grad`` of lax on every bench row
-(``experiments/bench/memory.md``).
+the whole loop does not fit), and at last the one-lax-call piece (``impl="lax"``).
 
-The native, depthwise, fold-depth and channels-last forms are CPU lowerings of ``impl="lax"`` (on a
+The native, depthwise, fold-depth and per-tap forms are CPU lowerings of ``impl="lax"`` (on a
 GPU, cuDNN handles grouped and 3D convolutions itself); im2col and the depthwise weight
 gradient are ``impl="manual"`` forms everywhere (no convolution primitive in either).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -63,16 +64,13 @@ from jaxcnn.conv_depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_
                                fold_depth_input_grad, fold_depth_weight_grad)
 from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
                                 loop_weight_grad, tap_offsets, tap_reader)
-from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes,
+from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad, lax_weight_grad,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
+from jaxcnn.conv_native import native_conv, native_input_grad, native_weight_grad
 
 
 PIECES = ("conv", "input_grad", "weight_grad")
-
-
-def _channels_per_group(shape: tuple[int, ...], spec: ConvSpec) -> int:
-    return shape[spec.channel_axis()] // spec.groups
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -192,8 +190,8 @@ def im2col_weight_grad(x, dy, spec: ConvSpec, w_shape):
 MEMORY_BUDGET = 1.5
 """A form is used only if its intermediates fit in ``MEMORY_BUDGET × (input + output)`` elements
 of its piece's activations; otherwise the next candidate (at last the lean tap loop, or for
-``impl="lax"`` the one-lax-call piece). Keeps fwd+bwd within ~1.5× (lax) and ~2× (manual) the
-compiled temp memory of ``jax.grad`` of lax."""
+``impl="lax"`` the one-lax-call piece). Chosen to keep fwd+bwd near the compiled temp memory of
+``jax.grad`` of lax (BENCHMARKS.md, "Form choice")."""
 
 
 def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, int]:
@@ -220,55 +218,67 @@ def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[i
             "rows": out_sizes[0]}
 
 
-def _unrolled(a):
+def _none(a: dict[str, int]) -> int:
+    """One lax call or one custom call: XLA's own temp memory, the yardstick of the budget."""
+    return 0
+
+
+def _unrolled(a: dict[str, int]) -> int:
+    """x_pad and every tap's slice or product (XLA's CPU compiler computes all taps, then sums)."""
     return a["padded"] + a["taps"] * max(a["slice"], a["output"])
 
 
-FORM_MEMORY: dict[str, Callable[[dict[str, int]], int]] = {   # form name → elements
-    "manual_conv": _unrolled,
-    "manual_input_grad": lambda a: a["padded"] + a["taps"] * a["dilated"],
-    "manual_weight_grad": _unrolled,
-    "sample_batched_weight_grad": _unrolled,
-    "depthwise_weight_grad": _unrolled,
-    "im2col_conv": lambda a: a["padded"] + 2 * a["taps"] * a["slice"],
-    "im2col_weight_grad": lambda a: a["padded"] + 2 * a["taps"] * a["slice"],
-    "fold_depth_conv": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
-    "fold_depth_input_grad": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
-    "fold_depth_weight_grad": lambda a: 2 * a["depth_taps"] * a["depth_slice"],
-    # The depth-tap loops: x_pad (or dx_pad; padded along depth only), one tap's depth slice,
-    # and the tap's (n−1)-D result beside the accumulator (the forward's temp memory measured
-    # within 2 % of this on the bench's 3D rows; the input gradient's is smaller, given the
-    # same so that fwd+bwd stays within 1.5× jax.grad's: conv3d_3x3x3 N…C was 1.58 without).
-    "depth_tap_conv": lambda a: a["depth_padded"] + a["depth_slice"] + a["output"],
-    "depth_tap_input_grad": lambda a: a["depth_padded"] + a["depth_slice"] + a["output"],
-    # A loop holds x_pad (or dx_pad), one tap's product and its accumulator (a lax conv feeds
-    # its consumer's fusion directly: a depthwise loop_conv measured +0.9× jax.grad's memory).
-    # A weight-gradient loop that reads dy channels first also holds a transposed copy of it
-    # (``dy_copy``); the weight gradient's dot copies its slice too;
-    # the depthwise tap is a fused multiply-and-sum. The input gradient adds each tap's
-    # input-sized part onto the phases of dx_pad (no stride holes written).
-    "loop_conv": lambda a: a["padded"] + 2 * a["output"],
-    "loop_input_grad": lambda a: a["padded"] + a["slice"] + a["output"],
-    "loop_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
-    "loop_sample_batched_weight_grad": lambda a: a["padded"] + a["slice"] + a["dy_copy"],
-    "loop_depthwise_weight_grad": lambda a: a["padded"] + a["output"],
-    # Chunked over the batch: the stacked results and their reshaped copy, and per slice its
-    # input, x_pad, accumulator and product. Over the output's rows: x_pad and the output,
-    # and per slice the accumulator and product (conv3d_3x3x3 N…C fwd+bwd, 1 → 4 slices:
-    # 3.73 → 2.97 MiB; 8 slices no less).
-    "chunked_loop_conv": lambda a: _chunked_memory(a, *_chunks(a)),
-}
+def _stacked_taps(a: dict[str, int]) -> int:
+    """x_pad, the ``∏K`` stacked slices and their reshaped copy (im2col)."""
+    return a["padded"] + 2 * a["taps"] * a["slice"]
+
+
+def _folded_depth(a: dict[str, int]) -> int:
+    """The ``K_0`` stacked depth slices and their folded copy."""
+    return 2 * a["depth_taps"] * a["depth_slice"]
+
+
+def _depth_tap_loop(a: dict[str, int]) -> int:
+    """x_pad (or dx_pad; padded along depth only), one tap's depth slice, and the tap's (n−1)-D
+    result beside the accumulator. The input gradient's is smaller, given the same so that
+    fwd+bwd stays within the budget of ``jax.grad``'s."""
+    return a["depth_padded"] + a["depth_slice"] + a["output"]
+
+
+def _loop_conv_memory(a: dict[str, int]) -> int:
+    """x_pad, one tap's product and its accumulator (a lax conv feeds its consumer directly)."""
+    return a["padded"] + 2 * a["output"]
+
+
+def _loop_input_grad_memory(a: dict[str, int]) -> int:
+    """dx_pad, one tap's slice, and ``dy``: each tap's input-sized part is added onto the phases
+    of dx_pad (no stride holes written)."""
+    return a["padded"] + a["slice"] + a["output"]
+
+
+def _loop_weight_grad_memory(a: dict[str, int]) -> int:
+    """x_pad, the slice the tap's dot copies, and channels first a transposed copy of ``dy``."""
+    return a["padded"] + a["slice"] + a["dy_copy"]
+
+
+def _loop_depthwise_memory(a: dict[str, int]) -> int:
+    """x_pad and one tap's fused multiply-and-sum, output-sized."""
+    return a["padded"] + a["output"]
 
 
 def _chunked_memory(a: dict[str, int], batch: int, rows: int) -> int:
+    """The tap loop over ``batch`` slices of the batch (the stacked results and their reshaped
+    copy, and per slice its input, x_pad, accumulator and product) or over ``rows`` slices of the
+    output's rows (x_pad and the output, and per slice the accumulator and product)."""
     if batch > 1:
         return 2 * a["output"] + (a["input"] + a["padded"] + 2 * a["output"]) // batch
     if rows > 1:
         return a["padded"] + a["output"] + 2 * a["output"] // rows
-    return FORM_MEMORY["loop_conv"](a)
+    return _loop_conv_memory(a)
 
 
-_MIN_SLICE = 8   # samples per slice: per-sample slices of conv1d_k7 (N = 8) held more, not less
+_MIN_SLICE = 8
+"""Samples per batch slice at least: smaller slices held more memory, not less."""
 
 
 def _room(a: dict[str, int]) -> float:
@@ -296,98 +306,262 @@ def chunked_loop_conv(x, w, spec: ConvSpec):
     return loop_conv(x, w, spec, batch_chunks=batch, row_chunks=rows)
 
 
-def _elements(form: Callable, a: dict[str, int]) -> int:
-    model = FORM_MEMORY.get(form.__name__)
-    return 0 if model is None else model(a)
+# ----------------------------------------------------------------------------- the forms
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """One form of a piece: the function that computes it and its memory model, the estimated
+    intermediate elements as a function of ``activation_sizes``."""
+
+    function: Callable
+    memory: Callable[[dict[str, int]], int]
+
+    @property
+    def name(self) -> str:
+        return self.function.__name__
+
+
+FORMS: tuple[Form, ...] = (
+    Form(lax_conv, _none),
+    Form(lax_input_grad, _none),
+    Form(lax_weight_grad, _none),
+    Form(native_conv, _none),
+    Form(native_input_grad, _none),
+    Form(native_weight_grad, _none),
+    Form(manual_conv, _unrolled),
+    Form(manual_input_grad, lambda a: a["padded"] + a["taps"] * a["dilated"]),
+    Form(manual_weight_grad, _unrolled),
+    Form(sample_batched_weight_grad, _unrolled),
+    Form(depthwise_weight_grad, _unrolled),
+    Form(im2col_conv, _stacked_taps),
+    Form(im2col_weight_grad, _stacked_taps),
+    Form(fold_depth_conv, _folded_depth),
+    Form(fold_depth_input_grad, _folded_depth),
+    Form(fold_depth_weight_grad, _folded_depth),
+    Form(depth_tap_conv, _depth_tap_loop),
+    Form(depth_tap_input_grad, _depth_tap_loop),
+    Form(loop_conv, _loop_conv_memory),
+    Form(loop_input_grad, _loop_input_grad_memory),
+    Form(loop_weight_grad, _loop_weight_grad_memory),
+    Form(loop_sample_batched_weight_grad, _loop_weight_grad_memory),
+    Form(loop_depthwise_weight_grad, _loop_depthwise_memory),
+    Form(chunked_loop_conv, lambda a: _chunked_memory(a, *_chunks(a))),
+)
+_BY_FUNCTION = {form.function: form for form in FORMS}
+
+
+def form_of(function: Callable) -> Form:
+    """The table's entry for ``function``; a function not in ``FORMS`` is an error, never a
+    form that costs nothing."""
+    try:
+        return _BY_FUNCTION[function]
+    except (KeyError, TypeError):
+        raise KeyError(f"{getattr(function, '__name__', function)!r} is not a form of "
+                       f"conv_forms.FORMS ({', '.join(f.name for f in FORMS)})") from None
 
 
 def form_memory(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
-    """Estimated intermediate elements of ``form`` (0 for the one-lax-call pieces)."""
-    return _elements(form, activation_sizes(spec, in_shape, w_shape))
+    """Estimated intermediate elements of ``form`` (0 for the one-lax-call and native pieces)."""
+    return form_of(form).memory(activation_sizes(spec, in_shape, w_shape))
 
 
 def fits(form: Callable, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
     """Whether ``form``'s intermediates fit the budget (``MEMORY_BUDGET``)."""
     a = activation_sizes(spec, in_shape, w_shape)
-    return _elements(form, a) <= _room(a)
+    return form_of(form).memory(a) <= _room(a)
 
 
-# ----------------------------------------------------------------------------- the choice
+# ----------------------------------------------------------------------------- the rule
 
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """What the rule reads: one piece of one conv, as lowered."""
+
+    piece: str
+    impl: str
+    spec: ConvSpec
+    in_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    platform: str | None
+    dtype: Any
+
+    @property
+    def channels_per_group(self) -> int:
+        return self.in_shape[self.spec.channel_axis()] // self.spec.groups
+
+    @property
+    def depthwise(self) -> bool:
+        return self.spec.groups > 1 and self.channels_per_group == 1
+
+    @property
+    def thin(self) -> bool:
+        """``1 < C/g ≤ 4``: each tap's contraction is too shallow to be a good matmul."""
+        return 1 < self.channels_per_group <= 4
+
+    @property
+    def lax_cpu(self) -> bool:
+        """A CPU lowering of ``impl="lax"``: on a GPU cuDNN handles grouped and 3D convolutions."""
+        return self.impl == "lax" and self.platform == "cpu"
+
+    @property
+    def manual(self) -> bool:
+        return self.impl == "manual"
+
+
+def _native(case: Case) -> bool:
+    """The native kernels, wherever they compute the piece; not where the lowering takes no
+    custom call (``custom_calls_allowed``: an op XLA's partitioner splits over devices, a
+    program for ``jax.export``)."""
+    return (case.lax_cpu and custom_calls_allowed()
+            and conv_native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
+
+
+def _depth_fold(case: Case) -> bool:
+    """3D, one group, lax on CPU: XLA's CPU backend sends 2D convolutions to its fast library
+    and 3D ones to a generic loop, so a 3D conv runs as a sum over its depth taps of 2D convs."""
+    return case.lax_cpu and case.spec.n == 3 and case.spec.groups == 1
+
+
+_THIN_FOLD = 32
+"""A 3D weight gradient with at most this many folded channels (``K_d·C``) runs as one 2D
+weight gradient of the folded input (``fold_depth_weight_grad``); with more, the per-tap forms
+are as fast."""
+
+
+def _thin_fold(case: Case) -> bool:
+    return (_depth_fold(case)
+            and kernel_sizes(case.w_shape, case.spec)[0] * case.channels_per_group <= _THIN_FOLD)
+
+
+def _thin_many_taps(case: Case) -> bool:
+    """2D, at most 4 input channels and more than 9 taps (the 7×7 stem, mnist5x5): every tap of
+    a per-tap weight gradient re-reads all of ``dy`` for a thin product, and XLA's one
+    convolution is faster; with 9 taps the loop wins."""
+    return (case.spec.n == 2 and case.channels_per_group <= 4
+            and math.prod(kernel_sizes(case.w_shape, case.spec)) > 9)
+
+
+_SMALL_TAP = 4096
+"""The largest ``C × O`` tap whose weight gradient runs batched over the samples."""
+
+
+def _cpu_weight_grad(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> Callable:
+    """2D and 3D, one group: per-tap matmuls (XLA computes the weight gradient as a convolution
+    whose "kernel" is the whole of ``dy``), batched over the samples when there are several
+    and the tap's ``C × O`` output is small (≤ 4096): XLA's CPU matmul cannot split the long
+    contraction over ``(n, i)`` of a small output into parallel work, a batch of ``N`` short
+    ones it can. The 2D stem (few samples and channels): XLA's own is as fast."""
+    o_ax, i_ax = spec.kernel_io_axes()
+    if in_shape[0] >= 4 and w_shape[o_ax] * w_shape[i_ax] <= _SMALL_TAP:
+        return sample_batched_weight_grad
+    if spec.n == 2 and w_shape[i_ax] <= 4:
+        return lax_weight_grad
+    return manual_weight_grad
+
+
+def _per_tap(form: Callable, *, loop: bool = False) -> Callable[[Case], bool]:
+    """Where the per-tap CPU weight gradient (``_cpu_weight_grad``: 2D and 3D, one group) is
+    ``form``; with ``loop``, its tap-loop twin. lax's skips the thin 2D kernels of many taps
+    (``_thin_many_taps``), and takes the plain tap loop only in 3D, where XLA's weight gradient
+    is the generic loop (in 2D XLA's convolution won on some rows and lost on others)."""
+    def applies(case: Case) -> bool:
+        spec = case.spec
+        if case.platform != "cpu" or spec.n < 2 or spec.groups != 1 or case.piece != "weight_grad":
+            return False
+        if case.impl == "lax" and _thin_many_taps(case):
+            return False
+        if case.impl == "lax" and loop and form is manual_weight_grad and spec.n != 3:
+            return False
+        return _cpu_weight_grad(spec, case.in_shape, case.w_shape) is form
+    return applies
+
+
+def _thin_manual(case: Case) -> bool:
+    """im2col: one contraction of depth ``∏K·C/g`` instead of ``∏K`` of depth ``C/g``."""
+    return case.manual and case.thin
+
+
+def _depthwise(case: Case) -> bool:
+    """``C/g = 1``: XLA's grouped convolution runs 1×1 blocks; a tap sum is elementwise."""
+    return case.depthwise and (case.manual or case.lax_cpu)
+
+
+def _depthwise_lax(case: Case) -> bool:
+    return case.depthwise and case.lax_cpu
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """``function`` is a candidate wherever ``applies(case)``."""
+
+    function: Callable
+    applies: Callable[[Case], bool]
+
+
+def _impl(impl: str) -> Callable[[Case], bool]:
+    return lambda case: case.impl == impl
+
+
+def _either(*tests: Callable[[Case], bool]) -> Callable[[Case], bool]:
+    return lambda case: any(test(case) for test in tests)
+
+
+_MANUAL = _impl("manual")
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    # Fastest first; the last rule that applies is the last resort, used whatever its memory:
+    # the lean tap loop (manual) or the one-lax-call piece (lax).
+    "conv": (
+        Rule(native_conv, _native),
+        Rule(im2col_conv, _thin_manual),
+        Rule(fold_depth_conv, _depth_fold),
+        Rule(depth_tap_conv, _depth_fold),
+        Rule(manual_conv, _either(_MANUAL, _depthwise_lax)),
+        Rule(loop_conv, _either(_MANUAL, _depthwise_lax)),
+        Rule(chunked_loop_conv, _MANUAL),
+        Rule(lax_conv, _impl("lax")),
+    ),
+    "input_grad": (
+        Rule(native_input_grad, _native),
+        Rule(fold_depth_input_grad, _depth_fold),
+        Rule(depth_tap_input_grad, _depth_fold),
+        Rule(manual_input_grad, _either(_MANUAL, _depthwise_lax)),
+        Rule(loop_input_grad, _either(_MANUAL, _depthwise_lax)),
+        Rule(lax_input_grad, _impl("lax")),
+    ),
+    "weight_grad": (
+        Rule(fold_depth_weight_grad, _thin_fold),
+        Rule(native_weight_grad, _native),
+        Rule(sample_batched_weight_grad, _per_tap(sample_batched_weight_grad)),
+        Rule(loop_sample_batched_weight_grad, _per_tap(sample_batched_weight_grad, loop=True)),
+        # On CPU the per-tap matmuls rank above im2col; elsewhere manual's own piece ranks below
+        # it (the rules further down): one function, two places in the order.
+        Rule(manual_weight_grad, _per_tap(manual_weight_grad)),
+        Rule(loop_weight_grad, _per_tap(manual_weight_grad, loop=True)),
+        Rule(im2col_weight_grad, _thin_manual),
+        Rule(depthwise_weight_grad, _depthwise),
+        Rule(loop_depthwise_weight_grad, _depthwise),
+        Rule(manual_weight_grad, _MANUAL),
+        Rule(loop_weight_grad, _MANUAL),
+        Rule(lax_weight_grad, _impl("lax")),
+    ),
+}
 LOOPS = (chunked_loop_conv, loop_input_grad, loop_weight_grad)   # manual's last resorts
 
 
 def candidates(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
                w_shape: tuple[int, ...], platform: str | None, dtype: Any = None) -> list[Callable]:
-    """The forms that compute ``piece`` of ``impl`` on operands of ``dtype``, fastest first (the
-    measurements of the module docstring); the last one always fits (``fits``): the tap loop or
-    the lax piece."""
-    index = PIECES.index(piece)
-    c_per_group = _channels_per_group(in_shape, spec)
-    depthwise = spec.groups > 1 and c_per_group == 1
-    depthwise_forms = ((manual_conv, loop_conv), (manual_input_grad, loop_input_grad),
-                       (depthwise_weight_grad, loop_depthwise_weight_grad))[index]
-    forms: list[Callable] = []
-    if impl == "manual":
-        if piece == "weight_grad" and platform == "cpu" and spec.n >= 2 and spec.groups == 1:
-            form = _cpu_weight_grad(spec, in_shape, w_shape)
-            if form is not IMPLS["lax"][2]:     # manual never falls back to a conv primitive
-                forms += [form, _looped(form)]
-        if 1 < c_per_group <= 4 and piece != "input_grad":
-            forms.append((im2col_conv, None, im2col_weight_grad)[index])
-        if depthwise and piece == "weight_grad":
-            forms.extend(depthwise_forms)
-        return forms + [IMPLS["manual"][index], *([loop_conv] if piece == "conv" else []), LOOPS[index]]
-    if platform == "cpu":
-        if _native(piece, spec, in_shape, w_shape, dtype):
-            forms.append(conv_native.FORMS[piece])
-        if depthwise:
-            forms.extend(depthwise_forms)
-        elif piece == "weight_grad" and spec.n >= 2 and spec.groups == 1 and not _thin_many_taps(spec, c_per_group, w_shape):
-            form = _cpu_weight_grad(spec, in_shape, w_shape)
-            # The plain per-tap loop only in 3D, where XLA's weight gradient is the generic loop
-            # (clips 16 → 32: 12 vs 32 ms); in 2D the library's convolution beat it on some rows
-            # and lost on others (resnet3x3_64 N…C 1.27×, resnet3x3_256 N…C 0.81×). The
-            # sample-batched loop wins in both (fashion_conv2 N…C 0.75×).
-            loop = [_looped(form)] if spec.n == 3 or form is sample_batched_weight_grad else []
-            forms.extend([form, *loop] if form is not IMPLS["lax"][2] else [])
-            if spec.n == 3 and kernel_sizes(w_shape, spec)[0] * c_per_group <= _THIN_FOLD:
-                forms.insert(0, fold_depth_weight_grad)
-        elif spec.n == 3 and spec.groups == 1 and piece != "weight_grad":
-            forms.extend(((fold_depth_conv, depth_tap_conv), (fold_depth_input_grad, depth_tap_input_grad))[index])
-    return forms + [IMPLS["lax"][index]]
-
-
-def _native(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...],
-            dtype: Any) -> bool:
-    """The native kernels (``jaxcnn.conv_native``) wherever they compute the piece: fwd+bwd of
-    the bench's eligible conv rows, channels last, 0.12–0.91× ``jax.grad`` of lax where the
-    XLA forms ran 0.13–1.08× in the same run (resnet3x3_64 0.49 vs 1.00, fashion_conv2 0.51 vs
-    0.75, conv3d_3x3x3 0.12 vs 0.13); the clips model's 16 → 32 layer at 8³, 64 clips,
-    forward / input gradient / weight gradient ~3.5 / 5 / 3.7 ms vs 6.0 / 6.7 / 8.1 for the
-    depth-tap loops. Not where the lowering takes no custom call (``custom_calls_allowed``: an
-    op XLA's partitioner splits over devices, a program for ``jax.export``)."""
-    return custom_calls_allowed() and conv_native.supports(piece, spec, in_shape, w_shape, dtype)
-
-
-_THIN_FOLD = 32
-"""A 3D weight gradient with at most this many folded channels (``K_d·C``) runs as one 2D
-weight gradient of the folded input (``fold_depth_weight_grad``): the clips model's 1 → 16
-layer (64 × 8 × 16² samples, 3 folded channels) 5.7 vs 9.4 ms for the sample-batched tap loop,
-clip3d_conv2 (24) 19 vs 65 ms where it fits; with 48 folded channels (16 → 32) 14.4 vs 13.2."""
-
-
-def _thin_many_taps(spec: ConvSpec, c_per_group: int, w_shape: tuple[int, ...]) -> bool:
-    """2D, at most 4 input channels and more than 9 taps (the 7×7 stem, mnist5x5): every tap of
-    a per-tap weight gradient re-reads all of ``dy`` for a thin product, and XLA's one
-    convolution is faster (mnist5x5 0.8 vs 1.2 ms); with 9 taps the loop wins (fashion_conv1,
-    128 samples: 3.3 vs 5.5 ms)."""
-    return spec.n == 2 and c_per_group <= 4 and math.prod(kernel_sizes(w_shape, spec)) > 9
-
-
-def _looped(form: Callable) -> Callable:
-    """The tap-loop twin of a per-tap weight-gradient form."""
-    return loop_sample_batched_weight_grad if form is sample_batched_weight_grad else loop_weight_grad
+    """The forms that compute ``piece`` of ``impl`` on operands of ``dtype``, fastest first: the
+    ``RULES`` of ``piece`` that apply, in order. The last is the last resort (the tap loop or
+    the lax piece), used whether or not it fits."""
+    if piece not in RULES:
+        raise ValueError(f"piece: expected one of {PIECES}; got {piece!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {tuple(IMPLS)}; got {impl!r}")
+    case = Case(piece, impl, spec, tuple(in_shape), tuple(w_shape), platform, dtype)
+    return [rule.function for rule in RULES[piece] if rule.applies(case)]
 
 
 def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
@@ -416,18 +590,3 @@ def _measuring(piece: str, impl: str, spec: ConvSpec, forms: list[Callable]) -> 
         return form(a, b, spec_, *shape)
     piece_fn.__name__ = f"measured_{piece}"
     return piece_fn
-
-
-_SMALL_TAP = 4096
-
-
-def _cpu_weight_grad(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> Callable:
-    """2D and 3D, one group: per-tap matmuls, batched over the samples when there are several
-    and the tap's ``C × O`` output is small (≤ 4096: fashion_conv2 20 vs 51 ms, fashion_conv1
-    4.7 vs 8.0, mnist5x5 2.0 vs 2.1; resnet3x3_256's 256 × 256 taps 24 vs 7.1 ms)."""
-    o_ax, i_ax = spec.kernel_io_axes()
-    if in_shape[0] >= 4 and w_shape[o_ax] * w_shape[i_ax] <= _SMALL_TAP:
-        return sample_batched_weight_grad
-    if spec.n == 2 and w_shape[i_ax] <= 4:   # the stem: few samples and channels, XLA's is as fast
-        return IMPLS["lax"][2]
-    return manual_weight_grad

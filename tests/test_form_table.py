@@ -13,6 +13,7 @@ among the others). On any machine the choice is the second where custom calls ar
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import sys
@@ -174,6 +175,30 @@ def test_choice_on_this_machine(no_measuring):
         for (piece, impl, platform), chosen, native, name in zip(KEYS, case["chosen"], case["native"], _choices(case)):
             computes = conv_native.supports(piece, spec, tuple(case["x"]), tuple(case["w"]), dtype)
             assert name == table["forms"][native if computes else chosen], (case, piece, impl, platform)
+
+
+def test_every_rule_names_a_form_of_the_table():
+    functions = [form.function for form in conv_forms.FORMS]
+    assert len(set(functions)) == len(functions)
+    for piece, rules in conv_forms.RULES.items():
+        assert piece in conv_forms.PIECES
+        for rule in rules:
+            assert conv_forms.form_of(rule.function).function is rule.function
+
+
+def test_unknown_form_is_an_error_not_free():
+    """A form is found by the function itself: a function outside the table, even one that
+    carries a form's name, has no memory model and the budget check refuses it by name."""
+    spec = ConvSpec((1,), ((0, 0),), (1,), 1, False)
+
+    @functools.wraps(conv_forms.manual_conv)
+    def renamed(*args):
+        return conv_forms.manual_conv(*args)
+    for function in (renamed, lambda x, w, spec: x):
+        with pytest.raises(KeyError, match=function.__name__):
+            conv_forms.fits(function, spec, (2, 3, 8), (4, 3, 3))
+    with pytest.raises(ValueError, match="piece"):
+        conv_forms.candidates("bias_grad", "lax", spec, (2, 3, 8), (4, 3, 3), "cpu")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
