@@ -25,7 +25,7 @@ $(LOWEST_STAMP): pyproject.toml
 	$(LOWEST_PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
 	touch $(LOWEST_STAMP)
 
-.PHONY: venv venv-lowest train test test-lowest gradcheck bench
+.PHONY: venv venv-lowest train test test-full test-lowest gradcheck bench
 venv: $(VENV_STAMP)
 venv-lowest: $(LOWEST_STAMP)
 
@@ -37,10 +37,17 @@ train: $(VENV_STAMP)
 gradcheck: $(VENV_STAMP)
 	$(PY) -m jaxcnn gradcheck
 
+# The default tier: every op, impl, dtype, layout and dimension, the parametrised grids sampled
+# pairwise (every value meets every other value once), the CI fuzz sample; no `slow` tests.
 test: $(VENV_STAMP)
 	$(PY) -m pytest -n 2 tests
 
-# The suite on the lowest declared jax/jaxlib (pyproject.toml's lower bounds). Random keys draw
+# The full tier: every case of every grid, the `slow` tests, 4x the hypothesis examples.
+# JAXCNN_TEST_CASES=<k> instead runs up to k cases of each grid (JAX's JAX_NUM_GENERATED_CASES).
+test-full: $(VENV_STAMP)
+	JAXCNN_TEST_CASES=all $(PY) -m pytest -n 2 tests
+
+# The suite (default tier) on the lowest declared jax/jaxlib (pyproject.toml's lower bounds). Random keys draw
 # the stream newer JAX draws by default (partitionable threefry, the default from 0.5.0), so a
 # test's seeded draws are the same numbers in both environments.
 test-lowest: $(LOWEST_STAMP)

@@ -1,6 +1,13 @@
-"""Suite-wide settings: float64 on, strict dtype and rank promotion, bounded hypothesis examples.
+"""Suite-wide settings: the test tier, float64 on, strict dtype and rank promotion, bounded
+hypothesis examples.
 
 Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
+
+- the tier (``helpers.sample``, as JAX's ``JAX_NUM_GENERATED_CASES``): by default (``make test``)
+  each parametrised grid runs a pairwise-covering subset and tests marked ``slow`` skip;
+  ``JAXCNN_TEST_CASES=all`` (``make test-full``) runs every case, the ``slow`` tests and
+  hypothesis' ``full`` profile (4× the examples); ``JAXCNN_TEST_CASES=k`` runs up to k cases
+  per grid. ``pytest -m slow`` runs the slow tests in any tier.
 
 - ``jax_enable_x64``: float64 makes VJP-vs-autodiff comparisons exact to ~1e-12. The library's
   default mode, float32 with x64 off, is tested in ``test_float32.py``, which turns x64 off
@@ -9,7 +16,8 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
   float64, an int array with a float array): a mixed-dtype operation fails loudly, in the tests
   and in the library, instead of silently computing in another precision (as Equinox's suite).
 - ``jax_numpy_rank_promotion="raise"``: silent broadcasting fails loudly (as Equinox's suite).
-- hypothesis profile ``ci``: 15 examples, no deadline (the first call of a shape compiles).
+- hypothesis profile ``ci``: 15 examples, no deadline (the first call of a shape compiles);
+  ``full`` in the full tier: 60 (a test's own ``@settings(max_examples=...)`` is kept as is).
 - eight CPU devices (``--xla_force_host_platform_device_count=8``, unless ``XLA_FLAGS`` already
   names a count): the sharding tests build meshes of 2, 4 and 8 devices; everything else runs
   on device 0 as before. Set before JAX starts its backend, which reads the flag once.
@@ -27,13 +35,33 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from helpers import CASES_ENV, full_tier, test_cases_setting
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True,
                           print_blob=True)
-settings.load_profile("ci")
+settings.register_profile("full", settings.get_profile("ci"), max_examples=60)
+settings.load_profile("full" if full_tier() else "ci")
+
+
+def pytest_report_header(config) -> str:
+    setting = test_cases_setting()
+    tier = {"": "default (pairwise-sampled grids, no slow tests)",
+            "all": "full (every case, slow tests)"}.get(setting, f"up to {setting} cases per grid")
+    return f"jaxcnn test tier: {tier}; set {CASES_ENV}=all for the full tier"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the ``slow`` tests outside the full tier, unless ``-m`` names them."""
+    if full_tier() or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason=f"slow: runs in the full tier ({CASES_ENV}=all, make test-full)")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -1,15 +1,21 @@
-"""Shared test helpers: tolerances, random arrays, error measures, the primitives of a jaxpr, an
-independent numpy conv, conv configurations (a dataclass, fixed cases, a hypothesis strategy),
-and conv_transpose cases with layout and VJP helpers."""
+"""Shared test helpers: the test tiers and grid sampling, tolerances, random arrays, error
+measures, the primitives of a jaxpr, an independent numpy conv, conv configurations (a
+dataclass, fixed cases, a hypothesis strategy), and conv_transpose cases with layout and VJP
+helpers."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
+import random
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from _pytest.mark import ParameterSet    # what pytest.param returns
 from hypothesis import assume
 from jax.extend.core import ClosedJaxpr, Jaxpr
 from hypothesis import strategies as st
@@ -22,6 +28,104 @@ from jaxcnn.fuzz.torch_side import expected_pads   # API.md's padding forms, ind
 # hand VJP vs JAX autodiff of the reference: one table for the tests, gradcheck and the bench.
 from jaxcnn.tolerances import RTOL as TOL, VJP_RTOL as VJP_TOL
 
+
+# ----------------------------------------------------------------------------- tiers and sampling
+# As JAX's JAX_NUM_GENERATED_CASES: ``JAXCNN_TEST_CASES`` scales the generated grids.
+#   unset (the default tier, ``make test``): a pairwise-covering subset of each grid, every value
+#       of every parameter meets every value of every other at least once; ``slow`` tests skip.
+#   ``all`` (the full tier, ``make test-full``): every case of every grid; ``slow`` tests run.
+#   an integer k: the covering subset and seeded random cases of the rest, up to k per grid.
+
+CASES_ENV = "JAXCNN_TEST_CASES"
+
+
+def test_cases_setting() -> str:
+    """``JAXCNN_TEST_CASES`` as set ('' when unset), checked: 'all' or a positive integer."""
+    value = os.environ.get(CASES_ENV, "").strip().lower()
+    if value not in ("", "all") and not (value.isdigit() and int(value) > 0):
+        raise ValueError(f"{CASES_ENV} must be 'all' or a positive integer, got {value!r}")
+    return value
+
+
+def full_tier() -> bool:
+    """Whether this run is the full tier (``JAXCNN_TEST_CASES=all``)."""
+    return test_cases_setting() == "all"
+
+
+def _factor_values(case) -> tuple:
+    """A case's parameter values, keyed by position (a tuple, a ``pytest.param``) or by name (a
+    dict); a bare value is a one-parameter case. Values are compared by ``repr``."""
+    values = case.values if isinstance(case, ParameterSet) else case
+    if isinstance(values, dict):
+        return tuple((key, repr(values[key])) for key in sorted(values))
+    if not isinstance(values, (tuple, list)):
+        values = (values,)
+    return tuple(enumerate(repr(v) for v in values))
+
+
+def pairwise_cover(cases) -> list[int]:
+    """A deterministic subset of ``cases`` in which every pair of parameter values that meets in
+    ``cases`` meets again (and every single value appears): greedy set cover, the case that
+    covers most uncovered pairs first (ties: the earlier case), in the grid's order.
+
+    ``cases`` may be constrained (not a full product): only pairs that occur are required.
+    Returns the chosen indices, in order."""
+    ids: dict = {}                  # a pair (or a single value) -> its column; 0 is padding
+    rows = []
+    for case in cases:
+        factors = _factor_values(case)
+        pairs = [*factors, *itertools.combinations(factors, 2)]
+        rows.append([ids.setdefault(pair, len(ids) + 1) for pair in pairs])
+    if not rows:
+        return []
+    table = np.zeros((len(rows), max(map(len, rows))), np.int64)
+    for i, row in enumerate(rows):
+        table[i, :len(row)] = row
+    uncovered = np.ones(len(ids) + 1, bool)
+    uncovered[0] = False
+    chosen = []
+    while uncovered.any():
+        best = int(np.argmax(uncovered[table].sum(axis=1)))    # ties: the earliest case
+        chosen.append(best)
+        uncovered[table[best]] = False
+    return sorted(chosen)
+
+
+def sample(cases, seed: int = 0, *, key=None, full: int | None = None) -> list:
+    """The cases of a parametrised grid that this tier runs: a pairwise cover (the default tier),
+    all of them (``JAXCNN_TEST_CASES=all``), or the cover and seeded random others up to k
+    (``JAXCNN_TEST_CASES=k``). Cases are tuples, dicts, ``pytest.param`` objects or single values;
+    the order of the grid is kept, so test ids stay stable.
+
+    ``key(case)``: the parameters that must meet pairwise (a tuple or dict; default the case's
+    own), for grids whose raw values (exact shapes) matter less than what they stand for.
+    ``full``: the full tier's count where the whole grid is too big to run (the cover and
+    seeded random others up to ``full``)."""
+    cases = list(cases)
+    setting = test_cases_setting()
+    if setting == "all" and full is None:
+        return cases
+    wanted = full if setting == "all" else int(setting) if setting else 0
+    chosen = set(pairwise_cover(cases if key is None else [key(case) for case in cases]))
+    if wanted > len(chosen):
+        rest = [i for i in range(len(cases)) if i not in chosen]
+        chosen |= set(random.Random(seed).sample(rest, min(wanted - len(chosen), len(rest))))
+    return [case for i, case in enumerate(cases) if i in chosen]
+
+
+def product(*factors) -> list:
+    """The full grid of ``factors`` as ``pytest.param`` objects for ``sample``, ids joined by '-': a
+    factor is a dict (id: value) or a sequence of values (each its own id, as pytest's)."""
+    named = [list(f.items()) if isinstance(f, dict) else [(_id(v), v) for v in f] for f in factors]
+    return [pytest.param(*(v for _, v in combo), id="-".join(i for i, _ in combo))
+            for combo in itertools.product(*named)]
+
+
+def _id(value) -> str:
+    return value if isinstance(value, str) else repr(value).replace(" ", "")
+
+
+# ----------------------------------------------------------------------------- arrays and errors
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...],
                  dtype: Any = jnp.float64) -> jax.Array:

@@ -5,15 +5,14 @@ and feature groups, lhs shapes with an empty spatial axis, strides, lhs and rhs 
 negative padding, three dimension-number layouts) and ``lax_test.py``'s conv tests (9×10
 inputs, 4×5 kernels, lhs dilation as transposed convolution, ``conv_transpose`` with and
 without ``transpose_kernel``), written here as our own parameter lists. Each case compares in
-float64 with ``jax.lax`` (values ≤ RTOL, VJPs ≤ VJP_RTOL against ``jax.vjp`` of lax); the full
-grid is large, so the suite takes a fixed, seeded sample of it (``JAXCNN_LAX_GRID=all`` runs it
-all, ``JAXCNN_LAX_GRID=<k>`` a sample of k from each grid).
+float64 with ``jax.lax`` (values ≤ RTOL, VJPs ≤ VJP_RTOL against ``jax.vjp`` of lax). The
+grids are large: the default tier runs a pairwise cover of what each case stands for (layout,
+strides, padding, dilations, groups, impl; ``helpers.sample``), the full tier that and a seeded
+random sample, a few times today's CI count (``JAXCNN_TEST_CASES=k``: up to k of each grid).
 """
 from __future__ import annotations
 
 import itertools
-import os
-import random
 from functools import partial
 
 import jax
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 
 import jaxcnn.lax as jlax
-from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array
+from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array, sample, product
 
 F64 = TOL["float64"]
 IMPLS = ("lax", "manual")
@@ -51,17 +50,24 @@ def _autodiff_grid() -> list[dict]:
     return cases
 
 
-def _sample(cases: list[dict], k: int, seed: int) -> list[dict]:
-    chosen = os.environ.get("JAXCNN_LAX_GRID", "")
-    if chosen == "all":
-        return cases
-    return random.Random(seed).sample(cases, min(int(chosen), len(cases)) if chosen.isdigit() else k)
+def _meaning(case: dict) -> dict:
+    """What a case stands for, the parameters that meet pairwise in the default tier (the exact
+    shapes only vary within each)."""
+    return dict({k: case.get(k) for k in ("strides", "padding", "lhs_dilation", "rhs_dilation",
+                                         "layout", "impl", "transpose_kernel")},
+                groups=(case.get("feature_group_count"), case.get("batch_group_count")),
+                empty=0 in case["lhs"])
+
+
+def _with_impls(grid: list[dict]) -> list[dict]:
+    return [dict(case, impl=impl) for case in grid for impl in IMPLS]
 
 
 def _case_id(case: dict) -> str:
     return "-".join(f"{v}" for v in (case["lhs"], case["rhs"], case["strides"], case["padding"],
                                      case["lhs_dilation"], case["rhs_dilation"], case["layout"],
-                                     case["feature_group_count"], case["batch_group_count"])
+                                     case["feature_group_count"], case["batch_group_count"],
+                                     *([case["impl"]] if "impl" in case else []))
                     ).replace(" ", "")
 
 
@@ -89,15 +95,15 @@ def _check_values_and_vjp(rng, ours, theirs, operands) -> None:
 AUTODIFF_GRID = _autodiff_grid()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", _sample(AUTODIFF_GRID, 40, seed=0), ids=_case_id)
-def test_values_and_vjps_on_jax_autodiff_grid(rng, case, impl):
+@pytest.mark.parametrize("case", sample(_with_impls(AUTODIFF_GRID), 0, key=_meaning, full=160),
+                         ids=_case_id)
+def test_values_and_vjps_on_jax_autodiff_grid(rng, case):
     lhs, rhs, kwargs = _operands(rng, case)
-    _check_values_and_vjp(rng, partial(jlax.conv_general_dilated, **kwargs, impl=impl),
+    _check_values_and_vjp(rng, partial(jlax.conv_general_dilated, **kwargs, impl=case["impl"]),
                           partial(jax.lax.conv_general_dilated, **kwargs), (lhs, rhs))
 
 
-@pytest.mark.parametrize("case", _sample(AUTODIFF_GRID, 6, seed=1), ids=_case_id)
+@pytest.mark.parametrize("case", sample(AUTODIFF_GRID, 1, key=_meaning, full=16), ids=_case_id)
 def test_second_order_jvp_vmap_jit(rng, case):
     """grad-of-grad, jax.jvp, vmap over a leading axis and jit, against the same of lax."""
     lhs, rhs, kwargs = _operands(rng, case)
@@ -128,23 +134,24 @@ LAX_TEST_GRID = [dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5), strides=s, padding=p,
                  for layout in ("NCHW", "NHWC")]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", _sample(LAX_TEST_GRID, 12, seed=2), ids=_case_id)
-def test_values_and_vjps_on_lax_test_grid(rng, case, impl):
+@pytest.mark.parametrize("case", sample(_with_impls(LAX_TEST_GRID), 2, key=_meaning, full=48),
+                         ids=_case_id)
+def test_values_and_vjps_on_lax_test_grid(rng, case):
     lhs, rhs, kwargs = _operands(rng, case)
-    _check_values_and_vjp(rng, partial(jlax.conv_general_dilated, **kwargs, impl=impl),
+    _check_values_and_vjp(rng, partial(jlax.conv_general_dilated, **kwargs, impl=case["impl"]),
                           partial(jax.lax.conv_general_dilated, **kwargs), (lhs, rhs))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("padding", ["SAME", "SAME_LOWER", "VALID", "same"])
-@pytest.mark.parametrize("shapes", [
-    pytest.param(((2, 3, 11), (4, 3, 4), (2,), (3,), ("NCH", "OIH", "NCH")), id="1d"),
-    pytest.param(((1, 7, 6, 5, 2), (3, 2, 2, 2, 4), (2, 1, 2), (1, 2, 1), ("NDHWC", "DHWIO", "NDHWC")),
-                 id="3d-channels-last"),
-    pytest.param(((9, 2, 8, 3), (3, 4, 2, 3), (1, 2), (1, 1), ("HNWC", "HOWI", "CWNH")),
-                 id="2d-permuted-layouts"),
-])
+STRING_PADDING_SHAPES = {
+    "1d": ((2, 3, 11), (4, 3, 4), (2,), (3,), ("NCH", "OIH", "NCH")),
+    "3d-channels-last": ((1, 7, 6, 5, 2), (3, 2, 2, 2, 4), (2, 1, 2), (1, 2, 1),
+                         ("NDHWC", "DHWIO", "NDHWC")),
+    "2d-permuted-layouts": ((9, 2, 8, 3), (3, 4, 2, 3), (1, 2), (1, 1), ("HNWC", "HOWI", "CWNH")),
+}
+
+
+@pytest.mark.parametrize("shapes,padding,impl", sample(product(
+    STRING_PADDING_SHAPES, ["SAME", "SAME_LOWER", "VALID", "same"], IMPLS)))
 def test_string_padding_any_rank_and_layout(rng, shapes, padding, impl):
     lhs_shape, rhs_shape, strides, rhs_dil, dn = shapes
     lhs, rhs = random_array(rng, lhs_shape), random_array(rng, rhs_shape)
@@ -170,10 +177,10 @@ TRANSPOSE_GRID = [dict(lhs=(b, 9, 10, i), rhs=(k, k, i, j), strides=s, padding=p
                   for rd in (None, (2, 1)) for t in (False, True)]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", random.Random(3).sample(TRANSPOSE_GRID, 10),
+@pytest.mark.parametrize("case", sample(_with_impls(TRANSPOSE_GRID), 3, key=_meaning, full=40),
                          ids=lambda c: "-".join(str(v) for v in c.values()).replace(" ", ""))
-def test_conv_transpose_matches_lax(rng, case, impl):
+def test_conv_transpose_matches_lax(rng, case):
+    impl = case["impl"]
     lhs, rhs = random_array(rng, case["lhs"]), random_array(rng, case["rhs"])
     kwargs = {k: case[k] for k in ("strides", "padding", "rhs_dilation", "transpose_kernel")}
     if case["transpose_kernel"]:     # the kernel of the forward conv: I and O exchanged

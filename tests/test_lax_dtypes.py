@@ -8,7 +8,6 @@ Tolerances: complex128 as float64 (``TOL["float64"]``), complex64 as float32; in
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 from functools import partial
 
@@ -330,15 +329,7 @@ BF16_FORMS = {   # the plain form and the lhs-dilated strided one reach conv's o
     "lhs-dilated-strided": dict(window_strides=(2, 1), padding=((1, 1), (0, 0)), lhs_dilation=(2, 1)),
     "batch-grouped": dict(window_strides=(1, 2), padding=((1, 0), (0, 0)), batch_group_count=2),
 }
-# Until conv's transposes meet a wider cotangent as lax's do (conv.py's ``_meet``), they round
-# it to bfloat16 first; the batch-grouped form widens its operands here and is already exact.
-_ROUNDS_TWICE = pytest.mark.xfail(not hasattr(importlib.import_module("jaxcnn.conv"), "_meet"),
-                                  strict=True,
-                                  reason="conv's transposes round a float32 cotangent to bfloat16")
-
-
-@pytest.mark.parametrize("form", [pytest.param(f, marks=[_ROUNDS_TWICE] * (f != "batch-grouped"))
-                                  for f in BF16_FORMS])
+@pytest.mark.parametrize("form", BF16_FORMS)
 def test_bfloat16_to_float32_gradients_rounded_once_as_lax(rng, form):
     """bfloat16 operands, ``preferred_element_type=float32``, a float32 cotangent. lax's
     transposes widen the operand to the cotangent's float32 (exact), sum in float32 and round
