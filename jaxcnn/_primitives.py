@@ -92,7 +92,11 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
     """
     prim = _Primitive(f"jaxcnn_{name}")
     prim.def_impl(partial(apply_primitive, prim))
-    prim.def_abstract_eval(lambda *avals, **params: varying_like(abstract_eval(*avals, **params), avals))
+    def typed_abstract_eval(*avals, **params):
+        """The op's result shape and dtype, varying along its operands' mesh axes."""
+        return varying_like(abstract_eval(*avals, **params), avals)
+
+    prim.def_abstract_eval(typed_abstract_eval)
     mlir.register_lowering(prim, _lowering(compute))
     for platform in platforms:
         mlir.register_lowering(prim, _platform_lowering(compute, platform), platform=platform)
