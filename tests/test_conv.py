@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn import reference
 from helpers import (TOL, VJP_TOL, Config, as_tuple, assert_close, configs, fixed_config,
-                     forward_and_vjp, operands, random_array, tree_assert_close, vdot)
+                     forward_and_vjp, operands, random_array, sample, tree_assert_close, vdot)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -337,7 +337,7 @@ def _grad_config(n, channels_last, depthwise):
     return cfg, kwargs
 
 
-@pytest.mark.parametrize("n,channels_last,impl", CASES)
+@pytest.mark.parametrize("n,channels_last,impl", sample(CASES))
 def test_input_and_weight_grad(n, channels_last, impl, rng):
     """conv_input_grad / conv_weight_grad vs jax.vjp of the reference, groups > 1 (grouped or
     depthwise), and the adjoint identities with the seed formula."""
