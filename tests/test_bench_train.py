@@ -32,7 +32,8 @@ class _nothing:
         return False
 
 
-@pytest.mark.parametrize("name", train_step.TRAIN_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] * (i > 0))   # one in the default tier
+                                  for i, name in enumerate(train_step.TRAIN_MODELS)])
 def test_contenders_compute_the_same_step(name):
     x, y = train_step.batch_data(name, 2)
     x = jnp.asarray(x, jnp.float64)
@@ -105,6 +106,7 @@ def test_profile_categorises_loop_bodies():
     assert {"conv forward", "conv backward"} <= body
 
 
+@pytest.mark.slow
 def test_micro_batched_contenders_compute_the_same_loss():
     """The ``×k`` contenders: the step over 2 slices of the batch has the one-slice loss, for
     jaxcnn (``train.micro_batched``) and for PyTorch (two backward passes), float32."""

@@ -205,6 +205,7 @@ def curves(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in names}
 
 
+@pytest.mark.slow
 def test_eight_devices_follow_one_device(curves):
     one, eight = losses(curves["one"]), losses(curves["eight"])
     assert len(one) == len(eight) == 50
@@ -230,6 +231,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MULTIPROCESS_CPU_COLLECTIVES, reason="jax 0.4.30's gloo CPU collectives time out "
                     "across processes (jaxcnn._compat.MULTIPROCESS_CPU_COLLECTIVES)")
 def test_two_processes_resume_the_eight_device_checkpoint_and_follow_the_curve(curves, tmp_path):

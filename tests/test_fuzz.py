@@ -53,6 +53,7 @@ def test_runner_isolates_aborts_and_goes_on():
     assert "ValueError: w: planted" in results[3]["detail"]
 
 
+@pytest.mark.slow
 def test_runner_records_a_hang_as_a_crash():
     results = runner.run_chunk(f"{__file__}:misbehave", [dict(do="answer", value=1),
                                                          dict(do="hang", value=2)], timeout=15)
@@ -187,6 +188,7 @@ EDGES = {
 }
 
 
+@pytest.mark.slow
 def test_lowering_forms_at_the_edges_of_their_shapes():
     """Every form that applies (and the one choose picks, both impls) against the one-lax-call
     piece, plus PyTorch and the reference, at shapes random search rarely draws."""

@@ -242,6 +242,7 @@ def test_bad_arguments_name_the_argument(rng):
 # ----------------------------------------------------------------------------- jaxcnn gradcheck
 
 
+@pytest.mark.slow
 def test_quick_run_exits_0_and_writes_json(tmp_path, capsys):
     path = tmp_path / "gradcheck.json"
     assert gradcheck.main(["--quick", "--json", str(path)]) == 0, capsys.readouterr().out

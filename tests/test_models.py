@@ -64,7 +64,7 @@ def test_the_mnist1d_paper_cnn_has_5210_parameters():
     assert COUNTS["mnist1d-cnn"] == 5210
 
 
-@pytest.mark.parametrize("name", ["mnist1d-resnet", "fashion-cnn"])
+@pytest.mark.parametrize("name", [pytest.param("mnist1d-resnet", marks=pytest.mark.slow), "fashion-cnn"])
 def test_manual_and_lax_models_agree(name, rng):
     shape = (2, *models.INPUT_SHAPES[name])
     lax_model, manual_model = models.build(name, impl="lax"), models.build(name, impl="manual")
@@ -118,7 +118,8 @@ def test_summary_command_rejects_unknown_model(capsys):
     assert "lenet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", models.LAYOUT_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] * (name != "fashion-resnet"))
+                                  for name in models.LAYOUT_MODELS])   # the quickest in the default tier
 def test_channels_last_model_is_the_same_model(name):
     """channels_last=True: the same network with every layer channels last (kernels
     ``(*K, C, O)``). From one key it draws the channels-first parameters with each kernel

@@ -73,6 +73,7 @@ def dropout_cnn(num_classes: int = 4, *, impl: str = "lax") -> nn.Layer:
                      nn.Flatten(), nn.Dense(num_classes))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     """12 steps straight vs 6 steps, stop, resume, 6 more: the same params, optimizer state,
     and loss at every step (augmentation and dropout draw their keys from the step)."""
@@ -205,6 +206,7 @@ def layout_runs(tmp_path_factory) -> dict[bool, Path]:
     return workdirs
 
 
+@pytest.mark.slow
 def test_channels_last_run_is_the_channels_first_run(layout_runs):
     """Same seed: the same losses (to float32 rounding: the layouts sum in other orders), and
     trained parameters that are the channels-first ones with each kernel moved by hand
@@ -305,7 +307,7 @@ def test_augment_takes_a_policy_by_name():
         train.augmentation("clips", "flip")
 
 
-@pytest.mark.parametrize("micro_batches", [2, 4])
+@pytest.mark.parametrize("micro_batches", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_micro_batched_is_the_one_batch_step(micro_batches):
     """Loss, gradients and logits (in the batch's order) over slices of the batch equal the
     one-slice values (float64; the model normalises per example, no dropout), and slice ``i``
@@ -337,6 +339,7 @@ def test_micro_batched_is_the_one_batch_step(micro_batches):
     assert relative_error(first, second) > 1e-3   # the slices differ, so the check above bites
 
 
+@pytest.mark.slow
 def test_micro_batched_run_is_the_one_batch_run(tmp_path, lax_run):
     """The same run over 4 slices of each batch (no dropout in this model; augmentation is
     drawn on the whole batch): the same loss curve to float32 resolution, as in the

@@ -67,6 +67,7 @@ def compile_lax(c: dict) -> dict:
 MEASURED_JAXLIB = "0.10.2"
 
 
+@pytest.mark.slow
 def test_rule_matches_xla_at_every_boundary():
     import jaxlib
     exact = jaxlib.__version__ == MEASURED_JAXLIB
