@@ -259,3 +259,14 @@ def invariant(aval: Any) -> Any:
     if hasattr(aval, "manual_axis_type"):
         return aval.update(manual_axis_type=aval.manual_axis_type.update(varying=frozenset()))
     return aval.update(vma=frozenset())
+
+
+def exclude_from_tracebacks(path: str) -> None:
+    """Leave the file ``path`` out of the source locations JAX records for the ops traced through
+    it (as JAX does for its own files), so that an op's location names the jaxcnn function that
+    called it, not a shim (``jax._src.source_info_util.register_exclusion``; a no-op where a
+    release lacks it)."""
+    from jax._src import source_info_util
+    register = getattr(source_info_util, "register_exclusion", None)
+    if register is not None:
+        register(path)
