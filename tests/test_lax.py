@@ -296,3 +296,20 @@ def test_bad_operands_name_the_operand(rng):
         jlax.conv_general_dilated(lhs, rhs[0], (1, 1), "VALID")
     with pytest.raises(ValueError, match="^rhs:"):
         jlax.conv_general_dilated(lhs, random_array(rng, (4, 3, 3, 2)), (1, 1), "VALID")
+
+
+def test_grouped_conv_with_no_spatial_axes_gradient_by_hand():
+    """No spatial axes, 3 groups, output laid out "CN": y[o, n] = x[n, o // 2] · w[0, o]; the
+    input gradient dx[n, g] = Σ_{o in group g} dy[o, n] · w[0, o], summed here by hand (jax.lax
+    0.4.30 differentiates this conv wrongly, so the fuzzer skips it there)."""
+    rng = np.random.default_rng(0)
+    x, w, dy = rng.standard_normal((2, 3)), rng.standard_normal((1, 6)), rng.standard_normal((6, 2))
+    conv = lambda x, w: jlax.conv_general_dilated(x, w, (), "VALID", dimension_numbers=("NC", "IO", "CN"),
+                                                  feature_group_count=3)
+    y, pull = jax.vjp(conv, jnp.asarray(x), jnp.asarray(w))
+    dx, dw = pull(jnp.asarray(dy))
+    groups = np.arange(6) // 2
+    np.testing.assert_allclose(np.asarray(y), x[:, groups].T * w[0][:, None], rtol=1e-12)
+    expected_dx = np.stack([np.sum(dy[groups == g] * w[0][groups == g][:, None], axis=0) for g in range(3)], axis=1)
+    np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(dw), np.sum(dy * x[:, groups].T, axis=1)[None], rtol=1e-12)

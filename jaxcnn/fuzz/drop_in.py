@@ -113,6 +113,11 @@ def check(c: dict) -> dict:
     kwargs = _arguments(c)
     if set(kwargs) - set(inspect.signature(theirs_op).parameters):
         return {"status": "skipped", "detail": f"this jax.lax.{name} has no {sorted(set(kwargs) - set(inspect.signature(theirs_op).parameters))}"}
+    if c["n"] == 0 and c.get("groups", 1) > 1 and jax.__version__.startswith("0.4."):
+        # jax.lax 0.4.x differentiates a grouped conv with no spatial axes wrongly (its input
+        # gradient mixes the groups; jaxcnn's and a numpy sum agree, as does jax.lax 0.10.2).
+        return {"status": "skipped", "detail": "jax.lax 0.4.x's VJP of a grouped conv with no "
+                                                "spatial axes is wrong: no reference"}
     rng = np.random.default_rng(c["seed"])
     complex_ = c.get("dtype") == "complex128"
 
