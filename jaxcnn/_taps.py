@@ -32,7 +32,7 @@ def window(offset: Sequence[int], out_sizes: Sequence[int], stride: Sequence[int
     """The strided slice of ``x_pad`` that tap ``k`` reads: ``x_pad[k·d + i·s]``, i < out."""
     index = [slice(None)] * ndim
     for axis, k, o, s, d in zip(axes, offset, out_sizes, stride, dilation):
-        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s)
+        index[axis] = slice(k * d, k * d + (o - 1) * s + 1, s if o > 1 else 1)
     return tuple(index)
 
 

@@ -32,6 +32,15 @@ def test_window_reads_exactly_the_taps(offset, out, stride, dilation):
     np.testing.assert_array_equal(got[0], expected)
 
 
+def test_a_one_sample_tap_slices_without_a_step():
+    """One output along an axis: the slice reads one sample with step 1, not ``s``. XLA's SPMD
+    partitioner fails its own verifier on a one-sample strided slice of an axis split over
+    devices (max_pool's input gradient, fuzz_regressions.json); the positions read are the same."""
+    index = window((1, 0), (1, 2), (3, 3), (1, 1), (2, 3), 4)
+    assert (index[2].step, index[3].step) == (1, 3)
+    assert (index[2].start, index[2].stop) == (1, 2)
+
+
 @pytest.mark.parametrize("offset,out,stride,dilation", [
     ((1,), (3,), (2,), (2,)), ((0, 1), (2, 2), (3, 1), (1, 2)), ((2, 1, 0), (1, 2, 2), (1, 2, 3), (2, 1, 1)),
 ])
