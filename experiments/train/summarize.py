@@ -54,8 +54,9 @@ def main() -> None:
     lines = ["# Training results", "",
              "Written by `experiments/train/summarize.py` from `results/*/report.json`. Every run: "
              "`jaxcnn train` on CPU (jax " + (runs[0]["jax"] if runs else "?") + "), float32, one "
-             "jit-compiled train step. Each `results/<run>/` holds the report, the training curves, "
-             "the first conv layer's kernels and feature maps of one test example.", "",
+             "jit-compiled train step. Each `results/<run>/` holds the report; the run's plots (training "
+             "curves, the first conv layer's kernels, feature maps of one test example) are copied "
+             "beside it by `collect.py` but not versioned: the run's command draws them again.", "",
              "**Timing.** The machine has 2 CPU cores (AMD EPYC, virtualised; its speed varies: "
              "a float32 matmul measured 76 to 150 GFLOP/s within one hour). The three MNIST-1D lax "
              "seeds ran on an otherwise idle machine (seed 0 shared it with a test run part of the "
@@ -98,7 +99,7 @@ def main() -> None:
         lines += ["", f"Teacher-forced float32 gradients: max relative difference "
                   f"{result['teacher_forced_float32_max_rel_grad_diff']:.2e}; free-running float64: "
                   f"{result['free_running_float64_max_rel_grad_diff']:.2e}. Plot: "
-                  "`results/mnist1d-impl-curves.png`.", ""]
+                  "`results/mnist1d-impl-curves.png` (not versioned; `compare_impls.py` draws it).", ""]
     clips = RESULTS / "clips-breakdown.json"
     if clips.exists():
         result = json.loads(clips.read_text())
