@@ -46,7 +46,7 @@ from jaxcnn.conv import conv_core  # noqa: E402
 
 def proposal(spec, x_shape) -> tuple[str, str, str]:
     """The (forward, dx, dw) formulation proposed for conv's impl="lax" on CPU, from the
-    measurements quoted in BENCHMARKS.md (names: vjp_variants.INPUT_GRADS / WEIGHT_GRADS)."""
+    measurements quoted in docs/history.md (names: vjp_variants.INPUT_GRADS / WEIGHT_GRADS)."""
     channels = x_shape[-1 if spec.channels_last else 1]
     if spec.groups > 1 and spec.groups == channels:          # depthwise: no grouped lax conv
         return "manual", "manual", "depthwise"

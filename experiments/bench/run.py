@@ -3,8 +3,9 @@ the ratio plot.
 
     python experiments/bench/run.py [--out experiments/bench] [bench options, e.g. --quick]
 
-writes ``OUT/results.json`` (every row), ``OUT/results.md`` (the tables BENCHMARKS.md quotes)
-and ``OUT/ratios.png`` (each contender's time over JAX autodiff of plain lax, log scale).
+writes ``OUT/results.json`` (every row), ``OUT/results.md`` (the tables)
+and ``OUT/ratios.png`` (each contender's time over JAX autodiff of plain lax, log scale); the
+JSON and the plot are not versioned (``.gitignore``).
 ``--from-json PATH`` redraws the table and plot from an earlier run without timing anything.
 """
 from __future__ import annotations

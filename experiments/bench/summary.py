@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="?", default=str(ROOT / "results.json"))
     p.add_argument("--out", default=str(ROOT / "summary.md"))
     args = p.parse_args(argv)
+    if not Path(args.results).exists():  # results.json is not versioned: run.py writes it
+        p.error(f"{args.results} not found: write it first with python experiments/bench/run.py")
     text = summarize(json.loads(Path(args.results).read_text()))
     Path(args.out).write_text(text + "\n")
     print(text)
