@@ -45,8 +45,8 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
                                 unfold_mapped)
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn._sharding import sharded_call
-from jaxcnn.conv_forms import choose
-from jaxcnn.conv_impls import output_dtype
+from jaxcnn._conv.rules import choose
+from jaxcnn._conv.pieces import output_dtype
 
 
 # ----------------------------------------------------------------------------- the VJP family

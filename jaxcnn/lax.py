@@ -57,7 +57,7 @@ from jaxcnn._shapes import (dilated_size, lax_transpose_padding, lhs_dilated_pad
                             weight_grad_padding)
 from jaxcnn._sharding import sharded_call
 from jaxcnn.conv import conv_core, input_grad_core, weight_grad_core
-from jaxcnn.conv_impls import flip_swap_io
+from jaxcnn._conv.pieces import flip_swap_io
 
 __all__ = ["conv_general_dilated", "conv_transpose"]
 

@@ -51,10 +51,9 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
 from jaxcnn._sharding import sharded_call
-from jaxcnn.pool_impls import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
-                               global_mean, max_pool_argmax, max_pool_argmax_loop, max_pool_gather,
-                               max_pool_scatter, window_average, windows_tile_input,
-                               with_spatial_sizes)
+from jaxcnn._pool import (avg_pool_transpose, global_avg_pool_transpose, global_input_shape,
+                          global_mean, max_pool_argmax, max_pool_argmax_loop, max_pool_gather,
+                          max_pool_scatter, window_average, windows_tile_input, with_spatial_sizes)
 
 
 def _pooled(a, *, spec, **_) -> ShapedArray:

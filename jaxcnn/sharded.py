@@ -55,7 +55,7 @@ from jaxcnn._compat import shard_map
 from jaxcnn.conv import conv as _conv
 from jaxcnn.pool import avg_pool as _avg_pool
 from jaxcnn.pool import max_pool as _max_pool
-from jaxcnn.pool_impls import avg_divisor
+from jaxcnn._pool import avg_divisor
 
 # ----------------------------------------------------------------------------- the exchange
 # Shard p, block x_p of m samples along the axis, halo widths (A, B) = (left, right). With

@@ -1,4 +1,4 @@
-"""jaxcnn.conv_native: the C++ kernels equal the one-lax-call pieces, and are used where they apply.
+"""jaxcnn.native: the C++ kernels equal the one-lax-call pieces, and are used where they apply.
 
 Each native form is called directly (jit-compiled, float32: the only dtype the kernels take)
 and compared with the generic ``impl="lax"`` piece of ``jaxcnn.conv_impls`` (one
@@ -34,20 +34,21 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import conv_forms, conv_native, reference
+from jaxcnn import reference
+from jaxcnn._conv import native, rules
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import enable_x64
 from jaxcnn._shapes import conv_output_shape
-from jaxcnn.conv_impls import IMPLS
+from jaxcnn._conv.pieces import IMPLS
 from helpers import TOL, assert_close, run_piece
 
 F32 = TOL["float32"]
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    AVAILABLE = conv_native.available()
+    AVAILABLE = native.available()
 needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
 HAS_FFI = hasattr(getattr(jax, "ffi", None), "ffi_call")
-WIDTH = conv_native.vector_width() if AVAILABLE else 16
+WIDTH = native.vector_width() if AVAILABLE else 16
 
 # name: (batch, x spatial, kernel, C, O, conv kwargs); channels last, one group.
 CONFIGS = {
@@ -88,13 +89,13 @@ def _computes(piece, config):
 
 
 def _assert_native_equals_lax(piece, operands, what):
-    got = run_piece(conv_native.FORMS[piece], piece, *operands)
-    want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, *operands)
+    got = run_piece(native.FORMS[piece], piece, *operands)
+    want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, *operands)
     assert got.dtype == want.dtype == jnp.float32 and got.shape == want.shape
     assert_close(got, want, F32, what)
 
 
-CASES = [(piece, name) for piece in conv_forms.PIECES for name in CONFIGS if _computes(piece, CONFIGS[name])]
+CASES = [(piece, name) for piece in rules.PIECES for name in CONFIGS if _computes(piece, CONFIGS[name])]
 
 
 @needs_kernels
@@ -115,22 +116,22 @@ def _clips_layer_spec():
 def test_supports_what_the_kernels_compute(monkeypatch):
     """Each refusal by its own reason: dtype, layout, groups, thin input, a strided input
     gradient, output channels off the vector width; the clips layer is taken."""
-    monkeypatch.setattr(conv_native, "available", lambda: True)
-    monkeypatch.setattr(conv_native, "vector_width", lambda: 16)
+    monkeypatch.setattr(native, "available", lambda: True)
+    monkeypatch.setattr(native, "vector_width", lambda: 16)
     x, w, spec = _clips_layer_spec()
-    for piece in conv_forms.PIECES:
-        assert conv_native.supports(piece, spec, x, w, jnp.float32)
-        assert not conv_native.supports(piece, spec, x, w, jnp.float64)
-        assert not conv_native.supports(piece, spec, x, w, jnp.bfloat16)
-        assert not conv_native.supports(piece, spec.replace(channels_last=False), x, w, jnp.float32)
-        assert not conv_native.supports(piece, spec.replace(groups=2), x, w, jnp.float32)
-        assert not conv_native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
+    for piece in rules.PIECES:
+        assert native.supports(piece, spec, x, w, jnp.float32)
+        assert not native.supports(piece, spec, x, w, jnp.float64)
+        assert not native.supports(piece, spec, x, w, jnp.bfloat16)
+        assert not native.supports(piece, spec.replace(channels_last=False), x, w, jnp.float32)
+        assert not native.supports(piece, spec.replace(groups=2), x, w, jnp.float32)
+        assert not native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
     strided = spec.replace(stride=(2, 1, 1))
-    assert not conv_native.supports("input_grad", strided, x, w, jnp.float32)
-    assert conv_native.supports("conv", strided, x, w, jnp.float32)
+    assert not native.supports("input_grad", strided, x, w, jnp.float32)
+    assert native.supports("conv", strided, x, w, jnp.float32)
     odd = (3, 3, 3, 16, 24)          # 24 output channels: conv and weight_grad refuse, input_grad
-    assert not conv_native.supports("conv", spec, x, odd, jnp.float32)   # writes 16: takes it
-    assert conv_native.supports("input_grad", spec, x, odd, jnp.float32)
+    assert not native.supports("conv", spec, x, odd, jnp.float32)   # writes 16: takes it
+    assert native.supports("input_grad", spec, x, odd, jnp.float32)
 
 
 @needs_kernels
@@ -156,23 +157,23 @@ def test_the_rule_runs_3d_float32_through_the_kernels(rng):
 
 def test_turned_off_by_the_environment(monkeypatch):
     """JAXCNN_NATIVE=0: no kernels, and the rule keeps to the XLA forms."""
-    monkeypatch.setattr(conv_native, "_STATE", {})
-    monkeypatch.setenv(conv_native.ENV, "0")
-    assert not conv_native.available()
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv(native.ENV, "0")
+    assert not native.available()
     x, w, spec = _clips_layer_spec()
-    forms = conv_forms.candidates("conv", "lax", spec, x, w, "cpu", jnp.float32)
-    assert conv_native.native_conv not in forms
+    forms = rules.candidates("conv", "lax", spec, x, w, "cpu", jnp.float32)
+    assert native.native_conv not in forms
 
 
 def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     """A compiler that does not exist: one warning naming the reason, then no kernels."""
-    monkeypatch.setattr(conv_native, "_STATE", {})
-    monkeypatch.delenv(conv_native.ENV, raising=False)
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.delenv(native.ENV, raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.warns(UserWarning, match="native CPU conv kernels unavailable"):
-        assert conv_native.library() is None
-    assert not conv_native.available()
+        assert native.library() is None
+    assert not native.available()
 
 
 
@@ -180,11 +181,11 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
 def test_an_unknown_isa_warns_and_falls_back(monkeypatch):
     """``JAXCNN_NATIVE_ISA`` names a build ``ISAS`` does not know: one warning naming the value
     and the choices, then no kernels."""
-    monkeypatch.setattr(conv_native, "_STATE", {})
-    monkeypatch.delenv(conv_native.ENV, raising=False)
-    monkeypatch.setenv(conv_native.ISA_ENV, "sse9")
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.delenv(native.ENV, raising=False)
+    monkeypatch.setenv(native.ISA_ENV, "sse9")
     with pytest.warns(UserWarning, match=r"JAXCNN_NATIVE_ISA='sse9': expected one of \['avx2', 'native'\]"):
-        assert conv_native.library() is None
+        assert native.library() is None
 
 def _layer(rng, batch):
     """A 2D 16 → 32 layer the kernels take (float32: call inside ``enable_x64(False)``)."""
@@ -259,7 +260,7 @@ def test_random_geometry_equals_lax(seed):
     config = _draw(seed)
     with enable_x64(False):
         operands = _operands(config, np.random.default_rng(seed))
-        for piece in conv_forms.PIECES:
+        for piece in rules.PIECES:
             if _computes(piece, config):
                 _assert_native_equals_lax(piece, operands, f"native {piece}, seed {seed}: {config}")
 
@@ -271,7 +272,7 @@ def test_weight_grad_is_the_same_on_every_call(rng):
     with enable_x64(False):
         x, w, dy, spec = _operands(CONFIGS["clips_3d"], rng)
         x, dy = jnp.concatenate([x] * 8), jnp.concatenate([dy] * 8)   # many chunks, both threads
-        grad = jax.jit(partial(conv_native.native_weight_grad, spec=spec, w_shape=w.shape))
+        grad = jax.jit(partial(native.native_weight_grad, spec=spec, w_shape=w.shape))
         first = np.asarray(grad(x, dy))
         for _ in range(5):
             np.testing.assert_array_equal(np.asarray(grad(x, dy)), first)
@@ -298,18 +299,18 @@ def test_export_takes_the_xla_forms(rng):
 def _compiler():
     """The compiler the loader would use, or a skip."""
     try:
-        return conv_native._compiler()
+        return native._compiler()
     except OSError as err:
         pytest.skip(str(err))
 
 
 @pytest.mark.skipif(not HAS_FFI, reason="no jax.ffi (its headers)")
-@pytest.mark.parametrize("isa", sorted(conv_native.ISAS))
+@pytest.mark.parametrize("isa", sorted(native.ISAS))
 def test_source_compiles_without_warnings(isa, tmp_path):
     """The loader's command with ``-Werror``: any warning of ours (-Wall -Wextra) fails it;
     JAX's headers are system headers, theirs do not count."""
-    flags = (*conv_native.FLAGS, *conv_native.ISAS[isa], "-Werror")
-    done = subprocess.run(conv_native._command(_compiler(), flags, jax.ffi.include_dir(), str(tmp_path / "k.so")),
+    flags = (*native.FLAGS, *native.ISAS[isa], "-Werror")
+    done = subprocess.run(native._command(_compiler(), flags, jax.ffi.include_dir(), str(tmp_path / "k.so")),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -319,24 +320,24 @@ def test_cache_dir_honours_xdg(monkeypatch, tmp_path):
     ``~/.cache/jaxcnn/native``."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert conv_native._cache_dir() == tmp_path / "xdg" / "jaxcnn" / "native"
+    assert native._cache_dir() == tmp_path / "xdg" / "jaxcnn" / "native"
     home_cache = tmp_path / "home" / ".cache" / "jaxcnn" / "native"
     for value in ("", "relative/cache"):
         monkeypatch.setenv("XDG_CACHE_HOME", value)
-        assert conv_native._cache_dir() == home_cache
+        assert native._cache_dir() == home_cache
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert conv_native._cache_dir() == home_cache
+    assert native._cache_dir() == home_cache
 
 
 def test_cache_key_covers_jaxlib_jax_and_flags(monkeypatch):
     """A new jaxlib (whose FFI headers the library includes), a new JAX or other flags (the
     ISA) make another key; the same inputs the same key."""
     import jaxlib.version
-    key = partial(conv_native._cache_key, "c++ (test) 1.0")
-    flags = conv_native.FLAGS
+    key = partial(native._cache_key, "c++ (test) 1.0")
+    flags = native.FLAGS
     first = key(flags)
     assert key(flags) == first
-    assert key((*flags, *conv_native.ISAS["avx2"])) != first
+    assert key((*flags, *native.ISAS["avx2"])) != first
     monkeypatch.setattr(jaxlib.version, "__version__", "0.0.0+other")
     assert key(flags) != first
     monkeypatch.undo()
@@ -347,9 +348,9 @@ def test_cache_key_covers_jaxlib_jax_and_flags(monkeypatch):
 _BUILD_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from jaxcnn import conv_native
-conv_native.SOURCE = Path(sys.argv[1])
-print(conv_native._build(sys.argv[2]))
+from jaxcnn._conv import native
+native.SOURCE = Path(sys.argv[1])
+print(native._build(sys.argv[2]))
 """
 
 
@@ -357,7 +358,7 @@ def test_one_build_per_key_across_threads_and_processes(monkeypatch, tmp_path):
     """Two processes and four threads meet a cold cache at once: the compiler (a wrapper that
     logs each compile and takes a second over it, so the builders overlap) runs once, all get
     the same library, and no temporary file is left. A small source stands in for the kernels."""
-    if conv_native.fcntl is None:
+    if native.fcntl is None:
         pytest.skip("no fcntl")
     real, log = _compiler(), tmp_path / "compiles.log"
     wrapper = tmp_path / "cxx"
@@ -366,13 +367,13 @@ def test_one_build_per_key_across_threads_and_processes(monkeypatch, tmp_path):
     wrapper.chmod(0o755)
     source = tmp_path / "probe.cc"
     source.write_text('extern "C" int jaxcnn_probe() { return 1; }\n')
-    monkeypatch.setattr(conv_native, "SOURCE", source)
+    monkeypatch.setattr(native, "SOURCE", source)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     processes = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(source), str(tmp_path)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     with ThreadPoolExecutor(4) as pool:
-        built = list(pool.map(lambda _: conv_native._build(str(tmp_path)), range(4)))
+        built = list(pool.map(lambda _: native._build(str(tmp_path)), range(4)))
     for process in processes:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-2000:]
@@ -424,7 +425,7 @@ def test_a_bad_geometry_is_an_error(target, case):
                           padding_mode="zeros", channels_last=True, impl="lax", stride=1, padding=1,
                           dilation=1, groups=1).spec
     base = {"x": x_shape, "w": w_shape, "y": (2, 5, 5, WIDTH)}
-    sizes = conv_native._forward_sizes(spec, x_shape, base["y"], w_shape)
+    sizes = native._forward_sizes(spec, x_shape, base["y"], w_shape)
 
     def call(sizes, shapes):
         x, w, y = (jnp.ones(shapes[k], jnp.float32) for k in "xwy")
@@ -444,18 +445,18 @@ def avx2_targets():
     targets registered with the suffix ``_avx2``."""
     if not AVAILABLE:
         pytest.skip("native kernels unavailable here")
-    return conv_native._open("avx2", "_avx2")
+    return native._open("avx2", "_avx2")
 
 
 def _avx2_conv(x, w, spec):
     y_shape = conv_output_shape(x.shape, w.shape, spec)
-    return conv_native._call("jaxcnn_conv_avx2", y_shape, x, w,
-                             conv_native._forward_sizes(spec, x.shape, y_shape, w.shape))
+    return native._call("jaxcnn_conv_avx2", y_shape, x, w,
+                             native._forward_sizes(spec, x.shape, y_shape, w.shape))
 
 
 def _avx2_weight_grad(x, dy, spec, w_shape):
-    return conv_native._call("jaxcnn_weight_grad_avx2", w_shape, x, dy,
-                             conv_native._forward_sizes(spec, x.shape, dy.shape, w_shape))
+    return native._call("jaxcnn_weight_grad_avx2", w_shape, x, dy,
+                             native._forward_sizes(spec, x.shape, dy.shape, w_shape))
 
 
 @pytest.mark.parametrize("name", ["long_1d", "wide_out_2d", "big_pad_2d", "strided_dilated_3d", "clips_3d"])
@@ -468,7 +469,7 @@ def test_avx2_build_equals_lax(avx2_targets, name, rng):
         operands = _operands(CONFIGS[name], rng)
         for piece, form in (("conv", _avx2_conv), ("weight_grad", _avx2_weight_grad)):
             got = run_piece(form, piece, *operands)
-            want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, *operands)
+            want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, *operands)
             assert got.shape == want.shape
             assert_close(got, want, F32, f"avx2 {piece} on {name}")
 
@@ -476,14 +477,14 @@ def test_avx2_build_equals_lax(avx2_targets, name, rng):
 _RUN_OUT_OF_MEMORY = """
 import re, resource
 import jax, jax.numpy as jnp, numpy as np
-from jaxcnn import conv_native
+from jaxcnn._conv import native
 from jaxcnn._args import normalize_conv
 jax.config.update("jax_enable_x64", False)
-assert conv_native.available()
+assert native.available()
 x_shape, w_shape, y_shape = (1, 2, 2, 2, 512), (3, 3, 3, 512, 1024), (1, 2, 2, 2, 1024)
 spec = normalize_conv(jnp.zeros(x_shape, jnp.float32), jnp.zeros(w_shape, jnp.float32), None, padding_mode="zeros",
                       channels_last=True, impl="lax", stride=1, padding=1, dilation=1, groups=1).spec
-sizes = conv_native._forward_sizes(spec, x_shape, y_shape, w_shape)
+sizes = native._forward_sizes(spec, x_shape, y_shape, w_shape)
 grad = jax.jit(lambda x, dy: jax.ffi.ffi_call("jaxcnn_weight_grad", jax.ShapeDtypeStruct(w_shape, jnp.float32))(
     x, dy, sizes=sizes))
 x, dy = jnp.ones(x_shape, jnp.float32), jnp.ones(y_shape, jnp.float32)

@@ -6,7 +6,7 @@ memory budget turns forms away) and, for each, the name of the form ``choose`` p
 (piece, impl, platform), recorded from the rule before it became a table. Whether the native
 kernels compute a piece depends on the machine (a compiler, ``jax.ffi``, the vector width), so
 each case is recorded twice: with custom calls off (``chosen``), and with
-``conv_native.supports`` answering yes to every piece (``native``: where the native form stands
+``native.supports`` answering yes to every piece (``native``: where the native form stands
 among the others). On any machine the choice is the second where custom calls are allowed and
 ``supports`` says yes, else the first. Regenerate (only when a choice is meant to change):
 ``python tests/test_form_table.py --record``.
@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import conv_forms, conv_native, conv_tuning
+from jaxcnn._conv import native, rules, tuning
 from jaxcnn._args import ConvSpec, normalize_conv
 from jaxcnn._primitives import _CUSTOM_CALLS
 
 FIXTURE = Path(__file__).with_name("form_choices.json")
-KEYS = [(piece, impl, platform) for piece in conv_forms.PIECES for impl in ("lax", "manual")
+KEYS = [(piece, impl, platform) for piece in rules.PIECES for impl in ("lax", "manual")
         for platform in (None, "cpu")]
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
@@ -98,7 +98,7 @@ def _spec(case) -> ConvSpec:
 def _choices(case) -> list[str]:
     """The chosen form's name for every key, with custom calls as the context leaves them."""
     spec, dtype = _spec(case), DTYPES[case["dtype"]]
-    return [conv_forms.choose(piece, impl, spec, tuple(case["x"]), tuple(case["w"]), platform, dtype).__name__
+    return [rules.choose(piece, impl, spec, tuple(case["x"]), tuple(case["w"]), platform, dtype).__name__
             for piece, impl, platform in KEYS]
 
 
@@ -111,24 +111,24 @@ def _without_custom_calls(fn, *args):
 
 
 def _native_everywhere(fn, *args):
-    """``fn(*args)`` with custom calls allowed and ``conv_native.supports`` saying yes to all."""
-    supports, conv_native.supports = conv_native.supports, lambda *_: True
+    """``fn(*args)`` with custom calls allowed and ``native.supports`` saying yes to all."""
+    supports, native.supports = native.supports, lambda *_: True
     token = _CUSTOM_CALLS.set(True)
     try:
         return fn(*args)
     finally:
         _CUSTOM_CALLS.reset(token)
-        conv_native.supports = supports
+        native.supports = supports
 
 
 def record() -> None:
     cases = _grid()
     chosen = [_without_custom_calls(_choices, case) for case in cases]
-    native = [_native_everywhere(_choices, case) for case in cases]
-    names = sorted({name for rows in (chosen, native) for row in rows for name in row})
+    everywhere = [_native_everywhere(_choices, case) for case in cases]
+    names = sorted({name for rows in (chosen, everywhere) for row in rows for name in row})
     lines = [json.dumps({**case, "chosen": [names.index(name) for name in row],
                          "native": [names.index(name) for name in native_row]})
-             for case, row, native_row in zip(cases, chosen, native)]
+             for case, row, native_row in zip(cases, chosen, everywhere)]
     FIXTURE.write_text('{"keys": %s,\n "forms": %s,\n "cases": [\n%s\n]}\n' % (
         json.dumps(["/".join(map(str, key)) for key in KEYS]), json.dumps(names), ",\n".join(lines)))
 
@@ -141,7 +141,7 @@ def _recorded():
 
 @pytest.fixture
 def no_measuring(monkeypatch):
-    monkeypatch.setenv(conv_tuning.MEASURE_ENV, "0")
+    monkeypatch.setenv(tuning.MEASURE_ENV, "0")
 
 
 def test_recorded_grid_covers_the_rule():
@@ -172,18 +172,18 @@ def test_choice_on_this_machine(no_measuring):
     table = _recorded()
     for case in table["cases"]:
         spec, dtype = _spec(case), DTYPES[case["dtype"]]
-        for (piece, impl, platform), chosen, native, name in zip(KEYS, case["chosen"], case["native"], _choices(case)):
-            computes = conv_native.supports(piece, spec, tuple(case["x"]), tuple(case["w"]), dtype)
-            assert name == table["forms"][native if computes else chosen], (case, piece, impl, platform)
+        for (piece, impl, platform), chosen, on_native, name in zip(KEYS, case["chosen"], case["native"], _choices(case)):
+            computes = native.supports(piece, spec, tuple(case["x"]), tuple(case["w"]), dtype)
+            assert name == table["forms"][on_native if computes else chosen], (case, piece, impl, platform)
 
 
 def test_every_rule_names_a_form_of_the_table():
-    functions = [form.function for form in conv_forms.FORMS]
+    functions = [form.function for form in rules.FORMS]
     assert len(set(functions)) == len(functions)
-    for piece, rules in conv_forms.RULES.items():
-        assert piece in conv_forms.PIECES
-        for rule in rules:
-            assert conv_forms.form_of(rule.function).function is rule.function
+    for piece, piece_rules in rules.RULES.items():
+        assert piece in rules.PIECES
+        for rule in piece_rules:
+            assert rules.form_of(rule.function).function is rule.function
 
 
 def test_unknown_form_is_an_error_not_free():
@@ -191,14 +191,14 @@ def test_unknown_form_is_an_error_not_free():
     carries a form's name, has no memory model and the budget check refuses it by name."""
     spec = ConvSpec((1,), ((0, 0),), (1,), 1, False)
 
-    @functools.wraps(conv_forms.manual_conv)
+    @functools.wraps(rules.manual_conv)
     def renamed(*args):
-        return conv_forms.manual_conv(*args)
+        return rules.manual_conv(*args)
     for function in (renamed, lambda x, w, spec: x):
         with pytest.raises(KeyError, match=function.__name__):
-            conv_forms.fits(function, spec, (2, 3, 8), (4, 3, 3))
+            rules.fits(function, spec, (2, 3, 8), (4, 3, 3))
     with pytest.raises(ValueError, match="piece"):
-        conv_forms.candidates("bias_grad", "lax", spec, (2, 3, 8), (4, 3, 3), "cpu")
+        rules.candidates("bias_grad", "lax", spec, (2, 3, 8), (4, 3, 3), "cpu")
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

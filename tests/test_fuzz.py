@@ -292,8 +292,8 @@ def test_random_sample_of_every_op():
     assert ok >= CI_SAMPLE // 2, table          # most draws are legal and really compared
     assert {r["config"]["op"] for r in results if r["status"] == "ok"} == set(configs.OPS), table
     paths = {r["path"] for r in results if r["status"] == "ok" and "path" in r}
-    from jaxcnn import conv_native
-    wanted = ({"xla", "jit (auto)"} | ({"native"} if conv_native.available() else set())
+    from jaxcnn._conv import native
+    wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
               | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set()))
     assert wanted <= paths, (sorted(paths), table)
 
@@ -323,7 +323,7 @@ def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_
     """The path is read from the lowered program: native where ``conv_native`` applies (on a
     jax with ``jax.ffi`` and a compiler), XLA for channels first or few channels."""
     pytest.importorskip("torch")
-    from jaxcnn import conv_native
+    from jaxcnn._conv import native
     cases = {"native": _float32(), "channels first": _float32(channels_last=False),
              "few channels": _float32(channels=3), "3d strided": _float32(
                  n=3, kernel=[2, 3, 1], stride=[2, 1, 1], dilation=[1, 1, 2], sizes=[5, 4, 3],
@@ -333,8 +333,8 @@ def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_
     paths = {r["config"]["name"]: r["path"] for r in results}
     assert all(r["status"] == "ok" and set(r["errors"]) == {"torch:y", "torch:d0", "torch:d1", "torch:d2"}
                for r in results), results
-    native = "native" if conv_native.available() else "xla"
-    assert paths == {"native": native, "channels first": "xla", "few channels": "xla", "3d strided": native}
+    path = "native" if native.available() else "xla"
+    assert paths == {"native": path, "channels first": "xla", "few channels": "xla", "3d strided": path}
 
 
 def _drop_in(**changes) -> dict:

@@ -23,7 +23,7 @@ import jaxcnn
 from jaxcnn import reference
 from jaxcnn._args import normalize_pool
 from jaxcnn._shapes import pool_output_size
-from jaxcnn.pool_impls import max_pool_argmax, max_pool_argmax_loop
+from jaxcnn._pool import max_pool_argmax, max_pool_argmax_loop
 from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
 
 F64 = TOL["float64"]

@@ -27,10 +27,11 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.lax
-from jaxcnn import conv_forms, conv_native, sharded
+from jaxcnn import sharded
+from jaxcnn._conv import native, rules
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import make_mesh, shard_map
-from jaxcnn.conv_impls import IMPLS
+from jaxcnn._conv.pieces import IMPLS
 from helpers import TOL, assert_close, random_array, run_piece
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -186,12 +187,12 @@ def test_data_parallel_step_matches_unsharded(name, impl, check, rng):
     _assert_data_parallel(_case(name, impl), check, rng, name)
 
 
-@pytest.mark.skipif(not conv_native.available(), reason="native kernels unavailable here")
+@pytest.mark.skipif(not native.available(), reason="native kernels unavailable here")
 @pytest.mark.parametrize("check", [CHECKED, UNCHECKED])
 def test_native_kernels_data_parallel_step_matches_unsharded(check, rng):
     """float32, channels last, 16 channels: the native kernels compute every piece (custom calls
     run per shard inside ``shard_map``, its axes manual)."""
-    v = conv_native.vector_width()
+    v = native.vector_width()
     case = Case(lambda x, w, b: jaxcnn.conv(x, w, b, padding=1, channels_last=True),
                 ((8, 5, 6, v),), ((3, 3, v, v), (v,)), dtype=jnp.float32)
     _assert_data_parallel(case, check, rng, "native conv")
@@ -228,7 +229,7 @@ def test_hessian_vector_and_per_example_gradients_inside_checked_shard_map(rng):
 def _form_cases() -> list:
     """One config of ``test_conv_forms``' table per form (each form computes one piece), the
     manual pieces, the two chunked tap loops and, where they run, the native kernels."""
-    from test_conv_forms import CONFIGS, FORMS
+    from test_conv_rules import CONFIGS, FORMS
     cases = [(form, piece, names[0], i % 2 == 1)
              for i, (form, (piece, names)) in enumerate(FORMS.items())]
     cases += [(f"manual_{piece}", piece, "im2col_groups", True)
@@ -242,12 +243,12 @@ def _form_cases() -> list:
 
 def _form(form: str) -> Callable:
     if form == "batch_chunked_loop_conv":
-        return partial(conv_forms.loop_conv, batch_chunks=2)
+        return partial(rules.loop_conv, batch_chunks=2)
     if form == "row_chunked_loop_conv":
-        return partial(conv_forms.loop_conv, row_chunks=3)      # the 3 output rows of its config
+        return partial(rules.loop_conv, row_chunks=3)      # the 3 output rows of its config
     if form.startswith("native_"):
-        return conv_native.FORMS[form[len("native_"):]]
-    return getattr(conv_forms, form)
+        return native.FORMS[form[len("native_"):]]
+    return getattr(rules, form)
 
 
 @CHECKED.marks[0]
@@ -260,9 +261,9 @@ def test_every_form_lowers_inside_checked_shard_map(form, piece, config, channel
     spatial, kernel, c, o, kwargs = config
     dtype = jnp.float64
     if form.startswith("native_"):
-        if not conv_native.available():
+        if not native.available():
             pytest.skip("native kernels unavailable here")
-        c = o = conv_native.vector_width()
+        c = o = native.vector_width()
         dtype = jnp.float32
     groups = kwargs.get("groups", 1)
     x_shape = (8, *spatial, c) if channels_last else (8, c, *spatial)
@@ -283,7 +284,7 @@ def test_every_form_lowers_inside_checked_shard_map(form, piece, config, channel
                jaxcnn.conv_weight_grad(x, dy, w.shape, **kwargs), "data"), P())}
     op, out_spec = ops[piece]
     got = jax.jit(shard_map(op, MESH, (DATA, P(), DATA), out_spec, check=True))(x, w, dy)
-    want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, x, w, dy, spec)
     assert_close(got, want, TOL[jnp.dtype(dtype).name], f"{form} in shard_map")
 
 

@@ -34,8 +34,8 @@ from jaxcnn._args import ConvSpec, normalize_conv
 from jaxcnn.conv import conv_core, input_grad_core, weight_grad_core
 from jaxcnn._shapes import input_grad_padding, kernel_sizes, spatial_sizes
 from jaxcnn._taps import offsets, pad_axes
-from jaxcnn.conv_forms import patches
-from jaxcnn.conv_impls import flip_swap_io, tap_window, zero_pad
+from jaxcnn._conv.rules import patches
+from jaxcnn._conv.pieces import flip_swap_io, tap_window, zero_pad
 
 
 def conv_spec(x_shape, w_shape, dtype=jnp.float32, **kwargs: Any) -> ConvSpec:

@@ -46,7 +46,7 @@ def compile_one(config: dict) -> dict:
     import jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)
 
-    from jaxcnn.xla_guard import operand_swap_aborts
+    from jaxcnn._conv.xla_guard import operand_swap_aborts
     axes, g = config["axes"], config["groups"]
     dtype = jnp.dtype(config["dtype"])
     lhs = jnp.ones((config["batch"], config["channels"], *[a["size"] for a in axes]), dtype)
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     options = parser.parse_args()
     from jaxcnn.fuzz import runner
-    from jaxcnn.xla_guard import operand_swap_aborts
+    from jaxcnn._conv.xla_guard import operand_swap_aborts
     rng = random.Random(options.seed)
     configs = [draw(rng) for _ in range(options.n)]
     results = runner.run(f"{HERE / 'sweep.py'}:compile_one", configs, processes=options.processes,

@@ -51,7 +51,7 @@ def _compiled(function: Callable, *args):
 def _lowered_and_compiled(function: Callable, *args) -> tuple[str, Any]:
     """The text of ``jax.jit(function)`` lowered for ``args`` and its compiled program."""
     import jax
-    from jaxcnn.xla_guard import aborting_convolutions
+    from jaxcnn._conv.xla_guard import aborting_convolutions
     lowered = jax.jit(function).lower(*args)
     text = lowered.as_text()
     found = aborting_convolutions(text)
@@ -398,8 +398,8 @@ def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
     """Every applicable lowering form of the three pieces against the one-lax-call piece."""
     import jax
     import jax.numpy as jnp
-    from jaxcnn import conv_forms as forms
-    from jaxcnn import conv_impls as impls
+    from jaxcnn._conv import pieces as impls
+    from jaxcnn._conv import rules as forms
     spec, in_shape, w_shape = _core(c)
     lax_conv, lax_input_grad, lax_weight_grad = impls.IMPLS["lax"]
     c_per_group = in_shape[spec.channel_axis()] // spec.groups

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import dilated_size, kernel_sizes, spatial_sizes
 from jaxcnn._taps import crop, pad_axes
-from jaxcnn.conv_impls import (Shape, _merge_channels, _split_axes, _split_channels, _subscripts,
+from jaxcnn._conv.pieces import (Shape, _merge_channels, _split_axes, _split_channels, _subscripts,
                                contract, conv_operands, output_dtype, sum_dtype, zero_pad)
 
 

@@ -25,7 +25,7 @@ from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import (Pads, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
                             weight_grad_padding)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
-from jaxcnn.xla_guard import low_crops, operand_swap_aborts
+from jaxcnn._conv.xla_guard import low_crops, operand_swap_aborts
 
 Shape = tuple[int, ...]
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import input_grad_padding
-from jaxcnn.conv_impls import _EINSUM, _dot, input_grad_aborts_xla, output_dtype, sum_dtype
-from jaxcnn.xla_guard import operand_swap_aborts
+from jaxcnn._conv.pieces import _EINSUM, _dot, input_grad_aborts_xla, output_dtype, sum_dtype
+from jaxcnn._conv.xla_guard import operand_swap_aborts
 
 axis = st.fixed_dictionaries(dict(
     length=st.integers(1, 12), k=st.integers(1, 5), s=st.integers(1, 4), d=st.integers(1, 3),

@@ -54,20 +54,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import conv_native, conv_tuning
+from jaxcnn._conv import native, tuning
 from jaxcnn._args import ConvSpec
 from jaxcnn._primitives import custom_calls_allowed
 from jaxcnn._shapes import (dilated_size, kernel_sizes, output_sizes,
                             spatial_sizes)
 from jaxcnn._taps import offsets
-from jaxcnn.conv_depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
+from jaxcnn._conv.depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
                                fold_depth_input_grad, fold_depth_weight_grad)
-from jaxcnn.conv_loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
+from jaxcnn._conv.loops import (loop_conv, loop_input_grad, loop_sample_batched_weight_grad, loop_stack,
                                 loop_weight_grad, tap_offsets, tap_reader)
-from jaxcnn.conv_impls import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad, lax_weight_grad,
+from jaxcnn._conv.pieces import (IMPLS, contract, conv_output_sizes, lax_conv, lax_input_grad, lax_weight_grad,
                                manual_conv, manual_input_grad, manual_weight_grad, output_dtype,
                                stack_taps, sum_dtype, tap_window, zero_pad)
-from jaxcnn.conv_native import native_conv, native_input_grad, native_weight_grad
+from jaxcnn._conv.native import native_conv, native_input_grad, native_weight_grad
 
 
 PIECES = ("conv", "input_grad", "weight_grad")
@@ -415,7 +415,7 @@ def _native(case: Case) -> bool:
     custom call (``custom_calls_allowed``: an op XLA's partitioner splits over devices, a
     program for ``jax.export``)."""
     return (case.lax_cpu and custom_calls_allowed()
-            and conv_native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
+            and native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
 
 
 def _depth_fold(case: Case) -> bool:
@@ -572,7 +572,7 @@ def choose(piece: str, impl: str, spec: ConvSpec, in_shape: tuple[int, ...],
     memory budget. Every candidate computes the same map."""
     forms = candidates(piece, impl, spec, in_shape, w_shape, platform, dtype)
     forms = [f for f in forms[:-1] if fits(f, spec, in_shape, w_shape)] + forms[-1:]
-    if len(forms) < 2 or not conv_tuning.enabled():
+    if len(forms) < 2 or not tuning.enabled():
         return forms[0]
     return _measuring(piece, impl, spec, forms)
 
@@ -584,8 +584,8 @@ def _measuring(piece: str, impl: str, spec: ConvSpec, forms: list[Callable]) -> 
         def operands():
             rng = np.random.default_rng(0)
             return [rng.standard_normal(o.shape).astype(o.dtype) for o in (a, b)]
-        key = conv_tuning.cache_key(piece, impl, spec_, (a.shape, b.shape, *shape), a.dtype)
-        form = conv_tuning.measured(key, forms, operands,
+        key = tuning.cache_key(piece, impl, spec_, (a.shape, b.shape, *shape), a.dtype)
+        form = tuning.measured(key, forms, operands,
                                     lambda f: lambda x, y: f(x, y, spec_, *shape)) or forms[0]
         return form(a, b, spec_, *shape)
     piece_fn.__name__ = f"measured_{piece}"

@@ -60,9 +60,9 @@ except ImportError:   # not POSIX: no lock for the build, and no kernels
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_shape, kernel_sizes, spatial_sizes
-from jaxcnn.conv_impls import flip_swap_io
+from jaxcnn._conv.pieces import flip_swap_io
 
-SOURCE = Path(__file__).parent / "native" / "conv_cpu.cc"
+SOURCE = Path(__file__).parent / "conv_cpu.cc"
 ENV = "JAXCNN_NATIVE"
 ISA_ENV = "JAXCNN_NATIVE_ISA"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra")

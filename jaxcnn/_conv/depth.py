@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_size
 from jaxcnn._taps import crop, pad_axes, place, window
-from jaxcnn.conv_impls import lax_conv, lax_input_grad, lax_weight_grad
-from jaxcnn.conv_loops import tap_reader, tap_sum_adjoint
+from jaxcnn._conv.pieces import lax_conv, lax_input_grad, lax_weight_grad
+from jaxcnn._conv.loops import tap_reader, tap_sum_adjoint
 
 _DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
 

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import pytest
 
 import jaxcnn
-from jaxcnn import conv_forms
+from jaxcnn._conv import rules
 from jaxcnn._args import normalize_conv
-from jaxcnn.conv_impls import IMPLS
+from jaxcnn._conv.pieces import IMPLS
 from helpers import TOL, assert_close, run_piece, random_array, sample
 
 # name: (x spatial, kernel, C, O, conv kwargs)
@@ -82,8 +82,8 @@ def _operands(name, channels_last, rng, dtype=jnp.float64):
 def test_form_equals_lax_piece(form, name, channels_last, rng):
     piece, _ = FORMS[form]
     x, w, dy, spec = _operands(name, channels_last, rng)
-    got = run_piece(getattr(conv_forms, form), piece, x, w, dy, spec)
-    want = run_piece(IMPLS["lax"][conv_forms.PIECES.index(piece)], piece, x, w, dy, spec)
+    got = run_piece(getattr(rules, form), piece, x, w, dy, spec)
+    want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, x, w, dy, spec)
     assert got.shape == want.shape
     assert_close(got, want, TOL["float64"], f"{form} on {name}")
 
@@ -96,7 +96,7 @@ def test_batch_chunked_loop_equals_lax_piece(name, channels_last, rng):
     x = jnp.concatenate([x, 2 * x])                     # 2N samples: slices of N / 2 ... 2N
     want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     for chunks in {2, x.shape[0]}:
-        got = run_piece(partial(conv_forms.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(rules.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} slices on {name}")
 
 
@@ -110,7 +110,7 @@ def test_row_chunked_loop_equals_lax_piece(name, channels_last, rng):
     want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     rows = want.shape[spec.spatial_axes()[0]]
     for chunks in sorted({c for c in (2, 3, rows) if rows % c == 0}):
-        got = run_piece(partial(conv_forms.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(rules.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} row slices on {name}")
 
 
@@ -119,13 +119,13 @@ def test_batch_chunks_fit_the_budget():
     product exceed 1.5 × (input + output); 16 slices of 8 samples fit. Two samples: never sliced."""
     shapes = ((128, 14, 14, 32), (3, 3, 32, 64))
     spec = _spec(x=(128, 32, 14, 14), w=(64, 32, 3, 3), padding=1).replace(channels_last=True)
-    a = conv_forms.activation_sizes(spec, *shapes)
-    room = conv_forms.MEMORY_BUDGET * (a["input"] + a["output"])
-    assert conv_forms.form_memory(conv_forms.loop_conv, spec, *shapes) > room
-    assert conv_forms._chunks(a) == (16, 1) and conv_forms._chunked_memory(a, 16, 1) <= room
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
-    small = conv_forms.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
-    assert conv_forms._chunks(small)[0] == 1
+    a = rules.activation_sizes(spec, *shapes)
+    room = rules.MEMORY_BUDGET * (a["input"] + a["output"])
+    assert rules.form_memory(rules.loop_conv, spec, *shapes) > room
+    assert rules._chunks(a) == (16, 1) and rules._chunked_memory(a, 16, 1) <= room
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
+    small = rules.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
+    assert rules._chunks(small)[0] == 1
 
 
 def test_row_chunks_fit_the_budget():
@@ -135,10 +135,10 @@ def test_row_chunks_fit_the_budget():
     half the output = 3.43 outputs), four slices of 2 rows do (2.93 ≤ 3)."""
     shapes = ((1, 8, 28, 28, 32), (3, 3, 3, 32, 32))
     spec = _spec(x=(1, 32, 8, 28, 28), w=(32, 32, 3, 3, 3), padding=1).replace(channels_last=True)
-    a = conv_forms.activation_sizes(spec, *shapes)
-    assert a["rows"] == 8 and conv_forms._chunks(a) == (1, 4)
-    assert conv_forms._chunked_memory(a, 1, 2) > conv_forms._room(a) >= conv_forms._chunked_memory(a, 1, 4)
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
+    a = rules.activation_sizes(spec, *shapes)
+    assert a["rows"] == 8 and rules._chunks(a) == (1, 4)
+    assert rules._chunked_memory(a, 1, 2) > rules._room(a) >= rules._chunked_memory(a, 1, 4)
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
 
 
 @pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad", "loop_weight_grad",
@@ -149,7 +149,7 @@ def test_half_precision_forms_sum_in_float32(form, rng):
     once it stays within bfloat16's own rounding."""
     name = "depthwise_2d" if "depthwise" in form else "im2col_thin"
     x, w, dy, spec = _operands(name, False, rng, jnp.bfloat16)
-    got = run_piece(getattr(conv_forms, form), "weight_grad", x, w, dy, spec)
+    got = run_piece(getattr(rules, form), "weight_grad", x, w, dy, spec)
     want = run_piece(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
                 dy.astype(jnp.float64), spec)
     assert_close(got.astype(jnp.float64), want, TOL["bfloat16"], form)
@@ -188,10 +188,10 @@ RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's 
 @pytest.mark.parametrize("name,channels_last,impl,platform,piece,expected", RULES)
 def test_candidates_follow_the_rules(name, channels_last, impl, platform, piece, expected, rng):
     x, w, _, spec = _operands(name, channels_last, rng)
-    forms = conv_forms.candidates(piece, impl, spec, x.shape, w.shape, platform)
+    forms = rules.candidates(piece, impl, spec, x.shape, w.shape, platform)
     assert forms[0].__name__ == expected
     # the last resort: the one-lax-call piece (lax) or the lean tap loop (manual)
-    last = (conv_forms.IMPLS["lax"] if impl == "lax" else conv_forms.LOOPS)[conv_forms.PIECES.index(piece)]
+    last = (rules.IMPLS["lax"] if impl == "lax" else rules.LOOPS)[rules.PIECES.index(piece)]
     assert forms[-1] is last
 
 
@@ -204,13 +204,13 @@ def _spec(**kwargs):
 def test_activation_sizes_hand_worked():
     # x (2, 3, 10, 8), w (5, 3, 3, 3), stride 2, padding 1: out (5, 4); x_pad (12, 10)
     spec = _spec(x=(2, 3, 10, 8), w=(5, 3, 3, 3), stride=2, padding=1)
-    a = conv_forms.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
+    a = rules.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
     assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
                  "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8,
                  "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200, "batch": 2, "rows": 5}
     # channels last: dy is contracted as it lies, no transposed copy
     spec_last = spec.replace(channels_last=True)
-    assert conv_forms.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
+    assert rules.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
 
 
 def test_choice_weighs_memory():
@@ -219,27 +219,27 @@ def test_choice_weighs_memory():
     a copy of dy) fits; impl="manual" falls back to its loop whatever the estimate; a 3-D conv of 3 → 16 channels has room for its folded depth taps."""
     shapes = ((2, 64, 16, 16), (128, 64, 3, 3))
     spec = _spec(x=shapes[0], w=shapes[1], padding=1)
-    assert not conv_forms.fits(conv_forms.manual_conv, spec, *shapes)
-    assert conv_forms.fits(conv_forms.loop_weight_grad, spec, *shapes)
+    assert not rules.fits(rules.manual_conv, spec, *shapes)
+    assert rules.fits(rules.loop_weight_grad, spec, *shapes)
     # the last resort, the tap loop (two samples: not sliced)
-    assert conv_forms.choose("conv", "manual", spec, *shapes, "cpu") is conv_forms.chunked_loop_conv
-    assert conv_forms._chunks(conv_forms.activation_sizes(spec, *shapes))[0] == 1
-    assert conv_forms.choose("weight_grad", "manual", spec, *shapes, "cpu") is conv_forms.loop_weight_grad
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
+    assert rules._chunks(rules.activation_sizes(spec, *shapes))[0] == 1
+    assert rules.choose("weight_grad", "manual", spec, *shapes, "cpu") is rules.loop_weight_grad
     # impl="lax" in 2D: XLA's weight gradient rather than the plain tap loop
-    assert conv_forms.choose("weight_grad", "lax", spec, *shapes, "cpu") is conv_forms.IMPLS["lax"][2]
+    assert rules.choose("weight_grad", "lax", spec, *shapes, "cpu") is rules.IMPLS["lax"][2]
     # a depth fold stacks K_0 = 3 copies of the input (and their folded copy), the depth-tap
     # loop holds x_pad, one depth slice and the output beside the accumulator: lax's piece
     spec3 = _spec(x=(1, 8, 4, 6, 6), w=(8, 8, 3, 3, 3), padding=1)
-    assert conv_forms.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is conv_forms.IMPLS["lax"][0]
+    assert rules.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is rules.IMPLS["lax"][0]
     # 16 → 40 channels, 4 samples: input 4096, output 10240 (budget 21504); the fold's 24576
     # does not fit, the loop's 6144 + 4096 + 10240 does
     taps = ((4, 16, 4, 4, 4), (40, 16, 3, 3, 3))
     spec_taps = _spec(x=taps[0], w=taps[1], padding=1)
-    assert conv_forms.choose("conv", "lax", spec_taps, *taps, "cpu") is conv_forms.depth_tap_conv
-    assert conv_forms.choose("input_grad", "lax", spec_taps, *taps, "cpu") is conv_forms.depth_tap_input_grad
+    assert rules.choose("conv", "lax", spec_taps, *taps, "cpu") is rules.depth_tap_conv
+    assert rules.choose("input_grad", "lax", spec_taps, *taps, "cpu") is rules.depth_tap_input_grad
     wide = ((2, 3, 4, 5, 6), (16, 3, 3, 3, 3))
     spec_wide = _spec(x=wide[0], w=wide[1], padding=1)
-    assert conv_forms.choose("conv", "lax", spec_wide, *wide, "cpu") is conv_forms.fold_depth_conv
+    assert rules.choose("conv", "lax", spec_wide, *wide, "cpu") is rules.fold_depth_conv
 
 
 def _convolutions(fn, *args) -> list[str]:
@@ -253,7 +253,7 @@ def test_cpu_lowering_is_used(rng):
     is no convolution (lax's would be one with batch_group_count)."""
     def loss(x, w, **kwargs):
         return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, **kwargs)))
-    # 3 → 16 channels: the folded depth taps fit the memory budget (conv_forms.fits)
+    # 3 → 16 channels: the folded depth taps fit the memory budget (rules.fits)
     x, w = random_array(rng, (2, 3, 4, 5, 6)), random_array(rng, (16, 3, 3, 3, 3))
     convs = _convolutions(jax.grad(loss, (0, 1)), x, w)
     assert convs and all(line.split("size=")[1].split()[0].count("x") == 1 for line in convs), convs
@@ -266,49 +266,49 @@ def test_cpu_lowering_is_used(rng):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
     """Whatever the shapes, impl="manual" picks only forms without conv_general_dilated."""
-    uses_lax = {*conv_forms.IMPLS["lax"], conv_forms.fold_depth_conv, conv_forms.fold_depth_input_grad,
-                conv_forms.depth_tap_conv, conv_forms.depth_tap_input_grad}
+    uses_lax = {*rules.IMPLS["lax"], rules.fold_depth_conv, rules.fold_depth_input_grad,
+                rules.depth_tap_conv, rules.depth_tap_input_grad}
     for channels_last in (False, True):
         x, w, _, spec = _operands(name, channels_last, rng)
-        for piece in conv_forms.PIECES:
-            assert conv_forms.choose(piece, "manual", spec, x.shape, w.shape, platform) not in uses_lax
+        for piece in rules.PIECES:
+            assert rules.choose(piece, "manual", spec, x.shape, w.shape, platform) not in uses_lax
 
 
 def test_measured_choice_is_cached_and_exact(monkeypatch, tmp_path, rng):
     """JAXCNN_MEASURE_FORMS=1: the candidates are timed once per shape, the winner cached on
     disk; the values stay those of the one-lax-call pieces; a second process (an empty
     in-memory cache) reads the file instead of timing again."""
-    from jaxcnn import conv_tuning
+    from jaxcnn._conv import tuning
     cache = tmp_path / "forms.json"
-    monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
-    monkeypatch.setenv(conv_tuning.CACHE_ENV, str(cache))
-    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
+    monkeypatch.setenv(tuning.MEASURE_ENV, "1")
+    monkeypatch.setenv(tuning.CACHE_ENV, str(cache))
+    monkeypatch.setattr(tuning, "_MEMORY", {})
     x, w = random_array(rng, (2, 4, 16, 16)), random_array(rng, (8, 1, 3, 3))   # depthwise: loops fit
     def loss(x, w, **kwargs):
         return jnp.sum(jnp.sin(jaxcnn.conv(x, w, padding=1, groups=4, **kwargs)))
     got = jax.grad(loss, (0, 1))(x, w)
-    with conv_tuning_off(monkeypatch):
+    with tuning_off(monkeypatch):
         want = jax.grad(partial(loss, impl="lax"), (0, 1))(x, w)
     assert_close(got[0], want[0], TOL["float64"], "dx")
     assert_close(got[1], want[1], TOL["float64"], "dw")
     entries = json.loads(cache.read_text())
-    assert entries and all(json.loads(k)[3] in conv_forms.PIECES for k in entries)
-    monkeypatch.setattr(conv_tuning, "_MEMORY", {})
-    monkeypatch.setattr(conv_tuning, "time_form", lambda *a, **k: pytest.fail("timed again"))
+    assert entries and all(json.loads(k)[3] in rules.PIECES for k in entries)
+    monkeypatch.setattr(tuning, "_MEMORY", {})
+    monkeypatch.setattr(tuning, "time_form", lambda *a, **k: pytest.fail("timed again"))
     jax.clear_caches()
     jax.grad(loss, (0, 1))(x, w)
 
 
-class conv_tuning_off:
+class tuning_off:
     def __init__(self, monkeypatch):
         self.monkeypatch = monkeypatch
 
     def __enter__(self):
-        from jaxcnn import conv_tuning
-        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "0")
+        from jaxcnn._conv import tuning
+        self.monkeypatch.setenv(tuning.MEASURE_ENV, "0")
         jax.clear_caches()
 
     def __exit__(self, *exc):
-        from jaxcnn import conv_tuning
-        self.monkeypatch.setenv(conv_tuning.MEASURE_ENV, "1")
+        from jaxcnn._conv import tuning
+        self.monkeypatch.setenv(tuning.MEASURE_ENV, "1")
         return False

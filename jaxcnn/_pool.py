@@ -17,7 +17,7 @@ from jaxcnn._args import PoolSpec
 from jaxcnn._shapes import spatial_axes
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
 from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
-from jaxcnn.conv_loops import tap_offsets, tap_reader, tap_sum_adjoint
+from jaxcnn._conv.loops import tap_offsets, tap_reader, tap_sum_adjoint
 
 # ----------------------------------------------------------------------------- shape helpers
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcnn.fuzz import runner
-from jaxcnn.xla_guard import aborting_convolutions, operand_swap_aborts
+from jaxcnn._conv.xla_guard import aborting_convolutions, operand_swap_aborts
 
 HERE = __file__
 
@@ -185,7 +185,7 @@ def test_reproducers_match_pytorch():
 def test_low_crops_hand_worked():
     """(−2, 1) on 5: slice 2, pad (0, 1); (−3, 1) on 2: slice all 2, the third from hi → (0, 0);
     a dilated axis or a non-negative lo is left alone. The padded length is unchanged."""
-    from jaxcnn.xla_guard import low_crops
+    from jaxcnn._conv.xla_guard import low_crops
     crops, pads = low_crops([5, 2, 4, 6], [(-2, 1), (-3, 1), (-1, 1), (1, -1)], [1, 1, 2, 1])
     assert crops == [2, 2, 0, 0]
     assert pads == [(0, 1), (0, 0), (-1, 1), (1, -1)]
