@@ -48,6 +48,8 @@ from jaxcnn._sharding import sharded_call
 from jaxcnn._conv.rules import choose
 from jaxcnn._conv.pieces import output_dtype
 
+__all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad"]
+
 
 # ----------------------------------------------------------------------------- the VJP family
 # The three bilinear maps are JAX primitives whose derivative rules are written here by hand:

@@ -20,6 +20,10 @@ import jax.numpy as jnp
 
 from jaxcnn import nn
 
+__all__ = ["mnist1d_cnn", "mnist1d_resnet", "fashion_cnn", "fashion_resnet", "clips_cnn3d",
+           "clips_frame2d", "MODELS", "INPUT_SHAPES", "NUM_CLASSES", "DATASETS", "LAYOUT_MODELS",
+           "check_layout", "build", "channels_first_params", "main"]
+
 Builder = Callable[..., nn.Layer]
 
 

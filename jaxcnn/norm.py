@@ -47,6 +47,8 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
 
+__all__ = ["group_norm"]
+
 # ----------------------------------------------------------------------------- arithmetic
 
 

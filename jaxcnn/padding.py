@@ -23,6 +23,8 @@ from jax.interpreters import ad, batching
 from jaxcnn._args import Pads
 from jaxcnn._primitives import ShapedArray, make_primitive
 
+__all__ = ["pad", "fold"]
+
 
 def border_indices(length: int, lo: int, hi: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Static source indices of the ``lo`` and ``hi`` border samples along one axis."""

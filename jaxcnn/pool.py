@@ -55,6 +55,8 @@ from jaxcnn._pool import (avg_pool_transpose, global_avg_pool_transpose, global_
                           global_mean, max_pool_argmax, max_pool_argmax_loop, max_pool_gather,
                           max_pool_scatter, window_average, windows_tile_input, with_spatial_sizes)
 
+__all__ = ["max_pool", "avg_pool", "global_avg_pool"]
+
 
 def _pooled(a, *, spec, **_) -> ShapedArray:
     """The output's aval: ``a``'s shape with the pooled spatial sizes."""

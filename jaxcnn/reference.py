@@ -19,6 +19,10 @@ from jaxcnn._args import normalize_conv_transpose
 from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
 from jaxcnn._args import normalize_group_norm
 
+__all__ = ["conv", "conv_input_grad", "conv_weight_grad", "convolve", "conv_transpose", "max_pool",
+           "avg_pool", "global_avg_pool", "group_norm", "lax_conv_general_dilated",
+           "lax_conv_transpose"]
+
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 

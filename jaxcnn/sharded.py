@@ -57,6 +57,8 @@ from jaxcnn.pool import avg_pool as _avg_pool
 from jaxcnn.pool import max_pool as _max_pool
 from jaxcnn._pool import avg_divisor
 
+__all__ = ["conv", "max_pool", "avg_pool"]
+
 # ----------------------------------------------------------------------------- the exchange
 # Shard p, block x_p of m samples along the axis, halo widths (A, B) = (left, right). With
 # R = "p → p + 1" (the ring's wrap P − 1 → 0 when circular) and its inverse R⁻¹ = "p + 1 → p":

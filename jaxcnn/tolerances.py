@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["UNIT_ROUNDOFF", "RTOL", "VJP_RTOL", "FD_EPS", "BENCH_AGREEMENT",
+           "finite_difference_rtol"]
+
 UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2   # float64: u = 2⁻⁵³ ≈ 1.1e-16
 
 RTOL = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 3e-3}

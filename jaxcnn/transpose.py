@@ -26,6 +26,8 @@ from jaxcnn._args import ConvTransposeArgs, normalize_conv, normalize_conv_trans
 from jaxcnn._sharding import sharded_call
 from jaxcnn.conv import apply_conv, bias_add, input_grad_core
 
+__all__ = ["convolve", "conv_transpose"]
+
 # ----------------------------------------------------------------------------- the flip
 
 

@@ -6,3 +6,5 @@ process (an abort inside XLA is caught and recorded), compared in float64 with P
 ``worker`` are the crash-isolating process pool, ``configs`` draws the configurations and
 ``checks`` runs one.
 """
+
+__all__: list[str] = []
