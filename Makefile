@@ -1,14 +1,29 @@
-# Every target creates .venv if it is missing and installs the package into it.
+# Every target creates .venv if it is missing and installs the package into it (editable), with
+# the extras the target needs: `make train` the train extra; `make test` the dev, train and interop
+# extras and PyTorch's CPU build (the comparisons; the torch extra's lower bound, pinned here).
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
+TRAIN_STAMP := .venv/.installed-train
+DOCS_STAMP := .venv/.installed-docs
 TORCH := torch==2.13.0
 
-$(VENV_STAMP): pyproject.toml
+.venv/.created:
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,interop]'
+	touch $@
+
+$(TRAIN_STAMP): pyproject.toml .venv/.created
+	$(PY) -m pip install -q -e '.[train]'
+	touch $@
+
+$(VENV_STAMP): pyproject.toml .venv/.created
+	$(PY) -m pip install -q -e '.[dev,train,interop]'
 	$(PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
-	touch $(VENV_STAMP)
+	touch $@
+
+$(DOCS_STAMP): pyproject.toml .venv/.created
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
 
 # The lowest jax/jaxlib that pyproject.toml declares, in a venv of its own (torch too, so the
 # PyTorch comparisons and the fuzzer run there as well).
@@ -21,17 +36,17 @@ JAXLIB_LOWEST := $(shell sed -n 's/^ *"jaxlib>=\([0-9.]*\)",*$$/\1/p' pyproject.
 $(LOWEST_STAMP): pyproject.toml
 	test -x $(LOWEST_PY) || python3 -m venv $(LOWEST_VENV)
 	$(LOWEST_PY) -m pip install -q --upgrade pip
-	$(LOWEST_PY) -m pip install -q -e '.[dev]' 'jax==$(JAX_LOWEST)' 'jaxlib==$(JAXLIB_LOWEST)'
+	$(LOWEST_PY) -m pip install -q -e '.[dev,train]' 'jax==$(JAX_LOWEST)' 'jaxlib==$(JAXLIB_LOWEST)'
 	$(LOWEST_PY) -m pip install -q $(TORCH) || echo "torch not installed: PyTorch comparisons will be skipped"
 	touch $(LOWEST_STAMP)
 
-.PHONY: venv venv-lowest train test test-full test-lowest gradcheck bench
+.PHONY: venv venv-lowest train test test-full test-lowest gradcheck bench docs wheel-check
 venv: $(VENV_STAMP)
 venv-lowest: $(LOWEST_STAMP)
 
 # The default MNIST-1D run (mnist1d-resnet, 4000 steps): prints the test accuracy, writes the
 # report, metrics and plots to runs/mnist1d-mnist1d-resnet-seed0/.
-train: $(VENV_STAMP)
+train: $(TRAIN_STAMP)
 	$(PY) -m jaxcnn train
 
 gradcheck: $(VENV_STAMP)
@@ -56,3 +71,13 @@ test-lowest: $(LOWEST_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) -m jaxcnn bench
+
+# The documentation site (mkdocs.yml, docs/), built into site/; --strict: a broken link or
+# reference fails the build.
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict
+
+# The sdist and the wheel built into dist/, checked, and the wheel installed alone into a fresh
+# venv and run from outside the checkout (.ci/wheel-smoke says what it checks).
+wheel-check: $(VENV_STAMP)
+	.ci/wheel-smoke $(PY)
