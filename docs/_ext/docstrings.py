@@ -6,7 +6,9 @@ as code too). Two things Markdown would misread are rewritten before griffe pars
 - a doctest (``>>>`` lines and their output, up to a blank line) becomes a fenced ``pycon``
   block; left alone, Markdown reads its output as text and ``['a', 'b']`` as a link;
 - an argument line that lists several names over two lines (``w, b, stride,`` then
-  ``padding: ...``) is joined into one, so the whole list stays one item.
+  ``padding: ...``) is joined into one, so the whole list stays one item;
+- reST's ``Example::`` (a colon, then an indented literal block, which Markdown shows as code
+  anyway) loses its second colon.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ def markdown_docstring(text: str) -> str:
                 out.append(lines[i])
                 i += 1
             out.append(f"{indent}```")
+            continue
+        if line.rstrip().endswith("::"):
+            out.append(line.rstrip()[:-1])
+            i += 1
             continue
         if _NAMES_CONTINUED.match(line) and i + 1 < len(lines):
             out.append(line + " " + lines[i + 1].strip())
