@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import re
 import textwrap
 import warnings
@@ -198,6 +199,20 @@ def test_run_page_fails_on_float64_truncation(tmp_path: Path) -> None:
     page.write_text("```python\nimport jax.numpy as jnp\nx = jnp.zeros(3, jnp.float64)\n```\n")
     with jax_defaults(), pytest.raises(AssertionError, match="float64 is truncated"):
         run_page(page, root=tmp_path)
+
+
+def test_reference_pages_read_docstrings_as_markdown() -> None:
+    """The site's griffe extension (docs/_ext/docstrings.py): doctests fenced, reST's '::'
+    dropped, an argument list split over two lines joined, an Examples section left to griffe."""
+    pytest.importorskip("griffe")   # the docs extra
+    spec = importlib.util.spec_from_file_location("docstrings", ROOT / "docs/_ext/docstrings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("The formula::\n\n    y = x\n\nArgs:\n  w, b,\n    stride: as conv.\n\n>>> 1 + 1\n2\n\n"
+            "Examples:\n    >>> 2 + 2\n    4")
+    assert module.markdown_docstring(text) == (
+        "The formula:\n\n    y = x\n\nArgs:\n  w, b, stride: as conv.\n\n```pycon\n>>> 1 + 1\n2\n```\n\n"
+        "Examples:\n    >>> 2 + 2\n    4")
 
 
 def doctest_modules() -> list[str]:

@@ -17,6 +17,11 @@ import re
 import griffe
 
 _NAMES_CONTINUED = re.compile(r"^\s+[A-Za-z_][\w, ]*,$")
+_EXAMPLES_SECTION = re.compile(r"^(\s*)Examples?:\s*$")   # griffe renders its >>> itself
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def markdown_docstring(text: str) -> str:
@@ -26,6 +31,14 @@ def markdown_docstring(text: str) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
+        section = _EXAMPLES_SECTION.match(line)
+        if section:
+            out.append(line)
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(section.group(1))):
+                out.append(lines[i])
+                i += 1
+            continue
         if line.lstrip().startswith(">>>"):
             indent = line[: len(line) - len(line.lstrip())]
             out.append(f"{indent}```pycon")
