@@ -167,7 +167,7 @@ def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], axis_type: Any = N
     return jax.sharding.Mesh(devices, names, axis_types=(axis_type,) * len(names))
 
 
-# Whether XLA compiles max pooling's argmax as a tap loop (``pool_impls.max_pool_argmax_loop``)
+# Whether XLA compiles max pooling's argmax as a tap loop (``_pool.max_pool_argmax_loop``)
 # sanely. Release-dependent: on jax/jaxlib 0.4.30 the loop (a ``fori_loop`` of dynamic slices)
 # drove 3D max-pool programs past 10 GB of host memory (found by the fuzz sample and the
 # gradcheck matrix there); 0.10.2 compiles it in megabytes. Older releases keep the unrolled scan.

@@ -15,9 +15,9 @@ import numpy as np
 
 from jaxcnn._args import PoolSpec
 from jaxcnn._shapes import spatial_axes
-from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn._taps import (crop, offsets, pad_axes, place, tap_offsets, tap_reader, tap_sum_adjoint,
+                          window)
 from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
-from jaxcnn._conv.loops import tap_offsets, tap_reader, tap_sum_adjoint
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -215,7 +215,7 @@ def max_pool_scatter(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Ar
 
 def max_pool_scatter_loop(dy: jax.Array, argmax: jax.Array, spec: PoolSpec) -> jax.Array:
     """``max_pool_scatter`` as a loop over the taps: tap ``t`` adds ``dy`` where the argmax is
-    ``t`` onto the block of ``x̄_pad`` it read (``conv_loops.tap_sum_adjoint``). The argmax is
+    ``t`` onto the block of ``x̄_pad`` it read (``jaxcnn._taps.tap_sum_adjoint``). The argmax is
     the loop's operand, read from memory (fused into an unrolled spread, XLA recomputed the
     window's scan for every tap: 3×3 s2 ``N…C`` fwd+bwd ~10 ms, PyTorch 3.5)."""
     padded = with_spatial_sizes(dy.shape, spec, tuple(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:   # only the layout is read; _args imports this module
 
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL")
 
+Shape = tuple[int, ...]
 Pads = tuple[tuple[int, int], ...]
 
 

@@ -27,7 +27,7 @@ these hand-written rules.
 ``impl="manual"`` uses no convolution primitive: a static sum over kernel offsets of strided
 slices, each contracted over channels with ``einsum``, and in ``input_grad`` the same slices
 placed back with ``lax.pad`` (interior padding = the stride's holes). Both live in
-``jaxcnn.conv_impls``; ``jaxcnn.conv_forms`` picks faster forms of the same maps per shape
+``jaxcnn._conv.pieces``; ``jaxcnn._conv.rules`` picks faster forms of the same maps per shape
 (depthwise, 3D and few-channel convolutions; on CPU).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight
 # So reverse mode (jax.grad, jax.vjp) runs the hand-written transposes, grad-of-grad transposes
 # them again, and forward-over-reverse (jax.hessian, jax.jvp, jax.jacfwd) applies the JVP to
 # them: every order stays inside these rules. Each primitive lowers to the form of its impl
-# that conv_forms.choose picks for the shapes ("lax": conv_general_dilated; "manual": slices
+# that _conv.rules.choose picks for the shapes ("lax": conv_general_dilated; "manual": slices
 # and einsums; on CPU also per-tap and depth-folded forms), one generic lowering and one for
 # CPU. Static parameters: the spec, the impl and the shape to rebuild. A cotangent always has
 # its primal's dtype. Each primitive's section below holds, in this order, its lowering

@@ -1,5 +1,5 @@
 r"""N-D max, average and global average pooling as JAX primitives with hand-written derivative
-rules (PyTorch's semantics), the arithmetic in ``jaxcnn.pool_impls``.
+rules (PyTorch's semantics), the arithmetic in ``jaxcnn._pool``.
 
 Max pooling (``torch.nn.functional.max_pool{1,2,3}d``), ``s`` stride, ``d`` dilation::
 

@@ -403,7 +403,7 @@ def value_and_vjp(op, args, cotangent):
 
 
 def run_piece(fn, piece: str, x, w, dy, spec):
-    """One conv piece (``conv_impls``' calling convention: ``conv(x, w)``, ``input_grad(dy, w)``,
+    """One conv piece (``jaxcnn._conv.pieces``' calling convention: ``conv(x, w)``, ``input_grad(dy, w)``,
     ``weight_grad(x, dy)``), jit-compiled with a static spec."""
     if piece == "conv":
         return jax.jit(partial(fn, spec=spec))(x, w)

@@ -224,7 +224,7 @@ MEMORY_CASES = [  # small shapes of the bench's kinds of rows
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
 def test_temp_memory_within_budget(case, channels_last, request):
     """Compiled temp memory of fwd+bwd (float32) against ``jax.grad`` of lax: ``impl="lax"``
-    ≤ 1.5×, ``impl="manual"`` ≤ 2× (conv_forms.MEMORY_BUDGET weighs each form's intermediates)."""
+    ≤ 1.5×, ``impl="manual"`` ≤ 2× (_conv.budget.MEMORY_BUDGET weighs each form's intermediates)."""
     shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in case.shapes(channels_last)]
     def temp(impl):
         f = bench.baseline_fn(case, channels_last) if impl == "jax" else bench.jaxcnn_fn(case, channels_last, impl)

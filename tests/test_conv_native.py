@@ -1,7 +1,7 @@
-"""jaxcnn.native: the C++ kernels equal the one-lax-call pieces, and are used where they apply.
+"""jaxcnn._conv.native: the C++ kernels equal the one-lax-call pieces, and are used where they apply.
 
 Each native form is called directly (jit-compiled, float32: the only dtype the kernels take)
-and compared with the generic ``impl="lax"`` piece of ``jaxcnn.conv_impls`` (one
+and compared with the generic ``impl="lax"`` piece of ``jaxcnn._conv.pieces`` (one
 ``lax.conv_general_dilated`` at ``precision=HIGHEST``), an independent computation of the same
 map, at float32's tolerance (``helpers.TOL``: each output sums at most a few hundred products,
 ``L·u ≈ 3e-5`` at worst, ~1e-6 measured; a wrong tap, border or stride is off by O(1)).

@@ -1,6 +1,6 @@
-"""Tests of jaxcnn/conv_impls.py's shared pieces: the accumulation-dtype rule, the choice of the
+"""Tests of jaxcnn/_conv/pieces.py's shared pieces: the accumulation-dtype rule, the choice of the
 input gradient's form by XLA's abort rule, and the contraction every manual form runs. The shape formulas the pieces use
-are tested in test_shapes.py; the pieces' values in test_conv.py and test_conv_forms.py.
+are tested in test_shapes.py; the pieces' values in test_conv.py and test_conv_rules.py.
 """
 from __future__ import annotations
 

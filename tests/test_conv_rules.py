@@ -1,7 +1,7 @@
-"""jaxcnn.conv_forms: every faster form equals the piece it replaces, and the rule picks it.
+"""jaxcnn._conv: every faster form equals the piece it replaces, and the rule picks it.
 
 Each form is called directly (jit-compiled, float64) and compared with the generic
-``impl="lax"`` piece of ``jaxcnn.conv_impls`` (one ``lax.conv_general_dilated``) — an
+``impl="lax"`` piece of ``jaxcnn._conv.pieces`` (one ``lax.conv_general_dilated``) — an
 independent computation of the same map. The wiring test reads the compiled HLO: on CPU the
 3D conv must run as 2D convolutions and the depthwise conv without any convolution op.
 """
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import pytest
 
 import jaxcnn
-from jaxcnn._conv import rules
 from jaxcnn._args import normalize_conv
+from jaxcnn._conv import budget, depth, loops, rules
 from jaxcnn._conv.pieces import IMPLS
 from helpers import TOL, assert_close, run_piece, random_array, sample
 
@@ -51,7 +51,7 @@ FORMS = {  # form: (piece, configs it applies to)
     "fold_depth_weight_grad": ("weight_grad", ["fold_3d", "fold_3d_strided_dilated", "many_samples_3d"]),
     "depth_tap_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "depth_tap_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
-    # The tap loops (conv_loops): every kind of config, groups, strides and dilations included.
+    # The tap loops (_conv.loops): every kind of config, groups, strides and dilations included.
     **{f"loop_{piece}": (piece, ["depthwise_multiplier_strided", "depthwise_3d", "fold_3d_strided_dilated",
                                  "im2col_groups", "im2col_1d", "many_samples_3d"])
        for piece in ("conv", "input_grad", "weight_grad")},
@@ -60,6 +60,7 @@ FORMS = {  # form: (piece, configs it applies to)
     "loop_depthwise_weight_grad": ("weight_grad", ["depthwise_2d", "depthwise_multiplier_strided",
                                                    "depthwise_1d_dilated", "depthwise_3d"]),
 }
+FORM_FUNCTIONS = {form.name: form.function for form in rules.FORMS}   # the table's, by name
 FORM_CASES = [(form, name, cl) for form, (_, names) in FORMS.items() for name in names
               for cl in (False, True)]
 
@@ -82,7 +83,7 @@ def _operands(name, channels_last, rng, dtype=jnp.float64):
 def test_form_equals_lax_piece(form, name, channels_last, rng):
     piece, _ = FORMS[form]
     x, w, dy, spec = _operands(name, channels_last, rng)
-    got = run_piece(getattr(rules, form), piece, x, w, dy, spec)
+    got = run_piece(FORM_FUNCTIONS[form], piece, x, w, dy, spec)
     want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, x, w, dy, spec)
     assert got.shape == want.shape
     assert_close(got, want, TOL["float64"], f"{form} on {name}")
@@ -96,7 +97,7 @@ def test_batch_chunked_loop_equals_lax_piece(name, channels_last, rng):
     x = jnp.concatenate([x, 2 * x])                     # 2N samples: slices of N / 2 ... 2N
     want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     for chunks in {2, x.shape[0]}:
-        got = run_piece(partial(rules.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(loops.loop_conv, batch_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} slices on {name}")
 
 
@@ -110,7 +111,7 @@ def test_row_chunked_loop_equals_lax_piece(name, channels_last, rng):
     want = run_piece(IMPLS["lax"][0], "conv", x, w, dy, spec)
     rows = want.shape[spec.spatial_axes()[0]]
     for chunks in sorted({c for c in (2, 3, rows) if rows % c == 0}):
-        got = run_piece(partial(rules.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
+        got = run_piece(partial(loops.loop_conv, row_chunks=chunks), "conv", x, w, dy, spec)
         assert_close(got, want, TOL["float64"], f"{chunks} row slices on {name}")
 
 
@@ -119,13 +120,13 @@ def test_batch_chunks_fit_the_budget():
     product exceed 1.5 × (input + output); 16 slices of 8 samples fit. Two samples: never sliced."""
     shapes = ((128, 14, 14, 32), (3, 3, 32, 64))
     spec = _spec(x=(128, 32, 14, 14), w=(64, 32, 3, 3), padding=1).replace(channels_last=True)
-    a = rules.activation_sizes(spec, *shapes)
-    room = rules.MEMORY_BUDGET * (a["input"] + a["output"])
-    assert rules.form_memory(rules.loop_conv, spec, *shapes) > room
-    assert rules._chunks(a) == (16, 1) and rules._chunked_memory(a, 16, 1) <= room
-    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
-    small = rules.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
-    assert rules._chunks(small)[0] == 1
+    a = budget.activation_sizes(spec, *shapes)
+    room = budget.MEMORY_BUDGET * (a["input"] + a["output"])
+    assert rules.form_memory(loops.loop_conv, spec, *shapes) > room
+    assert budget.chunks(a) == (16, 1) and budget.chunked_memory(a, 16, 1) <= room
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is loops.chunked_loop_conv
+    small = budget.activation_sizes(spec, (2, 14, 14, 32), shapes[1])
+    assert budget.chunks(small)[0] == 1
 
 
 def test_row_chunks_fit_the_budget():
@@ -135,10 +136,10 @@ def test_row_chunks_fit_the_budget():
     half the output = 3.43 outputs), four slices of 2 rows do (2.93 ≤ 3)."""
     shapes = ((1, 8, 28, 28, 32), (3, 3, 3, 32, 32))
     spec = _spec(x=(1, 32, 8, 28, 28), w=(32, 32, 3, 3, 3), padding=1).replace(channels_last=True)
-    a = rules.activation_sizes(spec, *shapes)
-    assert a["rows"] == 8 and rules._chunks(a) == (1, 4)
-    assert rules._chunked_memory(a, 1, 2) > rules._room(a) >= rules._chunked_memory(a, 1, 4)
-    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
+    a = budget.activation_sizes(spec, *shapes)
+    assert a["rows"] == 8 and budget.chunks(a) == (1, 4)
+    assert budget.chunked_memory(a, 1, 2) > budget.room(a) >= budget.chunked_memory(a, 1, 4)
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is loops.chunked_loop_conv
 
 
 @pytest.mark.parametrize("form", ["depthwise_weight_grad", "im2col_weight_grad", "loop_weight_grad",
@@ -149,7 +150,7 @@ def test_half_precision_forms_sum_in_float32(form, rng):
     once it stays within bfloat16's own rounding."""
     name = "depthwise_2d" if "depthwise" in form else "im2col_thin"
     x, w, dy, spec = _operands(name, False, rng, jnp.bfloat16)
-    got = run_piece(getattr(rules, form), "weight_grad", x, w, dy, spec)
+    got = run_piece(FORM_FUNCTIONS[form], "weight_grad", x, w, dy, spec)
     want = run_piece(IMPLS["lax"][2], "weight_grad", x.astype(jnp.float64), w.astype(jnp.float64),
                 dy.astype(jnp.float64), spec)
     assert_close(got.astype(jnp.float64), want, TOL["bfloat16"], form)
@@ -191,7 +192,7 @@ def test_candidates_follow_the_rules(name, channels_last, impl, platform, piece,
     forms = rules.candidates(piece, impl, spec, x.shape, w.shape, platform)
     assert forms[0].__name__ == expected
     # the last resort: the one-lax-call piece (lax) or the lean tap loop (manual)
-    last = (rules.IMPLS["lax"] if impl == "lax" else rules.LOOPS)[rules.PIECES.index(piece)]
+    last = (IMPLS["lax"] if impl == "lax" else rules.LOOPS)[rules.PIECES.index(piece)]
     assert forms[-1] is last
 
 
@@ -204,13 +205,13 @@ def _spec(**kwargs):
 def test_activation_sizes_hand_worked():
     # x (2, 3, 10, 8), w (5, 3, 3, 3), stride 2, padding 1: out (5, 4); x_pad (12, 10)
     spec = _spec(x=(2, 3, 10, 8), w=(5, 3, 3, 3), stride=2, padding=1)
-    a = rules.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
+    a = budget.activation_sizes(spec, (2, 3, 10, 8), (5, 3, 3, 3))
     assert a == {"input": 480, "output": 200, "padded": 720, "slice": 120,
                  "dilated": 2 * 3 * 9 * 7, "taps": 9, "depth_taps": 3, "depth_slice": 2 * 3 * 5 * 8,
                  "depth_padded": 2 * 3 * 12 * 8, "dy_copy": 200, "batch": 2, "rows": 5}
     # channels last: dy is contracted as it lies, no transposed copy
     spec_last = spec.replace(channels_last=True)
-    assert rules.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
+    assert budget.activation_sizes(spec_last, (2, 10, 8, 3), (3, 3, 3, 5))["dy_copy"] == 0
 
 
 def test_choice_weighs_memory():
@@ -219,27 +220,27 @@ def test_choice_weighs_memory():
     a copy of dy) fits; impl="manual" falls back to its loop whatever the estimate; a 3-D conv of 3 → 16 channels has room for its folded depth taps."""
     shapes = ((2, 64, 16, 16), (128, 64, 3, 3))
     spec = _spec(x=shapes[0], w=shapes[1], padding=1)
-    assert not rules.fits(rules.manual_conv, spec, *shapes)
-    assert rules.fits(rules.loop_weight_grad, spec, *shapes)
+    assert not rules.fits(IMPLS["manual"][0], spec, *shapes)
+    assert rules.fits(loops.loop_weight_grad, spec, *shapes)
     # the last resort, the tap loop (two samples: not sliced)
-    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is rules.chunked_loop_conv
-    assert rules._chunks(rules.activation_sizes(spec, *shapes))[0] == 1
-    assert rules.choose("weight_grad", "manual", spec, *shapes, "cpu") is rules.loop_weight_grad
+    assert rules.choose("conv", "manual", spec, *shapes, "cpu") is loops.chunked_loop_conv
+    assert budget.chunks(budget.activation_sizes(spec, *shapes))[0] == 1
+    assert rules.choose("weight_grad", "manual", spec, *shapes, "cpu") is loops.loop_weight_grad
     # impl="lax" in 2D: XLA's weight gradient rather than the plain tap loop
-    assert rules.choose("weight_grad", "lax", spec, *shapes, "cpu") is rules.IMPLS["lax"][2]
+    assert rules.choose("weight_grad", "lax", spec, *shapes, "cpu") is IMPLS["lax"][2]
     # a depth fold stacks K_0 = 3 copies of the input (and their folded copy), the depth-tap
     # loop holds x_pad, one depth slice and the output beside the accumulator: lax's piece
     spec3 = _spec(x=(1, 8, 4, 6, 6), w=(8, 8, 3, 3, 3), padding=1)
-    assert rules.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is rules.IMPLS["lax"][0]
+    assert rules.choose("conv", "lax", spec3, (1, 8, 4, 6, 6), (8, 8, 3, 3, 3), "cpu") is IMPLS["lax"][0]
     # 16 → 40 channels, 4 samples: input 4096, output 10240 (budget 21504); the fold's 24576
     # does not fit, the loop's 6144 + 4096 + 10240 does
     taps = ((4, 16, 4, 4, 4), (40, 16, 3, 3, 3))
     spec_taps = _spec(x=taps[0], w=taps[1], padding=1)
-    assert rules.choose("conv", "lax", spec_taps, *taps, "cpu") is rules.depth_tap_conv
-    assert rules.choose("input_grad", "lax", spec_taps, *taps, "cpu") is rules.depth_tap_input_grad
+    assert rules.choose("conv", "lax", spec_taps, *taps, "cpu") is depth.depth_tap_conv
+    assert rules.choose("input_grad", "lax", spec_taps, *taps, "cpu") is depth.depth_tap_input_grad
     wide = ((2, 3, 4, 5, 6), (16, 3, 3, 3, 3))
     spec_wide = _spec(x=wide[0], w=wide[1], padding=1)
-    assert rules.choose("conv", "lax", spec_wide, *wide, "cpu") is rules.fold_depth_conv
+    assert rules.choose("conv", "lax", spec_wide, *wide, "cpu") is depth.fold_depth_conv
 
 
 def _convolutions(fn, *args) -> list[str]:
@@ -266,8 +267,8 @@ def test_cpu_lowering_is_used(rng):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_manual_never_uses_a_convolution_primitive(name, platform, rng):
     """Whatever the shapes, impl="manual" picks only forms without conv_general_dilated."""
-    uses_lax = {*rules.IMPLS["lax"], rules.fold_depth_conv, rules.fold_depth_input_grad,
-                rules.depth_tap_conv, rules.depth_tap_input_grad}
+    uses_lax = {*IMPLS["lax"], depth.fold_depth_conv, depth.fold_depth_input_grad,
+                depth.depth_tap_conv, depth.depth_tap_input_grad}
     for channels_last in (False, True):
         x, w, _, spec = _operands(name, channels_last, rng)
         for piece in rules.PIECES:

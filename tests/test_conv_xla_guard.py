@@ -1,4 +1,4 @@
-"""``jaxcnn.xla_guard``: the rule for XLA's operand-swap abort, checked against XLA itself at
+"""``jaxcnn._conv.xla_guard``: the rule for XLA's operand-swap abort, checked against XLA itself at
 each of its boundaries, and the configurations that aborted or failed to lower, now right.
 
 Everything that could abort runs in worker processes (``jaxcnn.fuzz.runner``): an abort

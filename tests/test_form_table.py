@@ -1,4 +1,4 @@
-"""jaxcnn.conv_forms: the rule picks the same form for the same operands as the recorded table.
+"""jaxcnn._conv.rules: the rule picks the same form for the same operands as the recorded table.
 
 ``form_choices.json`` holds a grid of convolutions (1-3D, strides, dilations, paddings, groups
 and depthwise, both layouts, float32 / float64 / bfloat16, from a few elements to sizes where the
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn._conv import native, rules, tuning
 from jaxcnn._args import ConvSpec, normalize_conv
+from jaxcnn._conv import native, rules, tuning
+from jaxcnn._conv.pieces import manual_conv
 from jaxcnn._primitives import _CUSTOM_CALLS
 
 FIXTURE = Path(__file__).with_name("form_choices.json")
@@ -191,9 +192,9 @@ def test_unknown_form_is_an_error_not_free():
     carries a form's name, has no memory model and the budget check refuses it by name."""
     spec = ConvSpec((1,), ((0, 0),), (1,), 1, False)
 
-    @functools.wraps(rules.manual_conv)
+    @functools.wraps(manual_conv)
     def renamed(*args):
-        return rules.manual_conv(*args)
+        return manual_conv(*args)
     for function in (renamed, lambda x, w, spec: x):
         with pytest.raises(KeyError, match=function.__name__):
             rules.fits(function, spec, (2, 3, 8), (4, 3, 3))

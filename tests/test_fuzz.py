@@ -320,7 +320,7 @@ def _float32(**changes) -> dict:
 
 
 def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_torch():
-    """The path is read from the lowered program: native where ``conv_native`` applies (on a
+    """The path is read from the lowered program: native where ``_conv.native`` applies (on a
     jax with ``jax.ffi`` and a compiler), XLA for channels first or few channels."""
     pytest.importorskip("torch")
     from jaxcnn._conv import native

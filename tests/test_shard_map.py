@@ -7,7 +7,7 @@ replicated; each device differentiates the loss ``⟨op(block), c⟩`` of its bl
 replicated weights themselves, whose gradient JAX sums itself, the transpose of the implicit
 ``pvary`` being a ``psum``) and in forward mode (``jax.jvp``). Reference: the unsharded op on
 the global arrays; float64 to 1e-12, float32 (the native kernels) to 1e-5
-(``jaxcnn.tolerances``). The lowering forms of ``jaxcnn.conv_forms`` are each forced in turn
+(``jaxcnn.tolerances``). The lowering forms of ``jaxcnn._conv`` are each forced in turn
 inside a checked ``shard_map``; ``jaxcnn.sharded``'s halo exchange runs in a checked one too.
 The suite has eight CPU devices (conftest). ``check_vma`` exists from JAX 0.6 on (0.4.30 has
 ``check_rep``): the checked cases skip there.
@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 import jaxcnn
 import jaxcnn.lax
 from jaxcnn import sharded
-from jaxcnn._conv import native, rules
+from jaxcnn._conv import loops, native, rules
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import make_mesh, shard_map
 from jaxcnn._conv.pieces import IMPLS
@@ -227,7 +227,7 @@ def test_hessian_vector_and_per_example_gradients_inside_checked_shard_map(rng):
 
 
 def _form_cases() -> list:
-    """One config of ``test_conv_forms``' table per form (each form computes one piece), the
+    """One config of ``test_conv_rules``' table per form (each form computes one piece), the
     manual pieces, the two chunked tap loops and, where they run, the native kernels."""
     from test_conv_rules import CONFIGS, FORMS
     cases = [(form, piece, names[0], i % 2 == 1)
@@ -243,12 +243,12 @@ def _form_cases() -> list:
 
 def _form(form: str) -> Callable:
     if form == "batch_chunked_loop_conv":
-        return partial(rules.loop_conv, batch_chunks=2)
+        return partial(loops.loop_conv, batch_chunks=2)
     if form == "row_chunked_loop_conv":
-        return partial(rules.loop_conv, row_chunks=3)      # the 3 output rows of its config
+        return partial(loops.loop_conv, row_chunks=3)      # the 3 output rows of its config
     if form.startswith("native_"):
         return native.FORMS[form[len("native_"):]]
-    return getattr(rules, form)
+    return {entry.name: entry.function for entry in rules.FORMS}[form]
 
 
 @CHECKED.marks[0]

@@ -227,7 +227,7 @@ def markdown(report: dict) -> str:
               "On a CPU, jaxcnn computes a one-group 1D convolution and its two gradients with the "
               "same lax convolutions as JAX's own rules, so the plain model's numbers are bitwise "
               "JAX's and its step takes the same time. Depthwise convolutions (one channel per "
-              "group) take jaxcnn's depthwise forms (`jaxcnn/conv_forms.py`): a tap sum instead of "
+              "group) take jaxcnn's depthwise forms (`jaxcnn/_conv/forms.py`): a tap sum instead of "
               "XLA's grouped convolution, faster, and summed in another order, so float32 runs "
               "drift apart by rounding over thousands of steps and end at different points of "
               "the same quality; in float64 the curves agree to rounding.", ""]

@@ -1,6 +1,6 @@
 """Pin down XLA's operand-swap abort: compile random small ``lax.conv_general_dilated`` calls,
 each in a worker process (an abort kills only its worker), and compare which abort with
-``jaxcnn.xla_guard.operand_swap_aborts``.
+``jaxcnn._conv.xla_guard.operand_swap_aborts``.
 
     python experiments/xla_conv_crash/sweep.py --n 1500 --seed 0
 

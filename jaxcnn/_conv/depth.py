@@ -27,9 +27,8 @@ import jax.numpy as jnp
 
 from jaxcnn._args import ConvSpec
 from jaxcnn._shapes import conv_output_size
-from jaxcnn._taps import crop, pad_axes, place, window
 from jaxcnn._conv.pieces import lax_conv, lax_input_grad, lax_weight_grad
-from jaxcnn._conv.loops import tap_reader, tap_sum_adjoint
+from jaxcnn._taps import crop, pad_axes, place, tap_reader, tap_sum_adjoint, window
 
 _DEPTH = (1,)   # the depth axis of a channels-last activation (N, D, *S', C)
 
@@ -55,7 +54,7 @@ def _without_depth(spec: ConvSpec) -> ConvSpec:
 
 
 def _depth_spec(spec: ConvSpec) -> ConvSpec:
-    """The depth axis alone, as ``conv_loops.tap_reader`` and ``tap_sum_adjoint`` see it: the
+    """The depth axis alone, as ``jaxcnn._taps.tap_reader`` and ``tap_sum_adjoint`` see it: the
     one spatial axis (1) of a channels-last activation ``(N, D, *S', C)``."""
     return spec.replace(stride=spec.stride[:1], padding=spec.padding[:1],
                         dilation=spec.dilation[:1], channels_last=True)
@@ -147,7 +146,7 @@ def fold_depth_input_grad(dy, w, spec: ConvSpec, in_shape):
 
 def depth_tap_conv(x, w, spec: ConvSpec):
     """``y[n, t] = Σ_k conv_{n−1}(x_pad[n, t·s + k·d], w[k])``, one depth tap ``k`` per loop
-    step: the depth slices ``x_pad[n, k·d + t·s]`` (``conv_loops.tap_reader``), an (n−1)-D conv
+    step: the depth slices ``x_pad[n, k·d + t·s]`` (``jaxcnn._taps.tap_reader``), an (n−1)-D conv
     over batch ``N·D_out``, added to the accumulator."""
     x_last, w_last = _to_channels_last(x, spec), _to_channels_last(w, spec, kernel=True)
     k_depth, n = w_last.shape[0], x_last.shape[0]
@@ -166,7 +165,7 @@ def depth_tap_conv(x, w, spec: ConvSpec):
 def depth_tap_input_grad(dy, w, spec: ConvSpec, in_shape):
     """The transpose of ``depth_tap_conv``, one depth tap per loop step:
     ``dx_pad[n, k·d + t·s] += input_grad_{n−1}(dy[n, t], w[k])``, each tap's gradient added onto
-    the depth slices it read (``conv_loops.tap_sum_adjoint``), the padding cropped off after."""
+    the depth slices it read (``jaxcnn._taps.tap_sum_adjoint``), the padding cropped off after."""
     dy_last, w_last = _to_channels_last(dy.astype(w.dtype), spec), _to_channels_last(w, spec, kernel=True)
     k_depth, c = w_last.shape[0], w_last.shape[-2]
     n, out_depth = dy_last.shape[:2]

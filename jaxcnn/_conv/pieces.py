@@ -12,7 +12,9 @@ kernel flipped as the padding helpers of ``jaxcnn._shapes`` derive. ``impl="manu
 convolution primitive: a static sum over kernel offsets ``k`` of strided slices
 ``x_pad[k·d + i·s]``, each contracted over channels with ``einsum``; in ``input_grad`` the same
 slices placed back with ``lax.pad`` (interior padding = the stride's holes; ``jaxcnn._taps``).
-Faster forms of the same maps, chosen per shape, are in ``jaxcnn.conv_forms``.
+Faster forms of the same maps are in ``forms``, ``loops``, ``depth`` and ``native``; ``rules``
+picks one per shape. The channel helpers (``split_channels``, ``einsum_subscripts``, ...) are
+shared with the tap loops of ``loops``.
 """
 from __future__ import annotations
 
@@ -22,12 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import (Pads, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
+from jaxcnn._conv.xla_guard import low_crops, operand_swap_aborts
+from jaxcnn._shapes import (Pads, Shape, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
                             weight_grad_padding)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
-from jaxcnn._conv.xla_guard import low_crops, operand_swap_aborts
-
-Shape = tuple[int, ...]
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -35,7 +35,7 @@ Shape = tuple[int, ...]
 def input_grad_aborts_xla(in_sizes: Shape, k_sizes: Shape, out_sizes: Shape, spec: ConvSpec,
                           dtype: Any) -> bool:
     """Whether the input gradient as one lhs-dilated convolution (below, and what ``jax.grad``
-    of ``lax`` emits) is a convolution XLA's operand swap aborts on (``jaxcnn.xla_guard``)."""
+    of ``lax`` emits) is a convolution XLA's operand swap aborts on (``xla_guard``)."""
     pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding)
     return operand_swap_aborts(out_sizes, k_sizes, (1,) * spec.n, pads, spec.stride,
                                spec.dilation, spec.groups, dtype=dtype)
@@ -139,7 +139,7 @@ def conv_general(lhs: jax.Array, rhs: jax.Array, strides, padding, *, dimension_
                  lhs_dilation=None, **kwargs: Any) -> jax.Array:
     """``lax.conv_general_dilated``, a negative low pad on an undilated axis taken as a slice of
     ``lhs`` first (the same map; XLA's CPU float32 convolution returns garbage for some: see
-    ``jaxcnn.xla_guard``)."""
+    ``xla_guard``)."""
     spatial = dimension_numbers.lhs_spec[2:]
     base = lhs_dilation or (1,) * len(spatial)
     crops, padding = low_crops([lhs.shape[a] for a in spatial], padding, base)
@@ -162,7 +162,7 @@ def lax_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Shape)
     pads = input_grad_padding(in_sizes, k_sizes, out_sizes, spec.stride, spec.dilation, spec.padding)
     if input_grad_aborts_xla(in_sizes, k_sizes, out_sizes, spec, w.dtype):
         # XLA would rewrite this lhs-dilated convolution into an invalid one and abort the
-        # process (jaxcnn.xla_guard); the manual form is the same map with no convolution.
+        # process (xla_guard); the manual form is the same map with no convolution.
         return manual_input_grad(dy, w, spec, in_shape)
     return conv_general(
         dy.astype(w.dtype), flip_swap_io(w, spec), (1,) * spec.n, pads,
@@ -199,26 +199,26 @@ _EINSUM = {  # (forward, input_grad, weight_grad)
 }
 
 
-def _subscripts(spec: ConvSpec, piece: int) -> str:
+def einsum_subscripts(spec: ConvSpec, piece: int) -> str:
     subscripts = _EINSUM[spec.channels_last][piece]
     return subscripts if spec.groups > 1 else subscripts.replace("g", "")
 
 
-def _split_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
+def split_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
     if groups == 1:
         return a
     axis = axis % a.ndim
     return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
 
 
-def _merge_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
+def merge_channels(a: jax.Array, axis: int, groups: int) -> jax.Array:
     if groups == 1:
         return a
     axis = axis % a.ndim
     return a.reshape(a.shape[:axis] + (a.shape[axis] * a.shape[axis + 1],) + a.shape[axis + 2:])
 
 
-def _split_axes(spec: ConvSpec) -> tuple[int, int]:
+def channel_axes(spec: ConvSpec) -> tuple[int, int]:
     """Channel axis of an activation and of a tap ``w[k]`` (``(O, C/g)`` or ``(C/g, O)``)."""
     return (-1, 1) if spec.channels_last else (1, 0)
 
@@ -229,7 +229,7 @@ def _tap(w: jax.Array, spec: ConvSpec, offset) -> jax.Array:
     for axis, k in zip(spec.kernel_spatial_axes(), offset):
         index[axis] = k
     tap = w[tuple(index)]
-    return _split_channels(tap, _split_axes(spec)[1], spec.groups)
+    return split_channels(tap, channel_axes(spec)[1], spec.groups)
 
 
 def conv_operands(x: jax.Array, w: jax.Array, spec: ConvSpec) -> tuple[jax.Array, Shape, Shape, int]:
@@ -237,17 +237,17 @@ def conv_operands(x: jax.Array, w: jax.Array, spec: ConvSpec) -> tuple[jax.Array
     activation's channel axis."""
     k_sizes = kernel_sizes(w.shape, spec)
     return (zero_pad(x, spec, spec.padding), k_sizes, conv_output_sizes(x.shape, k_sizes, spec),
-            _split_axes(spec)[0])
+            channel_axes(spec)[0])
 
 
 def manual_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     x_pad, k_sizes, out, act_axis = conv_operands(x, w, spec)
     y = None
     for offset in offsets(k_sizes):
-        xs = _split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        term = contract(_subscripts(spec, 0), xs, _tap(w, spec, offset), spec)
+        xs = split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
+        term = contract(einsum_subscripts(spec, 0), xs, _tap(w, spec, offset), spec)
         y = term if y is None else y + term
-    y = _merge_channels(y, act_axis - spec.channels_last, spec.groups)
+    y = merge_channels(y, act_axis - spec.channels_last, spec.groups)
     return y.astype(output_dtype(spec, x.dtype))
 
 
@@ -255,12 +255,12 @@ def manual_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Sha
     in_sizes = spatial_sizes(in_shape, spec)
     out = spatial_sizes(dy.shape, spec)
     padded = [length + lo + hi for length, (lo, hi) in zip(in_sizes, spec.padding)]
-    act_axis = _split_axes(spec)[0]
-    dy_g = _split_channels(dy.astype(w.dtype), act_axis, spec.groups)
+    act_axis = channel_axes(spec)[0]
+    dy_g = split_channels(dy.astype(w.dtype), act_axis, spec.groups)
     dx_pad = None
     for offset in offsets(kernel_sizes(w.shape, spec)):
-        part = contract(_subscripts(spec, 1), dy_g, _tap(w, spec, offset), spec)
-        part = _merge_channels(part, act_axis - spec.channels_last, spec.groups)
+        part = contract(einsum_subscripts(spec, 1), dy_g, _tap(w, spec, offset), spec)
+        part = merge_channels(part, act_axis - spec.channels_last, spec.groups)
         # Tap k's contribution lands on x_pad[k·d + i·s]: pad k·d before, s − 1 between.
         part = place(part, offset, out, spec.stride, spec.dilation, spec.spatial_axes(), padded)
         dx_pad = part if dx_pad is None else dx_pad + part
@@ -270,13 +270,13 @@ def manual_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: Sha
 def manual_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: Shape) -> jax.Array:
     x_pad = zero_pad(x, spec, spec.padding)
     out = spatial_sizes(dy.shape, spec)
-    act_axis, tap_axis = _split_axes(spec)
-    dy_g = _split_channels(dy.astype(x.dtype), act_axis, spec.groups)
+    act_axis, tap_axis = channel_axes(spec)
+    dy_g = split_channels(dy.astype(x.dtype), act_axis, spec.groups)
     taps = []
     for offset in offsets(kernel_sizes(w_shape, spec)):
-        xs = _split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
-        tap = contract(_subscripts(spec, 2), xs, dy_g, spec)
-        taps.append(_merge_channels(tap, tap_axis, spec.groups))
+        xs = split_channels(x_pad[tap_window(spec, offset, out, x.ndim)], act_axis, spec.groups)
+        tap = contract(einsum_subscripts(spec, 2), xs, dy_g, spec)
+        taps.append(merge_channels(tap, tap_axis, spec.groups))
     return stack_taps(taps, spec, w_shape)
 
 

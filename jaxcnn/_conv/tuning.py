@@ -1,11 +1,11 @@
 r"""Measured form choice: time the candidate forms of a piece once per shape, keep the winner.
 
-``conv_forms.choose`` picks by fixed rules measured on one machine; on another clock speed
+``rules.choose`` picks by fixed rules measured on one machine; on another clock speed
 they lost to plain lax on some rows. As cuDNN's and oneDNN's autotuners do, ``measured``
 times every candidate that fits the memory budget on random operands of the piece's shapes
 the first time a shape is lowered, and caches the winner's name on disk, keyed by the device,
 the JAX version, the piece, the impl, the spec, the shapes and the dtype. Every candidate
-computes the same map (tests/test_conv_forms.py), so the choice changes speed, not values.
+computes the same map (tests/test_conv_rules.py), so the choice changes speed, not values.
 
 Off unless ``JAXCNN_MEASURE_FORMS=1``: the fixed rules stay the default (measuring costs
 compile time on the first call of each shape, and is impossible where lowering cannot run

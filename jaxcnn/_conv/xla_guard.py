@@ -22,7 +22,7 @@ with a group axis whose ``L ≠ K``, whose other axes pass the product test, is 
 an invalid one and the compiler aborts the process.
 
 Where jaxcnn meets it: the input gradient of a strided conv written as one lhs-dilated
-convolution (``conv_impls.lax_input_grad``, also what ``jax.grad`` of ``lax`` emits) has
+convolution (``pieces.lax_input_grad``, also what ``jax.grad`` of ``lax`` emits) has
 ``stride = 1`` and ``base_dilation`` = the conv's stride, so an axis with kernel 2, stride 2,
 dilation 1 and ``pad_lo = 1`` whose padding leaves nothing over at the high end
 (``L + 1`` even; ``lo' = hi' = 0``) is a group axis. If another axis makes the kernel "larger"
@@ -39,7 +39,7 @@ wrong values, off by up to 10³⁶ (uninitialised memory): 1D and 2D, channels f
 such a convolution for the input gradient of a conv with ``pad_lo > d·(K − 1)``: its padding
 is ``lo' = d·(K − 1) − pad_lo < 0``. jaxcnn never emits a negative low pad where the input is
 not dilated: ``low_crops`` turns it into a slice of the input (the same map), and the lax
-pieces of ``jaxcnn.conv_impls`` apply it. Reproducer: ``experiments/xla_negative_pad/``.
+pieces of ``jaxcnn._conv.pieces`` apply it. Reproducer: ``experiments/xla_negative_pad/``.
 """
 from __future__ import annotations
 

@@ -5,9 +5,9 @@
 - **PyTorch** (``torch_side``): the same value and gradients from the documented semantics.
 - **jaxcnn.reference** (plain lax, JAX autodiff): the same, second order included, except
   where ``jax.grad`` of lax itself would abort inside XLA: every lowered program is read for
-  such convolutions before it is compiled (``xla_guard.aborting_convolutions``).
+  such convolutions before it is compiled (``_conv.xla_guard.aborting_convolutions``).
 - **the lowering forms** (conv and conv_transpose in zeros mode): every form that applies to
-  the shapes, and the form ``conv_forms.choose`` picks, against the one-lax-call piece.
+  the shapes, and the form ``_conv.rules.choose`` picks, against the one-lax-call piece.
 
 Refusals must agree: what PyTorch refuses jaxcnn refuses with a ``ValueError``/``TypeError``
 whose message starts with the argument's name, and the other way round.

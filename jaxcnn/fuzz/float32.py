@@ -1,5 +1,5 @@
 r"""``conv_float32``: what users run on a CPU, float32 and channels last, which takes the native
-kernels (``jaxcnn.conv_native.supports``: one group, ≥ 8 input channels, 1–3 spatial axes,
+kernels (``jaxcnn._conv.native.supports``: one group, ≥ 8 input channels, 1–3 spatial axes,
 output channels a multiple of the vector width, impl ``"lax"``), against PyTorch in float64.
 
 The inputs are drawn in float64 and rounded to float32 once; PyTorch gets the rounded values
@@ -15,7 +15,7 @@ of both signs); here ``L`` ≤ a few 10³ (channels × taps, or ``N·∏S_out`` 
 to the sum's own value instead, cancellation would make the bound meaningless.
 
 Which path ran is read from the lowered program: the native kernels are custom calls named
-``jaxcnn_conv`` / ``jaxcnn_weight_grad`` (``conv_native.TARGETS``); ``path`` is ``native``
+``jaxcnn_conv`` / ``jaxcnn_weight_grad`` (``_conv.native.TARGETS``); ``path`` is ``native``
 if the fwd+bwd program holds one, else ``xla``. Some draws miss the native conditions on
 purpose (few channels, groups, channels first, ``impl="manual"``) so both paths are fuzzed.
 """
@@ -30,7 +30,7 @@ from jaxcnn.tolerances import RTOL
 
 OPS = ("conv_float32",)
 TOLERANCE = RTOL["float32"]
-NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # conv_native.TARGETS' names
+NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # _conv.native.TARGETS' names
 
 
 def draw(op: str, rng: random.Random) -> dict:

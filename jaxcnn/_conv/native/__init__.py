@@ -3,7 +3,7 @@ r"""Native CPU forms of the conv family's pieces: C++ kernels that XLA calls as 
 XLA's CPU backend runs 3D convolutions as a generic loop and 2D ones through a library that
 reaches 150–250 GFLOP/s on small images, where PyTorch's oneDNN reaches ~380 on the same
 machine; the clips model's training step lost 1.6× to PyTorch's almost all in its
-convolutions (with these kernels 0.91×, ``BENCHMARKS.md``). ``jaxcnn/native/conv_cpu.cc``
+convolutions (with these kernels 0.91×, ``BENCHMARKS.md``). ``conv_cpu.cc`` (beside this file)
 computes two maps directly (channels last, one group, float32, 1 to 3 spatial axes; the seed
 formula with ``at(i, k) = (i·s + k·d − lo) / ld``):
 
@@ -18,7 +18,7 @@ intra-op threads. Scratch: the row table of a block and, for the weight gradient
 ``(∏K, C, O)`` partial sum per range of positions (at most two per thread and 16 MiB in all, or
 one); nothing the size of an activation.
 
-``conv_forms`` uses them first wherever they apply, except where the lowering takes no custom
+``rules`` uses them first wherever they apply, except where the lowering takes no custom
 call (``jaxcnn._primitives.custom_calls_allowed``): an op XLA's SPMD partitioner splits over
 devices (a ``jax.jit`` over a batch-sharded mesh; it cannot split a custom call and would gather
 the operands onto every device) and a program lowered for ``jax.export``. Inside ``shard_map``
@@ -32,7 +32,7 @@ that meet a cold cache wait on a file lock in its folder while one compiles into
 file and renames it into place. ``JAXCNN_NATIVE_ISA=avx2`` builds without AVX-512 (8 floats a
 vector, as on a CPU without it; its own hash) where the CPU has it. Where the kernels cannot be
 built (no compiler, a JAX without ``jax.ffi`` or its thread pool, ``JAXCNN_NATIVE=0``)
-``available()`` is False, with one warning saying why, and ``conv_forms`` keeps to the XLA forms.
+``available()`` is False, with one warning saying why, and ``rules`` keeps to the XLA forms.
 The kernels check the geometry they are given against the buffers: a bad one, or an allocation
 that fails, is an FFI error that JAX raises.
 """

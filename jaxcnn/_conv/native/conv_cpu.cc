@@ -1,17 +1,17 @@
-// jaxcnn's CPU convolution kernels, called from XLA as FFI custom calls (jaxcnn/conv_native.py
-// builds, loads and calls them).
+// jaxcnn's CPU convolution kernels, called from XLA as FFI custom calls (the loader beside this
+// file, jaxcnn/_conv/native/__init__.py, builds, loads and calls them).
 //
 // Channels last, one group, float32, 1 to 3 spatial axes (fewer are padded to 3 with size-1
 // axes). The geometry is lax.conv_general_dilated's: an output position i and a kernel tap k
 // read the input at (i·s + k·d − lo) / ld along each axis, where that is a whole number inside
-// the input (ld, the input dilation, as in a transposed convolution; jaxcnn/conv_native.py
+// the input (ld, the input dilation, as in a transposed convolution; the loader
 // passes 1); elsewhere the padding's zeros. Two kernels:
 //
 //   conv:        y[n, i, o]  = Σ_{k, c} x[n, at(i, k), c] · w[k, c, o]
 //   weight_grad: dw[k, c, o] = Σ_{n, i} x[n, at(i, k), c] · dy[n, i, o]
 //
 // The input gradient is `conv` of dy with the kernel flipped and its channels swapped, as in
-// lax (jaxcnn/conv_native.py). Both kernels first turn a block of output positions into a table of
+// lax (the loader's native_input_grad). Both kernels first turn a block of output positions into a table of
 // row pointers, one per (tap, position): the input's channel row, or a row of zeros where the
 // tap reads the padding, so the inner loops are branch-free multiply-adds on registers
 // (the products of a block of P positions by OB vectors of output channels).
