@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._args import PoolSpec
-from jaxcnn._shapes import spatial_axes
+from jaxcnn._shapes import PoolSpec, spatial_axes
 from jaxcnn._taps import (crop, offsets, pad_axes, place, tap_offsets, tap_reader, tap_sum_adjoint,
                           window)
 from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP

@@ -1,20 +1,23 @@
-r"""Every shape formula of jaxcnn: output sizes, padding resolution and the VJP paddings.
+r"""Every shape formula of jaxcnn (output sizes, padding resolution, the VJP paddings) and the
+canonical specs the lowering reads (``ConvSpec``, ``PoolSpec``).
 
 Shape-only: the functions take ints and tuples, never arrays, so each can be tested on its
 own without tracing (as JAX tests ``_conv_general_vjp_lhs_padding``; ``tests/test_shapes.py``
 checks them against PyTorch's and TensorFlow's documented formulas and brute-force
 enumeration). One spatial axis of a conv has input size ``L``, kernel ``K``, stride ``s``,
 dilation ``d`` and padding ``(lo, hi)``; tap ``k`` of output ``i`` reads ``x_pad[i·s + k·d]``.
+The specs are frozen, hashable records of tuples: ``jaxcnn._args`` builds them from what users
+pass (and checks it), the primitives carry them as static parameters, and the lowering
+(``jaxcnn._conv``, ``jaxcnn._pool``) reads them without ever meeting a user's argument.
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+import jax
 import numpy as np
-
-if TYPE_CHECKING:   # only the layout is read; _args imports this module
-    from jaxcnn._args import ConvSpec
 
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL")
 
@@ -50,6 +53,84 @@ def dilated_size(size: int, dilation: int) -> int:
     return 0 if size == 0 else dilation * (size - 1) + 1
 
 
+# ----------------------------------------------------------------------------- the specs
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """A convolution's static configuration, canonical and hashable.
+
+    ``padding`` holds explicit ``(lo, hi)`` zero padding per spatial axis. Internally (in the
+    VJPs) entries may be negative, which crops; users can never ask for that.
+    """
+
+    stride: tuple[int, ...]
+    padding: Pads
+    dilation: tuple[int, ...]
+    groups: int
+    channels_last: bool
+    precision: Any = None
+    preferred_element_type: Any = None
+
+    @property
+    def n(self) -> int:
+        return len(self.stride)
+
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Positions of the spatial axes in x / y: ``(N, C, *S)`` or ``(N, *S, C)``."""
+        return spatial_axes(self.n, self.channels_last)
+
+    def channel_axis(self) -> int:
+        return self.n + 1 if self.channels_last else 1
+
+    def kernel_spatial_axes(self) -> tuple[int, ...]:
+        """Positions of the kernel axes in w: ``(O, I, *K)`` or ``(*K, I, O)``."""
+        return tuple(range(self.n)) if self.channels_last else tuple(range(2, 2 + self.n))
+
+    def kernel_io_axes(self) -> tuple[int, int]:
+        """Positions of (out-channel, in-channel) in w."""
+        return (self.n + 1, self.n) if self.channels_last else (0, 1)
+
+    def dimension_numbers(self) -> jax.lax.ConvDimensionNumbers:
+        """``lax`` dimension numbers for this layout, for any number of spatial axes."""
+        spatial = self.spatial_axes()
+        lhs = (0, self.channel_axis()) + spatial
+        o_ax, i_ax = self.kernel_io_axes()
+        rhs = (o_ax, i_ax) + self.kernel_spatial_axes()
+        return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+    def replace(self, **changes: Any) -> "ConvSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """A pooling's static configuration, canonical and hashable.
+
+    ``padding`` holds ``(lo, hi)`` per spatial axis: the user's symmetric padding, ``hi``
+    grown by ceil_mode's overhang so that every window fits the padded input. ``in_sizes``
+    are the input's spatial sizes (the VJPs rebuild the input shape from them).
+    """
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: Pads
+    in_sizes: tuple[int, ...]
+    channels_last: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.window)
+
+    def spatial_axes(self) -> tuple[int, ...]:
+        return spatial_axes(self.n, self.channels_last)
+
+    def out_sizes(self) -> tuple[int, ...]:
+        """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1`` per axis."""
+        return output_sizes(self.in_sizes, self.window, self.stride, self.dilation, self.padding)
+
+
 # ----------------------------------------------------------------------------- conv
 
 
@@ -66,18 +147,18 @@ def output_sizes(in_sizes: Sequence[int], k_sizes: Sequence[int], stride: Sequen
                  in zip(in_sizes, k_sizes, stride, dilation, padding))
 
 
-def spatial_sizes(shape: Sequence[int], spec: "ConvSpec") -> tuple[int, ...]:
+def spatial_sizes(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
     """The spatial sizes of an activation shape in ``spec``'s layout."""
     return tuple(shape[a] for a in spec.spatial_axes())
 
 
-def kernel_sizes(w_shape: Sequence[int], spec: "ConvSpec") -> tuple[int, ...]:
+def kernel_sizes(w_shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
     """The kernel sizes of a weight shape in ``spec``'s layout."""
     return tuple(w_shape[a] for a in spec.kernel_spatial_axes())
 
 
 def conv_output_shape(x_shape: Sequence[int], w_shape: Sequence[int],
-                      spec: "ConvSpec") -> tuple[int, ...]:
+                      spec: ConvSpec) -> tuple[int, ...]:
     """The shape of the zero-padded correlation of ``x_shape`` with ``w_shape`` under ``spec``:
     ``(N, O, *S_out)`` or ``(N, *S_out, O)``."""
     out = output_sizes(spatial_sizes(x_shape, spec), kernel_sizes(w_shape, spec), spec.stride,

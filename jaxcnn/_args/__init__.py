@@ -8,14 +8,14 @@ and what came, before tracing reaches XLA.
 The shape arithmetic (``conv_output_size``, ``resolve_padding``, ...) lives in
 ``jaxcnn._shapes``, shape-only and tested without arrays.
 """
-from jaxcnn._shapes import (PADDING_STRINGS, Pads, conv_transpose_output_size, dilated_size,
-                            is_int, pool_output_size, resolve_padding)
-from jaxcnn._args.common import (ConvSpec, IMPLS, PADDING_MODES, as_float_array, check_rank, choice,
-                                 int_tuple, layout_text)
+from jaxcnn._shapes import (PADDING_STRINGS, ConvSpec, Pads, PoolSpec, conv_transpose_output_size,
+                            dilated_size, is_int, pool_output_size, resolve_padding)
+from jaxcnn._args.common import (IMPLS, PADDING_MODES, as_float_array, check_rank, choice, int_tuple,
+                                 layout_text)
 from jaxcnn._args.conv import (ConvArgs, ConvTransposeArgs, check_cotangent, check_padding_mode,
                                check_positive_size, normalize_bias, normalize_conv,
                                normalize_conv_transpose, prod, shape_tuple, transpose_layout_text)
-from jaxcnn._args.pool import (PoolSpec, check_bool, check_pool_input, check_window_holds_input,
+from jaxcnn._args.pool import (check_bool, check_pool_input, check_window_holds_input,
                                normalize_global_pool, normalize_pool)
 from jaxcnn._args.layers import (axis_index, check_groups, drop_rate, kernel_tuple,
                                  layer_input_shape, positive_int)

@@ -1,65 +1,18 @@
-"""Shared pieces: the canonical conv spec, the small checks every front door uses."""
+"""Shared pieces: the small checks every front door uses (the specs are ``jaxcnn._shapes``')."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxcnn._compat import is_lax_precision
-from jaxcnn._shapes import Pads, is_int, spatial_axes
+from jaxcnn._shapes import is_int
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 IMPLS = ("lax", "manual")
 
-
-@dataclasses.dataclass(frozen=True)
-class ConvSpec:
-    """A convolution's static configuration, canonical and hashable.
-
-    ``padding`` holds explicit ``(lo, hi)`` zero padding per spatial axis. Internally (in the
-    VJPs) entries may be negative, which crops; users can never ask for that.
-    """
-
-    stride: tuple[int, ...]
-    padding: Pads
-    dilation: tuple[int, ...]
-    groups: int
-    channels_last: bool
-    precision: Any = None
-    preferred_element_type: Any = None
-
-    @property
-    def n(self) -> int:
-        return len(self.stride)
-
-    def spatial_axes(self) -> tuple[int, ...]:
-        """Positions of the spatial axes in x / y: ``(N, C, *S)`` or ``(N, *S, C)``."""
-        return spatial_axes(self.n, self.channels_last)
-
-    def channel_axis(self) -> int:
-        return self.n + 1 if self.channels_last else 1
-
-    def kernel_spatial_axes(self) -> tuple[int, ...]:
-        """Positions of the kernel axes in w: ``(O, I, *K)`` or ``(*K, I, O)``."""
-        return tuple(range(self.n)) if self.channels_last else tuple(range(2, 2 + self.n))
-
-    def kernel_io_axes(self) -> tuple[int, int]:
-        """Positions of (out-channel, in-channel) in w."""
-        return (self.n + 1, self.n) if self.channels_last else (0, 1)
-
-    def dimension_numbers(self) -> jax.lax.ConvDimensionNumbers:
-        """``lax`` dimension numbers for this layout, for any number of spatial axes."""
-        spatial = self.spatial_axes()
-        lhs = (0, self.channel_axis()) + spatial
-        o_ax, i_ax = self.kernel_io_axes()
-        rhs = (o_ax, i_ax) + self.kernel_spatial_axes()
-        return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
-
-    def replace(self, **changes: Any) -> "ConvSpec":
-        return dataclasses.replace(self, **changes)
 
 # ----------------------------------------------------------------------------- small checks
 

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._shapes import (Pads, conv_transpose_output_size, dilated_size, is_int, kernel_sizes,
-                            resolve_padding, spatial_sizes)
-from jaxcnn._args.common import (ConvSpec, IMPLS, PADDING_MODES, element_type, hashable_precision,
+from jaxcnn._shapes import (ConvSpec, Pads, conv_transpose_output_size, dilated_size, is_int,
+                            kernel_sizes, resolve_padding, spatial_sizes)
+from jaxcnn._args.common import (IMPLS, PADDING_MODES, element_type, hashable_precision,
                                  as_float_array, check_rank, choice, int_tuple, layout_text)
 
 # ----------------------------------------------------------------------------- conv

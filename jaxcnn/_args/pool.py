@@ -1,45 +1,15 @@
 """Pooling: window, stride, padding and ceil_mode, by PyTorch's rules."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxcnn._shapes import (Pads, dilated_size, output_sizes, pool_output_size, pool_padding,
-                            spatial_axes)
+from jaxcnn._shapes import PoolSpec, dilated_size, pool_output_size, pool_padding, spatial_axes
 from jaxcnn._args.common import as_float_array, int_tuple, layout_text
 
 # ----------------------------------------------------------------------------- pooling
-
-@dataclasses.dataclass(frozen=True)
-class PoolSpec:
-    """A pooling's static configuration, canonical and hashable.
-
-    ``padding`` holds ``(lo, hi)`` per spatial axis: the user's symmetric padding, ``hi``
-    grown by ceil_mode's overhang so that every window fits the padded input. ``in_sizes``
-    are the input's spatial sizes (the VJPs rebuild the input shape from them).
-    """
-
-    window: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: Pads
-    in_sizes: tuple[int, ...]
-    channels_last: bool
-
-    @property
-    def n(self) -> int:
-        return len(self.window)
-
-    def spatial_axes(self) -> tuple[int, ...]:
-        return spatial_axes(self.n, self.channels_last)
-
-    def out_sizes(self) -> tuple[int, ...]:
-        """``floor((L + lo + hi − dilation·(K − 1) − 1) / stride) + 1`` per axis."""
-        return output_sizes(self.in_sizes, self.window, self.stride, self.dilation, self.padding)
-
 
 def check_window_holds_input(length: int, window: int, stride: int, dilation: int, pad: int,
                              out: int, axis: int) -> None:

@@ -14,12 +14,12 @@ from typing import Any, Hashable
 import jax
 import numpy as np
 
-from jaxcnn._args.common import ConvSpec, as_float_array
+from jaxcnn._args.common import as_float_array
 from jaxcnn._args.conv import normalize_conv
-from jaxcnn._args.pool import PoolSpec, check_bool, normalize_pool
+from jaxcnn._args.pool import check_bool, normalize_pool
 from jaxcnn._compat import axis_size
-from jaxcnn._shapes import (Pads, conv_output_size, dilated_size, halo_widths, is_int,
-                            kernel_sizes, spatial_axes, tiles_shards)
+from jaxcnn._shapes import (ConvSpec, Pads, PoolSpec, conv_output_size, dilated_size, halo_widths,
+                            is_int, kernel_sizes, spatial_axes, tiles_shards)
 
 
 @dataclasses.dataclass(frozen=True)

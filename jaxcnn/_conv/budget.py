@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 
-from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import dilated_size, kernel_sizes, output_sizes, spatial_sizes
+from jaxcnn._shapes import ConvSpec, dilated_size, kernel_sizes, output_sizes, spatial_sizes
 
 MEMORY_BUDGET = 1.5
 """A form is used only if its intermediates fit in ``MEMORY_BUDGET × (input + output)`` elements

@@ -25,8 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import conv_output_size
+from jaxcnn._shapes import ConvSpec, conv_output_size
 from jaxcnn._conv.pieces import lax_conv, lax_input_grad, lax_weight_grad
 from jaxcnn._taps import crop, pad_axes, place, tap_reader, tap_sum_adjoint, window
 

@@ -17,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._args import ConvSpec
 from jaxcnn._conv.loops import loop_stack
 from jaxcnn._conv.pieces import (contract, conv_output_sizes, output_dtype, stack_taps, sum_dtype,
                                  tap_window, zero_pad)
-from jaxcnn._shapes import kernel_sizes, spatial_sizes
+from jaxcnn._shapes import ConvSpec, kernel_sizes, spatial_sizes
 from jaxcnn._taps import offsets, tap_offsets, tap_reader
 
 

@@ -28,11 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._args import ConvSpec
 from jaxcnn._conv.budget import activation_sizes, chunks
 from jaxcnn._conv.pieces import (channel_axes, contract, conv_operands, einsum_subscripts,
                                  merge_channels, output_dtype, split_channels, sum_dtype, zero_pad)
-from jaxcnn._shapes import Shape, kernel_sizes, spatial_sizes
+from jaxcnn._shapes import ConvSpec, Shape, kernel_sizes, spatial_sizes
 from jaxcnn._taps import crop, slice_starts, tap_offsets, tap_reader, tap_sum_adjoint
 
 

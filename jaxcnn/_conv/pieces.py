@@ -23,10 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._args import ConvSpec
 from jaxcnn._conv.xla_guard import low_crops, operand_swap_aborts
-from jaxcnn._shapes import (Pads, Shape, input_grad_padding, kernel_sizes, output_sizes, spatial_sizes,
-                            weight_grad_padding)
+from jaxcnn._shapes import (ConvSpec, Pads, Shape, input_grad_padding, kernel_sizes, output_sizes,
+                            spatial_sizes, weight_grad_padding)
 from jaxcnn._taps import crop, offsets, pad_axes, place, window
 
 # ----------------------------------------------------------------------------- shared pieces

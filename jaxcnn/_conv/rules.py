@@ -48,7 +48,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxcnn._args import ConvSpec
 from jaxcnn._conv import budget, native, tuning
 from jaxcnn._conv.depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
                                 fold_depth_input_grad, fold_depth_weight_grad)
@@ -60,7 +59,7 @@ from jaxcnn._conv.native import native_conv, native_input_grad, native_weight_gr
 from jaxcnn._conv.pieces import (IMPLS, lax_conv, lax_input_grad, lax_weight_grad, manual_conv,
                                  manual_input_grad, manual_weight_grad)
 from jaxcnn._primitives import custom_calls_allowed
-from jaxcnn._shapes import kernel_sizes
+from jaxcnn._shapes import ConvSpec, kernel_sizes
 
 
 PIECES = ("conv", "input_grad", "weight_grad")

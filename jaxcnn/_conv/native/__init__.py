@@ -58,8 +58,7 @@ try:
 except ImportError:   # not POSIX: no lock for the build, and no kernels
     fcntl = None
 
-from jaxcnn._args import ConvSpec
-from jaxcnn._shapes import conv_output_shape, kernel_sizes, spatial_sizes
+from jaxcnn._shapes import ConvSpec, conv_output_shape, kernel_sizes, spatial_sizes
 from jaxcnn._conv.pieces import flip_swap_io
 
 SOURCE = Path(__file__).parent / "conv_cpu.cc"
