@@ -9,8 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from jaxcnn import train  # noqa: E402
+from jaxcnn.train import loop  # noqa: E402
 from test_train import DATA  # noqa: E402
 
 if __name__ == "__main__":
-    train.load_dataset = lambda config: DATA
+    loop.load_dataset = lambda config: DATA   # what train.main's run loads
     sys.exit(train.main(sys.argv[1:]))

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from jaxcnn import data, models, nn, train
+from jaxcnn.train import loop
 from jaxcnn._compat import jit_cache_size
 from helpers import TOL, relative_error
 
@@ -102,7 +103,7 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 
 def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "load_dataset", lambda config: DATA)
+    monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
     garbage = tmp_path / train.CHECKPOINT
     garbage.write_bytes(b"this is not a checkpoint" * 8)
     code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--batch-size", "20", "--resume",
@@ -117,7 +118,7 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, monkeypa
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "load_dataset", lambda config: DATA)
+    monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
     code = train.main(["--model", "mnist1d-cnn", "--steps", "20", "--batch-size", "20", "--lr", "1e30",
                        "--schedule", "constant", "--log-every", "1", "--checkpoint-every", "1",
                        "--no-progress", "--no-plots", "--workdir", str(tmp_path)])
@@ -240,7 +241,7 @@ def test_channels_last_is_refused_for_a_model_without_the_layout(tmp_path, monke
         train.TrainConfig(**{**BASE, "steps": 5, "channels_last": True}).resolved()
     with pytest.raises(TypeError, match="channels_last: expected a bool; got 1"):
         train.TrainConfig(**{**BASE, "steps": 5, "model": "mnist1d-resnet", "channels_last": 1}).resolved()
-    monkeypatch.setattr(train, "load_dataset", lambda config: DATA)
+    monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
     code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--channels-last", "--no-progress",
                        "--no-plots", "--workdir", str(tmp_path)])
     assert code == 2 and "jaxcnn train: error: channels_last: expected False" in capsys.readouterr().err

@@ -7,10 +7,10 @@ functions of ``(key, x)`` that can be jit-compiled (their size arguments are sta
 Modules: ``dataset`` (the ``Dataset`` container, ``standardize``), ``mnist1d``, ``fashion``
 (IDX files, search, verified download), ``clips`` (moving items), ``batching``,
 ``augmentation``. Their public names are re-exported here. Files are written atomically by
-``jaxcnn.checkpoint.atomic_write``. Nothing here touches the network except
+``jaxcnn._files.atomic_write``. Nothing here touches the network except
 ``download_fashion_mnist``.
 """
-from jaxcnn.checkpoint import PathLike
+from jaxcnn._files import PathLike
 from jaxcnn.data.augmentation import random_crop, random_flip, random_shift, random_shift_1d
 from jaxcnn.data.batching import batches, epoch_permutation
 from jaxcnn.data.clips import DIRECTIONS, Clips, load_fashion_clips, make_clips

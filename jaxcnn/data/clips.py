@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxcnn.checkpoint import PathLike
+from jaxcnn._files import PathLike
 from jaxcnn.data.dataset import Dataset, int_arg
 from jaxcnn.data.fashion import FASHION_MNIST_CLASSES, find_fashion_mnist, read_fashion_split, to_unit
 

@@ -1,5 +1,5 @@
 """The ``Dataset`` container and what every loader shares: int arguments, per-channel
-standardisation. (Files are written by ``jaxcnn.checkpoint.atomic_write``.)
+standardisation. (Files are written by ``jaxcnn._files.atomic_write``.)
 
 The public names are re-exported by ``jaxcnn.data``.
 """

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxcnn.checkpoint import PathLike, atomic_write
+from jaxcnn._files import PathLike, atomic_write
 from jaxcnn.data.dataset import Dataset, standardize
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxcnn.checkpoint import PathLike, atomic_write
+from jaxcnn._files import PathLike, atomic_write
 from jaxcnn.data.dataset import Dataset, int_arg
 
 MNIST1D_SEED = 42  # mnist1d's get_dataset_args() default: the published MNIST-1D

@@ -17,7 +17,7 @@ import pathlib
 import time
 from collections import Counter, defaultdict
 
-from jaxcnn.checkpoint import atomic_write
+from jaxcnn._files import atomic_write
 from jaxcnn.fuzz import configs, runner
 
 TARGET = "jaxcnn.fuzz.checks:check"

@@ -8,11 +8,11 @@ Everything a step consumes is a function of ``(config, step)``: the batch is
 ``epoch_permutation(data_key, step // steps_per_epoch, N)`` sliced at ``step %
 steps_per_epoch``, and the augmentation / dropout key is ``fold_in(train_key, step)``. A
 checkpoint (params, optimizer state, step, keys, epoch and position) therefore resumes the
-run bit for bit. Checkpoints are written atomically (``jaxcnn.checkpoint``), and only after
+run bit for bit. Checkpoints are written atomically (``jaxcnn.train.checkpoint``), and only after
 the losses up to their step were seen finite.
 
 Files in the workdir: ``checkpoint.npz``, ``metrics.jsonl`` (one JSON object per train step
-and per evaluation), ``report.json``, and the plots of ``jaxcnn.plots``.
+and per evaluation), ``report.json``, and the plots of ``jaxcnn.train.plots``.
 
 On several devices or processes (``config.devices``, ``jaxcnn.distributed``) the same run is
 data parallel: the same global batches, split over the devices; parameters and optimizer
@@ -36,19 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import checkpoint, data, distributed, models, nn
+from jaxcnn import data, distributed, models, nn
 from jaxcnn._compat import jit_cache_size
-from jaxcnn.train_checkpoint import (CHECKPOINT, METRICS, TrainState, initial_state, load_checkpoint,
-                                     load_trained, resume_or_start, save_checkpoint)
-from jaxcnn.train_config import (DATASET_NAMES, DEFAULTS, DTYPES, OPTIMIZERS, SCHEDULES, Plan, TrainConfig,
-                                 augmentation, make_optimizer, make_plan, parse_args)
-
-__all__ = [
-    "DATASET_NAMES", "DEFAULTS", "DTYPES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainState",
-    "NonFiniteLossError", "augmentation", "make_optimizer", "parse_args", "load_dataset", "cross_entropy",
-    "train_step", "eval_step", "make_train_step", "make_eval_step", "evaluate", "train_epoch",
-    "CHECKPOINT", "save_checkpoint", "load_checkpoint", "load_trained", "train_and_evaluate", "main",
-]
+from jaxcnn._files import atomic_write
+from jaxcnn.train.config import Plan, TrainConfig, augmentation, make_optimizer, make_plan, parse_args
+from jaxcnn.train.resume import (CHECKPOINT, METRICS, TrainState, initial_state, resume_or_start,
+                                 save_checkpoint)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -353,12 +346,12 @@ def _finish(config: TrainConfig, workdir: Path, report: dict, model: nn.Layer, s
             dataset: data.Dataset) -> dict:
     """Write ``report.json``, print the summary line, draw the plots (from host copies of
     the parameters, so that only this process computes them)."""
-    checkpoint.atomic_write(workdir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(workdir / "report.json", json.dumps(report, indent=2) + "\n")
     print(f"{config.dataset} {config.model} seed {config.seed}: test accuracy "
           f"{report['test_accuracy']:.4f} after {report['steps']} steps, {report['train_time_s']:.1f} s, "
           f"{report['examples_per_s'] or 0:.0f} examples/s")
     if config.plots:
-        from jaxcnn import plots
+        from jaxcnn.train import plots
         params = distributed.host(state.params)
         if config.channels_last:  # the plots read kernels and maps channels first: the twin draws them
             model = models.build(config.model, dataset.num_classes, impl=config.impl)

@@ -1,9 +1,5 @@
-"""Checkpoint I/O: the one atomic write of jaxcnn, and the ``.npz`` checkpoints of ``jaxcnn train``.
-
-``atomic_write`` writes a temporary file in the target's folder, flushes and ``os.fsync``\\ s
-it, ``os.replace``\\ s it onto the target and fsyncs the folder (where the platform allows),
-so a reader sees the old file or the whole new one, never a partial one, even after a crash.
-Every file jaxcnn rewrites goes through it: checkpoints, caches, downloads, reports.
+"""Checkpoint I/O: the ``.npz`` checkpoints of ``jaxcnn train``, each written at once
+(``jaxcnn._files.atomic_write``).
 
 A checkpoint is an ``np.savez`` archive, no pickles (``np.load`` reads it with
 ``allow_pickle=False``): the leaves of a pytree as ``leaf_0``, ``leaf_1``, ... in
@@ -14,59 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PathLike = str | os.PathLike
+from jaxcnn._files import PathLike, atomic_write
+
 CONFIG = "config"
 
 
 class NotACheckpointError(ValueError):
     """A file that is not a jaxcnn checkpoint (or not one of the expected run)."""
-
-
-# ----------------------------------------------------------------------------- atomic write
-
-def atomic_write(path: PathLike, content: bytes | str | Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` whole or not at all: bytes, text (UTF-8), or ``content(f)`` writing to a
-    binary file. The folder is created if needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable: fsync the folder's entry list (POSIX; Windows cannot open a
-    folder, and some file systems refuse, which only loses durability, not atomicity)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -1,7 +1,7 @@
 """What a ``jaxcnn train`` checkpoint holds and how a run starts from one (or from its seed).
 
 ``TrainState`` is what a step carries; ``save_checkpoint`` writes it with the PRNG key and the
-data position through ``jaxcnn.checkpoint`` (one atomic ``.npz`` write) as host copies, so a
+data position through ``jaxcnn.train.checkpoint`` (one atomic ``.npz`` write) as host copies, so a
 state replicated over any number of devices or processes is written once and restores onto
 any other count. ``jaxcnn.train`` runs it; its names are re-exported there.
 """
@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcnn import checkpoint, distributed, models, nn
-from jaxcnn.train_config import TrainConfig, make_optimizer
+from jaxcnn import distributed, models, nn
+from jaxcnn._files import atomic_write
+from jaxcnn.train import checkpoint
+from jaxcnn.train.config import TrainConfig, make_optimizer
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -81,6 +83,6 @@ def resume_or_start(config: TrainConfig, workdir: Path, state: TrainState) -> tu
     if metrics_path.exists() and distributed.is_writer():  # keep the lines up to the checkpoint; the run rewrites the rest
         lines = [line for line in metrics_path.read_text().splitlines()
                  if line.strip() and json.loads(line)["step"] <= int(state.step)]
-        checkpoint.atomic_write(metrics_path, "".join(line + "\n" for line in lines))
+        atomic_write(metrics_path, "".join(line + "\n" for line in lines))
     print(f"resuming from step {int(state.step)} (epoch {extra['epoch']}, batch {extra['position']})")
     return state, extra["key"], extra["elapsed"]
