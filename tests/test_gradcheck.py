@@ -16,7 +16,8 @@ import pytest
 import jaxcnn
 from jaxcnn import gradcheck
 from jaxcnn._compat import enable_x64
-from jaxcnn.gradcheck import GradcheckError, check, check_dtype, matrix
+from jaxcnn.gradcheck import GradcheckError, check, check_dtype, command, matrix
+from jaxcnn.gradcheck.cases import IMPL_LAYOUTS
 from jaxcnn.tolerances import RTOL
 
 from helpers import random_array
@@ -270,10 +271,10 @@ def test_forward_mode_column_says_na_for_an_op_without_forward_mode():
     forward-mode cell reads "n/a (no forward mode)", its batched reverse mode still runs; the
     cell fills in with the errors once the op has a JVP rule."""
     case = matrix.cases_for("global_avg_pool", seed=0)[0]
-    row = matrix.run_case(case)
+    row = command.run_case(case)
     assert row["ok"], row
     assert row["worst_batched"] <= 1e-10
-    summary = matrix.summarize("global_avg_pool", [row])
+    summary = command.summarize("global_avg_pool", [row])
     has_jvp = row["fwd"] == "ran"    # global_avg_pool as a primitive with a JVP rule
     assert (summary["fwd_checked"], summary["fwd_unavailable"]) == ((1, 0) if has_jvp else (0, 1))
     expected = (f"{row['worst_fwd_autodiff']:.1e} / {row['worst_fwd_fd']:.1e}" if has_jvp
@@ -324,7 +325,7 @@ def test_matrix_covers_every_factor_for_conv():
     assert {k.get("padding_mode", "zeros") for k in kw} == {"zeros", "reflect", "replicate", "circular"}
     for n in (1, 2, 3):   # every (impl, layout) pair in every dimension
         pairs = {(k["impl"], k["channels_last"]) for c, k in zip(cases, kw) if c.args[1].ndim == n + 2}
-        assert pairs == set(matrix.IMPL_LAYOUTS)
+        assert pairs == set(IMPL_LAYOUTS)
     assert any(np.max(k.get("stride", 1)) > 1 for k in kw)
     assert any(np.max(k.get("dilation", 1)) > 1 for k in kw)
     assert {k.get("groups", 1) for k in kw} >= {1, 2, 4}

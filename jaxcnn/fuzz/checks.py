@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxcnn.fuzz import torch_side
+from jaxcnn.fuzz.arrays import (array_shapes, input_shape, op_options, output_kind, relayout,
+                                relayout_shape, weight_shape)
 from jaxcnn.tolerances import VJP_RTOL
 
 TOLERANCE = VJP_RTOL   # float64 across libraries: the same sums in other orders (jaxcnn.tolerances)
@@ -100,91 +102,10 @@ def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | 
     return results, text
 
 
-# ----------------------------------------------------------------------------- arrays and layout
-
-
-def _input_shape(c: dict) -> tuple[int, ...]:
-    """``x``'s shape, channels first: ``(N, C, *S)``."""
-    return (c["batch"], c["channels"], *c["sizes"])
-
-
-def _weight_shape(c: dict) -> tuple[int, ...]:
-    """The conv's kernel shape, channels first: ``(O, C / groups, *K)``."""
-    return (c["out_channels"], c["channels"] // c.get("groups", 1), *c["kernel"])
-
-
-def _shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
-    """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy (b: one
-    per channel, whatever the layout, as group_norm's scale and bias)."""
-    g, x = c.get("groups", 1), _input_shape(c)
-    if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
-        return [("x", x)]
-    if c["op"] == "group_norm":
-        return [("x", x)] + [("b", (c["channels"],))] * (2 if c["affine"] else 0)
-    w = _weight_shape(c)
-    out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
-    dy = (c["batch"], c["out_channels"], *out)
-    if c["op"] == "conv_transpose":
-        w = (c["channels"], c["out_channels"] // g, *c["kernel"])
-    shapes = {"conv_input_grad": [("dy", dy), ("w", w)],
-              "conv_weight_grad": [("x", x), ("dy", dy)]}.get(c["op"], [("x", x), ("w", w)])
-    if c.get("bias"):
-        shapes.append(("b", (c["out_channels"],)))
-    return shapes
-
-
-def _to_last(a: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "w":
-        return np.moveaxis(a, (0, 1), (-1, -2))
-    return a if kind == "b" else np.moveaxis(a, 1, -1)
-
-
-def _to_first(a: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "w":
-        return np.moveaxis(a, (-1, -2), (0, 1))
-    return a if kind == "b" or a.ndim < 3 else np.moveaxis(a, -1, 1)
-
-
-def _layout(c: dict, a: np.ndarray, kind: str, to_library: bool) -> np.ndarray:
-    if not c["channels_last"]:
-        return a
-    return _to_last(a, kind) if to_library else _to_first(a, kind)
-
-
-def _out_kind(c: dict) -> str:
-    return {"conv_weight_grad": "w", "global_avg_pool": "b"}.get(c["op"], "x")
-
-
-def _layout_shape(c: dict, shape, kind: str, to_library: bool = True) -> tuple[int, ...]:
-    """``shape`` moved as ``_layout`` moves an array of it."""
-    return tuple(_layout(c, np.empty(shape, np.uint8), kind, to_library).shape)
-
-
-def _options(c: dict) -> dict:
-    """jaxcnn's keyword arguments (lists made tuples)."""
-    def tup(v):
-        return tuple(tup(e) for e in v) if isinstance(v, list) else v
-    names = {"conv": ("stride", "padding", "dilation", "groups", "padding_mode", "impl"),
-             "conv_transpose": ("stride", "padding", "output_padding", "dilation", "groups",
-                                "padding_mode", "impl"),
-             "conv_input_grad": ("stride", "padding", "dilation", "groups", "impl"),
-             "max_pool": ("window", "stride", "padding", "dilation", "ceil_mode"),
-             "avg_pool": ("window", "stride", "padding", "ceil_mode", "count_include_pad"),
-             "global_avg_pool": (), "group_norm": ("groups", "eps")}
-    names["convolve"], names["conv_weight_grad"] = names["conv"], names["conv_input_grad"]
-    options = {k: tup(c[k]) for k in names[c["op"]] if k in c}
-    options["channels_last"] = c["channels_last"]
-    if c["op"] == "conv_input_grad":
-        options["input_shape"] = _layout_shape(c, _input_shape(c), "x")
-    if c["op"] == "conv_weight_grad":
-        options["weight_shape"] = _layout_shape(c, _weight_shape(c), "w")
-    return options
-
-
 # ----------------------------------------------------------------------------- the runs
 
 
-def _bound(op: Callable, c: dict, options: dict) -> Callable:
+def bound_op(op: Callable, c: dict, options: dict) -> Callable:
     """``op`` as a function of its arrays alone: group_norm takes ``groups`` second, between
     ``x`` and its arrays ``scale, bias``."""
     if c["op"] != "group_norm":
@@ -200,28 +121,28 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     import jax
     import jax.numpy as jnp
     op = getattr(module, c["op"])
-    options = _options(c)
-    args = [jnp.asarray(_layout(c, a, k, True)) for a, k in zip(arrays, kinds)]
-    f = _bound(op, c, options)
+    options = op_options(c)
+    args = [jnp.asarray(relayout(c, a, k, True)) for a, k in zip(arrays, kinds)]
+    f = bound_op(op, c, options)
     try:
         out = jax.eval_shape(f, *args)
     except (ValueError, TypeError) as error:
         raise Refused(str(error)) from error
-    out_kind = _out_kind(c)
-    ct = jnp.asarray(_layout(c, cotangent(_layout_shape(c, out.shape, out_kind, False)), out_kind, True))
+    out_kind = output_kind(c)
+    ct = jnp.asarray(relayout(c, cotangent(relayout_shape(c, out.shape, out_kind, False)), out_kind, True))
 
     def vjp(*a):
         y, pull = jax.vjp(f, *a)
         return y, pull(ct)
 
     y, grads = _compiled(vjp, *args)(*args)
-    results = [_layout(c, np.asarray(y), out_kind, False)]
-    results += [_layout(c, np.asarray(g), k, False) for g, k in zip(grads, kinds)]
+    results = [relayout(c, np.asarray(y), out_kind, False)]
+    results += [relayout(c, np.asarray(g), k, False) for g, k in zip(grads, kinds)]
     if c.get("second_order"):
-        v = [jnp.asarray(_layout(c, t, k, True)) for t, k in zip(tangents(arrays), kinds)]
+        v = [jnp.asarray(relayout(c, t, k, True)) for t, k in zip(tangents(arrays), kinds)]
         h = lambda *a: sum(jnp.vdot(g, t) for g, t in zip(vjp(*a)[1], v))
         second = _compiled(jax.grad(h, argnums=tuple(range(len(args)))), *args)(*args)
-        results += [_layout(c, np.asarray(g), k, False) for g, k in zip(second, kinds)]
+        results += [relayout(c, np.asarray(g), k, False) for g, k in zip(second, kinds)]
     return results
 
 
@@ -231,9 +152,9 @@ def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: 
     tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
     context = dict(c)
     if c["op"] == "conv_input_grad":
-        context["input_shape"] = _input_shape(c)
+        context["input_shape"] = input_shape(c)
     if c["op"] == "conv_weight_grad":
-        context["weight_shape"] = _weight_shape(c)
+        context["weight_shape"] = weight_shape(c)
     try:
         y = op(torch, *_torch_arrays(c, tensors), context)
     except (RuntimeError, ValueError, IndexError) as error:
@@ -264,7 +185,7 @@ def _torch_arrays(c: dict, tensors: list) -> list:
     return tensors
 
 
-def _attempt(run: Callable) -> tuple[str, Any]:
+def attempt(run: Callable) -> tuple[str, Any]:
     try:
         return "ok", run()
     except Refused as refusal:
@@ -293,7 +214,7 @@ def _named(message: str) -> bool:
 # ----------------------------------------------------------------------------- the check
 
 
-def _compare(errors: dict, name: str, ours: list, theirs: list, error=relative_error) -> None:
+def compare(errors: dict, name: str, ours: list, theirs: list, error=relative_error) -> None:
     labels = ["y"] + [f"d{i}" for i in range(len(ours) - 1)]
     for label, a, b in zip(labels, ours, theirs):
         errors[f"{name}:{label}"] = error(a, b)
@@ -302,7 +223,7 @@ def _compare(errors: dict, name: str, ours: list, theirs: list, error=relative_e
 
 
 def verdict(ours: tuple[str, Any], others: dict[str, tuple[str, Any]], tolerance: float,
-            compare: Callable = _compare, expected_refusal: str | None = None) -> dict:
+            compare: Callable = compare, expected_refusal: str | None = None) -> dict:
     """``check``'s classification for the newer ops, where every side is a JAX function:
     ``ours`` and each of ``others`` are ``("ok", arrays)`` or ``("refused", message)``. A
     refusal of ours alone is ``documented`` where ``expected_refusal`` (why) says so."""
@@ -349,23 +270,23 @@ def check(c: dict) -> dict:
     jax.config.update("jax_enable_x64", True)
     import jaxcnn
     from jaxcnn import reference
-    kinds, shapes = zip(*_shapes(c))
+    kinds, shapes = zip(*array_shapes(c))
     rng = np.random.default_rng(c["seed"])
     arrays = [rng.standard_normal(s) for s in shapes]
     cotangent = lambda shape: np.random.default_rng(c["seed"] + 1).standard_normal(shape)
     tangents = lambda arrays: [np.random.default_rng(c["seed"] + 2 + i).standard_normal(a.shape)
                                for i, a in enumerate(arrays)]
     try:
-        ours = _attempt(lambda: run_jax(jaxcnn, c, arrays, kinds, cotangent, tangents))
+        ours = attempt(lambda: run_jax(jaxcnn, c, arrays, kinds, cotangent, tangents))
     except WouldAbort as abort:
         return {"status": "error", "detail": f"jaxcnn emits a convolution XLA aborts on: {abort}"}
     known = torch_side.differences(c)
     others = {}
     if torch_side.applies(c) and not any(torch_side.DIFFERENCES[k]["skip"] for k in known):
-        others["torch"] = _attempt(lambda: run_torch(c, arrays, cotangent, tangents))
+        others["torch"] = attempt(lambda: run_torch(c, arrays, cotangent, tangents))
     skipped = False
     try:
-        others["reference"] = _attempt(lambda: run_jax(reference, c, arrays, kinds, cotangent, tangents))
+        others["reference"] = attempt(lambda: run_jax(reference, c, arrays, kinds, cotangent, tangents))
     except WouldAbort:
         skipped = True      # jax.grad of plain lax would abort inside XLA: PyTorch alone
     result: dict = {"status": "ok", "errors": {}, "reference_skipped": skipped}
@@ -383,7 +304,7 @@ def check(c: dict) -> dict:
             result["status"] = "documented" if documented else "one_sided"
             result["detail"] = f"jaxcnn {ours[0]}, {name} {state}: {value if state == 'refused' else ours[1]}"[:800]
         elif state == "ok":
-            _compare(result["errors"], name, ours[1], value)
+            compare(result["errors"], name, ours[1], value)
     if ours[0] == "ok" and c["op"] in ("conv", "conv_transpose") and c.get("padding_mode", "zeros") == "zeros":
         _compare_forms(result["errors"], c, rng)
     if known and ours[0] == "refused" and "torch" not in others:
@@ -442,10 +363,10 @@ def _core(c: dict):
     shape of its input and of its kernel (in jaxcnn's layout)."""
     import jax
     from jaxcnn._args import normalize_conv, normalize_conv_transpose
-    options = _options(c)
+    options = op_options(c)
     options.pop("impl")
-    kinds, shapes = zip(*_shapes(c))
-    structs = [jax.ShapeDtypeStruct(_layout_shape(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
+    kinds, shapes = zip(*array_shapes(c))
+    structs = [jax.ShapeDtypeStruct(relayout_shape(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
     b = structs[2] if c.get("bias") else None
     if c["op"] == "conv_transpose":
         args = normalize_conv_transpose(structs[0], structs[1], b, impl="lax", **options)

@@ -27,14 +27,14 @@ PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
 MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
 
 
-def _per_axis(rng: random.Random, n: int, choices, uniform: float = 0.5) -> list[int]:
+def draw_per_axis(rng: random.Random, n: int, choices, uniform: float = 0.5) -> list[int]:
     """One value per axis; with probability ``uniform`` the same on every axis."""
     if rng.random() < uniform:
         return [rng.choice(choices)] * n
     return [rng.choice(choices) for _ in range(n)]
 
 
-def _padding(rng: random.Random, n: int, string_forms=PADDING_STRINGS):
+def draw_padding(rng: random.Random, n: int, string_forms=PADDING_STRINGS):
     form = rng.choice(["int", "ints", "pairs", "string", "string"])
     if form == "int":
         return rng.choice([0, 0, 1, 2, 3])
@@ -45,7 +45,7 @@ def _padding(rng: random.Random, n: int, string_forms=PADDING_STRINGS):
     return rng.choice(string_forms)
 
 
-def _sizes(rng: random.Random, kernel, dilation, low_pad: int) -> list[int]:
+def draw_sizes(rng: random.Random, kernel, dilation, low_pad: int) -> list[int]:
     """Spatial sizes: random small, or the smallest that holds the dilated kernel (give or
     take one: one less is illegal unless padding makes room)."""
     sizes = []
@@ -63,10 +63,10 @@ def draw_conv(op: str, rng: random.Random) -> dict:
     groups = rng.choice([1, 1, 1, 2, 3])
     in_per_group = rng.choice([1, 1, 2, 3]) if groups > 1 else rng.choice([1, 2, 3, 5])
     out_per_group = rng.choice([1, 2]) if groups > 1 else rng.choice([1, 2, 4])
-    kernel = _per_axis(rng, n, [1, 2, 2, 3, 3, 4, 5] if n < 3 else [1, 2, 3])
-    stride = _per_axis(rng, n, [1, 1, 2, 3, 4])
-    dilation = _per_axis(rng, n, [1, 1, 1, 2, 3])
-    padding = _padding(rng, n)
+    kernel = draw_per_axis(rng, n, [1, 2, 2, 3, 3, 4, 5] if n < 3 else [1, 2, 3])
+    stride = draw_per_axis(rng, n, [1, 1, 2, 3, 4])
+    dilation = draw_per_axis(rng, n, [1, 1, 1, 2, 3])
+    padding = draw_padding(rng, n)
     config = dict(
         op=op, n=n, impl=rng.choice(["lax", "manual"]), channels_last=rng.random() < 0.4,
         batch=rng.choice([0, 1, 1, 2, 2, 3]) if n < 4 else 1, groups=groups,
@@ -74,7 +74,7 @@ def draw_conv(op: str, rng: random.Random) -> dict:
         stride=stride if rng.random() < 0.8 else stride[0], dilation=dilation if rng.random() < 0.8 else dilation[0],
         padding=padding, seed=rng.randrange(2**31), second_order=rng.random() < 0.15)
     low_pad = padding if isinstance(padding, int) else 0
-    config["sizes"] = _sizes(rng, kernel, dilation, low_pad)
+    config["sizes"] = draw_sizes(rng, kernel, dilation, low_pad)
     if n == 4:
         config["sizes"] = [min(s, 4) for s in config["sizes"]]
     if op in ("conv", "convolve", "conv_transpose"):
@@ -96,14 +96,14 @@ def draw_pool(op: str, rng: random.Random) -> dict:
     if op == "global_avg_pool":
         config["sizes"] = [rng.randint(1, 6) for _ in range(n)]
         return config
-    window = _per_axis(rng, n, [1, 2, 2, 3, 3, 4])
-    dilation = _per_axis(rng, n, [1, 1, 2, 3]) if op == "max_pool" else [1] * n
-    config.update(window=window, stride=None if rng.random() < 0.3 else _per_axis(rng, n, [1, 1, 2, 3]),
-                  padding=_per_axis(rng, n, [0, 0, 1, 2]), dilation=dilation,
+    window = draw_per_axis(rng, n, [1, 2, 2, 3, 3, 4])
+    dilation = draw_per_axis(rng, n, [1, 1, 2, 3]) if op == "max_pool" else [1] * n
+    config.update(window=window, stride=None if rng.random() < 0.3 else draw_per_axis(rng, n, [1, 1, 2, 3]),
+                  padding=draw_per_axis(rng, n, [0, 0, 1, 2]), dilation=dilation,
                   ceil_mode=rng.random() < 0.4)
     if op == "avg_pool":
         config["count_include_pad"] = rng.random() < 0.5
-    config["sizes"] = _sizes(rng, window, dilation, 0)
+    config["sizes"] = draw_sizes(rng, window, dilation, 0)
     return config
 
 

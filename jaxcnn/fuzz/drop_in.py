@@ -131,9 +131,9 @@ def check(c: dict) -> dict:
                 if c.get("second_order") else None)
     ours_f = lambda lhs, rhs: ours_op(lhs, rhs, **kwargs, impl=c["impl"])
     theirs_f = lambda lhs, rhs: theirs_op(lhs, rhs, **kwargs)
-    ours = checks._attempt(lambda: checks.run_function(ours_f, args, cotangent, tangents)[0])
+    ours = checks.attempt(lambda: checks.run_function(ours_f, args, cotangent, tangents)[0])
     try:
-        theirs = checks._attempt(lambda: checks.run_function(theirs_f, args, cotangent, tangents)[0])
+        theirs = checks.attempt(lambda: checks.run_function(theirs_f, args, cotangent, tangents)[0])
     except checks.WouldAbort:   # jax.grad of lax itself would abort inside XLA: nothing to compare
         return {**checks.verdict(ours, {}, TOLERANCE), "reference_skipped": True}
     return checks.verdict(ours, {"jax.lax": theirs}, TOLERANCE)

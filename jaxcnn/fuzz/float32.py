@@ -26,6 +26,7 @@ import random
 import numpy as np
 
 from jaxcnn.fuzz import checks, configs
+from jaxcnn.fuzz.arrays import array_shapes, op_options, relayout, relayout_shape
 from jaxcnn.tolerances import RTOL
 
 OPS = ("conv_float32",)
@@ -36,10 +37,10 @@ NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # _conv.native.TARGETS'
 def draw(op: str, rng: random.Random) -> dict:
     n = rng.choices([1, 2, 3], weights=[30, 40, 30])[0]
     native_like = rng.random() < 0.8
-    kernel = configs._per_axis(rng, n, [1, 2, 3, 3, 4] if n < 3 else [1, 2, 3])
-    stride = configs._per_axis(rng, n, [1, 1, 1, 2, 3])
-    dilation = configs._per_axis(rng, n, [1, 1, 1, 2])
-    padding = configs._padding(rng, n)
+    kernel = configs.draw_per_axis(rng, n, [1, 2, 3, 3, 4] if n < 3 else [1, 2, 3])
+    stride = configs.draw_per_axis(rng, n, [1, 1, 1, 2, 3])
+    dilation = configs.draw_per_axis(rng, n, [1, 1, 1, 2])
+    padding = configs.draw_padding(rng, n)
     groups = 1 if native_like or rng.random() < 0.5 else 2
     channels = rng.choice([8, 16, 16, 24, 32]) if native_like else rng.choice([3, 4, 8, 16])
     config = dict(
@@ -50,7 +51,7 @@ def draw(op: str, rng: random.Random) -> dict:
         bias=rng.random() < 0.5, padding_mode=rng.choice(configs.MODES),
         seed=rng.randrange(2**31), second_order=False)
     low_pad = padding if isinstance(padding, int) else 0
-    sizes = configs._sizes(rng, kernel, dilation, low_pad)
+    sizes = configs.draw_sizes(rng, kernel, dilation, low_pad)
     if rng.random() < 0.7:      # mostly legal: the input holds the dilated kernel
         sizes = [max(s, d * (k - 1) + 1) for s, k, d in zip(sizes, kernel, dilation)]
     config["sizes"] = [min(s, 6 if n == 3 else 12) for s in sizes]
@@ -78,7 +79,7 @@ def check(c: dict) -> dict:
     import jax.numpy as jnp
     import jaxcnn
     c = {**c, "op": "conv"}     # the op itself, for the float64 fuzzer's helpers
-    kinds, shapes = zip(*checks._shapes(c))
+    kinds, shapes = zip(*array_shapes(c))
     rng = np.random.default_rng(c["seed"])
     arrays = [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
     seeded = np.random.default_rng(c["seed"] + 1)
@@ -86,29 +87,29 @@ def check(c: dict) -> dict:
     first_ct: list[np.ndarray] = []
 
     def library_cotangent(out) -> jax.Array:
-        first = checks._layout(c, cotangent(checks._layout_shape(c, out.shape, "x", False)), "x", True)
+        first = relayout(c, cotangent(relayout_shape(c, out.shape, "x", False)), "x", True)
         first_ct.append(first)
         return jnp.asarray(first, jnp.float32)
 
-    f = checks._bound(jaxcnn.conv, c, checks._options(c))
-    args = [jnp.asarray(checks._layout(c, a, k, True), jnp.float32) for a, k in zip(arrays, kinds)]
-    ours = checks._attempt(lambda: checks.run_function(f, args, library_cotangent))
+    f = checks.bound_op(jaxcnn.conv, c, op_options(c))
+    args = [jnp.asarray(relayout(c, a, k, True), jnp.float32) for a, k in zip(arrays, kinds)]
+    ours = checks.attempt(lambda: checks.run_function(f, args, library_cotangent))
     path = "xla"
     if ours[0] == "ok":
-        (values, text), ct = ours[1], checks._layout(c, first_ct[0], "x", False)
+        (values, text), ct = ours[1], relayout(c, first_ct[0], "x", False)
         path = "native" if any(name in text for name in NATIVE_TARGETS) else "xla"
-        ours = ("ok", [checks._layout(c, v, k, False) for v, k in zip(values, ("x", *kinds))])
+        ours = ("ok", [relayout(c, v, k, False) for v, k in zip(values, ("x", *kinds))])
     else:
         ct = None
     fixed = lambda shape: ct if ct is not None else cotangent(shape)
-    theirs = checks._attempt(lambda: checks.run_torch(c, arrays, fixed, None))
+    theirs = checks.attempt(lambda: checks.run_torch(c, arrays, fixed, None))
     magnitudes: list[np.ndarray] = []
     if theirs[0] == "ok" and ours[0] == "ok":
         magnitudes = checks.run_torch(c, [np.abs(a) for a in arrays], lambda shape: np.abs(fixed(shape)), None)
 
     def compare(errors: dict, name: str, got: list, expected: list) -> None:
-        checks._compare(errors, name, got, list(zip(expected, magnitudes)),
-                        error=lambda a, bm: magnitude_error(a, *bm))
+        checks.compare(errors, name, got, list(zip(expected, magnitudes)),
+                       error=lambda a, bm: magnitude_error(a, *bm))
 
     result = checks.verdict(ours, {"torch": theirs}, TOLERANCE, compare)
     result["path"] = path

@@ -24,6 +24,7 @@ import random
 import numpy as np
 
 from jaxcnn.fuzz import checks, configs, torch_side
+from jaxcnn.fuzz.arrays import array_shapes, op_options, relayout
 from jaxcnn.tolerances import RTOL
 
 OPS = ("sharded.conv", "sharded.max_pool", "sharded.avg_pool", "sharded_input")
@@ -176,19 +177,19 @@ def check(c: dict) -> dict:
                 "detail": "a checked shard_map needs jax.shard_map's check_vma (JAX 0.6 on): "
                           "0.4.30's check_rep has no replication rules for jaxcnn's primitives"}
     plain = {**c, "op": c["inner"]}
-    kinds, shapes = zip(*checks._shapes(plain))
+    kinds, shapes = zip(*array_shapes(plain))
     rng = np.random.default_rng(c["seed"])
-    args = [jnp.asarray(checks._layout(plain, rng.standard_normal(s), k, True)) for s, k in zip(shapes, kinds)]
-    options = checks._options(plain)
-    unsharded = checks._bound(getattr(jaxcnn, c["inner"]), plain, options)
+    args = [jnp.asarray(relayout(plain, rng.standard_normal(s), k, True)) for s, k in zip(shapes, kinds)]
+    options = op_options(plain)
+    unsharded = checks.bound_op(getattr(jaxcnn, c["inner"]), plain, options)
     cotangent = lambda out: jnp.asarray(np.random.default_rng(c["seed"] + 1).standard_normal(out.shape))
     tangents = ([jnp.asarray(np.random.default_rng(c["seed"] + 2 + i).standard_normal(a.shape))
                  for i, a in enumerate(args)] if c.get("second_order") else None)
     f, placed, mesh, path = _sharded(c, unsharded, options, args)
     context = jax.set_mesh(mesh) if "(explicit)" in path else contextlib.nullcontext()
     with context:
-        ours = checks._attempt(lambda: checks.run_function(f, placed, cotangent, tangents)[0])
-    theirs = checks._attempt(lambda: checks.run_function(unsharded, args, cotangent, tangents)[0])
+        ours = checks.attempt(lambda: checks.run_function(f, placed, cotangent, tangents)[0])
+    theirs = checks.attempt(lambda: checks.run_function(unsharded, args, cotangent, tangents)[0])
     expected = None
     if c["op"] != "sharded_input":
         expected = None if tiles(c) else NOT_TILING

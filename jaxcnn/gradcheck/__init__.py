@@ -6,8 +6,9 @@
   forward mode, batched (``vmap``), order 1 or 2, each leaf named by its path;
 - ``twins``: the default oracle, for jaxcnn's own ops only, found by identity (never by name);
 - ``report``: the ``Report`` and ``ModeReport`` they return, their rows and ``GradcheckError``;
+- ``cases``: one configuration (``Case``) and how an op's variants become configurations;
 - ``matrix``: the configurations ``jaxcnn gradcheck`` runs (every op × 1D/2D/3D × options);
-- ``command``: ``jaxcnn gradcheck`` itself (``main``).
+- ``command``: ``jaxcnn gradcheck`` itself (``main``): each configuration run, summed up, shown.
 
 The tolerances and their derivations live in ``jaxcnn.tolerances``.
 """

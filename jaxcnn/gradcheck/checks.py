@@ -94,7 +94,7 @@ def differentiable_argnums(args: Sequence[Any], argnums: Any) -> tuple[int, ...]
     return tuple(sorted({i % len(args) for i in nums}))
 
 
-def _check_options(order: Any, eps: Any, n_projections: Any, full_jacobian_max: Any) -> None:
+def check_options(order: Any, eps: Any, n_projections: Any, full_jacobian_max: Any) -> None:
     if order not in (1, 2):
         raise ValueError(f"order: expected 1 or 2; got {order!r}")
     if not isinstance(eps, (int, float)) or not 0 < eps < 1:
@@ -178,7 +178,7 @@ def check(f: Callable, args: Sequence[Any], *, reference: Callable | None = None
     reference = resolve_reference(f, reference, required=False)
     args = tuple(args)
     argnums = differentiable_argnums(args, argnums)
-    _check_options(order, eps, n_projections, full_jacobian_max)
+    check_options(order, eps, n_projections, full_jacobian_max)
     fd_rtol = finite_difference_rtol(eps) if fd_rtol is None else float(fd_rtol)
     names = argument_names(f, len(args))
     diff_names = [names[i] for i in argnums]
@@ -244,7 +244,7 @@ def _reference_jacobian(pull_ref, m, from_jvp):
     return np.asarray(pull_ref).T if from_jvp else np.reshape(pull_ref[:m], (m, -1))
 
 
-def _run_once(fn: Callable, *args: Any) -> Any:
+def run_once(fn: Callable, *args: Any) -> Any:
     """``jax.jit(fn)(*args)`` on the host, compiled for speed on CPU (see above)."""
     if jax.default_backend() == "cpu":
         try:
@@ -280,11 +280,11 @@ def _evaluate(g, g_ref, primals, cotangents, directions, eps):
         return y, None, jax.vmap(pull)(cotangents), jvps, shifted
 
     try:
-        y, y_ref, pulls, pulls_ref, shifted = _run_once(run, primals, cotangents, tuple(steps))
+        y, y_ref, pulls, pulls_ref, shifted = run_once(run, primals, cotangents, tuple(steps))
     except TypeError as err:   # no reference and f is a jax.custom_vjp: no forward mode
         if g_ref is not None or "forward-mode" not in str(err):
             raise
-        y, y_ref, pulls, pulls_ref, shifted = _run_once(
+        y, y_ref, pulls, pulls_ref, shifted = run_once(
             lambda *a: run(*a, with_jvp=False), primals, cotangents, tuple(steps))
     diffs, start = [], 0
     for n in counts:
@@ -309,7 +309,7 @@ def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
     reference = resolve_reference(f, reference)
     args = tuple(args)
     argnums = differentiable_argnums(args, argnums)
-    _check_options(1, 0.5, n_projections, 0)
+    check_options(1, 0.5, n_projections, 0)
     dtype = jnp.dtype(dtype)
     rtol = RTOL.get(dtype.name, RTOL["float32"]) if rtol is None else float(rtol)
     names = argument_names(f, len(args))
@@ -326,7 +326,7 @@ def check_dtype(f: Callable, args: Sequence[Any], dtype: Any = "float32", *,
             y, pull = jax.vjp(g, *primals)
             y_ref, pull_ref = jax.vjp(g_ref, *primals_ref)
             return y, y_ref, jax.vmap(pull)(v_ref.astype(y.dtype)), jax.vmap(pull_ref)(v_ref)
-        y, y_ref, pulls, pulls_ref = _run_once(run, primals, primals_ref)
+        y, y_ref, pulls, pulls_ref = run_once(run, primals, primals_ref)
     rows = [Comparison("output", 0, "forward", *max_errors(y, y_ref), None, None, rtol, None)]
     rows += [Comparison(names[i], 1, f"{n_projections} cotangents", *max_errors(a, b), None, None,
                         rtol, None) for i, a, b in zip(argnums, pulls, pulls_ref)]

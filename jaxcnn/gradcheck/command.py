@@ -1,8 +1,9 @@
 """``jaxcnn gradcheck``: run the verification matrix, print one table, optionally write JSON.
 
 The configurations live in ``jaxcnn.gradcheck.matrix``, the checks in ``jaxcnn.gradcheck.checks``;
-this module is the command around them: arguments, a progress bar (rich, else tqdm), the
-table (rich, else plain text), the failures' details and the JSON record.
+this module is the command around them: arguments, each configuration checked (``run_case``)
+and each op's rows summed up (``summarize``), a progress bar (rich, else tqdm), the table
+(rich, else plain text), the failures' details and the JSON record.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from jaxcnn import reference
 from jaxcnn.gradcheck import matrix
-from jaxcnn.gradcheck.checks import float64
-from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE
+from jaxcnn.gradcheck.checks import check, check_dtype, float64
+from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
 from jaxcnn.tolerances import FD_EPS, RTOL, VJP_RTOL, finite_difference_rtol
 
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _progress_bar(len(cases)) as advance:
             rows = run_all(cases, options.seed, advance)
     wall = time.perf_counter() - start
-    summaries = [matrix.summarize(op, [r for r in rows if r["op"] == op]) for op in ops]
+    summaries = [summarize(op, [r for r in rows if r["op"] == op]) for op in ops]
     ok = all(s["ok"] for s in summaries)
     failed = sum(not r["ok"] for r in rows)
     title = (f"jaxcnn gradcheck{' --quick' if options.quick else ''}: {len(rows)} configurations, "
@@ -125,9 +127,81 @@ def run_all(cases: list[matrix.Case], seed: int, advance: Callable[[matrix.Case]
     """Run ``cases`` in order; ``advance(case)`` after each (a progress bar)."""
     rows = []
     for case in cases:
-        rows.append(matrix.run_case(case, seed))
+        rows.append(run_case(case, seed))
         advance(case)
     return rows
+
+
+# ----------------------------------------------------------------------------- running
+
+FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurations
+
+
+def run_case(case: matrix.Case, seed: int = 0) -> dict[str, Any]:
+    """Check one configuration; an exception is a failed row carrying its message."""
+    f, reference_f = matrix.FUNCTIONS[case.function], getattr(reference, case.reference)
+    start = time.perf_counter()
+    row: dict[str, Any] = {"op": case.op, "function": case.function, "label": case.label,
+                           "dtype": case.dtype, "order": case.order,
+                           "args": [f"array{list(a.shape)}" if hasattr(a, "shape") else repr(a)
+                                    for a in case.args],
+                           "kwargs": {k: repr(v) for k, v in case.kwargs.items()}}
+    try:
+        if case.dtype == "float64":
+            report = check(f, case.args, reference=reference_f, order=case.order,
+                           full_jacobian_max=FULL_JACOBIAN_MAX, seed=seed, **case.kwargs)
+        else:
+            report = check_dtype(f, case.args, case.dtype, reference=reference_f,
+                                 seed=seed, **case.kwargs)
+    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
+        row.update(ok=False, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
+        return row
+    rows = report.rows
+    row.update(ok=report.ok, seconds=time.perf_counter() - start, report=report.as_dict(),
+               worst_autodiff=max(r.rel_autodiff for r in rows),
+               worst_fd=max((r.rel_fd for r in rows if r.rel_fd is not None), default=None))
+    if case.dtype == "float64" and case.order == 1:
+        _run_modes(case, f, reference_f, seed, row)
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _run_modes(case: matrix.Case, f: Callable, reference_f: Callable, seed: int, row: dict) -> None:
+    """Forward mode and batched: ``row["modes"]`` and the worst errors, or ``row["fwd"]`` =
+    ``NO_FORWARD_MODE`` where ``f`` has none (only batched reverse mode then)."""
+    try:
+        modes = check_modes(f, case.args, reference=reference_f, batched=True, seed=seed,
+                            **case.kwargs)
+    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
+        row.update(ok=False, error=f"forward mode / batched: {type(err).__name__}: {err}")
+        return
+    row.update(ok=row["ok"] and modes.ok, modes=modes.as_dict(),
+               fwd=NO_FORWARD_MODE if modes.unavailable else "ran",
+               worst_fwd_autodiff=modes.worst("fwd vs reference"),
+               worst_fwd_fd=modes.worst("fwd vs finite differences"),
+               worst_consistency=modes.worst("consistency"), worst_batched=modes.worst("batched"))
+
+
+def summarize(op: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table entry: counts, worst errors per comparison, time, status."""
+    def worst(selected, key):
+        values = [r[key] for r in selected if r.get(key) is not None]
+        return max(values) if values else None
+    exact = [r for r in rows if r["dtype"] == "float64"]
+    low = [r for r in rows if r["dtype"] != "float64"]
+    checked = [r for r in exact if "fwd" in r]
+    return {"op": op, "configurations": len(rows),
+            "float64": sum(r["order"] == 1 for r in exact), "order2": sum(r["order"] == 2 for r in exact),
+            "float32": len(low), "failed": sum(not r["ok"] for r in rows),
+            "worst_autodiff": worst(exact, "worst_autodiff"), "worst_fd": worst(exact, "worst_fd"),
+            "worst_float32": worst(low, "worst_autodiff"),
+            "fwd_checked": sum(r["fwd"] == "ran" for r in checked),
+            "fwd_unavailable": sum(r["fwd"] == NO_FORWARD_MODE for r in checked),
+            "worst_fwd_autodiff": worst(checked, "worst_fwd_autodiff"),
+            "worst_fwd_fd": worst(checked, "worst_fwd_fd"),
+            "worst_consistency": worst(checked, "worst_consistency"),
+            "worst_batched": worst(checked, "worst_batched"), "batched": len(checked),
+            "seconds": sum(r["seconds"] for r in rows), "ok": all(r["ok"] for r in rows)}
 
 
 # ----------------------------------------------------------------------------- output

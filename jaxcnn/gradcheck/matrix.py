@@ -1,7 +1,7 @@
-"""The verification matrix behind ``jaxcnn gradcheck``: every op's configurations, run, summed up.
+"""The verification matrix behind ``jaxcnn gradcheck``: every op's configurations.
 
 Each op is one entry of ``OPS``: a function ``(rng) -> list[Case]`` giving its configurations
-(arguments and keyword arguments). Together they cover 1D/2D/3D × strides × paddings (ints,
+(arguments and keyword arguments; ``cases``). ``jaxcnn.gradcheck.command`` runs them. Together they cover 1D/2D/3D × strides × paddings (ints,
 per-axis ints, ``(lo, hi)`` pairs, every string, any case) × padding modes × dilations ×
 groups × layouts × impls. Rather than the full product (thousands of compilations), each
 variant runs once per number of spatial axes, the (impl, layout) pair cycling so that every
@@ -13,15 +13,11 @@ mode and batched (``pytrees.check_modes``: the JVP against autodiff of the refer
 differences, the jvp/vjp consistency, ``vmap`` of the VJP and of the JVP against the
 per-example ones); an op with no forward mode on this build (a ``jax.custom_vjp``) is marked
 ``n/a (no forward mode)`` there instead of failing, and its batched reverse mode still runs.
-
-Shapes stay small (N = 2, C ≤ 4, sizes ≤ 7): compiling each configuration is the main cost.
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 import zlib
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np
@@ -29,17 +25,13 @@ import numpy as np
 from jaxcnn import reference
 from jaxcnn import sharded as _sharded
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
-from jaxcnn.gradcheck.checks import check, check_dtype
-from jaxcnn.gradcheck.pytrees import NO_FORWARD_MODE, check_modes
+from jaxcnn.gradcheck.cases import (KERNELS, SIZES, Case, activation, both_layouts, expand,
+                                    kernel_shape, layout_label, per_axis)
 from jaxcnn.norm import group_norm
 from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
 from jaxcnn.transpose import conv_transpose, convolve
 from jaxcnn import lax as jaxcnn_lax
 
-SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
-KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
-IMPL_LAYOUTS = (("lax", False), ("manual", True), ("lax", True), ("manual", False))
-FULL_JACOBIAN_MAX = 64      # full Jacobians for the tiny (mostly 1D) configurations
 # The functions under test, by the name a Case gives (``jaxcnn.<name>``).
 FUNCTIONS = {f.__name__: f for f in (conv, conv1d, conv2d, conv3d, conv_input_grad,
                                      conv_weight_grad, convolve, conv_transpose, max_pool,
@@ -58,59 +50,6 @@ def reference_name(op: str) -> str:
     return REFERENCE_NAMES.get(op, op.replace(".", "_"))
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One configuration: ``jaxcnn.<function>(*args, **kwargs)`` against
-    ``jaxcnn.reference.<reference>``, in ``dtype``, at ``order``."""
-
-    op: str
-    function: str
-    reference: str
-    label: str
-    args: tuple
-    kwargs: dict
-    dtype: str = "float64"
-    order: int = 1
-
-    def describe(self) -> str:
-        extra = "" if self.dtype == "float64" and self.order == 1 else (
-            f" [{self.dtype}]" if self.dtype != "float64" else " [order 2]")
-        return f"{self.function} {self.label}{extra}"
-
-
-def _per_axis(values: tuple, n: int) -> tuple:
-    return tuple(values[:n])
-
-
-def _activation(n_batch: int, channels: int, sizes, channels_last: bool) -> tuple[int, ...]:
-    return (n_batch, *sizes, channels) if channels_last else (n_batch, channels, *sizes)
-
-
-def _kernel(out_ch: int, in_ch: int, k_sizes, channels_last: bool) -> tuple[int, ...]:
-    return (*k_sizes, in_ch, out_ch) if channels_last else (out_ch, in_ch, *k_sizes)
-
-
-def _expand(op: str, variants, rng: np.random.Generator, build: Callable) -> list[Case]:
-    """Each variant once per dimension, the (impl, layout) pair cycling; every third case
-    also in float32; at order 2 one variant per dimension, spread over the list."""
-    cases, count = [], 0
-    for j, variant in enumerate(variants):
-        for n in (1, 2, 3):
-            impl, channels_last = IMPL_LAYOUTS[(j + n) % len(IMPL_LAYOUTS)]
-            case = build(variant, n, impl, channels_last, rng)
-            cases.append(case)
-            count += 1
-            if count % 3 == 0:
-                cases.append(dataclasses.replace(case, dtype="float32"))
-            if j == ((n - 1) * len(variants) // 3 + 1) % len(variants):
-                cases.append(dataclasses.replace(case, order=2))
-    return cases
-
-
-def _layout_label(impl: str | None, channels_last: bool) -> str:
-    return ("channels_last" if channels_last else "channels_first") + (f" {impl}" if impl else "")
-
-
 # ----------------------------------------------------------------------------- conv family
 
 # (label, input channels, output channels, bias, kwargs for n spatial axes)
@@ -122,12 +61,12 @@ CONV_VARIANTS = (
     ("FULL, groups 2", 4, 2, True, lambda n: dict(padding="FULL", groups=2)),
     ("CAUSAL, dilation 2", 2, 2, False, lambda n: dict(padding="causal", dilation=2)),
     ("(lo, hi) pairs, per-axis stride and dilation", 2, 3, True, lambda n: dict(
-        padding=_per_axis(((1, 0), (0, 2), (2, 1)), n), stride=_per_axis((1, 2, 1), n),
-        dilation=_per_axis((2, 1, 1), n))),
+        padding=per_axis(((1, 0), (0, 2), (2, 1)), n), stride=per_axis((1, 2, 1), n),
+        dilation=per_axis((2, 1, 1), n))),
     ("per-axis int padding, groups 2", 4, 4, False, lambda n: dict(
-        padding=_per_axis((1, 0, 1), n), groups=2)),
+        padding=per_axis((1, 0, 1), n), groups=2)),
     ("VALID, per-axis stride", 3, 2, False, lambda n: dict(padding="VALID",
-                                                           stride=_per_axis((2, 1, 2), n))),
+                                                           stride=per_axis((2, 1, 2), n))),
     ("reflect, padding 1, stride 2", 2, 3, True, lambda n: dict(padding=1, padding_mode="reflect",
                                                                 stride=2)),
     ("replicate, SAME", 3, 2, False, lambda n: dict(padding="SAME", padding_mode="replicate")),
@@ -141,8 +80,8 @@ def _conv_arrays(variant, n, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
     kwargs = dict(kwargs(n), channels_last=channels_last)
     groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(_activation(2, c_in, SIZES[n], channels_last))
-    w = rng.standard_normal(_kernel(c_out, c_in // groups, KERNELS[n], channels_last))
+    x = rng.standard_normal(activation(2, c_in, SIZES[n], channels_last))
+    w = rng.standard_normal(kernel_shape(c_out, c_in // groups, KERNELS[n], channels_last))
     b = rng.standard_normal(c_out) if bias else None
     return label, x, w, b, kwargs
 
@@ -152,7 +91,7 @@ def _conv_case(op: str, name_by_n: bool = False):
         label, x, w, b, kwargs = _conv_arrays(variant, n, channels_last, rng)
         # Half the cases (lax channels-last, manual channels-first) through conv1d/2d/3d.
         function = f"{op}{n}d" if name_by_n and channels_last == (impl == "lax") else op
-        return Case(op, function, op, f"{n}D {label}, {_layout_label(impl, channels_last)}",
+        return Case(op, function, op, f"{n}D {label}, {layout_label(impl, channels_last)}",
                     (x, w, b), dict(kwargs, impl=impl))
     return build
 
@@ -168,7 +107,7 @@ def _grad_case(op: str):
         kwargs = dict(kwargs, impl=impl)
         dy = rng.standard_normal(_conv_output_shape(x, w, kwargs))
         args = (dy, w, x.shape) if op == "conv_input_grad" else (x, dy, w.shape)
-        return Case(op, op, op, f"{n}D {label}, {_layout_label(impl, channels_last)}", args, kwargs)
+        return Case(op, op, op, f"{n}D {label}, {layout_label(impl, channels_last)}", args, kwargs)
     return build
 
 
@@ -183,7 +122,7 @@ TRANSPOSE_VARIANTS = (
     ("dilation 2, stride 2, output_padding 1", 2, 2, True, lambda n: dict(
         dilation=2, stride=2, output_padding=1)),
     ("groups 2, (lo, hi) pairs, per-axis stride", 4, 4, False, lambda n: dict(
-        groups=2, padding=_per_axis(((1, 0), (0, 1), (1, 1)), n), stride=_per_axis((2, 1, 2), n))),
+        groups=2, padding=per_axis(((1, 0), (0, 1), (1, 1)), n), stride=per_axis((2, 1, 2), n))),
     ("VALID, stride 3", 2, 3, True, lambda n: dict(padding="valid", stride=3)),
     ("reflect, padding 1", 2, 2, True, lambda n: dict(padding=1, padding_mode="reflect")),
     ("circular, padding 1, stride 2", 2, 3, False, lambda n: dict(padding=1, stride=2,
@@ -196,12 +135,12 @@ def _transpose_case(variant, n, impl, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
     kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
     groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(_activation(2, c_in, TRANSPOSE_SIZES[n], channels_last))
+    x = rng.standard_normal(activation(2, c_in, TRANSPOSE_SIZES[n], channels_last))
     # conv_transpose's weight (C_in, C_out // groups, *K) is conv's (O, C // groups, *K).
-    w = rng.standard_normal(_kernel(c_in, c_out // groups, KERNELS[n], channels_last))
+    w = rng.standard_normal(kernel_shape(c_in, c_out // groups, KERNELS[n], channels_last))
     b = rng.standard_normal(c_out) if bias else None
     return Case("conv_transpose", "conv_transpose", "conv_transpose",
-                f"{n}D {label}, {_layout_label(impl, channels_last)}", (x, w, b), kwargs)
+                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs)
 
 
 # ----------------------------------------------------------------------------- jaxcnn.lax
@@ -219,11 +158,11 @@ LAX_VARIANTS = (
     ("SAME_LOWER, rhs dilation 2", 2, 2, 2, lambda n: dict(window_strides=(1,) * n,
                                                           padding="SAME_LOWER", rhs_dilation=(2,) * n)),
     ("negative padding", 3, 2, 2, lambda n: dict(window_strides=(1,) * n,
-                                                 padding=_per_axis(((1, -1), (0, 1), (-1, 0)), n))),
+                                                 padding=per_axis(((1, -1), (0, 1), (-1, 0)), n))),
     ("lhs dilation 2 (transposed)", 2, 3, 2, lambda n: dict(
         window_strides=(1,) * n, padding=((2, 1),) * n, lhs_dilation=(2,) * n)),
     ("lhs dilation and stride", 2, 2, 2, lambda n: dict(
-        window_strides=_per_axis((2, 1, 2), n), padding=((1, 1),) * n, lhs_dilation=(2,) * n)),
+        window_strides=per_axis((2, 1, 2), n), padding=((1, 1),) * n, lhs_dilation=(2,) * n)),
     ("feature groups 2", 4, 2, 2, lambda n: dict(window_strides=(1,) * n, padding="VALID",
                                                  feature_group_count=2)),
     ("batch groups 2", 2, 4, 4, lambda n: dict(window_strides=(1,) * n, padding=((1, 0),) * n,
@@ -250,7 +189,7 @@ LAX_TRANSPOSE_VARIANTS = (
     ("SAME, stride 2", lambda n: dict(strides=(2,) * n, padding="SAME")),
     ("VALID, stride 2, transpose_kernel", lambda n: dict(strides=(2,) * n, padding="VALID",
                                                          transpose_kernel=True)),
-    ("(lo, hi) pairs, rhs dilation 2", lambda n: dict(strides=_per_axis((1, 2, 1), n),
+    ("(lo, hi) pairs, rhs dilation 2", lambda n: dict(strides=per_axis((1, 2, 1), n),
                                                       padding=((1, 0),) * n, rhs_dilation=(2,) * n)),
 )
 
@@ -259,9 +198,9 @@ def _lax_transpose_case(variant, n, impl, channels_last, rng):
     label, kwargs = variant
     dn = LAX_LAYOUTS[channels_last][n] if not channels_last else None   # None: lax's NHWC default
     kwargs = dict(kwargs(n), dimension_numbers=dn, impl=impl)
-    lhs = rng.standard_normal(_activation(2, 2, TRANSPOSE_SIZES[n], True if dn is None else False))
+    lhs = rng.standard_normal(activation(2, 2, TRANSPOSE_SIZES[n], True if dn is None else False))
     # conv_transpose's kernel is the lhs-dilated conv's: (O, I, *K), or (*K, I, O) by default.
-    rhs = rng.standard_normal(_kernel(3, 2, KERNELS[n], dn is None))
+    rhs = rng.standard_normal(kernel_shape(3, 2, KERNELS[n], dn is None))
     if kwargs.get("transpose_kernel"):      # the forward conv's kernel: I and O exchanged
         rhs = np.swapaxes(rhs, -1, -2) if dn is None else np.swapaxes(rhs, 0, 1)
     return Case("lax.conv_transpose", "lax.conv_transpose", "lax_conv_transpose",
@@ -277,8 +216,8 @@ MAX_POOL_VARIANTS = (
     ("window 2, stride 1, dilation 2", lambda n: dict(window=2, stride=1, dilation=2)),
     ("window 3, stride 2, ceil_mode", lambda n: dict(window=3, stride=2, ceil_mode=True)),
     ("per-axis window, stride, padding", lambda n: dict(
-        window=_per_axis((2, 3, 2), n), stride=_per_axis((1, 2, 1), n),
-        padding=_per_axis((1, 1, 0), n))),
+        window=per_axis((2, 3, 2), n), stride=per_axis((1, 2, 1), n),
+        padding=per_axis((1, 1, 0), n))),
     ("window 3, stride 1, padding 1", lambda n: dict(window=3, stride=1, padding=1)),
 )
 AVG_POOL_VARIANTS = (
@@ -288,8 +227,8 @@ AVG_POOL_VARIANTS = (
         window=3, stride=2, padding=1, count_include_pad=False)),
     ("window 3, stride 2, ceil_mode", lambda n: dict(window=3, stride=2, ceil_mode=True)),
     ("per-axis window, ceil_mode, count_include_pad=False", lambda n: dict(
-        window=_per_axis((2, 3, 2), n), stride=_per_axis((1, 2, 2), n),
-        padding=_per_axis((1, 1, 0), n), ceil_mode=True, count_include_pad=False)),
+        window=per_axis((2, 3, 2), n), stride=per_axis((1, 2, 2), n),
+        padding=per_axis((1, 1, 0), n), ceil_mode=True, count_include_pad=False)),
 )
 
 
@@ -297,20 +236,13 @@ def _pool_case(op: str):
     def build(variant, n, impl, channels_last, rng):
         label, kwargs = variant
         # Continuous random data: no ties, so max pooling is differentiable at x.
-        x = rng.standard_normal(_activation(2, 3, SIZES[n], channels_last))
-        return Case(op, op, op, f"{n}D {label}, {_layout_label(None, channels_last)}", (x,),
+        x = rng.standard_normal(activation(2, 3, SIZES[n], channels_last))
+        return Case(op, op, op, f"{n}D {label}, {layout_label(None, channels_last)}", (x,),
                     dict(kwargs(n), channels_last=channels_last))
     return build
 
 
 GLOBAL_VARIANTS = (("mean over every spatial axis", lambda n: {}),)
-
-
-def _both_layouts(op: str, variants, rng, build) -> list[Case]:
-    """``_expand``, plus each float64 case again in the other layout (cheap ops only)."""
-    cases = _expand(op, variants, rng, build)
-    other = _expand(op, variants, rng, lambda v, n, impl, cl, r: build(v, n, impl, not cl, r))
-    return cases + [c for c in other if c.dtype == "float64" and c.order == 1]
 
 
 # ----------------------------------------------------------------------------- group norm
@@ -325,27 +257,27 @@ GROUP_NORM_VARIANTS = (  # (label, groups) over 6 channels
 def _group_norm_case(variant, n, impl, channels_last, rng):
     label, groups = variant
     # Mean 1, spread 2: the centring matters. x, scale and bias are all differentiated.
-    x = rng.standard_normal(_activation(2, 6, SIZES[n], channels_last)) * 2 + 1
-    return Case("group_norm", "group_norm", "group_norm", f"{n}D {label}, {_layout_label(None, channels_last)}",
+    x = rng.standard_normal(activation(2, 6, SIZES[n], channels_last)) * 2 + 1
+    return Case("group_norm", "group_norm", "group_norm", f"{n}D {label}, {layout_label(None, channels_last)}",
                 (x, groups, rng.standard_normal(6), rng.standard_normal(6)), dict(channels_last=channels_last))
 
 
 OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
-    "conv": lambda rng: _expand("conv", CONV_VARIANTS, rng, _conv_case("conv", name_by_n=True)),
-    "conv_input_grad": lambda rng: _expand("conv_input_grad", ZERO_PADDED, rng,
+    "conv": lambda rng: expand("conv", CONV_VARIANTS, rng, _conv_case("conv", name_by_n=True)),
+    "conv_input_grad": lambda rng: expand("conv_input_grad", ZERO_PADDED, rng,
                                            _grad_case("conv_input_grad")),
-    "conv_weight_grad": lambda rng: _expand("conv_weight_grad", ZERO_PADDED, rng,
+    "conv_weight_grad": lambda rng: expand("conv_weight_grad", ZERO_PADDED, rng,
                                             _grad_case("conv_weight_grad")),
-    "convolve": lambda rng: _expand("convolve", CONV_VARIANTS[::2], rng, _conv_case("convolve")),
-    "conv_transpose": lambda rng: _expand("conv_transpose", TRANSPOSE_VARIANTS, rng, _transpose_case),
-    "max_pool": lambda rng: _expand("max_pool", MAX_POOL_VARIANTS, rng, _pool_case("max_pool")),
-    "avg_pool": lambda rng: _expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
-    "global_avg_pool": lambda rng: _both_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
+    "convolve": lambda rng: expand("convolve", CONV_VARIANTS[::2], rng, _conv_case("convolve")),
+    "conv_transpose": lambda rng: expand("conv_transpose", TRANSPOSE_VARIANTS, rng, _transpose_case),
+    "max_pool": lambda rng: expand("max_pool", MAX_POOL_VARIANTS, rng, _pool_case("max_pool")),
+    "avg_pool": lambda rng: expand("avg_pool", AVG_POOL_VARIANTS, rng, _pool_case("avg_pool")),
+    "global_avg_pool": lambda rng: both_layouts("global_avg_pool", GLOBAL_VARIANTS, rng,
                                                    _pool_case("global_avg_pool")),
-    "group_norm": lambda rng: _both_layouts("group_norm", GROUP_NORM_VARIANTS, rng, _group_norm_case),
-    "lax.conv_general_dilated": lambda rng: _expand("lax.conv_general_dilated", LAX_VARIANTS, rng,
+    "group_norm": lambda rng: both_layouts("group_norm", GROUP_NORM_VARIANTS, rng, _group_norm_case),
+    "lax.conv_general_dilated": lambda rng: expand("lax.conv_general_dilated", LAX_VARIANTS, rng,
                                                     _lax_case),
-    "lax.conv_transpose": lambda rng: _expand("lax.conv_transpose", LAX_TRANSPOSE_VARIANTS, rng,
+    "lax.conv_transpose": lambda rng: expand("lax.conv_transpose", LAX_TRANSPOSE_VARIANTS, rng,
                                               _lax_transpose_case),
 }
 
@@ -388,7 +320,7 @@ SHARDED_CONV_VARIANTS = (
     ("CAUSAL, replicate, groups 2", 4, 2, True, lambda n: dict(padding="causal", groups=2,
                                                                padding_mode="replicate")),
     ("(lo, hi) pairs, stride 2, dilation 2", 2, 2, False, lambda n: dict(
-        padding=_per_axis(((2, 1), (1, 1), (0, 2)), n), stride=2, dilation=2)),
+        padding=per_axis(((2, 1), (1, 1), (0, 2)), n), stride=2, dilation=2)),
 )
 SHARDED_MAX_POOL_VARIANTS = (
     ("window 3, stride 1, padding 1", lambda n: dict(window=3, stride=1, padding=1)),
@@ -405,19 +337,19 @@ def _sharded_conv_case(variant, n, impl, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
     kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
     groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(_activation(2, c_in, SHARDED_SIZES[n], channels_last))
-    w = rng.standard_normal(_kernel(c_out, c_in // groups, KERNELS[1] * n, channels_last))
+    x = rng.standard_normal(activation(2, c_in, SHARDED_SIZES[n], channels_last))
+    w = rng.standard_normal(kernel_shape(c_out, c_in // groups, KERNELS[1] * n, channels_last))
     b = rng.standard_normal(c_out) if bias else None
     return Case("sharded.conv", "sharded.conv", "conv",
-                f"{n}D {label}, {_layout_label(impl, channels_last)}", (x, w, b), kwargs)
+                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs)
 
 
 def _sharded_pool_case(op: str):
     def build(variant, n, impl, channels_last, rng):
         label, kwargs = variant
-        x = rng.standard_normal(_activation(2, 3, SHARDED_SIZES[n], channels_last))
+        x = rng.standard_normal(activation(2, 3, SHARDED_SIZES[n], channels_last))
         return Case(f"sharded.{op}", f"sharded.{op}", op,
-                    f"{n}D {label}, {_layout_label(None, channels_last)}", (x,),
+                    f"{n}D {label}, {layout_label(None, channels_last)}", (x,),
                     dict(kwargs(n), channels_last=channels_last))
     return build
 
@@ -430,11 +362,11 @@ FUNCTIONS.update({"sharded.conv": sharded_conv, "sharded.max_pool": sharded_max_
 SHARDED_ROWS = hasattr(jax, "shard_map")
 if SHARDED_ROWS:
     OPS.update({
-        "sharded.conv": lambda rng: _expand("sharded.conv", SHARDED_CONV_VARIANTS, rng,
+        "sharded.conv": lambda rng: expand("sharded.conv", SHARDED_CONV_VARIANTS, rng,
                                             _sharded_conv_case),
-        "sharded.max_pool": lambda rng: _expand("sharded.max_pool", SHARDED_MAX_POOL_VARIANTS,
+        "sharded.max_pool": lambda rng: expand("sharded.max_pool", SHARDED_MAX_POOL_VARIANTS,
                                                 rng, _sharded_pool_case("max_pool")),
-        "sharded.avg_pool": lambda rng: _expand("sharded.avg_pool", SHARDED_AVG_POOL_VARIANTS,
+        "sharded.avg_pool": lambda rng: expand("sharded.avg_pool", SHARDED_AVG_POOL_VARIANTS,
                                                 rng, _sharded_pool_case("avg_pool")),
     })
 REFERENCE_NAMES.update({"sharded.conv": "conv", "sharded.max_pool": "max_pool",
@@ -451,76 +383,6 @@ def available_ops() -> list[str]:
 def cases_for(op: str, seed: int) -> list[Case]:
     """``op``'s configurations, with data drawn from a generator seeded by (seed, op)."""
     return OPS[op](np.random.default_rng([seed, zlib.crc32(op.encode())]))
-
-
-# ----------------------------------------------------------------------------- running
-
-
-def run_case(case: Case, seed: int = 0) -> dict[str, Any]:
-    """Check one configuration; an exception is a failed row carrying its message."""
-    f, reference_f = FUNCTIONS[case.function], getattr(reference, case.reference)
-    start = time.perf_counter()
-    row: dict[str, Any] = {"op": case.op, "function": case.function, "label": case.label,
-                           "dtype": case.dtype, "order": case.order,
-                           "args": [f"array{list(a.shape)}" if hasattr(a, "shape") else repr(a)
-                                    for a in case.args],
-                           "kwargs": {k: repr(v) for k, v in case.kwargs.items()}}
-    try:
-        if case.dtype == "float64":
-            report = check(f, case.args, reference=reference_f, order=case.order,
-                           full_jacobian_max=FULL_JACOBIAN_MAX, seed=seed, **case.kwargs)
-        else:
-            report = check_dtype(f, case.args, case.dtype, reference=reference_f,
-                                 seed=seed, **case.kwargs)
-    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
-        row.update(ok=False, error=f"{type(err).__name__}: {err}", seconds=time.perf_counter() - start)
-        return row
-    rows = report.rows
-    row.update(ok=report.ok, seconds=time.perf_counter() - start, report=report.as_dict(),
-               worst_autodiff=max(r.rel_autodiff for r in rows),
-               worst_fd=max((r.rel_fd for r in rows if r.rel_fd is not None), default=None))
-    if case.dtype == "float64" and case.order == 1:
-        _run_modes(case, f, reference_f, seed, row)
-    row["seconds"] = time.perf_counter() - start
-    return row
-
-
-def _run_modes(case: Case, f: Callable, reference_f: Callable, seed: int, row: dict) -> None:
-    """Forward mode and batched: ``row["modes"]`` and the worst errors, or ``row["fwd"]`` =
-    ``NO_FORWARD_MODE`` where ``f`` has none (only batched reverse mode then)."""
-    try:
-        modes = check_modes(f, case.args, reference=reference_f, batched=True, seed=seed,
-                            **case.kwargs)
-    except Exception as err:  # noqa: BLE001 -- a crash is a failed configuration, reported
-        row.update(ok=False, error=f"forward mode / batched: {type(err).__name__}: {err}")
-        return
-    row.update(ok=row["ok"] and modes.ok, modes=modes.as_dict(),
-               fwd=NO_FORWARD_MODE if modes.unavailable else "ran",
-               worst_fwd_autodiff=modes.worst("fwd vs reference"),
-               worst_fwd_fd=modes.worst("fwd vs finite differences"),
-               worst_consistency=modes.worst("consistency"), worst_batched=modes.worst("batched"))
-
-
-def summarize(op: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table entry: counts, worst errors per comparison, time, status."""
-    def worst(selected, key):
-        values = [r[key] for r in selected if r.get(key) is not None]
-        return max(values) if values else None
-    exact = [r for r in rows if r["dtype"] == "float64"]
-    low = [r for r in rows if r["dtype"] != "float64"]
-    checked = [r for r in exact if "fwd" in r]
-    return {"op": op, "configurations": len(rows),
-            "float64": sum(r["order"] == 1 for r in exact), "order2": sum(r["order"] == 2 for r in exact),
-            "float32": len(low), "failed": sum(not r["ok"] for r in rows),
-            "worst_autodiff": worst(exact, "worst_autodiff"), "worst_fd": worst(exact, "worst_fd"),
-            "worst_float32": worst(low, "worst_autodiff"),
-            "fwd_checked": sum(r["fwd"] == "ran" for r in checked),
-            "fwd_unavailable": sum(r["fwd"] == NO_FORWARD_MODE for r in checked),
-            "worst_fwd_autodiff": worst(checked, "worst_fwd_autodiff"),
-            "worst_fwd_fd": worst(checked, "worst_fwd_fd"),
-            "worst_consistency": worst(checked, "worst_consistency"),
-            "worst_batched": worst(checked, "worst_batched"), "batched": len(checked),
-            "seconds": sum(r["seconds"] for r in rows), "ok": all(r["ok"] for r in rows)}
 
 
 def select(ops: list[str], seed: int, quick: bool) -> list[Case]:

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxcnn.gradcheck.checks import (_check_options, _run_once, argument_names, float64,
-                                     resolve_reference)
+from jaxcnn.gradcheck.checks import (argument_names, check_options, float64, resolve_reference,
+                                     run_once)
 from jaxcnn.gradcheck.report import GradcheckError, ModeReport, ModeRow, compare
 from jaxcnn.tolerances import FD_EPS, VJP_RTOL, finite_difference_rtol
 
@@ -98,7 +98,7 @@ def _check_modes_options(modes: Any, order: Any, eps: Any, n_projections: Any,
                              f"of {MODES}; got {modes!r}")
     if not isinstance(full_jacobian, bool):
         raise TypeError(f"full_jacobian: expected a bool; got {full_jacobian!r}")
-    _check_options(order, eps, n_projections, 0)
+    check_options(order, eps, n_projections, 0)
     return modes
 
 
@@ -197,14 +197,14 @@ def _check_order(F, F_ref, leaves, paths, out_paths, order, modes, batched, eps,
         cotangents = rng.standard_normal((k, m))
     program = lambda modes: _evaluate(F, F_ref, modes, batched, eps, [len(u) for u in directions])
     try:
-        results = _run_once(program(modes), tuple(leaves), directions, cotangents)
+        results = run_once(program(modes), tuple(leaves), directions, cotangents)
     except TypeError as err:   # jax.custom_vjp: "can't apply forward-mode autodiff (jvp)"
         if "fwd" not in modes or "forward-mode" not in str(err):
             raise
         not_run[f"order {order}"] = f"fwd: {NO_FORWARD_MODE}: {err}"
         if modes == ("fwd",):
             return []
-        results = _run_once(program(("rev",)), tuple(leaves), directions, cotangents)
+        results = run_once(program(("rev",)), tuple(leaves), directions, cotangents)
     rows = []
     if "y_ref" in results and order == 1:
         rows.append(compare("output", 0, "output vs reference", results["y"], results["y_ref"],

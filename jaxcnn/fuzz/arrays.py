@@ -1,0 +1,89 @@
+"""A fuzz configuration's arrays: their shapes (channels first, as PyTorch takes them), their
+move into the configuration's layout and back, and jaxcnn's keyword arguments for it.
+
+A configuration is a dict (``configs``); ``kind`` names what an array is: ``x`` (an
+activation), ``w`` (a kernel), ``b`` (one value per channel) or ``dy`` (a cotangent).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxcnn.fuzz import torch_side
+
+
+def input_shape(c: dict) -> tuple[int, ...]:
+    """``x``'s shape, channels first: ``(N, C, *S)``."""
+    return (c["batch"], c["channels"], *c["sizes"])
+
+
+def weight_shape(c: dict) -> tuple[int, ...]:
+    """The conv's kernel shape, channels first: ``(O, C / groups, *K)``."""
+    return (c["out_channels"], c["channels"] // c.get("groups", 1), *c["kernel"])
+
+
+def array_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy (b: one
+    per channel, whatever the layout, as group_norm's scale and bias)."""
+    g, x = c.get("groups", 1), input_shape(c)
+    if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
+        return [("x", x)]
+    if c["op"] == "group_norm":
+        return [("x", x)] + [("b", (c["channels"],))] * (2 if c["affine"] else 0)
+    w = weight_shape(c)
+    out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
+    dy = (c["batch"], c["out_channels"], *out)
+    if c["op"] == "conv_transpose":
+        w = (c["channels"], c["out_channels"] // g, *c["kernel"])
+    shapes = {"conv_input_grad": [("dy", dy), ("w", w)],
+              "conv_weight_grad": [("x", x), ("dy", dy)]}.get(c["op"], [("x", x), ("w", w)])
+    if c.get("bias"):
+        shapes.append(("b", (c["out_channels"],)))
+    return shapes
+
+
+def _to_last(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "w":
+        return np.moveaxis(a, (0, 1), (-1, -2))
+    return a if kind == "b" else np.moveaxis(a, 1, -1)
+
+
+def _to_first(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "w":
+        return np.moveaxis(a, (-1, -2), (0, 1))
+    return a if kind == "b" or a.ndim < 3 else np.moveaxis(a, -1, 1)
+
+
+def relayout(c: dict, a: np.ndarray, kind: str, to_library: bool) -> np.ndarray:
+    if not c["channels_last"]:
+        return a
+    return _to_last(a, kind) if to_library else _to_first(a, kind)
+
+
+def output_kind(c: dict) -> str:
+    return {"conv_weight_grad": "w", "global_avg_pool": "b"}.get(c["op"], "x")
+
+
+def relayout_shape(c: dict, shape, kind: str, to_library: bool = True) -> tuple[int, ...]:
+    """``shape`` moved as ``relayout`` moves an array of it."""
+    return tuple(relayout(c, np.empty(shape, np.uint8), kind, to_library).shape)
+
+
+def op_options(c: dict) -> dict:
+    """jaxcnn's keyword arguments (lists made tuples)."""
+    def tup(v):
+        return tuple(tup(e) for e in v) if isinstance(v, list) else v
+    names = {"conv": ("stride", "padding", "dilation", "groups", "padding_mode", "impl"),
+             "conv_transpose": ("stride", "padding", "output_padding", "dilation", "groups",
+                                "padding_mode", "impl"),
+             "conv_input_grad": ("stride", "padding", "dilation", "groups", "impl"),
+             "max_pool": ("window", "stride", "padding", "dilation", "ceil_mode"),
+             "avg_pool": ("window", "stride", "padding", "ceil_mode", "count_include_pad"),
+             "global_avg_pool": (), "group_norm": ("groups", "eps")}
+    names["convolve"], names["conv_weight_grad"] = names["conv"], names["conv_input_grad"]
+    options = {k: tup(c[k]) for k in names[c["op"]] if k in c}
+    options["channels_last"] = c["channels_last"]
+    if c["op"] == "conv_input_grad":
+        options["input_shape"] = relayout_shape(c, input_shape(c), "x")
+    if c["op"] == "conv_weight_grad":
+        options["weight_shape"] = relayout_shape(c, weight_shape(c), "w")
+    return options

@@ -1,0 +1,77 @@
+"""One configuration of the verification matrix (``Case``) and how an op's variants become
+configurations (``expand``): each variant once per number of spatial axes, the (impl, layout)
+pair cycling, every third also in float32, one per dimension at order 2.
+
+The shapes of a configuration stay small (N = 2, C ≤ 4, sizes ≤ 7: ``SIZES``, ``KERNELS``):
+compiling each one is the main cost of ``jaxcnn gradcheck``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
+KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
+IMPL_LAYOUTS = (("lax", False), ("manual", True), ("lax", True), ("manual", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: ``jaxcnn.<function>(*args, **kwargs)`` against
+    ``jaxcnn.reference.<reference>``, in ``dtype``, at ``order``."""
+
+    op: str
+    function: str
+    reference: str
+    label: str
+    args: tuple
+    kwargs: dict
+    dtype: str = "float64"
+    order: int = 1
+
+    def describe(self) -> str:
+        extra = "" if self.dtype == "float64" and self.order == 1 else (
+            f" [{self.dtype}]" if self.dtype != "float64" else " [order 2]")
+        return f"{self.function} {self.label}{extra}"
+
+
+def per_axis(values: tuple, n: int) -> tuple:
+    return tuple(values[:n])
+
+
+def activation(n_batch: int, channels: int, sizes, channels_last: bool) -> tuple[int, ...]:
+    return (n_batch, *sizes, channels) if channels_last else (n_batch, channels, *sizes)
+
+
+def kernel_shape(out_ch: int, in_ch: int, k_sizes, channels_last: bool) -> tuple[int, ...]:
+    return (*k_sizes, in_ch, out_ch) if channels_last else (out_ch, in_ch, *k_sizes)
+
+
+def expand(op: str, variants, rng: np.random.Generator, build: Callable) -> list[Case]:
+    """Each variant once per dimension, the (impl, layout) pair cycling; every third case
+    also in float32; at order 2 one variant per dimension, spread over the list."""
+    cases, count = [], 0
+    for j, variant in enumerate(variants):
+        for n in (1, 2, 3):
+            impl, channels_last = IMPL_LAYOUTS[(j + n) % len(IMPL_LAYOUTS)]
+            case = build(variant, n, impl, channels_last, rng)
+            cases.append(case)
+            count += 1
+            if count % 3 == 0:
+                cases.append(dataclasses.replace(case, dtype="float32"))
+            if j == ((n - 1) * len(variants) // 3 + 1) % len(variants):
+                cases.append(dataclasses.replace(case, order=2))
+    return cases
+
+
+def layout_label(impl: str | None, channels_last: bool) -> str:
+    return ("channels_last" if channels_last else "channels_first") + (f" {impl}" if impl else "")
+
+
+def both_layouts(op: str, variants, rng, build) -> list[Case]:
+    """``expand``, plus each float64 case again in the other layout (cheap ops only)."""
+    cases = expand(op, variants, rng, build)
+    other = expand(op, variants, rng, lambda v, n, impl, cl, r: build(v, n, impl, not cl, r))
+    return cases + [c for c in other if c.dtype == "float64" and c.order == 1]
