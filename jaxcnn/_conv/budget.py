@@ -23,7 +23,7 @@ MEMORY_BUDGET = 1.5
 """A form is used only if its intermediates fit in ``MEMORY_BUDGET × (input + output)`` elements
 of its piece's activations; otherwise the next candidate (at last the lean tap loop, or for
 ``impl="lax"`` the one-lax-call piece). Chosen to keep fwd+bwd near the compiled temp memory of
-``jax.grad`` of lax (BENCHMARKS.md, "Form choice")."""
+``jax.grad`` of lax (docs/performance.md, "Form choice")."""
 
 
 def activation_sizes(spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, int]:

@@ -7,7 +7,7 @@ with static shapes, so the choice costs nothing at run time. ``FORMS`` holds eac
 function and its memory model, ``budget``) and ``RULES`` each piece's candidates, fastest
 first, each with the test of where it applies; ``candidates`` filters the rules in order and
 ``choose`` takes the first that fits the memory budget. The measurements behind the order are
-in BENCHMARKS.md ("Form choice"). On CPU:
+in docs/performance.md ("Form choice"). On CPU:
 
 - **native** (``native``; channels last, one group, float32, ``C ≥ 8``): C++ kernels called as
   FFI custom calls, register-blocked sums over a table of input rows, for each piece in 1D, 2D

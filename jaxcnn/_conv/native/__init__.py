@@ -3,7 +3,7 @@ r"""Native CPU forms of the conv family's pieces: C++ kernels that XLA calls as 
 XLA's CPU backend runs 3D convolutions as a generic loop and 2D ones through a library that
 reaches 150–250 GFLOP/s on small images, where PyTorch's oneDNN reaches ~380 on the same
 machine; the clips model's training step lost 1.6× to PyTorch's almost all in its
-convolutions (with these kernels 0.91×, ``BENCHMARKS.md``). ``conv_cpu.cc`` (beside this file)
+convolutions (with these kernels 0.91×, ``docs/performance.md``). ``conv_cpu.cc`` (beside this file)
 computes two maps directly (channels last, one group, float32, 1 to 3 spatial axes; the seed
 formula with ``at(i, k) = (i·s + k·d − lo) / ld``):
 
