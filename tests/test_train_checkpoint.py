@@ -51,7 +51,7 @@ def test_load_refuses_a_leaf_of_another_shape(tmp_path):
     path = tmp_path / "checkpoint.npz"
     checkpoint.save(path, example_tree(), CONFIG, step=1)
     template = {**example_tree(), "w": jnp.zeros((3, 2), jnp.float32)}
-    with pytest.raises(ValueError, match=r"leaf \d is float32\(2, 3\); the model expects float32\(3, 2\)"):
+    with pytest.raises(ValueError, match=rf"{path}: leaf \d is float32\(2, 3\); the model expects float32\(3, 2\)"):
         checkpoint.load(path, template, CONFIG, ("step",))
 
 
@@ -87,6 +87,51 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, write, why):
         assert message.startswith(f"{path}: not a jaxcnn checkpoint: expected an .npz archive")
         assert why in message and "pickled" not in message
         assert isinstance(info.value, ValueError)
+
+
+def write_npz_with_other_keys(path):
+    np.savez(path, weights=np.zeros(2), steps=np.asarray(1), settings=np.asarray("{}"))
+
+
+def test_an_archive_with_other_entries_is_named(tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    write_npz_with_other_keys(path)
+    with pytest.raises(checkpoint.NotACheckpointError, match=f"{path}: not a jaxcnn checkpoint: .* it lacks step, config"):
+        checkpoint.load(path, [jnp.zeros(2)], {}, ("step",))
+
+
+def damaged_copies(raw: bytes, stride: int):
+    """``(what, bytes)``: the archive with one byte flipped every ``stride`` bytes, and cut
+    short at every ``stride``-th length."""
+    for i in range(0, len(raw), stride):
+        yield f"byte {i} flipped", raw[:i] + bytes([raw[i] ^ 0x5A]) + raw[i + 1:]
+    for n in range(0, len(raw), stride):
+        yield f"cut at {n} bytes", raw[:n]
+
+
+def test_a_damaged_checkpoint_is_named_or_reads_back_unchanged(tmp_path):
+    """Every byte position (step 3) of a real checkpoint flipped, every length cut: each copy is
+    refused as not a checkpoint, naming the file (never numpy's or zipfile's raw error), or, where
+    the byte lies in a field no reader uses (a timestamp, the local header's copy of a size),
+    loads the very values saved. A copy that loaded other values would fail here."""
+    path, damaged = tmp_path / "checkpoint.npz", tmp_path / "damaged.npz"
+    tree = example_tree()
+    checkpoint.save(path, tree, CONFIG, step=7)
+    raw = path.read_bytes()
+    outcomes = {"named": 0, "unchanged": 0}
+    for what, copy in damaged_copies(raw, 3):
+        damaged.write_bytes(copy)
+        try:
+            restored, arrays = checkpoint.load(damaged, tree, CONFIG, ("step",))
+        except checkpoint.NotACheckpointError as err:
+            assert str(err).startswith(f"{damaged}: not a jaxcnn checkpoint"), what
+            outcomes["named"] += 1
+            continue
+        for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(tree)):
+            assert got.dtype == want.dtype and np.array_equal(np.asarray(got), np.asarray(want)), what
+        assert int(arrays["step"]) == 7, what
+        outcomes["unchanged"] += 1
+    assert outcomes["named"] > 0.5 * (len(raw) // 3) and outcomes["unchanged"] > 0, outcomes
 
 
 def test_a_checkpoint_with_other_leaves_is_named(tmp_path):
