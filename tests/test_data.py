@@ -259,15 +259,20 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch):
 
 @pytest.fixture
 def mirrors(tmp_path, monkeypatch):
-    """Two fake mirrors serving synthetic .gz files; the checksum table is set to theirs."""
+    """Three fake mirrors serving synthetic .gz files: a corrupt one, a good one, and one that
+    recompressed them (other .gz bytes, the same IDX bytes inside); the checksum table is set to
+    the good files'."""
     source = tmp_path / "source"
     source.mkdir()
     write_fashion(source)
     good = {p.name: p.read_bytes() for p in source.iterdir()}
-    for name in data.FASHION_MNIST_MD5:
-        monkeypatch.setitem(data.FASHION_MNIST_MD5, name,
-                            (hashlib.md5(good[name + ".gz"]).hexdigest(), "unused"))
-    served = {"http://a/": {name: b"corrupt" for name in good}, "http://b/": good}
+    for name in fashion_files.FASHION_MNIST_SHA256:
+        gz = good[name + ".gz"]
+        monkeypatch.setitem(fashion_files.FASHION_MNIST_SHA256, name, (hashlib.sha256(gz).hexdigest(),
+                                                               hashlib.sha256(gzip.decompress(gz)).hexdigest()))
+    recompressed = {name: gzip.compress(gzip.decompress(gz), compresslevel=1, mtime=1) for name, gz in good.items()}
+    assert all(recompressed[name] != good[name] for name in good)
+    served = {"http://a/": {name: b"corrupt" for name in good}, "http://b/": good, "http://c/": recompressed}
     calls = []
 
     def fake_fetch(url, timeout):
@@ -281,18 +286,27 @@ def mirrors(tmp_path, monkeypatch):
     return good, served, calls
 
 
-def test_download_verifies_md5_and_falls_back(tmp_path, mirrors):
+def test_download_verifies_sha256_and_falls_back(tmp_path, mirrors):
     good, _, calls = mirrors
-    dest = data.download_fashion_mnist(tmp_path / "dest", mirrors=["http://a/", "http://b/"])
+    lines = []
+    dest = data.download_fashion_mnist(tmp_path / "dest", mirrors=["http://a/", "http://b/"], log=lines.append)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == good  # no corrupt or .part file
     assert len(calls) == 8  # each file: the corrupt mirror, then the good one
+    assert len(lines) == 4 and all("from http://b/" in line and "SHA-256 verified" in line for line in lines)
     data.download_fashion_mnist(dest, mirrors=["http://a/", "http://b/"])
     assert len(calls) == 8  # verified files are not fetched again
     assert data.load_fashion_mnist(dest, check_md5=False).x_train.shape == (12, 1, 28, 28)
 
 
-def test_download_rejects_wrong_md5(tmp_path, mirrors):
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*http://a/.*MD5"):
+def test_download_accepts_a_recompressed_copy_of_the_data(tmp_path, mirrors):
+    good, served, _ = mirrors
+    dest = data.download_fashion_mnist(tmp_path / "dest", mirrors=["http://c/"])
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == served["http://c/"]
+    assert all(gzip.decompress(served["http://c/"][name]) == gzip.decompress(good[name]) for name in good)
+
+
+def test_download_rejects_wrong_sha256(tmp_path, mirrors):
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*http://a/.*SHA-256"):
         data.download_fashion_mnist(tmp_path / "dest", mirrors=["http://a/"])
     assert not list((tmp_path / "dest").iterdir())
     _, served, _ = mirrors
@@ -301,12 +315,36 @@ def test_download_rejects_wrong_md5(tmp_path, mirrors):
         data.download_fashion_mnist(tmp_path / "dest", mirrors=["http://b/"])
 
 
-def test_download_checks_the_official_md5(tmp_path, monkeypatch):
+def test_download_mirrors_come_from_the_environment(tmp_path, mirrors, monkeypatch):
+    _, _, calls = mirrors
+    monkeypatch.setenv(fashion_files.FASHION_MNIST_MIRRORS_ENV, " http://b/ ,")
+    assert fashion_files.fashion_mnist_mirrors() == ("http://b/",)
+    data.download_fashion_mnist(tmp_path / "dest")
+    assert len(calls) == 4 and all(url.startswith("http://b/") for url in calls)
+    monkeypatch.delenv(fashion_files.FASHION_MNIST_MIRRORS_ENV)
+    assert fashion_files.fashion_mnist_mirrors() == data.FASHION_MNIST_URLS
+
+
+def test_download_checks_the_official_sha256(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_files, "_fetch", lambda url, timeout: b"not fashion-mnist")
-    with pytest.raises(ValueError, match="expected 8d4fb7e6c68d591d4c3dfef9ec88bf0d"):
+    with pytest.raises(ValueError, match="expected 08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"):
         data.download_fashion_mnist(tmp_path)
     with pytest.raises(TypeError, match="mirrors"):
         data.download_fashion_mnist(tmp_path, mirrors="http://a/")
+
+
+def test_download_of_the_real_files_from_a_local_mirror(tmp_path):
+    """Debian's copy served through file:// (its .gz headers were rewritten, so only the
+    uncompressed SHA-256 matches); loading then checks the official uncompressed MD5s, an
+    independent table, so both tables describe the same files."""
+    try:
+        data.find_fashion_mnist(data.DEBIAN_FASHION_MNIST_DIR)
+    except FileNotFoundError as err:
+        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {err}")
+    dest = data.download_fashion_mnist(tmp_path, mirrors=[data.DEBIAN_FASHION_MNIST_DIR.as_uri()])
+    for name in fashion_files.FASHION_MNIST_SHA256:
+        assert (dest / f"{name}.gz").read_bytes() == (data.DEBIAN_FASHION_MNIST_DIR / f"{name}.gz").read_bytes()
+    assert data.load_fashion_mnist(dest).y_test.shape == (10000,)
 
 
 # ----------------------------------------------------------------------------- clips

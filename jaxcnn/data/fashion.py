@@ -1,7 +1,7 @@
 """Fashion-MNIST: IDX files, finding an installed copy, loading, and a verified download.
 
 The public names are re-exported by ``jaxcnn.data``. Nothing here touches the
-network except ``download_fashion_mnist``.
+network except ``download_fashion_mnist`` (``jaxcnn train --download``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import struct
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -86,9 +86,8 @@ FASHION_MNIST_URLS = (
 )
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-# Two MD5s per file: of the official .gz, and of the IDX bytes inside it.
-# The .gz MD5 (from the Fashion-MNIST README) verifies a download byte for byte, so
-# download_fashion_mnist checks it. It cannot verify an installed copy: Debian's
+# Two MD5s per file: of the official .gz (from the Fashion-MNIST README), and of the IDX bytes
+# inside it. The .gz MD5 cannot verify an installed copy: Debian's
 # dataset-fashion-mnist (0.0~git20200523.55506a9-1) ships .gz files with other MD5s
 # (train-images: cf8536b0aa1a6ac5fa3f23001093305c), because its build rewrote the gzip headers
 # (strip-nondeterminism): the stored file name is gone, each .gz is exactly len(name) + 1 bytes
@@ -102,11 +101,28 @@ FASHION_MNIST_MD5 = {  # name: (MD5 of name.gz, MD5 of the uncompressed IDX file
     "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
     "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
 }
+# SHA-256s for the download: of the official .gz (as the mirrors serve it) and of the IDX bytes
+# inside (they match files whose uncompressed MD5 is the official one above, Debian's included),
+# so that a mirror that recompressed the files, as Debian's package did, verifies too.
+FASHION_MNIST_SHA256 = {  # name: (SHA-256 of name.gz, SHA-256 of the uncompressed IDX file)
+    "train-images-idx3-ubyte": ("08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+                                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": ("b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+                                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": ("78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+                               "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": ("42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+                               "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+# Where download_fashion_mnist fetches from, when set: URL prefixes (http, https, file),
+# separated by commas; else FASHION_MNIST_URLS.
+FASHION_MNIST_MIRRORS_ENV = "JAXCNN_FASHION_MNIST_MIRRORS"
 _FASHION_SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _HOW_TO_GET = ("Get it with `apt-get install dataset-fashion-mnist` (into "
-               f"{DEBIAN_FASHION_MNIST_DIR}), or with jaxcnn.data.download_fashion_mnist(dest_dir) "
-               "and then pass data_dir=dest_dir or set JAXCNN_DATA=dest_dir.")
+               f"{DEBIAN_FASHION_MNIST_DIR}), with `jaxcnn train --download --data-dir DIR`, or with "
+               "jaxcnn.data.download_fashion_mnist(dest_dir) and then pass data_dir=dest_dir or set "
+               "JAXCNN_DATA=dest_dir.")
 
 
 def _idx_file(directory: Path, name: str) -> Path | None:
@@ -207,12 +223,37 @@ def _fetch(url: str, timeout: float) -> bytes:
         return response.read()
 
 
-def download_fashion_mnist(dest_dir: PathLike, *, mirrors: Sequence[str] = FASHION_MNIST_URLS,
-                           timeout: float = 60.0) -> Path:
-    """Download the four Fashion-MNIST ``.gz`` files into ``dest_dir``, verified by MD5.
+def _verify(name: str, payload: bytes) -> str | None:
+    """``None`` if ``payload`` is the official ``name.gz`` (its SHA-256) or a gzip file of the
+    official IDX bytes; else what is wrong."""
+    gz_sha256, raw_sha256 = FASHION_MNIST_SHA256[name]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual == gz_sha256:
+        return None
+    try:
+        if hashlib.sha256(gzip.decompress(payload)).hexdigest() == raw_sha256:
+            return None
+    except (OSError, EOFError, zlib.error):
+        pass
+    return f"SHA-256 {actual}, expected {gz_sha256} (or gzip data whose SHA-256 is {raw_sha256})"
 
-    Each file is tried at each mirror in turn; one whose MD5 is not the official one is
-    rejected. Files are written atomically; ones already present with the right MD5 are kept.
+
+def fashion_mnist_mirrors() -> tuple[str, ...]:
+    """The URL prefixes to download from: ``$JAXCNN_FASHION_MNIST_MIRRORS`` (comma-separated),
+    else ``FASHION_MNIST_URLS``."""
+    listed = os.environ.get(FASHION_MNIST_MIRRORS_ENV, "")
+    mirrors = tuple(m.strip() for m in listed.split(",") if m.strip())
+    return mirrors or FASHION_MNIST_URLS
+
+
+def download_fashion_mnist(dest_dir: PathLike, *, mirrors: Sequence[str] | None = None,
+                           timeout: float = 60.0, log: Callable[[str], Any] | None = None) -> Path:
+    """Download the four Fashion-MNIST ``.gz`` files into ``dest_dir``, verified by SHA-256.
+
+    Each file is tried at each mirror in turn (``None``: ``fashion_mnist_mirrors()``); one whose
+    SHA-256 is not the official file's (or whose uncompressed bytes' SHA-256 is not the official
+    data's, for a mirror that recompressed it) is rejected. Files are written atomically; ones
+    already present and verified are kept. ``log`` is called with a line per file fetched.
 
     Returns:
       ``dest_dir``, ready for ``load_fashion_mnist(dest_dir)``.
@@ -221,13 +262,14 @@ def download_fashion_mnist(dest_dir: PathLike, *, mirrors: Sequence[str] = FASHI
       ValueError: every mirror failed for a file and at least one sent wrong bytes.
       OSError: every mirror failed for a file with a network error.
     """
+    mirrors = fashion_mnist_mirrors() if mirrors is None else mirrors
     if isinstance(mirrors, str) or not mirrors or not all(isinstance(m, str) for m in mirrors):
         raise TypeError(f"mirrors: expected a non-empty sequence of URL prefixes; got {mirrors!r}")
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    for name, (gz_md5, _) in FASHION_MNIST_MD5.items():
+    for name in FASHION_MNIST_SHA256:
         target = dest / f"{name}.gz"
-        if target.is_file() and hashlib.md5(target.read_bytes()).hexdigest() == gz_md5:
+        if target.is_file() and _verify(name, target.read_bytes()) is None:
             continue
         failures, corrupt = [], False
         for mirror in mirrors:
@@ -237,11 +279,14 @@ def download_fashion_mnist(dest_dir: PathLike, *, mirrors: Sequence[str] = FASHI
             except (OSError, http.client.HTTPException) as err:
                 failures.append(f"{url}: {err}")
                 continue
-            if (actual := hashlib.md5(payload).hexdigest()) != gz_md5:
-                failures.append(f"{url}: MD5 {actual}, expected {gz_md5}")
+            wrong = _verify(name, payload)
+            if wrong is not None:
+                failures.append(f"{url}: {wrong}")
                 corrupt = True
                 continue
             atomic_write(target, payload)
+            if log is not None:
+                log(f"downloaded {target} from {url} ({len(payload)} bytes, SHA-256 verified)")
             break
         else:
             error = ValueError if corrupt else OSError
