@@ -1,4 +1,5 @@
-"""Tests for jaxcnn/cli.py: the ``jaxcnn COMMAND [ARGS]`` dispatcher.
+"""Tests for jaxcnn/cli.py: the ``jaxcnn COMMAND [ARGS]`` dispatcher, and the help and
+output folder of the commands it runs (``jaxcnn train``'s own: test_train_command.py).
 
 References: the table of commands itself (every name maps to an importable module with a
 ``main``), the exit statuses of the usage convention (0 for help, 2 for bad usage), and a
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,60 @@ def test_commands_are_imported_only_when_asked_for():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-2:] == ["status 0", "loaded []"], result.stdout
+
+
+# ----------------------------------------------------------------------------- help and --out
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "jaxcnn"
+JAXCNN = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "jaxcnn"]
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """``--flag: its whole help entry, one line`` for every option of an argparse help text."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            flags = [word.rstrip(",") for word in line.split() if word.startswith("-")]
+            current = flags[-1] if line.startswith("  -h") else flags[0]
+            entries[current] = line
+        elif current and line.startswith("        "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return {flag: " ".join(entry.split()) for flag, entry in entries.items()}
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("gradcheck", {"--quick", "--json", "--seed", "--ops"}),
+    ("fuzz", {"--n", "--seed", "--ops", "--processes", "--out"}),
+], ids=["gradcheck", "fuzz"])
+def test_command_help_gives_every_flag_a_text_and_its_default(command, flags):
+    """Through the console script: every flag listed with a text that says its default, the
+    description whole sentences (fuzz's stopped mid-sentence: 'the reference and the')."""
+    result = subprocess.run([*JAXCNN, command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    entries = help_entries(result.stdout)
+    assert set(entries) == flags | {"--help"}
+    for flag in flags:
+        assert "(default: " in entries[flag], entries[flag]
+        assert len(entries[flag].split("(default")[0].split()) > 3, entries[flag]   # a text, not a flag alone
+    description = " ".join(result.stdout.split("\n\n")[1].split())
+    assert description.endswith(".") and "``" not in description
+
+
+def test_fuzz_writes_under_runs_fuzz_of_the_current_folder_and_says_so(tmp_path, monkeypatch, capsys):
+    """``--out``'s default, as its help says: runs/fuzz under the folder it is run in; the run
+    ends naming the files (the fuzzing itself replaced: none drawn)."""
+    from jaxcnn.fuzz import command as fuzz_command
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fuzz_command, "fuzz", lambda n, seed, ops, processes, progress: [])
+    assert fuzz_command.main(["--n", "3"]) == 0
+    out = Path("runs") / "fuzz"
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["failures.json", "results.jsonl", "summary.md"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {out / 'summary.md'}, {out / 'failures.json'} and {out / 'results.jsonl'}")
+    assert "(default: runs/fuzz, under the current folder" in " ".join(
+        subprocess.run([*JAXCNN, "fuzz", "--help"], capture_output=True, text=True, timeout=120).stdout.split())
+    with pytest.raises(SystemExit):
+        fuzz_command.main(["--n", "0"])
+    assert "jaxcnn fuzz: error: --n: expected a positive integer; got 0" in capsys.readouterr().err

@@ -5,7 +5,9 @@ one-lax-call pieces, each chunk of configurations in its own worker process.
     python -m jaxcnn fuzz --n 500 --ops conv,conv_transpose --out runs/fuzz
 
 Prints a summary table per op and writes ``summary.md``, ``failures.json`` (each failure with
-its configuration: a reproducer) and ``results.jsonl`` (every configuration) to ``--out``.
+its configuration: a reproducer) and ``results.jsonl`` (every configuration) to ``--out``,
+by default ``runs/fuzz`` under the current folder (where ``jaxcnn train`` keeps its runs,
+``runs/DATASET-MODEL-seedK``); a later run with the same ``--out`` replaces the three files.
 Exit status 1 if anything crashed, disagreed, was refused by one side only or was refused
 with a message that names no argument; ``skipped``: a path this JAX release cannot run.
 """
@@ -20,6 +22,9 @@ from collections import Counter, defaultdict
 from jaxcnn._files import atomic_write
 from jaxcnn.fuzz import configs, runner
 
+DESCRIPTION = ("Differential fuzzing of every op against PyTorch, the reference and the one-lax-call "
+               "pieces: random configurations, each chunk in its own worker process; a table per op, "
+               "and every failure with its configuration (a reproducer). Exit status 1 on any failure.")
 TARGET = "jaxcnn.fuzz.checks:check"
 FAILURES = ("crash", "error", "mismatch", "one_sided", "unnamed")
 COLUMNS = ("configs", "ok", "refused", "documented", "skipped", *FAILURES, "reference skipped",
@@ -75,14 +80,22 @@ def markdown(table: dict[str, Counter]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxcnn fuzz", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="configurations to draw")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ops", default=",".join(configs.OPS),
-                        help=f"comma-separated, from {','.join(configs.OPS)}")
-    parser.add_argument("--processes", type=int, default=2, help="worker processes at once")
-    parser.add_argument("--out", default="runs/fuzz", help="folder for the summary and failures")
+    parser = argparse.ArgumentParser(prog="jaxcnn fuzz", description=DESCRIPTION)
+    parser.add_argument("--n", type=int, default=1000, metavar="N", help="configurations to draw "
+                        "(default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="seeds the draw: the same --n, "
+                        "--seed and --ops draw the same configurations (default: 0)")
+    parser.add_argument("--ops", default=",".join(configs.OPS), metavar="OP,OP",
+                        help=f"comma-separated, from {', '.join(configs.OPS)} (default: all)")
+    parser.add_argument("--processes", type=int, default=2, metavar="N", help="worker processes at once, "
+                        "each running chunks of 50 configurations (default: 2)")
+    parser.add_argument("--out", default="runs/fuzz", metavar="DIR", help="folder for summary.md, "
+                        "failures.json and results.jsonl, replaced by a later run into it (default: "
+                        "runs/fuzz, under the current folder, beside jaxcnn train's runs)")
     options = parser.parse_args(argv)
+    for name in ("n", "processes"):
+        if getattr(options, name) < 1:
+            parser.error(f"--{name}: expected a positive integer; got {getattr(options, name)}")
     ops = tuple(op.strip() for op in options.ops.split(",") if op.strip())
     unknown = sorted(set(ops) - set(configs.OPS))
     if unknown:
@@ -107,4 +120,5 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(out / "failures.json", json.dumps(failures, indent=1, default=str))
     atomic_write(out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
     print(header + table)
+    print(f"wrote {out / 'summary.md'}, {out / 'failures.json'} and {out / 'results.jsonl'}")
     return 1 if failures else 0

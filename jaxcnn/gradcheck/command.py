@@ -31,11 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     differences, float32 against the float64 reference, some at order 2) and prints one table,
     a row per op. Exit status 0 if everything passes, 1 on any failure, 2 on bad usage.
     """
-    parser = argparse.ArgumentParser(prog="jaxcnn gradcheck", description=main.__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="one configuration per op, drawn by --seed")
-    parser.add_argument("--json", metavar="PATH", help="write every configuration's result and the summary")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the data, directions and --quick's draw")
-    parser.add_argument("--ops", help=f"comma-separated subset of: {', '.join(matrix.OPS)}")
+    parser = argparse.ArgumentParser(prog="jaxcnn gradcheck",
+                                     description=main.__doc__.split("\n\n")[1].replace("``", ""))
+    parser.add_argument("--quick", action="store_true", help="one configuration per op, drawn by --seed "
+                        "(default: off, the whole matrix)")
+    parser.add_argument("--json", metavar="PATH", help="write every configuration's result and the summary "
+                        "as JSON (default: none, the table only)")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="seeds the data, the directions and "
+                        "--quick's draw (default: 0)")
+    parser.add_argument("--ops", metavar="OP,OP", help=f"comma-separated subset of: {', '.join(matrix.OPS)} "
+                        "(default: all)")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         options = parser.parse_args(argv)
