@@ -156,7 +156,7 @@ def test_command_line_flags_fill_the_devices_and_processes():
 
 def test_bad_devices_flag_is_an_error_naming_it(capsys):
     assert train.main(["--devices", "0", "--steps", "1", "--no-progress", "--no-plots"]) == 2
-    assert "jaxcnn train: error: devices: expected a positive number of devices or 'all'; got 0" in capsys.readouterr().err
+    assert "jaxcnn train: error: --devices: expected a positive number of devices or 'all'; got 0" in capsys.readouterr().err
 
 
 def test_one_step_on_eight_devices_with_dropout_and_augmentation_equals_one_device():

@@ -231,7 +231,7 @@ def test_channels_last_run_is_the_channels_first_run(layout_runs):
 def test_resume_refuses_a_layout_change(tmp_path, written):
     config = {**BASE, **LAYOUT_RUN, "halt_after": 1}
     train.train_and_evaluate(train.TrainConfig(**config, channels_last=written), tmp_path, dataset=IMAGES)
-    with pytest.raises(ValueError, match="channels_last: the checkpoint"):
+    with pytest.raises(ValueError, match=f"channels_last: the run in .* was made with channels_last={written}; got {not written}"):
         train.train_and_evaluate(train.TrainConfig(**config, channels_last=not written, resume=True),
                                  tmp_path, dataset=IMAGES)
 
@@ -244,7 +244,7 @@ def test_channels_last_is_refused_for_a_model_without_the_layout(tmp_path, monke
     monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
     code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--channels-last", "--no-progress",
                        "--no-plots", "--workdir", str(tmp_path)])
-    assert code == 2 and "jaxcnn train: error: channels_last: expected False" in capsys.readouterr().err
+    assert code == 2 and "jaxcnn train: error: --channels-last: expected False" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
@@ -348,3 +348,74 @@ def test_micro_batched_run_is_the_one_batch_run(tmp_path, lax_run):
     run(tmp_path, steps=10, micro_batches=4)
     losses = np.array([r["loss"] for r in train_records(tmp_path)])
     assert relative_error(losses, np.array([r["loss"] for r in lax_run])) <= TOL["float32"]
+
+
+# ----------------------------------------------------------------------------- resume and workdirs
+
+def assert_same_run(workdir: Path, reference: Path) -> None:
+    """The same checkpoint (every array but the wall time) and the same training records."""
+    got, want = checkpoint_arrays(workdir), checkpoint_arrays(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        if name not in ("elapsed", "config"):
+            assert np.array_equal(got[name], want[name]), name
+    without_timing = lambda records: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
+    assert without_timing(train_records(workdir)) == without_timing(train_records(reference))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+def test_a_run_extended_on_resume_is_the_longer_run(tmp_path, schedule):
+    """16 steps, then resumed with steps=24: bit for bit the 24-step run whose schedule is 16
+    steps long (for a constant rate, any length); the learning rates of the steps past 16 are
+    the schedule's last."""
+    short = dict(steps=16, schedule=schedule, train_subset=100, log_every=4, checkpoint_every=8)
+    run(tmp_path / "extended", **short)
+    report = run(tmp_path / "extended", **{**short, "steps": 24}, resume=True)
+    assert report["steps"] == 24
+    run(tmp_path / "straight", **{**short, "steps": 24}, **({} if schedule == "constant" else {"schedule_steps": 16}))
+    assert_same_run(tmp_path / "extended", tmp_path / "straight")
+    records = train_records(tmp_path / "extended")
+    assert [r["step"] for r in records] == list(range(1, 25))
+    assert len({r["lr"] for r in records[16:]}) == 1   # steps 17-24 (lr of steps 16-23): the schedule's end
+    if schedule == "onecycle":  # the run planned for 24 from the start is another run
+        run(tmp_path / "planned", **{**short, "steps": 24})
+        assert train_records(tmp_path / "planned")[1]["lr"] != records[1]["lr"]
+
+
+def test_resume_refuses_a_run_shorter_than_its_checkpoint(tmp_path):
+    run(tmp_path, steps=6, train_subset=100)
+    with pytest.raises(ValueError, match=r"steps: expected a run at least as long as its checkpoint in .*, at step 6; got 4"):
+        run(tmp_path, steps=4, train_subset=100, resume=True)
+
+
+def test_a_workdir_holding_a_run_is_refused_unless_overwrite(tmp_path):
+    run(tmp_path, steps=2, train_subset=100, plots=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"checkpoint.npz", "metrics.jsonl", "report.json", "kernels.png"} <= before.keys()
+    with pytest.raises(FileExistsError, match=rf"workdir: {tmp_path} holds a run \(checkpoint at step 2 of a run of 2 steps\)"):
+        run(tmp_path, steps=3, train_subset=100)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # nothing touched
+    (tmp_path / "notes.txt").write_text("mine")
+    report = run(tmp_path, steps=3, train_subset=100, overwrite=True)
+    assert report["steps"] == 3 and [r["step"] for r in train_records(tmp_path)] == [1, 2, 3]
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "metrics.jsonl", "report.json", "notes.txt"}
+    with pytest.raises(FileNotFoundError, match=f"resume: no checkpoint in {tmp_path / 'empty'}"):
+        run(tmp_path / "empty", steps=3, resume=True)
+    with pytest.raises(ValueError, match="resume, overwrite: expected at most one"):
+        run(tmp_path, steps=3, resume=True, overwrite=True)
+
+
+def test_a_checkpoint_from_before_the_stored_settings_resumes(tmp_path):
+    """A checkpoint whose config is the old identity alone (steps, eval settings, no schedule
+    length): it resumes, its schedule as long as its run, and extends as a new one would."""
+    config = dict(steps=8, train_subset=100, log_every=4, checkpoint_every=4)
+    run(tmp_path / "new", **config)
+    run(tmp_path / "old", **config)
+    saved = checkpoint_arrays(tmp_path / "old")
+    old_identity = {k: v for k, v in json.loads(str(saved["config"])).items()
+                    if k not in ("schedule_steps", "plots", "data_dir", "log_every", "checkpoint_every")}
+    np.savez(tmp_path / "old" / train.CHECKPOINT, **{**saved, "config": np.asarray(json.dumps(old_identity))})
+    assert "schedule_steps" not in train.checkpoint.read_config(tmp_path / "old" / train.CHECKPOINT)
+    for workdir in ("new", "old"):
+        run(tmp_path / workdir, **{**config, "steps": 12}, resume=True)
+    assert_same_run(tmp_path / "old", tmp_path / "new")

@@ -1,12 +1,11 @@
-"""What a ``jaxcnn train`` run is: ``TrainConfig`` with the per-dataset ``DEFAULTS``, the
-command-line flags that fill it, its ``Plan`` (epochs, steps, when to evaluate) and the recipe
-pieces it names (augmentation, optimizer and learning-rate schedule). ``jaxcnn.train`` runs it; its names are re-exported there.
+"""What a ``jaxcnn train`` run is: ``TrainConfig`` with the per-dataset ``DEFAULTS``, its
+``Plan`` (epochs, steps, when to evaluate) and the recipe pieces it names (augmentation,
+optimizer and learning-rate schedule). ``jaxcnn.train`` runs it (the command-line flags that
+fill it: ``jaxcnn.train.command``); its names are re-exported there.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -54,10 +53,15 @@ class TrainConfig:
     last (the same init and losses as channels first). ``micro_batches`` sums each step's
     gradient over that many slices of the batch in one program (``train.micro_batched``).
     ``augment`` is a bool (``True``: the dataset's first policy in ``AUGMENTATIONS``) or a
-    policy's name (Fashion-MNIST: ``"crop-flip"`` or ``"flip"``). A
-    resumed run must match its checkpoint in every field except ``resume``, ``halt_after``,
-    ``progress``, ``plots``, ``data_dir``, the logging and checkpoint intervals, and where it
-    runs (``identity``).
+    policy's name (Fashion-MNIST: ``"crop-flip"`` or ``"flip"``).
+
+    ``schedule_steps`` is the learning-rate schedule's length (``None``: the run's length when
+    it starts); it is fixed then, so that a run extended on resume (more ``steps`` or
+    ``epochs``) is exactly the run that was that long from the start with the same schedule:
+    past its end the rate stays at the schedule's last value. A resumed run must match its
+    checkpoint in every field of ``identity`` (not its length, the intervals, the plots, the
+    data folder or where it runs). A fresh run refuses a ``workdir`` that holds one unless
+    ``overwrite`` (which deletes that run's files); ``resume`` with no checkpoint is an error.
 
     Where it runs (``jaxcnn.distributed``): ``devices`` is a count, ``"all"``, or ``None``
     (one device; every device of a multi-process run); ``batch_size`` is the global batch,
@@ -74,6 +78,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float | None = None
     schedule: str = "onecycle"
+    schedule_steps: int | None = None
     weight_decay: float | None = None
     seed: int = 0
     impl: str = "lax"
@@ -83,6 +88,7 @@ class TrainConfig:
     augment: bool | str | None = None
     data_dir: str | None = None
     resume: bool = False
+    overwrite: bool = False
     log_every: int = 50
     checkpoint_every: int = 500
     eval_every: int | None = None
@@ -113,12 +119,16 @@ class TrainConfig:
             raise ValueError(f"steps, epochs: expected exactly one; got steps={config.steps}, epochs={config.epochs}")
         for name in ("batch_size", "log_every", "checkpoint_every", "eval_batch_size", "micro_batches"):
             _args.positive_int(getattr(config, name), name)
-        for name in ("steps", "epochs", "eval_every", "train_subset", "halt_after"):
+        for name in ("steps", "epochs", "schedule_steps", "eval_every", "train_subset", "halt_after"):
             if getattr(config, name) is not None:
                 _args.positive_int(getattr(config, name), name)
         if config.batch_size % config.micro_batches:
-            raise ValueError(f"micro_batches: expected a divisor of batch_size={config.batch_size}; "
+            raise ValueError(f"micro_batches: expected a divisor of the batch size {config.batch_size}; "
                              f"got {config.micro_batches}")
+        for name in ("resume", "overwrite", "progress", "plots"):
+            _args.check_bool(getattr(config, name), name)
+        if config.resume and config.overwrite:
+            raise ValueError("resume, overwrite: expected at most one (continue the run, or replace it)")
         if not isinstance(config.augment, bool):
             config = dataclasses.replace(config, augment=_args.choice(config.augment, AUGMENTATIONS[dataset], "augment"))
         _args.choice(config.optimizer, OPTIMIZERS, "optimizer")
@@ -136,16 +146,27 @@ class TrainConfig:
         return config
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with its checkpoint. ``channels_last`` is one
+        """The fields a resumed run must share with its checkpoint: what changes the updates
+        (not the run's length: ``schedule_steps`` fixes the schedule). ``channels_last`` is one
         (the kernels' layout), kept out only when false: checkpoints from before the flag,
-        all channels first, still resume and load."""
-        skip = {"resume", "halt_after", "progress", "plots", "data_dir", "log_every", "checkpoint_every",
-                "devices", "coordinator", "num_processes", "process_id"}
+        all channels first, still resume and load; so is ``micro_batches`` when 1."""
+        skip = {*_NOT_REMEMBERED, "steps", "epochs", "plots", "data_dir", "log_every", "checkpoint_every",
+                "eval_every", "eval_batch_size"}
         if not self.channels_last:
             skip.add("channels_last")
         if self.micro_batches == 1:
             skip.add("micro_batches")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def remembered(self) -> dict[str, Any]:
+        """What a checkpoint stores of the run, so that ``--resume`` needs no flag repeated:
+        every field but the one-off requests (``resume``, ``overwrite``, ``halt_after``), the
+        terminal's (``progress``) and where it runs (devices and processes)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_REMEMBERED}
+
+
+_NOT_REMEMBERED = frozenset({"resume", "overwrite", "halt_after", "progress", "devices", "coordinator",
+                             "num_processes", "process_id"})
 
 
 class Plan(NamedTuple):
@@ -170,7 +191,6 @@ def make_plan(config: TrainConfig, n: int) -> Plan:
     return Plan(n, config.batch_size, steps_per_epoch, total, stop, eval_every)
 
 
-
 def augmentation(dataset_name: str, policy: bool | str = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``augment(key, x) -> x``, jit-able: the dataset's ``policy`` by name (``AUGMENTATIONS``;
     ``True``: its first)."""
@@ -179,7 +199,9 @@ def augmentation(dataset_name: str, policy: bool | str = True) -> Callable[[jax.
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
-    """The optax optimizer and its learning-rate schedule, from the config."""
+    """The optax optimizer and its learning-rate schedule, from the config: a schedule of
+    ``total_steps`` (the run's ``schedule_steps``), after which the rate stays at its last value
+    (``onecycle``: ``lr / 25000``; ``cosine``: 0)."""
     if config.schedule == "onecycle":  # Smith & Topor (2017): warm up 25%, cosine down
         schedule = optax.cosine_onecycle_schedule(total_steps, config.lr, pct_start=0.25,
                                                   div_factor=25.0, final_div_factor=1e3)
@@ -193,50 +215,3 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> tuple[optax.Gradien
     if config.optimizer == "adam":
         return optax.chain(decay, optax.adam(schedule)), schedule
     return optax.chain(decay, optax.sgd(schedule, momentum=0.9, nesterov=True)), schedule
-
-
-def parse_args(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
-    parser = argparse.ArgumentParser(prog="jaxcnn train", description="Train a named model; "
-                                     "defaults per dataset: " + json.dumps(DEFAULTS))
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist1d")
-    parser.add_argument("--model", choices=tuple(models.MODELS))
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int)
-    length.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--impl", choices=_args.IMPLS, default="lax", help="every convolution's impl")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (params stay float32)")
-    parser.add_argument("--augment", nargs="?", const=True, default=None, metavar="POLICY",
-                        help="augment the training batches: the dataset's default, or a policy "
-                        f"by name {AUGMENTATIONS}")
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
-    parser.add_argument("--channels-last", action="store_true", help="run every layer channels last "
-                        f"(faster on CPU; models {models.LAYOUT_MODELS}); the same init and losses")
-    parser.add_argument("--micro-batches", type=int, default=1, help="sum each step's gradient over "
-                        "this many slices of the batch, one program (faster on CPU; dropout draws per slice)")
-    parser.add_argument("--workdir", help="default: runs/<dataset>-<model>-seed<k>")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--resume", action="store_true", help="continue from workdir's checkpoint")
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--checkpoint-every", type=int, default=500)
-    parser.add_argument("--eval-every", type=int)
-    parser.add_argument("--eval-batch-size", type=int, default=500)
-    parser.add_argument("--train-subset", type=int)
-    parser.add_argument("--halt-after", type=int, help="stop after this step, its checkpoint written "
-                        "(as a kill would; --resume continues)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--no-plots", dest="plots", action="store_false")
-    where = parser.add_argument_group("devices and processes (jaxcnn.distributed)")
-    where.add_argument("--devices", help="N or 'all': data parallelism over that many "
-                       "devices, --batch-size the global batch (default: one; all in a multi-process run)")
-    where.add_argument("--coordinator", help="host:port of process 0 (env JAX_COORDINATOR_ADDRESS)")
-    where.add_argument("--num-processes", type=int, help="processes of the run (env JAXCNN_NUM_PROCESSES)")
-    where.add_argument("--process-id", type=int, help="this process, 0 ... N-1 (env JAXCNN_PROCESS_ID)")
-    args = vars(parser.parse_args(argv))
-    workdir = args.pop("workdir")
-    return TrainConfig(**args), workdir

@@ -9,7 +9,8 @@ Everything a step consumes is a function of ``(config, step)``: the batch is
 steps_per_epoch``, and the augmentation / dropout key is ``fold_in(train_key, step)``. A
 checkpoint (params, optimizer state, step, keys, epoch and position) therefore resumes the
 run bit for bit. Checkpoints are written atomically (``jaxcnn.train.checkpoint``), and only after
-the losses up to their step were seen finite.
+the losses up to their step were seen finite. SIGINT or SIGTERM stops the run after the step
+it is in, with its checkpoint written (``jaxcnn.train.interrupt``).
 
 Files in the workdir: ``checkpoint.npz``, ``metrics.jsonl`` (one JSON object per train step
 and per evaluation), ``report.json``, and the plots of ``jaxcnn.train.plots``.
@@ -39,9 +40,10 @@ import optax
 from jaxcnn import data, distributed, models, nn
 from jaxcnn._compat import jit_cache_size
 from jaxcnn._files import atomic_write
-from jaxcnn.train.config import Plan, TrainConfig, augmentation, make_optimizer, make_plan, parse_args
-from jaxcnn.train.resume import (CHECKPOINT, METRICS, TrainState, initial_state, resume_or_start,
-                                 save_checkpoint)
+from jaxcnn.train.config import Plan, TrainConfig, augmentation, make_optimizer, make_plan
+from jaxcnn.train.interrupt import TrainingInterrupted, stop_requests
+from jaxcnn.train.resume import (CHECKPOINT, METRICS, TrainState, check_workdir, initial_state, resume_or_start,
+                                 save_checkpoint, settle)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -203,8 +205,9 @@ def train_epoch(train_step: Callable, state: TrainState, batches: Iterator[tuple
 @dataclasses.dataclass
 class Monitor:
     """What happens between steps: metrics stay on the device until every ``log_every``-th
-    step (one host sync), the test set is evaluated every ``eval_every`` steps, a checkpoint
-    is written every ``checkpoint_every`` steps once the losses up to it were seen finite.
+    step and the first (one host sync), the test set is evaluated every ``eval_every`` steps, a checkpoint
+    is written every ``checkpoint_every`` steps once the losses up to it were seen finite, and
+    after the step in which ``stop_requested()`` turned true (then ``TrainingInterrupted``).
     Only the writing process (``distributed.is_writer``) writes files and shows progress;
     every process evaluates (a collective)."""
 
@@ -218,10 +221,12 @@ class Monitor:
     elapsed_before: float  # seconds trained before a resume
     wall_start: float
     writer: bool = True
+    stop_requested: Callable[[], str | None] = lambda: None  # the signal's name, once one came
     pending: list = dataclasses.field(default_factory=list)
     last_eval: dict | None = None
     startup_s: float | None = None
     loop_start: float | None = None
+    eval_s: float = 0.0  # evaluating since loop_start: kept out of the throughput
 
     def __post_init__(self) -> None:
         self.saved_step = self.start
@@ -230,15 +235,19 @@ class Monitor:
     def after_step(self, done: int, state: TrainState, metrics: dict) -> None:
         plan = self.plan
         self.pending.append((done, (done - 1) // plan.steps_per_epoch, metrics))
-        if self.startup_s is None:  # data, init, compilation, one step: kept out of the throughput
+        first = self.startup_s is None
+        if first:  # data, init, compilation, one step and its logging: kept out of the throughput
             jax.block_until_ready(metrics)
-            self.startup_s, self.loop_start = time.perf_counter() - self.wall_start, time.perf_counter()
+            self.startup_s = time.perf_counter() - self.wall_start
         evaluate_now = done % plan.eval_every == 0 or done == plan.total
-        save_now = done % self.config.checkpoint_every == 0 or done == plan.stop
-        if done % self.config.log_every == 0 or evaluate_now or save_now:
+        stop = self.stop_requested()
+        save_now = done % self.config.checkpoint_every == 0 or done == plan.stop or stop
+        if first or done % self.config.log_every == 0 or evaluate_now or save_now:
             self.log()
         if evaluate_now:
+            eval_start = time.perf_counter()
             self.last_eval = {"step": done, "epoch": done / plan.steps_per_epoch, **self.test(state.params)}
+            self.eval_s += (time.perf_counter() - eval_start) if self.loop_start is not None else 0.0
             self._write([{"kind": "eval", **self.last_eval}])
             if self.writer:
                 self.bar.write(f"step {done}: test accuracy {self.last_eval['test_accuracy']:.4f}")
@@ -249,11 +258,21 @@ class Monitor:
                             config=self.config)
         if save_now:
             self.saved_step = done
+        if stop:
+            raise TrainingInterrupted(done, self.workdir, stop)
+        if first:
+            self.loop_start = time.perf_counter()
 
     def rate(self, done: int) -> float:
-        return (done - self.start - 1) * self.plan.batch_size / max(time.perf_counter() - self.loop_start, 1e-9)
+        """Training examples per second over the steps after the first, up to ``done`` (0
+        before), their results ready, the evaluations' time left out."""
+        if self.loop_start is None or done <= self.start + 1:
+            return 0.0
+        seconds = time.perf_counter() - self.loop_start - self.eval_s
+        return (done - self.start - 1) * self.plan.batch_size / max(seconds, 1e-9)
 
     def log(self) -> None:
+        jax.block_until_ready(self.pending[-1][2])  # the time of the steps, not of their dispatch
         rate = self.rate(self.pending[-1][0])
         records = _flush(self.pending, self.schedule, rate, self.saved_step, self.workdir / CHECKPOINT)
         self.pending = []
@@ -301,21 +320,32 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     ``test_loss``, ``wall_time_s``, ``examples_per_s``, ``steps``, ``params``, ... A run
     stopped by ``halt_after`` returns ``{"halted_at": step, ...}`` and keeps its checkpoint.
     Raises ``NonFiniteLossError`` when the loss stops being finite (the checkpoint of the last
-    good step survives).
+    good step survives), ``TrainingInterrupted`` after the step in which SIGINT or SIGTERM came
+    (its checkpoint written; a second signal raises ``KeyboardInterrupt`` at once),
+    ``FileExistsError`` for a fresh run into a workdir holding one (``overwrite`` replaces it)
+    and ``FileNotFoundError`` for ``resume`` with no checkpoint there.
     """
+    with stop_requests() as stop_requested:
+        return _train_and_evaluate(config, Path(workdir), dataset, stop_requested)
+
+
+def _train_and_evaluate(config: TrainConfig, workdir: Path, dataset: data.Dataset | None,
+                        stop_requested: Callable[[], str | None]) -> dict:
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    config, workdir = config.resolved(), Path(workdir)
+    config = config.resolved()
     distributed.initialize(config.coordinator, config.num_processes, config.process_id)
     parallel = distributed.data_parallel(config.devices)
     parallel.check_batch(config.batch_size, config.micro_batches)
+    stored = check_workdir(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config) if dataset is None else dataset
     x_train, y_train = dataset.x_train[:config.train_subset], dataset.y_train[:config.train_subset]
     plan = make_plan(config, len(x_train))
+    config = settle(config, stored, plan, workdir)
     model = models.build(config.model, dataset.num_classes, impl=config.impl, channels_last=config.channels_last)
-    optimizer, schedule = make_optimizer(config, plan.total)
+    optimizer, schedule = make_optimizer(config, config.schedule_steps)
     state = initial_state(config, model, optimizer, dataset.input_shape)
-    state, root_key, elapsed_before = resume_or_start(config, workdir, state)
+    state, root_key, elapsed_before = resume_or_start(config, workdir, state, plan)
     state = parallel.replicate(state)
     _, data_key, train_key = jax.random.split(root_key, 3)
     dtype, start = jnp.dtype(config.dtype), int(state.step)
@@ -325,7 +355,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     test = functools.partial(evaluate, make_eval_step(model, dtype, parallel), x=dataset.x_test,
                              y=dataset.y_test, batch_size=config.eval_batch_size, parallel=parallel)
     monitor = Monitor(config, workdir, plan, start, schedule, test, root_key, elapsed_before, wall_start,
-                      distributed.is_writer())
+                      distributed.is_writer(), stop_requested)
     place = lambda batch: tuple(parallel.batch(array, plan.batch_size) for array in batch)
     try:
         for first_step, batches in epochs(data_key, x_train, y_train, plan, start,
@@ -333,6 +363,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
             state = train_epoch(train_step, state, map(place, batches), first_step, monitor.after_step)
     finally:
         monitor.bar.close()
+    if stop_requested():  # came during the last step's evaluation: its checkpoint is written
+        raise TrainingInterrupted(plan.stop, workdir, stop_requested())
     timing = monitor.timing(cpu_start)
     if plan.stop < plan.total:
         return {"halted_at": plan.stop, "steps": plan.total, **timing}
@@ -387,21 +419,3 @@ def _report(config: TrainConfig, dataset: data.Dataset, state: TrainState, last_
             "train_step_compilations": compilations, "device": jax.devices()[0].device_kind,
             "devices": parallel.size, "processes": jax.process_count(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "config": dataclasses.asdict(config)}
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def main(argv: list[str] | None = None) -> int:
-    """``jaxcnn train [flags]``: prints and writes the report; 3 on a non-finite loss."""
-    config, workdir = parse_args(argv)
-    try:
-        config = config.resolved()
-        workdir = workdir or f"runs/{config.dataset}-{config.model}-seed{config.seed}"
-        train_and_evaluate(config, workdir)
-    except NonFiniteLossError as err:
-        print(f"jaxcnn train: {err}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as err:
-        print(f"jaxcnn train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
