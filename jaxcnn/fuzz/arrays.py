@@ -9,31 +9,37 @@ from __future__ import annotations
 import numpy as np
 
 from jaxcnn.fuzz import torch_side
+from jaxcnn.fuzz.configs import FuzzCase
+
+
+def channels_first(c: dict) -> FuzzCase:
+    """``c`` as a ``FuzzCase`` in PyTorch's layout, whose shapes are the arrays' here."""
+    return FuzzCase.from_dict(c).replace(channels_last=False)
 
 
 def input_shape(c: dict) -> tuple[int, ...]:
     """``x``'s shape, channels first: ``(N, C, *S)``."""
-    return (c["batch"], c["channels"], *c["sizes"])
+    return channels_first(c).x_shape()
 
 
 def weight_shape(c: dict) -> tuple[int, ...]:
     """The conv's kernel shape, channels first: ``(O, C / groups, *K)``."""
-    return (c["out_channels"], c["channels"] // c.get("groups", 1), *c["kernel"])
+    return channels_first(c).replace(op="conv").w_shape()
 
 
 def array_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     """The op's array arguments, channels first: ``(kind, shape)`` with kind x/w/b/dy (b: one
-    per channel, whatever the layout, as group_norm's scale and bias)."""
-    g, x = c.get("groups", 1), input_shape(c)
+    per channel, whatever the layout, as group_norm's scale and bias). ``dy``'s sizes are
+    PyTorch's (``torch_side``), at least 1."""
+    case = channels_first(c)
+    x = case.x_shape()
     if c["op"] in ("max_pool", "avg_pool", "global_avg_pool"):
         return [("x", x)]
     if c["op"] == "group_norm":
         return [("x", x)] + [("b", (c["channels"],))] * (2 if c["affine"] else 0)
-    w = weight_shape(c)
+    w = case.w_shape()
     out = tuple(max(o, 1) for o in torch_side.conv_out_sizes(c))
     dy = (c["batch"], c["out_channels"], *out)
-    if c["op"] == "conv_transpose":
-        w = (c["channels"], c["out_channels"] // g, *c["kernel"])
     shapes = {"conv_input_grad": [("dy", dy), ("w", w)],
               "conv_weight_grad": [("x", x), ("dy", dy)]}.get(c["op"], [("x", x), ("w", w)])
     if c.get("bias"):

@@ -10,8 +10,13 @@ depthwise channels, 1–3 spatial axes (and 4, against the reference alone); gro
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+from typing import Any
+
+from jaxcnn._cases import Case
+from jaxcnn._shapes import is_int
 
 CONV_OPS = ("conv", "convolve", "conv_transpose", "conv_input_grad", "conv_weight_grad")
 POOL_OPS = ("max_pool", "avg_pool", "global_avg_pool")
@@ -164,3 +169,78 @@ def draw_many(n: int, seed: int, ops=OPS) -> list[dict]:
     rng = random.Random(seed)
     turns = rotation(ops)
     return [{**draw(turns[i % len(turns)], rng), "index": i} for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- the case type
+# The runner, the workers and tests/fuzz_regressions.json pass configurations as JSON dicts;
+# ``FuzzCase`` is one as a ``jaxcnn._cases.Case`` (its shapes, its checked fields), with the
+# fuzz's own fields added. ``from_dict`` refuses a key it does not know, naming it; ``to_dict``
+# gives back the dict it came from, key for key (``given`` keeps the keys and their order;
+# pooling's ``window`` is the case's ``kernel``; ``n`` is the number of sizes).
+
+KEY_FIELDS = {"window": "kernel"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuzzCase(Case):
+    """A fuzz configuration: a ``Case`` with its seed, its draw's index and the knobs of the
+    ops and families that only the fuzzer draws (None: not drawn)."""
+
+    seed: int = 0
+    second_order: bool = False
+    index: int | None = None
+    name: str | None = None                       # a hand-written configuration's label
+    eps: float | None = None                      # group_norm
+    affine: bool | None = None
+    count_include_pad: bool | None = None         # avg_pool
+    # jaxcnn.lax's drop-ins (jaxcnn.fuzz.drop_in)
+    window_strides: Any = None
+    strides: Any = None
+    lhs_dilation: Any = None
+    rhs_dilation: Any = None
+    dimension_numbers: Any = None
+    batch_groups: int | None = None
+    transpose_kernel: bool | None = None
+    precision: Any = None
+    preferred_element_type: str | None = None
+    # jaxcnn.sharded (jaxcnn.fuzz.sharding)
+    devices: int | None = None
+    shards: int | None = None
+    spatial_axis: int | None = None
+    mesh_kind: str | None = None
+    placement: str | None = None
+    path: str | None = None
+    inner: str | None = None
+    check_vma: bool | None = None
+    use_consistent_padding: bool | None = None
+    given: tuple[str, ...] = ()
+
+    CHECKS = {**Case.CHECKS,
+              "seed": (is_int, "an int"),
+              "second_order": (lambda v: isinstance(v, bool), "a bool"),
+              "index": (lambda v: v is None or is_int(v), "an int or None"),
+              "given": (lambda v: all(isinstance(k, str) for k in v), "a tuple of key names")}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "FuzzCase":
+        fields = {f.name for f in dataclasses.fields(cls)} - {"given"}
+        values = {}
+        for key, value in config.items():
+            name = KEY_FIELDS.get(key, key)
+            if key != "n" and name not in fields:
+                raise ValueError(f"fuzz configuration: unknown key {key!r} (value {value!r})")
+            values[name] = value
+        n = values.pop("n", None)
+        case = cls(**values, given=tuple(config))
+        if n is not None and n != case.n:
+            raise ValueError(f"fuzz configuration: n = {n!r} but {case.n} sizes {list(case.sizes)}")
+        return case
+
+    def to_dict(self) -> dict:
+        """The configuration as JSON takes it (tuples as lists)."""
+        def plain(value):
+            return [plain(v) for v in value] if isinstance(value, tuple) else value
+        keys = self.given or ["n"] + [f.name for f in dataclasses.fields(self)
+                                      if f.name != "given" and getattr(self, f.name) is not None]
+        return {key: self.n if key == "n" else plain(getattr(self, KEY_FIELDS.get(key, key)))
+                for key in keys}
