@@ -67,11 +67,11 @@ def test_conv_flops_hand_worked(args, expected):
 
 def test_case_flops_modes_and_transpose():
     stem = next(c for c in bench.CASES if c.name == "stem7x7_s2")
-    assert stem.out_spatial() == (112, 112)
+    assert stem.out_sizes() == (112, 112)
     assert bench.case_flops(stem, "fwd") == 32 * 236_027_904
     assert bench.case_flops(stem, "fwd+bwd") == 3 * 32 * 236_027_904
     up = next(c for c in bench.CASES if c.name == "transpose2d_k4s2")
-    assert up.out_spatial() == (56, 56)          # (28 − 1)·2 − 2 + 4
+    assert up.out_sizes() == (56, 56)          # (28 − 1)·2 − 2 + 4
     # every input pixel scatters to 4×4 taps × 32 outputs: 2·32·64·32·16·784
     assert bench.case_flops(up, "fwd") == 1_644_167_168
     pool = next(c for c in bench.CASES if c.op == "max_pool")
@@ -93,7 +93,7 @@ def test_conv_flops_match_xla_cost_analysis():
 
 def _has(op, c, o, spatial, kernel, *, stride=1, groups=1, batch=None, training=None):
     return any(case.op == op and case.channels == c and case.out_channels == o
-               and case.spatial == spatial and case.kernel == kernel and case.stride == stride
+               and case.sizes == spatial and case.kernel == kernel and case.stride == stride
                and case.groups == groups and (batch is None or case.batch == batch)
                and (training is None or case.training == training) for case in bench.CASES)
 
@@ -130,7 +130,7 @@ def test_suite_has_transpose_and_pooling_and_unique_names():
 def test_every_scale_gives_valid_shapes(scale):
     for case in bench.CASES:
         sized = case.sized(scale)
-        assert all(s > 0 for s in sized.out_spatial()), (case.name, scale)
+        assert all(s > 0 for s in sized.out_sizes()), (case.name, scale)
         assert sized.channels % sized.groups == 0 and sized.out_channels % sized.groups == 0
         if scale == "cpu":   # at most ~1 GFLOP a forward on CPU (pooling: none)
             assert (bench.case_flops(sized, "fwd") or 0) <= 1e9, case.name
@@ -211,12 +211,18 @@ def test_compiled_temp_bytes_counts_intermediates():
 
 
 MEMORY_CASES = [  # small shapes of the bench's kinds of rows
-    bench.Case("resnet_like", "conv", 2, 16, 16, (16, 16), (3, 3), 1, 1),
-    bench.Case("depthwise", "conv", 2, 32, 32, (16, 16), (3, 3), 1, 1, groups=32),
-    bench.Case("conv1d", "conv", 4, 16, 16, (64,), (5,), 1, 2),
-    bench.Case("conv3d", "conv", 1, 8, 8, (6, 8, 8), (3, 3, 3), 1, 1),
-    bench.Case("stem", "conv", 2, 3, 16, (32, 32), (7, 7), 2, 3),
-    bench.Case("transpose", "conv_transpose", 2, 16, 8, (12, 12), (4, 4), 2, 1),
+    bench.Case(name="resnet_like", batch=2, channels=16, out_channels=16, sizes=(16, 16),
+               kernel=(3, 3), padding=1),
+    bench.Case(name="depthwise", batch=2, channels=32, out_channels=32, sizes=(16, 16),
+               kernel=(3, 3), padding=1, groups=32),
+    bench.Case(name="conv1d", batch=4, channels=16, out_channels=16, sizes=(64,), kernel=(5,),
+               padding=2),
+    bench.Case(name="conv3d", batch=1, channels=8, out_channels=8, sizes=(6, 8, 8),
+               kernel=(3, 3, 3), padding=1),
+    bench.Case(name="stem", batch=2, channels=3, out_channels=16, sizes=(32, 32), kernel=(7, 7),
+               stride=2, padding=3),
+    bench.Case(name="transpose", op="conv_transpose", batch=2, channels=16, out_channels=8,
+               sizes=(12, 12), kernel=(4, 4), stride=2, padding=1),
 ]
 
 

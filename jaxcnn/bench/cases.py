@@ -11,68 +11,48 @@ import math
 from typing import Sequence
 
 import jaxcnn
-from jaxcnn._shapes import conv_output_size, conv_transpose_output_size
+from jaxcnn._cases import Case as OpCase
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One benchmarked layer. Convs: ``x (N, C, *S)``, ``w (O, C/g, *K)``; ``conv_transpose``:
-    ``w (C, O/g, *K)`` (PyTorch); pooling: ``O = C``, ``kernel`` is the window."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Case(OpCase):
+    """One benchmarked layer: a ``jaxcnn._cases.Case`` with a name. Convs: ``x (N, C, *S)``,
+    ``w (O, C/g, *K)``; ``conv_transpose``: ``w (C, O/g, *K)`` (PyTorch); pooling: ``O = C``,
+    ``kernel`` is the window."""
 
     name: str
-    op: str                                   # conv | conv_transpose | max_pool | avg_pool
-    batch: int
-    channels: int
-    out_channels: int
-    spatial: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
-    cpu: tuple[int, tuple[int, ...]] | None = None   # (batch, spatial) on CPU; None: unchanged
+    cpu: tuple[int, tuple[int, ...]] | None = None   # (batch, sizes) on CPU; None: unchanged
     training: bool = False                    # a layer of one of the training models
-
-    @property
-    def n(self) -> int:
-        return len(self.spatial)
 
     def sized(self, scale: str) -> "Case":
         """The case at ``scale``: ``full`` (GPU), ``cpu`` (its ``cpu`` sizes) or ``quick``."""
         if scale == "full":
             return self
         if scale == "cpu":
-            batch, spatial = self.cpu or (self.batch, self.spatial)
-            return dataclasses.replace(self, batch=batch, spatial=tuple(spatial))
+            batch, sizes = self.cpu or (self.batch, self.sizes)
+            return self.replace(batch=batch, sizes=tuple(sizes))
         channels, out = min(self.channels, 8), min(self.out_channels, 8)
         groups = 1 if self.groups == 1 else min(channels, out)
-        spatial = tuple(min(s, 10 if self.n < 3 else 6) for s in self.spatial)
-        return dataclasses.replace(self, batch=2, channels=channels, out_channels=out,
-                                   groups=groups, spatial=spatial)
-
-    def out_spatial(self) -> tuple[int, ...]:
-        if self.op == "conv_transpose":
-            return tuple(conv_transpose_output_size(s, k, self.stride, 1, self.padding, self.padding, 0)
-                         for s, k in zip(self.spatial, self.kernel))
-        return tuple(conv_output_size(s, k, self.stride, 1, self.padding, self.padding)
-                     for s, k in zip(self.spatial, self.kernel))
+        sizes = tuple(min(s, 10 if self.n < 3 else 6) for s in self.sizes)
+        return self.replace(batch=2, channels=channels, out_channels=out, groups=groups,
+                            sizes=sizes)
 
     def shapes(self, channels_last: bool) -> tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...]]:
         """``(x, w, y)`` shapes in the layout (``w`` None for pooling)."""
-        def act(c, sizes):
-            return (self.batch, *sizes, c) if channels_last else (self.batch, c, *sizes)
-        x, y = act(self.channels, self.spatial), act(self.out_channels, self.out_spatial())
-        if self.op in ("max_pool", "avg_pool"):
-            return x, None, y
-        w_out, w_in = ((self.out_channels, self.channels // self.groups) if self.op == "conv"
-                       else (self.channels, self.out_channels // self.groups))
-        w = (*self.kernel, w_in, w_out) if channels_last else (w_out, w_in, *self.kernel)
-        return x, w, y
+        case = self.replace(channels_last=channels_last)
+        return case.x_shape(), case.w_shape(), case.y_shape()
 
 
 def _conv_case(name, c, o, s, k, stride=1, groups=1, batch=32, cpu=None, training=False, op="conv"):
-    n = len(s)
-    return Case(name, op, batch, c, o, tuple(s), (k,) * n, stride, k // 2 if op == "conv" else 1,
-                groups, cpu, training)
+    return Case(name=name, op=op, batch=batch, channels=c, out_channels=o, sizes=tuple(s),
+                kernel=(k,) * len(s), stride=stride, padding=k // 2 if op == "conv" else 1,
+                groups=groups, cpu=cpu, training=training)
+
+
+def _pool_case(name, op, batch, c, s, window, stride, padding=0, cpu=None, training=False):
+    return Case(name=name, op=op, batch=batch, channels=c, out_channels=c, sizes=tuple(s),
+                kernel=(window,) * len(s), stride=stride, padding=padding, cpu=cpu,
+                training=training)
 
 
 CASES: tuple[Case, ...] = (
@@ -92,10 +72,10 @@ CASES: tuple[Case, ...] = (
     # conv_transpose (PyTorch's k=4, s=2, p=1 upsampling): output = 2 × input.
     _conv_case("transpose2d_k4s2", 64, 32, (28, 28), 4, stride=2, op="conv_transpose", cpu=(4, (28, 28))),
     _conv_case("transpose1d_k4s2", 64, 64, (256,), 4, stride=2, op="conv_transpose", cpu=(8, (256,))),
-    Case("maxpool3x3_s2", "max_pool", 32, 64, 64, (112, 112), (3, 3), 2, 1, cpu=(2, (112, 112))),
-    Case("fashion_maxpool2", "max_pool", 128, 32, 32, (28, 28), (2, 2), 2, training=True),
-    Case("mnist1d_maxpool2", "max_pool", 100, 64, 64, (40,), (2,), 2, training=True),
-    Case("avgpool2x2", "avg_pool", 32, 64, 64, (56, 56), (2, 2), 2, cpu=(4, (56, 56))),
+    _pool_case("maxpool3x3_s2", "max_pool", 32, 64, (112, 112), 3, 2, 1, cpu=(2, (112, 112))),
+    _pool_case("fashion_maxpool2", "max_pool", 128, 32, (28, 28), 2, 2, training=True),
+    _pool_case("mnist1d_maxpool2", "max_pool", 100, 64, (40,), 2, 2, training=True),
+    _pool_case("avgpool2x2", "avg_pool", 32, 64, (56, 56), 2, 2, cpu=(4, (56, 56))),
 )
 
 
@@ -125,10 +105,10 @@ def case_flops(case: Case, mode: str) -> int | None:
     ``conv_transpose`` is a conv from its output back to its input: ``∏S`` of the input."""
     if case.op == "conv":
         f = conv_flops(case.batch, case.channels, case.out_channels, case.groups, case.kernel,
-                       case.out_spatial())
+                       case.out_sizes())
     elif case.op == "conv_transpose":
         f = conv_flops(case.batch, case.out_channels, case.channels, case.groups, case.kernel,
-                       case.spatial)
+                       case.sizes)
     else:
         return None
     return 3 * f if mode == "fwd+bwd" else f
@@ -142,7 +122,7 @@ def available(case: Case) -> str | None:
 
 def describe(case: Case) -> str:
     """``2×64×56×56 → 64 k3`` (batch × channels × spatial → out channels, kernel, stride, groups)."""
-    shape = "×".join(map(str, (case.batch, case.channels, *case.spatial)))
+    shape = "×".join(map(str, (case.batch, case.channels, *case.sizes)))
     if case.op in ("max_pool", "avg_pool"):
         text = f"{shape} {case.op.split('_')[0]} {case.kernel[0]}"
     else:
