@@ -2,7 +2,8 @@
 configurations (``expand``): each variant once per number of spatial axes, the (impl, layout)
 pair cycling, every third also in float32, one per dimension at order 2.
 
-The shapes of a configuration stay small (N = 2, C ≤ 4, sizes ≤ 7: ``SIZES``, ``KERNELS``):
+A row's arrays are drawn in the shapes of its geometry (``jaxcnn._cases.Case``, kept on the
+row). The shapes of a configuration stay small (N = 2, C ≤ 4, sizes ≤ 7: ``SIZES``, ``KERNELS``):
 compiling each one is the main cost of ``jaxcnn gradcheck``.
 """
 from __future__ import annotations
@@ -11,6 +12,8 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
+
+from jaxcnn._cases import Case as OpCase
 
 SIZES = {1: (7,), 2: (6, 5), 3: (5, 4, 3)}
 KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
@@ -30,6 +33,7 @@ class Case:
     kwargs: dict
     dtype: str = "float64"
     order: int = 1
+    geometry: OpCase | None = None    # the op call its arrays were drawn for
 
     def describe(self) -> str:
         extra = "" if self.dtype == "float64" and self.order == 1 else (
@@ -41,12 +45,11 @@ def per_axis(values: tuple, n: int) -> tuple:
     return tuple(values[:n])
 
 
-def activation(n_batch: int, channels: int, sizes, channels_last: bool) -> tuple[int, ...]:
-    return (n_batch, *sizes, channels) if channels_last else (n_batch, channels, *sizes)
-
-
-def kernel_shape(out_ch: int, in_ch: int, k_sizes, channels_last: bool) -> tuple[int, ...]:
-    return (*k_sizes, in_ch, out_ch) if channels_last else (out_ch, in_ch, *k_sizes)
+def geometry(op: str, n: int, channels: int, channels_last: bool, **fields) -> OpCase:
+    """A row's geometry: batch 2, ``SIZES[n]`` and ``KERNELS[n]`` unless ``fields`` say
+    otherwise (any field of ``jaxcnn._cases.Case``: the variant's keyword arguments)."""
+    fields = {"batch": 2, "sizes": SIZES[n], "kernel": KERNELS[n], **fields}
+    return OpCase(op=op, channels=channels, channels_last=channels_last, **fields)
 
 
 def expand(op: str, variants, rng: np.random.Generator, build: Callable) -> list[Case]:

@@ -25,8 +25,8 @@ import numpy as np
 from jaxcnn import reference
 from jaxcnn import sharded as _sharded
 from jaxcnn.conv import conv, conv1d, conv2d, conv3d, conv_input_grad, conv_weight_grad
-from jaxcnn.gradcheck.cases import (KERNELS, SIZES, Case, activation, both_layouts, expand,
-                                    kernel_shape, layout_label, per_axis)
+from jaxcnn.gradcheck.cases import (KERNELS, SIZES, Case, both_layouts, expand, geometry,
+                                    layout_label, per_axis)
 from jaxcnn.norm import group_norm
 from jaxcnn.pool import avg_pool, global_avg_pool, max_pool
 from jaxcnn.transpose import conv_transpose, convolve
@@ -76,38 +76,34 @@ CONV_VARIANTS = (
 ZERO_PADDED = tuple(v for v in CONV_VARIANTS if "padding_mode" not in v[4](1))
 
 
-def _conv_arrays(variant, n, channels_last, rng):
+def _conv_arrays(op, variant, n, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
+    shapes = geometry(op, n, c_in, channels_last, out_channels=c_out, bias=bias, **kwargs(n))
     kwargs = dict(kwargs(n), channels_last=channels_last)
-    groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(activation(2, c_in, SIZES[n], channels_last))
-    w = rng.standard_normal(kernel_shape(c_out, c_in // groups, KERNELS[n], channels_last))
+    x = rng.standard_normal(shapes.x_shape())
+    w = rng.standard_normal(shapes.w_shape())
     b = rng.standard_normal(c_out) if bias else None
-    return label, x, w, b, kwargs
+    return label, x, w, b, kwargs, shapes
 
 
 def _conv_case(op: str, name_by_n: bool = False):
     def build(variant, n, impl, channels_last, rng):
-        label, x, w, b, kwargs = _conv_arrays(variant, n, channels_last, rng)
+        label, x, w, b, kwargs, shapes = _conv_arrays(op, variant, n, channels_last, rng)
         # Half the cases (lax channels-last, manual channels-first) through conv1d/2d/3d.
         function = f"{op}{n}d" if name_by_n and channels_last == (impl == "lax") else op
         return Case(op, function, op, f"{n}D {label}, {layout_label(impl, channels_last)}",
-                    (x, w, b), dict(kwargs, impl=impl))
+                    (x, w, b), dict(kwargs, impl=impl), geometry=shapes.replace(impl=impl))
     return build
-
-
-def _conv_output_shape(x, w, kwargs) -> tuple[int, ...]:
-    shape_of = lambda a: jax.ShapeDtypeStruct(a.shape, np.float32)
-    return jax.eval_shape(lambda x, w: conv(x, w, **kwargs), shape_of(x), shape_of(w)).shape
 
 
 def _grad_case(op: str):
     def build(variant, n, impl, channels_last, rng):
-        label, x, w, _, kwargs = _conv_arrays(variant, n, channels_last, rng)
+        label, x, w, _, kwargs, shapes = _conv_arrays(op, variant, n, channels_last, rng)
         kwargs = dict(kwargs, impl=impl)
-        dy = rng.standard_normal(_conv_output_shape(x, w, kwargs))
+        dy = rng.standard_normal(shapes.y_shape())
         args = (dy, w, x.shape) if op == "conv_input_grad" else (x, dy, w.shape)
-        return Case(op, op, op, f"{n}D {label}, {layout_label(impl, channels_last)}", args, kwargs)
+        return Case(op, op, op, f"{n}D {label}, {layout_label(impl, channels_last)}", args, kwargs,
+                    geometry=shapes.replace(impl=impl, bias=False))
     return build
 
 
@@ -133,14 +129,15 @@ TRANSPOSE_VARIANTS = (
 
 def _transpose_case(variant, n, impl, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
+    shapes = geometry("conv_transpose", n, c_in, channels_last, out_channels=c_out, bias=bias,
+                      sizes=TRANSPOSE_SIZES[n], impl=impl, **kwargs(n))
     kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
-    groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(activation(2, c_in, TRANSPOSE_SIZES[n], channels_last))
-    # conv_transpose's weight (C_in, C_out // groups, *K) is conv's (O, C // groups, *K).
-    w = rng.standard_normal(kernel_shape(c_in, c_out // groups, KERNELS[n], channels_last))
+    x = rng.standard_normal(shapes.x_shape())
+    w = rng.standard_normal(shapes.w_shape())     # (C_in, C_out // groups, *K), as PyTorch
     b = rng.standard_normal(c_out) if bias else None
     return Case("conv_transpose", "conv_transpose", "conv_transpose",
-                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs)
+                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs,
+                geometry=shapes)
 
 
 # ----------------------------------------------------------------------------- jaxcnn.lax
@@ -198,9 +195,10 @@ def _lax_transpose_case(variant, n, impl, channels_last, rng):
     label, kwargs = variant
     dn = LAX_LAYOUTS[channels_last][n] if not channels_last else None   # None: lax's NHWC default
     kwargs = dict(kwargs(n), dimension_numbers=dn, impl=impl)
-    lhs = rng.standard_normal(activation(2, 2, TRANSPOSE_SIZES[n], True if dn is None else False))
     # conv_transpose's kernel is the lhs-dilated conv's: (O, I, *K), or (*K, I, O) by default.
-    rhs = rng.standard_normal(kernel_shape(3, 2, KERNELS[n], dn is None))
+    shapes = geometry("conv", n, 2, dn is None, out_channels=3, sizes=TRANSPOSE_SIZES[n])
+    lhs = rng.standard_normal(shapes.x_shape())
+    rhs = rng.standard_normal(shapes.w_shape())
     if kwargs.get("transpose_kernel"):      # the forward conv's kernel: I and O exchanged
         rhs = np.swapaxes(rhs, -1, -2) if dn is None else np.swapaxes(rhs, 0, 1)
     return Case("lax.conv_transpose", "lax.conv_transpose", "lax_conv_transpose",
@@ -232,13 +230,23 @@ AVG_POOL_VARIANTS = (
 )
 
 
+def _pool_geometry(op: str, n: int, channels_last: bool, kwargs: dict, sizes=None):
+    """A pooling row's geometry: 3 channels, the window as the kernel."""
+    fields = {k: kwargs[k] for k in ("stride", "padding", "dilation", "ceil_mode") if k in kwargs}
+    window = kwargs.get("window", ())
+    kernel = (window,) * n if isinstance(window, int) else window
+    return geometry(op, n, 3, channels_last, out_channels=3, kernel=kernel,
+                    sizes=SIZES[n] if sizes is None else sizes, **fields)
+
+
 def _pool_case(op: str):
     def build(variant, n, impl, channels_last, rng):
         label, kwargs = variant
         # Continuous random data: no ties, so max pooling is differentiable at x.
-        x = rng.standard_normal(activation(2, 3, SIZES[n], channels_last))
+        shapes = _pool_geometry(op, n, channels_last, kwargs(n))
+        x = rng.standard_normal(shapes.x_shape())
         return Case(op, op, op, f"{n}D {label}, {layout_label(None, channels_last)}", (x,),
-                    dict(kwargs(n), channels_last=channels_last))
+                    dict(kwargs(n), channels_last=channels_last), geometry=shapes)
     return build
 
 
@@ -257,9 +265,11 @@ GROUP_NORM_VARIANTS = (  # (label, groups) over 6 channels
 def _group_norm_case(variant, n, impl, channels_last, rng):
     label, groups = variant
     # Mean 1, spread 2: the centring matters. x, scale and bias are all differentiated.
-    x = rng.standard_normal(activation(2, 6, SIZES[n], channels_last)) * 2 + 1
+    shapes = geometry("group_norm", n, 6, channels_last, out_channels=6, groups=groups, kernel=())
+    x = rng.standard_normal(shapes.x_shape()) * 2 + 1
     return Case("group_norm", "group_norm", "group_norm", f"{n}D {label}, {layout_label(None, channels_last)}",
-                (x, groups, rng.standard_normal(6), rng.standard_normal(6)), dict(channels_last=channels_last))
+                (x, groups, rng.standard_normal(6), rng.standard_normal(6)), dict(channels_last=channels_last),
+                geometry=shapes)
 
 
 OPS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
@@ -335,22 +345,25 @@ SHARDED_AVG_POOL_VARIANTS = (
 
 def _sharded_conv_case(variant, n, impl, channels_last, rng):
     label, c_in, c_out, bias, kwargs = variant
+    shapes = geometry("conv", n, c_in, channels_last, out_channels=c_out, bias=bias,
+                      sizes=SHARDED_SIZES[n], kernel=KERNELS[1] * n, impl=impl, **kwargs(n))
     kwargs = dict(kwargs(n), channels_last=channels_last, impl=impl)
-    groups = kwargs.get("groups", 1)
-    x = rng.standard_normal(activation(2, c_in, SHARDED_SIZES[n], channels_last))
-    w = rng.standard_normal(kernel_shape(c_out, c_in // groups, KERNELS[1] * n, channels_last))
+    x = rng.standard_normal(shapes.x_shape())
+    w = rng.standard_normal(shapes.w_shape())
     b = rng.standard_normal(c_out) if bias else None
     return Case("sharded.conv", "sharded.conv", "conv",
-                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs)
+                f"{n}D {label}, {layout_label(impl, channels_last)}", (x, w, b), kwargs,
+                geometry=shapes)
 
 
 def _sharded_pool_case(op: str):
     def build(variant, n, impl, channels_last, rng):
         label, kwargs = variant
-        x = rng.standard_normal(activation(2, 3, SHARDED_SIZES[n], channels_last))
+        shapes = _pool_geometry(op, n, channels_last, kwargs(n), sizes=SHARDED_SIZES[n])
+        x = rng.standard_normal(shapes.x_shape())
         return Case(f"sharded.{op}", f"sharded.{op}", op,
                     f"{n}D {label}, {layout_label(None, channels_last)}", (x,),
-                    dict(kwargs(n), channels_last=channels_last))
+                    dict(kwargs(n), channels_last=channels_last), geometry=shapes)
     return build
 
 
