@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import jaxcnn
 from jaxcnn import reference
+from jaxcnn._cases import Case
 from jaxcnn.fuzz.torch_side import expected_pads   # API.md's padding forms, independently of jaxcnn
 
 # Tolerances by dtype for a relative error (max abs error / max abs reference), and of a float64
@@ -219,22 +220,14 @@ def as_tuple(value, n):
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One conv configuration (hashable: it is a static argument of the jitted checks)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(Case):
+    """One conv configuration (hashable: it is a static argument of the jitted checks): a
+    ``jaxcnn._cases.Case`` whose defaults are 4 → 4 channels in 2 groups, with a bias."""
 
-    n: int
-    channels_last: bool
-    sizes: tuple
-    kernel: tuple
     channels: int = 4
     out_channels: int = 4
     groups: int = 2
-    batch: int = 2
-    stride: Any = 1
-    padding: Any = 0
-    dilation: Any = 1
-    padding_mode: str = "zeros"
     bias: bool = True
 
     def kwargs(self) -> dict:
@@ -243,11 +236,7 @@ class Config:
                     channels_last=self.channels_last)
 
     def shapes(self) -> tuple[tuple, tuple]:
-        per_group = self.channels // self.groups
-        if self.channels_last:
-            return ((self.batch, *self.sizes, self.channels),
-                    (*self.kernel, per_group, self.out_channels))
-        return (self.batch, self.channels, *self.sizes), (self.out_channels, per_group, *self.kernel)
+        return self.x_shape(), self.w_shape()
 
     def arrays(self, rng, dtype=jnp.float64) -> tuple:
         x_shape, w_shape = self.shapes()
@@ -255,12 +244,12 @@ class Config:
         return random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype), b
 
     def pads(self) -> list:
-        return expected_pads(self.padding, self.sizes, self.kernel, as_tuple(self.stride, self.n),
-                             as_tuple(self.dilation, self.n))
+        return expected_pads(self.padding, self.sizes, self.kernel, self.per_axis("stride"),
+                             self.per_axis("dilation"))
 
     def oracle(self, x, w, b) -> np.ndarray:
-        return numpy_conv(x, w, b, stride=as_tuple(self.stride, self.n), pads=self.pads(),
-                          dilation=as_tuple(self.dilation, self.n), groups=self.groups,
+        return numpy_conv(x, w, b, stride=self.per_axis("stride"), pads=self.pads(),
+                          dilation=self.per_axis("dilation"), groups=self.groups,
                           padding_mode=self.padding_mode, channels_last=self.channels_last)
 
     def out_shape(self) -> tuple:
@@ -274,12 +263,12 @@ class Config:
 def fixed_config(n: int, channels_last: bool, **changes) -> Config:
     """A configuration per n with every knob off its default (uneven stride, (lo, hi) pads,
     dilation, two groups)."""
-    base = {1: Config(1, channels_last, (9,), (3,), stride=2, padding=((1, 2),), dilation=2),
-            2: Config(2, channels_last, (6, 5), (3, 2), stride=(2, 1), padding=((1, 0), (2, 1)),
-                      dilation=(1, 2)),
-            3: Config(3, channels_last, (4, 5, 3), (2, 3, 2), stride=(1, 2, 1), padding=1,
-                      dilation=(2, 1, 1), channels=2, out_channels=2)}[n]
-    return dataclasses.replace(base, **changes)
+    base = {1: dict(sizes=(9,), kernel=(3,), stride=2, padding=((1, 2),), dilation=2),
+            2: dict(sizes=(6, 5), kernel=(3, 2), stride=(2, 1), padding=((1, 0), (2, 1)),
+                    dilation=(1, 2)),
+            3: dict(sizes=(4, 5, 3), kernel=(2, 3, 2), stride=(1, 2, 1), padding=1,
+                    dilation=(2, 1, 1), channels=2, out_channels=2)}[n]
+    return Config(channels_last=channels_last, **{**base, **changes})
 
 
 def operands(x, w, b) -> tuple:
@@ -316,8 +305,9 @@ def configs(draw) -> Config:
                              st.tuples(*[st.tuples(st.integers(0, 2), st.integers(0, 2))] * n)))
     extent = [d * (k - 1) + 1 for k, d in zip(kernel, as_tuple(dilation, n))]
     sizes = tuple(draw(st.integers(max(1, e - 2), e + (3 if n < 3 else 2))) for e in extent)
-    cfg = Config(n, draw(st.booleans()), sizes, kernel, channels, out_channels, groups,
-                 draw(st.integers(1, 2)), stride, padding, dilation, "zeros", draw(st.booleans()))
+    cfg = Config(channels_last=draw(st.booleans()), sizes=sizes, kernel=kernel, channels=channels,
+                 out_channels=out_channels, groups=groups, batch=draw(st.integers(1, 2)),
+                 stride=stride, padding=padding, dilation=dilation, bias=draw(st.booleans()))
     pads = cfg.pads()
     assume(all(length + lo + hi >= e for length, (lo, hi), e in zip(sizes, pads, extent)))
     widest = [max(p) for p in pads]
@@ -334,46 +324,41 @@ def configs(draw) -> Config:
 IMPLS = ("lax", "manual")
 
 
-@dataclasses.dataclass(frozen=True)
-class TransposeCase:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransposeCase(Case):
     """A conv_transpose configuration, PyTorch's layout: x (N, C_in, *S), w (C_in, C_out/g, *K)."""
 
-    sizes: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    output_padding: tuple[int, ...]
-    groups: int = 1
-    batch: int = 2
-    per_group: tuple[int, int] = (2, 3)  # (C_in / g, C_out / g)
-
-    @property
-    def n(self) -> int:
-        return len(self.sizes)
+    op: str = "conv_transpose"
 
     def kwargs(self) -> dict:
         return dict(stride=self.stride, dilation=self.dilation, padding=self.padding,
                     output_padding=self.output_padding, groups=self.groups)
 
     def arrays(self, rng, with_bias: bool = True):
-        c_in, c_out = (self.groups * c for c in self.per_group)
-        x = random_array(rng, (self.batch, c_in, *self.sizes))
-        w = random_array(rng, (c_in, self.per_group[1], *self.kernel))
-        b = random_array(rng, (c_out,)) if with_bias else None
+        x = random_array(rng, self.x_shape())
+        w = random_array(rng, self.w_shape())
+        b = random_array(rng, (self.out_channels,)) if with_bias else None
         return x, w, b
 
 
+def transpose_case(sizes, kernel, stride, dilation, padding, output_padding, groups: int = 1,
+                   per_group: tuple[int, int] = (2, 3)) -> TransposeCase:
+    """A ``TransposeCase`` of ``per_group = (C_in / g, C_out / g)`` channels per group."""
+    return TransposeCase(sizes=sizes, kernel=kernel, stride=stride, dilation=dilation,
+                         padding=padding, output_padding=output_padding, groups=groups,
+                         channels=groups * per_group[0], out_channels=groups * per_group[1])
+
+
 TRANSPOSE_CASES = {
-    "1d": TransposeCase((5,), (3,), (1,), (1,), ((0, 0),), (0,)),
-    "1d_stride2_pad1_op1": TransposeCase((4,), (3,), (2,), (1,), ((1, 1),), (1,)),
-    "1d_dilation3_op2_groups2": TransposeCase((4,), (2,), (2,), (3,), ((1, 2),), (2,), groups=2),
-    "2d_stride_dilation_asym_pad": TransposeCase((3, 4), (2, 3), (2, 1), (1, 2), ((0, 1), (2, 0)),
-                                                 (1, 1)),
-    "2d_groups3_stride3": TransposeCase((3, 3), (3, 2), (3, 2), (1, 1), ((1, 1), (1, 1)), (2, 1),
-                                        groups=3, per_group=(1, 2)),
-    "3d": TransposeCase((2, 3, 2), (2, 2, 3), (1, 2, 2), (2, 1, 1), ((1, 1), (0, 0), (1, 1)),
-                        (1, 1, 0)),
+    "1d": transpose_case((5,), (3,), (1,), (1,), ((0, 0),), (0,)),
+    "1d_stride2_pad1_op1": transpose_case((4,), (3,), (2,), (1,), ((1, 1),), (1,)),
+    "1d_dilation3_op2_groups2": transpose_case((4,), (2,), (2,), (3,), ((1, 2),), (2,), groups=2),
+    "2d_stride_dilation_asym_pad": transpose_case((3, 4), (2, 3), (2, 1), (1, 2),
+                                                  ((0, 1), (2, 0)), (1, 1)),
+    "2d_groups3_stride3": transpose_case((3, 3), (3, 2), (3, 2), (1, 1), ((1, 1), (1, 1)), (2, 1),
+                                         groups=3, per_group=(1, 2)),
+    "3d": transpose_case((2, 3, 2), (2, 2, 3), (1, 2, 2), (2, 1, 1), ((1, 1), (0, 0), (1, 1)),
+                         (1, 1, 0)),
 }
 
 

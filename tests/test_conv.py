@@ -237,7 +237,7 @@ def test_low_precision(dtype, impl, rng):
 def test_bfloat16_many_taps(impl, rng):
     """25 taps: the manual impl must sum them in float32, as lax does (regression: summed in
     bfloat16 its forward and input gradient were ~1.3e-2 off)."""
-    cfg = Config(2, False, (8, 8), (5, 5), groups=1, padding=2, bias=False)
+    cfg = Config(sizes=(8, 8), kernel=(5, 5), groups=1, padding=2, bias=False)
     args = cfg.arrays(rng, jnp.bfloat16)
     ct = random_array(rng, cfg.out_shape(), jnp.bfloat16)
     y, grads = forward_and_vjp(impl, cfg, args, ct)
@@ -287,8 +287,8 @@ def test_precision_reaches_every_contraction(impl):
        dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        mode=st.sampled_from(["zeros", "replicate"]), channels_last=st.booleans())
 def test_same_gives_ceil_of_size_over_stride(sizes, kernel, stride, dilation, mode, channels_last):
-    cfg = Config(2, channels_last, sizes, kernel, stride=stride, padding="same",
-                 dilation=dilation, padding_mode=mode)
+    cfg = Config(channels_last=channels_last, sizes=sizes, kernel=kernel, stride=stride,
+                 padding="same", dilation=dilation, padding_mode=mode)
     shape = jax.eval_shape(partial(jaxcnn.conv, **cfg.kwargs()), *cfg.shapes_struct()).shape
     spatial = shape[1:3] if channels_last else shape[2:]
     assert spatial == tuple(math.ceil(length / s) for length, s in zip(sizes, stride))

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn import reference
 from jaxcnn._args import conv_transpose_output_size
-from helpers import (IMPLS, TOL, TRANSPOSE_CASES, VJP_TOL, TransposeCase, assert_close,
-                     kernel_to_layout, random_array, shape_of, to_layout, tree_assert_close,
+from helpers import (IMPLS, TOL, TRANSPOSE_CASES, VJP_TOL, assert_close, kernel_to_layout,
+                     random_array, shape_of, to_layout, transpose_case, tree_assert_close,
                      value_and_vjp, vdot)
 
 F64 = TOL["float64"]
@@ -229,7 +229,7 @@ def test_matches_reference(name, layout, impl, rng):
 @pytest.mark.parametrize("mode, impl", [("reflect", "lax"), ("circular", "manual")])
 def test_border_modes_forward_and_vjp(mode, impl, rng):
     """Non-zero padding modes (the true adjoint; PyTorch has none) vs autodiff of the oracle."""
-    case = TransposeCase((5, 4), (3, 2), (2, 1), (1, 2), ((2, 1), (1, 2)), (1, 1), groups=2)
+    case = transpose_case((5, 4), (3, 2), (2, 1), (1, 2), ((2, 1), (1, 2)), (1, 1), groups=2)
     x, w, b = case.arrays(rng)
     kw = dict(padding_mode=mode, **case.kwargs())
     cotangent = random_array(rng, reference.conv_transpose(x, w, b, **kw).shape)
