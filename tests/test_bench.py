@@ -23,9 +23,12 @@ ROW_FIELDS = {"case", "op", "training", "shape", "x_shape", "w_shape", "y_shape"
               "temp_bytes", "temp_ratio", "paired_ratio"}
 
 
-def test_quick_run_writes_json(tmp_path):
+def test_quick_run_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert bench.main(["--quick", "--json", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()   # the header and the columns before the rows
+    assert out[0].startswith("device: ") and "vector ISA" in out[0] and "GFLOP/s" in out[0]
+    assert out[1:3] == bench.markdown_table([]).splitlines() and out[3].startswith("| ")
     report = json.loads(path.read_text())
     assert {"command", "device", "matmul", "scale", "repeats", "rows", "skipped"} <= set(report)
     assert report["scale"] == "quick" and report["matmul"]["gflops"] > 0

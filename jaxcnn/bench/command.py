@@ -14,7 +14,8 @@ the start. Every output is compared with the baseline's (``max_rel_err``): a fas
 shows. Shapes are full on a GPU, shrunk on CPU (each case's ``cpu`` sizes), tiny with ``--quick``.
 
 ``jaxcnn bench --train [--models ...]``: the training step of every named model instead, beside
-the same network in plain lax and in PyTorch (``jaxcnn.bench.train_step``).
+the same network in plain lax, in stock Flax NNX and in PyTorch as its users write it, eager
+and under ``torch.compile`` (``jaxcnn.bench.train_step``).
 
 The suite (``Case``, ``CASES``) lives in ``jaxcnn.bench.cases``, the contenders in
 ``jaxcnn.bench.contenders``, the timing in ``jaxcnn.bench.timing``, one row in
@@ -76,8 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.train:
         from jaxcnn.bench import train_step
-        names = _choices(args.models or ",".join(train_step.TRAIN_MODELS), train_step.TRAIN_MODELS, "--models")
+        names = _choices(",".join(train_step.TRAIN_MODELS) if args.models is None else args.models,
+                         train_step.TRAIN_MODELS, "--models")
         repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+        if repeats < 1:
+            raise ValueError(f"--repeats: expected a positive int; got {repeats}")
+        if args.batch is not None and args.batch < 1:
+            raise ValueError(f"--batch: expected a positive int; got {args.batch}")
         return train_step.run(names, repeats, args.markdown, args.json, 2 if args.quick else args.batch)
     platform_name = jax.devices()[0].platform
     scale = args.scale if args.scale != "auto" else (
@@ -105,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("torch is not installed: no PyTorch column", file=sys.stderr)
     matmul_n = 256 if scale == "quick" else 2048 if platform_name == "cpu" else 8192
     peak = matmul_peak(matmul_n, max(repeats, 3))
-    print(f"device: {device_info()['device_kind']} ({platform_name}); float32 {matmul_n}² matmul "
-          f"{peak['gflops']:.1f} GFLOP/s; scale {scale}, {repeats} repeats", flush=True)
+    info = device_info()
+    print(f"device: {info['device_kind']} ({platform_name}), vector ISA {info['vector_isa']}; float32 "
+          f"{matmul_n}² matmul {peak['gflops']:.1f} GFLOP/s; scale {scale}, {repeats} repeats", flush=True)
+    print(markdown_table([]), flush=True)   # the columns, before the rows come
     rows, skipped, load_start = [], [], load_average()
     for case in cases:
         reason = available(case)
@@ -125,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows.append(row)
                     print(markdown_table([row]).splitlines()[-1], flush=True)
     report = {"command": "jaxcnn bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "device": device_info(), "matmul": peak, "scale": scale, "repeats": repeats,
+              "device": info, "matmul": peak, "scale": scale, "repeats": repeats,
               "load_average": {"start": load_start, "end": load_average()},
               "rows": rows, "skipped": skipped}
     if args.json:

@@ -1,4 +1,5 @@
-"""``jaxcnn bench``'s report: the markdown table, the device, the machine's load."""
+"""``jaxcnn bench``'s report: the markdown table, the device (its CPU's vector ISA), the
+machine's load."""
 from __future__ import annotations
 
 import os
@@ -51,6 +52,8 @@ def device_info() -> dict[str, Any]:
         info["cpu"], info["cpu_cores"] = models[0], len(models)
     except (OSError, IndexError):
         pass
+    info["cpu_flags_source"], flags = cpu_flags()
+    info["vector_isa"] = vector_isa(flags)
     try:
         import torch
         info["torch"] = torch.__version__
@@ -59,6 +62,47 @@ def device_info() -> dict[str, Any]:
     except ImportError:
         info["torch"] = None
     return info
+
+
+# The widest vector extension first; "flag" as /proc/cpuinfo spells it (x86 "flags", Arm "Features").
+_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"),
+         ("sve2", "SVE2"), ("sve", "SVE"), ("asimd", "NEON"), ("neon", "NEON"))
+_EXTRAS = (("fma", "FMA"), ("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("amx_tile", "AMX"))
+# numpy's names for the same features (``__cpu_features__``), where they differ
+_NUMPY_NAMES = {"fma3": "fma", "sse42": "sse4_2", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+                "amx_tile": "amx_tile"}
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's feature flags and where they were read: ``cpuinfo``'s first ``flags`` (x86)
+    or ``Features`` (Arm) line, else numpy's runtime dispatch table, else none."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return "/proc/cpuinfo", set(value.split())
+    except OSError:
+        pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return "none", set()
+    names = {k.lower() for k, v in features.items() if v}
+    return "numpy", {_NUMPY_NAMES.get(n, n) for n in names}
+
+
+def vector_isa(flags: set[str]) -> str:
+    """The widest vector extension in ``flags`` and the ones that speed up float math beside it:
+    "AVX-512 + VNNI + BF16", "AVX2 + FMA", "NEON"; "unknown" where none is known."""
+    main = next((name for flag, name in _ISAS if flag in flags), None)
+    if main is None:
+        return "unknown"
+    extras = [name for flag, name in _EXTRAS if flag in flags and not (flag == "fma" and main == "AVX-512")]
+    return " + ".join([main, *extras])
 
 
 def load_average() -> list[float] | None:
