@@ -1,12 +1,12 @@
-"""jaxcnn.bench.train_step: every contender of ``jaxcnn bench --train`` computes the same
+"""jaxcnn.bench.train_step: jaxcnn's contenders of ``jaxcnn bench --train`` compute the same
 loss and the same gradients on the same parameters and batch (float64, no dropout): jaxcnn's
-impls, the plain-lax twin (``jaxcnn.reference`` ops under JAX autodiff) and PyTorch's.
-No timing is asserted (the machine is shared)."""
+impls and the plain-lax twin (``jaxcnn.reference`` ops under JAX autodiff); the profile of a
+step. PyTorch's and Flax's contenders: ``test_bench_contenders``. No timing is asserted (the
+machine is shared)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import jaxcnn
@@ -39,7 +39,7 @@ def test_contenders_compute_the_same_step(name):
     x = jnp.asarray(x, jnp.float64)
     results = {impl: _loss_and_grads(name, impl, x, jnp.asarray(y))
                for impl in IMPLS.get(name, ("lax", "jax"))}
-    (want_loss, want_grads), params = results.pop("jax")
+    (want_loss, want_grads), _ = results.pop("jax")
     for impl, ((loss, grads), _) in results.items():
         assert_close(loss, want_loss, TOL["float64"], f"{name} {impl} loss")
         for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -47,15 +47,6 @@ def test_contenders_compute_the_same_step(name):
             for key in path:
                 w = w[key.idx] if hasattr(key, "idx") else w[key.key]
             assert_close(g, w, TOL["float64"], f"{name} {impl} grad {jax.tree_util.keystr(path)}")
-    torch = pytest.importorskip("torch")
-    tree = train_step.torch_tree(params, channels_last=False)
-    logits = train_step.torch_forward(name, tree, torch.tensor(np.asarray(x)), train=False)
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y, dtype=torch.long))
-    leaves = jax.tree_util.tree_leaves(tree)
-    grads = torch.autograd.grad(loss, leaves)
-    assert_close(jnp.asarray(loss.item()), want_loss, TOL["float64"], f"{name} torch loss")
-    for g, w in zip(grads, jax.tree_util.tree_leaves(want_grads), strict=True):
-        assert_close(jnp.asarray(g.numpy()), w, TOL["float64"], f"{name} torch grad")
 
 
 def test_plain_lax_ops_restores_jaxcnn():
@@ -65,15 +56,6 @@ def test_plain_lax_ops_restores_jaxcnn():
     with train_step.plain_lax_ops():
         assert jaxcnn.conv is reference.conv and jaxcnn.max_pool is reference.max_pool
     assert jaxcnn.conv is before
-
-
-def test_markdown_ratio_to_fastest_torch():
-    row = {"model": "m", "batch": 2, "ms": {"jaxcnn lax": 30.0, "torch": 20.0, "torch channels_last": 15.0},
-           "temp_bytes": {"jaxcnn lax": 2 ** 20}, "failures": {}, "fastest_jaxcnn": "jaxcnn lax",
-           "fastest_torch": "torch channels_last"}
-    table = train_step.markdown([row])
-    assert "| m | 2 | jaxcnn lax | 30 | 2.00 | 1 |" in table
-    assert "| m | 2 | torch channels_last | 15 | 1.00 | — |" in table
 
 
 def test_profile_categories_from_stack_frames():
@@ -108,8 +90,8 @@ def test_profile_categorises_loop_bodies():
 
 @pytest.mark.slow
 def test_micro_batched_contenders_compute_the_same_loss():
-    """The ``×k`` contenders: the step over 2 slices of the batch has the one-slice loss, for
-    jaxcnn (``train.micro_batched``) and for PyTorch (two backward passes), float32."""
+    """The ``×k`` jaxcnn contender: the step over 2 slices of the batch has the one-slice loss
+    (``train.micro_batched``), float32; PyTorch's own: ``test_bench_contenders``."""
     name = "mnist1d-resnet"
     x, y = train_step.batch_data(name, 4)
 
@@ -117,8 +99,3 @@ def test_micro_batched_contenders_compute_the_same_loss():
         compiled, args = train_step.jax_step(name, "lax", x, y, micro_batches=micro_batches)["compiled"]["step"]
         return compiled(*args)[2]
     assert_close(loss(2), loss(1), TOL["float32"], "jaxcnn ×2")
-    pytest.importorskip("torch")
-    _, params = train_step.jax_loss(name, "lax")
-    one, two = (train_step.torch_step(name, params, x, y, False, m)().item() for m in (1, 2))
-    assert_close(jnp.asarray(two), jnp.asarray(one), TOL["float32"], "torch ×2")
-    assert_close(jnp.asarray(one), loss(1), TOL["float32"], "torch vs jaxcnn")

@@ -4,8 +4,10 @@
 - ``contenders``: the ``lax`` baseline, jaxcnn's ops, PyTorch's (``TorchSide``);
 - ``timing``: interleaved rounds of synchronised calls, the matmul peak;
 - ``rows``: one row, every contender timed, its compiled temp memory, compared with the baseline;
-- ``report``: the markdown table, the device, the load;
+- ``report``: the markdown table, the device (its vector ISA), the load;
 - ``train_step``: ``jaxcnn bench --train``, the training step of every named model;
+- ``torch_models`` / ``flax_models``: those models as PyTorch and stock Flax NNX users write
+  them (``model_params`` walks jaxcnn's weights into them); ``train_report``: their table;
 - ``profile``: XLA's per-op trace of a compiled step, summed by category;
 - ``command``: ``jaxcnn bench`` itself (``main``; what it measures is in its docstring).
 """

@@ -18,18 +18,24 @@ def failure_message(err: Exception) -> str:
 
 
 def time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], repeats: int,
-                     min_seconds: float = 0.0) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
+                     min_seconds: float = 0.0, first: dict[str, float] | None = None,
+                     ) -> tuple[dict[str, list[float]], dict[str, Any], dict[str, str]]:
     """Milliseconds of every contender's synchronised calls, timed **in rounds**: after each
     one's first (compiling) call and a warm-up, every round calls each contender once, the
     order rotating by one per round, so a burst of load or a clock change hits them all alike
     and the ratios stay fair. ``repeats`` rounds, or more (up to 50) until ``min_seconds`` of
     rounds are spent. Returns the times, each contender's first output, and the failures (a
-    contender that raises is reported and left out, the others go on)."""
+    contender that raises is reported and left out, the others go on). ``first``, where
+    given, receives each contender's first call in milliseconds (its compilation, where it
+    compiles on first call), never part of the times."""
     outs, failures, warm = {}, {}, 0.0
     for name, (call, sync) in calls.items():
         try:
+            start = time.perf_counter()
             outs[name] = call()
             sync(outs[name])
+            if first is not None:
+                first[name] = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
             sync(call())
             warm += time.perf_counter() - start

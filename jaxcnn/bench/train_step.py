@@ -1,27 +1,38 @@
 r"""``jaxcnn bench --train``: the training step of every named model, end to end.
 
-One optimizer step (cross-entropy of the model's logits, ``jax.value_and_grad``, AdamW) of
-each model of ``TRAIN_MODELS`` at its training batch size, float32, timed in interleaved
-rounds (``timing.time_interleaved``; medians) for each contender:
+One optimizer step (cross-entropy of the model's logits, its gradient, AdamW) of each model of
+``TRAIN_MODELS`` at its training batch size, float32, timed in interleaved rounds
+(``timing.time_interleaved``: medians after a first call and a warm-up) for each contender:
 
-- ``jaxcnn lax`` / ``jaxcnn manual``: ``jaxcnn.models`` with that ``impl`` (channels first:
-  the models' layout);
+- ``jaxcnn lax`` / ``jaxcnn manual``: ``jaxcnn.models`` with that ``impl``, channels first
+  and (``channels_last``) channels last;
 - ``jax``: the same network, the same parameters, with every jaxcnn op replaced by its
-  ``jaxcnn.reference`` twin (plain ``lax``, differentiated by JAX autodiff): what a user of
-  plain JAX would write (``plain_lax_ops``);
-- ``torch`` / ``torch channels_last``: the same network in PyTorch eager (``torch_forward``,
-  ``torch.nn.functional`` on the same parameters), NCHW and ``channels_last`` memory format
-  (2D and 3D models);
-- ``… ×k``: the same step with its gradient summed over ``k`` slices of the batch
-  (``jaxcnn.train.micro_batched``, one program; PyTorch: ``k`` backward passes into the same
-  gradients, then one optimizer step; k = 2, 4, 8), for ``jaxcnn lax`` and PyTorch in the layout each runs
-  fastest: smaller slices keep activations in cache, on both sides.
+  ``jaxcnn.reference`` twin (plain ``lax``, differentiated by JAX autodiff; ``plain_lax_ops``);
+- ``flax nnx``: the model in stock Flax NNX (``jaxcnn.bench.flax_models``: ``nnx.Conv``,
+  ``nnx.Linear``, ``nnx.value_and_grad``, ``optax.adamw``, ``nnx.jit``; channels last, Flax's
+  layout), the JAX baseline a Flax user has;
+- ``torch eager`` / ``torch eager channels_last`` / ``torch compiled channels_last``: the model
+  as a PyTorch user writes it (``jaxcnn.bench.torch_models``: ``nn.Module``\ s, the module and
+  its batch in ``channels_last`` memory format, AdamW), eager and under ``torch.compile``
+  (inductor; the 1D model has no channels-last format: ``torch eager``, ``torch compiled``);
+- ``… ×k``: the same step with its gradient summed over ``k`` slices of the batch (k = 2, 4,
+  8; jaxcnn: ``jaxcnn.train.micro_batched``, one program; PyTorch: ``k`` backward passes into
+  the same gradients, then one optimizer step), for ``jaxcnn lax`` in its faster layout and
+  for each PyTorch contender in channels-last format.
+
+Every contender's **first step** is reported apart from its steady-state median: for the
+jaxcnn and ``jax`` contenders the ahead-of-time lowering and compilation of the step plus its
+first call; for Flax, ``nnx.jit``'s first call; for ``torch.compile``, its first call
+(dynamo and inductor, forward and backward: inductor's on-disk cache, warm after a first run,
+shortens it). jaxcnn's native kernels are built or loaded once, before anything is timed (once
+per machine: the build is cached). The report (``jaxcnn.bench.train_report``) names the CPU's
+vector ISA and the float32 matmul speed of the run, and divides jaxcnn's fastest plain step by
+the fastest plain PyTorch step (eager or compiled); micro-batched steps have their own columns.
 
 Beside each JAX contender's time: XLA's compiled temp memory of the step. For the fastest
 jaxcnn contender a profile: XLA's per-op trace of its step summed by category
-(``jaxcnn.bench.profile``: convolutions forward / backward, pooling, normalisation, dropout,
-dense, optimizer, the rest) and the compiled program's op census. The test of this
-module checks that every contender computes the same loss and gradients.
+(``jaxcnn.bench.profile``) and the compiled program's op census. The tests check that every
+contender computes the same loss and gradients from the same weights.
 
 On a machine shared with other work, PyTorch's OpenMP threads spin while they wait (a 3 ms
 step measured 1.5 s under a load of 18 on 2 cores); run with ``OMP_WAIT_POLICY=PASSIVE``
@@ -35,6 +46,8 @@ import os
 import re
 import statistics
 import sys
+import time
+from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -44,7 +57,8 @@ import numpy as np
 import jaxcnn
 from jaxcnn import models, reference
 from jaxcnn.bench.profile import step_profile
-from jaxcnn.bench.rows import compiled_temp_bytes
+from jaxcnn.bench import train_report
+from jaxcnn.bench.train_report import label, side, split_label
 from jaxcnn.bench.timing import failure_message, time_interleaved
 
 TRAIN_MODELS = ("mnist1d-resnet", "fashion-cnn", "fashion-resnet", "clips-cnn3d")
@@ -94,8 +108,9 @@ def jax_loss(name: str, impl: str, channels_last: bool = False) -> tuple[Callabl
 
 def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: bool = False,
              micro_batches: int = 1) -> dict[str, Any]:
-    """The compiled phases of one contender: ``step`` (value-and-grad over ``micro_batches``
-    slices, and AdamW), ``grad`` (value-and-grad), ``forward`` (the loss), with their arguments."""
+    """One contender's step (value-and-grad over ``micro_batches`` slices, and AdamW), lowered
+    and compiled ahead of time: ``{"compiled": {"step": (compiled, args)}, "temp_bytes": XLA's
+    temp memory of it, "compile_s": the seconds its tracing, lowering and compilation took}``."""
     import optax
     from jaxcnn.train import micro_batched
     loss, params = jax_loss(name, impl, channels_last)
@@ -111,111 +126,19 @@ def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: 
             updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    key = jax.random.key(1)
-    args = (params, opt_state, jnp.asarray(x), jnp.asarray(y), key)
-    phases = {"step": (jax.jit(step), args),
-              "grad": (jax.jit(jax.value_and_grad(loss)), (params, *args[2:])),
-              "forward": (jax.jit(loss), (params, *args[2:]))}
+    args = (params, opt_state, jnp.asarray(x), jnp.asarray(y), jax.random.key(1))
+    jax.block_until_ready(args)
     context = plain_lax_ops() if impl == "jax" else contextlib.nullcontext()
     with context:
-        compiled = {k: (f.lower(*a).compile(), a) for k, (f, a) in phases.items()}
-        temp = compiled_temp_bytes(phases["step"][0], *args)
-    return {"compiled": compiled, "temp_bytes": temp}
-
-
-# ----------------------------------------------------------------------------- PyTorch
-
-# Each model as a list of layer specs mirroring its ``nn.serial`` (one entry per layer, so
-# the JAX parameter tuple indexes them): (kind, options).
-_RES = "residual"
-TORCH_SPECS: dict[str, list[tuple]] = {
-    "mnist1d-resnet": [("conv", 1, 2), ("gn",), ("relu",), (_RES, 1), ("relu",), (_RES, 2), ("relu",),
-                       (_RES, 2), ("relu",), ("flatten",), ("dense",)],
-    "fashion-cnn": [("conv", 1, 1), ("relu",), ("maxpool", 2), ("conv", 1, 1), ("gn",), ("relu",),
-                    ("maxpool", 2), ("conv", 1, 1), ("gn",), ("relu",), ("flatten",),
-                    ("dropout", 0.3), ("dense",)],
-    "fashion-resnet": [("conv", 1, 1), ("gn",), ("relu",), (_RES, 1), ("relu",), (_RES, 2), ("relu",),
-                       (_RES, 2), ("relu",), ("gap",), ("dense",)],
-    "clips-cnn3d": [("avgpool", (1, 2, 2)), ("conv", 1, 1), ("relu",), ("maxpool", (1, 2, 2)),
-                    ("conv", 1, 1), ("gn",), ("relu",), ("maxpool", 2), ("conv", 1, 1), ("gn",),
-                    ("relu",), ("gap",), ("dense",)],
-}
-
-
-def torch_forward(name: str, params: Any, x: Any, train: bool) -> Any:
-    """The model's logits in PyTorch eager (``torch.nn.functional``), from the JAX parameter
-    tree with torch tensors as leaves (channels first weights, as jaxcnn's)."""
-    import torch.nn.functional as F
-    n = x.dim() - 2
-
-    def conv(x, p, stride, padding):
-        return getattr(F, f"conv{n}d")(x, p["w"], p.get("b"), stride, padding)
-
-    def gn(x, p):
-        return F.group_norm(x, min(8, x.shape[1]), p["scale"], p["bias"], 1e-5)
-
-    for (kind, *opt), p in zip(TORCH_SPECS[name], params, strict=True):
-        if kind == "conv":
-            x = conv(x, p, *opt)
-        elif kind == "gn":
-            x = gn(x, p)
-        elif kind == "relu":
-            x = F.relu(x)
-        elif kind == "maxpool":
-            x = getattr(F, f"max_pool{n}d")(x, opt[0])
-        elif kind == "avgpool":
-            x = getattr(F, f"avg_pool{n}d")(x, opt[0])
-        elif kind == "dropout":
-            x = F.dropout(x, opt[0], training=train)
-        elif kind == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        elif kind == "gap":
-            x = x.mean(dim=tuple(range(2, x.dim())))
-        elif kind == "dense":
-            x = x @ p["w"] + p["b"]
-        else:                      # a basic block: conv-norm-relu-conv-norm + shortcut
-            block = p["block"]
-            y = F.relu(gn(conv(x, block[0], opt[0], 1), block[1]))
-            y = gn(conv(y, block[3], 1, 1), block[4])
-            x = y + (conv(x, p["shortcut"], opt[0], 0) if p["shortcut"] else x)
-    return x
-
-
-def torch_tree(params: Any, channels_last: bool, grad: bool = True) -> Any:
-    """The JAX parameter tree with torch leaves; conv kernels in channels-last memory format."""
-    import torch
-
-    def leaf(a):
-        t = torch.tensor(np.asarray(a, np.float32) if a.dtype != np.float64 else np.asarray(a))
-        if channels_last and t.dim() in (4, 5):
-            t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
-        return t.requires_grad_(grad)
-    return jax.tree_util.tree_map(leaf, params)
-
-
-def torch_step(name: str, params: Any, x: np.ndarray, y: np.ndarray, channels_last: bool,
-               micro_batches: int = 1) -> Callable:
-    """One PyTorch AdamW step of the model on ``(x, y)``, as a closure (it trains in place):
-    ``micro_batches`` backward passes, one per slice, accumulate into the gradients."""
-    import torch
-    tree = torch_tree(params, channels_last)
-    leaves = jax.tree_util.tree_leaves(tree)
-    optimizer = torch.optim.AdamW(leaves, lr=LR, weight_decay=WEIGHT_DECAY)
-    xt = torch.tensor(x)
-    if channels_last and xt.dim() in (4, 5):
-        xt = xt.contiguous(memory_format=torch.channels_last if xt.dim() == 4 else torch.channels_last_3d)
-    yt = torch.tensor(y, dtype=torch.long)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for xs, ys in zip(xt.chunk(micro_batches), yt.chunk(micro_batches)):
-            loss = torch.nn.functional.cross_entropy(torch_forward(name, tree, xs, True), ys) / micro_batches
-            loss.backward()
-            total = total + loss.detach()
-        optimizer.step()
-        return total
-    return step
+        start = time.perf_counter()
+        compiled = jax.jit(step).lower(*args).compile()
+        compile_s = time.perf_counter() - start
+    try:
+        stats = compiled.memory_analysis()
+        temp = None if stats is None else int(stats.temp_size_in_bytes)
+    except Exception:   # a backend without memory analysis
+        temp = None
+    return {"compiled": {"step": (compiled, args)}, "temp_bytes": temp, "compile_s": compile_s}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -229,53 +152,107 @@ def _census(compiled: Any) -> dict[str, int]:
     return census
 
 
-def _label(base: str, channels_last: bool, micro_batches: int) -> str:
-    return base + (" channels_last" if channels_last else "") + (f" ×{micro_batches}" if micro_batches > 1 else "")
+
+def torch_variants(name: str) -> list[tuple[bool, bool, bool]]:
+    """The PyTorch contenders of a model: ``(compiled, channels_last, micro-batched too)``:
+    eager in both memory formats, compiled in channels-last format (1D has only the
+    contiguous one), the channels-last ones also over micro-batches."""
+    if len(models.INPUT_SHAPES[name]) == 2:
+        return [(False, False, True), (True, False, True)]
+    return [(False, False, False), (False, True, True), (True, True, True)]
+
+
+def _missing(module: str, extra: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install 'jaxcnn[{extra}]')"
+    return None
 
 
 def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual", "jax"),
-                torch_layouts: Sequence[bool] = (False, True), batch: int | None = None,
+                torch_modes: Sequence[tuple[bool, bool, bool]] | None = None, flax: bool = True,
+                batch: int | None = None,
                 min_seconds: float = 1.0, micro_batches: Sequence[int] = (2, 4, 8)) -> dict[str, Any]:
     """Every contender's step on one model, interleaved; the profile of the fastest jaxcnn one.
-    The JAX contenders run in both layouts where the model takes ``channels_last``; ``jaxcnn
-    lax`` and PyTorch also over each of ``micro_batches`` slices (that divides the batch) in
-    their faster layout (channels last where the model has one)."""
+    The jaxcnn and ``jax`` contenders run in both layouts where the model takes
+    ``channels_last``, ``jaxcnn lax`` also over each of ``micro_batches`` slices (that divides
+    the batch) in its faster layout (channels last where the model has one); PyTorch's as
+    ``torch_modes`` says (``(compiled, channels_last, micro-batched too)`` each; default
+    ``torch_variants(name)``, ``()`` none); stock Flax NNX once (channels last) where ``flax``. A contender that cannot run
+    is named with the reason, the others go on: ``skipped`` (a framework not installed) or
+    ``failures`` (it raised: a compiler missing, a bug)."""
     batch = batch or BATCH[name]
     x, y = batch_data(name, batch)
-    calls, temp, failures, steps = {}, {}, {}, {}
+    calls: dict[str, tuple[Callable, Callable]] = {}
+    temp, failures, skipped, steps, compile_s, first_ms = {}, {}, {}, {}, {}, {}
     layouts = (False, True) if name in models.LAYOUT_MODELS else (False,)
     sliced = [m for m in micro_batches if m > 1 and batch % m == 0]
     configs = [(i, cl, 1) for i in impls for cl in layouts]
     configs += [("lax", layouts[-1], m) for m in sliced if "lax" in impls]
     for impl, channels_last, m in configs:
-        label = _label(impl if impl == "jax" else f"jaxcnn {impl}", channels_last, m)
+        key = label((impl if impl == "jax" else f"jaxcnn {impl}") + (" channels_last" if channels_last else ""), m)
         try:
-            steps[label] = jax_step(name, impl, x, y, channels_last, m)
+            steps[key] = jax_step(name, impl, x, y, channels_last, m)
         except Exception as err:   # a contender that fails is reported, the others go on
-            failures[label] = failure_message(err)
+            failures[key] = failure_message(err)
             continue
-        compiled, args = steps[label]["compiled"]["step"]
-        calls[label] = (lambda c=compiled, a=args: c(*a), jax.block_until_ready)
-        temp[label] = steps[label]["temp_bytes"]
-    if torch_layouts and importlib.util.find_spec("torch") is None:
-        failures["torch"] = "torch is not installed"
-    elif torch_layouts:
-        _, params = jax_loss(name, "lax")
-        layouts = [cl for cl in torch_layouts if not (cl and len(models.INPUT_SHAPES[name]) == 2)]
-        for channels_last, m in [(cl, 1) for cl in layouts] + [(layouts[-1], m) for m in sliced]:
-            calls[_label("torch", channels_last, m)] = (torch_step(name, params, x, y, channels_last, m),
-                                                        lambda out: out.item())
-    times, _, call_failures = time_interleaved(calls, repeats, min_seconds)
+        compiled, args = steps[key]["compiled"]["step"]
+        calls[key] = (lambda c=compiled, a=args: c(*a), jax.block_until_ready)
+        temp[key], compile_s[key] = steps[key]["temp_bytes"], steps[key]["compile_s"]
+    params = jax_loss(name, "lax")[1]   # channels first: the weights every other framework starts from
+    builders: dict[str, Callable[[], Callable]] = {}
+    if flax:
+        reason = _missing("flax", "interop")
+        if reason:
+            skipped["flax nnx"] = reason
+        else:
+            from jaxcnn.bench import flax_models
+            builders["flax nnx"] = lambda: flax_models.train_step(name, params, x, y, lr=LR, weight_decay=WEIGHT_DECAY)
+    torch_modes = torch_variants(name) if torch_modes is None else torch_modes
+    if torch_modes:
+        reason = _missing("torch", "torch")
+        if reason:
+            skipped["torch"] = reason
+        else:
+            from jaxcnn.bench import torch_models
+            torch_models.reset_compiled()   # the compile caches of the models before: not this one's
+            for compiled, channels_last, micro in torch_modes:
+                family = f"torch {'compiled' if compiled else 'eager'}" + (" channels_last" if channels_last else "")
+                for m in [1] + (sliced if micro else []):
+                    builders[label(family, m)] = partial(
+                        torch_models.train_step, name, params, x, y, channels_last=channels_last,
+                        compiled=compiled, micro_batches=m, lr=LR, weight_decay=WEIGHT_DECAY)
+    for key, build in builders.items():
+        try:
+            calls[key] = (build(), jax.block_until_ready if side(key) == "flax" else lambda out: out.item())
+        except Exception as err:   # reported, the others go on
+            failures[key] = failure_message(err)
+    times, _, call_failures = time_interleaved(calls, repeats, min_seconds, first_ms)
     failures.update(call_failures)
     ms = {k: statistics.median(v) for k, v in times.items()}
-    ours = [k for k in ms if k.startswith("jaxcnn")]
-    theirs = [k for k in ms if k.startswith("torch")]
     row = {"model": name, "batch": batch, "ms": ms, "temp_bytes": temp, "failures": failures,
-           "fastest_jaxcnn": min(ours, key=ms.get) if ours else None,
-           "fastest_torch": min(theirs, key=ms.get) if theirs else None}
+           "skipped": skipped, "compile_s": compile_s,
+           "first_step_s": {k: compile_s.get(k, 0.0) + v / 1e3 for k, v in first_ms.items() if k in ms}}
+    row.update(fastest(ms))
     if row["fastest_jaxcnn"]:
         row["profile"] = profile(steps[row["fastest_jaxcnn"]]["compiled"], repeats, min_seconds)
     return row
+
+
+def fastest(ms: dict[str, float]) -> dict[str, Any]:
+    """The fastest jaxcnn, PyTorch and Flax contenders among plain steps and among micro-batched
+    ones, and the ratios the report leads with: jaxcnn's fastest plain step over PyTorch's
+    (eager or compiled), the same for micro-batched steps, jaxcnn's fastest plain over Flax."""
+    def best(who: str, micro: bool) -> str | None:
+        names = [k for k in ms if side(k) == who and (split_label(k)[1] > 1) == micro]
+        return min(names, key=ms.get) if names else None
+
+    out = {f"fastest_{who}{'_micro' if micro else ''}": best(who, micro)
+           for who in ("jaxcnn", "torch", "flax") for micro in (False, True)}
+    ratio = lambda a, b: ms[out[a]] / ms[out[b]] if out[a] and out[b] else None
+    out["ratio"] = ratio("fastest_jaxcnn", "fastest_torch")
+    out["ratio_micro"] = ratio("fastest_jaxcnn_micro", "fastest_torch_micro")
+    out["ratio_flax"] = ratio("fastest_jaxcnn", "fastest_flax")
+    return out
 
 
 def profile(compiled: dict[str, tuple[Any, tuple]], repeats: int, min_seconds: float) -> dict[str, Any]:
@@ -290,54 +267,44 @@ def profile(compiled: dict[str, tuple[Any, tuple]], repeats: int, min_seconds: f
     return {"ms": ms, "census": _census(step)}
 
 
-def markdown(rows: Sequence[dict[str, Any]], peak: dict[str, float] | None = None) -> str:
-    """The step table (ms, ratio to the fastest PyTorch, temp MiB) and the profile table."""
-    head = ["| model | batch | contender | ms / step | / fastest torch | temp MiB |",
-            "|---|---|---|---|---|---|"]
-    for r in rows:
-        best_torch = r["ms"].get(r["fastest_torch"]) if r["fastest_torch"] else None
-        for label, ms in sorted(r["ms"].items(), key=lambda kv: kv[1]):
-            ratio = "—" if not best_torch else f"{ms / best_torch:.2f}"
-            mem = r["temp_bytes"].get(label)
-            head.append(f"| {r['model']} | {r['batch']} | {label} | {ms:.3g} | {ratio} | "
-                        f"{'—' if mem is None else f'{mem / 2 ** 20:.3g}'} |")
-    kinds = ("conv forward", "conv backward", "pooling", "normalisation", "dropout", "dense",
-             "optimizer", "rest")
-    prof = ["", "Profile of the fastest jaxcnn step (XLA's per-op trace, ms per step by category; "
-            "op census of the program):", "",
-            "| model | contender | " + " | ".join(kinds) + " | convolutions | native | dots | loops |",
-            "|---|---|" + "---|" * (len(kinds) + 4)]
-    for r in rows:
-        if "profile" in r:
-            p, c = r["profile"]["ms"], r["profile"]["census"]
-            cells = " | ".join("—" if k not in p else f"{p[k]:.3g}" for k in kinds)
-            prof.append(f"| {r['model']} | {r['fastest_jaxcnn']} | {cells} | {c['convolution']} | "
-                        f"{c.get('native', '—')} | {c['dot']} | {c['while']} |")
-    note = [] if peak is None else ["", f"float32 {peak['n']}² matmul: {peak['gflops']:.1f} GFLOP/s "
-                                        "(the machine's speed during the run); OMP_WAIT_POLICY="
-                                        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}."]
-    return "\n".join(head + prof + note) + "\n"
+def native_kernels() -> dict[str, Any]:
+    """Build or load jaxcnn's native CPU kernels now, before anything is timed: whether they
+    are available and the seconds it took (a build once per machine, then a load from the cache)."""
+    from jaxcnn import conv_native
+    start = time.perf_counter()
+    available = conv_native.available()
+    return {"available": available, "seconds": time.perf_counter() - start}
 
 
 def run(model_names: Sequence[str], repeats: int, markdown_path: str | None = None,
         json_path: str | None = None, batch: int | None = None) -> int:
-    """``jaxcnn bench --train``: every model's row, printed and written."""
+    """``jaxcnn bench --train``: the header, then every model's rows as they come, then the
+    tables; written to ``markdown_path`` and ``json_path`` where given."""
     import json
     from jaxcnn.bench.report import device_info, load_average
     from jaxcnn.bench.timing import matmul_peak
+    reason = _missing("optax", "train")
+    if reason:
+        raise ImportError(f"jaxcnn bench --train needs optax: {reason}")
+    native = native_kernels()
     peak = matmul_peak(2048 if batch is None else 256, 3)
+    info = device_info()
+    header = train_report.header(info, peak, native)
+    print(header, flush=True)
+    print(train_report.steps_table([]), flush=True)
     rows, load = [], load_average()
-    for name in model_names:
-        rows.append(bench_model(name, repeats, batch=batch, min_seconds=0.0 if batch else 1.0))
-        print(markdown(rows[-1:]).split("\n\n")[0], flush=True)
-    table = markdown(rows, peak)
+    with _torch_compile_settings():
+        for name in model_names:
+            rows.append(bench_model(name, repeats, batch=batch, min_seconds=0.0 if batch else 1.0))
+            print(train_report.steps_table(rows[-1:]).split("\n", 2)[2], flush=True)
+    table = train_report.markdown(rows, header)
     print(table)
     if markdown_path:
         with open(markdown_path, "w") as f:
             f.write(table)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"device": device_info(), "matmul": peak, "rows": rows,
+            json.dump({"device": info, "matmul": peak, "native_kernels": native, "rows": rows,
                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                        "load_average": {"start": load, "end": load_average()}}, f, indent=1)
     bad = [r["model"] for r in rows if r["failures"]]
@@ -346,5 +313,18 @@ def run(model_names: Sequence[str], repeats: int, markdown_path: str | None = No
     return 1 if bad else 0
 
 
-__all__ = ["TRAIN_MODELS", "BATCH", "plain_lax_ops", "batch_data", "jax_loss", "jax_step",
-           "torch_forward", "torch_tree", "torch_step", "bench_model", "profile", "markdown", "run"]
+@contextlib.contextmanager
+def _torch_compile_settings() -> Iterator[None]:
+    """``torch.compile`` raises where it would run a step eagerly after too many recompiles:
+    a compiled contender never times eager code unnoticed."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    from jaxcnn.bench import torch_models
+    with torch_models.strict_compile():
+        yield
+
+
+__all__ = ["TRAIN_MODELS", "BATCH", "plain_lax_ops", "batch_data", "jax_loss", "jax_step", "label",
+           "split_label", "side", "torch_variants", "bench_model", "fastest", "profile",
+           "native_kernels", "run"]
