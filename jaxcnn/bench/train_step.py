@@ -163,8 +163,9 @@ def torch_variants(name: str) -> list[tuple[bool, bool, bool]]:
 
 
 def _missing(module: str, extra: str) -> str | None:
+    """Why a contender that needs ``module`` cannot run (the extra that has it), or None."""
     if importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install 'jaxcnn[{extra}]')"
+        return f"needs the '{extra}' extra, missing {module}: pip install 'jaxcnn[{extra}]'"
     return None
 
 
@@ -270,7 +271,7 @@ def profile(compiled: dict[str, tuple[Any, tuple]], repeats: int, min_seconds: f
 def native_kernels() -> dict[str, Any]:
     """Build or load jaxcnn's native CPU kernels now, before anything is timed: whether they
     are available and the seconds it took (a build once per machine, then a load from the cache)."""
-    from jaxcnn import conv_native
+    from jaxcnn._conv import native as conv_native
     start = time.perf_counter()
     available = conv_native.available()
     return {"available": available, "seconds": time.perf_counter() - start}
@@ -285,7 +286,7 @@ def run(model_names: Sequence[str], repeats: int, markdown_path: str | None = No
     from jaxcnn.bench.timing import matmul_peak
     reason = _missing("optax", "train")
     if reason:
-        raise ImportError(f"jaxcnn bench --train needs optax: {reason}")
+        raise ImportError(f"jaxcnn bench --train: {reason}")
     native = native_kernels()
     peak = matmul_peak(2048 if batch is None else 256, 3)
     info = device_info()
