@@ -229,6 +229,9 @@ def test_steps_table_columns():
     assert ("| m | 8 | torch compiled channels_last ×4 | — | — | — | — | — | — | failed: RuntimeError: no / compiler |"
             in table)
     assert all(line.count("|") == 11 for line in table)
+    order = [line.split(" | ")[2] for line in table[2:6]]   # by the plain step, not the ×k one
+    assert order == ["torch compiled channels_last", "torch eager channels_last", "jaxcnn lax channels_last",
+                     "flax nnx"]
 
 
 def test_summary_table_ratio_and_flax():

@@ -75,7 +75,7 @@ def steps_table(rows: Sequence[dict[str, Any]]) -> str:
         best_torch = r["ms"].get(r.get("fastest_torch") or "")
         first = r.get("first_step_s", {})
         families = _families(r)
-        for family, by_k in sorted(families.items(), key=lambda kv: min(kv[1].values())):
+        for family, by_k in sorted(families.items(), key=lambda kv: kv[1].get(1, min(kv[1].values()))):
             plain = by_k.get(1)
             micro = {k: v for k, v in by_k.items() if k > 1}
             k = min(micro, key=micro.get) if micro else None
