@@ -389,15 +389,15 @@ def test_resume_refuses_a_run_shorter_than_its_checkpoint(tmp_path):
 
 
 def test_a_workdir_holding_a_run_is_refused_unless_overwrite(tmp_path):
-    run(tmp_path, steps=2, train_subset=100, plots=True)
+    run(tmp_path, steps=4, train_subset=100, plots=True)   # 4: optax 0.2.5's onecycle needs a warm-up step
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert {"checkpoint.npz", "metrics.jsonl", "report.json", "kernels.png"} <= before.keys()
-    with pytest.raises(FileExistsError, match=rf"workdir: {tmp_path} holds a run \(checkpoint at step 2 of a run of 2 steps\)"):
-        run(tmp_path, steps=3, train_subset=100)
+    with pytest.raises(FileExistsError, match=rf"workdir: {tmp_path} holds a run \(checkpoint at step 4 of a run of 4 steps\)"):
+        run(tmp_path, steps=5, train_subset=100)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # nothing touched
     (tmp_path / "notes.txt").write_text("mine")
-    report = run(tmp_path, steps=3, train_subset=100, overwrite=True)
-    assert report["steps"] == 3 and [r["step"] for r in train_records(tmp_path)] == [1, 2, 3]
+    report = run(tmp_path, steps=5, train_subset=100, overwrite=True)
+    assert report["steps"] == 5 and [r["step"] for r in train_records(tmp_path)] == [1, 2, 3, 4, 5]
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "metrics.jsonl", "report.json", "notes.txt"}
     with pytest.raises(FileNotFoundError, match=f"resume: no checkpoint in {tmp_path / 'empty'}"):
         run(tmp_path / "empty", steps=3, resume=True)
