@@ -5,6 +5,7 @@ the right computation: each contender's outputs against an independent reference
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -27,6 +28,7 @@ def test_quick_run_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert bench.main(["--quick", "--json", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()   # the header and the columns before the rows
+    printed = "\n".join(out)
     assert out[0].startswith("device: ") and "vector ISA" in out[0] and "GFLOP/s" in out[0]
     assert out[1:3] == bench.markdown_table([]).splitlines() and out[3].startswith("| ")
     report = json.loads(path.read_text())
@@ -50,6 +52,28 @@ def test_quick_run_writes_json(tmp_path, capsys):
             kernel, out = (w[:-2], y[1:-1]) if cl else (w[2:], y[2:])
             forward = 2 * x[0] * out_ch * per_group * math.prod(kernel) * math.prod(out)
             assert row["flops"] == forward * (3 if row["mode"] == "fwd+bwd" else 1), row["case"]
+    assert "┃" not in printed      # captured output is no terminal: markdown only
+    _check_rich_table(rows)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _check_rich_table(rows):
+    """On a terminal the report ends with rich's table: every column of the markdown table,
+    every row's case; on a pipe nothing more."""
+    pytest.importorskip("rich")
+    from jaxcnn.bench.report import print_rich_table
+    pipe, terminal = io.StringIO(), _Terminal()
+    assert not print_rich_table(rows, pipe) and pipe.getvalue() == ""
+    assert print_rich_table(rows, terminal, width=400)   # wide enough for whole words
+    drawn = terminal.getvalue()
+    columns = [c.strip() for c in bench.markdown_table([]).splitlines()[0].strip("|").split("|")]
+    words = {word for column in columns for word in column.split()}
+    assert all(word in drawn for word in words), sorted(w for w in words if w not in drawn)
+    assert all(row["case"] in drawn for row in rows)
 
 
 # ----------------------------------------------------------------------------- FLOPs

@@ -32,7 +32,7 @@ import jax
 
 from jaxcnn.bench.cases import CASES, QUICK_CASES, available, describe, select_cases
 from jaxcnn.bench.contenders import TorchSide
-from jaxcnn.bench.report import device_info, load_average, markdown_table
+from jaxcnn.bench.report import device_info, load_average, markdown_table, print_rich_table
 from jaxcnn.bench.rows import bench_row
 from jaxcnn.bench.timing import matmul_peak
 
@@ -142,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown_table(rows) + "\n")
+    print_rich_table(rows, sys.stdout)
     bad = [r["case"] for r in rows if r["failures"] or not r["agree"]]
     if bad:
         print(f"failures or disagreements in: {sorted(set(bad))}", file=sys.stderr)

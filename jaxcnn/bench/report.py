@@ -42,6 +42,29 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def rich_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """``markdown_table``'s columns and rows as a ``rich`` table (the terminal's view of the
+    same text: one source for the columns). Needs rich (the ``train`` extra)."""
+    from rich.table import Table
+    head, _, *body = markdown_table(rows).splitlines()
+    cells = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]
+    table = Table(*cells(head), title="jaxcnn bench")
+    for line in body:
+        table.add_row(*cells(line))
+    return table
+
+
+def print_rich_table(rows: Sequence[dict[str, Any]], stream: Any, width: int | None = None) -> bool:
+    """On a terminal, the whole table again at the end, drawn by rich (the lines printed as the
+    rows came stay markdown, for logs and pipes); ``width``: the terminal's, unless given.
+    Whether it drew one."""
+    if not rows or not stream.isatty():
+        return False
+    from rich.console import Console
+    Console(file=stream, width=width).print(rich_table(rows))
+    return True
+
+
 def device_info() -> dict[str, Any]:
     device = jax.devices()[0]
     info = {"platform": device.platform, "device_kind": device.device_kind,
