@@ -131,3 +131,42 @@ def test_fuzz_writes_under_runs_fuzz_of_the_current_folder_and_says_so(tmp_path,
     with pytest.raises(SystemExit):
         fuzz_command.main(["--n", "0"])
     assert "jaxcnn fuzz: error: --n: expected a positive integer; got 0" in capsys.readouterr().err
+
+
+def _bench_output(terminal: bool) -> str:
+    """``jaxcnn bench`` on one tiny case through the console script, its stdout a pipe or a
+    pseudo-terminal (``os.openpty``: the child's ``isatty()`` is true)."""
+    import os
+    argv = [*JAXCNN, "bench", "--quick", "--cases", "maxpool3x3_s2", "--layout", "channels_first",
+            "--mode", "fwd", "--impls", "jaxcnn"]
+    env = {**os.environ, "COLUMNS": "400"}
+    if not terminal:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=True).stdout
+    leader, follower = os.openpty()
+    process = subprocess.Popen(argv, stdout=follower, stderr=subprocess.PIPE, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:        # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_bench_prints_its_header_and_columns_and_on_a_terminal_a_rich_table(terminal):
+    pytest.importorskip("rich")
+    from jaxcnn import bench
+    out = _bench_output(terminal)
+    lines = [line.strip() for line in out.splitlines()]
+    device = next(i for i, line in enumerate(lines) if line.startswith("device: "))
+    assert "vector ISA" in lines[device] and "GFLOP/s" in lines[device]
+    assert lines[device + 1] == bench.markdown_table([]).splitlines()[0]   # the columns first
+    assert any(line.startswith("| maxpool3x3_s2 |") for line in lines)
+    assert ("┃" in out and "jaxcnn bench" in out) == terminal, out
