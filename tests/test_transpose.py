@@ -305,9 +305,9 @@ def test_forward_over_reverse(impl, rng):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_vmap_and_jit(impl, rng):
     case = TRANSPOSE_CASES["1d_dilation3_op2_groups2"]
-    xs = random_array(rng, (3, case.batch, case.groups * case.per_group[0], *case.sizes))
-    ws = random_array(rng, (3, case.groups * case.per_group[0], case.per_group[1], *case.kernel))
-    b = random_array(rng, (case.groups * case.per_group[1],))
+    xs = random_array(rng, (3, *case.x_shape()))
+    ws = random_array(rng, (3, *case.w_shape()))       # (C, O/g, *K), PyTorch's
+    b = random_array(rng, (case.out_channels,))
     op = lambda x, w: jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
     ref = lambda x, w: reference.conv_transpose(x, w, b, **case.kwargs())
     ref_grad = jax.grad(lambda x, w: jnp.sum(ref(x, w) ** 2), argnums=1)
