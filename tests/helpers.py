@@ -64,18 +64,21 @@ def _factor_values(case) -> tuple:
     return tuple(enumerate(repr(v) for v in values))
 
 
-def pairwise_cover(cases) -> list[int]:
+def cover(cases, strength: int = 2) -> list[int]:
     """A deterministic subset of ``cases`` in which every pair of parameter values that meets in
-    ``cases`` meets again (and every single value appears): greedy set cover, the case that
-    covers most uncovered pairs first (ties: the earlier case), in the grid's order.
+    ``cases`` meets again (``strength=2``, pairwise), or every single value appears again
+    (``strength=1``): greedy set cover, the case that covers most uncovered pairs first (ties:
+    the earlier case), in the grid's order. Every value appears in either strength.
 
     ``cases`` may be constrained (not a full product): only pairs that occur are required.
     Returns the chosen indices, in order."""
+    if strength not in (1, 2):
+        raise ValueError(f"strength: expected 1 (each value) or 2 (each pair); got {strength!r}")
     ids: dict = {}                  # a pair (or a single value) -> its column; 0 is padding
     rows = []
     for case in cases:
         factors = _factor_values(case)
-        pairs = [*factors, *itertools.combinations(factors, 2)]
+        pairs = [*factors, *(itertools.combinations(factors, 2) if strength == 2 else ())]
         rows.append([ids.setdefault(pair, len(ids) + 1) for pair in pairs])
     if not rows:
         return []
@@ -92,7 +95,13 @@ def pairwise_cover(cases) -> list[int]:
     return sorted(chosen)
 
 
-def sample(cases, seed: int = 0, *, key=None, full: int | None = None) -> list:
+def pairwise_cover(cases) -> list[int]:
+    """``cover(cases, 2)``: every pair of parameter values that meets in ``cases`` meets again."""
+    return cover(cases, 2)
+
+
+def sample(cases, seed: int = 0, *, key=None, full: int | None = None, strength: int = 2,
+           among=None) -> list:
     """The cases of a parametrised grid that this tier runs: a pairwise cover (the default tier),
     all of them (``JAXCNN_TEST_CASES=all``), or the cover and seeded random others up to k
     (``JAXCNN_TEST_CASES=k``). Cases are tuples, dicts, ``pytest.param`` objects or single values;
@@ -101,13 +110,18 @@ def sample(cases, seed: int = 0, *, key=None, full: int | None = None) -> list:
     ``key(case)``: the parameters that must meet pairwise (a tuple or dict; default the case's
     own), for grids whose raw values (exact shapes) matter less than what they stand for.
     ``full``: the full tier's count where the whole grid is too big to run (the cover and
-    seeded random others up to ``full``)."""
+    seeded random others up to ``full``). ``strength=1``: the default tier covers each value
+    once, not each pair (for a grid whose pairs another test's grid already meets: say so
+    where it is used). ``among(case)``: the cover is drawn from these cases only (the costly
+    others run in the full tier, or as the seeded extra cases)."""
     cases = list(cases)
     setting = test_cases_setting()
     if setting == "all" and full is None:
         return cases
     wanted = full if setting == "all" else int(setting) if setting else 0
-    chosen = set(pairwise_cover(cases if key is None else [key(case) for case in cases]))
+    pool = [i for i, case in enumerate(cases) if among is None or among(case)]
+    keys = [case if key is None else key(case) for case in cases]
+    chosen = {pool[j] for j in cover([keys[i] for i in pool], strength)}
     if wanted > len(chosen):
         rest = [i for i in range(len(cases)) if i not in chosen]
         chosen |= set(random.Random(seed).sample(rest, min(wanted - len(chosen), len(rest))))
