@@ -8,6 +8,8 @@ configurations).
 from __future__ import annotations
 
 import collections
+import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -25,6 +27,7 @@ HERE = pathlib.Path(__file__).parent
 REGRESSIONS = HERE / "fuzz_regressions.json"
 PASSING = ("ok", "refused", "documented", "skipped")   # skipped: a path this jax cannot run
 CHECKED_SHARD_MAP = hasattr(jax, "shard_map")   # check_vma: JAX 0.6 on
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -147,11 +150,11 @@ def _regressions() -> list[dict]:
     return json.loads(REGRESSIONS.read_text())
 
 
-def test_every_failure_ever_found_now_passes():
+def test_every_failure_ever_found_now_passes(batch):
     pytest.importorskip("torch")
     cases = _regressions()
-    results = runner.run(command.TARGET,
-                         [case["config"] for case in cases], processes=2, chunk=8)
+    results = batch["regressions"]
+    assert len(results) == len(cases)
     for case, result in zip(cases, results):
         assert result["status"] in PASSING, (case["found"], result)
         assert result["status"] == case["now"], (case["found"], result["status"], result.get("detail"))
@@ -225,19 +228,23 @@ GROUP_NORM = {   # name: (configuration, status, what the result must hold)
 }
 
 
-def test_group_norm_against_torch_and_reference_and_its_refusals():
+def test_group_norm_against_torch_and_reference_and_its_refusals(batch):
     """Values and gradients (every argument, order 2) against PyTorch and the reference;
     a non-divisor refused by all, jaxcnn naming ``groups``; an empty axis refused by jaxcnn
     alone, naming ``x``, as documented."""
     pytest.importorskip("torch")
-    _assert_named_cases(GROUP_NORM)
+    _assert_named_cases(GROUP_NORM, batch["group_norm"])
 
 
-def _assert_named_cases(cases: dict) -> None:
+def _named(cases: dict) -> list[dict]:
+    """``cases``' configurations, each with its name."""
+    return [{**c, "name": k} for k, (c, *_) in cases.items()]
+
+
+def _assert_named_cases(cases: dict, results: list[dict]) -> None:
     """``cases``: name → (configuration, status, holds): the error keys an ``ok`` result must
     hold, or the start of the refusal and then the documented differences it names."""
-    results = runner.run(command.TARGET, [{**c, "name": k} for k, (c, _, _) in cases.items()],
-                         processes=1, chunk=len(cases))
+    assert [r["config"]["name"] for r in results] == list(cases)
     for result in results:
         name = result["config"]["name"]
         _, status, holds = cases[name]
@@ -249,13 +256,15 @@ def _assert_named_cases(cases: dict) -> None:
             assert result.get("differences", []) == holds[1:], (name, result)
 
 
-def test_group_norm_on_an_empty_batch():
+EMPTY_GROUP_NORM = [_group_norm(batch=0, channels_last=layout) for layout in (False, True)]
+
+
+def test_group_norm_on_an_empty_batch(batch):
     """N = 0 in both layouts: an empty result and empty gradients on every side (found by
     wiring group_norm into the fuzzer: channels first, jaxcnn and the reference reshaped the
     empty array with -1 and raised ZeroDivisionError; PyTorch returns an empty array)."""
     pytest.importorskip("torch")
-    results = runner.run(command.TARGET, [_group_norm(batch=0, channels_last=layout)
-                                          for layout in (False, True)], processes=1)
+    results = batch["empty_group_norm"]
     assert [r["status"] for r in results] == ["ok", "ok"], results
 
 
@@ -277,7 +286,7 @@ def _rotating_seed() -> int:
 CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(10 * len(configs.rotation()))))   # 10 rounds: ~1 min on 2 cores
 
 
-def test_random_sample_of_every_op():
+def test_random_sample_of_every_op(batch):
     """Every op, the newer families' paths too: float32 through the native kernels (where
     they exist) and XLA, the sharded runs under jit and inside a checked shard_map."""
     pytest.importorskip("torch")
@@ -285,7 +294,9 @@ def test_random_sample_of_every_op():
     wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
               | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set()))
     seed = _rotating_seed()
-    results, table = _sample_without_failures(seed)
+    results = batch["sample"]
+    assert [r["config"]["index"] for r in results] == list(range(CI_SAMPLE))
+    table = _assert_no_failures(results, seed)
     ok = sum(r["status"] == "ok" for r in results)
     assert ok >= CI_SAMPLE // 2, table          # most draws are legal and really compared
     ops = {r["config"]["op"] for r in results if r["status"] == "ok"}
@@ -293,7 +304,8 @@ def test_random_sample_of_every_op():
     if ops != set(configs.OPS) or not wanted <= paths:
         # A commit's draws may compare no configuration of some op or path (both of one op's
         # draws refused, say): the covering seed's sample, which compares each, fills the gap.
-        results, table = _sample_without_failures(COVERING_SEED)
+        results = command.fuzz(CI_SAMPLE, COVERING_SEED)
+        table = _assert_no_failures(results, COVERING_SEED)
         ops |= {r["config"]["op"] for r in results if r["status"] == "ok"}
         paths |= {r["path"] for r in results if r["status"] == "ok" and "path" in r}
     assert ops == set(configs.OPS), table
@@ -303,14 +315,24 @@ def test_random_sample_of_every_op():
 COVERING_SEED = 0   # its CI sample compares every op on every path (checked by the test above)
 
 
-def _sample_without_failures(seed: int) -> tuple[list[dict], str]:
-    results = command.fuzz(CI_SAMPLE, seed)
+def _assert_no_failures(results: list[dict], seed: int) -> str:
+    """No draw failed (each passed, was refused as documented or skipped); the summary table."""
     failures = [r for r in results if r["status"] not in PASSING]
     table = command.markdown(command.summarize(results))
     assert not failures, (f"seed {seed}: {len(failures)} failures; reproduce with "
                           f"`python -m jaxcnn fuzz --n {CI_SAMPLE} --seed {seed}`\n{table}\n"
                           + "\n".join(json.dumps(f, default=str)[:1500] for f in failures[:5]))
-    return results, table
+    return table
+
+
+def test_fuzz_command_runs_its_draws_through_the_target(monkeypatch):
+    """``jaxcnn fuzz``'s run (the sample above is the same draws, run in the batch below)."""
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda target, drawn, **options: seen.update(
+        target=target, drawn=drawn, **options) or ["result"])
+    assert command.fuzz(7, 3, processes=3) == ["result"]
+    assert seen["target"] == command.TARGET and seen["drawn"] == configs.draw_many(7, 3)
+    assert seen["processes"] == 3
 
 
 # ----------------------------------------------------------------------------- the newer families
@@ -334,17 +356,19 @@ def _float32(**changes) -> dict:
     return {**base, **changes}
 
 
-def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_torch():
+FLOAT32 = {"native": _float32(), "channels first": _float32(channels_last=False),
+           "few channels": _float32(channels=3), "3d strided": _float32(
+               n=3, kernel=[2, 3, 1], stride=[2, 1, 1], dilation=[1, 1, 2], sizes=[5, 4, 3],
+               padding=[[1, 0], [1, 1], [0, 0]])}
+
+
+def test_float32_conv_takes_the_native_kernels_where_they_apply_and_agrees_with_torch(batch):
     """The path is read from the lowered program: native where ``_conv.native`` applies (on a
     jax with ``jax.ffi`` and a compiler), XLA for channels first or few channels."""
     pytest.importorskip("torch")
     from jaxcnn._conv import native
-    cases = {"native": _float32(), "channels first": _float32(channels_last=False),
-             "few channels": _float32(channels=3), "3d strided": _float32(
-                 n=3, kernel=[2, 3, 1], stride=[2, 1, 1], dilation=[1, 1, 2], sizes=[5, 4, 3],
-                 padding=[[1, 0], [1, 1], [0, 0]])}
-    results = runner.run(command.TARGET, [{**c, "name": k} for k, c in cases.items()], processes=1,
-                         chunk=len(cases))
+    results = batch["float32"]
+    assert [r["config"]["name"] for r in results] == list(FLOAT32)
     paths = {r["config"]["name"]: r["path"] for r in results}
     assert all(r["status"] == "ok" and set(r["errors"]) == {"torch:y", "torch:d0", "torch:d1", "torch:d2"}
                for r in results), results
@@ -374,10 +398,10 @@ DROP_IN = {   # name: (configuration, status, what the result must hold)
 }
 
 
-def test_drop_ins_against_jax_lax_and_their_refusals():
+def test_drop_ins_against_jax_lax_and_their_refusals(batch):
     """Values, both VJPs and the second order against jax.lax's autodiff; what lax refuses,
     jaxcnn.lax refuses too, naming the argument."""
-    _assert_named_cases(DROP_IN)
+    _assert_named_cases(DROP_IN, batch["drop_in"])
 
 
 def test_drop_in_conv_transpose_refuses_lower_case_padding_as_lax_does():
@@ -441,11 +465,11 @@ SHARDED = {   # name: (configuration, status, path)
 }
 
 
-def test_sharded_runs_against_the_unsharded_op():
+def test_sharded_runs_against_the_unsharded_op(batch):
     """Values and every VJP (and order 2) of the sharded runs equal the unsharded op's; a
     split that does not tile is refused by jaxcnn.sharded alone, naming the padding."""
-    results = runner.run(command.TARGET, [{**c, "name": k} for k, (c, _, _) in SHARDED.items()],
-                         processes=1, chunk=len(SHARDED))
+    results = batch["sharded"]
+    assert [r["config"]["name"] for r in results] == list(SHARDED)
     for result in results:
         name = result["config"]["name"]
         _, status, path = SHARDED[name]
@@ -456,3 +480,37 @@ def test_sharded_runs_against_the_unsharded_op():
             assert "unsharded:d0" in result["errors"], (name, result["errors"])
         elif status == "documented":
             assert result["refusal"].startswith("padding:"), (name, result)
+
+
+# ----------------------------------------------------------------------------- one batch
+
+def _batch_groups() -> dict[str, list[dict]]:
+    """Every configuration the tests above run through ``command.TARGET``, by test (the ones
+    that compare with PyTorch only where it is installed)."""
+    groups = {"drop_in": _named(DROP_IN), "sharded": _named(SHARDED)}
+    if HAS_TORCH:
+        groups.update(regressions=[case["config"] for case in _regressions()],
+                      group_norm=_named(GROUP_NORM), empty_group_norm=EMPTY_GROUP_NORM,
+                      float32=[{**c, "name": k} for k, c in FLOAT32.items()],
+                      sample=configs.draw_many(CI_SAMPLE, _rotating_seed()))
+    return groups
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> dict[str, list[dict]]:
+    """The results of ``_batch_groups``, by test: one ``runner.run`` of four chunks over two
+    worker processes (each worker pays JAX's and PyTorch's import once; the tests above used to
+    start a dozen). Computed once per session: pytest-xdist's workers share the folder above
+    their own and take turns through a lock (as test_distributed's curves)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = root / "fuzz-batch.json"
+    groups = _batch_groups()
+    with (root / "fuzz-batch.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            configs_ = [c for group in groups.values() for c in group]
+            results = runner.run(command.TARGET, configs_, processes=2, chunk=math.ceil(len(configs_) / 4))
+            done.write_text(json.dumps(results, default=str))
+    results = iter(json.loads(done.read_text()))
+    return {name: [next(results) for _ in group] for name, group in groups.items()}
