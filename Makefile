@@ -52,22 +52,36 @@ train: $(TRAIN_STAMP)
 gradcheck: $(VENV_STAMP)
 	$(PY) -m jaxcnn gradcheck
 
+# Each tier is two pytest runs, both run, either failing fails the target: the tests on one
+# device, then those marked `multidevice` (meshes of up to 8 devices) in a process of their own
+# with eight forced CPU devices (XLA reads the flag once, when JAX starts). Only the files that
+# mark such tests are collected by the second run. $(1): the python; $(2): the environment.
+MULTIDEVICE_TESTS = $(shell grep -l 'pytest.mark.multidevice' tests/test_*.py)
+define pytest_runs
+	status=0; \
+	$(2) $(1) -m pytest -n 2 -m "not multidevice" tests || status=1; \
+	$(2) XLA_FLAGS="$$XLA_FLAGS --xla_force_host_platform_device_count=8" \
+		$(1) -m pytest -n 2 -m multidevice $(MULTIDEVICE_TESTS) || status=1; \
+	exit $$status
+endef
+
 # The default tier: every op, impl, dtype, layout and dimension, the parametrised grids sampled
 # pairwise (every value meets every other value once), the CI fuzz sample; no `slow` tests.
+# Float32 with x64 off (the default mode, the native kernels) unless a test is marked `x64`.
 test: $(VENV_STAMP)
-	$(PY) -m pytest -n 2 tests
+	$(call pytest_runs,$(PY))
 
-# The full tier: every case of every grid, the `slow` tests, 4x the hypothesis examples.
+# The full tier: every case of every grid, the `slow` tests, 6x the hypothesis examples.
 # JAXCNN_TEST_CASES=<k> instead runs up to k cases of each grid (JAX's JAX_NUM_GENERATED_CASES).
 test-full: $(VENV_STAMP)
-	JAXCNN_TEST_CASES=all $(PY) -m pytest -n 2 tests
+	$(call pytest_runs,$(PY),JAXCNN_TEST_CASES=all)
 
 # The suite (default tier) on the lowest declared jax/jaxlib (pyproject.toml's lower bounds). Random keys draw
 # the stream newer JAX draws by default (partitionable threefry, the default from 0.5.0), so a
 # test's seeded draws are the same numbers in both environments.
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_PY) -c 'import jax; assert jax.__version__ == "$(JAX_LOWEST)", jax.__version__'
-	JAX_THREEFRY_PARTITIONABLE=1 $(LOWEST_PY) -m pytest -n 2 tests
+	$(call pytest_runs,$(LOWEST_PY),JAX_THREEFRY_PARTITIONABLE=1)
 
 bench: $(VENV_STAMP)
 	$(PY) -m jaxcnn bench

@@ -39,6 +39,9 @@ from jaxcnn.tolerances import RTOL as TOL, VJP_RTOL as VJP_TOL
 
 CASES_ENV = "JAXCNN_TEST_CASES"
 
+# The devices of the multi-device run (tests marked ``multidevice``: tests/conftest.py).
+DEVICES = 8
+
 
 def test_cases_setting() -> str:
     """``JAXCNN_TEST_CASES`` as set ('' when unset), checked: 'all' or a positive integer."""
@@ -144,7 +147,10 @@ def _id(value) -> str:
 
 def random_array(rng: np.random.Generator, shape: tuple[int, ...],
                  dtype: Any = jnp.float64) -> jax.Array:
-    """Standard normal samples of ``shape``, cast to ``dtype``."""
+    """Standard normal samples of ``shape``, cast to ``dtype``; a 64-bit dtype with
+    ``jax_enable_x64`` off is an error (mark the test ``x64``), not a silent 32-bit array."""
+    if jax.dtypes.canonicalize_dtype(dtype) != np.dtype(dtype):
+        raise RuntimeError(f"{np.dtype(dtype)} needs jax_enable_x64: mark the test x64 (tests/conftest.py)")
     return jnp.asarray(rng.standard_normal(shape), dtype=dtype)
 
 

@@ -36,7 +36,7 @@ def test_conv_spec_axes(channels_last, spatial, channel, kernel, io):
 
 # ----------------------------------------------------------------------------- bad input
 
-X = jnp.ones((2, 4, 6))          # (N, C, L): 4 channels, length 6
+X = jnp.ones((2, 4, 6))          # (N, C, L): 4 channels, length 6; float32 (x64 off, the default)
 W = jnp.ones((6, 4, 3))          # (O, C, K): 6 out channels, kernel 3
 DY = jnp.ones((2, 6, 4))         # conv(X, W)'s output shape
 
@@ -51,8 +51,8 @@ BAD = {
                          r"w: kernel extent 9.*padded input 6"),
     "dilated-kernel-too-large": (jaxcnn.conv, (X, W), dict(dilation=3, padding=(0,)), ValueError,
                                  r"w: kernel extent 7.*padded input 6"),
-    "dtype-mismatch": (jaxcnn.conv, (X, W.astype(jnp.float32)), {}, TypeError,
-                       r"w: expected the dtype of x \(float64\); got float32"),
+    "dtype-mismatch": (jaxcnn.conv, (X, W.astype(jnp.bfloat16)), {}, TypeError,
+                       r"w: expected the dtype of x \(float32\); got bfloat16"),
     "reflect-too-wide": (jaxcnn.conv, (X, W), dict(padding=6, padding_mode="reflect"), ValueError,
                          r"padding: reflect .*smaller.*\(6, 6\) for size 6"),
     "reflect-same-too-wide": (jaxcnn.conv, (jnp.ones((1, 1, 2)), jnp.ones((1, 1, 5))),
@@ -85,12 +85,12 @@ BAD = {
     "impl": (jaxcnn.conv, (X, W), dict(impl="cudnn"), ValueError, r"impl: expected one of.*'cudnn'"),
     "b-shape": (jaxcnn.conv, (X, W, jnp.ones(5)), {}, ValueError, r"b: expected shape \(6,\).*\(5,\)"),
     "b-rank": (jaxcnn.conv, (X, W, jnp.ones((6, 1))), {}, ValueError, r"b: expected shape.*\(6, 1\)"),
-    "b-dtype": (jaxcnn.conv, (X, W, jnp.ones(6, jnp.float32)), {}, TypeError,
-                r"b: expected dtype float64; got float32"),
+    "b-dtype": (jaxcnn.conv, (X, W, jnp.ones(6, jnp.bfloat16)), {}, TypeError,
+                r"b: expected dtype float32; got bfloat16"),
     "b-int": (jaxcnn.conv, (X, W, jnp.ones(6, jnp.int32)), {}, TypeError, r"b: .*floating.*int32"),
     "x-int": (jaxcnn.conv, (X.astype(jnp.int32), W), {}, TypeError, r"x: .*floating.*got int32"),
-    "x-complex": (jaxcnn.conv, (X.astype(jnp.complex128), W.astype(jnp.complex128)), {},
-                  TypeError, r"x: .*floating.*got complex128"),
+    "x-complex": (jaxcnn.conv, (X.astype(jnp.complex64), W.astype(jnp.complex64)), {},
+                  TypeError, r"x: .*floating.*got complex64"),
     "w-int": (jaxcnn.conv, (X, W.astype(jnp.int32)), {}, TypeError, r"w: .*floating.*got int32"),
     "x-none": (jaxcnn.conv, (None, W), {}, TypeError, r"x: expected a floating-point array; got None"),
     "stride-bool": (jaxcnn.conv, (X, W), dict(stride=True), TypeError, r"stride:.*got True"),
@@ -112,8 +112,8 @@ BAD = {
     "input-grad-dy-shape": (jaxcnn.conv_input_grad, (jnp.ones((2, 6, 5)), W),
                             dict(input_shape=X.shape), ValueError,
                             r"dy: expected the conv's output shape \(2, 6, 4\); got \(2, 6, 5\)"),
-    "input-grad-dy-dtype": (jaxcnn.conv_input_grad, (DY.astype(jnp.float32), W),
-                            dict(input_shape=X.shape), TypeError, r"dy: expected dtype float64"),
+    "input-grad-dy-dtype": (jaxcnn.conv_input_grad, (DY.astype(jnp.bfloat16), W),
+                            dict(input_shape=X.shape), TypeError, r"dy: expected dtype float32"),
     "input-grad-negative-shape": (jaxcnn.conv_input_grad, (DY, W), dict(input_shape=(2, 4, -6)),
                                   ValueError, r"input_shape:.*\(2, 4, -6\)"),
     "input-grad-shape-type": (jaxcnn.conv_input_grad, (DY, W), dict(input_shape=6), TypeError,
@@ -147,8 +147,8 @@ def test_bad_input_is_caught_while_tracing(fn, arrays, kwargs, error, pattern):
 
 def test_accepted_spellings_are_equivalent():
     """Case-insensitive strings and equivalent padding forms give the same conv."""
-    x = jnp.arange(2 * 4 * 6, dtype=jnp.float64).reshape(2, 4, 6)
-    w = jnp.arange(6 * 4 * 3, dtype=jnp.float64).reshape(6, 4, 3) / 10
+    x = jnp.arange(2 * 4 * 6, dtype=jnp.float32).reshape(2, 4, 6)
+    w = jnp.arange(6 * 4 * 3, dtype=jnp.float32).reshape(6, 4, 3) / 10
     expected = jaxcnn.conv(x, w, padding=((1, 1),), padding_mode="reflect")
     spellings = [(1, "REFLECT"), ((1,), "Reflect"), ("same", "reflect"), ([[1, 1]], "reflect")]
     for padding, mode in spellings:

@@ -16,7 +16,7 @@ import pytest
 
 from jaxcnn import bench, reference
 from jaxcnn.bench.timing import paired_ratios
-from tests.helpers import TOL, assert_close, random_array
+from tests.helpers import TOL, assert_close, product, random_array, sample
 
 ROW_FIELDS = {"case", "op", "training", "shape", "x_shape", "w_shape", "y_shape", "stride",
               "padding", "groups", "dtype", "layout", "mode", "flops", "ms", "ratio", "gflops",
@@ -185,8 +185,12 @@ def test_bad_arguments_name_the_option(argv, name):
 
 # ----------------------------------------------------------------------------- the contenders
 
-@pytest.mark.parametrize("case", bench.CASES, ids=lambda c: c.name)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
+LAYOUTS = {"NC": False, "NC_last": True}
+
+
+@pytest.mark.x64   # the default tier: each case in one layout, both layouts met; the full tier: both
+@pytest.mark.parametrize("case,channels_last", sample(product({c.name: c for c in bench.CASES}, LAYOUTS),
+                                                      strength=1))
 def test_baseline_and_jaxcnn_compute_the_reference_op(case, channels_last, rng):
     """The plain-lax baseline and jaxcnn's op, as the bench calls them, agree with
     ``jaxcnn.reference`` (float64)."""
@@ -208,8 +212,8 @@ def test_baseline_and_jaxcnn_compute_the_reference_op(case, channels_last, rng):
     assert_close(ours(*args), expected, TOL["float64"], "jaxcnn")
 
 
-@pytest.mark.parametrize("name", ["resnet3x3_64", "conv1d_k7", "transpose2d_k4s2", "maxpool3x3_s2"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
+@pytest.mark.parametrize("name,channels_last", sample(product(   # each case in one layout by default
+    ["resnet3x3_64", "conv1d_k7", "transpose2d_k4s2", "maxpool3x3_s2"], LAYOUTS), strength=1))
 def test_torch_side_matches_baseline(name, channels_last):
     pytest.importorskip("torch")
     small = next(c for c in bench.CASES if c.name == name).sized("quick")
@@ -253,8 +257,8 @@ MEMORY_CASES = [  # small shapes of the bench's kinds of rows
 ]
 
 
-@pytest.mark.parametrize("case", MEMORY_CASES, ids=lambda c: c.name)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
+@pytest.mark.parametrize("case,channels_last", sample(   # as above: each case in one layout by default
+    product({c.name: c for c in MEMORY_CASES}, LAYOUTS), strength=1))
 def test_temp_memory_within_budget(case, channels_last, request):
     """Compiled temp memory of fwd+bwd (float32) against ``jax.grad`` of lax: ``impl="lax"``
     ≤ 1.5×, ``impl="manual"`` ≤ 2× (_conv.budget.MEMORY_BUDGET weighs each form's intermediates)."""

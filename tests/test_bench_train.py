@@ -32,6 +32,7 @@ class _nothing:
         return False
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] * (i > 0))   # one in the default tier
                                   for i, name in enumerate(train_step.TRAIN_MODELS)])
 def test_contenders_compute_the_same_step(name):

@@ -90,6 +90,7 @@ def test_distributed_is_initialized_agrees_with_jax():
         assert distributed_is_initialized() == public()
 
 
+@pytest.mark.multidevice
 def test_varying_types_against_jax_own_primitive():
     """Inside a checked ``shard_map``, ``to_varying`` types a replicated operand as a split one,
     as JAX does before its own primitives (``x + w`` is the reference type); ``varying_like``

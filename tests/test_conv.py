@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn import reference
 from helpers import (TOL, VJP_TOL, Config, as_tuple, assert_close, configs, fixed_config,
-                     forward_and_vjp, operands, random_array, sample, tree_assert_close, vdot)
+                     forward_and_vjp, operands, product, random_array, sample, tree_assert_close,
+                     vdot)
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.x64
 
 IMPLS = ("lax", "manual")
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -115,8 +116,8 @@ def hessian_vector_products(fn_name, cfg, args, c, v):
     return reverse, forward
 
 
-@pytest.mark.parametrize("n,channels_last,impl",
-                         [case for case in CASES if case.values[1] == (case.values[0] == 2)])
+@pytest.mark.parametrize("n,channels_last,impl", sample(   # each rank, layout and impl once by default
+    [case for case in CASES if case.values[1] == (case.values[0] == 2)], strength=1))
 def test_hessian_vector_product(n, channels_last, impl, rng):
     cfg = fixed_config(n, channels_last, padding_mode="reflect",
                        **(dict(kernel=(2, 1, 2)) if n == 3 else {}))
@@ -163,7 +164,7 @@ VMAP_CASES = [pytest.param(1, False, "lax", id="1d-first-lax"),
               pytest.param(1, True, "manual", id="1d-last-manual")]
 
 
-@pytest.mark.parametrize("n,channels_last,impl", VMAP_CASES)
+@pytest.mark.parametrize("n,channels_last,impl", sample(VMAP_CASES, strength=1))
 def test_vmap_per_example_gradients(n, channels_last, impl, rng):
     """Per-example gradients (vmap over the batch) and an ensemble (vmap over kernels)
     equal the loop, whose every element runs the unbatched rules."""
@@ -193,7 +194,7 @@ def test_jit_equals_eager(impl, rng):
                       TOL["float64"], "jit vs eager")
 
 
-@pytest.mark.parametrize("n,channels_last,impl", CASES[::2] + CASES[3::4])
+@pytest.mark.parametrize("n,channels_last,impl", sample(CASES[::2] + CASES[3::4], strength=1))
 def test_empty_batch(n, channels_last, impl, rng):
     cfg = fixed_config(n, channels_last, batch=0, padding_mode="replicate")
     x, w, b = cfg.arrays(rng)
@@ -294,8 +295,8 @@ def test_same_gives_ceil_of_size_over_stride(sizes, kernel, stride, dilation, mo
     assert spatial == tuple(math.ceil(length / s) for length, s in zip(sizes, stride))
 
 
-@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 2), (3, 1)])
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("stride,dilation,impl", sample(   # each value once by default
+    [(s, d, impl) for s, d in [(1, 1), (2, 2), (3, 1)] for impl in IMPLS], strength=1))
 def test_causal_output_sees_only_the_past(stride, dilation, impl, rng):
     """Output i depends on inputs ≤ i·stride only; x[i·stride] reaches it through the last tap."""
     length, kernel = 10, 3
@@ -391,8 +392,7 @@ def _assert_matches_torch(y, grads, ty, leaves):
         assert_close(g, leaf.grad.numpy(), TOL["float64"], f"gradient {i} vs torch autograd")
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n,mode", sample(product([1, 2, 3], MODES), strength=1))   # every pair: full tier
 def test_against_torch(n, mode, rng):
     """Forward and autograd of F.pad(mode) + F.conv{n}d, float64."""
     torch = pytest.importorskip("torch")
@@ -427,8 +427,7 @@ def test_same_against_torch(n, kernel, rng):
     _assert_matches_torch(y, grads, ty, leaves)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n,impl", sample(product([1, 2, 3], IMPLS), strength=1))
 def test_input_and_weight_grad_against_torch(n, impl, rng):
     """vs torch.nn.grad.conv{n}d_input / _weight (symmetric padding, groups > 1)."""
     torch = pytest.importorskip("torch")

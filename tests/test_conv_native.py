@@ -40,7 +40,7 @@ from jaxcnn._args import normalize_conv
 from jaxcnn._compat import enable_x64
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn._conv.pieces import IMPLS
-from helpers import TOL, assert_close, run_piece
+from helpers import TOL, assert_close, full_tier, run_piece
 
 F32 = TOL["float32"]
 with warnings.catch_warnings():
@@ -199,6 +199,7 @@ def _grads(x, w):
                     argnums=(0, 1))(x, w)
 
 
+@pytest.mark.multidevice
 @needs_kernels
 def test_not_where_xla_partitions_the_op(rng):
     """A jit over 4 devices with the batch sharded: XLA cannot split a custom call (it would
@@ -206,8 +207,6 @@ def test_not_where_xla_partitions_the_op(rng):
     ``shard_map`` the op runs per shard and the kernels do. Both equal the one-device result."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jaxcnn._compat import shard_map
-    if len(jax.devices()) < 4:
-        pytest.skip("needs 4 devices")
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     with enable_x64(False):
         x, w = _layer(rng, 8)
@@ -230,7 +229,7 @@ def test_not_where_xla_partitions_the_op(rng):
 
 # ----------------------------------------------------------------------------- random geometries
 
-FUZZ_N = int(os.environ.get("JAXCNN_NATIVE_FUZZ_N", "24"))
+FUZZ_N = int(os.environ.get("JAXCNN_NATIVE_FUZZ_N", "24" if full_tier() else "12"))   # seeds: the tier's
 
 
 def _draw(seed: int):
@@ -305,7 +304,8 @@ def _compiler():
 
 
 @pytest.mark.skipif(not HAS_FFI, reason="no jax.ffi (its headers)")
-@pytest.mark.parametrize("isa", sorted(native.ISAS))
+@pytest.mark.parametrize("isa", [pytest.param(isa, marks=[pytest.mark.slow] * (isa != "native"))   # one build
+                                 for isa in sorted(native.ISAS)])                           # by default
 def test_source_compiles_without_warnings(isa, tmp_path):
     """The loader's command with ``-Werror``: any warning of ours (-Wall -Wextra) fails it;
     JAX's headers are system headers, theirs do not count."""

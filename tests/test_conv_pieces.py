@@ -69,6 +69,7 @@ def _operand_shapes(subscripts: str, spatial: tuple[int, ...]) -> list[tuple[int
             for term in subscripts.split("->")[0].replace("...", ".").split(",")]
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("subscripts", _SUBSCRIPTS)
 @pytest.mark.parametrize("spatial", [(7,), (3, 4), (2, 3, 4)], ids=["1d", "2d", "3d"])
 def test_dot_is_einsum_summing_in_operand_order(subscripts, spatial):

@@ -21,6 +21,8 @@ from jaxcnn._conv import budget, depth, loops, rules
 from jaxcnn._conv.pieces import IMPLS
 from helpers import TOL, assert_close, run_piece, random_array, sample
 
+pytestmark = pytest.mark.x64
+
 # name: (x spatial, kernel, C, O, conv kwargs)
 CONFIGS = {
     "depthwise_2d": ((7, 8), (3, 3), 4, 4, dict(padding=1, groups=4)),
@@ -79,7 +81,9 @@ def _operands(name, channels_last, rng, dtype=jnp.float64):
 
 
 
-@pytest.mark.parametrize("form,name,channels_last", sample(FORM_CASES))   # each (form, config) once, both layouts
+# The default tier: each form, each config and both layouts at least once; the full tier: each
+# form on each config it applies to, in both layouts.
+@pytest.mark.parametrize("form,name,channels_last", sample(FORM_CASES, strength=1))
 def test_form_equals_lax_piece(form, name, channels_last, rng):
     piece, _ = FORMS[form]
     x, w, dy, spec = _operands(name, channels_last, rng)

@@ -85,12 +85,12 @@ def test_rule_matches_xla_at_every_boundary():
         assert sum(r["status"] == "crash" for r in results) == 5   # base, f64 ×2, kernel 3, contraction
 
 
+@pytest.mark.x64   # the boundaries hold float64 cases
 def test_lowered_programs_are_read_for_aborting_convolutions():
     """``aborting_convolutions`` parses every convolution of a lowered (never compiled)
     program and asks the rule: the same verdict at every boundary, in both layouts."""
     import jax
     import jax.numpy as jnp
-    jax.config.update("jax_enable_x64", True)
     for name, change in BOUNDARIES.items():
         c = {**BASE, **change}
         g, dtype = c["groups"], jnp.dtype(c["dtype"])
@@ -171,6 +171,7 @@ def against_torch(c: dict) -> dict:
     return {"status": "ok", "worst": worst}
 
 
+@pytest.mark.slow   # a worker process; the default tier: the float32 low-pad gradients below
 def test_reproducers_match_pytorch():
     pytest.importorskip("torch")
     results = runner.run(f"{HERE}:against_torch", REPRODUCERS, processes=1, chunk=len(REPRODUCERS))
@@ -193,6 +194,7 @@ def test_low_crops_hand_worked():
         assert size - cut + lo2 + hi2 == size + lo + hi
 
 
+@pytest.mark.x64   # the reference: the manual impl in float64
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NC", "NC_last"])
 def test_float32_gradients_with_a_low_pad_past_the_kernel(n, channels_last):

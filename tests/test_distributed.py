@@ -34,7 +34,7 @@ from jaxcnn.tolerances import RTOL
 import helpers
 from test_train import BASE, DATA, dropout_cnn, train_records
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (the suite forces 8 CPU devices)")
+pytestmark = pytest.mark.multidevice
 
 # The acceptance run: 50 steps of batch 40 (divisible by 1, 2, 4 and 8 devices), augmentation
 # on (its keys follow the step, so it must not depend on the device count), a checkpoint at 25.
@@ -217,6 +217,7 @@ def test_eight_devices_follow_one_device(curves):
     assert (report["devices"], report["processes"], report["train_step_compilations"]) == (8, 1, 1)
 
 
+@pytest.mark.slow   # four runs of 50 steps; the default tier: one step on 8 devices equals 1 (above)
 def test_eight_device_checkpoint_resumed_on_two_continues_the_curve(curves):
     one, two = losses(curves["one"]), losses(curves["two"])
     assert [r["step"] for r in train_records(curves["two"])] == list(range(1, 51))

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array, tree_assert_close
+from helpers import (TOL, VJP_TOL, assert_close, primitive_names, random_array, sample,
+                     tree_assert_close)
 
 try:
     from flax import linen, nnx
@@ -33,7 +34,7 @@ except ImportError:
     linen = nnx = jfx = None
 needs_flax = pytest.mark.skipif(jfx is None, reason="flax is not installed (the interop extra)")
 
-pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
+pytestmark = pytest.mark.x64
 
 CONV_PRIMITIVES = {"jaxcnn_conv", "jaxcnn_conv_input_grad", "jaxcnn_conv_weight_grad"}
 LAX_WINDOWED = {"conv_general_dilated", "reduce_window", "reduce_window_max", "reduce_window_sum",
@@ -103,9 +104,20 @@ def linen_model(cls: Any, case: Case, **options: Any) -> tuple[Any, Any]:
     return (lambda params, x: layer.apply({"params": params}, x)), params
 
 
+def _meaning(name: str, impl: str) -> dict:
+    """What a case stands for; the default tier meets each value once (the full tier every
+    case): each rank, padding spelling, stride, dilation, transposed kernel, impl."""
+    options = CASES[name].options
+    padding = options.get("padding", "SAME")
+    return dict(n=name[:2], padding=padding if isinstance(padding, str) else type(padding).__name__,
+                stride=options.get("strides", 1) != 1, dilation="kernel_dilation" in options,
+                transpose_kernel=options.get("transpose_kernel", False), impl=impl)
+
+
 @needs_flax
-@pytest.mark.parametrize("name, impl", [(name, "lax") for name in CASES] +
-                         [(name, "manual") for name in MANUAL])
+@pytest.mark.parametrize("name, impl", sample([(name, "lax") for name in CASES] +
+                                              [(name, "manual") for name in MANUAL],
+                                              key=lambda case: _meaning(*case), strength=1))
 def test_nnx_conv_transpose_matches_the_stock_layer(name, impl, rng):
     case = CASES[name]
     apply_ref, params_ref = nnx_model(nnx, case)
@@ -184,11 +196,19 @@ def pool_pairs(kind: str, count_include_pad: bool = True) -> tuple[Any, Any]:
     return ours, stock
 
 
+def _pool_meaning(name: str, kind: str, count_include_pad: bool) -> dict:
+    """Each rank and padding spelling, each kind with and without the padding counted."""
+    padding = POOLS[name].padding
+    return dict(n=name[:2], padding=padding if isinstance(padding, str) else type(padding).__name__,
+                kind=(kind, count_include_pad), batch_axes=len(POOLS[name].shape) - int(name[0]) - 1)
+
+
 @needs_flax
-@pytest.mark.parametrize("name, kind, count_include_pad", [
+@pytest.mark.parametrize("name, kind, count_include_pad", sample([
     *[(name, "max", True) for name in POOLS],
     *[(name, "avg", (i % 2 == 0)) for i, name in enumerate(POOLS)],
-    ("1d_asymmetric_pair", "avg", False), ("2d_wide_pairs_stride", "avg", False)])
+    ("1d_asymmetric_pair", "avg", False), ("2d_wide_pairs_stride", "avg", False)],
+    key=lambda case: _pool_meaning(*case), strength=1))
 def test_pool_matches_flax(name, kind, count_include_pad, rng):
     case = POOLS[name]
     ours, stock = pool_pairs(kind, count_include_pad)

@@ -22,6 +22,8 @@ from jaxcnn.tolerances import RTOL
 
 from helpers import random_array
 
+pytestmark = pytest.mark.x64
+
 
 def _conv_args(rng, n: int, bias: bool = True):
     sizes = {1: (6,), 2: (5, 4), 3: (4, 3, 3)}[n]

@@ -21,6 +21,8 @@ from jaxcnn.train import cross_entropy
 
 from helpers import random_array
 
+pytestmark = pytest.mark.x64
+
 FACTOR = 1.5
 
 

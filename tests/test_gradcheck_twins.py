@@ -21,6 +21,8 @@ from jaxcnn.gradcheck.twins import TWINS, twin
 
 from helpers import random_array
 
+pytestmark = pytest.mark.x64
+
 PUBLIC_NAMES = sorted(name for name in dir(reference) if not name.startswith("_"))
 
 

@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 
 import jaxcnn.lax
-from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array, tree_assert_close
+from helpers import (TOL, VJP_TOL, assert_close, primitive_names, random_array, sample,
+                     tree_assert_close)
 
 flax = pytest.importorskip("flax", reason="flax is not installed (the interop extra)")
 from flax import linen, nnx  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
+pytestmark = pytest.mark.x64
 
 JAXCNN_PRIMITIVES = {"jaxcnn_conv", "jaxcnn_conv_input_grad", "jaxcnn_conv_weight_grad"}
 
@@ -123,8 +124,20 @@ def check_against_stock(model: Any, case: Case, impl: str, rng: np.random.Genera
     assert_close(dx, dx_ref, VJP_TOL, f"{name}: d input")
 
 
-@pytest.mark.parametrize("name, impl", [pytest.param(name, "lax", id=f"{name}-lax") for name in CASES]
-                         + [pytest.param(name, "manual", id=f"{name}-manual") for name in MANUAL])
+def _meaning(case) -> dict:
+    """What a case stands for; the default tier meets each value once (the full tier every
+    case): each rank, padding spelling, stride, both dilations, groups, impl."""
+    name, impl = case.values
+    c = CASES[name]
+    padding = c.padding if isinstance(c.padding, str) else type(c.padding).__name__
+    return dict(n=len(c.kernel_size), padding=padding, stride=c.strides != 1,
+                dilation=c.kernel_dilation != 1, input_dilation=c.input_dilation != 1,
+                groups=c.feature_group_count > 1, impl=impl)
+
+
+@pytest.mark.parametrize("name, impl", sample(
+    [pytest.param(name, "lax", id=f"{name}-lax") for name in CASES]
+    + [pytest.param(name, "manual", id=f"{name}-manual") for name in MANUAL], key=_meaning, strength=1))
 def test_nnx_conv_matches_the_stock_layer(name, impl, rng):
     check_against_stock(nnx_model, CASES[name], impl, rng, name)
 
@@ -134,6 +147,7 @@ def test_linen_conv_matches_the_stock_layer(name, rng):
     check_against_stock(linen_model, CASES[name], "lax", rng, name)
 
 
+@pytest.mark.multidevice
 @pytest.mark.skipif(not hasattr(jax, "set_mesh"), reason="explicit sharding needs a newer jax")
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 def test_nnx_conv_on_an_explicit_mesh(jit, rng):

@@ -23,6 +23,8 @@ import pytest
 import jaxcnn.lax as jlax
 from helpers import TOL, VJP_TOL, assert_close, primitive_names, random_array, sample, product
 
+pytestmark = pytest.mark.x64
+
 F64 = TOL["float64"]
 IMPLS = ("lax", "manual")
 
@@ -103,7 +105,8 @@ def test_values_and_vjps_on_jax_autodiff_grid(rng, case):
                           partial(jax.lax.conv_general_dilated, **kwargs), (lhs, rhs))
 
 
-@pytest.mark.parametrize("case", sample(AUTODIFF_GRID, 1, key=_meaning, full=16), ids=_case_id)
+# The default tier meets each value once here (the first-order grid above meets them pairwise).
+@pytest.mark.parametrize("case", sample(AUTODIFF_GRID, 1, key=_meaning, full=16, strength=1), ids=_case_id)
 def test_second_order_jvp_vmap_jit(rng, case):
     """grad-of-grad, jax.jvp, vmap over a leading axis and jit, against the same of lax."""
     lhs, rhs, kwargs = _operands(rng, case)
@@ -134,7 +137,8 @@ LAX_TEST_GRID = [dict(lhs=(b, i, 9, 10), rhs=(j, i, 4, 5), strides=s, padding=p,
                  for layout in ("NCHW", "NHWC")]
 
 
-@pytest.mark.parametrize("case", sample(_with_impls(LAX_TEST_GRID), 2, key=_meaning, full=48),
+# The default tier meets each value once here (the autodiff grid above meets them pairwise).
+@pytest.mark.parametrize("case", sample(_with_impls(LAX_TEST_GRID), 2, key=_meaning, full=48, strength=1),
                          ids=_case_id)
 def test_values_and_vjps_on_lax_test_grid(rng, case):
     lhs, rhs, kwargs = _operands(rng, case)
@@ -150,8 +154,8 @@ STRING_PADDING_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shapes,padding,impl", sample(product(
-    STRING_PADDING_SHAPES, ["SAME", "SAME_LOWER", "VALID", "same"], IMPLS)))
+@pytest.mark.parametrize("shapes,padding,impl", sample(product(   # each rank, padding and impl once
+    STRING_PADDING_SHAPES, ["SAME", "SAME_LOWER", "VALID", "same"], IMPLS), strength=1))
 def test_string_padding_any_rank_and_layout(rng, shapes, padding, impl):
     lhs_shape, rhs_shape, strides, rhs_dil, dn = shapes
     lhs, rhs = random_array(rng, lhs_shape), random_array(rng, rhs_shape)
@@ -177,7 +181,9 @@ TRANSPOSE_GRID = [dict(lhs=(b, 9, 10, i), rhs=(k, k, i, j), strides=s, padding=p
                   for rd in (None, (2, 1)) for t in (False, True)]
 
 
-@pytest.mark.parametrize("case", sample(_with_impls(TRANSPOSE_GRID), 3, key=_meaning, full=40),
+# The default tier: each value once (the drop-in runs jaxcnn.conv_transpose, whose own grids are
+# in test_transpose.py); the full tier: pairwise and a seeded sample.
+@pytest.mark.parametrize("case", sample(_with_impls(TRANSPOSE_GRID), 3, key=_meaning, full=40, strength=1),
                          ids=lambda c: "-".join(str(v) for v in c.values()).replace(" ", ""))
 def test_conv_transpose_matches_lax(rng, case):
     impl = case["impl"]

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import jaxcnn.lax as jlax
-from helpers import TOL, assert_close, primitive_names
+from helpers import TOL, assert_close, primitive_names, sample
 
-pytestmark = pytest.mark.usefixtures("fast_compile")   # many small programs: compiling dominates
+pytestmark = pytest.mark.x64
 
 COMPLEX_TOL = {"complex128": TOL["float64"], "complex64": TOL["float32"]}
 # The three spatial ranks: lhs (N, C, *S), kernel (O, C // groups, *K).
@@ -120,7 +120,8 @@ def _derivatives(conv):
     return run
 
 
-@pytest.mark.parametrize("case", COMPLEX_CASES, ids=_case_id)
+# The full tier: every pair of values (COMPLEX_CASES); the default tier: each value once.
+@pytest.mark.parametrize("case", sample(COMPLEX_CASES, strength=1), ids=_case_id)
 def test_complex_values_vjp_and_jvp_match_lax(rng, case):
     """Complex values, ``jax.vjp`` with a complex cotangent and ``jax.jvp`` with complex
     tangents: each as jax.lax's (JAX's complex convention throughout)."""
@@ -235,7 +236,8 @@ def _small_ints(rng, shape, dtype) -> jax.Array:
     return jnp.asarray(rng.integers(low, 3, shape), dtype)
 
 
-@pytest.mark.parametrize("dtype", INTEGERS)
+@pytest.mark.parametrize("dtype", sample(INTEGERS, strength=1, key=lambda name: (   # each kind and width
+    name.rstrip("0123456789"), np.dtype(name).itemsize)))                            # once by default
 def test_integer_values_and_output_dtypes_match_lax(rng, dtype):
     """lax's output dtype for every ``preferred_element_type`` (or its refusal, as a TypeError
     naming the argument); exactly lax's values, and the sums computed in float64 (exact here),

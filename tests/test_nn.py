@@ -15,6 +15,8 @@ import jaxcnn
 from jaxcnn import nn, reference
 from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close
 
+pytestmark = pytest.mark.x64
+
 KEY = jax.random.key(0)
 
 

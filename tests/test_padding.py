@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jaxcnn import padding
 from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close, vdot
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = pytest.mark.x64
 
 MODES = ("reflect", "replicate", "circular")
 NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}

@@ -24,7 +24,9 @@ from jaxcnn import reference
 from jaxcnn._args import normalize_pool
 from jaxcnn._shapes import pool_output_size
 from jaxcnn._pool import max_pool_argmax, max_pool_argmax_loop
-from helpers import TOL, VJP_TOL, assert_close, random_array, vdot
+from helpers import TOL, VJP_TOL, assert_close, random_array, sample, vdot
+
+pytestmark = pytest.mark.x64
 
 F64 = TOL["float64"]
 
@@ -446,14 +448,19 @@ def test_bad_input_names_the_argument(module, name):
 
 
 # The argmax as a tap loop (what the VJP reads) against the unrolled scan, on ties, NaNs,
-# −∞ inputs, padding, dilation and ceil_mode, both layouts.
-@pytest.mark.parametrize("shape,window,stride,padding,dilation,ceil_mode", [
-    ((2, 3, 9, 8), (3, 3), (2, 2), 1, 1, False),
-    ((2, 3, 10, 7), (2, 3), (2, 1), (1, 1), (2, 1), True),
-    ((1, 2, 11), (4,), (3,), 2, 1, True),
-    ((1, 2, 5, 6, 4), (2, 3, 2), (1, 2, 2), (1, 1, 0), 1, False),
-])
-@pytest.mark.parametrize("channels_last", [False, True])
+# −∞ inputs, padding, dilation and ceil_mode, both layouts (the default tier: each case in one).
+ARGMAX_CASES = {
+    "2d": ((2, 3, 9, 8), (3, 3), (2, 2), 1, 1, False),
+    "2d_dilation_ceil": ((2, 3, 10, 7), (2, 3), (2, 1), (1, 1), (2, 1), True),
+    "1d_ceil": ((1, 2, 11), (4,), (3,), 2, 1, True),
+    "3d": ((1, 2, 5, 6, 4), (2, 3, 2), (1, 2, 2), (1, 1, 0), 1, False),
+}
+
+
+@pytest.mark.parametrize("shape,window,stride,padding,dilation,ceil_mode,channels_last", sample(
+    [pytest.param(*case, channels_last, id=f"{name}-{channels_last}")
+     for name, case in ARGMAX_CASES.items() for channels_last in (False, True)],
+    key=lambda p: (p.id.rsplit("-", 1)[0], p.values[-1]), strength=1))
 def test_argmax_loop_equals_unrolled_scan(shape, window, stride, padding, dilation, ceil_mode,
                                           channels_last, rng):
     x = np.round(np.asarray(random_array(rng, shape)) * 2) / 2     # many ties

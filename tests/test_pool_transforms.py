@@ -18,10 +18,10 @@ import pytest
 
 import jaxcnn
 from jaxcnn import reference
-from helpers import VJP_TOL, assert_close, primitive_names, random_array, vdot
+from helpers import VJP_TOL, assert_close, primitive_names, product, random_array, sample, vdot
 from test_pool import Case, from_layout, pool_pair, to_layout
 
-pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
+pytestmark = pytest.mark.x64
 
 # Small shapes: jax.hessian builds an |x| × |x| matrix.
 CASES = {  # name: (kind, case, count_include_pad)
@@ -66,7 +66,9 @@ NAMES = ("jvp primal", "jvp tangent", "linearize primal", "linearize(t)", "linea
          "jacfwd", "hessian")
 
 
-@pytest.mark.parametrize("kind, case, count_include_pad, channels_last", cases())
+# The default tier: each kind, rank and layout once; the full tier every case in both layouts.
+@pytest.mark.parametrize("kind, case, count_include_pad, channels_last", sample(
+    cases(), key=lambda p: (p.values[0], p.values[1].n, p.values[3]), strength=1))
 def test_forward_mode_matches_reference(kind, case, count_include_pad, channels_last, rng):
     op, ref = pair(kind, case, channels_last, count_include_pad)
     x, t, u = (to_layout(random_array(rng, case.shape), channels_last) for _ in range(3))
@@ -131,9 +133,8 @@ TIE_CASES = {
 }
 
 
-@pytest.mark.parametrize("channels_last", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("nans", [0, 3], ids=["ties", "ties_and_nans"])
-@pytest.mark.parametrize("name", TIE_CASES)
+@pytest.mark.parametrize("name, nans, channels_last", sample(   # pairwise in the default tier
+    product(list(TIE_CASES), {"ties": 0, "ties_and_nans": 3}, LAYOUTS)))
 def test_max_pool_forward_mode_at_ties_and_nans(name, nans, channels_last, rng):
     # The tangent map is the one-hot matrix J[i, a[i]] = 1 at PyTorch's argmax a; the Hessian
     # of Σ f(x)² is Σ_i 2 e_a[i] e_a[i]ᵀ = 2 JᵀJ (no NaN: the NaN values never multiply the

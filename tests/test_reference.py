@@ -19,12 +19,12 @@ import pytest
 import jaxcnn
 from jaxcnn import reference
 from helpers import (TOL, assert_close, fixed_config, kernel_to_layout, numpy_conv, random_array,
-                     to_layout, vdot)
+                     product, sample, to_layout, vdot)
 
 F64 = TOL["float64"]
 LAYOUTS = {"channels_first": False, "channels_last": True}
 MODES = ("zeros", "reflect", "replicate", "circular")
-pytestmark = pytest.mark.usefixtures("fast_compile")  # many small shapes: compiling dominates
+pytestmark = pytest.mark.x64
 
 
 def torch_or_skip():
@@ -141,8 +141,7 @@ TRANSPOSE = {  # n: (x sizes, kernel, stride, dilation, (lo, hi) per axis, group
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n,mode", sample(product([1, 2, 3], MODES), strength=1))   # every pair: full tier
 def test_conv_transpose_adjoint_to_numpy_loops(n, mode, rng):
     """⟨conv(x, w), u⟩ = ⟨x, conv_transpose(u, w)⟩ in every padding mode, the conv by loops
     (channels last for n = 2)."""
@@ -200,8 +199,7 @@ def torch_pool_kwargs(kw: dict) -> dict:
     return {("kernel_size" if k == "window" else k): v for k, v in kw.items()}
 
 
-@pytest.mark.parametrize("kind", ["max_pool", "avg_pool"])
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n,kind", sample(product([1, 2, 3], ["max_pool", "avg_pool"]), strength=1))
 def test_pool_and_its_autodiff_match_torch(n, kind, rng):
     """Values and ``jax.grad`` of the reference against torch's pooling and autograd (random
     normal data: no ties, so max pooling's tie rule does not enter)."""

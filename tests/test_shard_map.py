@@ -9,14 +9,14 @@ replicated weights themselves, whose gradient JAX sums itself, the transpose of 
 the global arrays; float64 to 1e-12, float32 (the native kernels) to 1e-5
 (``jaxcnn.tolerances``). The lowering forms of ``jaxcnn._conv`` are each forced in turn
 inside a checked ``shard_map``; ``jaxcnn.sharded``'s halo exchange runs in a checked one too.
-The suite has eight CPU devices (conftest). ``check_vma`` exists from JAX 0.6 on (0.4.30 has
-``check_rep``): the checked cases skip there.
+The multi-device run has eight CPU devices (``multidevice``: conftest). ``check_vma`` exists
+from JAX 0.6 on (0.4.30 has ``check_rep``): the checked cases skip there.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from functools import partial
+from functools import cache, partial
 from typing import Any, Callable
 
 import jax
@@ -32,15 +32,21 @@ from jaxcnn._conv import loops, native, rules
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import make_mesh, shard_map
 from jaxcnn._conv.pieces import IMPLS
-from helpers import TOL, assert_close, random_array, run_piece
+from helpers import TOL, assert_close, random_array, run_piece, sample
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-MESH = make_mesh((4,), ("data",))
+pytestmark = [pytest.mark.x64, pytest.mark.multidevice]
 DATA = P("data")
 VMA = hasattr(jax, "shard_map")
 CHECKED = pytest.param(True, id="check_vma", marks=pytest.mark.skipif(
     not VMA, reason="jax.shard_map's check_vma (value types by mesh axis) is newer than this JAX"))
 UNCHECKED = pytest.param(False, id="unchecked")
+
+
+@cache
+def _mesh() -> jax.sharding.Mesh:
+    """Four devices along ``"data"`` (built at the first test: collecting this module on one
+    device builds nothing)."""
+    return make_mesh((4,), ("data",))
 
 
 def _per_device(a: jax.Array) -> jax.Array:
@@ -143,7 +149,7 @@ def _step(case: Case, check: bool) -> Callable:
     n_split, n_rep = len(case.split), len(case.replicated)
     in_specs = ([DATA] * n_split, [P()] * n_rep, out_spec, ([DATA] * n_split, [P()] * n_rep))
     out_specs = (out_spec, out_spec, [DATA] * n_split, [P()] * n_rep) + (([P()] * n_rep,) * check)
-    return jax.jit(shard_map(body, MESH, in_specs, out_specs, check=check))
+    return jax.jit(shard_map(body, _mesh(), in_specs, out_specs, check=check))
 
 
 def _unsharded(case: Case) -> Callable:
@@ -182,7 +188,7 @@ def _assert_data_parallel(case: Case, check: bool, rng: np.random.Generator, wha
         assert_close(g, want, tol, f"{what}: gradient of replicated operand {i} (summed by JAX)")
 
 
-@pytest.mark.parametrize("name,impl,check", CASES)
+@pytest.mark.parametrize("name,impl,check", sample(CASES, strength=1))   # each op, impl, check once
 def test_data_parallel_step_matches_unsharded(name, impl, check, rng):
     _assert_data_parallel(_case(name, impl), check, rng, name)
 
@@ -216,7 +222,7 @@ def test_hessian_vector_and_per_example_gradients_inside_checked_shard_map(rng):
     def per_example(w, x, copy=lambda w: w):
         return jax.vmap(lambda xi: jax.grad(loss)(copy(w), xi[None]))(x)
 
-    h, g = jax.jit(shard_map(lambda w, x: (hvp(w, x), per_example(w, x, _per_device)), MESH,
+    h, g = jax.jit(shard_map(lambda w, x: (hvp(w, x), per_example(w, x, _per_device)), _mesh(),
                              (P(), DATA), (P(), DATA), check=True))(w, x)
     h_ref, g_ref = jax.jit(lambda w, x: (hvp(w, x), per_example(w, x)))(w, x)
     assert_close(h, h_ref, TOL["float64"], "Hessian-vector product")
@@ -252,7 +258,8 @@ def _form(form: str) -> Callable:
 
 
 @CHECKED.marks[0]
-@pytest.mark.parametrize("form,piece,config,channels_last", _form_cases())
+@pytest.mark.parametrize("form,piece,config,channels_last", sample(   # each family of forms once by default
+    _form_cases(), key=lambda p: p.values[0].split("_")[0], strength=1))
 def test_every_form_lowers_inside_checked_shard_map(form, piece, config, channels_last,
                                                     monkeypatch, rng):
     """Each form forced as the rule's choice for its piece, run by the public op inside a
@@ -283,7 +290,7 @@ def test_every_form_lowers_inside_checked_shard_map(form, piece, config, channel
            "weight_grad": (lambda x, w, dy: jax.lax.psum(
                jaxcnn.conv_weight_grad(x, dy, w.shape, **kwargs), "data"), P())}
     op, out_spec = ops[piece]
-    got = jax.jit(shard_map(op, MESH, (DATA, P(), DATA), out_spec, check=True))(x, w, dy)
+    got = jax.jit(shard_map(op, _mesh(), (DATA, P(), DATA), out_spec, check=True))(x, w, dy)
     want = run_piece(IMPLS["lax"][rules.PIECES.index(piece)], piece, x, w, dy, spec)
     assert_close(got, want, TOL[jnp.dtype(dtype).name], f"{form} in shard_map")
 
@@ -310,7 +317,7 @@ def test_sharded_ops_inside_checked_shard_map(name, block_op, op, operands, rng)
     the unsharded op."""
     x = random_array(rng, (2, 3, 16))
     weights = [random_array(rng, s) for s in operands]
-    f = shard_map(lambda x, *ws: block_op(x, *ws, axis_name="data"), MESH,
+    f = shard_map(lambda x, *ws: block_op(x, *ws, axis_name="data"), _mesh(),
                   (SPATIAL, *[P()] * len(weights)), SPATIAL, check=True)
     c = random_array(rng, jax.eval_shape(op, x, *weights).shape)
 

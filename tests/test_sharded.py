@@ -6,7 +6,7 @@ References, each independent of the halo code: the unsharded op on the global ar
 shape helpers), the adjoint identity ``⟨extend(x), g⟩ = ⟨x, fold(g)⟩`` against dense inner
 products, XLA's own partitioner (``jax.jit(jaxcnn.conv)`` on a spatially sharded input), and
 the jaxpr (``ppermute``, no all-gather). Every configuration compiles once: values and the
-VJP in one ``jax.jit``. The suite has eight CPU devices (conftest).
+VJP in one ``jax.jit``. The multi-device run has eight CPU devices (``multidevice``: conftest).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from jaxcnn import sharded
 from jaxcnn._args.sharded import HaloSpec
 from jaxcnn._compat import axis_types, make_mesh, shard_map
 from jaxcnn._shapes import conv_output_size, dilated_size, halo_widths, tiles_shards
-from helpers import TOL, VJP_TOL, assert_close, random_array
+from helpers import TOL, VJP_TOL, assert_close, random_array, sample
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
+pytestmark = [pytest.mark.x64, pytest.mark.multidevice]
 F64 = TOL["float64"]
 MODES = ("zeros", "reflect", "replicate", "circular")
 AUTO = axis_types()[1] if axis_types() else None     # 0.4.30: every mesh is automatic
@@ -104,8 +104,9 @@ def test_shards_that_do_not_tile_the_output():
 # ----------------------------------------------------------------------------- the exchange
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("left,right", [(2, 1), (0, 3), (3, -1)])
+@pytest.mark.parametrize("mode,left,right", sample(   # the default tier: each mode, each halo once
+    [(mode, *halo) for mode in MODES for halo in [(2, 1), (0, 3), (3, -1)]],
+    key=lambda case: (case[0], case[1:]), strength=1))
 def test_fold_is_the_adjoint_of_extend(mode, left, right, rng):
     """``⟨extend(x) − fill, g⟩ = ⟨x, fold(g)⟩`` for random x, g, over 4 shards of 4 samples
     (dense inner products over the global arrays; the fill of the zeros mode is the constant)."""
@@ -167,8 +168,9 @@ CONV_1D = [(mode, stride, dilation, (2, 4, 8)[(i + j) % 3])
 PADDING_1D = {(1, 1): 1, (2, 1): "SAME", (1, 2): 2, (2, 2): ((2, 1),)}   # kernel 3
 
 
-@pytest.mark.parametrize("mode,stride,dilation,shards", CONV_1D,
-                         ids=[f"{m}-s{s}-d{d}-{p}shards" for m, s, d, p in CONV_1D])
+@pytest.mark.parametrize("mode,stride,dilation,shards", [   # modes, strides, dilations pairwise; every count
+    pytest.param(*case, id=f"{case[0]}-s{case[1]}-d{case[2]}-{case[3]}shards")
+    for case in sample(CONV_1D, key=lambda case: case[:3])])
 def test_conv_1d_matches_unsharded(mode, stride, dilation, shards, rng):
     kwargs = dict(stride=stride, dilation=dilation, padding=PADDING_1D[stride, dilation],
                   padding_mode=mode)
@@ -196,7 +198,9 @@ CONV_ND = {
 }
 
 
-@pytest.mark.parametrize("case", list(CONV_ND), ids=list(CONV_ND))
+@pytest.mark.parametrize("case", sample(CONV_ND, strength=1, key=lambda case: dict(   # each value once
+    n=CONV_ND[case][0], shards=CONV_ND[case][1], mode=CONV_ND[case][3].get("padding_mode", "zeros"),
+    layout=CONV_ND[case][3].get("channels_last", False), impl=CONV_ND[case][3].get("impl", "lax"))))
 def test_conv_nd_matches_unsharded(case, rng):
     n, shards, split, kwargs, shape = CONV_ND[case]
     args = _conv_case(rng, n, shards, split, **shape)

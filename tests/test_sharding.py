@@ -1,8 +1,9 @@
 """``out_sharding`` and explicit meshes (``jaxcnn._sharding``), for every public op.
 
-On 8 CPU devices (tests/conftest.py), batch- and spatially sharded inputs on meshes of
-``AxisType.Explicit`` (current JAX's default) and ``Auto``: values and gradients equal to the
-unsharded computation in float64, and the shardings each result comes back with.
+On 8 CPU devices (the multi-device run: ``multidevice``, tests/conftest.py), batch- and
+spatially sharded inputs on meshes of ``AxisType.Explicit`` (current JAX's default) and
+``Auto``: values and gradients equal to the unsharded computation in float64, and the
+shardings each result comes back with.
 """
 from __future__ import annotations
 
@@ -16,16 +17,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxcnn
 import jaxcnn.lax as jlax
-from helpers import TOL, VJP_TOL, assert_close, random_array
+from helpers import TOL, VJP_TOL, assert_close, product, random_array, sample
+
+pytestmark = [pytest.mark.x64, pytest.mark.multidevice]
 
 F64 = TOL["float64"]
 HAS_EXPLICIT = all(hasattr(jax, name) for name in ("typeof", "set_mesh")) and hasattr(
     jax.sharding, "AxisType") and hasattr(jax.sharding, "auto_axes")
 needs_explicit = pytest.mark.skipif(not HAS_EXPLICIT, reason="this JAX has no explicit sharding")
-
-if len(jax.devices()) < 8:
-    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
-                allow_module_level=True)
 
 
 def _mesh(kind: str, size: int = 4) -> jax.sharding.Mesh:
@@ -86,9 +85,9 @@ def _check(rng, op, placement, kind, case=None):
     return xs, got, grads
 
 
+# The default tier: every op and both placements (each op once); the full tier: every op in both.
 @needs_explicit
-@pytest.mark.parametrize("placement", SHARDINGS)
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,placement", sample(product(list(OPS), list(SHARDINGS)), strength=1))
 def test_explicit_mesh_matches_unsharded(rng, op, placement):
     xs, got, grads = _check(rng, op, placement, "explicit")
     # The input gradient comes back sharded as its primal; the result keeps x's sharding on
@@ -98,8 +97,8 @@ def test_explicit_mesh_matches_unsharded(rng, op, placement):
         assert _entries(got)[0] == "d"
 
 
-@pytest.mark.parametrize("placement", SHARDINGS)
-@pytest.mark.parametrize("op", ["conv", "conv_transpose", "lax.conv_general_dilated", "max_pool"])
+@pytest.mark.parametrize("op,placement", sample(product(
+    ["conv", "conv_transpose", "lax.conv_general_dilated", "max_pool"], list(SHARDINGS)), strength=1))
 def test_auto_mesh_matches_unsharded(rng, op, placement):
     _check(rng, op, placement, "auto")
 
@@ -177,7 +176,8 @@ def test_eager_vjp_on_an_explicit_mesh(rng):
 
 
 @needs_explicit
-@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding_mode", ["reflect", *(pytest.param(mode, marks=pytest.mark.slow)   # one by
+                                                      for mode in ("replicate", "circular"))])       # default
 def test_padding_modes_input_gradient_split_on_an_explicit_mesh(rng, padding_mode):
     """Found by ``jaxcnn fuzz`` (``sharded_input``): with the input split along a padded axis
     over 4 devices of an Explicit mesh (2 samples a device), the border fold's scatter-add gave

@@ -41,6 +41,7 @@ def test_a_one_sample_tap_slices_without_a_step():
     assert (index[2].start, index[2].stop) == (1, 2)
 
 
+@pytest.mark.x64   # adjoint to float64 rounding
 @pytest.mark.parametrize("offset,out,stride,dilation", [
     ((1,), (3,), (2,), (2,)), ((0, 1), (2, 2), (3, 1), (1, 2)), ((2, 1, 0), (1, 2, 2), (1, 2, 3), (2, 1, 1)),
 ])
@@ -56,6 +57,7 @@ def test_place_is_the_adjoint_of_window(offset, out, stride, dilation, rng):
     assert np.vdot(forward, b) == pytest.approx(np.vdot(a, back), rel=1e-12)
 
 
+@pytest.mark.x64
 def test_crop_is_the_adjoint_of_zero_padding(rng):
     pads = ((2, 1), (0, -1))      # a negative side: samples the padded op never read
     a = rng.standard_normal((1, 2, 4, 5))

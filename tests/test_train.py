@@ -227,7 +227,8 @@ def test_channels_last_run_is_the_channels_first_run(layout_runs):
     assert plots == {"training_curves.png", "kernels.png"} | {f"feature_maps_{i:02d}.png" for i in range(3)}
 
 
-@pytest.mark.parametrize("written", [False, True], ids=["first-resumed-last", "last-resumed-first"])
+@pytest.mark.parametrize("written", [False, pytest.param(True, marks=pytest.mark.slow)],   # one way by default
+                         ids=["first-resumed-last", "last-resumed-first"])
 def test_resume_refuses_a_layout_change(tmp_path, written):
     config = {**BASE, **LAYOUT_RUN, "halt_after": 1}
     train.train_and_evaluate(train.TrainConfig(**config, channels_last=written), tmp_path, dataset=IMAGES)
@@ -308,6 +309,7 @@ def test_augment_takes_a_policy_by_name():
         train.augmentation("clips", "flip")
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("micro_batches", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_micro_batched_is_the_one_batch_step(micro_batches):
     """Loss, gradients and logits (in the batch's order) over slices of the batch equal the
@@ -320,10 +322,13 @@ def test_micro_batched_is_the_one_batch_step(micro_batches):
     seen = []
 
     def loss_fn(params, x, y, key):
-        seen.append((x.shape[0], key))
         logits = model.apply(params, x)
         return jnp.mean(train.cross_entropy(logits, y)), logits
-    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    compiled = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))   # one program a slice shape
+
+    def value_and_grad(params, x, y, key):
+        seen.append((x.shape[0], key))
+        return compiled(params, x, y, key)
     key = jax.random.key(3)
     (loss, logits), grads = train.micro_batched(value_and_grad, params, x, y, key, micro_batches)
     (want_loss, want_logits), want_grads = train.micro_batched(value_and_grad, params, x, y, key)

@@ -13,6 +13,8 @@ import pytest
 from jaxcnn.train import checkpoint
 from test_files import leftovers
 
+pytestmark = pytest.mark.x64   # the example tree holds a float64 leaf beside float32, int32, float16
+
 
 def example_tree():
     return {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "b": jnp.array([1, -2], jnp.int32),
