@@ -6,7 +6,7 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
 - the tier (``helpers.sample``, as JAX's ``JAX_NUM_GENERATED_CASES``): by default (``make test``)
   each parametrised grid runs a pairwise-covering subset and tests marked ``slow`` skip;
   ``JAXCNN_TEST_CASES=all`` (``make test-full``) runs every case, the ``slow`` tests and
-  hypothesis' ``full`` profile (4× the examples); ``JAXCNN_TEST_CASES=k`` runs up to k cases
+  hypothesis' ``full`` profile (6× the examples); ``JAXCNN_TEST_CASES=k`` runs up to k cases
   per grid. ``pytest -m slow`` runs the slow tests in any tier.
 - the float mode: a test runs in the library's default mode, float32 with ``jax_enable_x64``
   off (the mode users run, and the only one the native kernels take), unless it is marked

@@ -57,6 +57,7 @@ def test_torch_module_has_jaxcnns_parameter_count(name):
     assert torch_models.param_count(torch_models.build(name)) == model_params.count(params)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", TIERED)
 def test_torch_module_same_loss_and_gradients(name):
     """jaxcnn's initial weights copied into the ``nn.Module``: the same cross-entropy and the
@@ -149,6 +150,7 @@ def test_flax_model_has_jaxcnns_parameter_count(name):
     assert flax_models.param_count(abstract) == model_params.count(params)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", TIERED)
 def test_flax_model_same_loss_and_gradients(name):
     """jaxcnn's initial weights in the stock Flax NNX model (kernels channels last, the dense
