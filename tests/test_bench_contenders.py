@@ -165,6 +165,7 @@ def test_flax_model_same_loss_and_gradients(name):
 
 # ----------------------------------------------------------------------------- the bench
 
+@pytest.mark.slow   # every contender compiled and timed: the full tier (test_bench_train's steps agree by default)
 def test_bench_model_times_every_contender_with_its_first_step():
     """A tiny run of one model (batch 2, one round; jaxcnn lax, PyTorch eager, Flax): every
     contender timed, plain and ×2, each with a first step apart from its median; the ratios

@@ -159,7 +159,8 @@ def _bench_output(terminal: bool) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+@pytest.mark.parametrize("terminal", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["pipe", "terminal"])   # the terminal's table in the full tier
 def test_bench_prints_its_header_and_columns_and_on_a_terminal_a_rich_table(terminal):
     pytest.importorskip("rich")
     from jaxcnn import bench

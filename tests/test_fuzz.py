@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import full_tier
 from jaxcnn.fuzz import checks, command, configs, drop_in, float32, runner, sharding, torch_side, worker
 
 HERE = pathlib.Path(__file__).parent
@@ -283,16 +284,20 @@ def _rotating_seed() -> int:
         return 0
 
 
-CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(10 * len(configs.rotation()))))   # 10 rounds: ~1 min on 2 cores
+# The full tier (CI) fuzzes 10 rounds of every op and path (~1 min on 2 cores), the default tier 4;
+# JAXCNN_FUZZ_N sets the count.
+FULL_SAMPLE = 10 * len(configs.rotation())
+CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(FULL_SAMPLE if full_tier() else 4 * len(configs.rotation()))))
 
 
 def test_random_sample_of_every_op(batch):
-    """Every op, the newer families' paths too: float32 through the native kernels (where
-    they exist) and XLA, the sharded runs under jit and inside a checked shard_map."""
+    """Every op, and in the full tier the newer families' paths too: float32 through the native
+    kernels (where they exist) and XLA, the sharded runs under jit and inside a checked
+    shard_map (the default tier's 4 rounds draw some paths too rarely to require each)."""
     pytest.importorskip("torch")
     from jaxcnn._conv import native
     wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
-              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set()))
+              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set())) if full_tier() else set()
     seed = _rotating_seed()
     results = batch["sample"]
     assert [r["config"]["index"] for r in results] == list(range(CI_SAMPLE))
@@ -304,7 +309,7 @@ def test_random_sample_of_every_op(batch):
     if ops != set(configs.OPS) or not wanted <= paths:
         # A commit's draws may compare no configuration of some op or path (both of one op's
         # draws refused, say): the covering seed's sample, which compares each, fills the gap.
-        results = command.fuzz(CI_SAMPLE, COVERING_SEED)
+        results = command.fuzz(FULL_SAMPLE, COVERING_SEED)
         table = _assert_no_failures(results, COVERING_SEED)
         ops |= {r["config"]["op"] for r in results if r["status"] == "ok"}
         paths |= {r["path"] for r in results if r["status"] == "ok" and "path" in r}
@@ -312,7 +317,7 @@ def test_random_sample_of_every_op(batch):
     assert wanted <= paths, (sorted(paths), table)
 
 
-COVERING_SEED = 0   # its CI sample compares every op on every path (checked by the test above)
+COVERING_SEED = 0   # its 10-round sample compares every op on every path (checked by the test above)
 
 
 def _assert_no_failures(results: list[dict], seed: int) -> str:
@@ -320,7 +325,7 @@ def _assert_no_failures(results: list[dict], seed: int) -> str:
     failures = [r for r in results if r["status"] not in PASSING]
     table = command.markdown(command.summarize(results))
     assert not failures, (f"seed {seed}: {len(failures)} failures; reproduce with "
-                          f"`python -m jaxcnn fuzz --n {CI_SAMPLE} --seed {seed}`\n{table}\n"
+                          f"`python -m jaxcnn fuzz --n {len(results)} --seed {seed}`\n{table}\n"
                           + "\n".join(json.dumps(f, default=str)[:1500] for f in failures[:5]))
     return table
 

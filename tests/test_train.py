@@ -167,6 +167,7 @@ def test_manual_and_lax_give_the_same_loss_curve(tmp_path, lax_run):
     assert relative_error(manual_losses, lax_losses) <= TOL["float32"]
 
 
+@pytest.mark.slow   # several training runs: the full tier
 def test_bfloat16_first_loss_agrees_with_float32(tmp_path, lax_run):
     run(tmp_path, steps=10, dtype="bfloat16", halt_after=3)
     bf16 = train_records(tmp_path)
@@ -229,6 +230,7 @@ def test_channels_last_run_is_the_channels_first_run(layout_runs):
 
 @pytest.mark.parametrize("written", [False, pytest.param(True, marks=pytest.mark.slow)],   # one way by default
                          ids=["first-resumed-last", "last-resumed-first"])
+@pytest.mark.slow   # several training runs: the full tier
 def test_resume_refuses_a_layout_change(tmp_path, written):
     config = {**BASE, **LAYOUT_RUN, "halt_after": 1}
     train.train_and_evaluate(train.TrainConfig(**config, channels_last=written), tmp_path, dataset=IMAGES)
@@ -370,6 +372,7 @@ def assert_same_run(workdir: Path, reference: Path) -> None:
 
 # onecycle in the full tier: the constant schedule already checks the resumed run bit for bit.
 @pytest.mark.parametrize("schedule", ["constant", pytest.param("onecycle", marks=pytest.mark.slow)])
+@pytest.mark.slow   # several training runs: the full tier
 def test_a_run_extended_on_resume_is_the_longer_run(tmp_path, schedule):
     """16 steps, then resumed with steps=24: bit for bit the 24-step run whose schedule is 16
     steps long (for a constant rate, any length); the learning rates of the steps past 16 are
@@ -388,12 +391,14 @@ def test_a_run_extended_on_resume_is_the_longer_run(tmp_path, schedule):
         assert train_records(tmp_path / "planned")[1]["lr"] != records[1]["lr"]
 
 
+@pytest.mark.slow   # several training runs: the full tier
 def test_resume_refuses_a_run_shorter_than_its_checkpoint(tmp_path):
     run(tmp_path, steps=6, train_subset=100)
     with pytest.raises(ValueError, match=r"steps: expected a run at least as long as its checkpoint in .*, at step 6; got 4"):
         run(tmp_path, steps=4, train_subset=100, resume=True)
 
 
+@pytest.mark.slow   # several training runs: the full tier
 def test_a_workdir_holding_a_run_is_refused_unless_overwrite(tmp_path):
     run(tmp_path, steps=4, train_subset=100, plots=True)   # 4: optax 0.2.5's onecycle needs a warm-up step
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -411,6 +416,7 @@ def test_a_workdir_holding_a_run_is_refused_unless_overwrite(tmp_path):
         run(tmp_path, steps=3, resume=True, overwrite=True)
 
 
+@pytest.mark.slow   # several training runs: the full tier
 def test_a_checkpoint_from_before_the_stored_settings_resumes(tmp_path):
     """A checkpoint whose config is the old identity alone (steps, eval settings, no schedule
     length): it resumes, its schedule as long as its run, and extends as a new one would."""

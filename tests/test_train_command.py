@@ -61,6 +61,7 @@ def finished(tmp_path_factory, data_dir) -> Path:
     return workdir
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_a_new_run_into_a_folder_holding_one_is_refused_unless_overwrite(finished, tmp_path, data_dir):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
@@ -85,6 +86,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_resume_refuses_a_flag_that_changes_the_run(finished):
     before = files(finished)
     result = jaxcnn("train", "--resume", "--workdir", str(finished), "--lr", "0.5")
@@ -96,6 +98,7 @@ def test_resume_refuses_a_flag_that_changes_the_run(finished):
     assert files(finished) == before
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_resume_remembers_the_run_and_extends_it_exactly(finished, tmp_path, data_dir):
     """``--resume --workdir D --steps 12``, no other flag: the 8-step run continues with its own
     settings (batch, subset, model, intervals, data folder), bit for bit the run started with
@@ -119,6 +122,7 @@ def test_resume_remembers_the_run_and_extends_it_exactly(finished, tmp_path, dat
     assert [r["step"] for r in train_records(workdir)] == list(range(1, 13))
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_a_damaged_checkpoint_is_named(finished, tmp_path):
     workdir = tmp_path / "damaged"
     shutil.copytree(finished, workdir)
@@ -214,8 +218,8 @@ def wait_for_step(process: subprocess.Popen, workdir: Path, step: int, timeout: 
     raise AssertionError(f"step {step} not logged in {timeout} s")
 
 
-@pytest.mark.parametrize("sent", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
-                         ids=["SIGINT", "SIGTERM"])   # one handler for both; SIGTERM in the full tier
+@pytest.mark.slow   # a training run in a subprocess: the full tier
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_after_the_step_with_its_checkpoint(sent, tmp_path, data_dir):
     """Sent once the first step is logged: exit 130, the line that says how to continue, a
     checkpoint of the step it stopped at (the run checkpoints every 500 steps otherwise), no
@@ -263,6 +267,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path, data_dir):
     """Two signals within one 2-second step (a checkpoint after every step): the first asks for a
     stop after the step, the second stops at once, before the step's checkpoint: exit 130, the
@@ -285,6 +290,7 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path, dat
     assert not [p.name for p in workdir.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_throughput_is_measured_when_the_steps_are_done(tmp_path, data_dir):
     """test-wide logged every 4 steps: each logged rate within 3x of the run's, where one taken
     when the steps were dispatched, not done, reads hundreds of times more (issue 27 saw 71,168
@@ -301,6 +307,7 @@ def test_throughput_is_measured_when_the_steps_are_done(tmp_path, data_dir):
 
 # ----------------------------------------------------------------------------- download
 
+@pytest.mark.slow   # a training run in a subprocess: the full tier
 def test_download_fetches_fashion_mnist_verified_into_data_dir(tmp_path):
     """``--download`` from a local mirror (file://, through $JAXCNN_FASHION_MNIST_MIRRORS):
     Debian's copy, whose .gz headers differ from the official files but whose data is theirs;
