@@ -189,6 +189,79 @@ def lowering_is_partitioned(ctx: Any) -> bool:
     return getattr(axis_context, "num_devices", 1) > 1
 
 
+def lowering_mesh(ctx: Any) -> Any:
+    """The ``jax.sharding.Mesh`` (with its devices) over which XLA's SPMD partitioner splits the
+    op that the lowering rule with ``ctx`` lowers, or None where the lowering does not know it.
+    ``jax.experimental.custom_partitioning`` hands its partition rule shardings on this mesh.
+
+    Private: ``ShardingContext.device_assignment`` and ``.abstract_mesh`` (set from the jit's
+    ``NamedSharding``s when the program holds a primitive registered by
+    ``needs_devices_during_lowering``), the fields custom partitioning's own lowering reads;
+    else the concrete mesh of ``jax.set_mesh`` (``jax._src.mesh.get_concrete_mesh``:
+    ``jax.sharding.get_mesh`` refuses to be read under a trace) where it has the program's
+    device count. A partially manual ``shard_map`` (``SPMDAxisContext``) gives None."""
+    axis_context = getattr(getattr(ctx, "module_context", None), "axis_context", None)
+    devices = getattr(axis_context, "device_assignment", None)
+    abstract = getattr(axis_context, "abstract_mesh", None)
+    if devices is not None and abstract is not None and not abstract.empty:
+        import numpy as np
+        return jax.sharding.Mesh(np.array(devices).reshape(abstract.axis_sizes), abstract.axis_names)
+    from jax._src import mesh as mesh_lib
+    context = mesh_lib.get_concrete_mesh() if hasattr(mesh_lib, "get_concrete_mesh") else None
+    if context is None or context.empty or context.size != getattr(axis_context, "num_devices", 0):
+        return None
+    return context
+
+
+def lowering_on_mesh(ctx: Any, mesh: Any) -> Any:
+    """``ctx`` whose axis context names ``mesh``'s devices and abstract mesh, as ``jax.jit``
+    gives them to a program holding a primitive registered by ``needs_devices_during_lowering``
+    (custom partitioning's lowering reads them). Private: ``ModuleContext.replace`` and the
+    ``ShardingContext`` dataclass."""
+    import dataclasses
+    axis_context = ctx.module_context.axis_context
+    if axis_context.device_assignment is not None and axis_context.abstract_mesh is not None:
+        return ctx
+    named = dataclasses.replace(axis_context, device_assignment=tuple(mesh.devices.flat),
+                                abstract_mesh=mesh.abstract_mesh)
+    return ctx.replace(module_context=ctx.module_context.replace(axis_context=named))
+
+
+def context_mesh_known() -> bool:
+    """Whether a mesh is set for the context (``jax.set_mesh``): its lowerings read the devices
+    from it (``lowering_mesh``). ``jax.sharding.get_abstract_mesh`` is public after 0.4.30."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    return get is not None and not get().empty
+
+
+def needs_devices_during_lowering(primitive: Any) -> None:
+    """Have ``jax.jit`` give the lowering of programs holding ``primitive`` their devices and
+    mesh (``lowering_mesh``), as JAX does for ``custom_partitioning``'s own primitive.
+
+    Private: ``jax._src.dispatch.prim_requires_devices_during_lowering``; a no-op where a
+    release lacks it. The cost JAX names: such a program cannot be lowered for an abstract mesh
+    alone (``jax.export`` with no devices)."""
+    from jax._src import dispatch
+    registry = getattr(dispatch, "prim_requires_devices_during_lowering", None)
+    if registry is not None:
+        registry.add(primitive)
+
+
+def custom_partitioning() -> Any:
+    """``jax.experimental.custom_partitioning.custom_partitioning`` where its ``def_partition``
+    takes a ``sharding_rule`` (the Shardy partitioner, default in current JAX, needs one), else
+    None. Public but experimental: the rule came after 0.4.30, whose ``def_partition`` has only
+    GSPMD's callbacks."""
+    import inspect
+    try:
+        from jax.experimental.custom_partitioning import custom_partitioning as decorator
+    except ImportError:
+        return None
+    if "sharding_rule" not in inspect.signature(decorator.def_partition).parameters:
+        return None
+    return decorator
+
+
 def lowering_for_export(ctx: Any) -> bool:
     """Whether the lowering rule with ``ctx`` lowers a program for ``jax.export`` (which takes no
     custom call to a library of this machine). Private: ``ctx.module_context.lowering_parameters

@@ -11,9 +11,21 @@ factory below does the part every primitive shares:
   platform named in ``platforms`` with ``platform=<name>`` passed, so ``compute`` can choose a
   form that is faster on that backend (conv's per-tap forms on CPU); while it is traced,
   ``custom_calls_allowed()`` says whether a form may be a custom call to a library of this
-  machine: not where XLA's SPMD partitioner will split the op over devices (it cannot split a
-  custom call and would gather its operands onto every device), nor in a program lowered for
-  ``jax.export``.
+  machine (not in a program lowered for ``jax.export``), and ``partitioning_mesh()`` names the
+  mesh over which XLA's SPMD partitioner will split the op. The partitioner cannot split a
+  custom call by itself (it would gather the operands onto every device), so there a custom
+  call must come wrapped in ``jax.experimental.custom_partitioning`` with a rule saying how it
+  splits; where the lowering does not know the mesh, or the release has no such rules, custom
+  calls are not allowed in a split op.
+
+Custom partitioning's rules need the lowering to know the program's devices and mesh. Under
+``jax.set_mesh`` the lowering reads them from the context; otherwise ``jax.jit`` hands them to
+a lowering only when the program holds a primitive registered for it (as JAX registers
+``custom_partitioning``'s own). Registering the op primitives themselves would hold every
+program with a conv to JAX's checks for such programs (one mesh for all of its shardings, which
+an eager VJP on an ``Explicit`` mesh, mixing that mesh and its ``Auto`` twin, fails). So a bind
+that may lower to a split custom call (``make_primitive``'s ``splits_custom_calls``), outside
+``jax.set_mesh``, passes its result through ``devices_p``, an identity that alone is registered.
 
 Each op module registers its own JVP/transpose and batching rules beside its forward, since
 those are the op's mathematics.
@@ -21,27 +33,58 @@ those are the op's mathematics.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax.numpy as jnp
 from jax.core import ShapedArray
 from jax.extend.core import Primitive
-from jax.interpreters import mlir
+from jax.interpreters import ad, batching, mlir
 from jax.interpreters.xla import apply_primitive
 
-from jaxcnn._compat import (exclude_from_tracebacks, invariant, lowering_for_export,
-                            lowering_is_partitioned, to_varying, varying_like)
+from jaxcnn._compat import (context_mesh_known, custom_partitioning, exclude_from_tracebacks,
+                            invariant, lowering_for_export, lowering_is_partitioned, lowering_mesh,
+                            lowering_on_mesh, needs_devices_during_lowering, to_varying,
+                            varying_like)
 
-__all__ = ["ShapedArray", "custom_calls_allowed", "fold_mapped", "make_primitive", "mapped_axis_first",
-           "unfold_mapped"]
+__all__ = ["ShapedArray", "custom_calls_allowed", "devices_p", "fold_mapped",
+           "make_primitive", "mapped_axis_first", "partitioning_mesh", "unfold_mapped"]
 
-_CUSTOM_CALLS = contextvars.ContextVar("jaxcnn_custom_calls_allowed", default=True)
+
+@dataclasses.dataclass(frozen=True)
+class _CallSite:
+    """What a platform lowering tells ``compute`` about where it runs (module docstring)."""
+
+    custom_calls: bool = True
+    mesh: Any = None
+
+
+_CALL_SITE = contextvars.ContextVar("jaxcnn_call_site", default=_CallSite())
 
 
 def custom_calls_allowed() -> bool:
-    """While a platform lowering traces ``compute``: whether a form may be a custom call."""
-    return _CUSTOM_CALLS.get()
+    """While a platform lowering traces ``compute``: whether a form may be a custom call (in an
+    op the partitioner splits, only one wrapped for it: ``partitioning_mesh``)."""
+    return _CALL_SITE.get().custom_calls
+
+
+def partitioning_mesh() -> Any:
+    """While a platform lowering traces ``compute``: the ``jax.sharding.Mesh`` over which XLA's
+    SPMD partitioner splits the op, where custom calls are allowed in it; None where the op runs
+    whole on each device (one device, or inside ``shard_map``)."""
+    return _CALL_SITE.get().mesh
+
+
+def _call_site(ctx) -> _CallSite:
+    """A custom call is allowed but in a program for ``jax.export``; in an op the partitioner
+    splits, only where it can be wrapped for the partitioner: the mesh known, the rules there."""
+    if lowering_for_export(ctx):
+        return _CallSite(custom_calls=False)
+    if not lowering_is_partitioned(ctx):
+        return _CallSite()
+    mesh = lowering_mesh(ctx)
+    return _CallSite(custom_calls=mesh is not None and custom_partitioning() is not None, mesh=mesh)
 
 
 def _lowering(compute: Callable) -> Callable:
@@ -57,12 +100,43 @@ def _platform_lowering(compute: Callable, platform: str) -> Callable:
     lowered = _lowering(partial(compute, platform=platform))
 
     def rule(ctx, *args, **params):
-        token = _CUSTOM_CALLS.set(not (lowering_is_partitioned(ctx) or lowering_for_export(ctx)))
+        site = _call_site(ctx)
+        token = _CALL_SITE.set(site)
         try:
+            if site.mesh is not None and site.custom_calls:
+                ctx = lowering_on_mesh(ctx, site.mesh)
             return lowered(ctx, *args, **params)
         finally:
-            _CUSTOM_CALLS.reset(token)
+            _CALL_SITE.reset(token)
     return rule
+
+
+# ----------------------------------------------------------------------------- devices at lowering
+# devices_p(a) = a: its JVP and transpose are the identity, its vmap maps the same axis.
+
+def _same(a):
+    return a
+
+
+def _devices_lowering(ctx, a):
+    return [a]
+
+
+def _devices_transpose(ct, a):
+    return [ct]
+
+
+def _devices_batch_rule(args, dims):
+    return args[0], dims[0]
+
+
+devices_p = Primitive("jaxcnn_devices_at_lowering")
+devices_p.def_impl(_same)
+devices_p.def_abstract_eval(_same)
+mlir.register_lowering(devices_p, _devices_lowering)
+ad.deflinear2(devices_p, _devices_transpose)
+batching.primitive_batchers[devices_p] = _devices_batch_rule
+needs_devices_during_lowering(devices_p)
 
 
 # Its bind below is a shim every op passes through: the op's source location is its caller's.
@@ -71,14 +145,22 @@ exclude_from_tracebacks(__file__)
 
 class _Primitive(Primitive):
     """A primitive whose operands are cast alike to varying types before each bind (the module
-    docstring): every bind, the op's own and its rules', goes through here."""
+    docstring): every bind, the op's own and its rules', goes through here; one that may lower
+    to a split custom call marks its result with ``devices_p``."""
+
+    splits_custom_calls: Callable[..., bool] | None = None
 
     def bind(self, *args, **params):
-        return super().bind(*to_varying(args), **params)
+        result = super().bind(*to_varying(args), **params)
+        if (self.splits_custom_calls is not None and not context_mesh_known()
+                and self.splits_custom_calls(*args, **params)):
+            return devices_p.bind(result)
+        return result
 
 
 def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., ShapedArray], *,
-                   platforms: Sequence[str] = ()) -> Primitive:
+                   platforms: Sequence[str] = (),
+                   splits_custom_calls: Callable[..., bool] | None = None) -> Primitive:
     """A primitive ``jaxcnn_<name>`` with one array result.
 
     Args:
@@ -89,12 +171,17 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
         dtype (the params are the static keyword arguments given to ``bind``); its varying
         axes are added here.
       platforms: backends (``"cpu"``, ``"cuda"``, ...) with a lowering of their own.
+      splits_custom_calls: ``splits_custom_calls(*operands, **params)``, whether a bind may
+        lower to a custom call split by custom partitioning (its result then goes through
+        ``devices_p``); a cheap, static test on the operands' types and the params.
 
     Returns:
       The primitive, with impl, abstract eval and lowerings registered; derivative and batching
       rules are the caller's.
     """
     prim = _Primitive(f"jaxcnn_{name}")
+    if custom_partitioning() is not None:
+        prim.splits_custom_calls = splits_custom_calls
     prim.def_impl(partial(apply_primitive, prim))
     def typed_abstract_eval(*avals, **params):
         """The op's result shape and dtype, varying along its operands' mesh axes."""

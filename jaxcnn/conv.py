@@ -45,7 +45,7 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
                                 unfold_mapped)
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn._sharding import sharded_call
-from jaxcnn._conv.rules import choose
+from jaxcnn._conv.rules import choose, may_be_native
 from jaxcnn._conv.pieces import output_dtype
 
 __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad"]
@@ -101,7 +101,14 @@ def _conv_abstract_eval(x, w, *, spec, impl, shape):
     return ShapedArray(shape, output_dtype(spec, x.dtype))
 
 
-conv_p = make_primitive("conv", _conv_compute, _conv_abstract_eval, platforms=("cpu",))
+def _may_be_native(a, b, *, spec, impl, shape):
+    """Whether this bind may lower to the native kernels (split per shard where the partitioner
+    splits the op: ``jaxcnn._primitives``)."""
+    return may_be_native(impl, spec, (a.dtype, b.dtype))
+
+
+conv_p = make_primitive("conv", _conv_compute, _conv_abstract_eval, platforms=("cpu",),
+                        splits_custom_calls=_may_be_native)
 
 
 def conv_core(x: jax.Array, w: jax.Array, spec: ConvSpec, impl: str) -> jax.Array:
@@ -142,7 +149,7 @@ def _input_grad_abstract_eval(dy, w, *, spec, impl, shape):
 
 
 input_grad_p = make_primitive("conv_input_grad", _input_grad_compute, _input_grad_abstract_eval,
-                              platforms=("cpu",))
+                              platforms=("cpu",), splits_custom_calls=_may_be_native)
 
 
 def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,
@@ -184,7 +191,7 @@ def _weight_grad_abstract_eval(x, dy, *, spec, impl, shape):
 
 
 weight_grad_p = make_primitive("conv_weight_grad", _weight_grad_compute, _weight_grad_abstract_eval,
-                               platforms=("cpu",))
+                               platforms=("cpu",), splits_custom_calls=_may_be_native)
 
 
 def weight_grad_core(x: jax.Array, dy: jax.Array, spec: ConvSpec, impl: str,

@@ -46,6 +46,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from jaxcnn._conv import budget, native, tuning
@@ -175,6 +176,14 @@ def _native(case: Case) -> bool:
     program for ``jax.export``)."""
     return (case.lax_cpu and custom_calls_allowed()
             and native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
+
+
+def may_be_native(impl: str, spec: ConvSpec, dtypes: tuple[Any, ...]) -> bool:
+    """Whether a piece of ``impl`` on operands of ``dtypes`` may take the native form on a CPU
+    (what the spec and the dtypes decide, read when the op is bound, before any lowering): the
+    op may then lower to a custom call the partitioner splits."""
+    return (impl == "lax" and jax.default_backend() == "cpu"
+            and all(native.may_support(spec, dtype) for dtype in dtypes))
 
 
 def _depth_fold(case: Case) -> bool:

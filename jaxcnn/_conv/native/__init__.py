@@ -19,10 +19,15 @@ intra-op threads. Scratch: the row table of a block and, for the weight gradient
 one); nothing the size of an activation.
 
 ``rules`` uses them first wherever they apply, except where the lowering takes no custom
-call (``jaxcnn._primitives.custom_calls_allowed``): an op XLA's SPMD partitioner splits over
-devices (a ``jax.jit`` over a batch-sharded mesh; it cannot split a custom call and would gather
-the operands onto every device) and a program lowered for ``jax.export``. Inside ``shard_map``
-they run per shard.
+call (``jaxcnn._primitives.custom_calls_allowed``): a program lowered for ``jax.export``. In an
+op XLA's SPMD partitioner splits over devices (a ``jax.jit`` over a batch-sharded mesh) the
+partitioner cannot split a custom call by itself (it would gather the operands onto every
+device), so there each call is wrapped in ``jax.experimental.custom_partitioning``
+(``partition``): one call per batch shard on its local samples, the weight gradient's partials
+summed over the batch's devices (``psum``), and anything split along another axis gathered
+first. Where the lowering cannot know the mesh (a partially manual ``shard_map``) or the release
+has no Shardy sharding rules (0.4.30, which has no ``jax.ffi`` either) the XLA forms run there,
+as before. Inside ``shard_map`` they run per shard.
 
 The source is compiled on first use (``c++ -O3 -march=native -Wall -Wextra``, JAX's FFI headers
 as system headers) into ``$XDG_CACHE_HOME/jaxcnn/native/<hash>/`` (``~/.cache/jaxcnn/native``
@@ -59,7 +64,9 @@ except ImportError:   # not POSIX: no lock for the build, and no kernels
     fcntl = None
 
 from jaxcnn._shapes import ConvSpec, conv_output_shape, kernel_sizes, spatial_sizes
+from jaxcnn._conv.native.partition import split_by_batch
 from jaxcnn._conv.pieces import flip_swap_io
+from jaxcnn._primitives import partitioning_mesh
 
 SOURCE = Path(__file__).parent / "conv_cpu.cc"
 ENV = "JAXCNN_NATIVE"
@@ -193,6 +200,14 @@ def vector_width() -> int:
     return int(library().jaxcnn_vector_width())
 
 
+def may_support(spec: ConvSpec, dtype: Any) -> bool:
+    """The conditions of ``supports`` that the spec and the dtype decide (channels last, one
+    group, float32 in and out, 1 to 3 spatial axes), read without building the kernels."""
+    return (dtype is not None and jnp.dtype(dtype) == jnp.float32 and spec.channels_last
+            and spec.groups == 1 and spec.preferred_element_type in (None, jnp.float32)
+            and 1 <= spec.n <= 3)
+
+
 def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tuple[int, ...],
              dtype: Any) -> bool:
     """Whether the native form computes ``piece`` for these operands (``x: (N, *S, C)``,
@@ -201,8 +216,7 @@ def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
     and the channels the piece writes a multiple of the vector width ``V`` (``vector_width()``:
     16 with AVX-512, else 8): ``O`` for ``conv`` and ``weight_grad``, ``C`` for ``input_grad``,
     which also needs stride 1 (a strided one would sum the zeros between ``dy``'s samples)."""
-    if (dtype is None or jnp.dtype(dtype) != jnp.float32 or not spec.channels_last or spec.groups != 1
-            or spec.preferred_element_type not in (None, jnp.float32) or not 1 <= spec.n <= 3):
+    if not may_support(spec, dtype):
         return False
     o_ax, i_ax = spec.kernel_io_axes()
     c, o = w_shape[i_ax], w_shape[o_ax]
@@ -231,9 +245,17 @@ def _forward_sizes(spec: ConvSpec, x_shape, y_shape, w_shape) -> np.ndarray:
                   spec.stride, spec.dilation, [lo for lo, _ in spec.padding])
 
 
-def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, sizes: np.ndarray) -> jax.Array:
+def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, sizes: np.ndarray, *,
+          summed: bool = False) -> jax.Array:
+    """The kernel ``target`` on ``(a, b)``; in an op the partitioner splits (``partitioning_mesh``),
+    one call per batch shard (``partition``; ``summed``: the result sums over the batch)."""
     library()
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(a, b, sizes=sizes)
+
+    def kernel(a, b, out_shape):
+        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(a, b, sizes=sizes)
+    if partitioning_mesh() is None:
+        return kernel(a, b, shape)
+    return split_by_batch(kernel, a, b, tuple(shape), summed=summed)
 
 
 def native_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
@@ -255,10 +277,10 @@ def native_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tup
 def native_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: tuple[int, ...]) -> jax.Array:
     """``dw[k, c, o] = Σ_{n, i} x_pad[n, i·s + k·d, c] · dy[n, i, o]`` in the native kernel."""
     return _call("jaxcnn_weight_grad", w_shape, x, dy.astype(jnp.float32),
-                 _forward_sizes(spec, x.shape, dy.shape, w_shape))
+                 _forward_sizes(spec, x.shape, dy.shape, w_shape), summed=True)
 
 
 FORMS = {"conv": native_conv, "input_grad": native_input_grad, "weight_grad": native_weight_grad}
 
-__all__ = ["available", "supports", "vector_width", "native_conv", "native_input_grad",
+__all__ = ["available", "may_support", "supports", "vector_width", "native_conv", "native_input_grad",
            "native_weight_grad", "FORMS"]

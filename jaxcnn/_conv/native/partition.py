@@ -1,0 +1,127 @@
+r"""The native kernels in an op that XLA's SPMD partitioner splits: one call per batch shard.
+
+XLA's partitioner cannot split a custom call by itself: it would gather the operands onto every
+device and run the whole call there. In a data-parallel program the split is the batch's, and
+the seed formulas (``x: (N, *S, C)``, ``w: (*K, C, O)``, ``dy: (N, *S', O)``) say what each shard
+``b`` of the batch (samples ``n ∈ B_b``) computes:
+
+- ``conv`` (and the input gradient, a ``conv`` of ``dy``): ``y[n, i, o] = Σ_{k, c} x[n, at(i, k),
+  c] · w[k, c, o]`` reads sample ``n`` only, so ``y[B_b] = conv(x[B_b], w)``: the kernel on the
+  local samples with the whole kernel ``w``, its result sharded like ``x``;
+- ``weight_grad``: ``dw[k, c, o] = Σ_n Σ_i x[n, at(i, k), c] · dy[n, i, o] = Σ_b dw_b`` with
+  ``dw_b`` the kernel on the local samples, so each device sums the partials of the devices
+  along the batch's mesh axes (``psum``) and holds the whole ``dw``, replicated.
+
+The split is declared with ``jax.experimental.custom_partitioning``: its ``sharding_rule`` (the
+Shardy partitioner's, einsum-like: a factor per axis) lets the batch factor ``b`` be sharded and
+marks every other factor as needing replication (a spatial shard's taps read its neighbours'
+rows; a channel shard would leave partial sums; the kernel and channel axes are small), and
+the ``partition`` callback, given the shardings the partitioner settled on, asks for the
+operands sharded along the batch alone (the partitioner gathers any other split first) and
+returns the per-shard program above. A batch that does not divide over its devices is run
+whole on every device, as XLA runs a custom call it cannot split. The GSPMD partitioner's
+callbacks (``infer_sharding_from_operands``) say the same for releases that still use it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxcnn._compat import custom_partitioning
+
+__all__ = ["split_by_batch", "sharding_rule"]
+
+
+def sharding_rule(rank: int, summed: bool) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """The einsum-like rule of a kernel call on operands of ``rank`` axes: ``(rule, factors)``.
+
+    ``conv``: ``b s… c, k… c o -> b t… o``; ``weight_grad`` (``summed``): ``b s… c, b t… o ->
+    k… c o`` with ``b`` a reduction factor. Every factor but ``b`` needs replication; ``s``,
+    ``t`` and ``k`` (input, output and kernel positions) are distinct factors of their own sizes.
+    """
+    axes = range(rank - 2)
+    s, t, k = ([f"{name}{a}" for a in axes] for name in "stk")
+    if summed:
+        rule = f"b {' '.join(s)} c, b {' '.join(t)} o -> {' '.join(k)} c o"
+    else:
+        rule = f"b {' '.join(s)} c, {' '.join(k)} c o -> b {' '.join(t)} o"
+    # Shardy numbers the factors in the order they first appear and wants each list in that order.
+    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+    factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
+    if summed:
+        factors["reduction_factors"] = ("b",)
+    return rule, factors
+
+
+def _names(entry: Any) -> tuple[str, ...]:
+    """The mesh axis names of one ``PartitionSpec`` entry (None, a name, or a tuple of names)."""
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def _batch_axes(mesh: Any, sharding: Any, batch: int) -> tuple[str, ...]:
+    """The mesh axes ``sharding`` splits the leading (batch) axis over, where ``batch`` samples
+    divide over their devices; ``()`` otherwise (the call runs whole on every device)."""
+    spec = getattr(sharding, "spec", None)
+    if not spec:
+        return ()
+    names = _names(spec[0])
+    if batch % math.prod(mesh.shape[name] for name in names):
+        return ()
+    return names
+
+
+def _along(mesh: Any, names: tuple[str, ...]) -> NamedSharding:
+    """Sharded along the leading axis over the mesh axes ``names``, every other axis whole."""
+    return NamedSharding(mesh, PartitionSpec(names or None))
+
+
+def split_by_batch(call: Callable[[jax.Array, jax.Array, tuple[int, ...]], jax.Array],
+                   a: jax.Array, b: jax.Array, shape: tuple[int, ...], *, summed: bool) -> jax.Array:
+    """``call(a, b, shape)``, a kernel call, split by the partitioner over the batch shards.
+
+    Args:
+      call: ``call(a, b, out_shape)``, the kernel on operands whose leading axis is the batch
+        (any number of samples: the kernels' geometry reads only the other axes).
+      a: ``x`` (``conv``, ``weight_grad``) or ``dy`` (the input gradient): ``(N, …)``.
+      b: the kernel ``w`` (``conv``), or ``dy`` (``weight_grad``, batch-leading like ``a``).
+      shape: the result's global shape.
+      summed: the result is a sum over the batch (``weight_grad``): each shard's partial is
+        summed over the batch's devices; otherwise the result is batch-leading like ``a``.
+    """
+    rule, factors = sharding_rule(a.ndim, summed)
+
+    def shardings(mesh, batch_axes):
+        along = _along(mesh, batch_axes)
+        whole = NamedSharding(mesh, PartitionSpec())
+        return (along, along if summed else whole), whole if summed else along
+
+    def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
+        return shardings(mesh, _batch_axes(mesh, arg_shapes[0].sharding, a.shape[0]))[1]
+
+    def partition(mesh, arg_shapes, result_shape):
+        batch_axes = _batch_axes(mesh, arg_shapes[0].sharding, a.shape[0])
+        args, result = shardings(mesh, batch_axes)
+
+        def per_shard(a_local, b_local):
+            if summed:
+                partial = call(a_local, b_local, shape)
+                return jax.lax.psum(partial, batch_axes) if batch_axes else partial
+            return call(a_local, b_local, (a_local.shape[0], *shape[1:]))
+        return mesh, per_shard, result, args
+
+    split = custom_partitioning()(_whole(call, shape))
+    split.def_partition(partition, infer_sharding_from_operands=infer_sharding_from_operands,
+                        sharding_rule=rule, **factors)
+    return split(a, b)
+
+
+def _whole(call: Callable, shape: tuple[int, ...]) -> Callable:
+    """The unsplit call: what custom partitioning runs where nothing is split."""
+    def whole(a, b):
+        return call(a, b, shape)
+    return whole
