@@ -1,6 +1,6 @@
 """The native kernels in a batch-sharded ``jax.jit`` (``jaxcnn._conv.native.partition``).
 
-On 8 CPU devices (tests/conftest.py), float32 and channels last (what the kernels take): a
+On 8 CPU devices (the multi-device run: ``multidevice``, tests/conftest.py), float32 and channels last (what the kernels take): a
 ``jit`` whose input is sharded along the batch keeps the kernels, one call per shard, and
 gathers nothing:
 
@@ -38,9 +38,7 @@ from helpers import TOL, assert_close, tree_assert_close
 
 F32 = TOL["float32"]
 
-if len(jax.devices()) < 8:
-    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
-                allow_module_level=True)
+pytestmark = pytest.mark.multidevice   # the eight-device run (tests/conftest.py)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     if not native.available():
