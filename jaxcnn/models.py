@@ -6,8 +6,9 @@
 layer channels last, as XLA's CPU convolutions want it (no transpose around each conv); the
 model still takes channels-first input, moved once at its entrance, and flattens in the
 channels-first order: from one init key it is the same function as its channels-first build
-(``nn.Conv`` draws a kernel alike in both layouts). ``INPUT_SHAPES[name]`` is one example's ``(C, *S)`` and
-``DATASETS[name]`` the dataset the model is made for.
+(``nn.Conv`` draws a kernel alike in both layouts). ``channels_last=None``, the default, is
+the platform's faster layout (``default_channels_last``). ``INPUT_SHAPES[name]`` is one
+example's ``(C, *S)`` and ``DATASETS[name]`` the dataset the model is made for.
 """
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import nn
+from jaxcnn import _args, nn
 
 __all__ = ["mnist1d_cnn", "mnist1d_resnet", "fashion_cnn", "fashion_resnet", "clips_cnn3d",
            "clips_frame2d", "MODELS", "INPUT_SHAPES", "NUM_CLASSES", "DATASETS", "LAYOUT_MODELS",
-           "check_layout", "build", "channels_first_params", "main"]
+           "CHANNELS_LAST_PLATFORMS", "default_channels_last", "check_layout", "build", "channels_first_params",
+           "main"]
 
 Builder = Callable[..., nn.Layer]
+
+
+def _layout(name: str, channels_last: bool | None) -> bool:
+    """``channels_last``, or ``name``'s default layout on this platform where it is ``None``."""
+    return default_channels_last(name) if channels_last is None else channels_last
 
 
 def _norm_relu(channels: int, groups: int = 8, channels_last: bool = False) -> list[nn.Layer]:
@@ -84,11 +91,11 @@ def _basic_block(conv: Callable[..., nn.Layer], channels: int, stride: int, impl
 
 
 def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 64,
-                   channels_last: bool = False) -> nn.Layer:
+                   channels_last: bool | None = None) -> nn.Layer:
     """A residual 1D CNN: a kernel-5 stem of ``channels`` maps, three basic blocks (the last
     two halve the length, 40 → 20 → 10), then the flattened maps into a linear layer.
     Flattening (not global pooling) keeps where along the signal a feature fired."""
-    conv, cl = nn.Conv1d, channels_last
+    conv, cl = nn.Conv1d, _layout("mnist1d-resnet", channels_last)
     return _in_layout(
         cl,
         conv(channels, 5, padding=2, impl=impl, bias=False, channels_last=cl), *_norm_relu(channels, channels_last=cl),
@@ -98,12 +105,12 @@ def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 
         _flatten(cl), nn.Dense(num_classes))
 
 
-def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
+def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool | None = None) -> nn.Layer:
     """A small 2D CNN: 3x3 convs of 32 maps at 28x28, 64 at 14x14 and 128 at 7x7, each
     followed by ReLU (GroupNorm from the second on) and 2x2 max pooling between sizes, then
     dropout and a linear layer on the flattened maps. Only the one-channel first layer runs
     at full resolution: on CPU, XLA's weight-gradient convolution is slowest there."""
-    cl = channels_last
+    cl = _layout("fashion-cnn", channels_last)
     return _in_layout(
         cl,
         nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool(2, channels_last=cl),
@@ -113,10 +120,10 @@ def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool
         _flatten(cl), nn.Dropout(0.3), nn.Dense(num_classes))
 
 
-def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
+def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: bool | None = None) -> nn.Layer:
     """A small ResNet: a 3x3 stem of 32 maps, basic blocks of 32, 64 (stride 2) and 128
     (stride 2) maps (28 → 14 → 7), global average pooling, a linear layer."""
-    conv, cl = nn.Conv2d, channels_last
+    conv, cl = nn.Conv2d, _layout("fashion-resnet", channels_last)
     return _in_layout(
         cl,
         conv(32, 3, padding=1, impl=impl, bias=False, channels_last=cl), *_norm_relu(32, channels_last=cl),
@@ -126,12 +133,12 @@ def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: b
         nn.GlobalAvgPool(channels_last=cl), nn.Dense(num_classes))
 
 
-def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool = False) -> nn.Layer:
+def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool | None = None) -> nn.Layer:
     """A 3D CNN for ``(N, 1, T, H, W)`` clips: 3x3x3 convs see three frames at once, so they
     can respond to motion. Frames are first averaged 2x2 to 16x16 (a 2-pixel step becomes 1
     pixel: still visible); pooling shrinks space first, then time: (8,16,16) → (8,8,8) →
     (4,4,4), then global average pooling and a linear layer."""
-    cl = channels_last
+    cl = _layout("clips-cnn3d", channels_last)
     return _in_layout(
         cl,
         nn.AvgPool((1, 2, 2), channels_last=cl),
@@ -173,24 +180,56 @@ DATASETS = {name: name.split("-")[0] for name in MODELS}
 
 
 LAYOUT_MODELS = ("mnist1d-resnet", "fashion-cnn", "fashion-resnet", "clips-cnn3d")  # take channels_last
+# The platforms (``jax.default_backend()`` names, and the GPU ones' own) whose convolutions
+# prefer channels last: see ``default_channels_last``.
+CHANNELS_LAST_PLATFORMS = ("cpu", "gpu", "cuda", "rocm")
 
 
-def check_layout(name: str, channels_last: bool) -> None:
-    """Raise the ``ValueError`` naming ``channels_last`` unless it is ``False`` or ``name``
-    is one of ``LAYOUT_MODELS``."""
-    if channels_last is not False and name not in LAYOUT_MODELS:
+def default_channels_last(name: str, platform: str | None = None) -> bool:
+    """Whether model ``name`` runs channels last when not told (``channels_last=None`` in
+    ``build``, no ``--channels-last``/``--channels-first`` in ``jaxcnn train``) on ``platform``
+    (``None``: ``jax.default_backend()``, which starts JAX's backends).
+
+    Channels last for the models of ``LAYOUT_MODELS`` on ``CHANNELS_LAST_PLATFORMS``; else
+    channels first, the layout every model has. Why: both layouts compute the same model from
+    the same key (to float32 rounding), so the default is the faster one. On CPU, XLA's
+    convolutions take channels last without a transpose around each, and jaxcnn's native
+    kernels take float32 channels last only (measured: docs/performance.md, docs/training.md);
+    on GPU, cuDNN's fastest convolutions (tensor cores) are NHWC. On other platforms (TPU)
+    XLA chooses the physical layout itself and nothing was measured: channels first stays.
+    """
+    if name not in MODELS:
+        raise ValueError(f"name: expected one of {tuple(MODELS)}; got {name!r}")
+    if platform is not None and not isinstance(platform, str):
+        raise TypeError(f"platform: expected a platform name such as 'cpu' or 'gpu', or None; got {platform!r}")
+    platform = jax.default_backend() if platform is None else platform
+    return name in LAYOUT_MODELS and platform.lower() in CHANNELS_LAST_PLATFORMS
+
+
+def check_layout(name: str, channels_last: bool | None) -> None:
+    """Raise the ``ValueError`` naming ``channels_last`` unless it is ``False`` or ``None``
+    (the default layout) or ``name`` is one of ``LAYOUT_MODELS``."""
+    if channels_last not in (False, None) and name not in LAYOUT_MODELS:
         raise ValueError(f"channels_last: expected False for {name!r} (channels last for {LAYOUT_MODELS}); "
                          f"got {channels_last!r}")
 
 
 def build(name: str, num_classes: int | None = None, *, impl: str = "lax",
-          channels_last: bool = False) -> nn.Layer:
-    """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given;
-    ``channels_last`` for the models of ``LAYOUT_MODELS``."""
+          channels_last: bool | None = None) -> nn.Layer:
+    """``MODELS[name]`` with its dataset's class count unless ``num_classes`` is given.
+
+    ``channels_last``: ``True`` for the models of ``LAYOUT_MODELS`` runs every layer channels
+    last, ``False`` channels first, ``None`` the platform's faster layout
+    (``default_channels_last``). The model takes channels-first input ``(N, C, *S)`` either
+    way and computes the same function from the same init key; only its kernels' layout
+    differs (``channels_first_params`` maps them)."""
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}; got {name!r}")
+    if channels_last is None:
+        channels_last = default_channels_last(name)
+    channels_last = _args.check_bool(channels_last, "channels_last")
     check_layout(name, channels_last)
-    kwargs = {"channels_last": bool(channels_last)} if name in LAYOUT_MODELS else {}
+    kwargs = {"channels_last": channels_last} if name in LAYOUT_MODELS else {}
     return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl, **kwargs)
 
 

@@ -128,7 +128,7 @@ def test_channels_last_model_is_the_same_model(name):
     moved by hand (the dense layer after a flatten unchanged: it flattens in the (C, *S)
     order), and gives the same logits from channels-first input, in training too (the same
     dropout mask). ``channels_first_params`` takes them back."""
-    first, last = models.build(name), models.build(name, channels_last=True)
+    first, last = models.build(name, channels_last=False), models.build(name, channels_last=True)
     shape = (2, *models.INPUT_SHAPES[name])
     params, _ = first.init(jax.random.key(0), shape)
     def to_last(a):
@@ -149,3 +149,49 @@ def test_channels_last_model_is_the_same_model(name):
                  TOL["float64"], f"{name} training logits")
     with pytest.raises(ValueError, match="channels_last"):
         models.build("mnist1d-cnn", channels_last=True)
+
+
+def _kernel_shapes(model: nn.Layer, name: str) -> list[tuple[int, ...]]:
+    """The shapes of the kernels (leaves of 3+ axes) ``model.init`` draws, without drawing them."""
+    params = jax.eval_shape(lambda: model.init(KEY, (2, *models.INPUT_SHAPES[name]))[0])
+    return [leaf.shape for leaf in jax.tree_util.tree_leaves(params) if leaf.ndim >= 3]
+
+
+@pytest.mark.parametrize("platform, layout_models_last", [("cpu", True), ("gpu", True), ("cuda", True),
+                                                          ("rocm", True), ("tpu", False)])
+def test_default_layout_per_platform(platform, layout_models_last):
+    """Channels last by default for the models that have the layout on CPU and GPU, channels
+    first for the others and on platforms not measured."""
+    for name in models.MODELS:
+        want = layout_models_last and name in models.LAYOUT_MODELS
+        assert models.default_channels_last(name, platform) is want, (name, platform)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "tpu"])
+def test_build_takes_the_default_layout_unless_told(backend, monkeypatch):
+    """``channels_last=None`` (``build``'s default, and the model functions') builds the
+    backend's default layout: the kernels ``(*K, I, O)`` channels last, ``(O, I, *K)``
+    channels first; an explicit ``True``/``False`` is built as asked on any backend."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert models.default_channels_last("fashion-cnn") is (backend == "cpu")
+    first = [(32, 1, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3)]
+    last = [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 128)]
+    default = last if backend == "cpu" else first
+    assert _kernel_shapes(models.build("fashion-cnn"), "fashion-cnn") == default
+    assert _kernel_shapes(models.fashion_cnn(), "fashion-cnn") == default
+    assert _kernel_shapes(models.build("fashion-cnn", channels_last=False), "fashion-cnn") == first
+    assert _kernel_shapes(models.build("fashion-cnn", channels_last=True), "fashion-cnn") == last
+    # No layout to choose: channels first on every backend.
+    assert _kernel_shapes(models.build("mnist1d-cnn"), "mnist1d-cnn") == [(25, 1, 5), (25, 25, 3), (25, 25, 3)]
+
+
+def test_default_layout_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="name: expected one of"):
+        models.default_channels_last("lenet")
+    with pytest.raises(TypeError, match="platform: expected a platform name"):
+        models.default_channels_last("fashion-cnn", 0)
+    with pytest.raises(TypeError, match="channels_last: expected a bool; got 1"):
+        models.build("fashion-cnn", channels_last=1)
+    with pytest.raises(ValueError, match="channels_last: expected False for 'mnist1d-cnn'"):
+        models.build("mnist1d-cnn", channels_last=True)
+    models.build("mnist1d-cnn", channels_last=False)   # channels first: what it has

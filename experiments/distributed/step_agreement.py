@@ -45,7 +45,7 @@ def setup(steps: int):
     config = train.TrainConfig(dataset="mnist1d", steps=steps, batch_size=128).resolved()
     dataset = train.load_dataset(config)
     plan = train.make_plan(config, len(dataset.x_train))
-    model = models.build(config.model, dataset.num_classes)
+    model = models.build(config.model, dataset.num_classes, channels_last=False)  # the layout it was measured in
     optimizer, _ = train.make_optimizer(config, plan.total)
     state = train.initial_state(config, model, optimizer, dataset.input_shape)
     _, data_key, train_key = jax.random.split(jax.random.key(config.seed), 3)

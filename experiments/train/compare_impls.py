@@ -43,7 +43,7 @@ def free_running_float32(steps: int) -> dict[str, np.ndarray]:
     for impl in ("lax", "manual"):
         workdir = Path("runs") / f"mnist1d-impl-curve-{impl}"
         config = train.TrainConfig(dataset="mnist1d", impl=impl, halt_after=steps, log_every=1,
-                                   progress=False, plots=False)
+                                   progress=False, plots=False, channels_last=False)  # as measured
         train.train_and_evaluate(config, workdir)
         records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         curves[impl] = np.array([r["loss"] for r in records if r["kind"] == "train"])
@@ -56,7 +56,7 @@ def mirror_loop(dataset: data.Dataset, steps: int, dtype, teacher_forced: bool) 
     config = train.TrainConfig(dataset="mnist1d").resolved()
     n, bs = len(dataset.x_train), config.batch_size
     init_key, data_key, train_key = jax.random.split(jax.random.key(config.seed), 3)
-    built = {impl: models.build(config.model, 10, impl=impl) for impl in ("lax", "manual")}
+    built = {impl: models.build(config.model, 10, impl=impl, channels_last=False) for impl in ("lax", "manual")}
     params, _ = built["lax"].init(init_key, (bs, 1, 40))
     params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
     optimizer, _ = train.make_optimizer(config, config.steps)

@@ -107,10 +107,10 @@ def _copy(target: torch.Tensor, value: Any, what: str) -> None:
 
 
 def load_jaxcnn_params(module: nn.Module, params: Any) -> nn.Module:
-    """Copy a channels-first jaxcnn parameter tree (``models.build(name).init``; a channels-last
-    build's through ``models.channels_first_params``) into ``module``, layer by layer: conv
-    kernels as they are, dense ``w: (F, O)`` transposed into ``nn.Linear``'s ``(O, F)``,
-    GroupNorm's ``scale`` into ``weight``. Raises a ``ValueError`` naming ``params`` where the
+    """Copy a channels-first jaxcnn parameter tree (``models.build(name, channels_last=False).init``;
+    a channels-last build's through ``models.channels_first_params``) into ``module``, layer by
+    layer: conv kernels as they are, dense ``w: (F, O)`` transposed into ``nn.Linear``'s
+    ``(O, F)``, GroupNorm's ``scale`` into ``weight``. Raises a ``ValueError`` naming ``params`` where the
     layers or their shapes differ."""
     for p, m, where in model_params.paired(params, _torch_layers(module)):
         if isinstance(m, nn.GroupNorm):

@@ -386,7 +386,7 @@ def _finish(config: TrainConfig, workdir: Path, report: dict, model: nn.Layer, s
         from jaxcnn.train import plots
         params = distributed.host(state.params)
         if config.channels_last:  # the plots read kernels and maps channels first: the twin draws them
-            model = models.build(config.model, dataset.num_classes, impl=config.impl)
+            model = models.build(config.model, dataset.num_classes, impl=config.impl, channels_last=False)
             params = models.channels_first_params(params)
         report["plots"] = plots.write_all(workdir, model, params, dataset, workdir / METRICS)
     return report
