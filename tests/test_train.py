@@ -5,6 +5,7 @@ run and keeps the last good checkpoint, the train step compiles once, ``impl="ma
 run is the channels-first run (on small synthetic images)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -289,9 +290,13 @@ def test_command_line_flags_fill_the_config():
     assert resolved.micro_batches == 4 and resolved.identity()["micro_batches"] == 4
     assert workdir is None
     defaults = train.TrainConfig().resolved()
-    assert (defaults.model, defaults.steps, defaults.augment, defaults.channels_last) == ("mnist1d-resnet", 4000, True, False)
-    assert "channels_last" not in defaults.identity()  # checkpoints from before the flag still resume
+    # The layout is settled when the run starts (the platform's, or the resumed run's).
+    assert (defaults.model, defaults.steps, defaults.augment, defaults.channels_last) == ("mnist1d-resnet", 4000, True, None)
+    assert "channels_last" not in defaults.identity()
+    assert "channels_last" not in dataclasses.replace(defaults, channels_last=False).identity()  # checkpoints from before the flag still resume
     assert "micro_batches" not in defaults.identity()
+    layout = lambda *flags: train.parse_args(["--model", "fashion-resnet", "--dataset", "fashion", *flags])[0].channels_last
+    assert (layout(), layout("--channels-first"), layout("--channels-last")) == (None, False, True)
 
 
 def test_augment_takes_a_policy_by_name():
@@ -431,3 +436,79 @@ def test_a_checkpoint_from_before_the_stored_settings_resumes(tmp_path):
     for workdir in ("new", "old"):
         run(tmp_path / workdir, **{**config, "steps": 12}, resume=True)
     assert_same_run(tmp_path / "old", tmp_path / "new")
+
+
+# ----------------------------------------------------------------------------- the default layout
+
+SMALL_RESNET = dict(model="mnist1d-resnet", steps=2, train_subset=40, eval_batch_size=40)
+
+
+def report_layout(workdir: Path) -> tuple[str, bool]:
+    """The layout a run's report names, and the one its checkpoint stores."""
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["config"]["channels_last"] == (report["layout"] == "channels_last")
+    return report["layout"], train.checkpoint.read_config(workdir / train.CHECKPOINT)["channels_last"]
+
+
+@pytest.mark.parametrize("model, layout", [pytest.param("mnist1d-resnet", "channels_last", marks=pytest.mark.slow),
+                                           ("mnist1d-cnn", "channels_first")])
+def test_a_default_run_takes_the_platforms_layout_and_names_it(tmp_path, model, layout):
+    """No ``channels_last``: on CPU a model with the layout runs channels last, one without it
+    channels first; the report and the checkpoint say which, so a resume is unambiguous."""
+    assert jax.default_backend() == "cpu"
+    report = run(tmp_path, **{**SMALL_RESNET, "model": model})
+    assert report["layout"] == layout
+    assert report_layout(tmp_path) == (layout, layout == "channels_last")
+    shapes = {a.shape for name, a in checkpoint_arrays(tmp_path).items() if name.startswith("leaf_")}
+    stem = {"mnist1d-resnet": (64, 1, 5), "mnist1d-cnn": (25, 1, 5)}[model]   # its first kernel, channels first
+    assert (stem[::-1] if layout == "channels_last" else stem) in shapes and \
+        (stem if layout == "channels_last" else stem[::-1]) not in shapes
+
+
+def test_the_layout_is_settled_when_the_run_starts(tmp_path):
+    """``settle``: ``channels_last=None`` becomes the resumed run's layout, else the platform's
+    (CPU: channels last for a model with the layout); an explicit value is kept, and one that
+    differs from the resumed run's is refused."""
+    plan = train.make_plan(train.TrainConfig(**BASE, steps=2).resolved(), 40)
+    config = lambda model, **changes: train.TrainConfig(**{**BASE, "steps": 2, "model": model, **changes}).resolved()
+    assert config("mnist1d-resnet").channels_last is None   # not settled before the backend is asked
+    settled = lambda new, stored=None: train.settle(new, stored, plan, tmp_path).channels_last
+    assert settled(config("mnist1d-resnet")) is True and settled(config("mnist1d-cnn")) is False
+    assert settled(config("mnist1d-resnet", channels_last=False)) is False
+    for written in (False, True):
+        stored = dataclasses.replace(config("mnist1d-resnet", channels_last=written), schedule_steps=2)
+        assert settled(config("mnist1d-resnet"), stored) is written
+        assert settled(config("mnist1d-resnet", channels_last=written), stored) is written
+        with pytest.raises(ValueError, match=f"channels_last: the run in .* was made with channels_last={written}"):
+            settled(config("mnist1d-resnet", channels_last=not written), stored)
+
+
+def test_a_stored_config_without_the_layout_is_channels_first(tmp_path):
+    """A checkpoint from before ``channels_last`` was stored ran channels first: ``stored_config``
+    says so (not ``None``, which would take the platform's layout on resume)."""
+    remembered = train.TrainConfig(**{**BASE, "steps": 2, "model": "mnist1d-resnet"}).resolved().remembered()
+    del remembered["channels_last"]
+    train.checkpoint.save(tmp_path / train.CHECKPOINT, {}, remembered, step=0, key=np.zeros(2, np.uint32),
+                          epoch=0, position=0, elapsed=0.0)
+    assert train.stored_config(tmp_path / train.CHECKPOINT).channels_last is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stored", ["no-key", "false"])
+def test_a_checkpoint_from_before_the_default_resumes_channels_first(tmp_path, stored):
+    """A channels-first mnist1d-resnet run whose checkpoint predates the default (its config
+    without ``channels_last``, or with ``False``) resumes channels first when not told, never
+    in the platform's layout; told channels last it is refused by name."""
+    run(tmp_path, **SMALL_RESNET, channels_last=False, halt_after=1)
+    saved = checkpoint_arrays(tmp_path)
+    config = json.loads(str(saved["config"]))
+    if stored == "no-key":
+        del config["channels_last"]
+    np.savez(tmp_path / train.CHECKPOINT, **{**saved, "config": np.asarray(json.dumps(config))})
+    assert train.checkpoint.read_config(tmp_path / train.CHECKPOINT).get("channels_last", "absent") == \
+        {"no-key": "absent", "false": False}[stored]
+    with pytest.raises(ValueError, match="channels_last: the run in .* was made with channels_last=False; got True"):
+        run(tmp_path, **SMALL_RESNET, channels_last=True, resume=True)
+    report = run(tmp_path, **SMALL_RESNET, resume=True)   # channels_last=None
+    assert report["layout"] == "channels_first" and report["steps"] == 2
+    assert report_layout(tmp_path) == ("channels_first", False)

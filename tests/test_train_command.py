@@ -155,8 +155,9 @@ def test_a_bad_value_is_refused_naming_the_flag(tmp_path):
     (["--download"], "--download: MNIST-1D is generated locally"),
     (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
     (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+    (["--channels-last", "--channels-first"], "argument --channels-first: not allowed with argument --channels-last"),
 ], ids=["micro-batches", "lr", "schedule-steps", "eval-every", "augment", "model", "download", "resume-overwrite",
-        "steps-not-a-number"])
+        "steps-not-a-number", "both-layouts"])
 def test_each_bad_value_names_its_flag(flags, message, tmp_path, monkeypatch, capsys):
     """In process (``train.main``, what the console script calls): one line naming the flag."""
     from jaxcnn import train
@@ -165,6 +166,23 @@ def test_each_bad_value_names_its_flag(flags, message, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert message in err and re.search(r"error: (argument )?--[a-z-]+: ", err), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("written, given", [(True, "--channels-first"), (False, "--channels-last"),
+                                            (None, "--channels-last")], ids=["last", "first", "first-no-key"])
+def test_resume_refuses_the_other_layout_naming_the_flag_given(written, given, tmp_path, capsys):
+    """A run's layout is stored (a checkpoint without it, from before the flag, ran channels
+    first); resuming with the other layout's flag is refused naming that flag and the run's, before
+    any array is read."""
+    from jaxcnn import train
+    remembered = TrainConfig(model="mnist1d-resnet", steps=8, channels_last=bool(written)).resolved().remembered()
+    if written is None:
+        del remembered["channels_last"]
+    checkpoint.save(tmp_path / CHECKPOINT, {}, remembered, step=0, key=[0, 0], epoch=0, position=0, elapsed=0.0)
+    assert train.main(["--resume", "--workdir", str(tmp_path), given, "--no-progress"]) == 2
+    made = "--channels-last" if written else "--channels-first"
+    assert (f"jaxcnn train: error: {given}: the run in {tmp_path} was made with {made}; got {given}. A resumed "
+            f"run keeps its settings: drop {given}") in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- help
@@ -177,7 +195,7 @@ def test_train_help_gives_every_flag_a_text_and_its_default():
     found = help_entries(result.stdout)
     switches = {"progress": "--no-progress", "plots": "--no-plots"}
     fields = {switches.get(f.name, "--" + f.name.replace("_", "-")) for f in dataclasses.fields(TrainConfig)}
-    assert fields | {"--workdir", "--download", "--no-augment", "--help"} == set(found)
+    assert fields | {"--workdir", "--download", "--no-augment", "--channels-first", "--help"} == set(found)
     for flag in ("--steps", "--epochs", "--batch-size", "--seed", "--log-every", "--checkpoint-every",
                  "--eval-every", "--train-subset", "--no-plots"):
         assert "(default" in found[flag]

@@ -32,6 +32,8 @@ FIELDS = {field.name: field.default for field in dataclasses.fields(TrainConfig)
 # switches that turn a default off.
 FLAGS = {**{name: "--" + name.replace("_", "-") for name in FIELDS}, "progress": "--no-progress",
          "plots": "--no-plots", "workdir": "--workdir"}
+# The fields set by either of two flags: the one for each value.
+VALUE_FLAGS = {"channels_last": {True: "--channels-last", False: "--channels-first"}}
 EPILOG = f"""\
 examples:
   jaxcnn train                                    mnist1d-resnet on MNIST-1D, 4000 steps
@@ -102,8 +104,14 @@ def make_parser() -> argparse.ArgumentParser:
                                                                in AUGMENTATIONS.items()) + " (default: on)")
     add("--no-augment", dest="augment", action="store_false", help="train on the batches as they are "
         "(default: augmented)")
-    add("--channels-last", action="store_true", help="run every layer channels last (faster on CPU; models "
-        f"{', '.join(models.LAYOUT_MODELS)}): the same init and losses (default: off, channels first)")
+    layout = parser.add_mutually_exclusive_group()
+    layout.add_argument("--channels-last", dest="channels_last", action="store_true", help="run every layer "
+                        f"channels last (models {', '.join(models.LAYOUT_MODELS)}): the same init and losses "
+                        "as channels first, faster on CPU and GPU (default: the faster layout for the platform: "
+                        "channels last for these models on CPU and GPU, else channels first; a resumed run "
+                        "keeps its own)")
+    layout.add_argument("--channels-first", dest="channels_last", action="store_false", help="run every "
+                        "layer channels first, the layout every model has (default: as --channels-last says)")
     add("--micro-batches", type=int, metavar="K", help="sum each step's gradient over K slices of the batch in "
         "one program (faster on CPU; dropout drawn per slice) (default: 1)")
     files = parser.add_argument_group("files")
@@ -185,8 +193,15 @@ def flag_message(message: str) -> str:
     return head + colon + rest
 
 
+def _flag_given(name: str, value: Any) -> str:
+    """The flag that gave field ``name`` its ``value``."""
+    return VALUE_FLAGS[name][value] if name in VALUE_FLAGS else FLAGS[name]
+
+
 def _as_flags(name: str, value: Any) -> str:
     flag = FLAGS[name]
+    if name in VALUE_FLAGS and value in VALUE_FLAGS[name]:
+        return VALUE_FLAGS[name][value]
     if name == "augment":
         return "--augment" if value is True else "--no-augment" if value is False else f"--augment {value}"
     if isinstance(value, bool) or value is None:
@@ -209,9 +224,10 @@ def resumed_config(given: dict[str, Any], workdir: Path) -> TrainConfig:
     theirs, mine = stored.identity(), config.identity()
     for name in given:
         if as_stored(theirs.get(name)) != as_stored(mine.get(name)):
-            raise ValueError(f"{FLAGS[name]}: the run in {workdir} was made with "
+            flag = _flag_given(name, given[name])
+            raise ValueError(f"{flag}: the run in {workdir} was made with "
                              f"{_as_flags(name, getattr(stored, name))}; got {_as_flags(name, given[name])}. "
-                             f"A resumed run keeps its settings: drop {FLAGS[name]}, or start a new run "
+                             f"A resumed run keeps its settings: drop {flag}, or start a new run "
                              f"(another --workdir, or --overwrite to replace this one)")
     return config.resolved()
 

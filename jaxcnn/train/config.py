@@ -50,7 +50,10 @@ class TrainConfig:
     ``halt_after`` stops the loop after that many steps (as a kill would, after the
     checkpoint of that step): the resume tests use it. ``train_subset`` keeps the first n
     training examples. ``channels_last`` runs a model of ``models.LAYOUT_MODELS`` channels
-    last (the same init and losses as channels first). ``micro_batches`` sums each step's
+    last (the same init and losses as channels first); ``None`` takes the layout of the run it
+    resumes, else the platform's faster one (``models.default_channels_last``), settled when
+    the run starts (``jaxcnn.train.resume.settle``, after joining the processes: that asks
+    JAX's backend) and stored so. ``micro_batches`` sums each step's
     gradient over that many slices of the batch in one program (``train.micro_batched``).
     ``augment`` is a bool (``True``: the dataset's first policy in ``AUGMENTATIONS``) or a
     policy's name (Fashion-MNIST: ``"crop-flip"`` or ``"flip"``).
@@ -83,7 +86,7 @@ class TrainConfig:
     seed: int = 0
     impl: str = "lax"
     dtype: str = "float32"
-    channels_last: bool = False
+    channels_last: bool | None = None
     micro_batches: int = 1
     augment: bool | str | None = None
     data_dir: str | None = None
@@ -135,7 +138,9 @@ class TrainConfig:
         _args.choice(config.schedule, SCHEDULES, "schedule")
         _args.choice(config.impl, _args.IMPLS, "impl")
         _args.choice(config.dtype, DTYPES, "dtype")
-        models.check_layout(config.model, _args.check_bool(config.channels_last, "channels_last"))
+        if config.channels_last is not None:
+            config = dataclasses.replace(config, channels_last=_args.check_bool(config.channels_last, "channels_last"))
+        models.check_layout(config.model, config.channels_last)
         config = dataclasses.replace(config, devices=_args.device_request(config.devices))  # "8" -> 8
         _args.optional_index(config.num_processes, "num_processes", 1)
         _args.optional_index(config.process_id, "process_id", 0)
@@ -148,8 +153,9 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint: what changes the updates
         (not the run's length: ``schedule_steps`` fixes the schedule). ``channels_last`` is one
-        (the kernels' layout), kept out only when false: checkpoints from before the flag,
-        all channels first, still resume and load; so is ``micro_batches`` when 1."""
+        (the kernels' layout), kept out only when false (channels first): checkpoints from
+        before the flag, all channels first, still resume and load; so is ``micro_batches``
+        when 1 (and ``channels_last=None``, of a config not yet settled)."""
         skip = {*_NOT_REMEMBERED, "steps", "epochs", "plots", "data_dir", "log_every", "checkpoint_every",
                 "eval_every", "eval_batch_size"}
         if not self.channels_last:

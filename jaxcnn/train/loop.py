@@ -317,7 +317,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *,
     """Train ``config.model`` on ``config.dataset`` (or the given ``dataset``) in ``workdir``.
 
     Returns the report (also written to ``workdir/report.json``): ``test_accuracy``,
-    ``test_loss``, ``wall_time_s``, ``examples_per_s``, ``steps``, ``params``, ... A run
+    ``test_loss``, ``wall_time_s``, ``examples_per_s``, ``steps``, ``params``, ``layout``
+    (``"channels_last"`` or ``"channels_first"``: the settled ``channels_last``), ... A run
     stopped by ``halt_after`` returns ``{"halted_at": step, ...}`` and keeps its checkpoint.
     Raises ``NonFiniteLossError`` when the loss stops being finite (the checkpoint of the last
     good step survives), ``TrainingInterrupted`` after the step in which SIGINT or SIGTERM came
@@ -413,7 +414,8 @@ def _flush(pending: list, schedule: Callable, rate: float, saved_step: int, chec
 def _report(config: TrainConfig, dataset: data.Dataset, state: TrainState, last_eval: dict, plan: Plan,
             timing: dict, compilations: int, parallel: distributed.DataParallel) -> dict:
     return {"dataset": config.dataset, "model": config.model, "seed": config.seed, "impl": config.impl,
-            "dtype": config.dtype, "test_accuracy": last_eval["test_accuracy"],
+            "dtype": config.dtype, "layout": "channels_last" if config.channels_last else "channels_first",
+            "test_accuracy": last_eval["test_accuracy"],
             "test_loss": last_eval["test_loss"], "steps": plan.total, "epochs": plan.total / plan.steps_per_epoch,
             "batch_size": config.batch_size, "params": nn.count_params(state.params), **timing,
             "train_step_compilations": compilations, "device": jax.devices()[0].device_kind,

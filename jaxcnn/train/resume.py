@@ -53,7 +53,10 @@ def stored_config(path: str | os.PathLike) -> TrainConfig:
     """The settings of the run whose checkpoint is ``path``, as it was started (``resolved``).
 
     Checkpoints from before the settings were stored hold the run's identity alone: the rest
-    takes ``TrainConfig``'s defaults, and the schedule's length is the run's length then.
+    takes ``TrainConfig``'s defaults, and the schedule's length is the run's length then. One
+    that stores no ``channels_last`` (from before the flag, or a channels-first run of a
+    version that left it out) ran channels first: it resumes so, whatever the platform's
+    default layout.
     """
     path = Path(path)
     stored = checkpoint.read_config(path, _CHECKPOINT_ARRAYS)
@@ -62,7 +65,7 @@ def stored_config(path: str | os.PathLike) -> TrainConfig:
     if unknown:
         raise ValueError(f"{path}: stores settings this jaxcnn does not know ({', '.join(unknown)}): "
                          f"written by another version of jaxcnn?")
-    return TrainConfig(**stored).resolved()
+    return TrainConfig(**{**stored, "channels_last": stored.get("channels_last") or False}).resolved()
 
 
 def load_checkpoint(path: Path, template: TrainState, config: TrainConfig) -> tuple[TrainState, dict]:
@@ -94,9 +97,18 @@ def check_same_run(path: Path, stored: TrainConfig, config: TrainConfig) -> None
 def settle(config: TrainConfig, stored: TrainConfig | None, plan: Plan, workdir: Path) -> TrainConfig:
     """``config`` with its schedule's length fixed: its own; else the resumed run's (fixed when
     it started; a checkpoint from before the field had a schedule as long as its run); else
-    this run's length. A resumed run is checked to continue ``stored`` (``check_same_run``)."""
+    this run's length. Its layout likewise: its own; else the resumed run's (never the
+    platform's default: a run keeps the layout its checkpoint was written in); else the
+    platform's faster one (``models.default_channels_last``, which asks JAX's backend: call
+    this after ``distributed.initialize``). A resumed run is checked to continue ``stored``
+    (``check_same_run``)."""
     if stored is None:
-        return dataclasses.replace(config, schedule_steps=config.schedule_steps or plan.total)
+        layout = config.channels_last
+        if layout is None:
+            layout = models.default_channels_last(config.model)
+        return dataclasses.replace(config, schedule_steps=config.schedule_steps or plan.total, channels_last=layout)
+    if config.channels_last is None:
+        config = dataclasses.replace(config, channels_last=stored.channels_last)
     if stored.schedule_steps is None:
         length = stored.steps if stored.steps is not None else stored.epochs * plan.steps_per_epoch
         stored = dataclasses.replace(stored, schedule_steps=length)
