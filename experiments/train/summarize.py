@@ -8,7 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
-from jaxcnn import train
+from jaxcnn import models, train
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -32,8 +32,9 @@ def command(report: dict) -> str:
         value = config.get(name)  # reports from before a flag lack it
         if name == "augment" and value != defaults["augment"]:
             flags.append(f"--augment {value}" if isinstance(value, str) else "--augment" if value else "--no-augment")
-        elif name == "channels_last" and value:
-            flags.append("--channels-last")
+        elif name == "channels_last":  # the default layout is the platform's: name it either way
+            if config["model"] in models.LAYOUT_MODELS:
+                flags.append("--channels-last" if value else "--channels-first")
         elif name in ("model", "seed") or (value != defaults.get(name) and value is not None):
             flags.append(f"--{name.replace('_', '-')} {value}")
     return "jaxcnn train " + " ".join(flags)
