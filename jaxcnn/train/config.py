@@ -53,8 +53,8 @@ class TrainConfig:
     last (the same init and losses as channels first); ``None`` takes the layout of the run it
     resumes, else the platform's faster one (``models.default_channels_last``), settled when
     the run starts (``jaxcnn.train.resume.settle``, after joining the processes: that asks
-    JAX's backend) and stored so. ``micro_batches`` sums each step's
-    gradient over that many slices of the batch in one program (``train.micro_batched``).
+    JAX's backend) and stored so. ``micro_batches`` sums each step's gradient over that many
+    slices of the batch in one program (``train.micro_batched``).
     ``augment`` is a bool (``True``: the dataset's first policy in ``AUGMENTATIONS``) or a
     policy's name (Fashion-MNIST: ``"crop-flip"`` or ``"flip"``).
 
@@ -153,9 +153,9 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with its checkpoint: what changes the updates
         (not the run's length: ``schedule_steps`` fixes the schedule). ``channels_last`` is one
-        (the kernels' layout), kept out only when false (channels first): checkpoints from
-        before the flag, all channels first, still resume and load; so is ``micro_batches``
-        when 1 (and ``channels_last=None``, of a config not yet settled)."""
+        (the kernels' layout), kept out when false (channels first: checkpoints from before the
+        flag, all channels first, still resume and load) or ``None`` (a config not yet settled);
+        so is ``micro_batches`` when 1."""
         skip = {*_NOT_REMEMBERED, "steps", "epochs", "plots", "data_dir", "log_every", "checkpoint_every",
                 "eval_every", "eval_batch_size"}
         if not self.channels_last:
