@@ -188,7 +188,8 @@ CHANNELS_LAST_PLATFORMS = ("cpu", "gpu", "cuda", "rocm")
 def default_channels_last(name: str, platform: str | None = None) -> bool:
     """Whether model ``name`` runs channels last when not told (``channels_last=None`` in
     ``build``, no ``--channels-last``/``--channels-first`` in ``jaxcnn train``) on ``platform``
-    (``None``: ``jax.default_backend()``, which starts JAX's backends).
+    (``None``: ``jax.default_backend()``, which starts JAX's backends, asked for the models of
+    ``LAYOUT_MODELS`` only).
 
     Channels last for the models of ``LAYOUT_MODELS`` on ``CHANNELS_LAST_PLATFORMS``; else
     channels first, the layout every model has. Why: both layouts compute the same model from
@@ -202,8 +203,9 @@ def default_channels_last(name: str, platform: str | None = None) -> bool:
         raise ValueError(f"name: expected one of {tuple(MODELS)}; got {name!r}")
     if platform is not None and not isinstance(platform, str):
         raise TypeError(f"platform: expected a platform name such as 'cpu' or 'gpu', or None; got {platform!r}")
-    platform = jax.default_backend() if platform is None else platform
-    return name in LAYOUT_MODELS and platform.lower() in CHANNELS_LAST_PLATFORMS
+    if name not in LAYOUT_MODELS:
+        return False
+    return (jax.default_backend() if platform is None else platform).lower() in CHANNELS_LAST_PLATFORMS
 
 
 def check_layout(name: str, channels_last: bool | None) -> None:
