@@ -27,7 +27,7 @@ import pytest
 from jaxcnn._args import ConvSpec, normalize_conv
 from jaxcnn._conv import native, rules, tuning
 from jaxcnn._conv.pieces import manual_conv
-from jaxcnn._primitives import _CUSTOM_CALLS
+from jaxcnn._primitives import _CALL_SITE, _CallSite
 
 FIXTURE = Path(__file__).with_name("form_choices.json")
 KEYS = [(piece, impl, platform) for piece in rules.PIECES for impl in ("lax", "manual")
@@ -104,21 +104,21 @@ def _choices(case) -> list[str]:
 
 
 def _without_custom_calls(fn, *args):
-    token = _CUSTOM_CALLS.set(False)
+    token = _CALL_SITE.set(_CallSite(custom_calls=False))
     try:
         return fn(*args)
     finally:
-        _CUSTOM_CALLS.reset(token)
+        _CALL_SITE.reset(token)
 
 
 def _native_everywhere(fn, *args):
     """``fn(*args)`` with custom calls allowed and ``native.supports`` saying yes to all."""
     supports, native.supports = native.supports, lambda *_: True
-    token = _CUSTOM_CALLS.set(True)
+    token = _CALL_SITE.set(_CallSite(custom_calls=True))
     try:
         return fn(*args)
     finally:
-        _CUSTOM_CALLS.reset(token)
+        _CALL_SITE.reset(token)
         native.supports = supports
 
 

@@ -34,21 +34,12 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 # ----------------------------------------------------------------------------- the runner
 
 
-def misbehave(config: dict) -> dict:
-    """Worker target: abort, raise or answer, as the configuration says."""
-    if config["do"] == "abort":
-        os.abort()
-    if config["do"] == "raise":
-        raise ValueError("w: planted")
-    if config["do"] == "hang":
-        import time
-        time.sleep(60)
-    return {"status": "ok", "twice": 2 * config["value"]}
+MISBEHAVE = f"{HERE / 'fuzz_targets.py'}:misbehave"   # abort, raise, hang or answer
 
 
 def test_runner_isolates_aborts_and_goes_on():
     plan = ["answer", "abort", "answer", "raise", "abort", "answer"]
-    results = runner.run(f"{__file__}:misbehave", [dict(do=d, value=i) for i, d in enumerate(plan)],
+    results = runner.run(MISBEHAVE, [dict(do=d, value=i) for i, d in enumerate(plan)],
                          processes=2, chunk=3)
     assert [r["config"]["value"] for r in results] == list(range(len(plan)))
     assert [r["status"] for r in results] == ["ok", "crash", "ok", "error", "crash", "ok"]
@@ -59,7 +50,7 @@ def test_runner_isolates_aborts_and_goes_on():
 
 @pytest.mark.slow
 def test_runner_records_a_hang_as_a_crash():
-    results = runner.run_chunk(f"{__file__}:misbehave", [dict(do="answer", value=1),
+    results = runner.run_chunk(MISBEHAVE, [dict(do="answer", value=1),
                                                          dict(do="hang", value=2)], timeout=15)
     assert [r["status"] for r in results] == ["ok", "crash"]
     assert "timeout" in results[1]["detail"]
