@@ -6,7 +6,7 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
 - the tier (``helpers.sample``, as JAX's ``JAX_NUM_GENERATED_CASES``): by default (``make test``)
   each parametrised grid runs a pairwise-covering subset and tests marked ``slow`` skip;
   ``JAXCNN_TEST_CASES=all`` (``make test-full``) runs every case, the ``slow`` tests and
-  hypothesis' ``full`` profile (6× the examples); ``JAXCNN_TEST_CASES=k`` runs up to k cases
+  hypothesis' ``full`` profile (10× the examples); ``JAXCNN_TEST_CASES=k`` runs up to k cases
   per grid. ``pytest -m slow`` runs the slow tests in any tier.
 - the float mode: a test runs in the library's default mode, float32 with ``jax_enable_x64``
   off (the mode users run, and the only one the native kernels take), unless it is marked
@@ -29,7 +29,7 @@ Every test file may rely on these (and on the helpers in ``tests/helpers.py``):
   float64, an int array with a float array): a mixed-dtype operation fails loudly, in the tests
   and in the library, instead of silently computing in another precision (as Equinox's suite).
 - ``jax_numpy_rank_promotion="raise"``: silent broadcasting fails loudly (as Equinox's suite).
-- hypothesis profile ``ci``: 10 examples, no deadline (the first call of a shape compiles);
+- hypothesis profile ``ci``: 6 examples, no deadline (the first call of a shape compiles);
   ``full`` in the full tier: 60 (a test's own ``@settings(max_examples=...)`` is kept as is).
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ jax.config.update("jax_enable_x64", False)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-settings.register_profile("ci", max_examples=10, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True,
                           print_blob=True)
 settings.register_profile("full", settings.get_profile("ci"), max_examples=60)
 settings.load_profile("full" if full_tier() else "ci")

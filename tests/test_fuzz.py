@@ -275,26 +275,29 @@ def _rotating_seed() -> int:
         return 0
 
 
-# The full tier (CI) fuzzes 10 rounds of every op and path (~1 min on 2 cores), the default tier 4;
-# JAXCNN_FUZZ_N sets the count.
+# The full tier (CI) fuzzes 10 rounds of every op and path (~1 min on 2 cores), the default tier 2
+# (the fixed cases above meet every family there); JAXCNN_FUZZ_N sets the count.
 FULL_SAMPLE = 10 * len(configs.rotation())
-CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(FULL_SAMPLE if full_tier() else 4 * len(configs.rotation()))))
+CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(FULL_SAMPLE if full_tier() else 2 * len(configs.rotation()))))
 
 
 def test_random_sample_of_every_op(batch):
-    """Every op, and in the full tier the newer families' paths too: float32 through the native
-    kernels (where they exist) and XLA, the sharded runs under jit and inside a checked
-    shard_map (the default tier's 4 rounds draw some paths too rarely to require each)."""
+    """No draw fails, most are compared; in the full tier every op and the newer families' paths
+    too: float32 through the native kernels (where they exist) and XLA, the sharded runs under
+    jit and inside a checked shard_map (the default tier's 2 rounds draw some too rarely to
+    require each: its fixed cases above meet every family)."""
     pytest.importorskip("torch")
     from jaxcnn._conv import native
     wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
-              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set())) if full_tier() else set()
+              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set()))
     seed = _rotating_seed()
     results = batch["sample"]
     assert [r["config"]["index"] for r in results] == list(range(CI_SAMPLE))
     table = _assert_no_failures(results, seed)
     ok = sum(r["status"] == "ok" for r in results)
     assert ok >= CI_SAMPLE // 2, table          # most draws are legal and really compared
+    if not full_tier():
+        return
     ops = {r["config"]["op"] for r in results if r["status"] == "ok"}
     paths = {r["path"] for r in results if r["status"] == "ok" and "path" in r}
     if ops != set(configs.OPS) or not wanted <= paths:

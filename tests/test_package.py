@@ -118,7 +118,8 @@ def test_the_blocker_blocks():
     assert "ModuleNotFoundError: No module named 'optax' (blocked)" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["train", "--steps", "1"], ["bench", "--quick"]], ids=["train", "bench"])
+@pytest.mark.parametrize("command", [["train", "--steps", "1"], pytest.param(["bench", "--quick"], marks=pytest.mark.slow)],
+                         ids=["train", "bench"])   # one command by default: both go through cli's one check
 def test_cli_names_the_train_extra_when_it_is_missing(command):
     """``jaxcnn train`` / ``bench`` with optax (and the rest) blocked: exit status 1, one line on
     stderr naming the extra, what is missing and the install command; no traceback, and the
@@ -158,8 +159,8 @@ def test_version_of_a_source_tree_not_installed_is_pyproject_version(monkeypatch
 
 
 @pytest.mark.parametrize("command", [[str(Path(sys.executable).parent / "jaxcnn"), "--version"],
-                                     [sys.executable, "-m", "jaxcnn", "--version"]],
-                         ids=["console-script", "python-m"])
+                                     pytest.param([sys.executable, "-m", "jaxcnn", "--version"], marks=pytest.mark.slow)],
+                         ids=["console-script", "python-m"])   # python -m in the full tier
 def test_version_command(command):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
