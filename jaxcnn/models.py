@@ -23,14 +23,16 @@ from jaxcnn import _args, nn
 
 __all__ = ["mnist1d_cnn", "mnist1d_resnet", "fashion_cnn", "fashion_resnet", "clips_cnn3d",
            "clips_frame2d", "MODELS", "INPUT_SHAPES", "NUM_CLASSES", "DATASETS", "LAYOUT_MODELS",
-           "CHANNELS_LAST_PLATFORMS", "default_channels_last", "check_layout", "build", "channels_first_params",
-           "main"]
+           "CHANNELS_LAST_PLATFORMS", "default_channels_last", "resolve_channels_last", "check_layout", "build",
+           "channels_first_params", "main"]
 
 Builder = Callable[..., nn.Layer]
 
 
-def _layout(name: str, channels_last: bool | None) -> bool:
-    """``channels_last``, or ``name``'s default layout on this platform where it is ``None``."""
+def resolve_channels_last(name: str, channels_last: bool | None) -> bool | None:
+    """``channels_last``, or model ``name``'s default layout on this platform where it is
+    ``None`` (``default_channels_last``): where ``build``, the layout models and a new run of
+    ``jaxcnn train`` turn ``None`` into a layout."""
     return default_channels_last(name) if channels_last is None else channels_last
 
 
@@ -95,7 +97,7 @@ def mnist1d_resnet(num_classes: int = 10, *, impl: str = "lax", channels: int = 
     """A residual 1D CNN: a kernel-5 stem of ``channels`` maps, three basic blocks (the last
     two halve the length, 40 → 20 → 10), then the flattened maps into a linear layer.
     Flattening (not global pooling) keeps where along the signal a feature fired."""
-    conv, cl = nn.Conv1d, _layout("mnist1d-resnet", channels_last)
+    conv, cl = nn.Conv1d, resolve_channels_last("mnist1d-resnet", channels_last)
     return _in_layout(
         cl,
         conv(channels, 5, padding=2, impl=impl, bias=False, channels_last=cl), *_norm_relu(channels, channels_last=cl),
@@ -110,7 +112,7 @@ def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool
     followed by ReLU (GroupNorm from the second on) and 2x2 max pooling between sizes, then
     dropout and a linear layer on the flattened maps. Only the one-channel first layer runs
     at full resolution: on CPU, XLA's weight-gradient convolution is slowest there."""
-    cl = _layout("fashion-cnn", channels_last)
+    cl = resolve_channels_last("fashion-cnn", channels_last)
     return _in_layout(
         cl,
         nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool(2, channels_last=cl),
@@ -123,7 +125,7 @@ def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool
 def fashion_resnet(num_classes: int = 10, *, impl: str = "lax", channels_last: bool | None = None) -> nn.Layer:
     """A small ResNet: a 3x3 stem of 32 maps, basic blocks of 32, 64 (stride 2) and 128
     (stride 2) maps (28 → 14 → 7), global average pooling, a linear layer."""
-    conv, cl = nn.Conv2d, _layout("fashion-resnet", channels_last)
+    conv, cl = nn.Conv2d, resolve_channels_last("fashion-resnet", channels_last)
     return _in_layout(
         cl,
         conv(32, 3, padding=1, impl=impl, bias=False, channels_last=cl), *_norm_relu(32, channels_last=cl),
@@ -138,7 +140,7 @@ def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool
     can respond to motion. Frames are first averaged 2x2 to 16x16 (a 2-pixel step becomes 1
     pixel: still visible); pooling shrinks space first, then time: (8,16,16) → (8,8,8) →
     (4,4,4), then global average pooling and a linear layer."""
-    cl = _layout("clips-cnn3d", channels_last)
+    cl = resolve_channels_last("clips-cnn3d", channels_last)
     return _in_layout(
         cl,
         nn.AvgPool((1, 2, 2), channels_last=cl),
@@ -227,9 +229,7 @@ def build(name: str, num_classes: int | None = None, *, impl: str = "lax",
     differs (``channels_first_params`` maps them)."""
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}; got {name!r}")
-    if channels_last is None:
-        channels_last = default_channels_last(name)
-    channels_last = _args.check_bool(channels_last, "channels_last")
+    channels_last = _args.check_bool(resolve_channels_last(name, channels_last), "channels_last")
     check_layout(name, channels_last)
     kwargs = {"channels_last": channels_last} if name in LAYOUT_MODELS else {}
     return MODELS[name](NUM_CLASSES[DATASETS[name]] if num_classes is None else num_classes, impl=impl, **kwargs)

@@ -103,10 +103,8 @@ def settle(config: TrainConfig, stored: TrainConfig | None, plan: Plan, workdir:
     this after ``distributed.initialize``). A resumed run is checked to continue ``stored``
     (``check_same_run``)."""
     if stored is None:
-        layout = config.channels_last
-        if layout is None:
-            layout = models.default_channels_last(config.model)
-        return dataclasses.replace(config, schedule_steps=config.schedule_steps or plan.total, channels_last=layout)
+        return dataclasses.replace(config, schedule_steps=config.schedule_steps or plan.total,
+                                   channels_last=models.resolve_channels_last(config.model, config.channels_last))
     if config.channels_last is None:
         config = dataclasses.replace(config, channels_last=stored.channels_last)
     if stored.schedule_steps is None:
