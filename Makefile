@@ -67,11 +67,13 @@ endef
 
 # The default tier: every op, impl, dtype, layout and dimension, the parametrised grids sampled
 # pairwise (every value meets every other value once), the CI fuzz sample; no `slow` tests.
-# Float32 with x64 off (the default mode, the native kernels) unless a test is marked `x64`.
+# Float32 with x64 off (the default mode, the native kernels) unless a test is marked `x64`;
+# every test compiled fast (tests/conftest.py) unless it is marked `users_compile`.
 test: $(VENV_STAMP)
 	$(call pytest_runs,$(PY))
 
-# The full tier: every case of every grid, the `slow` tests, 6x the hypothesis examples.
+# The full tier: every case of every grid, the `slow` tests, 10x the hypothesis examples,
+# compiled as users' programs compile (but the `x64` tests).
 # JAXCNN_TEST_CASES=<k> instead runs up to k cases of each grid (JAX's JAX_NUM_GENERATED_CASES).
 test-full: $(VENV_STAMP)
 	$(call pytest_runs,$(PY),JAXCNN_TEST_CASES=all)

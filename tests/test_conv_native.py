@@ -460,6 +460,7 @@ def _avx2_weight_grad(x, dy, spec, w_shape):
                              native._forward_sizes(spec, x.shape, dy.shape, w_shape))
 
 
+@pytest.mark.slow   # a second build of the kernels: in the full tier (CI), beside the native one
 @pytest.mark.parametrize("name", ["long_1d", "wide_out_2d", "big_pad_2d", "strided_dilated_3d", "clips_3d"])
 def test_avx2_build_equals_lax(avx2_targets, name, rng):
     """The build a CPU without AVX-512 gets (tested on this one too): 8 floats a vector, and its

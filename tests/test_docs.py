@@ -141,9 +141,17 @@ def run_page(path: Path, root: Path = ROOT) -> None:
 
 
 PAGES_WITH_CODE = [page for page in PAGES if code_blocks(page.read_text())]
+FIRST_PAGES = (ROOT / "README.md", ROOT / "docs" / "quickstart.md")
+"""The pages the default tier runs (a newcomer's first session); the others run in the full tier."""
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.relative_to(ROOT).as_posix())
+def _page(page: Path):
+    """``page`` as a case of the test below: ``slow`` unless it is one of ``FIRST_PAGES``."""
+    marks = () if page in FIRST_PAGES else pytest.mark.slow
+    return pytest.param(page, marks=marks, id=page.relative_to(ROOT).as_posix())
+
+
+@pytest.mark.parametrize("page", [_page(page) for page in PAGES_WITH_CODE])
 def test_page_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = missing_names(page.read_text())
     if missing:

@@ -1,6 +1,7 @@
 """The test tiers' promises (tests/conftest.py, ``helpers.sample``): the default tier's grids
 meet every pair of values (or every value), the whole grid runs in the full tier and k cases
-under ``JAXCNN_TEST_CASES=k``; a test runs in float32 with x64 off unless it is marked ``x64``;
+under ``JAXCNN_TEST_CASES=k``; a test runs in float32 with x64 off unless it is marked ``x64``, compiled fast in the default
+tier unless it is marked ``users_compile``;
 a test that builds a mesh is marked ``multidevice`` and runs in the process with eight devices,
 and fails, never skips, without them; every module has tests in the default tier; expected
 failures are strict."""
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 import conftest
-from helpers import CASES_ENV, DEVICES, cover, pairwise_cover, product, random_array, sample
+from helpers import (CASES_ENV, DEVICES, FAST_XLA_FLAG, cover, full_tier, pairwise_cover, product,
+                     random_array, sample, xla_knows)
 
 GRID = product((1, 2, 3), {"first": False, "last": True}, ("lax", "manual"),
                ("zeros", "reflect", "replicate", "circular"))
@@ -113,10 +115,23 @@ def _teardown(item) -> None:
         next(hook)
 
 
-def test_an_unmarked_test_runs_in_float32_with_x64_off_compiled_as_users_compile():
+def test_an_unmarked_test_runs_in_float32_with_x64_off_compiled_fast_in_the_default_tier_only():
     assert not jax.config.read("jax_enable_x64")
     assert jnp.ones(2).dtype == jnp.float32 and jnp.asarray(np.ones(2)).dtype == jnp.float32
+    assert jax.config.read("jax_disable_most_optimizations") == (not full_tier())
+
+
+@pytest.mark.users_compile
+def test_the_users_compile_mark_compiles_as_users_compile_in_every_tier():
     assert not jax.config.read("jax_disable_most_optimizations")
+
+
+def test_the_default_tier_compiles_with_the_fast_xla_flag_where_xla_knows_it():
+    """In ``XLA_FLAGS`` (set by conftest before JAX started) in the default tier where this XLA
+    parses it, never in the full tier; a made-up flag is not known (XLA would abort on it)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    assert (FAST_XLA_FLAG in flags) == (not full_tier() and xla_knows(FAST_XLA_FLAG))
+    assert not xla_knows("--xla_cpu_a_flag_no_xla_has=true")
 
 
 @pytest.mark.x64
@@ -142,8 +157,11 @@ def test_the_float_mode_is_set_before_each_test_and_reset_after():
         assert not any(jax.config.read(flag) for flag in flags)
         for flag in flags:
             jax.config.update(flag, True)          # a test that leaks the flags
-        conftest.pytest_runtest_setup(_Item())
+        conftest.pytest_runtest_setup(_Item("users_compile"))
         assert not any(jax.config.read(flag) for flag in flags)
+        conftest.pytest_runtest_setup(_Item())
+        assert not jax.config.read("jax_enable_x64")
+        assert jax.config.read("jax_disable_most_optimizations") == (not full_tier())
     finally:
         for flag in flags:
             jax.config.update(flag, False)
