@@ -110,7 +110,8 @@ def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: 
              micro_batches: int = 1) -> dict[str, Any]:
     """One contender's step (value-and-grad over ``micro_batches`` slices, and AdamW), lowered
     and compiled ahead of time: ``{"compiled": {"step": (compiled, args)}, "temp_bytes": XLA's
-    temp memory of it, "compile_s": the seconds its tracing, lowering and compilation took}``."""
+    temp memory of it, "compile_s": the seconds its tracing, lowering and compilation took,
+    "step": the step function itself (to compile for other shardings)}``."""
     import optax
     from jaxcnn.train import micro_batched
     loss, params = jax_loss(name, impl, channels_last)
@@ -138,7 +139,8 @@ def jax_step(name: str, impl: str, x: np.ndarray, y: np.ndarray, channels_last: 
         temp = None if stats is None else int(stats.temp_size_in_bytes)
     except Exception:   # a backend without memory analysis
         temp = None
-    return {"compiled": {"step": (compiled, args)}, "temp_bytes": temp, "compile_s": compile_s}
+    return {"compiled": {"step": (compiled, args)}, "temp_bytes": temp, "compile_s": compile_s,
+            "step": step}
 
 
 # ----------------------------------------------------------------------------- the run
