@@ -13,6 +13,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import nn, reference
+from jaxcnn.nn import layers
 from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close
 
 pytestmark = pytest.mark.x64
@@ -177,12 +178,49 @@ def test_dropout_rate_is_the_drop_probability(rng):
     layer = nn.Dropout(0.3)
     y = np.asarray(layer.apply({}, x, train=True, key=KEY))
     dropped = np.mean(y == 0)
-    # Binomial(1e5, 0.3): standard deviation 0.00145; allow five of them.
+    # Binomial(1e5, 0.3): standard deviation 0.00145; allow five of them (the drawn drop
+    # probability, 19661/2¹⁶, is 3e-6 from 0.3).
     assert abs(dropped - 0.3) < 5 * math.sqrt(0.3 * 0.7 / y.size)
-    assert np.allclose(y[y != 0], 1 / 0.7)
+    assert np.all(y[y != 0] == 65536 / (65536 - 19661))   # 1 / the keep probability drawn
     assert np.array_equal(layer.apply({}, x), x)
     with pytest.raises(ValueError, match="key"):
         layer.apply({}, x, train=True)
+
+
+@pytest.mark.parametrize("rate, threshold", [(0.0, 0), (0.3, 19661), (0.5, 32768), (1e-6, 0),
+                                             (2e-5, 1), (0.999999, 65535)])
+def test_drop_threshold_rounds_the_rate_to_sixteen_bits(rate, threshold):
+    """``t = round(rate·2¹⁶)`` worked out by hand; never 2¹⁶ (something is always kept), and
+    within 2⁻¹⁷ of the rate below that."""
+    assert layers.drop_threshold(rate) == threshold
+    if rate <= 1 - 2 ** -17:
+        assert abs(threshold / 2 ** 16 - rate) <= 2 ** -17
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 1), (1,), (2, 0)], ids=str)
+def test_drop_mask_reads_sixteen_bits_per_element_of_the_keys_words(shape):
+    """Element ``i`` is the ``i``-th 16-bit half of ``jax.random.bits``' 32-bit words, low half
+    first: numpy's little-endian view of the words as uint16 (odd sizes: the last half unused)."""
+    rate, size = 0.3, math.prod(shape)
+    words = np.asarray(jax.random.bits(KEY, ((size + 1) // 2,), jnp.uint32)).astype("<u4")
+    halves = words.view("<u2")[:size].reshape(shape)
+    assert np.array_equal(layers.drop_mask(KEY, shape, rate), halves >= 19661)
+
+
+def test_dropout_is_unbiased():
+    """``E[y] = x``: kept elements are scaled by exactly the inverse of the keep probability
+    drawn, ``p = 1 − t/2¹⁶`` (checked in floating point), and the kept fraction is ``p``:
+    over ``n = 2²⁰`` draws the fraction's standard deviation is ``√(p(1−p)/n)``; allow five
+    (a one-in-a-million miss). Even and odd elements (low and high halves of a word) alike."""
+    rate = 0.3
+    p = 1 - layers.drop_threshold(rate) / 2 ** 16
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 4096)))
+    y = np.asarray(nn.Dropout(rate).apply({}, x, train=True, key=jax.random.key(7)))
+    kept = y != 0
+    assert np.allclose(y[kept] * p, np.asarray(x)[kept], rtol=1e-15, atol=0)
+    for part in (kept, kept[:, 0::2], kept[:, 1::2]):
+        assert abs(part.mean() - p) < 5 * math.sqrt(p * (1 - p) / part.size)
+    assert abs(np.mean(y) - np.mean(x)) < 5 * math.sqrt((1 - p) / p * np.mean(np.square(x)) / y.size)
 
 
 def test_serial_gives_each_layer_its_own_key():

@@ -305,18 +305,52 @@ def Sigmoid() -> Layer:
     return elementwise(jax.nn.sigmoid, "Sigmoid")
 
 
+# Dropout draws 16 random bits per element: each 32-bit word of ``jax.random.bits`` gives two.
+_DROP_BITS = 16
+
+
+def drop_threshold(rate: float) -> int:
+    """``t = round(rate·2¹⁶)``, at most ``2¹⁶ − 1``: an element is dropped when its 16 random bits,
+    read as an integer ``u`` uniform on ``[0, 2¹⁶)``, are below ``t``. The drop probability is
+    ``t / 2¹⁶``, within ``2⁻¹⁷`` of ``rate``."""
+    return min(round(rate * 2 ** _DROP_BITS), 2 ** _DROP_BITS - 1)
+
+
+def drop_mask(key: Any, shape: Sequence[int], rate: float) -> jax.Array:
+    """``keep: bool[shape]``, each element kept with probability ``1 − t/2¹⁶``
+    (``t = drop_threshold(rate)``), independently.
+
+    The element at flat (C-order) index ``i`` of ``shape`` reads bits ``16·(i mod 2)`` to
+    ``16·(i mod 2) + 15`` of word ``⌊i/2⌋`` of ``jax.random.bits(key, (⌈n/2⌉,), uint32)``: the
+    mask is a function of the key and the element's flat index alone. Two elements per word
+    halve the random draws of a 32-bit uniform per element (``jax.random.bernoulli``), the
+    cost of dropout; 16 bits keep the drop probability within ``2⁻¹⁷`` of ``rate``."""
+    size = math.prod(shape)
+    per_word = 32 // _DROP_BITS
+    words = jax.random.bits(key, (-(-size // per_word),), jnp.uint32)
+    shifts = jnp.arange(per_word, dtype=jnp.uint32) * _DROP_BITS
+    draws = (words[:, None] >> shifts[None, :]) & jnp.uint32(2 ** _DROP_BITS - 1)
+    return draws.reshape(-1)[:size].reshape(tuple(shape)) >= jnp.uint32(drop_threshold(rate))
+
+
 def Dropout(rate: float) -> Layer:
     """Zero each element with probability ``rate`` (the *drop* probability, as PyTorch) and
-    scale the rest by ``1 / (1 − rate)`` in training; the identity in evaluation."""
+    scale the rest by the inverse keep probability in training; the identity in evaluation.
+
+    The mask is ``drop_mask(key, x.shape, rate)``: the drop probability is ``rate`` rounded to
+    a multiple of ``2⁻¹⁶`` (``drop_threshold``), and the kept elements are scaled by
+    ``1 / (1 − t/2¹⁶)``, the inverse of the keep probability actually drawn, so that
+    ``E[y] = x`` exactly."""
     rate = _args.drop_rate(rate, "rate")
+    keep_probability = 1.0 - drop_threshold(rate) / 2 ** _DROP_BITS
 
     def apply(params: dict, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
         if not train or rate == 0.0:
             return x
         if key is None:
             raise ValueError(f"key: Dropout(rate={rate}) with train=True expects a PRNG key; got None")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-        return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+        keep = drop_mask(key, x.shape, rate)
+        return jnp.where(keep, x * jnp.asarray(1.0 / keep_probability, x.dtype), jnp.zeros((), x.dtype))
 
     return Layer(lambda key, input_shape: ({}, tuple(input_shape)), apply, f"Dropout({rate})")
 
