@@ -10,14 +10,22 @@
 - The whole fashion-cnn training step (``jaxcnn.bench.train_step.jax_step``, lax, channels last)
   built with each of the two dropouts, interleaved.
 
-Medians of interleaved rounds after a warm-up, so a shared machine's load falls on both alike;
-the ratios are the result.
+With ``--baseline-norm PATH`` (a ``norm.py`` of another commit, e.g. ``git show
+HEAD~1:jaxcnn/norm.py > old_norm.py``), the GroupNorm programs and the fashion-resnet step are
+also timed with that file's ``group_norm``, interleaved with this one's.
 
-    python experiments/bench/norm_dropout.py [--rounds R] [--json PATH]
+Medians of interleaved rounds after a warm-up, so a shared machine's load falls on both alike;
+the ratios are the result. ``--cpu-time`` times in process CPU time (run it pinned to one core
+with one XLA thread: ``taskset -c 0``, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``), which
+a loaded machine's preemptions do not inflate.
+
+    python experiments/bench/norm_dropout.py [--rounds R] [--json PATH] [--baseline-norm PATH]
+                                             [--cpu-time]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import statistics
@@ -28,9 +36,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import group_norm, nn
+from jaxcnn import nn
 from jaxcnn.bench import train_step
 from jaxcnn.nn import layers
+
+CLOCK = time.perf_counter
 
 NORM_SHAPES = ((128, 28, 28, 32), (128, 14, 14, 64), (128, 7, 7, 128))
 
@@ -53,9 +63,9 @@ def interleaved(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, f
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start = CLOCK()
             jax.block_until_ready(call())
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(CLOCK() - start)
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
@@ -86,7 +96,7 @@ def census(compiled_text: str, shape: tuple[int, ...]) -> dict[str, int]:
     return {"activation_reads": reads, "activation_writes": writes, "reductions_over_it": reductions}
 
 
-def norm_rows(rounds: int) -> list[dict[str, Any]]:
+def norm_rows(rounds: int, norms: dict[str, Callable]) -> list[dict[str, Any]]:
     rows = []
     for shape in NORM_SHAPES:
         channels = shape[-1]
@@ -94,13 +104,29 @@ def norm_rows(rounds: int) -> list[dict[str, Any]]:
         x, y_bar = (jax.random.normal(k, shape) for k in keys[:2])
         scale = 1 + 0.1 * jax.random.normal(keys[2], (channels,))
         bias = 0.1 * jax.random.normal(keys[3], (channels,))
-        step = forward_and_vjp(lambda x, s, b: jax.nn.relu(
-            group_norm(x, min(8, channels), s, b, channels_last=True)))
-        text = step.lower(x, scale, bias, y_bar).compile().as_text()
-        ms = interleaved({"norm": lambda: step(x, scale, bias, y_bar)}, rounds)["norm"] * 1e3
+        steps = {name: forward_and_vjp(lambda x, s, b, norm=norm: jax.nn.relu(
+                     norm(x, min(8, channels), s, b, channels_last=True))) for name, norm in norms.items()}
+        text = steps["this"].lower(x, scale, bias, y_bar).compile().as_text()
+        ms = {n: 1e3 * t for n, t in interleaved(
+            {n: (lambda f=f: f(x, scale, bias, y_bar)) for n, f in steps.items()}, rounds).items()}
         rows.append({"shape": shape, "ms": ms, **census(text, shape)})
-        print(f"group_norm + ReLU fwd+vjp {shape}: {ms:.2f} ms, {rows[-1]}", flush=True)
+        print(f"group_norm + ReLU fwd+vjp {shape}: {rows[-1]}", flush=True)
     return rows
+
+
+def resnet_step_rows(rounds: int, norms: dict[str, Callable]) -> dict[str, float]:
+    x, y = train_step.batch_data("fashion-resnet", 128)
+    calls = {}
+    for name, norm in norms.items():
+        original, layers.group_norm = layers.group_norm, norm    # GroupNorm's apply reads it
+        try:
+            compiled, args = train_step.jax_step("fashion-resnet", "lax", x, y, channels_last=True)["compiled"]["step"]
+        finally:
+            layers.group_norm = original
+        calls[name] = lambda compiled=compiled, args=args: compiled(*args)
+    ms = {n: 1e3 * s for n, s in interleaved(calls, rounds).items()}
+    print(f"fashion-resnet step: {ms}, this / baseline {ms['this'] / ms['baseline']:.3f}", flush=True)
+    return ms
 
 
 def dropout_rows(rounds: int) -> dict[str, float]:
@@ -131,12 +157,24 @@ def step_rows(rounds: int) -> dict[str, float]:
 
 
 def main() -> None:
+    global CLOCK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--baseline-norm", default=None, help="a norm.py to compare with")
+    parser.add_argument("--cpu-time", action="store_true", help="time in process CPU time")
     args = parser.parse_args()
-    result = {"norm": norm_rows(args.rounds), "dropout_ms": dropout_rows(args.rounds),
-              "fashion_cnn_step_ms": step_rows(args.rounds)}
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
+    norms = {"this": layers.group_norm}
+    if args.baseline_norm:
+        spec = importlib.util.spec_from_file_location("baseline_norm", args.baseline_norm)
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
+        norms["baseline"] = baseline.group_norm
+    result = {"clock": CLOCK.__name__, "norm": norm_rows(args.rounds, norms),
+              "dropout_ms": dropout_rows(args.rounds), "fashion_cnn_step_ms": step_rows(args.rounds)}
+    if args.baseline_norm:
+        result["fashion_resnet_step_ms"] = resnet_step_rows(args.rounds, norms)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
