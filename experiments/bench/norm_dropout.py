@@ -114,18 +114,24 @@ def norm_rows(rounds: int, norms: dict[str, Callable]) -> list[dict[str, Any]]:
     return rows
 
 
-def resnet_step_rows(rounds: int, norms: dict[str, Callable]) -> dict[str, float]:
-    x, y = train_step.batch_data("fashion-resnet", 128)
+def step_rows(model: str, module: Any, attribute: str, variants: dict[str, Any],
+              rounds: int) -> dict[str, float]:
+    """Milliseconds of ``model``'s training step (lax, channels last) built with
+    ``module.attribute`` set to each variant in turn (what the model's layers read while the
+    step is traced), interleaved."""
+    x, y = train_step.batch_data(model, 128)
     calls = {}
-    for name, norm in norms.items():
-        original, layers.group_norm = layers.group_norm, norm    # GroupNorm's apply reads it
+    for name, variant in variants.items():
+        original = getattr(module, attribute)
+        setattr(module, attribute, variant)
         try:
-            compiled, args = train_step.jax_step("fashion-resnet", "lax", x, y, channels_last=True)["compiled"]["step"]
+            compiled, args = train_step.jax_step(model, "lax", x, y, channels_last=True)["compiled"]["step"]
         finally:
-            layers.group_norm = original
+            setattr(module, attribute, original)
         calls[name] = lambda compiled=compiled, args=args: compiled(*args)
     ms = {n: 1e3 * s for n, s in interleaved(calls, rounds).items()}
-    print(f"fashion-resnet step: {ms}, this / baseline {ms['this'] / ms['baseline']:.3f}", flush=True)
+    first, second = ms.values()
+    print(f"{model} step: {ms}, {' / '.join(ms)} {first / second:.3f}", flush=True)
     return ms
 
 
@@ -138,21 +144,6 @@ def dropout_rows(rounds: int) -> dict[str, float]:
                                               rounds).items()}
     print(f"dropout fwd+vjp (128, 6272): {ms}, drop_mask / bernoulli {ms['drop_mask'] / ms['bernoulli']:.2f}",
           flush=True)
-    return ms
-
-
-def step_rows(rounds: int) -> dict[str, float]:
-    x, y = train_step.batch_data("fashion-cnn", 128)
-    calls = {}
-    for name, dropout in (("bernoulli", bernoulli_dropout), ("drop_mask", layers.Dropout)):
-        original, nn.Dropout = nn.Dropout, dropout        # models.fashion_cnn reads nn.Dropout
-        try:
-            compiled, args = train_step.jax_step("fashion-cnn", "lax", x, y, channels_last=True)["compiled"]["step"]
-        finally:
-            nn.Dropout = original
-        calls[name] = lambda compiled=compiled, args=args: compiled(*args)
-    ms = {n: 1e3 * s for n, s in interleaved(calls, rounds).items()}
-    print(f"fashion-cnn step: {ms}, drop_mask / bernoulli {ms['drop_mask'] / ms['bernoulli']:.3f}", flush=True)
     return ms
 
 
@@ -172,9 +163,12 @@ def main() -> None:
         spec.loader.exec_module(baseline)
         norms["baseline"] = baseline.group_norm
     result = {"clock": CLOCK.__name__, "norm": norm_rows(args.rounds, norms),
-              "dropout_ms": dropout_rows(args.rounds), "fashion_cnn_step_ms": step_rows(args.rounds)}
+              "dropout_ms": dropout_rows(args.rounds),
+              # models.fashion_cnn reads nn.Dropout; GroupNorm's apply reads layers.group_norm
+              "fashion_cnn_step_ms": step_rows("fashion-cnn", nn, "Dropout", {
+                  "drop_mask": layers.Dropout, "bernoulli": bernoulli_dropout}, args.rounds)}
     if args.baseline_norm:
-        result["fashion_resnet_step_ms"] = resnet_step_rows(args.rounds, norms)
+        result["fashion_resnet_step_ms"] = step_rows("fashion-resnet", layers, "group_norm", norms, args.rounds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
