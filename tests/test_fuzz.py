@@ -23,6 +23,7 @@ import pytest
 
 from helpers import full_tier
 from jaxcnn.fuzz import checks, command, configs, drop_in, float32, runner, sharding, torch_side, worker
+from jaxcnn.fuzz.configs import FuzzCase
 
 HERE = pathlib.Path(__file__).parent
 REGRESSIONS = HERE / "fuzz_regressions.json"
@@ -86,10 +87,11 @@ def test_expected_pads_by_hand():
 def test_draws_are_reproducible_and_cover_every_op():
     first, again = configs.draw_many(64, seed=5), configs.draw_many(64, seed=5)
     assert first == again != configs.draw_many(64, seed=6)
-    assert {c["op"] for c in first} == set(configs.OPS)
-    rounds = collections.Counter(c["op"] for c in configs.draw_many(3 * len(configs.rotation()), seed=5))
+    assert all(isinstance(c, configs.FuzzCase) for c in first)
+    assert {c.op for c in first} == set(configs.OPS)
+    rounds = collections.Counter(c.op for c in configs.draw_many(3 * len(configs.rotation()), seed=5))
     assert rounds["conv_float32"] == 21 and rounds["conv"] == 3, rounds
-    assert {c["impl"] for c in first if "impl" in c} == {"lax", "manual"}
+    assert {c.impl for c in first if c.impl is not None} == {"lax", "manual"}
 
 
 def test_group_norm_draws_keep_three_elements_a_group_and_reach_both_refusals():
@@ -97,12 +99,12 @@ def test_group_norm_draws_keep_three_elements_a_group_and_reach_both_refusals():
     configs.draw_group_norm), over 0–3 spatial axes and both layouts; some draw a
     non-divisor, some an empty axis."""
     drawn = configs.draw_many(300, seed=5, ops=("group_norm",))
-    legal = [c for c in drawn if c["channels"] % c["groups"] == 0 and 0 not in c["sizes"]]
-    assert all(c["channels"] // c["groups"] * math.prod(c["sizes"]) >= 3 for c in legal)
-    assert {c["n"] for c in legal} == {0, 1, 2, 3}
-    assert {c["channels_last"] for c in legal} == {c["affine"] for c in legal} == {False, True}
-    assert any(c["channels"] % c["groups"] for c in drawn)
-    assert any(0 in c["sizes"] for c in drawn)
+    legal = [c for c in drawn if c.channels % c.groups == 0 and 0 not in c.sizes]
+    assert all(c.channels // c.groups * math.prod(c.sizes) >= 3 for c in legal)
+    assert {c.n for c in legal} == {0, 1, 2, 3}
+    assert {c.channels_last for c in legal} == {c.affine for c in legal} == {False, True}
+    assert any(c.channels % c.groups for c in drawn)
+    assert any(0 in c.sizes for c in drawn)
     assert len(legal) > 0.8 * len(drawn)
 
 
@@ -132,8 +134,8 @@ def test_group_norm_draws_keep_three_elements_a_group_and_reach_both_refusals():
 def test_documented_differences_pick_their_configurations(name, config, fixed):
     """Each difference picks its example, and one change (to a configuration both libraries
     treat alike) un-picks it."""
-    assert torch_side.differences(config) == [name]
-    assert name not in torch_side.differences({**config, **fixed})
+    assert torch_side.differences(FuzzCase.from_dict(config)) == [name]
+    assert name not in torch_side.differences(FuzzCase.from_dict({**config, **fixed}))
 
 
 # ----------------------------------------------------------------------------- regressions
@@ -151,6 +153,35 @@ def test_every_failure_ever_found_now_passes(batch):
     for case, result in zip(cases, results):
         assert result["status"] in PASSING, (case["found"], result)
         assert result["status"] == case["now"], (case["found"], result["status"], result.get("detail"))
+
+
+OLD_RESULTS = HERE / "fuzz_old_results.jsonl"   # results.jsonl as the fuzzer wrote it before FuzzCase
+
+
+def test_files_the_fuzzer_wrote_load_as_cases_and_round_trip():
+    """results.jsonl (a result a line), failures.json (a list of results) and the regressions
+    file, each as an older release wrote it: every configuration loads as a ``FuzzCase`` whose
+    JSON form is the file's, key for key; a bare list of configurations loads too."""
+    for text in (OLD_RESULTS.read_text(), REGRESSIONS.read_text(),
+                 json.dumps([json.loads(line) for line in OLD_RESULTS.read_text().splitlines()])):
+        entries = json.loads(text) if text.startswith("[") else [json.loads(l) for l in text.splitlines()]
+        written = [e["config"] for e in entries]
+        loaded = configs.load(text)
+        assert [c.to_dict() for c in loaded] == written
+        assert [list(c.to_dict()) for c in loaded] == [list(w) for w in written]
+        assert configs.load(json.dumps(written)) == loaded
+    assert {c.op for c in configs.load(OLD_RESULTS.read_text())} == {
+        "conv", "max_pool", "conv_float32", "lax.conv_general_dilated", "sharded_input"}
+
+
+def test_replay_runs_a_files_configurations(monkeypatch, tmp_path):
+    """``jaxcnn fuzz --replay FILE`` sends the file's configurations, as written, to the workers."""
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda target, drawn, **options: seen.update(drawn=drawn) or [
+        {"config": c, "status": "ok", "errors": {}, "worst": 0.0} for c in drawn])
+    assert command.main(["--replay", str(OLD_RESULTS), "--out", str(tmp_path)]) == 0
+    assert seen["drawn"] == [json.loads(line)["config"] for line in OLD_RESULTS.read_text().splitlines()]
+    assert f"--replay {OLD_RESULTS}`: 5 configurations" in (tmp_path / "summary.md").read_text()
 
 
 # ----------------------------------------------------------------------------- forms at the edges
@@ -331,7 +362,8 @@ def test_fuzz_command_runs_its_draws_through_the_target(monkeypatch):
     monkeypatch.setattr(runner, "run", lambda target, drawn, **options: seen.update(
         target=target, drawn=drawn, **options) or ["result"])
     assert command.fuzz(7, 3, processes=3) == ["result"]
-    assert seen["target"] == command.TARGET and seen["drawn"] == configs.draw_many(7, 3)
+    assert seen["target"] == command.TARGET
+    assert seen["drawn"] == [c.to_dict() for c in configs.draw_many(7, 3)]
     assert seen["processes"] == 3
 
 
@@ -420,13 +452,14 @@ def test_sharded_tiling_by_hand():
     padding (0, 0) gives 10 outputs, not 12; a halo of 4 does not fit a shard of 3."""
     conv = dict(op="sharded.conv", inner="conv", n=1, shards=2, spatial_axis=0, kernel=[3],
                 stride=[1], dilation=[1], sizes=[12], padding="SAME", padding_mode="zeros", batch=1)
-    assert sharding.tiles(conv)
-    assert sharding.tiles({**conv, "stride": [2], "padding": [[1, 0]]})
-    assert not sharding.tiles({**conv, "padding": [[0, 0]]})
-    assert not sharding.tiles({**conv, "kernel": [5], "dilation": [2], "sizes": [6], "padding": "SAME"})
+    tiles = lambda config: sharding.tiles(FuzzCase.from_dict(config))
+    assert tiles(conv)
+    assert tiles({**conv, "stride": [2], "padding": [[1, 0]]})
+    assert not tiles({**conv, "padding": [[0, 0]]})
+    assert not tiles({**conv, "kernel": [5], "dilation": [2], "sizes": [6], "padding": "SAME"})
     pool = dict(op="sharded.max_pool", inner="max_pool", n=1, shards=4, spatial_axis=0, window=[3],
                 stride=[1], dilation=[1], sizes=[12], padding=[1], ceil_mode=False)
-    assert sharding.tiles(pool) and not sharding.tiles({**pool, "padding": [0]})
+    assert tiles(pool) and not tiles({**pool, "padding": [0]})
 
 
 def test_worker_forces_cpu_devices_for_the_sharded_configurations(monkeypatch):
@@ -493,7 +526,7 @@ def _batch_groups() -> dict[str, list[dict]]:
         groups.update(regressions=[case["config"] for case in _regressions()],
                       group_norm=_named(GROUP_NORM), empty_group_norm=EMPTY_GROUP_NORM,
                       float32=[{**c, "name": k} for k, c in FLOAT32.items()],
-                      sample=configs.draw_many(CI_SAMPLE, _rotating_seed()))
+                      sample=[c.to_dict() for c in configs.draw_many(CI_SAMPLE, _rotating_seed())])
     return groups
 
 

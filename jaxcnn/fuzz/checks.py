@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxcnn.fuzz import torch_side
-from jaxcnn.fuzz.arrays import (array_shapes, input_shape, op_options, output_kind, relayout,
-                                relayout_shape, weight_shape)
+from jaxcnn.fuzz.arrays import array_shapes, op_options, output_kind, relayout, relayout_shape
+from jaxcnn.fuzz.configs import FuzzCase
 from jaxcnn.tolerances import VJP_RTOL
 
 TOLERANCE = VJP_RTOL   # float64 across libraries: the same sums in other orders (jaxcnn.tolerances)
@@ -105,22 +105,22 @@ def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | 
 # ----------------------------------------------------------------------------- the runs
 
 
-def bound_op(op: Callable, c: dict, options: dict) -> Callable:
+def bound_op(op: Callable, c: FuzzCase, options: dict) -> Callable:
     """``op`` as a function of its arrays alone: group_norm takes ``groups`` second, between
     ``x`` and its arrays ``scale, bias``."""
-    if c["op"] != "group_norm":
+    if c.op != "group_norm":
         return lambda *arrays: op(*arrays, **options)
     options = dict(options)
     groups = options.pop("groups")
     return lambda x, *affine: op(x, groups, *affine, **options)
 
 
-def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
+def run_jax(module: Any, c: FuzzCase, arrays: list[np.ndarray], kinds: list[str],
             cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
     """Value, VJP and (on a sample) second order of ``module.<op>``, channels first."""
     import jax
     import jax.numpy as jnp
-    op = getattr(module, c["op"])
+    op = getattr(module, c.op)
     options = op_options(c)
     args = [jnp.asarray(relayout(c, a, k, True)) for a, k in zip(arrays, kinds)]
     f = bound_op(op, c, options)
@@ -138,7 +138,7 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     y, grads = _compiled(vjp, *args)(*args)
     results = [relayout(c, np.asarray(y), out_kind, False)]
     results += [relayout(c, np.asarray(g), k, False) for g, k in zip(grads, kinds)]
-    if c.get("second_order"):
+    if c.second_order:
         v = [jnp.asarray(relayout(c, t, k, True)) for t, k in zip(tangents(arrays), kinds)]
         h = lambda *a: sum(jnp.vdot(g, t) for g, t in zip(vjp(*a)[1], v))
         second = _compiled(jax.grad(h, argnums=tuple(range(len(args)))), *args)(*args)
@@ -146,25 +146,20 @@ def run_jax(module: Any, c: dict, arrays: list[np.ndarray], kinds: list[str],
     return results
 
 
-def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
+def run_torch(c: FuzzCase, arrays: list[np.ndarray], cotangent: Callable, tangents: Callable) -> list[np.ndarray]:
     import torch
-    op = torch_side.OPS[c["op"]]
+    op = torch_side.OPS[c.op]
     tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    context = dict(c)
-    if c["op"] == "conv_input_grad":
-        context["input_shape"] = input_shape(c)
-    if c["op"] == "conv_weight_grad":
-        context["weight_shape"] = weight_shape(c)
     try:
-        y = op(torch, *_torch_arrays(c, tensors), context)
+        y = op(torch, *_torch_arrays(c, tensors), c)
     except (RuntimeError, ValueError, IndexError) as error:
         raise Refused(str(error)) from error
     ct = torch.tensor(cotangent(tuple(y.shape)))
-    grads = torch.autograd.grad(y, tensors, ct, create_graph=bool(c.get("second_order")),
+    grads = torch.autograd.grad(y, tensors, ct, create_graph=c.second_order,
                                 allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
     results = [y.detach().numpy()] + [g.detach().numpy() for g in grads]
-    if c.get("second_order"):
+    if c.second_order:
         v = [torch.tensor(t) for t in tangents(arrays)]
         h = sum((g * t).sum() for g, t in zip(grads, v) if g.requires_grad)
         if isinstance(h, int):   # no gradient depends on the inputs: a zero second order
@@ -176,11 +171,11 @@ def run_torch(c: dict, arrays: list[np.ndarray], cotangent: Callable, tangents: 
     return results
 
 
-def _torch_arrays(c: dict, tensors: list) -> list:
+def _torch_arrays(c: FuzzCase, tensors: list) -> list:
     """``torch_side``'s array arguments: ``None`` for an absent bias, scale or bias."""
-    if c["op"] in ("conv", "convolve", "conv_transpose"):
-        return [tensors[0], tensors[1], tensors[2] if c.get("bias") else None]
-    if c["op"] == "group_norm" and not c["affine"]:
+    if c.op in ("conv", "convolve", "conv_transpose"):
+        return [tensors[0], tensors[1], tensors[2] if c.bias else None]
+    if c.op == "group_norm" and not c.affine:
         return [tensors[0], None, None]
     return tensors
 
@@ -258,23 +253,25 @@ def _settle(result: dict, refused: bool, tolerance: float) -> dict:
     return result
 
 
-def check(c: dict) -> dict:
-    """Run one configuration every way; ``status`` is ``ok``, ``refused`` (by all, with a named
-    error), ``documented`` (refused by one side, as ``torch_side.DIFFERENCES`` says),
-    ``mismatch``, ``one_sided`` or ``unnamed`` (a refusal that names no argument); the newer
-    families (``configs.FAMILIES``) are checked by their own modules, alike."""
+def check(config: dict | FuzzCase) -> dict:
+    """Run one configuration (a case, or its JSON form as a worker reads it) every way;
+    ``status`` is ``ok``, ``refused`` (by all, with a named error), ``documented`` (refused by
+    one side, as ``torch_side.DIFFERENCES`` says), ``mismatch``, ``one_sided`` or ``unnamed``
+    (a refusal that names no argument); the newer families (``configs.FAMILIES``) are checked
+    by their own modules, alike."""
     from jaxcnn.fuzz import configs
-    if c["op"] in configs.FAMILIES:
-        return configs.family(c["op"]).check(c)
+    c = FuzzCase.of(config)
+    if c.op in configs.FAMILIES:
+        return configs.family(c.op).check(c)
     import jax
     jax.config.update("jax_enable_x64", True)
     import jaxcnn
     from jaxcnn import reference
     kinds, shapes = zip(*array_shapes(c))
-    rng = np.random.default_rng(c["seed"])
+    rng = np.random.default_rng(c.seed)
     arrays = [rng.standard_normal(s) for s in shapes]
-    cotangent = lambda shape: np.random.default_rng(c["seed"] + 1).standard_normal(shape)
-    tangents = lambda arrays: [np.random.default_rng(c["seed"] + 2 + i).standard_normal(a.shape)
+    cotangent = lambda shape: np.random.default_rng(c.seed + 1).standard_normal(shape)
+    tangents = lambda arrays: [np.random.default_rng(c.seed + 2 + i).standard_normal(a.shape)
                                for i, a in enumerate(arrays)]
     try:
         ours = attempt(lambda: run_jax(jaxcnn, c, arrays, kinds, cotangent, tangents))
@@ -305,7 +302,7 @@ def check(c: dict) -> dict:
             result["detail"] = f"jaxcnn {ours[0]}, {name} {state}: {value if state == 'refused' else ours[1]}"[:800]
         elif state == "ok":
             compare(result["errors"], name, ours[1], value)
-    if ours[0] == "ok" and c["op"] in ("conv", "conv_transpose") and c.get("padding_mode", "zeros") == "zeros":
+    if ours[0] == "ok" and c.op in ("conv", "conv_transpose") and c.padding_mode == "zeros":
         _compare_forms(result["errors"], c, rng)
     if known and ours[0] == "refused" and "torch" not in others:
         result["status"] = "documented"    # PyTorch not run (memory-unsafe there)
@@ -315,7 +312,7 @@ def check(c: dict) -> dict:
 # ----------------------------------------------------------------------------- the forms
 
 
-def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
+def _compare_forms(errors: dict, c: FuzzCase, rng: np.random.Generator) -> None:
     """Every applicable lowering form of the three pieces against the one-lax-call piece."""
     import jax
     import jax.numpy as jnp
@@ -358,7 +355,7 @@ def _compare_forms(errors: dict, c: dict, rng: np.random.Generator) -> None:
             errors[f"form:{piece}:{name}"] = relative_error(np.asarray(value), np.asarray(expected))
 
 
-def _core(c: dict):
+def _core(c: FuzzCase):
     """The zero-padded core conv of a conv or conv_transpose configuration: its spec, the
     shape of its input and of its kernel (in jaxcnn's layout)."""
     import jax
@@ -367,8 +364,8 @@ def _core(c: dict):
     options.pop("impl")
     kinds, shapes = zip(*array_shapes(c))
     structs = [jax.ShapeDtypeStruct(relayout_shape(c, s, k), np.float64) for k, s in zip(kinds, shapes)]
-    b = structs[2] if c.get("bias") else None
-    if c["op"] == "conv_transpose":
+    b = structs[2] if c.bias else None
+    if c.op == "conv_transpose":
         args = normalize_conv_transpose(structs[0], structs[1], b, impl="lax", **options)
         return args.spec, args.core_shape, structs[1].shape
     args = normalize_conv(structs[0], structs[1], b, impl="lax", **options)

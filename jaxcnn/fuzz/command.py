@@ -3,6 +3,7 @@ one-lax-call pieces, each chunk of configurations in its own worker process.
 
     python -m jaxcnn fuzz --n 10000 --seed 0            # every op, both impls
     python -m jaxcnn fuzz --n 500 --ops conv,conv_transpose --out runs/fuzz
+    python -m jaxcnn fuzz --replay runs/fuzz/failures.json      # rerun a run's failures
 
 Prints a summary table per op and writes ``summary.md``, ``failures.json`` (each failure with
 its configuration: a reproducer) and ``results.jsonl`` (every configuration) to ``--out``,
@@ -34,8 +35,14 @@ COLUMNS = ("configs", "ok", "refused", "documented", "skipped", *FAILURES, "refe
 def fuzz(n: int, seed: int, ops=configs.OPS, processes: int = 2, chunk: int = 50,
          progress=None) -> list[dict]:
     """Draw ``n`` configurations over ``ops`` and run them all; the results in order."""
-    return runner.run(TARGET, configs.draw_many(n, seed, tuple(ops)), processes=processes,
-                      chunk=chunk, progress=progress)
+    return replay(configs.draw_many(n, seed, tuple(ops)), processes, chunk, progress)
+
+
+def replay(cases: list[configs.FuzzCase], processes: int = 2, chunk: int = 50,
+           progress=None) -> list[dict]:
+    """Run ``cases`` (their JSON form goes to the workers); the results in order."""
+    return runner.run(TARGET, [c.to_dict() for c in cases], processes=processes, chunk=chunk,
+                      progress=progress)
 
 
 def summarize(results: list[dict]) -> dict[str, Counter]:
@@ -45,8 +52,8 @@ def summarize(results: list[dict]) -> dict[str, Counter]:
     worst: dict[str, float] = defaultdict(float)
     seconds: dict[str, float] = defaultdict(float)     # each worker's own time, compiling included
     for r in results:
-        c = r["config"]
-        key = c["op"] + (f"[{c['impl']}]" if "impl" in c else "") + (f" / {r['path']}" if r.get("path") else "")
+        c = configs.FuzzCase.from_dict(r["config"])
+        key = c.op + (f"[{c.impl}]" if c.impl is not None else "") + (f" / {r['path']}" if r.get("path") else "")
         table[key]["configs"] += 1
         table[key][r["status"]] += 1
         table[key]["reference skipped"] += bool(r.get("reference_skipped"))
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/fuzz", metavar="DIR", help="folder for summary.md, "
                         "failures.json and results.jsonl, replaced by a later run into it (default: "
                         "runs/fuzz, under the current folder, beside jaxcnn train's runs)")
+    parser.add_argument("--replay", metavar="FILE", help="run the configurations of FILE instead of "
+                        "drawing: a run's results.jsonl or failures.json, or tests/fuzz_regressions.json")
     options = parser.parse_args(argv)
     for name in ("n", "processes"):
         if getattr(options, name) < 1:
@@ -100,22 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(ops) - set(configs.OPS))
     if unknown:
         parser.error(f"--ops: unknown {unknown}; expected some of {list(configs.OPS)}")
+    cases = (configs.load(pathlib.Path(options.replay).read_text()) if options.replay
+             else configs.draw_many(options.n, options.seed, ops))
     started, done = time.perf_counter(), [0]
 
     def progress(count: int) -> None:
         done[0] += count
-        print(f"\r{done[0]}/{options.n} configurations, {time.perf_counter() - started:.0f} s",
+        print(f"\r{done[0]}/{len(cases)} configurations, {time.perf_counter() - started:.0f} s",
               end="", flush=True)
 
-    results = fuzz(options.n, options.seed, ops, options.processes, progress=progress)
+    results = replay(cases, options.processes, progress=progress)
     seconds = time.perf_counter() - started
     print()
     table = markdown(summarize(results))
     failures = [r for r in results if r["status"] in FAILURES]
     out = pathlib.Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"`jaxcnn fuzz --n {options.n} --seed {options.seed} --ops {','.join(ops)}`: "
-              f"{len(results)} configurations in {seconds:.0f} s, {len(failures)} failures.\n\n")
+    run = (f"--replay {options.replay}" if options.replay
+           else f"--n {options.n} --seed {options.seed} --ops {','.join(ops)}")
+    header = (f"`jaxcnn fuzz {run}`: {len(results)} configurations in {seconds:.0f} s, "
+              f"{len(failures)} failures.\n\n")
     atomic_write(out / "summary.md", header + table + "\n")
     atomic_write(out / "failures.json", json.dumps(failures, indent=1, default=str))
     atomic_write(out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))

@@ -1,7 +1,11 @@
 """Random configurations of every op, drawn over everything the API accepts.
 
-A configuration is a JSON-able dict: the op, the shapes (channels first, as PyTorch; the
-layout flag says how jaxcnn gets them), every knob, and the seed of its arrays. Draws lean to
+A configuration is a ``FuzzCase`` (a ``jaxcnn._cases.Case`` with the fuzzer's own fields: the
+seed of its arrays, its index, the knobs of the newer families); on disk and between processes
+it is its JSON form (``to_dict``/``from_dict``, key for key): the op, the shapes (channels
+first, as PyTorch; the layout flag says how jaxcnn gets them), every knob. A draw writes the
+JSON form key by key (``draw_config``: the order of its keys and of the random draws is the
+stream's, kept for old seeds) and ``draw`` makes it a case. Draws lean to
 the edges that hand-picked tests miss: sizes down to (and below) the smallest legal one,
 N = 0, a kernel as large as the padded input, strides larger than the kernel, outputs of
 size 1, even kernels on strided padded axes, every padding form and mode, groups and
@@ -11,6 +15,7 @@ depthwise channels, 1–3 spatial axes (and 4, against the reference alone); gro
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from typing import Any
@@ -143,12 +148,17 @@ def family(op: str):
     return importlib.import_module(f"jaxcnn.fuzz.{FAMILIES[op]}")
 
 
-def draw(op: str, rng: random.Random) -> dict:
+def draw_config(op: str, rng: random.Random) -> dict:
+    """One configuration of ``op`` in its JSON form."""
     if op in FAMILIES:
         return family(op).draw(op, rng)
     if op in NORM_OPS:
         return draw_group_norm(op, rng)
     return draw_pool(op, rng) if op in POOL_OPS else draw_conv(op, rng)
+
+
+def draw(op: str, rng: random.Random) -> "FuzzCase":
+    return FuzzCase.from_dict(draw_config(op, rng))
 
 
 # Turns an op takes in each round of draws (1 if not named): float32 channels-last conv is what
@@ -162,13 +172,13 @@ def rotation(ops=OPS) -> list[str]:
     return [op for op in ops for _ in range(TURNS.get(op, 1))]
 
 
-def draw_many(n: int, seed: int, ops=OPS) -> list[dict]:
+def draw_many(n: int, seed: int, ops=OPS) -> list["FuzzCase"]:
     """``n`` configurations, the ops taken in turn (a ``rotation`` round after round),
     reproducible from ``seed``; each carries its index so that a failure names the draw that
     made it."""
     rng = random.Random(seed)
     turns = rotation(ops)
-    return [{**draw(turns[i % len(turns)], rng), "index": i} for i in range(n)]
+    return [draw(turns[i % len(turns)], rng).extended(index=i) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- the case type
@@ -186,6 +196,7 @@ class FuzzCase(Case):
     """A fuzz configuration: a ``Case`` with its seed, its draw's index and the knobs of the
     ops and families that only the fuzzer draws (None: not drawn)."""
 
+    stride: Any = None        # None: the op's own default (1; a pooling's window)
     seed: int = 0
     second_order: bool = False
     index: int | None = None
@@ -222,6 +233,16 @@ class FuzzCase(Case):
               "given": (lambda v: all(isinstance(k, str) for k in v), "a tuple of key names")}
 
     @classmethod
+    def of(cls, config: "dict | FuzzCase") -> "FuzzCase":
+        """A configuration as a case, whether it came as one or in its JSON form."""
+        return config if isinstance(config, cls) else cls.from_dict(config)
+
+    def extended(self, **fields: Any) -> "FuzzCase":
+        """The case with ``fields`` set; those its JSON form lacked are written after its keys."""
+        given = self.given and self.given + tuple(k for k in fields if k not in self.given)
+        return dataclasses.replace(self, **fields, given=given)
+
+    @classmethod
     def from_dict(cls, config: dict) -> "FuzzCase":
         fields = {f.name for f in dataclasses.fields(cls)} - {"given"}
         values = {}
@@ -244,3 +265,14 @@ class FuzzCase(Case):
                                       if f.name != "given" and getattr(self, f.name) is not None]
         return {key: self.n if key == "n" else plain(getattr(self, KEY_FIELDS.get(key, key)))
                 for key in keys}
+
+
+def load(text: str) -> list[FuzzCase]:
+    """The configurations of a file the fuzzer wrote or reads, whatever its release wrote it:
+    ``results.jsonl`` (a result a line), ``failures.json`` (a list of results),
+    ``tests/fuzz_regressions.json`` (``found``, ``now``, ``config``) or a list of configurations;
+    an entry with a ``config`` is a result, any other a configuration."""
+    stripped = text.strip()
+    entries = (json.loads(stripped) if stripped.startswith("[")
+               else [json.loads(line) for line in stripped.splitlines() if line.strip()])
+    return [FuzzCase.from_dict(e["config"] if "config" in e else e) for e in entries]

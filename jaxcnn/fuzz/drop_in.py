@@ -17,6 +17,7 @@ import random
 import numpy as np
 
 from jaxcnn.fuzz import checks
+from jaxcnn.fuzz.configs import FuzzCase
 from jaxcnn.tolerances import RTOL
 
 OPS = ("lax.conv_general_dilated", "lax.conv_transpose")
@@ -36,6 +37,7 @@ def _pairs(rng: random.Random, n: int, low: int) -> list[list[int]]:
 
 
 def draw(op: str, rng: random.Random) -> dict:
+    """One configuration in its JSON form (``configs.draw`` makes it a case)."""
     n = rng.choices([0, 1, 2, 3], weights=[5, 35, 40, 20])[0] if op == OPS[0] else rng.choice([1, 2, 2, 3])
     groups = rng.choice([1, 1, 1, 2, 3])
     batch_groups = rng.choice([1, 1, 1, 1, 2]) if groups == 1 or rng.random() < 0.05 else 1
@@ -69,67 +71,64 @@ def draw(op: str, rng: random.Random) -> dict:
     return config
 
 
-def _shapes(c: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _shapes(c: FuzzCase) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """lhs and rhs in the configuration's layouts (lax's default where it has none)."""
-    n, layouts = c["n"], c["dimension_numbers"]
+    n, layouts = c.n, c.dimension_numbers
     if layouts is None:
-        if c["op"] == OPS[0]:
+        if c.op == OPS[0]:
             layouts = ["NC" + SPATIAL_LETTERS[:n], "OI" + SPATIAL_LETTERS[:n]]
         else:
             layouts = ["N" + SPATIAL_LETTERS[:n] + "C", SPATIAL_LETTERS[:n] + "IO"]
-    in_features, out_features = c["channels"] // c["groups"], c["out_channels"]
-    if c.get("transpose_kernel"):
-        in_features, out_features = out_features, c["channels"]
-    sizes = dict(zip(SPATIAL_LETTERS, c["sizes"]), N=c["batch"], C=c["channels"])
-    kernel = dict(zip(SPATIAL_LETTERS, c["kernel"]), O=out_features, I=in_features)
+    in_features, out_features = c.channels // c.groups, c.out_channels
+    if c.transpose_kernel:
+        in_features, out_features = out_features, c.channels
+    sizes = dict(zip(SPATIAL_LETTERS, c.sizes), N=c.batch, C=c.channels)
+    kernel = dict(zip(SPATIAL_LETTERS, c.kernel), O=out_features, I=in_features)
     return tuple(sizes[a] for a in layouts[0]), tuple(kernel[a] for a in layouts[1])
 
 
-def _tuple(value):
-    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
-
-
-def _arguments(c: dict) -> dict:
+def _arguments(c: FuzzCase) -> dict:
     """Keyword arguments shared by jax.lax's function and jaxcnn's."""
     names = (("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
               "feature_group_count", "batch_group_count", "precision", "preferred_element_type")
-             if c["op"] == OPS[0] else
+             if c.op == OPS[0] else
              ("strides", "padding", "rhs_dilation", "dimension_numbers", "transpose_kernel",
               "precision", "use_consistent_padding"))
-    values = dict(c, feature_group_count=c["groups"], batch_group_count=c["batch_groups"])
-    kwargs = {k: _tuple(values[k]) for k in names if k in values}
+    fields = {"feature_group_count": "groups", "batch_group_count": "batch_groups"}
+    values = {k: getattr(c, fields.get(k, k)) for k in names}
+    kwargs = {k: v for k, v in values.items() if v is not None}    # None: lax's default
     if not kwargs.get("use_consistent_padding", True):
         del kwargs["use_consistent_padding"]    # not in every jax release's conv_transpose
     return kwargs
 
 
-def check(c: dict) -> dict:
+def check(c: FuzzCase) -> dict:
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     from jaxcnn import lax as jlax
-    name = c["op"].split(".")[1]
+    name = c.op.split(".")[1]
     theirs_op, ours_op = getattr(jax.lax, name), getattr(jlax, name)
     kwargs = _arguments(c)
     if set(kwargs) - set(inspect.signature(theirs_op).parameters):
         return {"status": "skipped", "detail": f"this jax.lax.{name} has no {sorted(set(kwargs) - set(inspect.signature(theirs_op).parameters))}"}
-    if c["n"] == 0 and c.get("groups", 1) > 1 and jax.__version__.startswith("0.4."):
+    if c.n == 0 and c.groups > 1 and jax.__version__.startswith("0.4."):
         # jax.lax 0.4.x differentiates a grouped conv with no spatial axes wrongly (its input
         # gradient mixes the groups; jaxcnn's and a numpy sum agree, as does jax.lax 0.10.2).
         return {"status": "skipped", "detail": "jax.lax 0.4.x's VJP of a grouped conv with no "
                                                 "spatial axes is wrong: no reference"}
-    rng = np.random.default_rng(c["seed"])
-    complex_ = c.get("dtype") == "complex128"
+    rng = np.random.default_rng(c.seed)
+    complex_ = c.dtype == "complex128"
 
     def draw_array(shape, generator):
         a = generator.standard_normal(shape)
         return a + 1j * generator.standard_normal(shape) if complex_ else a
 
     args = [jnp.asarray(draw_array(s, rng)) for s in _shapes(c)]
-    cotangent = lambda out: jnp.asarray(draw_array(out.shape, np.random.default_rng(c["seed"] + 1))).astype(out.dtype)
-    tangents = ([jnp.asarray(draw_array(a.shape, np.random.default_rng(c["seed"] + 2 + i))) for i, a in enumerate(args)]
-                if c.get("second_order") else None)
-    ours_f = lambda lhs, rhs: ours_op(lhs, rhs, **kwargs, impl=c["impl"])
+    cotangent = lambda out: jnp.asarray(draw_array(out.shape, np.random.default_rng(c.seed + 1))).astype(out.dtype)
+    tangents = ([jnp.asarray(draw_array(a.shape, np.random.default_rng(c.seed + 2 + i))) for i, a in enumerate(args)]
+                if c.second_order else None)
+    ours_f = lambda lhs, rhs: ours_op(lhs, rhs, **kwargs, impl=c.impl)
     theirs_f = lambda lhs, rhs: theirs_op(lhs, rhs, **kwargs)
     ours = checks.attempt(lambda: checks.run_function(ours_f, args, cotangent, tangents)[0])
     try:

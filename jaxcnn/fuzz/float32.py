@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxcnn.fuzz import checks, configs
 from jaxcnn.fuzz.arrays import array_shapes, op_options, relayout, relayout_shape
+from jaxcnn.fuzz.configs import FuzzCase
 from jaxcnn.tolerances import RTOL
 
 OPS = ("conv_float32",)
@@ -35,6 +36,7 @@ NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # _conv.native.TARGETS'
 
 
 def draw(op: str, rng: random.Random) -> dict:
+    """One configuration in its JSON form (``configs.draw`` makes it a case)."""
     n = rng.choices([1, 2, 3], weights=[30, 40, 30])[0]
     native_like = rng.random() < 0.8
     kernel = configs.draw_per_axis(rng, n, [1, 2, 3, 3, 4] if n < 3 else [1, 2, 3])
@@ -73,16 +75,16 @@ def magnitude_error(a: np.ndarray, b: np.ndarray, magnitude: np.ndarray) -> floa
     return float(np.max(scaled))
 
 
-def check(c: dict) -> dict:
+def check(c: FuzzCase) -> dict:
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import jaxcnn
-    c = {**c, "op": "conv"}     # the op itself, for the float64 fuzzer's helpers
+    c = c.replace(op="conv")     # the op itself, for the float64 fuzzer's helpers
     kinds, shapes = zip(*array_shapes(c))
-    rng = np.random.default_rng(c["seed"])
+    rng = np.random.default_rng(c.seed)
     arrays = [rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in shapes]
-    seeded = np.random.default_rng(c["seed"] + 1)
+    seeded = np.random.default_rng(c.seed + 1)
     cotangent = lambda shape: seeded.standard_normal(shape).astype(np.float32).astype(np.float64)
     first_ct: list[np.ndarray] = []
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxcnn.fuzz import checks, configs, torch_side
 from jaxcnn.fuzz.arrays import array_shapes, op_options, relayout
+from jaxcnn.fuzz.configs import FuzzCase
 from jaxcnn.tolerances import RTOL
 
 OPS = ("sharded.conv", "sharded.max_pool", "sharded.avg_pool", "sharded_input")
@@ -84,7 +85,7 @@ def draw_spatial(op: str, rng: random.Random) -> dict:
 
 def draw_input(op: str, rng: random.Random) -> dict:
     inner = rng.choice(["conv", "conv", "conv_transpose", "max_pool", "avg_pool"])
-    c = configs.draw(inner, rng)
+    c = configs.draw_config(inner, rng)
     n = c["n"] = min(c["n"], 3)
     for key in ("kernel", "window", "stride", "dilation", "sizes", "padding", "output_padding"):
         if isinstance(c.get(key), list):
@@ -103,42 +104,42 @@ def draw_input(op: str, rng: random.Random) -> dict:
 
 
 def draw(op: str, rng: random.Random) -> dict:
+    """One configuration in its JSON form (``configs.draw`` makes it a case)."""
     return draw_input(op, rng) if op == "sharded_input" else draw_spatial(op, rng)
 
 
 # ----------------------------------------------------------------------------- expectations
 
-def tiles(c: dict) -> bool:
+def tiles(c: FuzzCase) -> bool:
     """Whether a ``jaxcnn.sharded`` configuration splits: ``stride | m``, ``L / stride``
     outputs (PyTorch's output size) and halos of at most ``m`` samples (``m − 1`` reflecting),
     the left one ``lo`` and the right one ``e − s − lo``."""
-    a, n = c["spatial_axis"], c["n"]
-    plain = {**c, "op": c["inner"]}
-    window = c.get("kernel", c.get("window"))
-    stride, dilation = c["stride"], c["dilation"]
-    if c["inner"] == "conv":
-        lo = torch_side.expected_pads(c["padding"], c["sizes"], window, stride, dilation)[a][0]
+    a, n = c.spatial_axis, c.n
+    plain = c.replace(op=c.inner)
+    window, stride, dilation = c.kernel, c.stride, c.dilation
+    if c.inner == "conv":
+        lo = torch_side.expected_pads(c.padding, c.sizes, window, stride, dilation)[a][0]
         out = torch_side.conv_out_sizes(plain)[a]
     else:
-        lo, out = torch_side.as_list(c["padding"], n)[a], torch_side.pool_out_sizes(plain)[a]
-    length, s = c["sizes"][a], stride[a]
-    local = length // c["shards"]
+        lo, out = torch_side.as_list(c.padding, n)[a], torch_side.pool_out_sizes(plain)[a]
+    length, s = c.sizes[a], stride[a]
+    local = length // c.shards
     extent = dilation[a] * (window[a] - 1) + 1
-    limit = local - 1 if c.get("padding_mode") == "reflect" else local
+    limit = local - 1 if c.padding_mode == "reflect" else local
     return local % s == 0 and out == length // s and max(lo, extent - s - lo) <= limit
 
 
 # ----------------------------------------------------------------------------- the runs
 
-def _mesh(c: dict, name: str):
+def _mesh(c: FuzzCase, name: str):
     from jaxcnn._compat import axis_types, make_mesh
     kinds = axis_types()
-    explicit = c.get("mesh_kind") == "explicit" and kinds
+    explicit = c.mesh_kind == "explicit" and kinds
     kind = (kinds[0] if explicit else kinds[1]) if kinds else None
-    return make_mesh((c["shards"],), (name,), kind), "explicit" if explicit else "auto"
+    return make_mesh((c.shards,), (name,), kind), "explicit" if explicit else "auto"
 
 
-def _sharded(c: dict, unsharded, options: dict, args: list):
+def _sharded(c: FuzzCase, unsharded, options: dict, args: list):
     """The op run sharded as the configuration says: a function of the arrays, the arrays
     (placed on the mesh where the path takes placed inputs), the mesh and the path's name."""
     import jax
@@ -146,56 +147,56 @@ def _sharded(c: dict, unsharded, options: dict, args: list):
     import jaxcnn
     from jaxcnn._compat import shard_map
     mesh, kind = _mesh(c, "d")
-    axis = 0 if c.get("placement") == "batch" else (c.get("spatial_axis", 0) + (1 if c["channels_last"] else 2))
-    spec = P(*("d" if i == axis else None for i in range(c["n"] + 2)))
+    axis = 0 if c.placement == "batch" else ((c.spatial_axis or 0) + (1 if c.channels_last else 2))
+    spec = P(*("d" if i == axis else None for i in range(c.n + 2)))
     replicated = (P(),) * (len(args) - 1)
     placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, (spec, *replicated))]
-    name = f"{c['path']} ({kind})" + (" check_vma" if c["path"] == "shard_map" and c["check_vma"] else "")
-    if c["op"] == "sharded_input" and c["path"] == "jit":
+    name = f"{c.path} ({kind})" + (" check_vma" if c.path == "shard_map" and c.check_vma else "")
+    if c.op == "sharded_input" and c.path == "jit":
         return unsharded, placed, mesh, name
-    if c["op"] == "sharded_input":
-        return shard_map(unsharded, mesh, (spec, *replicated), spec, check=c["check_vma"]), placed, mesh, name
-    op = getattr(jaxcnn.sharded, c["inner"])
-    kwargs = dict(options, axis_name="d", spatial_axis=c["spatial_axis"])
-    if c["path"] == "mesh":
+    if c.op == "sharded_input":
+        return shard_map(unsharded, mesh, (spec, *replicated), spec, check=c.check_vma), placed, mesh, name
+    op = getattr(jaxcnn.sharded, c.inner)
+    kwargs = dict(options, axis_name="d", spatial_axis=c.spatial_axis)
+    if c.path == "mesh":
         return (lambda x, *weights: op(x, *weights, mesh=mesh, **kwargs)), args, mesh, name
     block = lambda x, *weights: op(x, *weights, **kwargs)
-    return shard_map(block, mesh, (spec, *replicated), spec, check=c["check_vma"]), placed, mesh, name
+    return shard_map(block, mesh, (spec, *replicated), spec, check=c.check_vma), placed, mesh, name
 
 
-def check(c: dict) -> dict:
+def check(c: FuzzCase) -> dict:
     import contextlib
 
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import jaxcnn
-    if len(jax.devices()) < c["shards"]:
-        return {"status": "error", "detail": f"{len(jax.devices())} devices; expected {c['shards']}"}
-    if c["path"] == "shard_map" and c["check_vma"] and not hasattr(jax, "shard_map"):
+    if len(jax.devices()) < c.shards:
+        return {"status": "error", "detail": f"{len(jax.devices())} devices; expected {c.shards}"}
+    if c.path == "shard_map" and c.check_vma and not hasattr(jax, "shard_map"):
         return {"status": "skipped", "path": "shard_map check_rep",
                 "detail": "a checked shard_map needs jax.shard_map's check_vma (JAX 0.6 on): "
                           "0.4.30's check_rep has no replication rules for jaxcnn's primitives"}
-    plain = {**c, "op": c["inner"]}
+    plain = c.replace(op=c.inner)
     kinds, shapes = zip(*array_shapes(plain))
-    rng = np.random.default_rng(c["seed"])
+    rng = np.random.default_rng(c.seed)
     args = [jnp.asarray(relayout(plain, rng.standard_normal(s), k, True)) for s, k in zip(shapes, kinds)]
     options = op_options(plain)
-    unsharded = checks.bound_op(getattr(jaxcnn, c["inner"]), plain, options)
-    cotangent = lambda out: jnp.asarray(np.random.default_rng(c["seed"] + 1).standard_normal(out.shape))
-    tangents = ([jnp.asarray(np.random.default_rng(c["seed"] + 2 + i).standard_normal(a.shape))
-                 for i, a in enumerate(args)] if c.get("second_order") else None)
+    unsharded = checks.bound_op(getattr(jaxcnn, c.inner), plain, options)
+    cotangent = lambda out: jnp.asarray(np.random.default_rng(c.seed + 1).standard_normal(out.shape))
+    tangents = ([jnp.asarray(np.random.default_rng(c.seed + 2 + i).standard_normal(a.shape))
+                 for i, a in enumerate(args)] if c.second_order else None)
     f, placed, mesh, path = _sharded(c, unsharded, options, args)
     context = jax.set_mesh(mesh) if "(explicit)" in path else contextlib.nullcontext()
     with context:
         ours = checks.attempt(lambda: checks.run_function(f, placed, cotangent, tangents)[0])
     theirs = checks.attempt(lambda: checks.run_function(unsharded, args, cotangent, tangents)[0])
     expected = None
-    if c["op"] != "sharded_input":
+    if c.op != "sharded_input":
         expected = None if tiles(c) else NOT_TILING
-    elif "(explicit)" in path and c["placement"] == "spatial" and theirs[0] == "ok":
-        axis = 1 if c["channels_last"] else 2
-        expected = UNEVEN if theirs[1][0].shape[axis] % c["shards"] else None
+    elif "(explicit)" in path and c.placement == "spatial" and theirs[0] == "ok":
+        axis = 1 if c.channels_last else 2
+        expected = UNEVEN if theirs[1][0].shape[axis] % c.shards else None
     result = checks.verdict(ours, {"unsharded": theirs}, TOLERANCE, expected_refusal=expected)
     result["path"] = path
     return result
