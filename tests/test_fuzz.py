@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from helpers import full_tier
-from jaxcnn.fuzz import checks, command, configs, drop_in, float32, runner, sharding, torch_side, worker
+from jaxcnn.fuzz import (checks, command, configs, drop_in, float32, runner, sharded_float32, sharding,
+                         torch_side, worker)
 from jaxcnn.fuzz.configs import FuzzCase
 
 HERE = pathlib.Path(__file__).parent
@@ -315,13 +316,16 @@ CI_SAMPLE = int(os.environ.get("JAXCNN_FUZZ_N", str(FULL_SAMPLE if full_tier() e
 
 def test_random_sample_of_every_op(batch):
     """No draw fails, most are compared; in the full tier every op and the newer families' paths
-    too: float32 through the native kernels (where they exist) and XLA, the sharded runs under
-    jit and inside a checked shard_map (the default tier's one round draws some too rarely to
-    require each: its fixed cases above meet every family)."""
+    too: float32 through the native kernels (where they exist) and XLA, batch-sharded under jit
+    through the kernels per shard, the sharded runs under jit and inside a checked shard_map (the
+    default tier's one round draws some too rarely to require each: its fixed cases above meet
+    every family)."""
     pytest.importorskip("torch")
+    from jaxcnn._compat import custom_partitioning
     from jaxcnn._conv import native
     wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
-              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set()))
+              | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set())
+              | ({"jit (auto) native"} if native.available() and custom_partitioning() else set()))
     seed = _rotating_seed()
     results = batch["sample"]
     assert [r["config"]["index"] for r in results] == list(range(CI_SAMPLE))
@@ -516,6 +520,78 @@ def test_sharded_runs_against_the_unsharded_op(batch):
             assert result["refusal"].startswith("padding:"), (name, result)
 
 
+def _sharded_float32(**changes) -> dict:
+    base = dict(_float32(batch=4), op="sharded_float32", inner="conv", devices=8, shards=2,
+                placement="batch", path="jit", mesh_kind="auto", check_vma=True)
+    return {**base, **changes}
+
+
+SHARDED_FLOAT32 = {   # name: (configuration, how it goes in, whether it can take the kernels)
+    "jit, auto mesh": (_sharded_float32(), "jit (auto)", True),
+    "jit, explicit mesh, 3d strided, 4 shards": (_sharded_float32(
+        n=3, kernel=[2, 3, 1], stride=[2, 1, 1], dilation=[1, 1, 2], sizes=[5, 4, 3],
+        padding=[[1, 0], [1, 1], [0, 0]], batch=8, shards=4, mesh_kind="explicit"), "jit (explicit)", True),
+    "checked shard_map": (_sharded_float32(path="shard_map"), "shard_map (auto) check_vma", True),
+    "jit, channels first": (_sharded_float32(channels_last=False), "jit (auto)", False),
+}
+
+
+def test_float32_batch_sharded_runs_take_the_kernels_per_shard_and_agree(batch):
+    """Batch-sharded float32 convs under jit (Auto and Explicit meshes) and in a checked
+    shard_map: value and both gradients against PyTorch and the unsharded op at float32's
+    tolerance; where the kernels apply, the compiled program calls them and every call reads
+    one shard's samples (``N / shards``; read from the compiled program)."""
+    pytest.importorskip("torch")
+    from jaxcnn._compat import custom_partitioning
+    from jaxcnn._conv import native
+    results = batch["sharded_float32"]
+    assert [r["config"]["name"] for r in results] == list(SHARDED_FLOAT32)
+    for result in results:
+        name = result["config"]["name"]
+        config, way_in, kernels = SHARDED_FLOAT32[name]
+        kernels = kernels and native.available() and (
+            way_in.startswith("shard_map") or custom_partitioning() is not None)
+        assert (result["status"], result["path"]) == ("ok", f"{way_in} {'native' if kernels else 'xla'}"), (name, result)
+        assert {f"{side}:{label}" for side in ("torch", "unsharded") for label in ("y", "d0", "d1", "d2")
+                } == set(result["errors"]), (name, result["errors"])
+        shard = config["batch"] // config["shards"]
+        assert result["kernel_batches"] == ([shard] * len(result["kernel_batches"]) if kernels else []), name
+        assert len(result["kernel_batches"]) >= kernels, name
+
+
+def test_kernel_batches_reads_each_kernel_calls_samples():
+    """From a compiled program's text (the form ``Compiled.as_text`` writes): the leading size of
+    each kernel call's first operand; other custom calls are not kernels."""
+    text = ('%ffi_call.1 = f32[2,5,32]{2,1,0} custom-call(%param, %param.1), custom_call_target='
+            '"jaxcnn_conv", operand_layout_constraints={f32[2,6,16]{2,1,0}, f32[2,16,32]{2,1,0}}\n'
+            '%ffi_call.0 = f32[2,16,32]{2,1,0} custom-call(%a, %b), custom_call_target='
+            '"jaxcnn_weight_grad", operand_layout_constraints={f32[4,6,16]{2,1,0}, f32[4,5,32]{2,1,0}}\n'
+            '%other = f32[8]{0} custom-call(%c), custom_call_target="Sharding", '
+            'operand_layout_constraints={f32[8]{0}}')
+    assert sharded_float32.kernel_batches(text) == [2, 4]
+
+
+@pytest.mark.x64          # the check turns x64 on, as a worker does
+@pytest.mark.multidevice
+def test_a_constant_cotangent_would_gather_the_input_gradients_kernel(monkeypatch):
+    """Why the sharded float32 check passes the cotangent as an argument split as ``y``: a
+    constant is whole on every device, and the input gradient's kernel then reads the whole
+    batch (``kernel_batches`` sees it); split, every call reads one shard."""
+    from jaxcnn._compat import custom_partitioning
+    from jaxcnn._conv import native
+    if not native.available() or custom_partitioning() is None:
+        pytest.skip("no native kernels, or no custom partitioning, here")
+    c = FuzzCase.from_dict(_sharded_float32(bias=False))
+    result = sharded_float32.check(c)
+    assert result["status"] == "ok" and set(result["kernel_batches"]) == {2}, result
+    real = checks.run_function
+    monkeypatch.setattr(checks, "run_function",
+                        lambda *a, **k: real(*a, **{**k, "cotangent_argument": False}))
+    gathered = sharded_float32.check(c)
+    assert gathered["status"] == "ok" and 4 in gathered["kernel_batches"], gathered
+    assert gathered["path"] == "jit (auto) native unsplit"
+
+
 # ----------------------------------------------------------------------------- one batch
 
 def _batch_groups() -> dict[str, list[dict]]:
@@ -523,6 +599,7 @@ def _batch_groups() -> dict[str, list[dict]]:
     that compare with PyTorch only where it is installed)."""
     groups = {"drop_in": _named(DROP_IN), "sharded": _named(SHARDED)}
     if HAS_TORCH:
+        groups["sharded_float32"] = _named(SHARDED_FLOAT32)
         groups.update(regressions=[case["config"] for case in _regressions()],
                       group_norm=_named(GROUP_NORM), empty_group_norm=EMPTY_GROUP_NORM,
                       float32=[{**c, "name": k} for k, c in FLOAT32.items()],

@@ -73,12 +73,17 @@ def _typed_like(ct: Any, y: Any) -> Any:
     return jax.sharding.reshard(ct, jax.sharding.PartitionSpec(*spec))
 
 
-def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | None = None
+def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | None = None,
+                 compiled_text: bool = False, cotangent_argument: bool = False
                  ) -> tuple[list[np.ndarray], str]:
     """``f``'s value and VJP for ``cotangent(out)`` (``out`` its ShapeDtypeStruct), and with
     ``tangents`` the second order (the gradient of ``⟨VJP, tangents⟩``), under ``jax.jit``, in
-    ``f``'s own layout; and the lowered text of the first order. A ``ValueError`` or
-    ``TypeError`` from ``f`` on abstract values is a refusal."""
+    ``f``'s own layout; and the lowered text of the first order, with ``compiled_text`` that of
+    its compiled program after it (where the SPMD partitioner writes what a
+    ``custom_partitioning`` op runs per shard). The cotangent is a constant of the program, or
+    with ``cotangent_argument`` an argument, sharded as ``cotangent`` placed it (a constant is
+    whole on every device: the input gradient would read every sample everywhere). A
+    ``ValueError`` or ``TypeError`` from ``f`` on abstract values is a refusal."""
     import jax
     import jax.numpy as jnp
     try:
@@ -91,8 +96,15 @@ def run_function(f: Callable, args: list, cotangent: Callable, tangents: list | 
         y, pull = jax.vjp(f, *a)
         return y, pull(_typed_like(ct, y))
 
-    text, compiled = _lowered_and_compiled(vjp, *args)
-    y, grads = compiled(*args)
+    def vjp_with(*a_and_ct):
+        y, pull = jax.vjp(f, *a_and_ct[:-1])
+        return y, pull(_typed_like(a_and_ct[-1], y))
+
+    first, inputs = (vjp_with, [*args, ct]) if cotangent_argument else (vjp, args)
+    text, compiled = _lowered_and_compiled(first, *inputs)
+    if compiled_text:
+        text += "\n" + compiled.as_text()
+    y, grads = compiled(*inputs)
     results = [np.asarray(y)] + [np.asarray(g) for g in grads]
     if tangents is not None:
         h = lambda *a: jnp.real(sum(jnp.sum(jnp.conj(_typed_like(t, g)) * g)

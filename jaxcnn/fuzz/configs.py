@@ -31,7 +31,8 @@ NORM_OPS = ("group_norm",)
 FAMILIES = {"conv_float32": "float32",
             "lax.conv_general_dilated": "drop_in", "lax.conv_transpose": "drop_in",
             "sharded.conv": "sharding", "sharded.max_pool": "sharding",
-            "sharded.avg_pool": "sharding", "sharded_input": "sharding"}
+            "sharded.avg_pool": "sharding", "sharded_input": "sharding",
+            "sharded_float32": "sharded_float32"}
 OPS = CONV_OPS + POOL_OPS + NORM_OPS + tuple(FAMILIES)
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
 MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
@@ -162,9 +163,16 @@ def draw(op: str, rng: random.Random) -> "FuzzCase":
 
 
 # Turns an op takes in each round of draws (1 if not named): float32 channels-last conv is what
-# users run on a CPU and the only draw that reaches the native kernels (about 60 % of its draws
-# do), so it takes 7 of a round of 22, ~1,800 native configurations in 10,000.
-TURNS = {"conv_float32": 7}
+# users run on a CPU and the draw that reaches the native kernels most (about 60 % of its draws
+# do), so it takes 7 of a round of 24, ~1,700 native configurations in 10,000; its batch-sharded
+# runs (the kernels per shard) take 2.
+TURNS = {"conv_float32": 7, "sharded_float32": 2}
+# Ops added after runs were published, each drawn from a stream of its own (seeded by the seed
+# and the op's name) at the end of each round: the ops before them draw from the seed's stream
+# exactly what they drew before, in the same order (a published configuration is drawn again,
+# at its position among the new turns; ``--ops`` without the new ops draws the old list
+# itself, index for index), and ``draw_many(n)`` stays a prefix of ``draw_many(n + k)``.
+OWN_STREAM = ("sharded_float32",)
 
 
 def rotation(ops=OPS) -> list[str]:
@@ -176,9 +184,11 @@ def draw_many(n: int, seed: int, ops=OPS) -> list["FuzzCase"]:
     """``n`` configurations, the ops taken in turn (a ``rotation`` round after round),
     reproducible from ``seed``; each carries its index so that a failure names the draw that
     made it."""
+    streams = {op: random.Random(f"{seed}/{op}") for op in OWN_STREAM}
     rng = random.Random(seed)
     turns = rotation(ops)
-    return [draw(turns[i % len(turns)], rng).extended(index=i) for i in range(n)]
+    return [draw(op, streams.get(op, rng)).extended(index=i)
+            for i, op in ((i, turns[i % len(turns)]) for i in range(n))]
 
 
 # ----------------------------------------------------------------------------- the case type

@@ -139,9 +139,10 @@ def _mesh(c: FuzzCase, name: str):
     return make_mesh((c.shards,), (name,), kind), "explicit" if explicit else "auto"
 
 
-def _sharded(c: FuzzCase, unsharded, options: dict, args: list):
-    """The op run sharded as the configuration says: a function of the arrays, the arrays
-    (placed on the mesh where the path takes placed inputs), the mesh and the path's name."""
+def sharded(c: FuzzCase, unsharded, options: dict, args: list):
+    """The op run sharded as the configuration says (a ``placement``: a plain op on sharded
+    inputs; none: ``jaxcnn.sharded.<inner>``): a function of the arrays, the arrays (placed on
+    the mesh where the path takes placed inputs), the mesh and the path's name."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
     import jaxcnn
@@ -152,9 +153,9 @@ def _sharded(c: FuzzCase, unsharded, options: dict, args: list):
     replicated = (P(),) * (len(args) - 1)
     placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, (spec, *replicated))]
     name = f"{c.path} ({kind})" + (" check_vma" if c.path == "shard_map" and c.check_vma else "")
-    if c.op == "sharded_input" and c.path == "jit":
+    if c.placement is not None and c.path == "jit":
         return unsharded, placed, mesh, name
-    if c.op == "sharded_input":
+    if c.placement is not None:
         return shard_map(unsharded, mesh, (spec, *replicated), spec, check=c.check_vma), placed, mesh, name
     op = getattr(jaxcnn.sharded, c.inner)
     kwargs = dict(options, axis_name="d", spatial_axis=c.spatial_axis)
@@ -164,6 +165,19 @@ def _sharded(c: FuzzCase, unsharded, options: dict, args: list):
     return shard_map(block, mesh, (spec, *replicated), spec, check=c.check_vma), placed, mesh, name
 
 
+def unrunnable(c: FuzzCase) -> dict | None:
+    """The result of a configuration this process or release cannot run (too few devices: an
+    error; a checked shard_map before JAX 0.6: skipped), else None."""
+    import jax
+    if len(jax.devices()) < c.shards:
+        return {"status": "error", "detail": f"{len(jax.devices())} devices; expected {c.shards}"}
+    if c.path == "shard_map" and c.check_vma and not hasattr(jax, "shard_map"):
+        return {"status": "skipped", "path": "shard_map check_rep",
+                "detail": "a checked shard_map needs jax.shard_map's check_vma (JAX 0.6 on): "
+                          "0.4.30's check_rep has no replication rules for jaxcnn's primitives"}
+    return None
+
+
 def check(c: FuzzCase) -> dict:
     import contextlib
 
@@ -171,12 +185,9 @@ def check(c: FuzzCase) -> dict:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import jaxcnn
-    if len(jax.devices()) < c.shards:
-        return {"status": "error", "detail": f"{len(jax.devices())} devices; expected {c.shards}"}
-    if c.path == "shard_map" and c.check_vma and not hasattr(jax, "shard_map"):
-        return {"status": "skipped", "path": "shard_map check_rep",
-                "detail": "a checked shard_map needs jax.shard_map's check_vma (JAX 0.6 on): "
-                          "0.4.30's check_rep has no replication rules for jaxcnn's primitives"}
+    cannot = unrunnable(c)
+    if cannot is not None:
+        return cannot
     plain = c.replace(op=c.inner)
     kinds, shapes = zip(*array_shapes(plain))
     rng = np.random.default_rng(c.seed)
@@ -186,7 +197,7 @@ def check(c: FuzzCase) -> dict:
     cotangent = lambda out: jnp.asarray(np.random.default_rng(c.seed + 1).standard_normal(out.shape))
     tangents = ([jnp.asarray(np.random.default_rng(c.seed + 2 + i).standard_normal(a.shape))
                  for i, a in enumerate(args)] if c.second_order else None)
-    f, placed, mesh, path = _sharded(c, unsharded, options, args)
+    f, placed, mesh, path = sharded(c, unsharded, options, args)
     context = jax.set_mesh(mesh) if "(explicit)" in path else contextlib.nullcontext()
     with context:
         ours = checks.attempt(lambda: checks.run_function(f, placed, cotangent, tangents)[0])
