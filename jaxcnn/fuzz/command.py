@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
            else f"--n {options.n} --seed {options.seed} --ops {','.join(ops)}")
     native = sum("native" in r.get("path", "").split() for r in results)
     header = (f"`jaxcnn fuzz {run}`: {len(results)} configurations in {seconds:.0f} s, "
-              f"{len(failures)} failures, {native} on the native kernels (read from each "
-              f"lowered program).\n\n")
+              f"{len(failures)} failures, {native} on the native kernels (read from each program "
+              f"compiled or lowered).\n\n")
     atomic_write(out / "summary.md", header + table + "\n")
     atomic_write(out / "failures.json", json.dumps(failures, indent=1, default=str))
     atomic_write(out / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
