@@ -47,6 +47,7 @@ from jax.interpreters import ad, batching
 
 from jaxcnn._args import check_bool, normalize_global_pool, normalize_pool
 from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
+from jaxcnn._conv.native import pooling
 from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
@@ -72,20 +73,34 @@ def _unpooled(a, *, spec, **_) -> ShapedArray:
 # Forward: the max; its JVP needs the argmax (int32, no derivative) and the gather.
 
 
-def _max_pool_compute(x, *, spec):
+# On the CPU, float32 and channels last, each map runs a native kernel (``jaxcnn._conv.native
+# .pooling``), split per batch shard where XLA's partitioner splits the op; elsewhere the XLA form.
+NATIVE = dict(platforms=("cpu",), splits_custom_calls=lambda a, *_, spec, **__: pooling.may_use(spec, a.dtype))
+
+
+def _native(spec, platform, *arrays) -> bool:
+    """Whether this lowering of a map on ``arrays`` runs its native kernel."""
+    return pooling.uses_kernels(spec, arrays[0].dtype, platform, tuple(a.shape for a in arrays))
+
+
+def _max_pool_compute(x, *, spec, platform=None):
+    if _native(spec, platform, x):
+        return pooling.native_max_pool(x, spec)
     return max_pool_argmax(x, spec)[0]
 
 
-max_pool_p = make_primitive("max_pool", _max_pool_compute, _pooled)
+max_pool_p = make_primitive("max_pool", _max_pool_compute, _pooled, **NATIVE)
 
 
-def _argmax_compute(x, *, spec):
+def _argmax_compute(x, *, spec, platform=None):
     """Each window's argmax, the same scan either way: unrolled (one fused pass) where its
     consumer, the scatter, is a loop that reads it from memory; as a loop itself where the
     windows tile the input (the scatter is then one select, into which XLA fused the unrolled
     scan, and the GroupNorm and ReLU before it, once per sample of each window: clips-cnn3d
     13 of a 50 ms step). Loops only where XLA compiles them sanely
     (``jaxcnn._compat.MAX_POOL_ARGMAX_LOOP``)."""
+    if _native(spec, platform, x):
+        return pooling.native_argmax(x, spec)
     if MAX_POOL_ARGMAX_LOOP and windows_tile_input(spec):
         return max_pool_argmax_loop(x, spec)
     return max_pool_argmax(x, spec)[1]
@@ -95,10 +110,12 @@ def _argmax_abstract_eval(x, *, spec):
     return ShapedArray(_pooled(x, spec=spec).shape, jnp.int32)
 
 
-argmax_p = make_primitive("max_pool_argmax", _argmax_compute, _argmax_abstract_eval)
+argmax_p = make_primitive("max_pool_argmax", _argmax_compute, _argmax_abstract_eval, **NATIVE)
 
 
-def _gather_compute(v, argmax, *, spec):
+def _gather_compute(v, argmax, *, spec, platform=None):
+    if _native(spec, platform, v, argmax):
+        return pooling.native_max_pool_gather(v, argmax, spec)
     return max_pool_gather(v, argmax, spec)
 
 
@@ -106,10 +123,12 @@ def _gather_abstract_eval(v, argmax, *, spec):
     return ShapedArray(argmax.shape, v.dtype)
 
 
-gather_p = make_primitive("max_pool_gather", _gather_compute, _gather_abstract_eval)
+gather_p = make_primitive("max_pool_gather", _gather_compute, _gather_abstract_eval, **NATIVE)
 
 
-def _scatter_compute(dy, argmax, *, spec):
+def _scatter_compute(dy, argmax, *, spec, platform=None):
+    if _native(spec, platform, dy, argmax):
+        return pooling.native_max_pool_scatter(dy, argmax, spec)
     return max_pool_scatter(dy, argmax, spec)
 
 
@@ -117,7 +136,7 @@ def _scatter_abstract_eval(dy, argmax, *, spec):
     return _unpooled(dy, spec=spec)
 
 
-scatter_p = make_primitive("max_pool_scatter", _scatter_compute, _scatter_abstract_eval)
+scatter_p = make_primitive("max_pool_scatter", _scatter_compute, _scatter_abstract_eval, **NATIVE)
 
 
 def _max_pool_jvp(primals, tangents, *, spec):
@@ -161,16 +180,20 @@ ad.primitive_transposes[scatter_p] = _scatter_transpose
 # spread over each window, and the transpose's transpose is avg_pool again.
 
 
-def _avg_pool_compute(x, *, spec, count_include_pad):
+def _avg_pool_compute(x, *, spec, count_include_pad, platform=None):
+    if _native(spec, platform, x):
+        return pooling.native_avg_pool(x, spec, count_include_pad)
     return window_average(x, spec, count_include_pad)
 
 
-def _avg_pool_transpose_compute(dy, *, spec, count_include_pad):
+def _avg_pool_transpose_compute(dy, *, spec, count_include_pad, platform=None):
+    if _native(spec, platform, dy):
+        return pooling.native_avg_pool_transpose(dy, spec, count_include_pad)
     return avg_pool_transpose(dy, spec, count_include_pad)
 
 
-avg_pool_p = make_primitive("avg_pool", _avg_pool_compute, _pooled)
-avg_pool_transpose_p = make_primitive("avg_pool_transpose", _avg_pool_transpose_compute, _unpooled)
+avg_pool_p = make_primitive("avg_pool", _avg_pool_compute, _pooled, **NATIVE)
+avg_pool_transpose_p = make_primitive("avg_pool_transpose", _avg_pool_transpose_compute, _unpooled, **NATIVE)
 
 
 def _avg_pool_transpose_rule(ct, x, **params):

@@ -350,7 +350,7 @@ _BUILD_IN_A_PROCESS = """
 import sys
 from pathlib import Path
 from jaxcnn._conv import native
-native.SOURCE = Path(sys.argv[1])
+native.SOURCES, native.HEADERS = (Path(sys.argv[1]),), ()
 print(native._build(sys.argv[2]))
 """
 
@@ -368,7 +368,8 @@ def test_one_build_per_key_across_threads_and_processes(monkeypatch, tmp_path):
     wrapper.chmod(0o755)
     source = tmp_path / "probe.cc"
     source.write_text('extern "C" int jaxcnn_probe() { return 1; }\n')
-    monkeypatch.setattr(native, "SOURCE", source)
+    monkeypatch.setattr(native, "SOURCES", (source,))
+    monkeypatch.setattr(native, "HEADERS", ())
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     processes = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(source), str(tmp_path)],
@@ -381,7 +382,7 @@ def test_one_build_per_key_across_threads_and_processes(monkeypatch, tmp_path):
         built.append(Path(out.strip().splitlines()[-1]))
     assert len(log.read_text().split()) == 1
     assert len(set(built)) == 1 and built[0].exists()
-    assert sorted(p.name for p in built[0].parent.iterdir()) == ["build.lock", "conv_cpu.so"]
+    assert sorted(p.name for p in built[0].parent.iterdir()) == ["build.lock", "kernels.so"]
 
 
 def _bad_geometry_cases():

@@ -68,7 +68,10 @@ from jaxcnn._conv.native.partition import split_by_batch
 from jaxcnn._conv.pieces import flip_swap_io
 from jaxcnn._primitives import partitioning_mesh
 
-SOURCE = Path(__file__).parent / "conv_cpu.cc"
+SOURCES = tuple(Path(__file__).parent / name for name in ("conv_cpu.cc", "pool_cpu.cc"))
+HEADERS = (Path(__file__).parent / "parallel.h",)
+"""The library's translation units (the conv kernels, the pooling kernels: ``pooling``) and the
+header they share; the cache key covers every one."""
 ENV = "JAXCNN_NATIVE"
 ISA_ENV = "JAXCNN_NATIVE_ISA"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wextra")
@@ -76,7 +79,10 @@ ISAS = {"native": (), "avx2": ("-mno-avx512f",)}
 """The instruction sets a build can take (``JAXCNN_NATIVE_ISA``): all of this CPU's, AVX-512 where
 it has it (16 floats a vector), or ``avx2``, AVX-512 off (8 floats, the build of a CPU without it:
 tested beside the native one where this CPU has AVX-512)."""
-TARGETS = {"jaxcnn_conv": "JaxcnnConv", "jaxcnn_weight_grad": "JaxcnnWeightGrad"}
+TARGETS = {"jaxcnn_conv": "JaxcnnConv", "jaxcnn_weight_grad": "JaxcnnWeightGrad",
+           "jaxcnn_max_pool": "JaxcnnMaxPool", "jaxcnn_max_pool_gather": "JaxcnnMaxPoolGather",
+           "jaxcnn_max_pool_scatter": "JaxcnnMaxPoolScatter", "jaxcnn_avg_pool": "JaxcnnAvgPool",
+           "jaxcnn_avg_pool_transpose": "JaxcnnAvgPoolTranspose"}
 MIN_CHANNELS = 8
 """Input channels below this run the XLA forms: the row table costs as much as the products
 (the clips model's 1 → 16 layer, 7 ms vs 3 for the depth fold)."""
@@ -110,9 +116,9 @@ def _jaxlib_version() -> str:
 
 
 def _cache_key(compiler_version: str, flags: tuple[str, ...]) -> str:
-    """Everything the library depends on: the source, the flags, the compiler, the versions of
+    """Everything the library depends on: every source and header, the flags, the compiler, the versions of
     JAX and of jaxlib (whose FFI headers it includes) and the CPU's features."""
-    parts = [SOURCE.read_text(), " ".join(flags), compiler_version, jax.__version__, _jaxlib_version(),
+    parts = [*(path.read_text() for path in (*SOURCES, *HEADERS)), " ".join(flags), compiler_version, jax.__version__, _jaxlib_version(),
              _cpu_features()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
@@ -120,7 +126,7 @@ def _cache_key(compiler_version: str, flags: tuple[str, ...]) -> str:
 def _command(compiler: str, flags: tuple[str, ...], include_dir: str, output: str) -> list[str]:
     """The compile command; JAX's headers are system headers (``-isystem``), so only warnings of
     ours are shown."""
-    return [compiler, *flags, "-isystem", include_dir, str(SOURCE), "-o", output]
+    return [compiler, *flags, "-isystem", include_dir, *map(str, SOURCES), "-o", output]
 
 
 def _build(include_dir: str, isa: str = "native") -> Path:
@@ -132,7 +138,7 @@ def _build(include_dir: str, isa: str = "native") -> Path:
     compiler, flags = _compiler(), (*FLAGS, *ISAS[isa])
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     folder = _cache_dir() / _cache_key(version, flags)
-    target = folder / "conv_cpu.so"
+    target = folder / "kernels.so"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jaxcnn_native::guarded;
+using jaxcnn_native::parallel_chunks;
+using jaxcnn_native::worker_count;
 
 #if defined(__AVX512F__)
 constexpr int V = 16;        // floats per vector register
@@ -44,6 +48,8 @@ constexpr int REGS = 12;     // of 16
 typedef float vec __attribute__((vector_size(V * 4)));
 
 namespace {
+
+constexpr const char* kWho = "jaxcnn native conv";   // in its errors
 
 // Vectors move in and out of the float buffers by memcpy, which compiles to one unaligned
 // vector move: a load through a cast `vec*` would read floats as another type, which strict
@@ -92,46 +98,6 @@ void row_table(const Geometry& g, const float* x, const float* zeros, int64_t fi
   }
 }
 
-// Work split over the thread pool: chunks claimed from an atomic counter by the caller and by
-// helpers; the caller waits only for chunks a helper has claimed (and so is running), so a
-// pool whose threads are all busy elsewhere cannot deadlock it: the caller then does them all.
-// A helper that starts after the last chunk was claimed touches nothing but the shared counters.
-// An exception in a chunk (an allocation that failed) must not leave its thread (the pool would
-// terminate the process): it is caught there, the chunks not yet started are skipped, and the
-// caller returns it as an FFI error once every claimed chunk is done.
-enum class Failure : int { kNone, kMemory, kOther };
-
-template <typename Body>
-ffi::Error parallel_chunks(ffi::ThreadPool& pool, int64_t chunks, int64_t workers, Body body) {
-  struct State { std::atomic<int64_t> next{0}, done{0}; std::atomic<Failure> failure{Failure::kNone}; };
-  auto state = std::make_shared<State>();
-  auto work = [state, chunks, body]() {
-    int64_t mine;
-    while ((mine = state->next.fetch_add(1)) < chunks) {
-      if (state->failure.load() == Failure::kNone) {
-        try {
-          body(mine);
-        } catch (const std::bad_alloc&) {
-          state->failure.store(Failure::kMemory);
-        } catch (...) {
-          state->failure.store(Failure::kOther);
-        }
-      }
-      state->done.fetch_add(1);
-    }
-  };
-  int64_t helpers = std::min<int64_t>(workers - 1, chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
-  work();
-  while (state->done.load() < chunks) std::this_thread::yield();
-  switch (state->failure.load()) {
-    case Failure::kNone: return ffi::Error::Success();
-    case Failure::kMemory:
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory in a kernel thread");
-    default: return ffi::Error::Internal("jaxcnn native conv: a worker failed");
-  }
-}
-
 // f(std::integral_constant<int, OB>{}, v) for each run of OB ≤ 4 vectors of output channels
 // starting at vector v: the register blocks are compiled for each OB.
 template <typename F>
@@ -144,10 +110,6 @@ void for_vector_runs(int64_t vectors, F f) {
       default: f(std::integral_constant<int, 4>{}, v); v += 4; break;
     }
   }
-}
-
-int64_t worker_count(ffi::ThreadPool& pool) {
-  return std::max<int64_t>(1, pool.num_threads());
 }
 
 // ------------------------------------------------------------------------------------ conv
@@ -223,7 +185,7 @@ ffi::Error conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
   const int64_t m = g.positions(), vectors = g.o / V;
   // 240 positions a chunk: whole blocks of every P (16, 12, 8, 6; 8, 6, 4, 3 without AVX-512)
   const int64_t block = 240, chunks = (m + block - 1) / block;
-  return parallel_chunks(pool, chunks, worker_count(pool), [&](int64_t chunk) {
+  return parallel_chunks(kWho, pool, chunks, worker_count(pool), [&](int64_t chunk) {
     int64_t first = chunk * block, last = std::min(m, first + block);
     for_vector_runs(vectors, [&](auto ob, int64_t v) {
       conv_range_any<decltype(ob)::value>(g, x, w, y, zeros.data(), first, last, v * V);
@@ -280,7 +242,7 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
   const int64_t budget = std::max<int64_t>(1, (int64_t{16} << 20) / (size * 4));   // 16 MiB of partials
   const int64_t groups = std::max<int64_t>(1, std::min({2 * worker_count(pool), chunks, budget}));
   std::vector<std::vector<float>> partial(groups);
-  ffi::Error done = parallel_chunks(pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
+  ffi::Error done = parallel_chunks(kWho, pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
     std::vector<float>& mine = partial[group];
     mine.assign(size, 0.0f);
     std::vector<const float*> table(block * g.taps());
@@ -303,7 +265,7 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
 // ------------------------------------------------------------------------------------- FFI
 
 ffi::Error invalid(const std::string& what) {
-  return ffi::Error::InvalidArgument("jaxcnn native conv: " + what);
+  return ffi::Error::InvalidArgument(std::string(kWho) + ": " + what);
 }
 
 std::string str(int64_t value) { return std::to_string(value); }
@@ -352,29 +314,18 @@ ffi::Error geometry(Geometry& g, ffi::Span<const int64_t> sizes, ffi::Span<const
   return ffi::Error::Success();
 }
 
-// The kernels allocate (row tables, partial sums); a failure in the calling thread is caught here,
-// one in a worker by parallel_chunks.
-template <typename Kernel>
-ffi::Error guarded(Kernel kernel) {
-  try {
-    return kernel();
-  } catch (const std::bad_alloc&) {
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxcnn native conv: out of memory");
-  }
-}
-
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                     ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> sizes) {
   Geometry g;
   if (auto e = geometry(g, sizes, x.dimensions(), w.dimensions(), y->dimensions()); e.failure()) return e;
-  return guarded([&] { return conv(pool, g, x.typed_data(), w.typed_data(), y->typed_data()); });
+  return guarded(kWho, [&] { return conv(pool, g, x.typed_data(), w.typed_data(), y->typed_data()); });
 }
 
 ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> sizes) {
   Geometry g;
   if (auto e = geometry(g, sizes, x.dimensions(), dw->dimensions(), dy.dimensions()); e.failure()) return e;
-  return guarded([&] { return weight_grad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data()); });
+  return guarded(kWho, [&] { return weight_grad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data()); });
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxcnn._compat import custom_partitioning
 
-__all__ = ["split_by_batch", "sharding_rule"]
+__all__ = ["split_by_batch", "sharding_rule", "split_per_sample", "per_sample_rule"]
 
 
 def sharding_rule(rank: int, summed: bool) -> tuple[str, dict[str, tuple[str, ...]]]:
@@ -125,3 +125,39 @@ def _whole(call: Callable, shape: tuple[int, ...]) -> Callable:
     def whole(a, b):
         return call(a, b, shape)
     return whole
+
+
+def per_sample_rule(pooled: tuple[bool, ...], result_pooled: bool, rank: int) -> tuple[str, dict]:
+    """The einsum-like rule of a pooling kernel call (``pooling``): every operand and the result
+    ``b <spatial> c``, the spatial factors ``t…`` where the array has the pooled sizes, ``s…``
+    where the input's. Every factor but the batch ``b`` needs replication (a window reads its
+    neighbours' rows; the channels, which could split, are small)."""
+    axes = range(rank - 2)
+
+    def term(is_pooled: bool) -> str:
+        return " ".join(["b", *(f"{'t' if is_pooled else 's'}{a}" for a in axes), "c"])
+    rule = f"{', '.join(term(p) for p in pooled)} -> {term(result_pooled)}"
+    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+    return rule, {"need_replication_factors": tuple(f for f in order if f != "b")}
+
+
+def split_per_sample(call: Callable[..., jax.Array], operands: tuple[jax.Array, ...],
+                     pooled: tuple[bool, ...], result_pooled: bool) -> jax.Array:
+    """``call(*operands)``, a pooling kernel whose every operand and result is batch-leading and
+    whose every sample is computed from the same sample alone (no sum over the batch): one call
+    per batch shard on its local samples, the result sharded like the operands. ``pooled`` says
+    which operands (and ``result_pooled`` whether the result) have the pooled spatial sizes."""
+    rule, factors = per_sample_rule(pooled, result_pooled, operands[0].ndim)
+    batch = operands[0].shape[0]
+
+    def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
+        return _along(mesh, _batch_axes(mesh, arg_shapes[0].sharding, batch))
+
+    def partition(mesh, arg_shapes, result_shape):
+        along = _along(mesh, _batch_axes(mesh, arg_shapes[0].sharding, batch))
+        return mesh, call, along, (along,) * len(operands)
+
+    split = custom_partitioning()(call)
+    split.def_partition(partition, infer_sharding_from_operands=infer_sharding_from_operands,
+                        sharding_rule=rule, **factors)
+    return split(*operands)
