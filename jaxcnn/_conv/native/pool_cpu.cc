@@ -48,40 +48,45 @@ struct Pool {
   int64_t taps() const { return k[0] * k[1] * k[2]; }
   int64_t per_sample() const { return out[0] * out[1] * out[2]; }
   int64_t in_per_sample() const { return in[0] * in[1] * in[2]; }
+  // The windows tile the input: each input sample is read by exactly one tap of one window.
+  bool tiled() const {
+    for (int a = 0; a < 3; ++a)
+      if (s[a] != k[a] || (d[a] != 1 && k[a] != 1) || lo[a] != 0 || in[a] != out[a] * k[a]) return false;
+    return true;
+  }
 };
 
-// rows[t]: the input row (sample and position, in units of c floats) that tap t of output
-// position `pos` reads, or -1 where it reads the padding. Each axis's coordinates are worked out
-// once per window offset, a tap's row is the sum of three.
-void tap_rows(const Pool& g, int64_t pos, std::vector<int64_t>& part, int64_t* rows) {
-  int64_t i[3], rest = pos;
-  i[2] = rest % g.out[2]; rest /= g.out[2];
-  i[1] = rest % g.out[1]; rest /= g.out[1];
-  i[0] = rest % g.out[0]; const int64_t b = rest / g.out[0];
-  const int64_t pitch[3] = {g.in[1] * g.in[2], g.in[2], 1};
-  int64_t* axis[3] = {part.data(), part.data() + g.k[0], part.data() + g.k[0] + g.k[1]};
-  for (int a = 0; a < 3; ++a)
-    for (int64_t k = 0; k < g.k[a]; ++k) {
-      int64_t at = i[a] * g.s[a] + k * g.d[a] - g.lo[a];
-      axis[a][k] = at >= 0 && at < g.in[a] ? at * pitch[a] : -1;
-    }
-  const int64_t base = b * g.in_per_sample();
-  int64_t t = 0;
-  for (int64_t k0 = 0; k0 < g.k[0]; ++k0)
-    for (int64_t k1 = 0; k1 < g.k[1]; ++k1)
-      for (int64_t k2 = 0; k2 < g.k[2]; ++k2, ++t) {
-        int64_t a0 = axis[0][k0], a1 = axis[1][k1], a2 = axis[2][k2];
-        rows[t] = (a0 < 0 || a1 < 0 || a2 < 0) ? -1 : base + a0 + a1 + a2;
-      }
-}
-
-// f(pos, rows) for every output position of [first, last), with its tap rows.
+// f(pos, rows, i) for every output position pos of [first, last), i its coordinates: rows[t] is the input row (sample
+// and position, in units of c floats) that tap t reads, or -1 where it reads the padding. The
+// position's coordinates are stepped, not divided out, and each axis's coordinate is worked out
+// once per window offset of the axes before it.
 template <typename F>
 void for_positions(const Pool& g, int64_t first, int64_t last, F f) {
-  std::vector<int64_t> part(g.k[0] + g.k[1] + g.k[2]), rows(g.taps());
+  std::vector<int64_t> rows(g.taps());
+  int64_t i[3], rest = first;
+  i[2] = rest % g.out[2]; rest /= g.out[2];
+  i[1] = rest % g.out[1]; rest /= g.out[1];
+  i[0] = rest % g.out[0]; int64_t b = rest / g.out[0];
   for (int64_t pos = first; pos < last; ++pos) {
-    tap_rows(g, pos, part, rows.data());
-    f(pos, rows.data());
+    int64_t t = 0;
+    for (int64_t k0 = 0; k0 < g.k[0]; ++k0) {
+      const int64_t a0 = i[0] * g.s[0] + k0 * g.d[0] - g.lo[0];
+      const bool in0 = a0 >= 0 && a0 < g.in[0];
+      const int64_t row0 = (b * g.in[0] + a0) * g.in[1];
+      for (int64_t k1 = 0; k1 < g.k[1]; ++k1) {
+        const int64_t a1 = i[1] * g.s[1] + k1 * g.d[1] - g.lo[1];
+        const bool in1 = in0 && a1 >= 0 && a1 < g.in[1];
+        const int64_t row1 = (row0 + a1) * g.in[2];
+        for (int64_t k2 = 0; k2 < g.k[2]; ++k2, ++t) {
+          const int64_t a2 = i[2] * g.s[2] + k2 * g.d[2] - g.lo[2];
+          rows[t] = in1 && a2 >= 0 && a2 < g.in[2] ? row1 + a2 : -1;
+        }
+      }
+    }
+    f(pos, static_cast<const int64_t*>(rows.data()), static_cast<const int64_t*>(i));
+    if (++i[2] == g.out[2]) { i[2] = 0;
+      if (++i[1] == g.out[1]) { i[1] = 0;
+        if (++i[0] == g.out[0]) { i[0] = 0; ++b; } } }
   }
 }
 
@@ -97,15 +102,16 @@ ffi::Error over_positions(ffi::ThreadPool& pool, const Pool& g, F f) {
 }
 
 // The adjoints: whole samples per chunk (windows of one sample may overlap, samples never do),
-// each sample's dx zeroed and then added into.
+// each sample's dx zeroed and then added into; where the windows tile the input, f writes every
+// sample of dx once (`set`), and there is nothing to zero.
 template <typename F>
-ffi::Error over_samples(ffi::ThreadPool& pool, const Pool& g, float* dx, F f) {
+ffi::Error over_samples(ffi::ThreadPool& pool, const Pool& g, float* dx, bool set, F f) {
   const int64_t size = g.in_per_sample() * g.c;
   const int64_t block = std::max<int64_t>(1, ((int64_t{1} << 16) + size - 1) / std::max<int64_t>(1, size));
   const int64_t chunks = (g.n + block - 1) / block;
   return parallel_chunks(kWho, pool, chunks, worker_count(pool), [&](int64_t chunk) {
     const int64_t first = chunk * block, last = std::min(g.n, first + block);
-    std::memset(dx + first * size, 0, (last - first) * size * sizeof(float));
+    if (!set) std::memset(dx + first * size, 0, (last - first) * size * sizeof(float));
     for_positions(g, first * g.per_sample(), last * g.per_sample(), f);
   });
 }
@@ -114,7 +120,7 @@ ffi::Error over_samples(ffi::ThreadPool& pool, const Pool& g, float* dx, F f) {
 
 ffi::Error max_pool(ffi::ThreadPool& pool, const Pool& g, const float* x, float* y, int32_t* a) {
   const int64_t c = g.c, taps = g.taps();
-  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows) {
+  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows, const int64_t*) {
     float* best = y + pos * c;
     int32_t* arg = a + pos * c;
     int64_t t = 0;
@@ -147,7 +153,7 @@ inline int64_t named_row(const int64_t* rows, int64_t taps, int32_t argmax) {
 
 ffi::Error max_pool_gather(ffi::ThreadPool& pool, const Pool& g, const float* v, const int32_t* a, float* y) {
   const int64_t c = g.c, taps = g.taps();
-  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows) {
+  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows, const int64_t*) {
     for (int64_t ch = 0; ch < c; ++ch) {
       const int64_t row = named_row(rows, taps, a[pos * c + ch]);
       y[pos * c + ch] = row < 0 ? 0.0f : v[row * c + ch];
@@ -157,7 +163,17 @@ ffi::Error max_pool_gather(ffi::ThreadPool& pool, const Pool& g, const float* v,
 
 ffi::Error max_pool_scatter(ffi::ThreadPool& pool, const Pool& g, const float* dy, const int32_t* a, float* dx) {
   const int64_t c = g.c, taps = g.taps();
-  return over_samples(pool, g, dx, [&](int64_t pos, const int64_t* rows) {
+  if (g.tiled())   // dx at tap t of a window: its dy where the argmax is t, else 0
+    return over_samples(pool, g, dx, true, [&](int64_t pos, const int64_t* rows, const int64_t*) {
+      const float* grad = dy + pos * c;
+      const int32_t* arg = a + pos * c;
+      for (int64_t t = 0; t < taps; ++t) {
+        float* into = dx + rows[t] * c;
+        const int32_t tap = static_cast<int32_t>(t);
+        for (int64_t ch = 0; ch < c; ++ch) into[ch] = arg[ch] == tap ? grad[ch] : 0.0f;
+      }
+    });
+  return over_samples(pool, g, dx, false, [&](int64_t pos, const int64_t* rows, const int64_t*) {
     for (int64_t ch = 0; ch < c; ++ch) {
       const int64_t row = named_row(rows, taps, a[pos * c + ch]);
       if (row >= 0) dx[row * c + ch] += dy[pos * c + ch];
@@ -167,12 +183,9 @@ ffi::Error max_pool_scatter(ffi::ThreadPool& pool, const Pool& g, const float* d
 
 // ---------------------------------------------------------------------------------- avg
 
-// PyTorch's divisor of output position `pos` (the module comment), a whole number.
-float divisor(const Pool& g, int64_t pos, bool count_include_pad) {
-  int64_t i[3], rest = pos, count = 1;
-  i[2] = rest % g.out[2]; rest /= g.out[2];
-  i[1] = rest % g.out[1]; rest /= g.out[1];
-  i[0] = rest % g.out[0];
+// PyTorch's divisor of the output position at coordinates i (the module comment), a whole number.
+float divisor(const Pool& g, const int64_t* i, bool count_include_pad) {
+  int64_t count = 1;
   for (int a = 0; a < 3; ++a) {
     const int64_t start = i[a] * g.s[a] - g.lo[a];
     count *= count_include_pad ? std::min(start + g.k[a], g.in[a] + g.lo[a]) - start
@@ -183,7 +196,7 @@ float divisor(const Pool& g, int64_t pos, bool count_include_pad) {
 
 ffi::Error avg_pool(ffi::ThreadPool& pool, const Pool& g, const float* x, float* y, bool include_pad) {
   const int64_t c = g.c, taps = g.taps();
-  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows) {
+  return over_positions(pool, g, [&](int64_t pos, const int64_t* rows, const int64_t* i) {
     float* sum = y + pos * c;
     std::fill(sum, sum + c, 0.0f);
     for (int64_t t = 0; t < taps; ++t) {
@@ -191,20 +204,24 @@ ffi::Error avg_pool(ffi::ThreadPool& pool, const Pool& g, const float* x, float*
       const float* value = x + rows[t] * c;
       for (int64_t ch = 0; ch < c; ++ch) sum[ch] += value[ch];
     }
-    const float div = divisor(g, pos, include_pad);
+    const float div = divisor(g, i, include_pad);
     for (int64_t ch = 0; ch < c; ++ch) sum[ch] /= div;
   });
 }
 
 ffi::Error avg_pool_transpose(ffi::ThreadPool& pool, const Pool& g, const float* dy, float* dx, bool include_pad) {
   const int64_t c = g.c, taps = g.taps();
-  return over_samples(pool, g, dx, [&](int64_t pos, const int64_t* rows) {
-    const float div = divisor(g, pos, include_pad);
+  const bool set = g.tiled();   // each sample of dx gets one share: written, not added
+  return over_samples(pool, g, dx, set, [&](int64_t pos, const int64_t* rows, const int64_t* i) {
+    const float div = divisor(g, i, include_pad);
     const float* grad = dy + pos * c;
     for (int64_t t = 0; t < taps; ++t) {
       if (rows[t] < 0) continue;
       float* into = dx + rows[t] * c;
-      for (int64_t ch = 0; ch < c; ++ch) into[ch] += grad[ch] / div;   // dy / div, as the XLA form
+      if (set)
+        for (int64_t ch = 0; ch < c; ++ch) into[ch] = grad[ch] / div;
+      else
+        for (int64_t ch = 0; ch < c; ++ch) into[ch] += grad[ch] / div;   // dy / div, as the XLA form
     }
   });
 }

@@ -14,8 +14,8 @@ one pass over channel rows (channels last, so a tap's row is ``C`` contiguous fl
   sum of ``dy`` over the windows whose argmax is ``x``'s sample);
 - ``avg_pool`` (PyTorch's divisor) and its adjoint ``avg_pool_transpose``.
 
-They take float32, channels last, 1 to 3 spatial axes, any window, stride, padding and
-dilation; everything else (other dtypes, channels first, other platforms, a program for
+They take float32, channels last, 1 to 3 spatial axes, at least ``MIN_CHANNELS`` channels,
+any window, stride, padding and dilation; everything else (other dtypes, channels first, other platforms, a program for
 ``jax.export``: ``custom_calls_allowed``) keeps the XLA forms of ``jaxcnn._pool``, as conv does.
 The kernels are built and loaded with the conv kernels (one library, ``jaxcnn._conv.native``),
 ``JAXCNN_NATIVE=0`` turns both off. Under a batch-sharded ``jax.jit`` each call is split per
@@ -34,7 +34,13 @@ from jaxcnn._conv.native.partition import split_per_sample
 from jaxcnn._primitives import custom_calls_allowed, partitioning_mesh
 from jaxcnn._shapes import PoolSpec
 
-__all__ = ["may_use", "uses_kernels", "native_max_pool", "native_argmax", "native_max_pool_gather",
+MIN_CHANNELS = 8
+"""Fewer channels run the XLA forms: a kernel's work per window tap is one row of ``C`` floats,
+and below a vector's width the per-position bookkeeping costs more than XLA's fusions, which
+vectorise along the positions (the clips model's one-channel input: its average pooling ~10×
+slower in the kernel, ``docs/performance.md``)."""
+
+__all__ = ["MIN_CHANNELS", "may_use", "uses_kernels", "native_max_pool", "native_argmax", "native_max_pool_gather",
            "native_max_pool_scatter", "native_avg_pool", "native_avg_pool_transpose"]
 
 
@@ -46,10 +52,11 @@ def may_use(spec: PoolSpec, dtype: Any) -> bool:
 
 def uses_kernels(spec: PoolSpec, dtype: Any, platform: str | None, shapes: tuple[tuple[int, ...], ...]) -> bool:
     """Whether this lowering runs the kernels: on the CPU, where the lowering takes a custom
-    call, ``may_use``, no empty operand (XLA calls no custom call with an empty result), and
-    the kernels built."""
+    call, ``may_use``, at least ``MIN_CHANNELS`` channels, no empty operand (XLA calls no custom
+    call with an empty result), and the kernels built."""
     return (platform == "cpu" and custom_calls_allowed() and may_use(spec, dtype)
-            and all(int(np.prod(s)) > 0 for s in shapes) and native.available())
+            and shapes[0][-1] >= MIN_CHANNELS and all(int(np.prod(s)) > 0 for s in shapes)
+            and native.available())
 
 
 def _sizes(spec: PoolSpec) -> np.ndarray:
