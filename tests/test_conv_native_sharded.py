@@ -117,7 +117,7 @@ def _fashion_step(model):
 
 def test_a_training_step_keeps_its_kernels_on_a_batch_sharded_mesh(rng):
     """fashion-cnn, channels last: its 32 → 64 and 64 → 128 convs take the kernels (the 1 → 32
-    stem has too few channels); on 4 devices each runs per shard, the loss and every gradient
+    stem has too few channels), its max pools the pooling kernels; on 4 devices each runs per shard, the loss and every gradient
     equal the one-device step's."""
     with enable_x64(False):
         model = models.build("fashion-cnn", channels_last=True)
@@ -131,7 +131,8 @@ def test_a_training_step_keeps_its_kernels_on_a_batch_sharded_mesh(rng):
         step = jax.jit(grad, in_shardings=(replicated, batch, batch), out_shardings=replicated)
         text = step.lower(params, x, labels).compile().as_text()
         calls = kernel_calls(text)
-        assert {target for target, _ in calls} == {"jaxcnn_conv", "jaxcnn_weight_grad"}, calls
+        assert {target for target, _ in calls} == {"jaxcnn_conv", "jaxcnn_weight_grad", "jaxcnn_max_pool",
+                                                   "jaxcnn_max_pool_scatter"}, calls
         assert all(batch == 2 for _, batch in calls), calls
         assert "all-gather" not in text
         loss, grads = step(params, x, labels)
