@@ -9,30 +9,22 @@ divide over the devices) the partitioner gathers what they need and the result i
 """
 from __future__ import annotations
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxcnn
-from jaxcnn._compat import custom_partitioning, enable_x64
-from jaxcnn._conv import native
+from jaxcnn._compat import enable_x64
 from helpers import TOL, assert_close
-from test_conv_native_sharded import kernel_calls
+from test_conv_native_sharded import _mesh, kernel_calls
 
 F32 = TOL["float32"]
 
 pytestmark = pytest.mark.multidevice
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    if not native.available():
-        pytest.skip("native kernels unavailable here", allow_module_level=True)
-if custom_partitioning() is None:
-    pytest.skip(f"jax {jax.__version__} has no custom partitioning with sharding rules",
-                allow_module_level=True)
+# Skipped with test_conv_native_sharded (whose import above skips this module too) where the
+# kernels cannot be built or the release has no custom partitioning with Shardy's rules.
 
 # name: (op, channels-last x shape, pooling kwargs, mesh shape, mesh axes, the batch's mesh axis,
 #        the kernels the gradient's program calls)
@@ -44,10 +36,6 @@ CASES = {
     "avg-2d-pad-2-devices": ("avg_pool", (8, 7, 7, 8), dict(window=3, stride=2, padding=1), (2,), ("data",), "data",
                              {"jaxcnn_avg_pool", "jaxcnn_avg_pool_transpose"}),
 }
-
-
-def _mesh(shape, names):
-    return Mesh(np.array(jax.devices()[:int(np.prod(shape))]).reshape(shape), names)
 
 
 def _case(rng, name):
