@@ -41,6 +41,16 @@ using jaxcnn_native::worker_count;
 namespace {
 
 constexpr const char* kWho = "jaxcnn native pool";   // in its errors
+#if defined(__AVX512F__)
+constexpr int V = 16;   // floats per vector register
+#else
+constexpr int V = 8;
+#endif
+// V channels at once, or one (a block's tail): the vector comparisons give the masks `?:` takes.
+typedef float Floats __attribute__((vector_size(V * 4)));
+typedef int32_t Ints __attribute__((vector_size(V * 4)));
+typedef float Float1 __attribute__((vector_size(4)));
+typedef int32_t Int1 __attribute__((vector_size(4)));
 
 struct Pool {
   int64_t n, c;
@@ -118,32 +128,53 @@ ffi::Error over_samples(ffi::ThreadPool& pool, const Pool& g, float* dx, bool se
 
 // ---------------------------------------------------------------------------------- max
 
+// One block of W channels from ch0 (W = V, or 1 for the tail): the running max and argmax stay
+// in registers over the taps and are stored once.
+template <typename F, typename I>
+inline void max_block(const float* x, const int64_t* rows, int64_t taps, int64_t first, int64_t c, int64_t ch0,
+                      float* best_out, int32_t* arg_out) {
+  F best;
+  std::memcpy(&best, x + rows[first] * c + ch0, sizeof best);
+  I arg = I{} + static_cast<int32_t>(first);
+  for (int64_t t = first + 1; t < taps; ++t) {
+    if (rows[t] < 0) continue;
+    F value;
+    std::memcpy(&value, x + rows[t] * c + ch0, sizeof value);
+    const I take = (value > best) | (value != value);   // a NaN wins
+    best = take ? value : best;
+    arg = take ? I{} + static_cast<int32_t>(t) : arg;
+  }
+  std::memcpy(best_out + ch0, &best, sizeof best);
+  std::memcpy(arg_out + ch0, &arg, sizeof arg);
+}
+
 ffi::Error max_pool(ffi::ThreadPool& pool, const Pool& g, const float* x, float* y, int32_t* a) {
   const int64_t c = g.c, taps = g.taps();
   return over_positions(pool, g, [&](int64_t pos, const int64_t* rows, const int64_t*) {
     float* best = y + pos * c;
     int32_t* arg = a + pos * c;
-    int64_t t = 0;
-    while (t < taps && rows[t] < 0) ++t;
-    if (t == taps) {   // a window of padding only (the front door refuses them)
+    int64_t first = 0;
+    while (first < taps && rows[first] < 0) ++first;
+    if (first == taps) {   // a window of padding only (the front door refuses them)
       std::fill(best, best + c, -std::numeric_limits<float>::infinity());
       std::fill(arg, arg + c, -1);
       return;
     }
-    std::memcpy(best, x + rows[t] * c, c * sizeof(float));
-    std::fill(arg, arg + c, static_cast<int32_t>(t));
-    for (++t; t < taps; ++t) {
-      if (rows[t] < 0) continue;
-      const float* value = x + rows[t] * c;
-      const int32_t tap = static_cast<int32_t>(t);
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const float v = value[ch];
-        const bool take = v > best[ch] || v != v;
-        best[ch] = take ? v : best[ch];
-        arg[ch] = take ? tap : arg[ch];
-      }
-    }
+    int64_t ch = 0;
+    for (; ch + V <= c; ch += V) max_block<Floats, Ints>(x, rows, taps, first, c, ch, best, arg);
+    for (; ch < c; ++ch) max_block<Float1, Int1>(x, rows, taps, first, c, ch, best, arg);
   });
+}
+
+// into[ch0 + j] = dy where the argmax is tap t, else 0, for a block of channels (as max_block).
+template <typename F, typename I>
+inline void select_block(const int32_t* arg, const float* grad, int64_t t, int64_t ch0, float* into) {
+  I taken;
+  F value;
+  std::memcpy(&taken, arg + ch0, sizeof taken);
+  std::memcpy(&value, grad + ch0, sizeof value);
+  const F picked = (taken == I{} + static_cast<int32_t>(t)) ? value : F{};
+  std::memcpy(into + ch0, &picked, sizeof picked);
 }
 
 // The row an argmax names, or -1 where it names no tap or a tap of the padding.
@@ -169,8 +200,9 @@ ffi::Error max_pool_scatter(ffi::ThreadPool& pool, const Pool& g, const float* d
       const int32_t* arg = a + pos * c;
       for (int64_t t = 0; t < taps; ++t) {
         float* into = dx + rows[t] * c;
-        const int32_t tap = static_cast<int32_t>(t);
-        for (int64_t ch = 0; ch < c; ++ch) into[ch] = arg[ch] == tap ? grad[ch] : 0.0f;
+        int64_t ch = 0;
+        for (; ch + V <= c; ch += V) select_block<Floats, Ints>(arg, grad, t, ch, into);
+        for (; ch < c; ++ch) select_block<Float1, Int1>(arg, grad, t, ch, into);
       }
     });
   return over_samples(pool, g, dx, false, [&](int64_t pos, const int64_t* rows, const int64_t*) {
