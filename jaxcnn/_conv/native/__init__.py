@@ -29,15 +29,18 @@ first. Where the lowering cannot know the mesh (a partially manual ``shard_map``
 has no Shardy sharding rules (0.4.30, which has no ``jax.ffi`` either) the XLA forms run there,
 as before. Inside ``shard_map`` they run per shard.
 
-The source is compiled on first use (``c++ -O3 -march=native -Wall -Wextra``, JAX's FFI headers
-as system headers) into ``$XDG_CACHE_HOME/jaxcnn/native/<hash>/`` (``~/.cache/jaxcnn/native``
-without it; the hash covers the source, the flags, the compiler, the versions of JAX and jaxlib
+The sources (``SOURCES``: these kernels and the pooling kernels of ``pool_cpu.cc``, called by
+``pooling``; the header they share) are compiled on first use into one library (``c++ -O3
+-march=native -Wall -Wextra``, JAX's FFI headers as system headers) in
+``$XDG_CACHE_HOME/jaxcnn/native/<hash>/`` (``~/.cache/jaxcnn/native``
+without it; the hash covers every source and header, the flags, the compiler, the versions of JAX and jaxlib
 and the CPU's features) and loaded with ``ctypes``. One build per hash: threads and processes
 that meet a cold cache wait on a file lock in its folder while one compiles into a temporary
 file and renames it into place. ``JAXCNN_NATIVE_ISA=avx2`` builds without AVX-512 (8 floats a
 vector, as on a CPU without it; its own hash) where the CPU has it. Where the kernels cannot be
 built (no compiler, a JAX without ``jax.ffi`` or its thread pool, ``JAXCNN_NATIVE=0``)
-``available()`` is False, with one warning saying why, and ``rules`` keeps to the XLA forms.
+``available()`` is False, with one warning saying why, and ``rules`` (and the pooling
+primitives) keep to the XLA forms.
 The kernels check the geometry they are given against the buffers: a bad one, or an allocation
 that fails, is an FFI error that JAX raises.
 """
