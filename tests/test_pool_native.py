@@ -291,6 +291,21 @@ def test_a_bad_geometry_is_an_error(target, case):
         call(spoil(sizes))
 
 
+def test_a_large_input_splits_over_the_threads(rng):
+    """From 2^23 input floats the kernels split their work over XLA's threads (below, one
+    thread): overlapping windows, so the scatter's samples must not be split between threads;
+    the same values as the XLA forms."""
+    spec = normalize_pool(jnp.zeros((64, 128, 128, 8), jnp.float32), 3, 2, 1, ceil_mode=False,
+                          channels_last=True, op="max_pool")[1]
+    x = _ties(rng, (64, 128, 128, 8))
+    y, argmax = jax.jit(lambda x: (pooling.native_max_pool(x, spec), pooling.native_argmax(x, spec)))(x)
+    want_y, want_argmax = jax.jit(lambda x: _pool.max_pool_argmax(x, spec))(x)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    assert_close(jax.jit(lambda g, a: pooling.native_max_pool_scatter(g, a, spec))(y, argmax),
+                 jax.jit(lambda g, a: _pool.max_pool_scatter(g, a, spec))(y, argmax), F32, "scatter")
+
+
 def test_an_argmax_naming_no_tap_reads_zero_and_adds_nothing(rng):
     """The argmax is data any caller can pass: out of the window's range (or −1, a window of
     padding) the gather reads 0 and the scatter adds nothing, as the XLA forms; never a read or

@@ -16,8 +16,9 @@
 //
 // with PyTorch's divisor per axis, start = i·s − lo: min(start + K, L + lo) − start where the
 // padding counts, else the real samples min(start + K, L) − max(start, 0). The sums run over the
-// taps in row-major order, as the XLA forms do. The forward maps split their output positions over
-// the thread pool; the adjoints (which add into dx where windows overlap) split the samples.
+// taps in row-major order, as the XLA forms do. On a large input the forward maps split their
+// output positions over the thread pool, the adjoints (which add into dx where windows overlap)
+// the samples.
 //
 // The entry points check the geometry against itself and against the buffers (a bad one is an
 // FFI error, which JAX raises), an argmax that names no real tap reads zero and adds nothing, and
@@ -100,12 +101,22 @@ void for_positions(const Pool& g, int64_t first, int64_t last, F f) {
   }
 }
 
+// The threads a map takes: one for an input of fewer than 2^23 floats (32 MiB). Each pass is
+// bound by memory, not arithmetic: on the models' activations (1 to 3.2 M floats, 2 shared
+// cores) one thread ran 1.1 to 1.6 times faster than the split over XLA's pool, which waits for
+// helpers that the other jobs keep off the cores (docs/performance.md).
+constexpr int64_t kParallelFloats = int64_t{1} << 23;
+
+int64_t workers(ffi::ThreadPool& pool, const Pool& g) {
+  return g.n * g.in_per_sample() * g.c >= kParallelFloats ? worker_count(pool) : 1;
+}
+
 // The forward maps: output positions in chunks of about 16K floats, split over the pool.
 template <typename F>
 ffi::Error over_positions(ffi::ThreadPool& pool, const Pool& g, F f) {
   const int64_t m = g.n * g.per_sample(), block = std::max<int64_t>(1, (int64_t{1} << 14) / g.c);
   const int64_t chunks = (m + block - 1) / block;
-  return parallel_chunks(kWho, pool, chunks, worker_count(pool), [&](int64_t chunk) {
+  return parallel_chunks(kWho, pool, chunks, workers(pool, g), [&](int64_t chunk) {
     const int64_t first = chunk * block;
     for_positions(g, first, std::min(m, first + block), f);
   });
@@ -119,7 +130,7 @@ ffi::Error over_samples(ffi::ThreadPool& pool, const Pool& g, float* dx, bool se
   const int64_t size = g.in_per_sample() * g.c;
   const int64_t block = std::max<int64_t>(1, ((int64_t{1} << 16) + size - 1) / std::max<int64_t>(1, size));
   const int64_t chunks = (g.n + block - 1) / block;
-  return parallel_chunks(kWho, pool, chunks, worker_count(pool), [&](int64_t chunk) {
+  return parallel_chunks(kWho, pool, chunks, workers(pool, g), [&](int64_t chunk) {
     const int64_t first = chunk * block, last = std::min(g.n, first + block);
     if (!set) std::memset(dx + first * size, 0, (last - first) * size * sizeof(float));
     for_positions(g, first * g.per_sample(), last * g.per_sample(), f);
