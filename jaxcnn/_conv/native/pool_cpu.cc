@@ -102,9 +102,9 @@ void for_positions(const Pool& g, int64_t first, int64_t last, F f) {
 }
 
 // The threads a map takes: one for an input of fewer than 2^23 floats (32 MiB). Each pass is
-// bound by memory, not arithmetic: on the models' activations (1 to 3.2 M floats, 2 shared
-// cores) one thread ran 1.1 to 1.6 times faster than the split over XLA's pool, which waits for
-// helpers that the other jobs keep off the cores (docs/performance.md).
+// bound by memory, not arithmetic: on the models' activations one thread was faster than the
+// split over XLA's pool, which waits for helpers that other work keeps off the cores (the
+// measurement: docs/lowering.md, "Pooling kernels").
 constexpr int64_t kParallelFloats = int64_t{1} << 23;
 
 int64_t workers(ffi::ThreadPool& pool, const Pool& g) {

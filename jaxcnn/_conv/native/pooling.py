@@ -1,10 +1,10 @@
 r"""Native CPU forms of the pooling primitives (``jaxcnn.pool``): ``pool_cpu.cc``'s kernels.
 
 XLA's CPU backend compiles a pooling into loop fusions that read each window tap as a strided
-slice and, on the backward pass, build the input gradient from one select per tap (or a loop
-over the taps); on the clips model's activations that took 20 of a 64 ms training step, where
-the data moved is a few MB (``docs/performance.md``). The kernels compute the same maps in
-one pass over channel rows (channels last, so a tap's row is ``C`` contiguous floats):
+slice, the argmax as a loop whose result it cannot fuse, and the input gradient as one select
+per tap (or a loop over the taps); a pass that moves a few MB took milliseconds of the clips
+model's step. The kernels compute the same maps in one pass over channel rows (channels last,
+so a tap's row is ``C`` contiguous floats; the measurements: ``docs/lowering.md``):
 
 - ``max_pool``: ``y[n, i, c] = max_k x_pad[n, i·s + k·d, c]`` and its argmax by PyTorch's scan
   (``jaxcnn._pool.max_pool_argmax``: ties to the first tap in row-major order, a NaN wins), both
@@ -37,8 +37,8 @@ from jaxcnn._shapes import PoolSpec
 MIN_CHANNELS = 8
 """Fewer channels run the XLA forms: a kernel's work per window tap is one row of ``C`` floats,
 and below a vector's width the per-position bookkeeping costs more than XLA's fusions, which
-vectorise along the positions (the clips model's one-channel input: its average pooling ~10×
-slower in the kernel, ``docs/performance.md``)."""
+vectorise along the positions (the clips model's one-channel input: its average pooling was
+several times slower in the kernel)."""
 
 __all__ = ["MIN_CHANNELS", "may_use", "uses_kernels", "native_max_pool", "native_argmax", "native_max_pool_gather",
            "native_max_pool_scatter", "native_avg_pool", "native_avg_pool_transpose"]
