@@ -34,7 +34,10 @@ linear ones come in adjoint pairs, each the other's transpose: gather/scatter,
 avg_pool/avg_pool_transpose, global_avg_pool/its transpose. So ``jax.jvp``, ``jax.linearize``
 and ``jax.jacfwd`` run the hand-written tangent maps, ``jax.grad`` their transposes, and every
 higher order (grad-of-grad, ``jax.hessian``) differentiates or transposes those again, never
-leaving these rules. ``vmap`` folds a mapped axis into the batch axis.
+leaving these rules. ``vmap`` folds a mapped axis into the batch axis. On the CPU (float32,
+channels last, at least 8 channels) every max and average pooling map lowers to a native
+kernel that computes the same arithmetic (``jaxcnn._conv.native.pooling``); elsewhere to the
+XLA forms of ``jaxcnn._pool``.
 """
 from __future__ import annotations
 

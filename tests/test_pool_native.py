@@ -329,3 +329,28 @@ def test_vmap_folds_into_the_kernels(rng):
     got = jax.jit(jax.vmap(fn))(x)
     for i in range(x.shape[0]):
         np.testing.assert_array_equal(got[i], jax.jit(fn)(x[i]))
+
+
+@pytest.fixture(scope="module")
+def avx2_suffix():
+    """The AVX2 build (8 floats a vector, a CPU without AVX-512's) loaded beside the native one,
+    its targets registered with a suffix of this module's own."""
+    native._open("avx2", "_avx2_pool")
+    return "_avx2_pool"
+
+
+@pytest.mark.parametrize("name", ["2d_tiled", "3d_overlap", "1d_pad_stride"])
+def test_avx2_build_equals_the_xla_forms(avx2_suffix, rng, name):
+    """8-wide vector blocks and their tails (16, 17 and 9 channels): the max, the argmax and the
+    scatter of the AVX2 build equal the XLA forms."""
+    spec = _spec(name, "max_pool")
+    x = _ties(rng, CASES[name][0])
+    structs = (pooling._struct(x, spec, True), pooling._struct(x, spec, True, jnp.int32))
+    y, argmax = jax.jit(lambda x: jax.ffi.ffi_call("jaxcnn_max_pool" + avx2_suffix, structs)(
+        x, sizes=pooling._sizes(spec)))(x)
+    want_y, want_argmax = jax.jit(lambda x: _pool.max_pool_argmax(x, spec))(x)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    dx = jax.jit(lambda g, a: jax.ffi.ffi_call("jaxcnn_max_pool_scatter" + avx2_suffix, pooling._struct(g, spec, False))(
+        g, a, sizes=pooling._sizes(spec)))(y, argmax)
+    assert_close(dx, jax.jit(lambda g, a: _pool.max_pool_scatter(g, a, spec))(y, argmax), F32, "scatter")
