@@ -32,7 +32,7 @@ from jaxcnn.tolerances import RTOL
 
 OPS = ("conv_float32",)
 TOLERANCE = RTOL["float32"]
-NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # _conv.native.TARGETS' names
+NATIVE_TARGETS = ("jaxcnn_conv", "jaxcnn_weight_grad")   # the conv kernels of _conv.native.TARGETS
 
 
 def draw(op: str, rng: random.Random) -> dict:
