@@ -64,38 +64,54 @@ struct Geometry {
   int64_t positions() const { return n * out[0] * out[1] * out[2]; }
 };
 
-// table[t * count + p]: the input row tap t reads for output position first + p (p < count),
-// or zeros. Per position, each axis's input coordinates are worked out once per kernel offset
-// (its contribution to the row index, or -1 where that offset reads the padding); a tap's row
-// is then the sum of three contributions.
+// table[t * stride + p]: the input row tap t reads for output position first + p (p < count),
+// or zeros; the entries from count to stride are zeros too (a block's missing positions). Per
+// position, each axis's input coordinates are worked out once per kernel offset (its
+// contribution to the row index, or -1 where that offset reads the padding), and again only
+// when the position's index along that axis changes; a tap's row is then the sum of three
+// contributions. The division by the input dilation is skipped where it is 1 (it always is from
+// the loader): it cost as much as a third of the products of a 32-channel layer.
+void axis_parts(const Geometry& g, int a, int64_t i, int64_t pitch, int64_t* part) {
+  for (int64_t k = 0; k < g.k[a]; ++k) {
+    int64_t at = i * g.s[a] + k * g.d[a] - g.lo[a];
+    if (g.ld[a] == 1) {
+      part[k] = at >= 0 && at < g.in[a] ? at * pitch : -1;
+    } else {
+      bool inside = at >= 0 && at % g.ld[a] == 0 && at / g.ld[a] < g.in[a];
+      part[k] = inside ? at / g.ld[a] * pitch : -1;
+    }
+  }
+}
+
 void row_table(const Geometry& g, const float* x, const float* zeros, int64_t first, int64_t count,
-               const float** table) {
+               int64_t stride, const float** table) {
   int64_t i[3], rest = first;
   i[2] = rest % g.out[2]; rest /= g.out[2];
   i[1] = rest % g.out[1]; rest /= g.out[1];
   i[0] = rest % g.out[0]; int64_t b = rest / g.out[0];
   const int64_t pitch[3] = {g.in[1] * g.in[2], g.in[2], 1};
   std::vector<int64_t> part[3];
-  for (int a = 0; a < 3; ++a) part[a].resize(g.k[a]);
+  for (int a = 0; a < 3; ++a) {
+    part[a].resize(g.k[a]);
+    axis_parts(g, a, i[a], pitch[a], part[a].data());
+  }
   for (int64_t p = 0; p < count; ++p) {
-    for (int a = 0; a < 3; ++a)
-      for (int64_t k = 0; k < g.k[a]; ++k) {
-        int64_t at = i[a] * g.s[a] + k * g.d[a] - g.lo[a];
-        bool inside = at >= 0 && at % g.ld[a] == 0 && at / g.ld[a] < g.in[a];
-        part[a][k] = inside ? at / g.ld[a] * pitch[a] : -1;
-      }
     const float* base = x + b * g.in[0] * pitch[0] * g.c;
     int64_t t = 0;
     for (int64_t k0 = 0; k0 < g.k[0]; ++k0)
       for (int64_t k1 = 0; k1 < g.k[1]; ++k1)
         for (int64_t k2 = 0; k2 < g.k[2]; ++k2, ++t) {
           int64_t a0 = part[0][k0], a1 = part[1][k1], a2 = part[2][k2];
-          table[t * count + p] = (a0 < 0 || a1 < 0 || a2 < 0) ? zeros : base + (a0 + a1 + a2) * g.c;
+          table[t * stride + p] = (a0 < 0 || a1 < 0 || a2 < 0) ? zeros : base + (a0 + a1 + a2) * g.c;
         }
-    if (++i[2] == g.out[2]) { i[2] = 0;
-      if (++i[1] == g.out[1]) { i[1] = 0;
+    int changed = 2;   // the first axis whose index moves
+    if (++i[2] == g.out[2]) { i[2] = 0; changed = 1;
+      if (++i[1] == g.out[1]) { i[1] = 0; changed = 0;
         if (++i[0] == g.out[0]) { i[0] = 0; ++b; } } }
+    for (int a = changed; a < 3; ++a) axis_parts(g, a, i[a], pitch[a], part[a].data());
   }
+  for (int64_t t = 0; t < g.taps(); ++t)
+    for (int64_t p = count; p < stride; ++p) table[t * stride + p] = zeros;
 }
 
 // f(std::integral_constant<int, OB>{}, v) for each run of OB ≤ 4 vectors of output channels
@@ -122,11 +138,11 @@ constexpr int P1 = REGS * 2 / 3, CB1 = 8;
 template <int OB> constexpr int positions_per_block() { return OB == 1 ? P1 : REGS / OB; }
 
 template <int P, int OB, int CB>
-void conv_block(const float* const* table, int64_t taps, int64_t c, const float* w, int64_t o,
-                int64_t o0, float* y, int64_t count) {
+void conv_block(const float* const* table, int64_t stride, int64_t taps, int64_t c, const float* w,
+                int64_t o, int64_t o0, float* y, int64_t count) {
   vec acc[P][OB] = {};
   for (int64_t t = 0; t < taps; ++t) {
-    const float* const* rows = table + t * P;
+    const float* const* rows = table + t * stride;
     const float* wt = w + t * c * o + o0;
     for (int64_t c0 = 0; c0 < c; c0 += CB) {
       vec wv[CB][OB];
@@ -145,20 +161,15 @@ void conv_block(const float* const* table, int64_t taps, int64_t c, const float*
     for (int b = 0; b < OB; ++b) store(y + p * o + o0 + b * V, acc[p][b]);
 }
 
+// The blocks of one chunk: `table` holds `stride` entries per tap, the positions past `count`
+// rows of zeros, so a last block short of P positions reads zeros and stores only its own.
 template <int OB, int CB>
-void conv_range(const Geometry& g, const float* x, const float* w, float* y, const float* zeros,
-                int64_t first, int64_t last, int64_t o0) {
+void conv_range(const Geometry& g, const float* const* table, int64_t stride, int64_t count, const float* w,
+                float* y, int64_t o0) {
   constexpr int P = positions_per_block<OB>();
-  std::vector<const float*> table(P * g.taps());
-  const float** t = table.data();
-  for (int64_t m = first; m < last; m += P) {
-    int64_t count = std::min<int64_t>(P, last - m);
-    row_table(g, x, zeros, m, count, t);
-    if (count < P)   // the block's missing positions read zeros and are not stored
-      for (int64_t k = g.taps() - 1; k >= 0; --k)
-        for (int64_t p = P - 1; p >= 0; --p) t[k * P + p] = p < count ? t[k * count + p] : zeros;
-    conv_block<P, OB, CB>(t, g.taps(), g.c, w, g.o, o0, y + m * g.o, count);
-  }
+  for (int64_t m = 0; m < count; m += P)
+    conv_block<P, OB, CB>(table + m, stride, g.taps(), g.c, w, g.o, o0, y + m * g.o,
+                          std::min<int64_t>(P, count - m));
 }
 
 // The largest of 8, 4, 2, 1 that divides the channels and leaves room in the registers.
@@ -169,66 +180,75 @@ int channel_block(int64_t c, int64_t limit) {
 }
 
 template <int OB>
-void conv_range_any(const Geometry& g, const float* x, const float* w, float* y, const float* zeros,
-                    int64_t first, int64_t last, int64_t o0) {
+void conv_range_any(const Geometry& g, const float* const* table, int64_t stride, int64_t count,
+                    const float* w, float* y, int64_t o0) {
   constexpr int regs = V == 16 ? 30 : 14, P = positions_per_block<OB>();
   switch (OB > 1 ? 1 : channel_block(g.c, std::min(CB1, (regs - P * OB) / OB))) {
-    case 8: return conv_range<OB, 8>(g, x, w, y, zeros, first, last, o0);
-    case 4: return conv_range<OB, 4>(g, x, w, y, zeros, first, last, o0);
-    case 2: return conv_range<OB, 2>(g, x, w, y, zeros, first, last, o0);
-    default: return conv_range<OB, 1>(g, x, w, y, zeros, first, last, o0);
+    case 8: return conv_range<OB, 8>(g, table, stride, count, w, y, o0);
+    case 4: return conv_range<OB, 4>(g, table, stride, count, w, y, o0);
+    case 2: return conv_range<OB, 2>(g, table, stride, count, w, y, o0);
+    default: return conv_range<OB, 1>(g, table, stride, count, w, y, o0);
   }
 }
 
+// One row table per chunk of positions, shared by every run of output vectors (it was built
+// once per run).
 ffi::Error conv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w, float* y) {
   std::vector<float> zeros(g.c, 0.0f);
   const int64_t m = g.positions(), vectors = g.o / V;
   // 240 positions a chunk: whole blocks of every P (16, 12, 8, 6; 8, 6, 4, 3 without AVX-512)
   const int64_t block = 240, chunks = (m + block - 1) / block;
   return parallel_chunks(kWho, pool, chunks, worker_count(pool), [&](int64_t chunk) {
-    int64_t first = chunk * block, last = std::min(m, first + block);
+    int64_t first = chunk * block, count = std::min(m, first + block) - first;
+    std::vector<const float*> table(block * g.taps());
+    row_table(g, x, zeros.data(), first, count, block, table.data());
     for_vector_runs(vectors, [&](auto ob, int64_t v) {
-      conv_range_any<decltype(ob)::value>(g, x, w, y, zeros.data(), first, last, v * V);
+      conv_range_any<decltype(ob)::value>(g, table.data(), block, count, w, y + first * g.o, v * V);
     });
   });
 }
 
 // ------------------------------------------------------------------------------ weight grad
 
-// dw[q, o0 + ...] += Σ_p rows(q)[p][c(q)] · dy[p, o0 + ...] for QB rows q = (tap, channel).
-template <int QB, int OB>
-void weight_grad_block(const float* const* table, int64_t count, const int64_t* tap, const int64_t* chan,
-                       const float* dy, int64_t o, int64_t o0, float* dw, int64_t rows) {
-  vec acc[QB][OB] = {};
-  const float* const* r[QB];
-  for (int q = 0; q < QB; ++q) r[q] = table + tap[q] * count;
+// dw[t, c0 + j, o0 + ...] += Σ_p rows[p][c0 + j] · dy[p, o0 + ...] for CB consecutive channels
+// j of one tap t, whose rows are `rows`: per position one row pointer, CB broadcasts and OB
+// vectors of dy feed CB × OB multiply-adds (a row pointer per channel, as blocks of rows of
+// any taps had it, made the loads outnumber the products).
+template <int CB, int OB>
+void weight_grad_block(const float* const* rows, int64_t count, int64_t c0, const float* dy, int64_t o,
+                       int64_t o0, float* dw) {
+  vec acc[CB][OB] = {};
   for (int64_t p = 0; p < count; ++p) {
     vec dv[OB];
     for (int b = 0; b < OB; ++b) dv[b] = load(dy + p * o + o0 + b * V);
-    for (int q = 0; q < QB; ++q) {
-      float xv = r[q][p][chan[q]];
-      for (int b = 0; b < OB; ++b) acc[q][b] += xv * dv[b];
+    const float* r = rows[p] + c0;
+    for (int j = 0; j < CB; ++j) {
+      float xv = r[j];
+      for (int b = 0; b < OB; ++b) acc[j][b] += xv * dv[b];
     }
   }
-  for (int64_t q = 0; q < rows; ++q)
+  for (int j = 0; j < CB; ++j)
     for (int b = 0; b < OB; ++b) {
-      float* at = dw + q * o + o0 + b * V;
-      store(at, load(at) + acc[q][b]);
+      float* at = dw + (c0 + j) * o + o0 + b * V;
+      store(at, load(at) + acc[j][b]);
     }
 }
 
+// Each tap's channels in blocks of REGS / OB (as many accumulators as the registers hold), the
+// last ones in blocks of 8, 4, 2, 1.
 template <int OB>
 void weight_grad_range(const Geometry& g, const float** table, int64_t count, const float* dy,
-                           float* dw, int64_t o0) {
-  constexpr int QB = REGS / OB;
-  const int64_t rows = g.taps() * g.c;
-  for (int64_t q0 = 0; q0 < rows; q0 += QB) {
-    int64_t tap[QB], chan[QB], n = std::min<int64_t>(QB, rows - q0);
-    for (int q = 0; q < QB; ++q) {
-      int64_t qq = q0 + std::min<int64_t>(q, n - 1);   // past the end: repeat the last row, unstored
-      tap[q] = qq / g.c; chan[q] = qq % g.c;
-    }
-    weight_grad_block<QB, OB>(table, count, tap, chan, dy, g.o, o0, dw + q0 * g.o, n);
+                       float* dw, int64_t o0) {
+  constexpr int CB = REGS / OB;
+  for (int64_t t = 0; t < g.taps(); ++t) {
+    const float* const* rows = table + t * count;
+    float* dwt = dw + t * g.c * g.o;
+    int64_t c0 = 0;
+    for (; c0 + CB <= g.c; c0 += CB) weight_grad_block<CB, OB>(rows, count, c0, dy, g.o, o0, dwt);
+    for (; c0 + 8 <= g.c; c0 += 8) weight_grad_block<8, OB>(rows, count, c0, dy, g.o, o0, dwt);
+    for (; c0 + 4 <= g.c; c0 += 4) weight_grad_block<4, OB>(rows, count, c0, dy, g.o, o0, dwt);
+    for (; c0 + 2 <= g.c; c0 += 2) weight_grad_block<2, OB>(rows, count, c0, dy, g.o, o0, dwt);
+    for (; c0 < g.c; ++c0) weight_grad_block<1, OB>(rows, count, c0, dy, g.o, o0, dwt);
   }
 }
 
@@ -248,7 +268,7 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
     std::vector<const float*> table(block * g.taps());
     for (int64_t chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
       int64_t first = chunk * block, count = std::min(m, first + block) - first;
-      row_table(g, x, zeros.data(), first, count, table.data());
+      row_table(g, x, zeros.data(), first, count, count, table.data());
       const float* dyc = dy + first * g.o;
       for_vector_runs(vectors, [&](auto ob, int64_t v) {
         weight_grad_range<decltype(ob)::value>(g, table.data(), count, dyc, mine.data(), v * V);
