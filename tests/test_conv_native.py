@@ -60,6 +60,12 @@ CONFIGS = {
     "long_1d": (3, (37,), (5,), 8, WIDTH, dict(stride=3, padding=2)),
     "many_channels_1d": (1, (10,), (3,), 3 * WIDTH, 3 * WIDTH, dict(padding=1)),
     "no_padding_3d": (2, (5, 5, 5), (3, 3, 3), 24, WIDTH, dict()),
+    # strided input gradients, one call per output phase: phases of unequal length, a stride
+    # above the kernel (phases with no tap), cropping pads
+    "strided_odd_2d": (3, (9, 8), (3, 3), WIDTH, 2 * WIDTH, dict(stride=2, padding=1)),
+    "stride3_1d": (2, (11,), (4,), WIDTH, WIDTH, dict(stride=3, padding=((2, 0),))),
+    "one_by_one_strided_3d": (2, (5, 6, 4), (1, 1, 1), WIDTH, WIDTH, dict(stride=2)),
+    "cropping_strided_2d": (2, (8, 7), (3, 2), WIDTH, WIDTH, dict(stride=(2, 3), padding=((-1, 2), (1, 0)))),
 }
 
 
@@ -83,9 +89,11 @@ def _operands(config, rng):
 
 
 def _computes(piece, config):
-    """The input gradient writes C channels (a multiple of the vector width) at stride 1."""
+    """The input gradient writes C channels (a multiple of the vector width) at stride 1 or
+    dilation 1."""
     _, _, _, c, _, kwargs = config
-    return piece != "input_grad" or (c % WIDTH == 0 and np.all(np.asarray(kwargs.get("stride", 1)) == 1))
+    unit = [np.all(np.asarray(kwargs.get(name, 1)) == 1) for name in ("stride", "dilation")]
+    return piece != "input_grad" or (c % WIDTH == 0 and any(unit))
 
 
 def _assert_native_equals_lax(piece, operands, what):
@@ -114,8 +122,8 @@ def _clips_layer_spec():
 
 
 def test_supports_what_the_kernels_compute(monkeypatch):
-    """Each refusal by its own reason: dtype, layout, groups, thin input, a strided input
-    gradient, output channels off the vector width; the clips layer is taken."""
+    """Each refusal by its own reason: dtype, layout, groups, thin input, a strided and dilated
+    input gradient, output channels off the vector width; the clips layer is taken."""
     monkeypatch.setattr(native, "available", lambda: True)
     monkeypatch.setattr(native, "vector_width", lambda: 16)
     x, w, spec = _clips_layer_spec()
@@ -127,7 +135,8 @@ def test_supports_what_the_kernels_compute(monkeypatch):
         assert not native.supports(piece, spec.replace(groups=2), x, w, jnp.float32)
         assert not native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
     strided = spec.replace(stride=(2, 1, 1))
-    assert not native.supports("input_grad", strided, x, w, jnp.float32)
+    assert native.supports("input_grad", strided, x, w, jnp.float32)   # one call per phase
+    assert not native.supports("input_grad", strided.replace(dilation=(1, 2, 1)), x, w, jnp.float32)
     assert native.supports("conv", strided, x, w, jnp.float32)
     odd = (3, 3, 3, 16, 24)          # 24 output channels: conv and weight_grad refuse, input_grad
     assert not native.supports("conv", spec, x, odd, jnp.float32)   # writes 16: takes it

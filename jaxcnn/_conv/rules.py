@@ -11,7 +11,8 @@ in docs/performance.md ("Form choice"). On CPU:
 
 - **native** (``native``; channels last, one group, float32, ``C ≥ 8``): C++ kernels called as
   FFI custom calls, register-blocked sums over a table of input rows, for each piece in 1D, 2D
-  and 3D where they apply (the input gradient at stride 1); first where they do. The forms
+  and 3D where they apply (the input gradient at stride 1 or dilation 1: ``native.strided``,
+  one call per output phase); first where they do. The forms
   below serve every other dtype, layout and shape, and every machine without a compiler.
 - **depthwise** (``C/g = 1``, ``g > 1``; ``forms``): XLA's grouped convolution runs 1×1 blocks
   far from peak. The manual tap sum is an elementwise multiply per tap, and the weight

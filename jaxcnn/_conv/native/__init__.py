@@ -224,12 +224,14 @@ def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
     group, float32 in and out (``preferred_element_type`` None or float32), ``C ≥ MIN_CHANNELS``,
     and the channels the piece writes a multiple of the vector width ``V`` (``vector_width()``:
     16 with AVX-512, else 8): ``O`` for ``conv`` and ``weight_grad``, ``C`` for ``input_grad``,
-    which also needs stride 1 (a strided one would sum the zeros between ``dy``'s samples)."""
+    which also needs stride 1 or dilation 1 (a strided one runs one stride-1 correlation per
+    output phase, ``strided``; strided and dilated, it is left to XLA)."""
     if not may_support(spec, dtype):
         return False
     o_ax, i_ax = spec.kernel_io_axes()
     c, o = w_shape[i_ax], w_shape[o_ax]
-    if c < MIN_CHANNELS or (piece == "input_grad" and any(s != 1 for s in spec.stride)):
+    strided_dilated = any(s != 1 for s in spec.stride) and any(d != 1 for d in spec.dilation)
+    if c < MIN_CHANNELS or (piece == "input_grad" and strided_dilated):
         return False
     if not available():
         return False
@@ -275,7 +277,11 @@ def native_conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
 
 def native_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tuple[int, ...]) -> jax.Array:
     """``dx = conv(dy, flip_swap_io(w))`` at stride 1, ``dy`` padded by ``d·(K−1) − lo`` (a
-    negative pad crops): the input gradient's correlation form."""
+    negative pad crops): the input gradient's correlation form; strided, one per output phase
+    (``strided``)."""
+    if any(s != 1 for s in spec.stride):
+        from jaxcnn._conv.native.strided import native_strided_input_grad
+        return native_strided_input_grad(dy, w, spec, in_shape)
     k_sizes = kernel_sizes(w.shape, spec)
     lo = [d * (k - 1) - p for k, d, (p, _) in zip(k_sizes, spec.dilation, spec.padding)]
     sizes = _sizes(spatial_sizes(dy.shape, spec), spatial_sizes(in_shape, spec), k_sizes,
