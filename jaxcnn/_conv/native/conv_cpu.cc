@@ -64,54 +64,63 @@ struct Geometry {
   int64_t positions() const { return n * out[0] * out[1] * out[2]; }
 };
 
-// table[t * stride + p]: the input row tap t reads for output position first + p (p < count),
-// or zeros; the entries from count to stride are zeros too (a block's missing positions). Per
-// position, each axis's input coordinates are worked out once per kernel offset (its
-// contribution to the row index, or -1 where that offset reads the padding), and again only
-// when the position's index along that axis changes; a tap's row is then the sum of three
-// contributions. The division by the input dilation is skipped where it is 1 (it always is from
-// the loader): it cost as much as a third of the products of a 32-channel layer.
-void axis_parts(const Geometry& g, int a, int64_t i, int64_t pitch, int64_t* part) {
-  for (int64_t k = 0; k < g.k[a]; ++k) {
-    int64_t at = i * g.s[a] + k * g.d[a] - g.lo[a];
-    if (g.ld[a] == 1) {
-      part[k] = at >= 0 && at < g.in[a] ? at * pitch : -1;
-    } else {
-      bool inside = at >= 0 && at % g.ld[a] == 0 && at / g.ld[a] < g.in[a];
-      part[k] = inside ? at / g.ld[a] * pitch : -1;
-    }
-  }
+// The input index that output index i and kernel offset k read along axis a, or -1 where that
+// is the padding (or, with an input dilation, a hole between the input's samples).
+inline int64_t input_index(const Geometry& g, int a, int64_t i, int64_t k) {
+  int64_t at = i * g.s[a] + k * g.d[a] - g.lo[a];
+  if (g.ld[a] == 1) return at >= 0 && at < g.in[a] ? at : -1;
+  return at >= 0 && at % g.ld[a] == 0 && at / g.ld[a] < g.in[a] ? at / g.ld[a] : -1;
 }
 
+// table[t * stride + p]: the input row tap t reads for output position first + p (p < count),
+// or zeros; the entries from count to stride are zeros too (a block's missing positions). The
+// positions are taken a segment at a time (a run along the last axis, at fixed sample and
+// leading indices), each tap along the whole segment: its first two axes' indices are fixed
+// there, and along the last axis its row moves by a fixed step, so the inner loop is a
+// branch-free select per position (a table built position by position, with a division by the
+// input dilation per tap, cost as much as a third of the products of a 32-channel layer).
 void row_table(const Geometry& g, const float* x, const float* zeros, int64_t first, int64_t count,
                int64_t stride, const float** table) {
   int64_t i[3], rest = first;
   i[2] = rest % g.out[2]; rest /= g.out[2];
   i[1] = rest % g.out[1]; rest /= g.out[1];
   i[0] = rest % g.out[0]; int64_t b = rest / g.out[0];
-  const int64_t pitch[3] = {g.in[1] * g.in[2], g.in[2], 1};
-  std::vector<int64_t> part[3];
-  for (int a = 0; a < 3; ++a) {
-    part[a].resize(g.k[a]);
-    axis_parts(g, a, i[a], pitch[a], part[a].data());
-  }
-  for (int64_t p = 0; p < count; ++p) {
-    const float* base = x + b * g.in[0] * pitch[0] * g.c;
+  const int64_t row = g.in[2] * g.c;
+  for (int64_t p = 0; p < count;) {
+    const int64_t len = std::min(count - p, g.out[2] - i[2]);
+    const float* sample = x + b * g.in[0] * g.in[1] * row;
     int64_t t = 0;
-    for (int64_t k0 = 0; k0 < g.k[0]; ++k0)
-      for (int64_t k1 = 0; k1 < g.k[1]; ++k1)
+    for (int64_t k0 = 0; k0 < g.k[0]; ++k0) {
+      const int64_t a0 = input_index(g, 0, i[0], k0);
+      for (int64_t k1 = 0; k1 < g.k[1]; ++k1) {
+        const int64_t a1 = a0 < 0 ? -1 : input_index(g, 1, i[1], k1);
         for (int64_t k2 = 0; k2 < g.k[2]; ++k2, ++t) {
-          int64_t a0 = part[0][k0], a1 = part[1][k1], a2 = part[2][k2];
-          table[t * stride + p] = (a0 < 0 || a1 < 0 || a2 < 0) ? zeros : base + (a0 + a1 + a2) * g.c;
+          const float** rows = table + t * stride + p;
+          if (a1 < 0) {
+            std::fill(rows, rows + len, zeros);
+          } else if (g.ld[2] == 1) {
+            const float* line = sample + (a0 * g.in[1] + a1) * row;
+            const int64_t at = i[2] * g.s[2] + k2 * g.d[2] - g.lo[2];
+            for (int64_t q = 0; q < len; ++q) {
+              const int64_t a2 = at + q * g.s[2];
+              rows[q] = a2 >= 0 && a2 < g.in[2] ? line + a2 * g.c : zeros;
+            }
+          } else {
+            const float* line = sample + (a0 * g.in[1] + a1) * row;
+            for (int64_t q = 0; q < len; ++q) {
+              const int64_t a2 = input_index(g, 2, i[2] + q, k2);
+              rows[q] = a2 < 0 ? zeros : line + a2 * g.c;
+            }
+          }
         }
-    int changed = 2;   // the first axis whose index moves
-    if (++i[2] == g.out[2]) { i[2] = 0; changed = 1;
-      if (++i[1] == g.out[1]) { i[1] = 0; changed = 0;
-        if (++i[0] == g.out[0]) { i[0] = 0; ++b; } } }
-    for (int a = changed; a < 3; ++a) axis_parts(g, a, i[a], pitch[a], part[a].data());
+      }
+    }
+    p += len;
+    i[2] = 0;
+    if (++i[1] == g.out[1]) { i[1] = 0;
+      if (++i[0] == g.out[0]) { i[0] = 0; ++b; } }
   }
-  for (int64_t t = 0; t < g.taps(); ++t)
-    for (int64_t p = count; p < stride; ++p) table[t * stride + p] = zeros;
+  for (int64_t t = 0; t < g.taps(); ++t) std::fill(table + t * stride + count, table + (t + 1) * stride, zeros);
 }
 
 // f(std::integral_constant<int, OB>{}, v) for each run of OB ≤ 4 vectors of output channels
