@@ -68,6 +68,7 @@ except ImportError:   # not POSIX: no lock for the build, and no kernels
 
 from jaxcnn._shapes import ConvSpec, conv_output_shape, kernel_sizes, spatial_sizes
 from jaxcnn._conv.native.partition import split_by_batch
+from jaxcnn._conv.native.strided import native_strided_input_grad
 from jaxcnn._conv.pieces import flip_swap_io
 from jaxcnn._primitives import partitioning_mesh
 
@@ -280,8 +281,11 @@ def native_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tup
     negative pad crops): the input gradient's correlation form; strided, one per output phase
     (``strided``)."""
     if any(s != 1 for s in spec.stride):
-        from jaxcnn._conv.native.strided import native_strided_input_grad
-        return native_strided_input_grad(dy, w, spec, in_shape)
+        def correlate(dy, kernel, out_shape, k_sizes, lo):
+            sizes = _sizes(spatial_sizes(dy.shape, spec), spatial_sizes(out_shape, spec), k_sizes,
+                           (1,) * spec.n, (1,) * spec.n, lo)
+            return _call("jaxcnn_conv", out_shape, dy, kernel, sizes)
+        return native_strided_input_grad(dy.astype(jnp.float32), w, spec, in_shape, correlate)
     k_sizes = kernel_sizes(w.shape, spec)
     lo = [d * (k - 1) - p for k, d, (p, _) in zip(k_sizes, spec.dilation, spec.padding)]
     sizes = _sizes(spatial_sizes(dy.shape, spec), spatial_sizes(in_shape, spec), k_sizes,

@@ -22,11 +22,11 @@ once, none with a zero of the dilation.
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._conv import native
 from jaxcnn._conv.pieces import flip_swap_io
 from jaxcnn._shapes import ConvSpec, kernel_sizes, spatial_sizes
 
@@ -41,16 +41,16 @@ def phase_geometry(k: int, s: int, lo: int, length: int, phase: int) -> tuple[in
     return kappa, taps, taps - 1 - e, max(0, -(-(length - phase) // s))
 
 
-def native_strided_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec,
-                              in_shape: tuple[int, ...]) -> jax.Array:
+def native_strided_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tuple[int, ...],
+                              correlate: Callable[..., jax.Array]) -> jax.Array:
     """``dx`` of a strided conv (channels last, dilation 1; ``native.supports``): each output
-    phase's stride-1 correlation of ``dy`` with its flipped sub-kernel in the native kernel,
-    interleaved. ``native_input_grad`` calls it for a stride above 1."""
+    phase's stride-1 correlation of ``dy`` with its flipped sub-kernel, interleaved.
+    ``correlate(dy, kernel, out_shape, k_sizes, lo)`` is the native kernel's stride-1
+    correlation (``native_input_grad`` passes it, and calls this for a stride above 1)."""
     n, stride = spec.n, spec.stride
     lengths, k_sizes = spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec)
     counts = [-(-length // s) for length, s in zip(lengths, stride)]   # positions of phase 0
     batch, channels = in_shape[0], in_shape[-1]
-    dy = dy.astype(jnp.float32)
     pieces = []
     for phases in itertools.product(*(range(s) for s in stride)):
         geometry = [phase_geometry(k, s, lo, length, phase)
@@ -60,9 +60,8 @@ def native_strided_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec,
             piece = jnp.zeros((batch, *out_sizes, channels), jnp.float32)
         else:
             sub = w[tuple(slice(kappa, None, s) for (kappa, *_), s in zip(geometry, stride))]
-            sizes = native._sizes(spatial_sizes(dy.shape, spec), out_sizes, [t for _, t, _, _ in geometry],
-                                  (1,) * n, (1,) * n, [lo for _, _, lo, _ in geometry])
-            piece = native._call("jaxcnn_conv", (batch, *out_sizes, channels), dy, flip_swap_io(sub, spec), sizes)
+            piece = correlate(dy, flip_swap_io(sub, spec), (batch, *out_sizes, channels),
+                              [t for _, t, _, _ in geometry], [lo for _, _, lo, _ in geometry])
         pad = [(0, 0)] + [(0, c - q) for c, q in zip(counts, out_sizes)] + [(0, 0)]
         pieces.append(jnp.pad(piece, pad))
     # (s_0, …, s_{n−1}, N, *counts, C) → (N, counts_0, s_0, …, C) → (N, *counts·s, C), cropped
