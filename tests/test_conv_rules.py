@@ -39,6 +39,9 @@ CONFIGS = {
     "wide_2d": ((6, 7), (3, 3), 16, 5, dict(padding=1)),
     "many_samples_2d": ((6, 5), (3, 2), 3, 4, dict(stride=(1, 2), padding=1)),
     "many_samples_3d": ((3, 4, 5), (2, 3, 3), 2, 3, dict(dilation=(1, 2, 1), padding=((0, 1), (2, 2), (1, 1)))),
+    "single_channel_1d": ((12,), (5,), 1, 3, dict(stride=2, padding=2)),
+    "single_channel_2d": ((9, 8), (3, 2), 1, 5, dict(stride=(2, 1), dilation=(1, 2), padding=((1, 0), (0, 1)))),
+    "single_channel_3d": ((4, 5, 6), (3, 3, 3), 1, 4, dict(padding=1)),
 }
 BATCH = {"many_samples_2d": 5, "many_samples_3d": 4}  # others: 2
 FORMS = {  # form: (piece, configs it applies to)
@@ -48,6 +51,7 @@ FORMS = {  # form: (piece, configs it applies to)
     "im2col_weight_grad": ("weight_grad", ["im2col_thin", "im2col_groups", "im2col_1d", "im2col_3d"]),
     "sample_batched_weight_grad": ("weight_grad", ["fold_3d_strided_dilated", "im2col_thin", "wide_2d",
                                                    "many_samples_2d", "many_samples_3d"]),
+    "single_channel_conv": ("conv", ["single_channel_1d", "single_channel_2d", "single_channel_3d"]),
     "fold_depth_conv": ("conv", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_input_grad": ("input_grad", ["fold_3d", "fold_3d_strided_dilated"]),
     "fold_depth_weight_grad": ("weight_grad", ["fold_3d", "fold_3d_strided_dilated", "many_samples_3d"]),
@@ -187,6 +191,10 @@ RULES = [  # (config, channels_last, impl, platform, piece, fastest candidate's 
     ("wide_2d", True, "lax", "cpu", "weight_grad", "manual_weight_grad"),
     ("wide_2d", False, "lax", "cpu", "weight_grad", "manual_weight_grad"),
     ("wide_2d", True, "manual", "cpu", "conv", "manual_conv"),
+    ("single_channel_3d", True, "lax", "cpu", "conv", "single_channel_conv"),   # before the depth fold
+    ("single_channel_2d", False, "lax", "cpu", "conv", "single_channel_conv"),
+    ("single_channel_2d", True, "lax", None, "conv", "lax_conv"),
+    ("single_channel_1d", True, "manual", "cpu", "conv", "manual_conv"),
 ]
 
 

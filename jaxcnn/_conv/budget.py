@@ -60,6 +60,11 @@ def unrolled(a: dict[str, int]) -> int:
     return a["padded"] + a["taps"] * max(a["slice"], a["output"])
 
 
+def padded_input(a: dict[str, int]) -> int:
+    """x_pad alone: a tap sum XLA fuses into one loop over the output (the single-channel forward)."""
+    return a["padded"]
+
+
 def placed_taps(a: dict[str, int]) -> int:
     """dx_pad and every tap's part placed back, stride holes included (the manual input gradient)."""
     return a["padded"] + a["taps"] * a["dilated"]

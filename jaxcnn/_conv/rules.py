@@ -18,6 +18,9 @@ in docs/performance.md ("Form choice"). On CPU:
   far from peak. The manual tap sum is an elementwise multiply per tap, and the weight
   gradient a multiply-and-sum per tap:
   ``dw[g·M + m, 0, k] = Σ_{n,i} x_pad[n, g, i·s + k·d] · dy[n, g·M + m, i]``.
+- **single channel** (one group, ``C = 1``, the forward; ``forms``): a first layer on grey
+  images or clips, ``y[n, i, o] = Σ_k x_pad[n, i·s + k·d, 0] · w[k, 0, o]``: a sum of
+  broadcast products XLA fuses into one loop, where its convolution of depth 1 is slow.
 - **fold depth** (n = 3, one group; ``depth``): XLA's CPU backend sends 2D convolutions to its
   fast library and 3D ones to a generic loop. A 3D conv is a sum over its ``K_d`` depth taps of
   2D convs over a batch of ``N·D_out`` depth slices: the taps stacked into the channels (one 2D
@@ -54,7 +57,8 @@ from jaxcnn._conv import budget, native, tuning
 from jaxcnn._conv.depth import (depth_tap_conv, depth_tap_input_grad, fold_depth_conv,
                                 fold_depth_input_grad, fold_depth_weight_grad)
 from jaxcnn._conv.forms import (depthwise_weight_grad, im2col_conv, im2col_weight_grad,
-                                loop_depthwise_weight_grad, sample_batched_weight_grad)
+                                loop_depthwise_weight_grad, sample_batched_weight_grad,
+                                single_channel_conv)
 from jaxcnn._conv.loops import (chunked_loop_conv, loop_conv, loop_input_grad,
                                 loop_sample_batched_weight_grad, loop_weight_grad)
 from jaxcnn._conv.native import native_conv, native_input_grad, native_weight_grad
@@ -96,6 +100,7 @@ FORMS: tuple[Form, ...] = (
     Form(sample_batched_weight_grad, budget.unrolled),
     Form(depthwise_weight_grad, budget.unrolled),
     Form(im2col_conv, budget.stacked_taps),
+    Form(single_channel_conv, budget.padded_input),
     Form(im2col_weight_grad, budget.stacked_taps),
     Form(fold_depth_conv, budget.folded_depth),
     Form(fold_depth_input_grad, budget.folded_depth),
@@ -247,6 +252,13 @@ def _per_tap(form: Callable, *, loop: bool = False) -> Callable[[Case], bool]:
     return applies
 
 
+def _single_channel(case: Case) -> bool:
+    """One group, one input channel, lax on CPU: the forward as a sum of broadcast products,
+    which XLA fuses into one loop; its convolution of depth 1 (or the 3D depth fold's) ran 1.5
+    to 6 times slower (docs/performance.md)."""
+    return case.lax_cpu and case.spec.groups == 1 and case.channels_per_group == 1
+
+
 def _thin_manual(case: Case) -> bool:
     """im2col: one contraction of depth ``∏K·C/g`` instead of ``∏K`` of depth ``C/g``."""
     return case.manual and case.thin
@@ -284,6 +296,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     # the lean tap loop (manual) or the one-lax-call piece (lax).
     "conv": (
         Rule(native_conv, _native),
+        Rule(single_channel_conv, _single_channel),
         Rule(im2col_conv, _thin_manual),
         Rule(fold_depth_conv, _depth_fold),
         Rule(depth_tap_conv, _depth_fold),
