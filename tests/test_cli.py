@@ -99,7 +99,7 @@ def help_entries(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("command, flags", [
     ("gradcheck", {"--quick", "--json", "--seed", "--ops"}),
-    ("fuzz", {"--n", "--seed", "--ops", "--processes", "--out"}),
+    ("fuzz", {"--n", "--seed", "--ops", "--processes", "--out", "--replay"}),
 ], ids=["gradcheck", "fuzz"])
 def test_command_help_gives_every_flag_a_text_and_its_default(command, flags):
     """Through the console script: every flag listed with a text that says its default, the

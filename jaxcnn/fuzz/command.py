@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                         "failures.json and results.jsonl, replaced by a later run into it (default: "
                         "runs/fuzz, under the current folder, beside jaxcnn train's runs)")
     parser.add_argument("--replay", metavar="FILE", help="run the configurations of FILE instead of "
-                        "drawing: a run's results.jsonl or failures.json, or tests/fuzz_regressions.json")
+                        "drawing: a run's results.jsonl or failures.json, or tests/fuzz_regressions.json "
+                        "(default: none, draw --n configurations)")
     options = parser.parse_args(argv)
     for name in ("n", "processes"):
         if getattr(options, name) < 1:
