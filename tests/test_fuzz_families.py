@@ -196,13 +196,18 @@ def test_float32_batch_sharded_runs_take_the_kernels_per_shard_and_agree(batch):
     tolerance; where the kernels apply, the compiled program calls them and every call reads
     one shard's samples (``N / shards``; read from the compiled program)."""
     pytest.importorskip("torch")
-    from jaxcnn._compat import custom_partitioning
+    from jaxcnn._compat import axis_types, custom_partitioning
     from jaxcnn._conv import native
     results = batch["sharded_float32"]
     assert [r["config"]["name"] for r in results] == list(SHARDED_FLOAT32)
     for result in results:
         name = result["config"]["name"]
         config, way_in, kernels = SHARDED_FLOAT32[name]
+        if not axis_types():     # a release without explicit meshes (0.4.30) runs an Auto one
+            way_in = way_in.replace("(explicit)", "(auto)")
+        if "check_vma" in way_in and not CHECKED_SHARD_MAP:   # as the sharded runs above
+            assert (result["status"], result["path"]) == ("skipped", "shard_map check_rep"), (name, result)
+            continue
         kernels = kernels and native.available() and (
             way_in.startswith("shard_map") or custom_partitioning() is not None)
         assert (result["status"], result["path"]) == ("ok", f"{way_in} {'native' if kernels else 'xla'}"), (name, result)
