@@ -210,6 +210,20 @@ def test_top_level_all_matches_the_api_contract():
         assert getattr(jaxcnn, name) is getattr(importlib.import_module(module), name)
 
 
+def test_package_data_ships_every_file_the_kernels_are_built_from():
+    """The native loader compiles its sources and headers from the installed package on first
+    use: pyproject's package data must match each (a header left out, the installed kernels
+    failed to build and every conv fell back to XLA's forms)."""
+    from fnmatch import fnmatch
+    from jaxcnn._conv import native
+    package = Path(jaxcnn.__file__).parent
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["jaxcnn"]
+    for path in (*native.SOURCES, *native.HEADERS):
+        relative = path.relative_to(package).as_posix()
+        assert path.is_file() and any(fnmatch(relative, p) or fnmatch(path.name, p.removeprefix("**/"))
+                                      for p in patterns), (relative, patterns)
+
+
 def test_py_typed_marks_the_package_typed():
     """PEP 561: the marker ships in the package (pyproject's package data names it)."""
     assert (Path(jaxcnn.__file__).parent / "py.typed").is_file()
