@@ -233,3 +233,26 @@ def test_a_cycle_through_a_package_is_caught(tmp_path):
     assert cycle is not None and {"jaxcnn.data", "jaxcnn.sub", "jaxcnn.sub.y"} <= set(cycle)
     (package / "data.py").write_text("X = 2\n")
     assert find_cycle(import_graph(package)) is None
+
+
+def _architecture_tree() -> str:
+    """The package tree of docs/architecture.md: its first fenced block that starts at jaxcnn/."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text("utf-8")
+    blocks = text.split("```")[1::2]
+    return next(block for block in blocks if block.lstrip("text\n").startswith("jaxcnn/"))
+
+
+def _tree_names(tree: str) -> set[str]:
+    """Every file or folder name the tree draws (the word after its branch)."""
+    return {line.split("── ", 1)[1].split()[0].rstrip("/") for line in tree.splitlines() if "── " in line}
+
+
+def test_the_architecture_page_draws_every_module_and_source():
+    """docs/architecture.md's package tree names every module, kernel source and header of the
+    package (``__init__.py`` aside): a file added without its line there fails here."""
+    names = _tree_names(_architecture_tree())
+    files = [p for pattern in ("*.py", "*.cc", "*.h") for p in PACKAGE.rglob(pattern)
+             if p.name != "__init__.py" and "__pycache__" not in p.parts]
+    missing = sorted(p.relative_to(PACKAGE).as_posix() for p in files if p.name not in names)
+    assert not missing, f"docs/architecture.md's tree lacks {missing}"
+    assert "strided.py" in names and "pool_cpu.cc" not in _tree_names("├── conv.py  x")   # the parse
