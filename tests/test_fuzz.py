@@ -92,6 +92,23 @@ def test_draws_are_reproducible_and_cover_every_op():
     assert {c.impl for c in first if c.impl is not None} == {"lax", "manual"}
 
 
+def test_ops_added_later_keep_the_older_draws():
+    """``sharded_float32`` and ``pool_float32`` draw from streams of their own at the end of each
+    round: the other ops draw what the list without them draws, in order, and a shorter run is
+    a prefix of a longer one."""
+    later = set(configs.OWN_STREAM)
+    older = tuple(op for op in configs.OPS if op not in later)
+    drawn = configs.draw_many(3 * len(configs.rotation()), seed=9)
+    kept = [c.replace(index=None) for c in drawn if c.op not in later]
+    assert kept == [c.replace(index=None) for c in configs.draw_many(len(kept), seed=9, ops=older)]
+    assert configs.draw_many(40, seed=9) == drawn[:40]
+    pools = configs.draw_many(200, seed=9, ops=("pool_float32",))
+    assert {c.inner for c in pools} == {"max_pool", "avg_pool"} and {c.n for c in pools} == {1, 2, 3}
+    native_like = [c for c in pools if c.channels_last and c.channels >= 8 and c.batch > 0]
+    assert 0.6 * len(pools) < len(native_like) < 0.95 * len(pools)
+    assert any(c.ties for c in pools) and any(not c.channels_last for c in pools)
+
+
 def test_group_norm_draws_keep_three_elements_a_group_and_reach_both_refusals():
     """Legal draws hold ≥ 3 elements a group (with fewer, dx cancels past the tolerance:
     configs.draw_group_norm), over 0–3 spatial axes and both layouts; some draw a
@@ -301,7 +318,8 @@ def test_random_sample_of_every_op(batch):
     pytest.importorskip("torch")
     from jaxcnn._compat import custom_partitioning
     from jaxcnn._conv import native
-    wanted = ({"xla", "jit (auto)"} | ({"native"} if native.available() else set())
+    wanted = ({"xla", "jit (auto)", "pool_float32 xla"}
+              | ({"native", "pool_float32 native"} if native.available() else set())
               | ({"shard_map (auto) check_vma"} if CHECKED_SHARD_MAP else set())
               | ({"jit (auto) native"} if native.available() and custom_partitioning() else set()))
     seed = _rotating_seed()
@@ -313,16 +331,24 @@ def test_random_sample_of_every_op(batch):
     if not full_tier():
         return
     ops = {r["config"]["op"] for r in results if r["status"] == "ok"}
-    paths = {r["path"] for r in results if r["status"] == "ok" and "path" in r}
+    paths = _compared_paths(results)
     if ops != set(configs.OPS) or not wanted <= paths:
         # A commit's draws may compare no configuration of some op or path (both of one op's
         # draws refused, say): the covering seed's sample, which compares each, fills the gap.
         results = command.fuzz(FULL_SAMPLE, COVERING_SEED)
         table = _assert_no_failures(results, COVERING_SEED)
         ops |= {r["config"]["op"] for r in results if r["status"] == "ok"}
-        paths |= {r["path"] for r in results if r["status"] == "ok" and "path" in r}
+        paths |= _compared_paths(results)
     assert ops == set(configs.OPS), table
     assert wanted <= paths, (sorted(paths), table)
+
+
+def _compared_paths(results: list[dict]) -> set[str]:
+    """The paths compared (``ok``), and float32 pooling's apart (``pool_float32 native``):
+    conv_float32 alone meets ``native`` and ``xla``, the pooling kernels are their own."""
+    ok = [r for r in results if r["status"] == "ok" and "path" in r]
+    return ({r["path"] for r in ok}
+            | {f"pool_float32 {r['path']}" for r in ok if r["config"]["op"] == "pool_float32"})
 
 
 COVERING_SEED = 0   # its 10-round sample compares every op on every path (checked by the test above)

@@ -1,6 +1,7 @@
 """``jaxcnn.fuzz``'s newer families on fixed cases: float32 and the native kernels, the
-``jax.lax`` drop-ins, the sharded runs, and float32 batch-sharded runs through the kernels per
-shard (their random draws are in tests/test_fuzz.py's sample).
+``jax.lax`` drop-ins, the sharded runs, float32 batch-sharded runs through the kernels per
+shard and float32 pooling through the native pooling kernels (their random draws are in
+tests/test_fuzz.py's sample).
 """
 from __future__ import annotations
 
@@ -251,6 +252,44 @@ def test_a_constant_cotangent_would_gather_the_input_gradients_kernel(monkeypatc
     assert gathered["path"] == "jit (auto) native unsplit"
 
 
+# ----------------------------------------------------------------------------- float32 pooling
+
+def _pool_float32(**changes) -> dict:
+    base = dict(op="pool_float32", inner="max_pool", n=2, channels_last=True, batch=2, channels=16,
+                window=[3, 2], stride=[1, 2], padding=[1, 1], dilation=[1, 2], ceil_mode=True,
+                ties=True, seed=5, second_order=False, sizes=[7, 8])
+    return {**base, **changes}
+
+
+POOL_FLOAT32 = {   # name: (configuration, path where the kernels exist, compared with)
+    "native max, tied maxima": (_pool_float32(), "native", ("torch", "xla")),
+    "native avg 3d, padding not counted": (_pool_float32(
+        inner="avg_pool", n=3, channels=8, window=[2, 3, 2], stride=[2, 1, 1], padding=[1, 1, 0],
+        dilation=[1, 1, 1], count_include_pad=False, ties=False, sizes=[5, 4, 3]), "native",
+        ("torch", "reference", "xla")),
+    "channels first falls back": (_pool_float32(channels_last=False, ties=False), "xla",
+                                  ("torch", "reference", "xla")),
+    "few channels fall back": (_pool_float32(inner="avg_pool", channels=3, count_include_pad=True),
+                               "xla", ("torch", "reference", "xla")),
+}
+
+
+def test_float32_pooling_takes_the_native_kernels_where_they_apply_and_agrees(batch):
+    """Max (tied maxima: PyTorch's first tap) and avg pools in float32, value and input gradient
+    against PyTorch, the float64 reference (not on ties: JAX's autodiff picks its own maximum)
+    and the float32 XLA form; the path read from the lowered program: the kernels for channels
+    last with ≥ 8 channels (where they are built), XLA's forms for channels first or 3 channels."""
+    pytest.importorskip("torch")
+    from jaxcnn._conv import native
+    results = batch["pool_float32"]
+    assert [r["config"]["name"] for r in results] == list(POOL_FLOAT32)
+    for result in results:
+        _, path, sides = POOL_FLOAT32[result["config"]["name"]]
+        assert result["status"] == "ok", result
+        assert set(result["errors"]) == {f"{side}:{a}" for side in sides for a in ("y", "d0")}, result
+        assert result["path"] == (path if native.available() else "xla"), result
+
+
 # ----------------------------------------------------------------------------- one batch
 
 def _batch_groups() -> dict[str, list[dict]]:
@@ -259,7 +298,7 @@ def _batch_groups() -> dict[str, list[dict]]:
     groups = {"drop_in": named(DROP_IN), "sharded": named(SHARDED)}
     if HAS_TORCH:
         groups.update(float32=[{**c, "name": k} for k, c in FLOAT32.items()],
-                      sharded_float32=named(SHARDED_FLOAT32))
+                      sharded_float32=named(SHARDED_FLOAT32), pool_float32=named(POOL_FLOAT32))
     return groups
 
 

@@ -32,7 +32,7 @@ FAMILIES = {"conv_float32": "float32",
             "lax.conv_general_dilated": "drop_in", "lax.conv_transpose": "drop_in",
             "sharded.conv": "sharding", "sharded.max_pool": "sharding",
             "sharded.avg_pool": "sharding", "sharded_input": "sharding",
-            "sharded_float32": "sharded_float32"}
+            "sharded_float32": "sharded_float32", "pool_float32": "pool_float32"}
 OPS = CONV_OPS + POOL_OPS + NORM_OPS + tuple(FAMILIES)
 PADDING_STRINGS = ("VALID", "SAME", "FULL", "CAUSAL", "same", "valid")
 MODES = ("zeros", "zeros", "zeros", "reflect", "replicate", "circular")
@@ -164,15 +164,16 @@ def draw(op: str, rng: random.Random) -> "FuzzCase":
 
 # Turns an op takes in each round of draws (1 if not named): float32 channels-last conv is what
 # users run on a CPU and the draw that reaches the native kernels most (about 60 % of its draws
-# do), so it takes 7 of a round of 24, ~1,700 native configurations in 10,000; its batch-sharded
-# runs (the kernels per shard) take 2.
-TURNS = {"conv_float32": 7, "sharded_float32": 2}
+# do), so it takes 7 of a round of 27, ~1,500 native configurations in 10,000; its batch-sharded
+# runs (the kernels per shard) take 2; float32 pooling (about 80 % of its draws on the native
+# pooling kernels) takes 3.
+TURNS = {"conv_float32": 7, "sharded_float32": 2, "pool_float32": 3}
 # Ops added after runs were published, each drawn from a stream of its own (seeded by the seed
 # and the op's name) at the end of each round: the ops before them draw from the seed's stream
 # exactly what they drew before, in the same order (a published configuration is drawn again,
 # at its position among the new turns; ``--ops`` without the new ops draws the old list
 # itself, index for index), and ``draw_many(n)`` stays a prefix of ``draw_many(n + k)``.
-OWN_STREAM = ("sharded_float32",)
+OWN_STREAM = ("sharded_float32", "pool_float32")
 
 
 def rotation(ops=OPS) -> list[str]:
@@ -214,6 +215,7 @@ class FuzzCase(Case):
     eps: float | None = None                      # group_norm
     affine: bool | None = None
     count_include_pad: bool | None = None         # avg_pool
+    ties: bool | None = None                      # pool_float32: x drawn from 5 integers
     # jaxcnn.lax's drop-ins (jaxcnn.fuzz.drop_in)
     window_strides: Any = None
     strides: Any = None
