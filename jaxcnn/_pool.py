@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn._shapes import PoolSpec, spatial_axes
-from jaxcnn._taps import (crop, offsets, pad_axes, place, tap_offsets, tap_reader, tap_sum_adjoint,
-                          window)
+from jaxcnn._taps import (crop, interleave_phases, offsets, pad_axes, place, tap_offsets, tap_reader,
+                          tap_sum_adjoint, window)
 from jaxcnn._compat import MAX_POOL_ARGMAX_LOOP
 
 # ----------------------------------------------------------------------------- shape helpers
@@ -115,15 +115,9 @@ def _spread_phases(g: jax.Array, spec: PoolSpec, select) -> jax.Array:
         part = _pad(select(flat, g), spec, pads, 0)
         phases[residue] = part + phases[residue] if residue in phases else part
     shape = with_spatial_sizes(g.shape, spec, tuple(rows))
-    stacked = jnp.stack([phases.get(r, jnp.zeros(shape, g.dtype))
-                         for r in offsets(spec.stride)])
-    stacked = stacked.reshape(*spec.stride, *shape)
-    n = len(spec.stride)
     spatial = spec.spatial_axes()
-    order = [ax for a in range(g.ndim)
-             for ax in ((n + a, spatial.index(a)) if a in spatial else (n + a,))]
-    dx_pad = stacked.transpose(order).reshape(
-        with_spatial_sizes(g.shape, spec, tuple(j * s for j, s in zip(rows, spec.stride))))
+    dx_pad = interleave_phases([phases.get(r, jnp.zeros(shape, g.dtype)) for r in offsets(spec.stride)],
+                               spec.stride, spatial)
     index = [slice(None)] * g.ndim
     for axis, length, (lo, _) in zip(spatial, spec.in_sizes, spec.padding):
         index[axis] = slice(lo, lo + length)

@@ -72,6 +72,19 @@ def place(part: jax.Array, offset: Sequence[int], out_sizes: Sequence[int], stri
 # ----------------------------------------------------------------------------- tap loops
 
 
+def interleave_phases(phases: Sequence[jax.Array], stride: Sequence[int], axes: Sequence[int]) -> jax.Array:
+    """The array whose phases these are: ``phases[r]`` (``r`` in the row-major order of
+    ``offsets(stride)``) holds ``a[…, j·s + r, …]`` along each of ``axes`` (``J`` rows each), and
+    the result ``a`` is ``J·s`` long there: ``(s_0, …, N, …, J_i, …) → (N, …, J_i, s_i, …) →
+    (N, …, J_i·s_i, …)``. The adjoint of a strided op without its holes, written once per phase
+    (pooling's spread, the native strided input gradient)."""
+    shape, n = phases[0].shape, len(stride)
+    stacked = jnp.stack(list(phases)).reshape(*stride, *shape)
+    order = [ax for a in range(len(shape)) for ax in ((n + a, axes.index(a)) if a in axes else (n + a,))]
+    sizes = [size * stride[axes.index(a)] if a in axes else size for a, size in enumerate(shape)]
+    return stacked.transpose(order).reshape(sizes)
+
+
 def tap_offsets(t: jax.Array, k_sizes: Shape) -> list[jax.Array]:
     """``k_t``: the per-axis offsets of flat tap index ``t`` in row-major order of ``K``."""
     index, rest = [], t

@@ -1,7 +1,7 @@
 """``jaxcnn._taps``: the tap machinery against index sets worked out by hand and by brute force.
 
 ``window`` must read exactly ``x_pad[k·d + i·s]`` for ``i < out``; ``place`` is its adjoint
-(``⟨window(a), b⟩ = ⟨a, place(b)⟩``); ``crop`` is the adjoint of zero padding.
+(``⟨window(a), b⟩ = ⟨a, place(b)⟩``); ``crop`` is the adjoint of zero padding; ``interleave_phases`` undoes the split into phases.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn._taps import crop, offsets, pad_axes, place, window
+from jaxcnn._taps import crop, interleave_phases, offsets, pad_axes, place, window
 
 
 def test_offsets_are_row_major_as_pytorch_scans():
@@ -74,3 +74,21 @@ def test_pad_axes_fills_interior_and_value():
     a = jnp.asarray(np.arange(3.0).reshape(1, 3))
     got = np.asarray(pad_axes(a, (1,), ((1, 2),), value=-1.0, interior=(1,)))
     np.testing.assert_array_equal(got, [[-1, 0, -1, 1, -1, 2, -1, -1]])
+
+
+@pytest.mark.parametrize("shape, stride, axes", [
+    ((2, 6, 3), (3,), (1,)),                 # channels last, 1D
+    ((2, 3, 4, 6), (2, 3), (2, 3)),          # channels first, 2D
+    ((1, 4, 2, 6, 5), (2, 1, 3), (1, 2, 3)),  # channels last, 3D, a stride of 1 between
+])
+def test_interleave_phases_puts_each_phase_back_at_its_rows(shape, stride, axes):
+    """Phase ``r`` of ``a`` is ``a[…, r::s, …]`` on each axis (numpy slicing, by hand);
+    interleaving the phases in ``offsets(stride)`` order gives ``a`` back exactly."""
+    a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    phases = []
+    for r in offsets(stride):
+        index = [slice(None)] * a.ndim
+        for axis, ri, s in zip(axes, r, stride):
+            index[axis] = slice(ri, None, s)
+        phases.append(jnp.asarray(a[tuple(index)]))
+    np.testing.assert_array_equal(np.asarray(interleave_phases(phases, stride, axes)), a)

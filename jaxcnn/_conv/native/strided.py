@@ -21,7 +21,6 @@ once, none with a zero of the dilation.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Callable
 
 import jax
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxcnn._conv.pieces import flip_swap_io
 from jaxcnn._shapes import ConvSpec, kernel_sizes, spatial_sizes
+from jaxcnn._taps import interleave_phases, offsets
 
 
 def phase_geometry(k: int, s: int, lo: int, length: int, phase: int) -> tuple[int, int, int, int]:
@@ -47,12 +47,12 @@ def native_strided_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_sh
     phase's stride-1 correlation of ``dy`` with its flipped sub-kernel, interleaved.
     ``correlate(dy, kernel, out_shape, k_sizes, lo)`` is the native kernel's stride-1
     correlation (``native_input_grad`` passes it, and calls this for a stride above 1)."""
-    n, stride = spec.n, spec.stride
+    stride = spec.stride
     lengths, k_sizes = spatial_sizes(in_shape, spec), kernel_sizes(w.shape, spec)
     counts = [-(-length // s) for length, s in zip(lengths, stride)]   # positions of phase 0
     batch, channels = in_shape[0], in_shape[-1]
     pieces = []
-    for phases in itertools.product(*(range(s) for s in stride)):
+    for phases in offsets(stride):     # the order interleave_phases reads them in
         geometry = [phase_geometry(k, s, lo, length, phase)
                     for k, s, (lo, _), length, phase in zip(k_sizes, stride, spec.padding, lengths, phases)]
         out_sizes = [q for *_, q in geometry]
@@ -64,10 +64,7 @@ def native_strided_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_sh
                               [t for _, t, _, _ in geometry], [lo for _, _, lo, _ in geometry])
         pad = [(0, 0)] + [(0, c - q) for c, q in zip(counts, out_sizes)] + [(0, 0)]
         pieces.append(jnp.pad(piece, pad))
-    # (s_0, …, s_{n−1}, N, *counts, C) → (N, counts_0, s_0, …, C) → (N, *counts·s, C), cropped
-    stacked = jnp.stack(pieces).reshape(*stride, batch, *counts, channels)
-    order = [n] + [a for axis in range(n) for a in (n + 1 + axis, axis)] + [2 * n + 1]
-    dx = stacked.transpose(order).reshape(batch, *(c * s for c, s in zip(counts, stride)), channels)
+    dx = interleave_phases(pieces, stride, spec.spatial_axes())    # (N, *counts·s, C), cropped
     return dx[(slice(None), *(slice(0, length) for length in lengths))]
 
 
