@@ -55,7 +55,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -239,15 +239,19 @@ def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
     return (c if piece == "input_grad" else o) % vector_width() == 0
 
 
-def _sizes(in_sizes, out_sizes, k_sizes, stride, dilation, lo) -> np.ndarray:
-    """The kernels' geometry: seven triples (in, out, k, s, d, lo, ld), 1-D and 2-D padded to
-    three axes with leading size-1 axes (ld, the input dilation, is always 1 here)."""
-    n = len(in_sizes)
+def geometry(*triples: tuple[Sequence[int], int]) -> np.ndarray:
+    """A kernel's ``sizes`` attribute: each ``(values, fill)`` as a triple, the values of 1-D and
+    2-D ops after leading ``fill``s (an axis of size 1, or a pad of 0), so every kernel loops
+    over three axes."""
+    return np.array([v for values, fill in triples
+                     for v in ((fill,) * (3 - len(values)) + tuple(int(x) for x in values))], np.int64)
 
-    def three(values, fill):
-        return (fill,) * (3 - n) + tuple(int(v) for v in values)
-    return np.array([*three(in_sizes, 1), *three(out_sizes, 1), *three(k_sizes, 1), *three(stride, 1),
-                     *three(dilation, 1), *three(lo, 0), *three((1,) * n, 1)], np.int64)
+
+def _sizes(in_sizes, out_sizes, k_sizes, stride, dilation, lo) -> np.ndarray:
+    """The conv kernels' geometry: seven triples (in, out, k, s, d, lo, ld) (ld, the input
+    dilation, is always 1 here)."""
+    return geometry((in_sizes, 1), (out_sizes, 1), (k_sizes, 1), (stride, 1), (dilation, 1), (lo, 0),
+                    ((1,) * len(in_sizes), 1))
 
 
 def _forward_sizes(spec: ConvSpec, x_shape, y_shape, w_shape) -> np.ndarray:
@@ -301,5 +305,5 @@ def native_weight_grad(x: jax.Array, dy: jax.Array, spec: ConvSpec, w_shape: tup
 
 FORMS = {"conv": native_conv, "input_grad": native_input_grad, "weight_grad": native_weight_grad}
 
-__all__ = ["available", "may_support", "supports", "vector_width", "native_conv", "native_input_grad",
-           "native_weight_grad", "FORMS"]
+__all__ = ["available", "may_support", "supports", "vector_width", "geometry", "native_conv",
+           "native_input_grad", "native_weight_grad", "FORMS"]

@@ -60,15 +60,9 @@ def uses_kernels(spec: PoolSpec, dtype: Any, platform: str | None, shapes: tuple
 
 
 def _sizes(spec: PoolSpec) -> np.ndarray:
-    """The kernels' geometry: six triples (in, out, k, s, d, lo), 1-D and 2-D padded to three
-    axes with leading size-1 axes."""
-    pad = 3 - spec.n
-
-    def three(values, fill):
-        return (fill,) * pad + tuple(int(v) for v in values)
-    return np.array([*three(spec.in_sizes, 1), *three(spec.out_sizes(), 1), *three(spec.window, 1),
-                     *three(spec.stride, 1), *three(spec.dilation, 1),
-                     *three([lo for lo, _ in spec.padding], 0)], np.int64)
+    """The pooling kernels' geometry: six triples (in, out, k, s, d, lo)."""
+    return native.geometry((spec.in_sizes, 1), (spec.out_sizes(), 1), (spec.window, 1), (spec.stride, 1),
+                           (spec.dilation, 1), ([lo for lo, _ in spec.padding], 0))
 
 
 def _shape(batch: int, spec: PoolSpec, pooled: bool) -> tuple[int, ...]:
