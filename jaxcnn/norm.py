@@ -105,14 +105,12 @@ def _group_variance(x: jax.Array, mean: jax.Array, groups: int, channels_last: b
     ``x − μ`` that the output, the VJP's ``Σ dy·(x − μ)`` and ``dx`` share would be written out
     for this reduction too (one write and one read of the activation more)."""
     n, c = x.shape[0], _channels(x.shape, channels_last)
-    count = math.prod(x.shape[1:]) // groups
     if channels_last:                                   # not -1 in the views: N may be 0
-        mean = jnp.broadcast_to(mean, (n, groups, c // groups)).reshape(n, 1, c)
-        centered = x.reshape(n, math.prod(x.shape[1:]) // c, c) - mean
-        sums = jnp.sum(jnp.square(centered), axis=1).reshape(n, groups, c // groups)
-        return jnp.sum(sums, axis=-1, keepdims=True) / count
-    centered = x.reshape(n, groups, count) - mean
-    return jnp.sum(jnp.square(centered), axis=-1, keepdims=True) / count
+        view = x.reshape(n, math.prod(x.shape[1:]) // c, c)
+        centered = view - _spread(mean, view.shape, groups, channels_last)
+    else:
+        centered = x.reshape(n, groups, math.prod(x.shape[1:]) // groups) - mean
+    return _group_mean(jnp.square(centered), groups, channels_last)
 
 
 def _centered_channel_sums(a: jax.Array, x: jax.Array, mean: jax.Array, groups: int,
