@@ -48,12 +48,17 @@ def sharding_rule(rank: int, summed: bool) -> tuple[str, dict[str, tuple[str, ..
         rule = f"b {' '.join(s)} c, b {' '.join(t)} o -> {' '.join(k)} c o"
     else:
         rule = f"b {' '.join(s)} c, {' '.join(k)} c o -> b {' '.join(t)} o"
-    # Shardy numbers the factors in the order they first appear and wants each list in that order.
-    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
-    factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
+    factors = _all_but_batch_replicated(rule)
     if summed:
         factors["reduction_factors"] = ("b",)
     return rule, factors
+
+
+def _all_but_batch_replicated(rule: str) -> dict[str, tuple[str, ...]]:
+    """``need_replication_factors``: every factor of ``rule`` but the batch ``b``, in the order
+    the factors first appear (Shardy numbers them so and wants each list in that order)."""
+    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+    return {"need_replication_factors": tuple(f for f in order if f != "b")}
 
 
 def _names(entry: Any) -> tuple[str, ...]:
@@ -137,8 +142,7 @@ def per_sample_rule(pooled: tuple[bool, ...], result_pooled: bool, rank: int) ->
     def term(is_pooled: bool) -> str:
         return " ".join(["b", *(f"{'t' if is_pooled else 's'}{a}" for a in axes), "c"])
     rule = f"{', '.join(term(p) for p in pooled)} -> {term(result_pooled)}"
-    order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
-    return rule, {"need_replication_factors": tuple(f for f in order if f != "b")}
+    return rule, _all_but_batch_replicated(rule)
 
 
 def split_per_sample(call: Callable[..., jax.Array], operands: tuple[jax.Array, ...],
