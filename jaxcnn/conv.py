@@ -148,8 +148,15 @@ def _input_grad_abstract_eval(dy, w, *, spec, impl, shape):
     return ShapedArray(shape, w.dtype)
 
 
+def _may_split(dy, w, *, spec, impl, shape):
+    """``_may_be_native``, or a strided lax input gradient: split per batch shard where the
+    partitioner splits the op (``rules._lhs_dilated_split``)."""
+    return _may_be_native(dy, w, spec=spec, impl=impl, shape=shape) or (
+        impl == "lax" and any(s > 1 for s in spec.stride))
+
+
 input_grad_p = make_primitive("conv_input_grad", _input_grad_compute, _input_grad_abstract_eval,
-                              platforms=("cpu",), splits_custom_calls=_may_be_native)
+                              platforms=("cpu",), splits_custom_calls=_may_split)
 
 
 def input_grad_core(dy: jax.Array, w: jax.Array, spec: ConvSpec, impl: str,

@@ -185,3 +185,15 @@ def test_padding_modes_input_gradient_split_on_an_explicit_mesh(rng, padding_mod
     case = (lambda x, w: jaxcnn.conv(x, w, padding=1, padding_mode=padding_mode), (1, 4, 8, 4, 4),
             (2, 4, 3, 3, 3))
     _check(rng, f"conv-{padding_mode}-3d", "spatial", "explicit", case)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("explicit", marks=needs_explicit), "auto"])
+def test_strided_input_gradient_whose_padding_reaches_past_a_shard(rng, kind):
+    """Found by ``jaxcnn fuzz`` (seed 1214): XLA's partitioner split the lhs-dilated convolution
+    of a strided input gradient (here conv_transpose's value) along a spatial axis of one sample a
+    device, whose padding reaches past the neighbour's shard, into a program its own verifier
+    rejects (or, other geometries, aborts on: ``experiments/xla_partitioner_conv/``); jaxcnn
+    splits those by batch itself."""
+    case = (lambda x, w: jaxcnn.conv_transpose(x, w, stride=3, dilation=3, padding="CAUSAL", output_padding=2),
+            (2, 5, 4, 4), (5, 2, 4, 1))
+    _check(rng, f"conv_transpose-causal-{kind}", "spatial", kind, case)

@@ -62,9 +62,10 @@ from jaxcnn._conv.forms import (depthwise_weight_grad, im2col_conv, im2col_weigh
 from jaxcnn._conv.loops import (chunked_loop_conv, loop_conv, loop_input_grad,
                                 loop_sample_batched_weight_grad, loop_weight_grad)
 from jaxcnn._conv.native import native_conv, native_input_grad, native_weight_grad
+from jaxcnn._conv.native.partition import split_lax_input_grad
 from jaxcnn._conv.pieces import (IMPLS, lax_conv, lax_input_grad, lax_weight_grad, manual_conv,
                                  manual_input_grad, manual_weight_grad)
-from jaxcnn._primitives import custom_calls_allowed
+from jaxcnn._primitives import custom_calls_allowed, partitioning_mesh
 from jaxcnn._shapes import ConvSpec, kernel_sizes
 
 
@@ -90,6 +91,7 @@ class Form:
 FORMS: tuple[Form, ...] = (
     Form(lax_conv, budget.one_call),
     Form(lax_input_grad, budget.one_call),
+    Form(split_lax_input_grad, budget.one_call),
     Form(lax_weight_grad, budget.one_call),
     Form(native_conv, budget.one_call),
     Form(native_input_grad, budget.one_call),
@@ -182,6 +184,14 @@ def _native(case: Case) -> bool:
     program for ``jax.export``)."""
     return (case.lax_cpu and custom_calls_allowed()
             and native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
+
+
+def _lhs_dilated_split(case: Case) -> bool:
+    """A strided conv's lax input gradient (an lhs-dilated convolution) in an op XLA's
+    partitioner splits: split by batch ourselves (``split_lax_input_grad``: the partitioner's own
+    spatial split of it fails)."""
+    return (case.impl == "lax" and any(s > 1 for s in case.spec.stride)
+            and partitioning_mesh() is not None and custom_calls_allowed())
 
 
 def may_be_native(impl: str, spec: ConvSpec, dtypes: tuple[Any, ...]) -> bool:
@@ -307,6 +317,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "input_grad": (
         Rule(native_input_grad, _native),
+        Rule(split_lax_input_grad, _lhs_dilated_split),
         Rule(fold_depth_input_grad, _depth_fold),
         Rule(depth_tap_input_grad, _depth_fold),
         Rule(manual_input_grad, _either(_MANUAL, _depthwise_lax)),

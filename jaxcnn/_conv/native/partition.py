@@ -31,8 +31,10 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxcnn._compat import custom_partitioning
+from jaxcnn._conv.pieces import lax_input_grad
+from jaxcnn._shapes import ConvSpec
 
-__all__ = ["split_by_batch", "sharding_rule", "split_per_sample", "per_sample_rule"]
+__all__ = ["split_by_batch", "sharding_rule", "split_per_sample", "per_sample_rule", "split_lax_input_grad"]
 
 
 def sharding_rule(rank: int, summed: bool) -> tuple[str, dict[str, tuple[str, ...]]]:
@@ -86,7 +88,8 @@ def _along(mesh: Any, names: tuple[str, ...]) -> NamedSharding:
 
 
 def split_by_batch(call: Callable[[jax.Array, jax.Array, tuple[int, ...]], jax.Array],
-                   a: jax.Array, b: jax.Array, shape: tuple[int, ...], *, summed: bool) -> jax.Array:
+                   a: jax.Array, b: jax.Array, shape: tuple[int, ...], *, summed: bool,
+                   rule: tuple[str, dict[str, tuple[str, ...]]] | None = None) -> jax.Array:
     """``call(a, b, shape)``, a kernel call, split by the partitioner over the batch shards.
 
     Args:
@@ -97,8 +100,9 @@ def split_by_batch(call: Callable[[jax.Array, jax.Array, tuple[int, ...]], jax.A
       shape: the result's global shape.
       summed: the result is a sum over the batch (``weight_grad``): each shard's partial is
         summed over the batch's devices; otherwise the result is batch-leading like ``a``.
+      rule: the Shardy rule and its factors; default ``sharding_rule`` (the kernels' layout).
     """
-    rule, factors = sharding_rule(a.ndim, summed)
+    rule, factors = rule or sharding_rule(a.ndim, summed)
 
     def shardings(mesh, batch_axes):
         along = _along(mesh, batch_axes)
@@ -165,3 +169,23 @@ def split_per_sample(call: Callable[..., jax.Array], operands: tuple[jax.Array, 
     split.def_partition(partition, infer_sharding_from_operands=infer_sharding_from_operands,
                         sharding_rule=rule, **factors)
     return split(*operands)
+
+
+def split_lax_input_grad(dy: jax.Array, w: jax.Array, spec: ConvSpec, in_shape: tuple[int, ...]) -> jax.Array:
+    """``pieces.lax_input_grad`` in an op XLA's SPMD partitioner splits: one call per batch shard
+    (any layout; a spatial split is gathered first), because the partitioner splits the strided
+    conv's input gradient wrongly itself.
+
+    That gradient is one convolution with ``lhs_dilation`` = the stride. XLA's partitioner
+    (jaxlib 0.10.2) splits such a convolution along a sharded spatial axis into per-device
+    convolutions with halo exchanges, and where the padding reaches further than a device's
+    shard it emits a ``dynamic-slice`` larger than its operand (the HLO verifier rejects the
+    program) or a convolution of the wrong shape (a failed check aborts the process). Every
+    sample's gradient reads that sample alone, so the batch split is exact; the spatial split
+    costs a gather. Reproducer and the configurations probed: ``experiments/xla_partitioner_conv/``.
+    """
+    names = lambda prefix, count, first=0: [f"{prefix}{a}" for a in range(first, count)]
+    rule = (f"b {' '.join(names('i', dy.ndim, 1))}, {' '.join(names('w', w.ndim))} -> "
+            f"b {' '.join(names('o', len(in_shape), 1))}")
+    return split_by_batch(lambda a, b, shape: lax_input_grad(a, b, spec, shape), dy, w, tuple(in_shape),
+                          summed=False, rule=(rule, _all_but_batch_replicated(rule)))
