@@ -197,21 +197,66 @@ def test_drop_threshold_rounds_the_rate_to_sixteen_bits(rate, threshold):
         assert abs(threshold / 2 ** 16 - rate) <= 2 ** -17
 
 
-@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 1), (1,), (2, 0)], ids=str)
-def test_drop_mask_reads_sixteen_bits_per_element_of_the_keys_words(shape):
-    """Element ``i`` is the ``i``-th 16-bit half of ``jax.random.bits``' 32-bit words, low half
-    first: numpy's little-endian view of the words as uint16 (odd sizes: the last half unused)."""
+def _triple32(h: np.ndarray) -> np.ndarray:
+    """Wellons' triple32 in numpy uint32 arithmetic (wrapping multiplication)."""
+    for shift, factor in ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB)):
+        h = (h ^ (h >> np.uint32(shift))) * np.uint32(factor)
+    return h ^ (h >> np.uint32(14))
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 1), (1,), (2, 0), (128, 6272)], ids=str)
+def test_drop_mask_is_the_keyed_hash_of_the_flat_index(shape):
+    """``u = h(h(i + k₀) ⊕ k₁) >> 16`` for the flat index ``i`` below 2³² elements, written
+    again in numpy; the mask depends on the flat index alone, not on the shape."""
     rate, size = 0.3, math.prod(shape)
-    words = np.asarray(jax.random.bits(KEY, ((size + 1) // 2,), jnp.uint32)).astype("<u4")
-    halves = words.view("<u2")[:size].reshape(shape)
-    assert np.array_equal(layers.drop_mask(KEY, shape, rate), halves >= 19661)
+    k0, k1 = np.asarray(jax.random.bits(KEY, (2,), jnp.uint32))
+    with np.errstate(over="ignore"):
+        u = _triple32(_triple32(np.arange(size, dtype=np.uint32) + k0) ^ k1) >> np.uint32(16)
+    mask = layers.drop_mask(KEY, shape, rate)
+    assert mask.shape == shape
+    assert np.array_equal(mask, (u >= 19661).reshape(shape))
+    assert np.array_equal(layers.drop_mask(KEY, (size,), rate).reshape(shape), mask)
+
+
+@pytest.mark.parametrize("shape, limit", [((5, 3, 4), 16), ((2, 2, 4), 5), ((7,), 8), ((3, 4), 1000)], ids=str)
+def test_flat_index_splits_at_the_limit(shape, limit):
+    """``high·S + low`` is the flat index, ``S`` the product of the trailing axes below the
+    limit (2³² in use; small limits here, the same arithmetic)."""
+    high, low = (np.asarray(a) for a in layers._flat_index(shape, limit))
+    split = next(s for s in range(len(shape) + 1) if math.prod(shape[s:]) < limit)
+    inner = math.prod(shape[split:])
+    assert np.array_equal(high.astype(np.int64) * inner + low, np.arange(math.prod(shape)).reshape(shape))
+    assert low.max() < limit and high.max() < limit
+
+
+@pytest.mark.parametrize("shape", [(20, 3), (3, 20)], ids=str)
+def test_flat_index_refuses_what_it_cannot_number(shape):
+    with pytest.raises(ValueError, match="x: expected fewer than 16"):
+        layers._flat_index(shape, 16)
+
+
+def test_drop_masks_of_neighbours_and_keys_are_independent():
+    """Over ``n = 2²⁰`` elements of rate ½: each element against its neighbour, the element
+    ``2¹⁶`` further on, and the same element under the next key, agree half the time within
+    five standard deviations ``½/√n``; and every one of the 16 bits' positions is fair (the
+    threshold 2ᵏ tests bit k's share through the mean of ``u < 2ᵏ``)."""
+    n = 2 ** 20
+    a = np.asarray(layers.drop_mask(KEY, (n,), 0.5))
+    b = np.asarray(layers.drop_mask(jax.random.fold_in(KEY, 1), (n,), 0.5))
+    bound = 5 * 0.5 / math.sqrt(n)
+    for other in (a[1:], a[2 ** 16:], b):
+        assert abs(np.mean(a[:other.size] == other) - 0.5) < bound * math.sqrt(n / other.size)
+    for bits in range(1, 16):
+        kept = np.asarray(layers.drop_mask(KEY, (n,), 2 ** bits / 2 ** 16))
+        p = 1 - 2 ** bits / 2 ** 16
+        assert abs(kept.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
 
 
 def test_dropout_is_unbiased():
     """``E[y] = x``: kept elements are scaled by exactly the inverse of the keep probability
     drawn, ``p = 1 − t/2¹⁶`` (checked in floating point), and the kept fraction is ``p``:
     over ``n = 2²⁰`` draws the fraction's standard deviation is ``√(p(1−p)/n)``; allow five
-    (a one-in-a-million miss). Even and odd elements (low and high halves of a word) alike."""
+    (a one-in-a-million miss). Even and odd elements alike."""
     rate = 0.3
     p = 1 - layers.drop_threshold(rate) / 2 ** 16
     x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 4096)))

@@ -305,7 +305,7 @@ def Sigmoid() -> Layer:
     return elementwise(jax.nn.sigmoid, "Sigmoid")
 
 
-# Dropout draws 16 random bits per element: each 32-bit word of ``jax.random.bits`` gives two.
+# Dropout draws 16 random bits per element, the top half of a keyed 32-bit hash of its index.
 _DROP_BITS = 16
 
 
@@ -316,21 +316,49 @@ def drop_threshold(rate: float) -> int:
     return min(round(rate * 2 ** _DROP_BITS), 2 ** _DROP_BITS - 1)
 
 
+def _triple32(h: jax.Array) -> jax.Array:
+    """Wellons' ``triple32`` (2018, "Prospecting for hash functions"): a bijection of uint32
+    whose every input bit flips every output bit with probability ½ ± 0.02."""
+    for shift, factor in ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB)):
+        h = (h ^ (h >> shift)) * jnp.uint32(factor)
+    return h ^ (h >> 14)
+
+
+def _flat_index(shape: tuple[int, ...], limit: int = 2 ** 32) -> tuple[jax.Array, jax.Array]:
+    """``(high, low)``, uint32 arrays of ``shape``: each element's C-order flat index over the
+    trailing axes whose product stays below ``limit`` (``low``) and over the others (``high``:
+    0 unless the array has ``limit`` elements or more)."""
+    split, inner = len(shape), 1
+    while split > 0 and inner * shape[split - 1] < limit:
+        split, inner = split - 1, inner * shape[split - 1]
+    if split > 0 and (shape[split - 1] >= limit or math.prod(shape[:split]) >= limit):
+        raise ValueError(f"x: expected fewer than {limit} elements along each axis and before the last "
+                         f"{len(shape) - split} axes; got shape {shape}")
+
+    def flat(axes: range) -> jax.Array:
+        index, step = jnp.zeros(shape, jnp.uint32), 1
+        for axis in reversed(axes):
+            index, step = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(step), step * shape[axis]
+        return index
+    return flat(range(split)), flat(range(split, len(shape)))
+
+
 def drop_mask(key: Any, shape: Sequence[int], rate: float) -> jax.Array:
     """``keep: bool[shape]``, each element kept with probability ``1 − t/2¹⁶``
     (``t = drop_threshold(rate)``), independently.
 
-    The element at flat (C-order) index ``i`` of ``shape`` reads bits ``16·(i mod 2)`` to
-    ``16·(i mod 2) + 15`` of word ``⌊i/2⌋`` of ``jax.random.bits(key, (⌈n/2⌉,), uint32)``: the
-    mask is a function of the key and the element's flat index alone. Two elements per word
-    halve the random draws of a 32-bit uniform per element (``jax.random.bernoulli``), the
-    cost of dropout; 16 bits keep the drop probability within ``2⁻¹⁷`` of ``rate``."""
-    size = math.prod(shape)
-    per_word = 32 // _DROP_BITS
-    words = jax.random.bits(key, (-(-size // per_word),), jnp.uint32)
-    shifts = jnp.arange(per_word, dtype=jnp.uint32) * _DROP_BITS
-    draws = (words[:, None] >> shifts[None, :]) & jnp.uint32(2 ** _DROP_BITS - 1)
-    return draws.reshape(-1)[:size].reshape(tuple(shape)) >= jnp.uint32(drop_threshold(rate))
+    With ``k₀, k₁ = jax.random.bits(key, (2,), uint32)`` and ``h = triple32`` (``_triple32``),
+    the element at flat (C-order) index ``i = high·2ˢ + low`` (``_flat_index``; ``high = 0``
+    below ``2³²`` elements) draws ``u = h(h(low + k₀) ⊕ (k₁ + high·0x9E3779B9)) >> 16``, 16 bits,
+    and is kept when ``u ≥ t``: a function of the key and the element's index alone, computed
+    in the pass that applies the mask. Counter-based hashing in the manner of Salmon et al.
+    (2011, Philox): ``jax.random.bits``' threefry (20 rounds per 64 bits) cost most of
+    dropout's time."""
+    shape = tuple(shape)
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    high, low = _flat_index(shape)
+    u = _triple32(_triple32(low + k0) ^ (k1 + high * jnp.uint32(0x9E3779B9))) >> (32 - _DROP_BITS)
+    return u >= jnp.uint32(drop_threshold(rate))
 
 
 def Dropout(rate: float) -> Layer:
