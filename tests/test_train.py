@@ -1,11 +1,15 @@
-"""Tests of ``jaxcnn.train`` on a small synthetic 1D dataset: the loss goes down, a run
-stopped halfway and resumed is bit-identical to one run straight, a non-finite loss stops the
-run and keeps the last good checkpoint, the train step compiles once, ``impl="manual"`` and
-``"lax"`` give the same loss curve, bfloat16 agrees with float32 to its precision, a channels-last
-run is the channels-first run (on small synthetic images)."""
+"""Tests of ``jaxcnn.train``'s training loop on a small synthetic 1D dataset: the loss goes
+down, a non-finite loss stops the run and keeps the last good checkpoint, the train step compiles
+once, ``impl="manual"`` and ``"lax"`` give the same loss curve, bfloat16 agrees with float32 to
+its precision, a channels-last run is the channels-first run (on small synthetic images), a
+micro-batched step and run are the one-batch ones.
+
+The synthetic data and the helpers that run and read back a training run are here, shared with
+test_train_resume.py (stopping, resuming, workdirs, the layout a run settles on),
+test_train_config.py (the configuration and its flags), test_train_command.py and
+test_distributed.py."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -53,6 +57,17 @@ def checkpoint_arrays(workdir: Path) -> dict[str, np.ndarray]:
         return {k: saved[k] for k in saved.files}
 
 
+def assert_same_run(workdir: Path, reference: Path) -> None:
+    """The same checkpoint (every array but the wall time) and the same training records."""
+    got, want = checkpoint_arrays(workdir), checkpoint_arrays(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        if name not in ("elapsed", "config"):
+            assert np.array_equal(got[name], want[name]), name
+    without_timing = lambda records: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
+    assert without_timing(train_records(workdir)) == without_timing(train_records(reference))
+
+
 def test_short_run_lowers_the_loss_and_writes_report_and_plots(tmp_path):
     report = run(tmp_path, steps=40, plots=True, augment=True)
     losses = [r["loss"] for r in train_records(tmp_path)]
@@ -73,49 +88,6 @@ def test_short_run_lowers_the_loss_and_writes_report_and_plots(tmp_path):
 def dropout_cnn(num_classes: int = 4, *, impl: str = "lax") -> nn.Layer:
     return nn.serial(nn.Conv1d(8, 5, stride=2, impl=impl), nn.ReLU(), nn.Dropout(0.2),
                      nn.Flatten(), nn.Dense(num_classes))
-
-
-@pytest.mark.slow
-def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
-    """12 steps straight vs 6 steps, stop, resume, 6 more: the same params, optimizer state,
-    and loss at every step (augmentation and dropout draw their keys from the step)."""
-    monkeypatch.setitem(models.MODELS, "test-dropout-cnn", dropout_cnn)
-    config = dict(steps=12, model="test-dropout-cnn", augment=True, train_subset=100)
-    run(tmp_path / "straight", **config)
-    assert run(tmp_path / "resumed", **config, halt_after=6)["halted_at"] == 6
-    assert int(checkpoint_arrays(tmp_path / "resumed")["step"]) == 6
-    report = run(tmp_path / "resumed", **config, resume=True)
-    again = run(tmp_path / "resumed", **config, resume=True)  # finished: only re-evaluates
-    assert again["test_accuracy"] == report["test_accuracy"] and again["examples_per_s"] is None
-    straight, resumed = checkpoint_arrays(tmp_path / "straight"), checkpoint_arrays(tmp_path / "resumed")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        if name != "elapsed":
-            assert np.array_equal(straight[name], resumed[name]), name
-    without_timing = lambda records: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
-    assert without_timing(train_records(tmp_path / "straight")) == without_timing(train_records(tmp_path / "resumed"))
-    assert [r["step"] for r in train_records(tmp_path / "resumed")] == list(range(1, 13))
-
-
-def test_resume_refuses_a_different_run(tmp_path):
-    run(tmp_path, steps=4, halt_after=1)
-    with pytest.raises(ValueError, match="lr"):
-        run(tmp_path, steps=4, lr=5e-2, resume=True)
-
-
-def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
-    garbage = tmp_path / train.CHECKPOINT
-    garbage.write_bytes(b"this is not a checkpoint" * 8)
-    code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--batch-size", "20", "--resume",
-                       "--no-progress", "--no-plots", "--workdir", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert f"jaxcnn train: error: {garbage}: not a jaxcnn checkpoint: expected an .npz archive" in err
-    assert "pickled" not in err
-    assert garbage.read_bytes() == b"this is not a checkpoint" * 8  # left as it was
-    with pytest.raises(ValueError, match=f"{garbage}: not a jaxcnn checkpoint"):
-        train.load_trained(tmp_path)
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
@@ -229,93 +201,6 @@ def test_channels_last_run_is_the_channels_first_run(layout_runs):
     assert plots == {"training_curves.png", "kernels.png"} | {f"feature_maps_{i:02d}.png" for i in range(3)}
 
 
-@pytest.mark.parametrize("written", [False, pytest.param(True, marks=pytest.mark.slow)],   # one way by default
-                         ids=["first-resumed-last", "last-resumed-first"])
-@pytest.mark.slow   # several training runs: the full tier
-def test_resume_refuses_a_layout_change(tmp_path, written):
-    config = {**BASE, **LAYOUT_RUN, "halt_after": 1}
-    train.train_and_evaluate(train.TrainConfig(**config, channels_last=written), tmp_path, dataset=IMAGES)
-    with pytest.raises(ValueError, match=f"channels_last: the run in .* was made with channels_last={written}; got {not written}"):
-        train.train_and_evaluate(train.TrainConfig(**config, channels_last=not written, resume=True),
-                                 tmp_path, dataset=IMAGES)
-
-
-def test_channels_last_is_refused_for_a_model_without_the_layout(tmp_path, monkeypatch, capsys):
-    with pytest.raises(ValueError, match="channels_last: expected False for 'mnist1d-cnn'"):
-        train.TrainConfig(**{**BASE, "steps": 5, "channels_last": True}).resolved()
-    with pytest.raises(TypeError, match="channels_last: expected a bool; got 1"):
-        train.TrainConfig(**{**BASE, "steps": 5, "model": "mnist1d-resnet", "channels_last": 1}).resolved()
-    monkeypatch.setattr(loop, "load_dataset", lambda config: DATA)
-    code = train.main(["--model", "mnist1d-cnn", "--steps", "4", "--channels-last", "--no-progress",
-                       "--no-plots", "--workdir", str(tmp_path)])
-    assert code == 2 and "jaxcnn train: error: --channels-last: expected False" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())  # refused before anything was written
-
-
-@pytest.mark.parametrize("changes, argument", [
-    (dict(optimizer="lion"), "optimizer"),
-    (dict(schedule="step"), "schedule"),
-    (dict(steps=5, epochs=2), "steps"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(lr=-1.0), "lr"),
-    (dict(model="lenet"), "model"),
-    (dict(model="fashion-cnn"), "model"),
-    (dict(dataset="cifar"), "dataset"),
-    (dict(impl="fft"), "impl"),
-    (dict(micro_batches=3), "micro_batches"),
-    (dict(micro_batches=0), "micro_batches"),
-    (dict(augment="flip"), "augment"),      # BASE is MNIST-1D: its one policy is "shift"
-    (dict(augment=1), "augment"),
-], ids=["optimizer", "schedule", "steps-and-epochs", "batch-size", "lr", "model", "model-of-another-dataset",
-     "dataset", "impl", "micro-batches-not-a-divisor", "micro-batches-zero", "augment-policy-of-another-dataset",
-     "augment-not-a-name"])
-def test_bad_config_names_the_argument(changes, argument):
-    with pytest.raises(ValueError, match=argument):
-        train.TrainConfig(**{**BASE, "steps": 5, **changes}).resolved()
-
-
-def test_batch_larger_than_the_data_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="batch_size"):
-        run(tmp_path, steps=2, batch_size=500)
-
-
-def test_command_line_flags_fill_the_config():
-    config, workdir = train.parse_args(["--dataset", "fashion", "--epochs", "3", "--no-augment",
-                                        "--impl", "manual", "--dtype", "bfloat16", "--lr", "0.01",
-                                        "--channels-last", "--micro-batches", "4"])
-    resolved = config.resolved()
-    assert (resolved.dataset, resolved.model, resolved.epochs, resolved.steps) == ("fashion", "fashion-cnn", 3, None)
-    assert (resolved.augment, resolved.impl, resolved.dtype, resolved.lr) == (False, "manual", "bfloat16", 0.01)
-    assert resolved.channels_last is True and resolved.identity()["channels_last"] is True
-    assert resolved.micro_batches == 4 and resolved.identity()["micro_batches"] == 4
-    assert workdir is None
-    defaults = train.TrainConfig().resolved()
-    # The layout is settled when the run starts (the platform's, or the resumed run's).
-    assert (defaults.model, defaults.steps, defaults.augment, defaults.channels_last) == ("mnist1d-resnet", 4000, True, None)
-    assert "channels_last" not in defaults.identity()
-    assert "channels_last" not in dataclasses.replace(defaults, channels_last=False).identity()  # checkpoints from before the flag still resume
-    assert "micro_batches" not in defaults.identity()
-    layout = lambda *flags: train.parse_args(["--model", "fashion-resnet", "--dataset", "fashion", *flags])[0].channels_last
-    assert (layout(), layout("--channels-first"), layout("--channels-last")) == (None, False, True)
-
-
-def test_augment_takes_a_policy_by_name():
-    """``--augment flip``: each Fashion-MNIST example is itself or its mirror image, nothing
-    else (no crop: every pixel is kept); ``--augment`` alone is the dataset's first policy,
-    the padded crop and flip, which moves pixels off the image."""
-    config, _ = train.parse_args(["--dataset", "fashion", "--augment", "FLIP", "--epochs", "1"])
-    assert config.resolved().augment == "flip" and config.resolved().identity()["augment"] == "flip"
-    assert train.parse_args(["--dataset", "fashion", "--augment", "--epochs", "1"])[0].augment is True
-    x = np.random.default_rng(0).standard_normal((64, 1, 6, 6)).astype(np.float32)
-    flipped = np.asarray(jax.jit(train.augmentation("fashion", "flip"))(jax.random.key(3), x))
-    mirrored = np.all(flipped == x[..., ::-1], axis=(1, 2, 3))
-    assert np.all(mirrored | np.all(flipped == x, axis=(1, 2, 3))) and 0 < mirrored.sum() < len(x)
-    cropped = np.asarray(train.augmentation("fashion")(jax.random.key(3), x))
-    assert not np.all(np.all(cropped == x, axis=(1, 2, 3)) | np.all(cropped == x[..., ::-1], axis=(1, 2, 3)))
-    with pytest.raises(ValueError, match="policy: expected one of"):
-        train.augmentation("clips", "flip")
-
-
 @pytest.mark.x64
 @pytest.mark.parametrize("micro_batches", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_micro_batched_is_the_one_batch_step(micro_batches):
@@ -360,156 +245,3 @@ def test_micro_batched_run_is_the_one_batch_run(tmp_path, lax_run):
     run(tmp_path, steps=10, micro_batches=4)
     losses = np.array([r["loss"] for r in train_records(tmp_path)])
     assert relative_error(losses, np.array([r["loss"] for r in lax_run])) <= TOL["float32"]
-
-
-# ----------------------------------------------------------------------------- resume and workdirs
-
-def assert_same_run(workdir: Path, reference: Path) -> None:
-    """The same checkpoint (every array but the wall time) and the same training records."""
-    got, want = checkpoint_arrays(workdir), checkpoint_arrays(reference)
-    assert got.keys() == want.keys()
-    for name in want:
-        if name not in ("elapsed", "config"):
-            assert np.array_equal(got[name], want[name]), name
-    without_timing = lambda records: [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
-    assert without_timing(train_records(workdir)) == without_timing(train_records(reference))
-
-
-# onecycle in the full tier: the constant schedule already checks the resumed run bit for bit.
-@pytest.mark.parametrize("schedule", ["constant", pytest.param("onecycle", marks=pytest.mark.slow)])
-@pytest.mark.slow   # several training runs: the full tier
-def test_a_run_extended_on_resume_is_the_longer_run(tmp_path, schedule):
-    """16 steps, then resumed with steps=24: bit for bit the 24-step run whose schedule is 16
-    steps long (for a constant rate, any length); the learning rates of the steps past 16 are
-    the schedule's last."""
-    short = dict(steps=16, schedule=schedule, train_subset=100, log_every=4, checkpoint_every=8)
-    run(tmp_path / "extended", **short)
-    report = run(tmp_path / "extended", **{**short, "steps": 24}, resume=True)
-    assert report["steps"] == 24
-    run(tmp_path / "straight", **{**short, "steps": 24}, **({} if schedule == "constant" else {"schedule_steps": 16}))
-    assert_same_run(tmp_path / "extended", tmp_path / "straight")
-    records = train_records(tmp_path / "extended")
-    assert [r["step"] for r in records] == list(range(1, 25))
-    assert len({r["lr"] for r in records[16:]}) == 1   # steps 17-24 (lr of steps 16-23): the schedule's end
-    if schedule == "onecycle":  # the run planned for 24 from the start is another run
-        run(tmp_path / "planned", **{**short, "steps": 24})
-        assert train_records(tmp_path / "planned")[1]["lr"] != records[1]["lr"]
-
-
-@pytest.mark.slow   # several training runs: the full tier
-def test_resume_refuses_a_run_shorter_than_its_checkpoint(tmp_path):
-    run(tmp_path, steps=6, train_subset=100)
-    with pytest.raises(ValueError, match=r"steps: expected a run at least as long as its checkpoint in .*, at step 6; got 4"):
-        run(tmp_path, steps=4, train_subset=100, resume=True)
-
-
-@pytest.mark.slow   # several training runs: the full tier
-def test_a_workdir_holding_a_run_is_refused_unless_overwrite(tmp_path):
-    run(tmp_path, steps=4, train_subset=100, plots=True)   # 4: optax 0.2.5's onecycle needs a warm-up step
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert {"checkpoint.npz", "metrics.jsonl", "report.json", "kernels.png"} <= before.keys()
-    with pytest.raises(FileExistsError, match=rf"workdir: {tmp_path} holds a run \(checkpoint at step 4 of a run of 4 steps\)"):
-        run(tmp_path, steps=5, train_subset=100)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # nothing touched
-    (tmp_path / "notes.txt").write_text("mine")
-    report = run(tmp_path, steps=5, train_subset=100, overwrite=True)
-    assert report["steps"] == 5 and [r["step"] for r in train_records(tmp_path)] == [1, 2, 3, 4, 5]
-    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "metrics.jsonl", "report.json", "notes.txt"}
-    with pytest.raises(FileNotFoundError, match=f"resume: no checkpoint in {tmp_path / 'empty'}"):
-        run(tmp_path / "empty", steps=3, resume=True)
-    with pytest.raises(ValueError, match="resume, overwrite: expected at most one"):
-        run(tmp_path, steps=3, resume=True, overwrite=True)
-
-
-@pytest.mark.slow   # several training runs: the full tier
-def test_a_checkpoint_from_before_the_stored_settings_resumes(tmp_path):
-    """A checkpoint whose config is the old identity alone (steps, eval settings, no schedule
-    length): it resumes, its schedule as long as its run, and extends as a new one would."""
-    config = dict(steps=8, train_subset=100, log_every=4, checkpoint_every=4)
-    run(tmp_path / "new", **config)
-    run(tmp_path / "old", **config)
-    saved = checkpoint_arrays(tmp_path / "old")
-    old_identity = {k: v for k, v in json.loads(str(saved["config"])).items()
-                    if k not in ("schedule_steps", "plots", "data_dir", "log_every", "checkpoint_every")}
-    np.savez(tmp_path / "old" / train.CHECKPOINT, **{**saved, "config": np.asarray(json.dumps(old_identity))})
-    assert "schedule_steps" not in train.checkpoint.read_config(tmp_path / "old" / train.CHECKPOINT)
-    for workdir in ("new", "old"):
-        run(tmp_path / workdir, **{**config, "steps": 12}, resume=True)
-    assert_same_run(tmp_path / "old", tmp_path / "new")
-
-
-# ----------------------------------------------------------------------------- the default layout
-
-SMALL_RESNET = dict(model="mnist1d-resnet", steps=2, train_subset=40, eval_batch_size=40,
-                    schedule="constant")   # optax 0.2.5's onecycle needs more than 2 steps
-
-
-def report_layout(workdir: Path) -> tuple[str, bool]:
-    """The layout a run's report names, and the one its checkpoint stores."""
-    report = json.loads((workdir / "report.json").read_text())
-    assert report["config"]["channels_last"] == (report["layout"] == "channels_last")
-    return report["layout"], train.checkpoint.read_config(workdir / train.CHECKPOINT)["channels_last"]
-
-
-@pytest.mark.parametrize("model, layout", [pytest.param("mnist1d-resnet", "channels_last", marks=pytest.mark.slow),
-                                           ("mnist1d-cnn", "channels_first")])
-def test_a_default_run_takes_the_platforms_layout_and_names_it(tmp_path, model, layout):
-    """No ``channels_last``: on CPU a model with the layout runs channels last, one without it
-    channels first; the report and the checkpoint say which, so a resume is unambiguous."""
-    assert jax.default_backend() == "cpu"
-    report = run(tmp_path, **{**SMALL_RESNET, "model": model})
-    assert report["layout"] == layout
-    assert report_layout(tmp_path) == (layout, layout == "channels_last")
-    shapes = {a.shape for name, a in checkpoint_arrays(tmp_path).items() if name.startswith("leaf_")}
-    stem = {"mnist1d-resnet": (64, 1, 5), "mnist1d-cnn": (25, 1, 5)}[model]   # its first kernel, channels first
-    assert (stem[::-1] if layout == "channels_last" else stem) in shapes and \
-        (stem if layout == "channels_last" else stem[::-1]) not in shapes
-
-
-def test_the_layout_is_settled_when_the_run_starts(tmp_path):
-    """``settle``: ``channels_last=None`` becomes the resumed run's layout, else the platform's
-    (CPU: channels last for a model with the layout); an explicit value is kept, and one that
-    differs from the resumed run's is refused."""
-    plan = train.make_plan(train.TrainConfig(**BASE, steps=2).resolved(), 40)
-    config = lambda model, **changes: train.TrainConfig(**{**BASE, "steps": 2, "model": model, **changes}).resolved()
-    assert config("mnist1d-resnet").channels_last is None   # not settled before the backend is asked
-    settled = lambda new, stored=None: train.settle(new, stored, plan, tmp_path).channels_last
-    assert settled(config("mnist1d-resnet")) is True and settled(config("mnist1d-cnn")) is False
-    assert settled(config("mnist1d-resnet", channels_last=False)) is False
-    for written in (False, True):
-        stored = dataclasses.replace(config("mnist1d-resnet", channels_last=written), schedule_steps=2)
-        assert settled(config("mnist1d-resnet"), stored) is written
-        assert settled(config("mnist1d-resnet", channels_last=written), stored) is written
-        with pytest.raises(ValueError, match=f"channels_last: the run in .* was made with channels_last={written}"):
-            settled(config("mnist1d-resnet", channels_last=not written), stored)
-
-
-def test_a_stored_config_without_the_layout_is_channels_first(tmp_path):
-    """A checkpoint from before ``channels_last`` was stored ran channels first: ``stored_config``
-    says so (not ``None``, which would take the platform's layout on resume)."""
-    remembered = train.TrainConfig(**{**BASE, "steps": 2, "model": "mnist1d-resnet"}).resolved().remembered()
-    del remembered["channels_last"]
-    train.checkpoint.save(tmp_path / train.CHECKPOINT, {}, remembered, step=0, key=np.zeros(2, np.uint32),
-                          epoch=0, position=0, elapsed=0.0)
-    assert train.stored_config(tmp_path / train.CHECKPOINT).channels_last is False
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stored", ["no-key", "false"])
-def test_a_checkpoint_from_before_the_default_resumes_channels_first(tmp_path, stored):
-    """A channels-first mnist1d-resnet run whose checkpoint predates the default (its config
-    without ``channels_last``, or with ``False``) resumes channels first when not told, never
-    in the platform's layout; told channels last it is refused by name."""
-    run(tmp_path, **SMALL_RESNET, channels_last=False, halt_after=1)
-    saved = checkpoint_arrays(tmp_path)
-    config = json.loads(str(saved["config"]))
-    if stored == "no-key":
-        del config["channels_last"]
-    np.savez(tmp_path / train.CHECKPOINT, **{**saved, "config": np.asarray(json.dumps(config))})
-    assert train.checkpoint.read_config(tmp_path / train.CHECKPOINT).get("channels_last", "absent") == \
-        {"no-key": "absent", "false": False}[stored]
-    with pytest.raises(ValueError, match="channels_last: the run in .* was made with channels_last=False; got True"):
-        run(tmp_path, **SMALL_RESNET, channels_last=True, resume=True)
-    report = run(tmp_path, **SMALL_RESNET, resume=True)   # channels_last=None
-    assert report["layout"] == "channels_first" and report["steps"] == 2
-    assert report_layout(tmp_path) == ("channels_first", False)
