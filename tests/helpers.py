@@ -368,7 +368,7 @@ def configs(draw) -> Config:
 
 
 # ----------------------------------------------------------------------------- conv_transpose
-# Cases, layout moves and a jitted VJP shared by test_transpose.py (conv_transpose and convolve)
+# Cases, layout moves and a jitted VJP shared by test_transpose*.py (conv_transpose and convolve)
 
 IMPLS = ("lax", "manual")
 

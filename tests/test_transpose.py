@@ -1,18 +1,12 @@
-"""Tests for jaxcnn/transpose.py, one section per function.
-
-conv_transpose: shapes, forward, the adjoint identity, the seed formula, the hand-written VJP
-and higher derivatives, vmap / jit / an empty batch, bad input. convolve: values and VJP,
-bad input.
+"""Tests for jaxcnn/transpose.py's conv_transpose: shapes, forward, the adjoint identity, the seed
+formula, bad input. Its hand-written VJP, higher derivatives and transformations:
+test_transpose_transforms.py; convolve: test_transpose_convolve.py.
 
 References: PyTorch's ``conv_transpose{1,2,3}d``; ``jaxcnn.reference`` (an ``lhs_dilation``
-conv, or ``jax.vjp`` of the reference conv) and JAX autodiff of it; the adjoint identity with
-``conv``; a numpy scatter loop; finite differences; numpy/scipy convolution and a hand-worked
-1D case. Everything in float64: forwards agree to ~1e-12, VJPs to ``VJP_TOL`` (1e-10).
+conv, or ``jax.vjp`` of the reference conv); the adjoint identity with ``conv``; a numpy scatter
+loop. Everything in float64: forwards agree to ~1e-12.
 """
 from __future__ import annotations
-
-import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -24,27 +18,15 @@ from hypothesis import strategies as st
 import jaxcnn
 from jaxcnn import reference
 from jaxcnn._args import conv_transpose_output_size
-from helpers import (IMPLS, TOL, TRANSPOSE_CASES, VJP_TOL, assert_close, kernel_to_layout,
-                     random_array, sample, shape_of, to_layout, transpose_case, tree_assert_close,
-                     value_and_vjp, vdot)
+from helpers import (IMPLS, TOL, TRANSPOSE_CASES, assert_close, kernel_to_layout, random_array,
+                     sample, shape_of, to_layout, vdot)
 
 pytestmark = pytest.mark.x64
 
 F64 = TOL["float64"]
 MODES = ("zeros", "reflect", "replicate", "circular")
 CASE_IMPL = [(name, IMPLS[i % 2]) for i, name in enumerate(TRANSPOSE_CASES)]
-LAYOUTS = {"channels_first": False, "channels_last": True}
-# Latin pairing instead of full products (2 CPU cores): along the cases, (layout, impl) cycles
-# through all four combinations, and impl alternates, so every pair still meets.
-LAYOUT_IMPL = [("channels_first", "lax"), ("channels_last", "manual"),
-               ("channels_last", "lax"), ("channels_first", "manual")]
-CASE_LAYOUT_IMPL = [(name, *LAYOUT_IMPL[(2 * i + j) % 4])
-                    for i, name in enumerate(TRANSPOSE_CASES) for j in (0, 1)]
 
-
-# =============================================================================================
-# conv_transpose
-# =============================================================================================
 
 # ----------------------------------------------------------------------------- shape helpers
 
@@ -209,142 +191,6 @@ def test_matches_seed_formula(data):
                  F64, "seed formula")
 
 
-# ----------------------------------------------------------------------------- derivatives
-
-
-# The default tier: rank, layout and impl pairwise (strides, groups and output padding meet the
-# VJP in test_finite_differences); the full tier every case in two (layout, impl) pairs.
-@pytest.mark.parametrize("name, layout, impl", sample(
-    CASE_LAYOUT_IMPL, key=lambda case: (TRANSPOSE_CASES[case[0]].n, *case[1:])))
-def test_matches_reference(name, layout, impl, rng):
-    """Forward and hand-written VJP (x, w, b) vs the oracle and JAX autodiff of it."""
-    case, channels_last = TRANSPOSE_CASES[name], LAYOUTS[layout]
-    x, w, b = case.arrays(rng)
-    args = (to_layout(x, channels_last), kernel_to_layout(w, channels_last), b)
-    kw = dict(channels_last=channels_last, **case.kwargs())
-    # The oracle in channels-first layout, moved: the layout handling is checked too.
-    ref_out = to_layout(reference.conv_transpose(x, w, b, **case.kwargs()), channels_last)
-    cotangent = random_array(rng, ref_out.shape)
-    _, ref_grads = value_and_vjp(partial(reference.conv_transpose, **kw), args, cotangent)
-    out, grads = value_and_vjp(partial(jaxcnn.conv_transpose, impl=impl, **kw), args, cotangent)
-    assert out.shape == ref_out.shape
-    assert_close(out, ref_out, F64, f"{name} forward")
-    tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
-
-
-@pytest.mark.parametrize("mode, impl", [("reflect", "lax"), ("circular", "manual")])
-def test_border_modes_forward_and_vjp(mode, impl, rng):
-    """Non-zero padding modes (the true adjoint; PyTorch has none) vs autodiff of the oracle."""
-    case = transpose_case((5, 4), (3, 2), (2, 1), (1, 2), ((2, 1), (1, 2)), (1, 1), groups=2)
-    x, w, b = case.arrays(rng)
-    kw = dict(padding_mode=mode, **case.kwargs())
-    cotangent = random_array(rng, reference.conv_transpose(x, w, b, **kw).shape)
-    args = (x, w, b)
-    ref_out, ref_grads = value_and_vjp(partial(reference.conv_transpose, **kw), args, cotangent)
-    out, grads = value_and_vjp(partial(jaxcnn.conv_transpose, impl=impl, **kw), args, cotangent)
-    assert_close(out, ref_out, F64, mode)
-    tree_assert_close(grads, ref_grads, VJP_TOL, f"{mode} vjp")
-
-
-FD_CASES = {1: "1d_dilation3_op2_groups2", 2: "2d_stride_dilation_asym_pad", 3: "3d"}
-
-
-@pytest.mark.parametrize("n", FD_CASES)
-def test_finite_differences(n, rng):
-    """Central differences along a random direction of ⟨conv_transpose(x, w, b), c⟩: the map
-    is a quadratic polynomial of (x, w, b) jointly, so the central difference is exact up to
-    rounding (~ε·|f|/h), and must match ⟨∇f, direction⟩ from the hand-written VJP."""
-    case = TRANSPOSE_CASES[FD_CASES[n]]
-    args = case.arrays(rng)
-    c = random_array(rng, shape_of(jaxcnn.conv_transpose, *(a.shape for a in args),
-                                   **case.kwargs()))
-    impl = "manual" if n < 3 else "lax"
-    f = jax.jit(lambda *a: vdot(jaxcnn.conv_transpose(*a, impl=impl, **case.kwargs()), c))
-    direction = tuple(random_array(rng, a.shape) for a in args)
-    h = 1e-3
-    plus = f(*(a + h * d for a, d in zip(args, direction)))
-    minus = f(*(a - h * d for a, d in zip(args, direction)))
-    numeric = (plus - minus) / (2 * h)
-    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
-    analytic = sum(vdot(g, d) for g, d in zip(grads, direction))
-    # Rounding in f is ~ε·Σ|terms| ≈ 1e-14, divided by h: ~1e-11 of a derivative of order 10.
-    assert_close(numeric, analytic, 1e-9, "finite differences")
-
-
-@pytest.mark.parametrize("n, impl", [(1, "manual"), (2, "lax"), (3, "lax")])
-def test_grad_of_grad(n, impl, rng):
-    """Hessian-vector products by reverse over reverse, against the oracle's."""
-    case = TRANSPOSE_CASES[FD_CASES[n]]
-    x, w, b = case.arrays(rng)
-    v = random_array(rng, w.shape)
-
-    def hvp(op):
-        loss = lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, **case.kwargs())))
-        return jax.jit(jax.grad(lambda x, w, b: vdot(jax.grad(loss, argnums=1)(x, w, b), v),
-                                argnums=(0, 1, 2)))(x, w, b)
-
-    tree_assert_close(hvp(lambda *a, **k: jaxcnn.conv_transpose(*a, impl=impl, **k)),
-                      hvp(reference.conv_transpose), VJP_TOL, "grad of grad")
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_forward_over_reverse(impl, rng):
-    """jax.hessian-style forward-over-reverse and jax.jvp, against the oracle's."""
-    case = TRANSPOSE_CASES["1d_dilation3_op2_groups2"]
-    x, w, b = case.arrays(rng)
-    tangents = tuple(random_array(rng, a.shape) for a in (x, w, b))
-
-    @partial(jax.jit, static_argnums=0)
-    def both(op):
-        loss = lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, **case.kwargs())))
-        _, hvp = jax.jvp(jax.grad(loss, argnums=(0, 1, 2)), (x, w, b), tangents)
-        _, jvp = jax.jvp(lambda *a: op(*a, **case.kwargs()), (x, w, b), tangents)
-        return hvp, jvp
-
-    tree_assert_close(both(lambda *a, **k: jaxcnn.conv_transpose(*a, impl=impl, **k)),
-                      both(reference.conv_transpose), VJP_TOL, "forward over reverse")
-
-
-# ----------------------------------------------------------------------------- transformations
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_vmap_and_jit(impl, rng):
-    case = TRANSPOSE_CASES["1d_dilation3_op2_groups2"]
-    xs = random_array(rng, (3, *case.x_shape()))
-    ws = random_array(rng, (3, *case.w_shape()))       # (C, O/g, *K), PyTorch's
-    b = random_array(rng, (case.out_channels,))
-    op = lambda x, w: jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
-    ref = lambda x, w: reference.conv_transpose(x, w, b, **case.kwargs())
-    ref_grad = jax.grad(lambda x, w: jnp.sum(ref(x, w) ** 2), argnums=1)
-
-    @jax.jit
-    def looped(xs, ws):  # the oracle, one example at a time
-        return (jnp.stack([ref(x, w) for x, w in zip(xs, ws)]),
-                jnp.stack([ref(x, ws[0]) for x in xs]),
-                jnp.stack([ref_grad(x, w) for x, w in zip(xs, ws)]))
-
-    both, shared, grads = looped(xs, ws)
-    assert_close(jax.vmap(op)(xs, ws), both, F64, "vmap over x and w")
-    assert_close(jax.vmap(op, in_axes=(0, None))(xs, ws[0]), shared, F64, "vmap over x")
-    assert_close(jax.jit(op)(xs[0], ws[0]), both[0], F64, "jit")
-    grad = jax.vmap(jax.grad(lambda x, w: jnp.sum(op(x, w) ** 2), argnums=1))(xs, ws)
-    assert_close(grad, grads, VJP_TOL, "vmap of grad")
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_empty_batch(impl, rng):
-    case = dataclasses.replace(TRANSPOSE_CASES["1d_stride2_pad1_op1"], batch=0)
-    x, w, b = case.arrays(rng)
-    z = jaxcnn.conv_transpose(x, w, b, impl=impl, **case.kwargs())
-    assert z.shape == reference.conv_transpose(x, w, b, **case.kwargs()).shape
-    assert z.shape[0] == 0
-    gx, gw, gb = jax.grad(lambda *a: jnp.sum(jaxcnn.conv_transpose(*a, impl=impl, **case.kwargs())),
-                          argnums=(0, 1, 2))(x, w, b)
-    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == b.shape
-    assert not jnp.any(gw) and not jnp.any(gb)
-
-
 # ----------------------------------------------------------------------------- bad input
 
 BAD_TRANSPOSE = {  # name: (changes to x (1, 4, 5), w (4, 3, 3), b None and kwargs, error, argument)
@@ -389,87 +235,3 @@ def test_bad_dtypes():
         jaxcnn.conv_transpose(jnp.zeros((1, 4, 5), jnp.int32), jnp.zeros((4, 3, 3)))
     with pytest.raises(TypeError, match="w"):
         jaxcnn.conv_transpose(jnp.zeros((1, 4, 5)), jnp.zeros((4, 3, 3), jnp.float32))
-
-# =============================================================================================
-# convolve
-# =============================================================================================
-
-# ----------------------------------------------------------------------------- values and VJP
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_convolve_by_hand(impl):
-    # [1, 2, 3, 4] * [0, 1, 0.5]: full[i] = Σ_a f(a) g(i − a), worked by hand:
-    #   i=0: 1·0 = 0          i=1: 1·1 + 2·0 = 1          i=2: 1·.5 + 2·1 + 3·0 = 2.5
-    #   i=3: 2·.5 + 3·1 + 4·0 = 4    i=4: 3·.5 + 4·1 = 5.5    i=5: 4·.5 = 2
-    f = jnp.array([[[1.0, 2.0, 3.0, 4.0]]])
-    g = jnp.array([[[0.0, 1.0, 0.5]]])
-    full = jnp.array([0.0, 1.0, 2.5, 4.0, 5.5, 2.0])
-    assert_close(jaxcnn.convolve(f, g, padding="FULL", impl=impl)[0, 0], full, F64, "full")
-    assert_close(jaxcnn.convolve(f, g, impl=impl)[0, 0], full[2:4], F64, "valid")
-    # cross-correlation would have read the kernel the other way round: [1·0 + 2·1 + 3·.5, ...]
-    assert_close(jaxcnn.conv(f, g, impl=impl)[0, 0], jnp.array([3.5, 5.0]), F64, "conv, unflipped")
-
-
-@pytest.mark.parametrize("mode, impl", [("valid", "lax"), ("full", "manual")])
-def test_convolve_matches_numpy(mode, impl, rng):
-    x = random_array(rng, (2, 3, 7))
-    w = random_array(rng, (2, 3, 4))
-    expected = np.array([[sum(np.convolve(x[n, c], w[o, c], mode) for c in range(3))
-                          for o in range(2)] for n in range(2)])
-    assert_close(jaxcnn.convolve(x, w, padding=mode.upper(), impl=impl), expected, F64, mode)
-
-
-@pytest.mark.parametrize("n, impl", [(2, "manual"), (3, "lax")])
-def test_convolve_matches_scipy(n, impl, rng):
-    signal = pytest.importorskip("scipy.signal")
-    x = random_array(rng, (1, 2) + (5, 4, 3)[:n])
-    w = random_array(rng, (3, 2) + (2, 3, 2)[:n])
-    for mode in ("valid", "full"):
-        expected = np.array([[sum(signal.convolve(np.asarray(x[0, c]), np.asarray(w[o, c]), mode)
-                                  for c in range(2)) for o in range(3)]])
-        assert_close(jaxcnn.convolve(x, w, padding=mode, impl=impl), expected, F64, mode)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_convolve_commutes_in_full_mode(impl, rng):
-    """f * g = g * f (one channel): substitute a → i − a in Σ_a f(a) g(i − a)."""
-    f = random_array(rng, (1, 1, 6))
-    g = random_array(rng, (1, 1, 3))
-    assert_close(jaxcnn.convolve(f, g, padding="FULL", impl=impl),
-                 jaxcnn.convolve(g, f, padding="FULL", impl=impl), F64, "commutativity")
-
-
-CONVOLVE_CASES = {  # (x shape, w shape, kwargs)
-    "1d_lax": ((2, 2, 7), (3, 2, 3), dict(stride=2, padding=1, impl="lax")),
-    "2d_manual_groups_reflect_last": (
-        (1, 6, 5, 4), (4, 3, 3, 2), dict(stride=(1, 2), dilation=(2, 1), padding="SAME",
-                                         groups=2, padding_mode="reflect", channels_last=True,
-                                         impl="manual")),
-    "3d_lax_circular_last": (
-        (1, 2, 3, 4, 3), (2, 2, 2, 3, 2), dict(padding=1, padding_mode="circular",
-                                               channels_last=True, impl="lax")),
-}
-
-
-@pytest.mark.parametrize("name", CONVOLVE_CASES)
-def test_convolve_matches_reference(name, rng):
-    x_shape, w_shape, kw = CONVOLVE_CASES[name]
-    channels_last = kw.get("channels_last", False)
-    x = to_layout(random_array(rng, x_shape), channels_last)
-    w = kernel_to_layout(random_array(rng, w_shape), channels_last)
-    b = random_array(rng, (w_shape[0],))
-    cotangent = random_array(rng, reference.convolve(x, w, b, **kw).shape)
-    ref_out, ref_grads = value_and_vjp(partial(reference.convolve, **kw), (x, w, b), cotangent)
-    out, grads = value_and_vjp(partial(jaxcnn.convolve, **kw), (x, w, b), cotangent)
-    assert_close(out, ref_out, F64, name)
-    tree_assert_close(grads, ref_grads, VJP_TOL, f"{name} vjp")
-
-
-# ----------------------------------------------------------------------------- bad input
-
-def test_convolve_bad_input():
-    with pytest.raises(ValueError, match="w"):
-        jaxcnn.convolve(jnp.zeros((1, 4, 5)), jnp.zeros((3, 3, 3)))
-    with pytest.raises(ValueError, match="padding_mode"):
-        jaxcnn.convolve(jnp.zeros((1, 3, 5)), jnp.zeros((2, 3, 3)), padding_mode="mirror")
