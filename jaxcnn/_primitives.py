@@ -87,17 +87,17 @@ def _call_site(ctx) -> _CallSite:
     return _CallSite(custom_calls=mesh is not None and custom_partitioning() is not None, mesh=mesh)
 
 
-def _lowering(compute: Callable) -> Callable:
+def _lowering(compute: Callable, multiple_results: bool = False) -> Callable:
     """``compute`` as a lowering rule, traced on invariant operands (one shard's values)."""
-    lowered = mlir.lower_fun(compute, multiple_results=False)
+    lowered = mlir.lower_fun(compute, multiple_results=multiple_results)
 
     def rule(ctx, *args, **params):
         return lowered(ctx.replace(avals_in=[invariant(a) for a in ctx.avals_in]), *args, **params)
     return rule
 
 
-def _platform_lowering(compute: Callable, platform: str) -> Callable:
-    lowered = _lowering(partial(compute, platform=platform))
+def _platform_lowering(compute: Callable, platform: str, multiple_results: bool = False) -> Callable:
+    lowered = _lowering(partial(compute, platform=platform), multiple_results)
 
     def rule(ctx, *args, **params):
         site = _call_site(ctx)
@@ -154,14 +154,15 @@ class _Primitive(Primitive):
         result = super().bind(*to_varying(args), **params)
         if (self.splits_custom_calls is not None and not context_mesh_known()
                 and self.splits_custom_calls(*args, **params)):
-            return devices_p.bind(result)
+            return [devices_p.bind(r) for r in result] if self.multiple_results else devices_p.bind(result)
         return result
 
 
 def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., ShapedArray], *,
                    platforms: Sequence[str] = (),
-                   splits_custom_calls: Callable[..., bool] | None = None) -> Primitive:
-    """A primitive ``jaxcnn_<name>`` with one array result.
+                   splits_custom_calls: Callable[..., bool] | None = None,
+                   multiple_results: bool = False) -> Primitive:
+    """A primitive ``jaxcnn_<name>`` with one array result, or a list of them.
 
     Args:
       name: the primitive's name, shown in jaxprs as ``jaxcnn_<name>``.
@@ -174,23 +175,27 @@ def make_primitive(name: str, compute: Callable, abstract_eval: Callable[..., Sh
       splits_custom_calls: ``splits_custom_calls(*operands, **params)``, whether a bind may
         lower to a custom call split by custom partitioning (its result then goes through
         ``devices_p``); a cheap, static test on the operands' types and the params.
+      multiple_results: ``compute`` returns a tuple of arrays and ``abstract_eval`` a list of
+        their ``ShapedArray``s.
 
     Returns:
       The primitive, with impl, abstract eval and lowerings registered; derivative and batching
       rules are the caller's.
     """
     prim = _Primitive(f"jaxcnn_{name}")
+    prim.multiple_results = multiple_results
     if custom_partitioning() is not None:
         prim.splits_custom_calls = splits_custom_calls
     prim.def_impl(partial(apply_primitive, prim))
     def typed_abstract_eval(*avals, **params):
         """The op's result shape and dtype, varying along its operands' mesh axes."""
-        return varying_like(abstract_eval(*avals, **params), avals)
+        out = abstract_eval(*avals, **params)
+        return [varying_like(a, avals) for a in out] if multiple_results else varying_like(out, avals)
 
     prim.def_abstract_eval(typed_abstract_eval)
-    mlir.register_lowering(prim, _lowering(compute))
+    mlir.register_lowering(prim, _lowering(compute, multiple_results))
     for platform in platforms:
-        mlir.register_lowering(prim, _platform_lowering(compute, platform), platform=platform)
+        mlir.register_lowering(prim, _platform_lowering(compute, platform, multiple_results), platform=platform)
     return prim
 
 

@@ -46,11 +46,12 @@ import numpy as np
 from jax.interpreters import ad, batching
 
 from jaxcnn._args import normalize_group_norm
+from jaxcnn._conv.native import normalising
 from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped_axis_first,
                                 unfold_mapped)
 from jaxcnn._shapes import spatial_axes
 
-__all__ = ["group_norm"]
+__all__ = ["group_norm", "group_norm_relu"]
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -146,9 +147,17 @@ def _forward(x, scale, bias, *, groups: int, eps: float, channels_last: bool) ->
     return (centered * spread(a) + spread(_by_group(bias, groups, acc))).astype(x.dtype)
 
 
-def _tangent(x, scale, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
-             channels_last: bool) -> jax.Array:
-    # ẏ = γ·r·ẋ + (x − μ)·(γ̇·r − γ·r²·mean(x̂·ẋ)) + (β̇ − γ·r·mean ẋ)
+def _relu_mask(centered, scale, bias, r, spread, groups: int) -> jax.Array:
+    """``z > 0``, ``z = γ·x̂ + β`` the pre-activation: where a ReLU after the norm passes its
+    derivative (``jax.nn.relu``'s: 0 at ``z = 0``)."""
+    acc = centered.dtype
+    z = centered * spread(_by_group(scale, groups, acc) * r) + spread(_by_group(bias, groups, acc))
+    return z > 0
+
+
+def _tangent(x, scale, bias, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
+             channels_last: bool, relu: bool = False) -> jax.Array:
+    # ẏ = γ·r·ẋ + (x − μ)·(γ̇·r − γ·r²·mean(x̂·ẋ)) + (β̇ − γ·r·mean ẋ), masked by z > 0 with relu
     centered, _, r, spread = _statistics(x, groups, eps, channels_last)
     acc = centered.dtype
     x_dot = x_dot.astype(acc)
@@ -158,14 +167,21 @@ def _tangent(x, scale, x_dot, scale_dot, bias_dot, *, groups: int, eps: float,
     p = g * r
     q = g_dot * r - p * r * hat_dot
     c = b_dot - p * mean_dot
-    return (x_dot * spread(p) + centered * spread(q) + spread(c)).astype(x.dtype)
+    y_dot = x_dot * spread(p) + centered * spread(q) + spread(c)
+    if relu:
+        y_dot = jnp.where(_relu_mask(centered, scale, bias, r, spread, groups), y_dot, 0)
+    return y_dot.astype(x.dtype)
 
 
-def _vjp(x, scale, dy, *, groups: int, eps: float, channels_last: bool):
-    """``(dx, dγ, dβ)``, the transpose of ``_tangent`` at ``dy`` (module docstring)."""
+def _vjp(x, scale, bias, dy, *, groups: int, eps: float, channels_last: bool, relu: bool = False):
+    """``(dx, partials)``, the transpose of ``_tangent`` at ``dy`` (module docstring): ``dx``
+    and per example ``partials[n] = (Σ_S dy·x̂, Σ_S dy): (2, C)``, whose sums over ``n`` are
+    ``dγ, dβ``; with ``relu``, ``dy`` masked by ``z > 0`` first."""
     centered, mean, r, spread = _statistics(x, groups, eps, channels_last)
     acc = centered.dtype
     dy = dy.astype(acc)
+    if relu:
+        dy = jnp.where(_relu_mask(centered, scale, bias, r, spread, groups), dy, 0)
     count = math.prod(x.shape[1:]) // groups
     dy_sums = _channel_sums(dy, groups, channels_last)                      # Σ dy
     dy_hat = _centered_channel_sums(dy, x.astype(acc), mean, groups, channels_last) * r  # Σ dy·x̂
@@ -175,42 +191,80 @@ def _vjp(x, scale, dy, *, groups: int, eps: float, channels_last: bool):
     p = g * r
     dx = dy * spread(p) - centered * spread(r * r * mean_g_dy_hat) - spread(r * mean_g_dy)
     channels = _channels(x.shape, channels_last)
-    return dx, jnp.sum(dy_hat, axis=0).reshape(channels), jnp.sum(dy_sums, axis=0).reshape(channels)
+    return dx, jnp.stack([dy_hat, dy_sums], axis=1).reshape(x.shape[0], 2, channels)
 
 
 # ----------------------------------------------------------------------------- primitives
+# Three: the forward, its tangent map (linear in ẋ, γ̇, β̇) and the tangent map's transpose, the
+# VJP. The forward and the VJP lower to the native kernels on the CPU (float32, channels last:
+# ``jaxcnn._conv.native.normalising``); a transpose rule runs while tracing, before a platform
+# is known, so the VJP is a primitive of its own to let its lowering choose. Each takes ``relu``:
+# ``max(0, ·)`` of the forward, its derivative mask ``z > 0`` in the other two.
 
 def _like_x(x, *_, **__) -> ShapedArray:
     return ShapedArray(x.shape, x.dtype)
 
 
-group_norm_p = make_primitive("group_norm", _forward, _like_x)
+def _native(x, platform, channels_last) -> bool:
+    return normalising.uses_kernels(x, platform, channels_last)
+
+
+def _forward_compute(x, scale, bias, *, groups, eps, channels_last, relu=False, platform=None):
+    if _native(x, platform, channels_last):
+        return normalising.native_group_norm(x, scale, bias, groups=groups, eps=eps, relu=relu)
+    y = _forward(x, scale, bias, groups=groups, eps=eps, channels_last=channels_last)
+    return jax.nn.relu(y) if relu else y
+
+
+def _vjp_compute(x, scale, bias, dy, *, groups, eps, channels_last, relu=False, platform=None):
+    if _native(x, platform, channels_last):
+        return normalising.native_group_norm_vjp(x, scale, bias, dy, groups=groups, eps=eps, relu=relu)
+    return _vjp(x, scale, bias, dy, groups=groups, eps=eps, channels_last=channels_last, relu=relu)
+
+
+def _vjp_abstract_eval(x, scale, bias, dy, *, channels_last, **_) -> list[ShapedArray]:
+    acc = _acc(x.dtype)
+    return [ShapedArray(x.shape, acc), ShapedArray((x.shape[0], 2, _channels(x.shape, channels_last)), acc)]
+
+
+NATIVE = dict(platforms=("cpu",),
+              splits_custom_calls=lambda x, *_, channels_last, **__: normalising.may_use(x.dtype, channels_last, x.ndim))
+group_norm_p = make_primitive("group_norm", _forward_compute, _like_x, **NATIVE)
 tangent_p = make_primitive("group_norm_tangent", _tangent, _like_x)
+vjp_p = make_primitive("group_norm_vjp", _vjp_compute, _vjp_abstract_eval, multiple_results=True, **NATIVE)
 
 
 def _group_norm_jvp(primals, tangents, **params):
-    x, scale, _ = primals
     tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return group_norm_p.bind(*primals, **params), tangent_p.bind(x, scale, *tangents, **params)
+    return group_norm_p.bind(*primals, **params), tangent_p.bind(*primals, *tangents, **params)
 
 
-def _tangent_transpose(ct, x, scale, x_dot, scale_dot, bias_dot, **params):
-    # The tangent map is linear in (ẋ, γ̇, β̇) only; x and the scale are data here.
-    dx, dscale, dbias = _vjp(x, scale, ad.instantiate_zeros(ct), **params)
+def _tangent_transpose(ct, x, scale, bias, x_dot, scale_dot, bias_dot, **params):
+    # The tangent map is linear in (ẋ, γ̇, β̇) only; x, the scale and the bias are data here.
+    dx, partials = vjp_p.bind(x, scale, bias, ad.instantiate_zeros(ct), **params)
+    dscale, dbias = jnp.sum(partials, axis=0)
     wanted = [(x_dot, dx), (scale_dot, dscale), (bias_dot, dbias)]
-    return [None, None, *[g.astype(v.aval.dtype) if ad.is_undefined_primal(v) else None
-                          for v, g in wanted]]
+    return [None, None, None, *[g.astype(v.aval.dtype) if ad.is_undefined_primal(v) else None
+                                for v, g in wanted]]
 
 
-def _tangent_jvp(primals, tangents, **params):
-    # Second order: JAX differentiates the tangent map's formula.
-    tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return jax.jvp(partial(_tangent, **params), tuple(primals), tuple(tangents))
+def _formula_jvp(formula):
+    """Second order: JAX differentiates the ``jnp`` formula of the tangent map or the VJP."""
+    def jvp(primals, tangents, **params):
+        tangents = [ad.instantiate_zeros(t) for t in tangents]
+        return jax.jvp(partial(formula, **params), tuple(primals), tuple(tangents))
+    return jvp
+
+
+def _vjp_jvp(primals, tangents, **params):
+    out, out_dot = _formula_jvp(_vjp)(primals, tangents, **params)
+    return list(out), list(out_dot)
 
 
 ad.primitive_jvps[group_norm_p] = _group_norm_jvp
-ad.primitive_jvps[tangent_p] = _tangent_jvp
+ad.primitive_jvps[tangent_p] = _formula_jvp(_tangent)
 ad.primitive_transposes[tangent_p] = _tangent_transpose
+ad.primitive_jvps[vjp_p] = _vjp_jvp
 
 
 # ----------------------------------------------------------------------------- vmap
@@ -229,23 +283,30 @@ def _affine(a, scale, bias, channels_last: bool):
 
 
 def _normalised_batch_rule(prim, x_like: tuple[int, ...], args, dims, **params):
-    """The vmap rule of both primitives; ``x_like``: the operands shaped as x (the rest are per
-    channel, ``(C,)``)."""
+    """The vmap rule of the three primitives; ``x_like``: the operands shaped as x (the rest
+    are per channel, ``(C,)``)."""
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     if all(d is None for i, d in enumerate(dims) if i not in x_like):
         folded = [fold_mapped(mapped_axis_first(a, d, size), 0) if i in x_like else a
                   for i, (a, d) in enumerate(zip(args, dims))]
-        return unfold_mapped(prim.bind(*folded, **params), 0, size), 0
+        out = prim.bind(*folded, **params)
+        if prim is vjp_p:
+            return [unfold_mapped(a, 0, size) for a in out], [0, 0]
+        return unfold_mapped(out, 0, size), 0
     first = [mapped_axis_first(a, d, size) for a, d in zip(args, dims)]
-    x, cl = fold_mapped(first[0], 0), params["channels_last"]
+    if prim is vjp_p:   # a scale or bias per B: the formula, vmapped (second order only)
+        return list(jax.vmap(partial(_vjp, **params))(*first)), [0, 0]
+    x, cl, relu = fold_mapped(first[0], 0), params["channels_last"], params["relu"]
+    plain = dict(params, relu=False)
     one = jnp.ones(first[1].shape[-1], first[1].dtype)
-    x_hat = unfold_mapped(group_norm_p.bind(x, one, 0 * one, **params), 0, size)
+    x_hat = unfold_mapped(group_norm_p.bind(x, one, 0 * one, **plain), 0, size)
+    z = _affine(x_hat, first[1], first[2], cl)
     if prim is group_norm_p:
-        return _affine(x_hat, first[1], first[2], cl), 0
-    normal_dot = tangent_p.bind(x, one, fold_mapped(first[2], 0), 0 * one, 0 * one, **params)
+        return (jax.nn.relu(z) if relu else z), 0
+    normal_dot = tangent_p.bind(x, one, 0 * one, fold_mapped(first[3], 0), 0 * one, 0 * one, **plain)
     normal_dot = unfold_mapped(normal_dot, 0, size)
-    return (_affine(normal_dot, first[1], 0 * first[1], cl)
-            + _affine(x_hat, first[3], first[4], cl)), 0
+    z_dot = _affine(normal_dot, first[1], 0 * first[1], cl) + _affine(x_hat, first[4], first[5], cl)
+    return (jnp.where(z > 0, z_dot, 0) if relu else z_dot), 0
 
 
 def _group_norm_batch_rule(args, dims, **params):
@@ -253,14 +314,25 @@ def _group_norm_batch_rule(args, dims, **params):
 
 
 def _tangent_batch_rule(args, dims, **params):
-    return _normalised_batch_rule(tangent_p, (0, 2), args, dims, **params)
+    return _normalised_batch_rule(tangent_p, (0, 3), args, dims, **params)
+
+
+def _vjp_batch_rule(args, dims, **params):
+    return _normalised_batch_rule(vjp_p, (0, 3), args, dims, **params)
 
 
 batching.primitive_batchers[group_norm_p] = _group_norm_batch_rule
 batching.primitive_batchers[tangent_p] = _tangent_batch_rule
+batching.primitive_batchers[vjp_p] = _vjp_batch_rule
 
 
 # ----------------------------------------------------------------------------- public
+
+def _bind(x, groups, scale, bias, eps, channels_last, *, relu: bool) -> jax.Array:
+    a = normalize_group_norm(x, scale, bias, groups, eps, channels_last)
+    return group_norm_p.bind(a.x, a.scale, a.bias, groups=a.groups, eps=a.eps,
+                             channels_last=a.channels_last, relu=relu)
+
 
 def group_norm(x: jax.Array, groups: int, scale: jax.Array | None = None,
                bias: jax.Array | None = None, *, eps: float = 1e-5,
@@ -279,6 +351,15 @@ def group_norm(x: jax.Array, groups: int, scale: jax.Array | None = None,
     Returns:
       ``y``, shaped and typed as ``x``; the statistics in float32 at least.
     """
-    a = normalize_group_norm(x, scale, bias, groups, eps, channels_last)
-    return group_norm_p.bind(a.x, a.scale, a.bias, groups=a.groups, eps=a.eps,
-                             channels_last=a.channels_last)
+    return _bind(x, groups, scale, bias, eps, channels_last, relu=False)
+
+
+def group_norm_relu(x: jax.Array, groups: int, scale: jax.Array | None = None,
+                    bias: jax.Array | None = None, *, eps: float = 1e-5,
+                    channels_last: bool = False) -> jax.Array:
+    """``jax.nn.relu(group_norm(x, groups, scale, bias, ...))`` as one op: the same values and
+    derivatives (``relu``'s derivative at 0 is 0), one native kernel call each way on the CPU
+    (``jaxcnn._conv.native.normalising``) instead of a norm and two passes of the ReLU. The
+    arguments are ``group_norm``'s; ``nn.serial`` calls it for a ``GroupNorm`` layer followed
+    by a ``ReLU``."""
+    return _bind(x, groups, scale, bias, eps, channels_last, relu=True)

@@ -72,9 +72,10 @@ from jaxcnn._conv.native.strided import native_strided_input_grad
 from jaxcnn._conv.pieces import flip_swap_io
 from jaxcnn._primitives import partitioning_mesh
 
-SOURCES = tuple(Path(__file__).parent / name for name in ("conv_cpu.cc", "pool_cpu.cc"))
+SOURCES = tuple(Path(__file__).parent / name for name in ("conv_cpu.cc", "pool_cpu.cc", "norm_cpu.cc"))
 HEADERS = (Path(__file__).parent / "parallel.h",)
-"""The library's translation units (the conv kernels, the pooling kernels: ``pooling``) and the
+"""The library's translation units (the conv kernels, the pooling kernels: ``pooling``, the
+GroupNorm kernels: ``normalising``) and the
 header they share; the cache key covers every one."""
 ENV = "JAXCNN_NATIVE"
 ISA_ENV = "JAXCNN_NATIVE_ISA"
@@ -86,7 +87,8 @@ tested beside the native one where this CPU has AVX-512)."""
 TARGETS = {"jaxcnn_conv": "JaxcnnConv", "jaxcnn_weight_grad": "JaxcnnWeightGrad",
            "jaxcnn_max_pool": "JaxcnnMaxPool", "jaxcnn_max_pool_gather": "JaxcnnMaxPoolGather",
            "jaxcnn_max_pool_scatter": "JaxcnnMaxPoolScatter", "jaxcnn_avg_pool": "JaxcnnAvgPool",
-           "jaxcnn_avg_pool_transpose": "JaxcnnAvgPoolTranspose"}
+           "jaxcnn_avg_pool_transpose": "JaxcnnAvgPoolTranspose",
+           "jaxcnn_group_norm": "JaxcnnGroupNorm", "jaxcnn_group_norm_vjp": "JaxcnnGroupNormVjp"}
 MIN_CHANNELS = 8
 """Input channels below this run the XLA forms: the row table costs as much as the products
 (the clips model's 1 → 16 layer, 7 ms vs 3 for the depth fold)."""

@@ -36,6 +36,7 @@
 namespace ffi = xla::ffi;
 using jaxcnn_native::guarded;
 using jaxcnn_native::parallel_chunks;
+using jaxcnn_native::str;
 using jaxcnn_native::worker_count;
 
 #if defined(__AVX512F__)
@@ -296,8 +297,6 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
 ffi::Error invalid(const std::string& what) {
   return ffi::Error::InvalidArgument(std::string(kWho) + ": " + what);
 }
-
-std::string str(int64_t value) { return std::to_string(value); }
 
 // The geometry is an attribute that any caller of the custom call can set: it is checked against
 // itself and against the buffers before a kernel runs, so a bad one is an FFI error, never a read

@@ -1,5 +1,6 @@
-// What jaxcnn's native kernels share (conv_cpu.cc, pool_cpu.cc): the work split over XLA's
-// intra-op thread pool, and allocation failures turned into FFI errors. `who` names the kernel
+// What jaxcnn's native kernels share (conv_cpu.cc, pool_cpu.cc, norm_cpu.cc): the work split over
+// XLA's intra-op thread pool, allocation failures turned into FFI errors, and the text of sizes
+// in those errors. `who` names the kernel
 // family in the errors ("jaxcnn native conv", "jaxcnn native pool").
 #ifndef JAXCNN_NATIVE_PARALLEL_H_
 #define JAXCNN_NATIVE_PARALLEL_H_
@@ -72,6 +73,15 @@ ffi::Error guarded(const char* who, Kernel kernel) {
   } catch (const std::bad_alloc&) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(who) + ": out of memory");
   }
+}
+
+inline std::string str(int64_t value) { return std::to_string(value); }
+
+// A buffer's dimensions as "(2, 3, 8)".
+inline std::string shape(ffi::Span<const int64_t> dims) {
+  std::string text = "(";
+  for (size_t a = 0; a < dims.size(); ++a) text += (a ? ", " : "") + str(dims[a]);
+  return text + ")";
 }
 
 }  // namespace jaxcnn_native

@@ -34,7 +34,8 @@ from jaxcnn._compat import custom_partitioning
 from jaxcnn._conv.pieces import lax_input_grad
 from jaxcnn._shapes import ConvSpec
 
-__all__ = ["split_by_batch", "sharding_rule", "split_per_sample", "per_sample_rule", "split_lax_input_grad"]
+__all__ = ["split_by_batch", "sharding_rule", "split_per_sample", "per_sample_rule", "split_samples",
+           "split_lax_input_grad"]
 
 
 def sharding_rule(rank: int, summed: bool) -> tuple[str, dict[str, tuple[str, ...]]]:
@@ -141,12 +142,20 @@ def per_sample_rule(pooled: tuple[bool, ...], result_pooled: bool, rank: int) ->
     ``b <spatial> c``, the spatial factors ``t…`` where the array has the pooled sizes, ``s…``
     where the input's. Every factor but the batch ``b`` needs replication (a window reads its
     neighbours' rows; the channels, which could split, are small)."""
+    rule = _terms_rule(*_pooling_terms(pooled, result_pooled, rank))
+    return rule, _all_but_batch_replicated(rule)
+
+
+def _pooling_terms(pooled: tuple[bool, ...], result_pooled: bool, rank: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     axes = range(rank - 2)
 
     def term(is_pooled: bool) -> str:
         return " ".join(["b", *(f"{'t' if is_pooled else 's'}{a}" for a in axes), "c"])
-    rule = f"{', '.join(term(p) for p in pooled)} -> {term(result_pooled)}"
-    return rule, _all_but_batch_replicated(rule)
+    return tuple(term(p) for p in pooled), (term(result_pooled),)
+
+
+def _terms_rule(operands: tuple[str, ...], results: tuple[str, ...]) -> str:
+    return f"{', '.join(operands)} -> {', '.join(results)}"
 
 
 def split_per_sample(call: Callable[..., jax.Array], operands: tuple[jax.Array, ...],
@@ -155,19 +164,37 @@ def split_per_sample(call: Callable[..., jax.Array], operands: tuple[jax.Array, 
     whose every sample is computed from the same sample alone (no sum over the batch): one call
     per batch shard on its local samples, the result sharded like the operands. ``pooled`` says
     which operands (and ``result_pooled`` whether the result) have the pooled spatial sizes."""
-    rule, factors = per_sample_rule(pooled, result_pooled, operands[0].ndim)
+    return split_samples(call, operands, *_pooling_terms(pooled, result_pooled, operands[0].ndim))
+
+
+def split_samples(call: Callable[..., Any], operands: tuple[jax.Array, ...], operand_terms: tuple[str, ...],
+                  result_terms: tuple[str, ...]) -> Any:
+    """``call(*operands)``, a kernel whose every sample of its batch-leading results is computed
+    from the same sample of its batch-leading operands alone (no sum over the batch): one call per
+    batch shard on its local samples. ``operand_terms`` and ``result_terms``: each array's factors
+    (Shardy's, space-separated), the batch ``b`` first where it has one; an array without it (a
+    per-channel scale) is whole on every device. One result term: ``call`` returns one array;
+    more: a tuple of them."""
+    rule = _terms_rule(operand_terms, result_terms)
     batch = operands[0].shape[0]
 
+    def shardings(mesh, arg_shapes):
+        along = _along(mesh, _batch_axes(mesh, arg_shapes[0].sharding, batch))
+        whole = NamedSharding(mesh, PartitionSpec())
+        args = tuple(along if t.split()[0] == "b" else whole for t in operand_terms)
+        results = tuple(along if t.split()[0] == "b" else whole for t in result_terms)
+        return args, results if len(results) > 1 else results[0]
+
     def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
-        return _along(mesh, _batch_axes(mesh, arg_shapes[0].sharding, batch))
+        return shardings(mesh, arg_shapes)[1]
 
     def partition(mesh, arg_shapes, result_shape):
-        along = _along(mesh, _batch_axes(mesh, arg_shapes[0].sharding, batch))
-        return mesh, call, along, (along,) * len(operands)
+        args, results = shardings(mesh, arg_shapes)
+        return mesh, call, results, args
 
     split = custom_partitioning()(call)
     split.def_partition(partition, infer_sharding_from_operands=infer_sharding_from_operands,
-                        sharding_rule=rule, **factors)
+                        sharding_rule=rule, **_all_but_batch_replicated(rule))
     return split(*operands)
 
 

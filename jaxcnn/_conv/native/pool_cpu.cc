@@ -37,6 +37,8 @@
 namespace ffi = xla::ffi;
 using jaxcnn_native::guarded;
 using jaxcnn_native::parallel_chunks;
+using jaxcnn_native::shape;
+using jaxcnn_native::str;
 using jaxcnn_native::worker_count;
 
 namespace {
@@ -273,14 +275,6 @@ ffi::Error avg_pool_transpose(ffi::ThreadPool& pool, const Pool& g, const float*
 
 ffi::Error invalid(const std::string& what) {
   return ffi::Error::InvalidArgument(std::string(kWho) + ": " + what);
-}
-
-std::string str(int64_t value) { return std::to_string(value); }
-
-std::string shape(ffi::Span<const int64_t> dims) {
-  std::string text = "(";
-  for (size_t a = 0; a < dims.size(); ++a) text += (a ? ", " : "") + str(dims[a]);
-  return text + ")";
 }
 
 // The geometry is an attribute that any caller of the custom call can set: it is checked against
