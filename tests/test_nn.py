@@ -5,6 +5,7 @@ the bad-input messages."""
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import nn, reference
+from jaxcnn._compat import enable_x64
 from jaxcnn.nn import layers
 from helpers import TOL, VJP_TOL, assert_close, random_array, tree_assert_close
 
@@ -297,6 +299,39 @@ def test_perframe_is_a_loop_over_frames(rng):
     frame_model = nn.serial(nn.Conv2d(3, 3), nn.GlobalAvgPool())
     expected = jnp.stack([frame_model.apply(params, x[:, :, t]) for t in range(shape[2])], axis=1)
     assert_close(y, expected, TOL["float64"])
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["kernel", "xla-form"])
+def test_serial_fuses_groupnorm_then_relu_and_changes_nothing_else(rng, channels_last):
+    """``serial`` runs a ``GroupNorm`` followed by a ``ReLU`` as one op (``Layer.then_relu``):
+    against the same layers with the ReLU as a plain elementwise layer (nothing to recognise,
+    so nothing fused) the params tree, the summary's rows, the output and the gradients are the
+    same, with the pre-activations of one group exactly 0 (its conv channels zeroed: x̂ = 0,
+    β = 0), where both pass no gradient; a GroupNorm followed by anything else is not fused.
+    Float32; channels last, the compiled program holds the kernel with its ReLU."""
+    cl, shape = channels_last, ((2, 6, 5, 3) if channels_last else (2, 3, 6, 5))
+
+    def model(relu):
+        return nn.serial(nn.Conv2d(8, 3, padding=1, channels_last=cl), nn.GroupNorm(2, channels_last=cl), relu(),
+                         nn.GroupNorm(4, channels_last=cl), nn.Flatten(), nn.Dense(3))
+    fused, plain = model(nn.ReLU), model(lambda: layers.elementwise(jax.nn.relu, "ReLU"))
+    with enable_x64(False):
+        params, _ = fused.init(KEY, shape)
+        conv = params[0]
+        zeroed = (..., slice(0, 4)) if cl else (slice(0, 4),)
+        params = (dict(w=conv["w"].at[zeroed].set(0), b=conv["b"].at[:4].set(0)), *params[1:])
+        assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(plain.init(KEY, shape)[0])
+        assert nn.summary(fused, shape) == nn.summary(plain, shape)
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+        def value_and_grad(layer):
+            return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x))), argnums=(0, 1)))
+        got, want = value_and_grad(fused)(params, x), value_and_grad(plain)(params, x)
+        tree_assert_close(got, want, TOL["float32"], "fused vs plain")
+        assert not np.any(np.asarray(got[1][0][1]["bias"][:4]))         # relu'(0) = 0: no dβ there
+        norm_calls = re.findall(r'custom_call_target="jaxcnn_group_norm".*relu = (\d)',
+                                value_and_grad(fused).lower(params, x).compile().as_text())
+        assert sorted(norm_calls) == (["0", "1"] if cl else []), norm_calls
 
 
 def test_trace_lists_every_conv_map_and_returns_apply(rng):

@@ -14,7 +14,8 @@ from jaxcnn.nn.layers import Conv, Layer, Row, Shape, count_params, init_shapes,
 
 def serial(*layers: Layer) -> Layer:
     """Compose layers in order; params are a tuple, one entry per layer; the key is split
-    into one per layer (``None`` stays ``None``)."""
+    into one per layer (``None`` stays ``None``). A ``GroupNorm`` followed by a ``ReLU`` runs
+    as one op (``Layer.then_relu``): the same params, rows and results."""
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise TypeError(f"layers: expected Layer instances; got {type(layer).__name__} at position {i}")
@@ -30,8 +31,16 @@ def serial(*layers: Layer) -> Layer:
         return [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
 
     def apply(params: tuple, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
-        for layer, layer_params, layer_key in zip(layers, params, keys(key)):
-            x = layer.apply(layer_params, x, train=train, key=layer_key)
+        # A layer with a fused ReLU (then_relu: GroupNorm's) followed by a ReLU runs as one op,
+        # the same values and derivatives in one kernel call each way instead of three passes.
+        fused_next = False
+        for i, (layer, layer_params, layer_key) in enumerate(zip(layers, params, keys(key))):
+            if fused_next:
+                fused_next = False
+            elif layer.then_relu is not None and i + 1 < len(layers) and layers[i + 1].is_relu:
+                x, fused_next = layer.then_relu(layer_params, x), True
+            else:
+                x = layer.apply(layer_params, x, train=train, key=layer_key)
         return x
 
     def trace(params: tuple, x: jax.Array) -> tuple[jax.Array, list]:

@@ -11,7 +11,7 @@ import numpy as np
 
 import jaxcnn
 from jaxcnn import _args, _shapes
-from jaxcnn.norm import group_norm
+from jaxcnn.norm import group_norm, group_norm_relu
 
 Shape = tuple[int, ...]
 
@@ -19,7 +19,10 @@ Shape = tuple[int, ...]
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """A pure layer. ``trace(params, x) -> (y, [(name, feature_map), ...])`` lists the output
-    of every conv inside (for plots); ``rows(input_shape, depth)`` feeds ``summary``."""
+    of every conv inside (for plots); ``rows(input_shape, depth)`` feeds ``summary``.
+    ``then_relu(params, x)``, where a layer has it, is ``relu(apply(params, x))`` as one op
+    (``GroupNorm``'s: ``jaxcnn.norm.group_norm_relu``), which ``serial`` runs for the layer and a
+    ``ReLU`` after it (``is_relu``)."""
 
     init: Callable[[jax.Array, Shape], tuple[Any, Shape]]
     apply: Callable[..., jax.Array]
@@ -27,6 +30,8 @@ class Layer:
     kind: str = "leaf"
     trace: Callable[[Any, jax.Array], tuple[jax.Array, list]] | None = None
     rows: Callable[[Shape, int], tuple[list["Row"], Shape]] | None = None
+    then_relu: Callable[[Any, jax.Array], jax.Array] | None = None
+    is_relu: bool = False
 
     def __post_init__(self) -> None:
         if self.trace is None:
@@ -283,14 +288,14 @@ def Mean(axis: int) -> Layer:
     return Layer(init, apply, f"Mean(axis={axis})")
 
 
-def elementwise(fn: Callable[[jax.Array], jax.Array], name: str) -> Layer:
-    """A parameter-free, shape-preserving layer ``y = fn(x)``."""
+def elementwise(fn: Callable[[jax.Array], jax.Array], name: str, **fields: Any) -> Layer:
+    """A parameter-free, shape-preserving layer ``y = fn(x)``; ``fields``: ``Layer``'s others."""
     return Layer(lambda key, input_shape: ({}, tuple(input_shape)),
-                 lambda params, x, *, train=False, key=None: fn(x), name)
+                 lambda params, x, *, train=False, key=None: fn(x), name, **fields)
 
 
 def ReLU() -> Layer:
-    return elementwise(jax.nn.relu, "ReLU")
+    return elementwise(jax.nn.relu, "ReLU", is_relu=True)
 
 
 def GELU() -> Layer:
@@ -399,4 +404,7 @@ def GroupNorm(groups: int, eps: float = 1e-5, channels_last: bool = False) -> La
     def apply(params: dict, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
         return group_norm(x, groups, params["scale"], params["bias"], eps=eps, channels_last=channels_last)
 
-    return Layer(init, apply, f"GroupNorm({groups})")
+    def then_relu(params: dict, x: jax.Array) -> jax.Array:
+        return group_norm_relu(x, groups, params["scale"], params["bias"], eps=eps, channels_last=channels_last)
+
+    return Layer(init, apply, f"GroupNorm({groups})", then_relu=then_relu)
