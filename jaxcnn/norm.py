@@ -27,12 +27,22 @@ than JAX's autodiff of the forward). Statistics in float32 at least, in two pass
 the VJP's ``Σ dy·(x − μ)`` each centre their own view of ``x``, which XLA fuses into the
 reduction instead of writing ``x − μ`` out once for all its uses (``_group_variance``).
 
-Two primitives: ``jaxcnn_group_norm`` (the forward; its JVP is the tangent map) and
-``jaxcnn_group_norm_tangent`` (the tangent map, linear in its last three operands; its
-transpose is the VJP above). So ``jax.jvp``/``jax.linearize`` run the tangent map and
-``jax.grad`` its transpose. Second derivatives differentiate the tangent map's and the VJP's
-formulas (``jnp`` code) with JAX's own rules. ``vmap`` folds a mapped axis into the batch axis
-(a mapped scale or bias is applied outside the primitive).
+With a ReLU after the norm (``group_norm_relu``, which ``nn.serial`` runs for a ``GroupNorm``
+layer followed by a ``ReLU``): ``y = max(0, z)``, ``z = γ_c·x̂ + β_c``, and every derivative
+above masked by ``z > 0`` (``jax.nn.relu``'s: 0 at ``z = 0``): ``ẏ = [z > 0]·ẏ_norm``, and the
+VJP of ``dy' = [z > 0]·dy``.
+
+Three primitives, each with a ``relu`` flag: ``jaxcnn_group_norm`` (the forward; its JVP is the
+tangent map), ``jaxcnn_group_norm_tangent`` (the tangent map, linear in its last three operands;
+its transpose is the VJP) and ``jaxcnn_group_norm_vjp`` (the VJP: ``dx`` and per example the
+channel sums ``Σ dy·x̂, Σ dy``, summed over the examples into ``dγ, dβ`` by the transpose rule).
+So ``jax.jvp``/``jax.linearize`` run the tangent map and ``jax.grad`` its transpose. The VJP is
+a primitive of its own because a transpose rule runs while tracing, before the platform is
+known: on the CPU (float32, channels last) the forward and the VJP lower to native kernels that
+work one example at a time in cache (``jaxcnn._conv.native.normalising``), elsewhere to the
+formulas here. Second derivatives differentiate the tangent map's and the VJP's formulas
+(``jnp`` code) with JAX's own rules. ``vmap`` folds a mapped axis into the batch axis (a mapped
+scale or bias is applied outside the primitive; the VJP then vmaps its formula).
 """
 from __future__ import annotations
 
