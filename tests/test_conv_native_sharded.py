@@ -117,7 +117,8 @@ def _fashion_step(model):
 
 def test_a_training_step_keeps_its_kernels_on_a_batch_sharded_mesh(rng):
     """fashion-cnn, channels last: its 32 → 64 and 64 → 128 convs take the kernels (the 1 → 32
-    stem has too few channels), its max pools the pooling kernels; on 4 devices each runs per shard, the loss and every gradient
+    stem has too few channels), its max pools the pooling kernels, its GroupNorms with their
+    ReLUs the GroupNorm kernels; on 4 devices each runs per shard, the loss and every gradient
     equal the one-device step's."""
     with enable_x64(False):
         model = models.build("fashion-cnn", channels_last=True)
@@ -132,7 +133,8 @@ def test_a_training_step_keeps_its_kernels_on_a_batch_sharded_mesh(rng):
         text = step.lower(params, x, labels).compile().as_text()
         calls = kernel_calls(text)
         assert {target for target, _ in calls} == {"jaxcnn_conv", "jaxcnn_weight_grad", "jaxcnn_max_pool",
-                                                   "jaxcnn_max_pool_scatter"}, calls
+                                                   "jaxcnn_max_pool_scatter", "jaxcnn_group_norm",
+                                                   "jaxcnn_group_norm_vjp"}, calls
         assert all(batch == 2 for _, batch in calls), calls
         assert "all-gather" not in text
         loss, grads = step(params, x, labels)
