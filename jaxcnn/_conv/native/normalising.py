@@ -36,7 +36,9 @@ from jaxcnn._primitives import custom_calls_allowed, partitioning_mesh
 
 MIN_CHANNELS = 4
 """Fewer channels run the XLA forms: the kernel's inner loops run along the channels of a
-position, which below a few floats cannot fill a vector."""
+position, which below a few floats cannot fill a vector (GroupNorm + ReLU fwd+VJP at
+128×28×28×C, CPU time of one run on a loaded machine, XLA / kernel: 0.73 at C = 1, 1.03 at 2,
+1.07 at 4, 1.29 at 8, 1.39 at 16)."""
 
 __all__ = ["MIN_CHANNELS", "may_use", "uses_kernels", "native_group_norm", "native_group_norm_vjp"]
 
