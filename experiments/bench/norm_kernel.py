@@ -6,10 +6,14 @@ forward and VJP in one jit-compiled program, as in a training step: ``jaxcnn.gro
 before the fusion) against ``jaxcnn.norm.group_norm_relu`` (one kernel call each way), each
 compiled with the kernels and without them (``normalising.uses_kernels`` patched to False:
 ``pool_kernels.kernels_off``).
-Medians of interleaved rounds after a warm-up (``norm_dropout.interleaved``), so a shared
-machine's load falls on every contender alike; the ratios are the result.
+With ``--steps``, also the fashion-cnn and fashion-resnet training steps (``jaxcnn.bench
+.train_step.jax_step``, lax, channels last, batch 128: ``norm_dropout.step_rows``) compiled with
+the GroupNorm kernels and without them. Medians of interleaved rounds after a warm-up
+(``norm_dropout.interleaved``), so a shared machine's load falls on every contender alike; the
+ratios are the result.
 
     python experiments/bench/norm_kernel.py [--rounds R] [--json PATH] [--markdown PATH] [--cpu-time]
+                                             [--steps]
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from jaxcnn.norm import group_norm_relu
 
 sys.path.insert(0, str(Path(__file__).parent))
 import norm_dropout  # noqa: E402
-from norm_dropout import forward_and_vjp, interleaved  # noqa: E402
+from norm_dropout import forward_and_vjp, interleaved, step_rows  # noqa: E402
 from pool_kernels import kernels_off  # noqa: E402
 
 SHAPES = ((128, 28, 28, 32), (128, 14, 14, 64))
@@ -70,6 +74,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--cpu-time", action="store_true",
                         help="process CPU time (pin to one core, one XLA thread: norm_dropout.py's docstring)")
+    parser.add_argument("--steps", action="store_true", help="also time the fashion-cnn and fashion-resnet steps")
     args = parser.parse_args()
     if args.cpu_time:
         norm_dropout.CLOCK = time.process_time
@@ -87,6 +92,12 @@ def main() -> None:
                      f"{ms['gn+relu XLA'] / ms['gn+relu fused kernel']:.2f} |")
         lines.append(f"| GroupNorm+ReLU {name}, ReLU apart | {ms['gn+relu kernel, relu apart']:.2f} | "
                      f"{ms['gn+relu XLA']:.2f} | {ms['gn+relu XLA'] / ms['gn+relu kernel, relu apart']:.2f} |")
+    if args.steps:
+        variants = {"kernels": normalising.uses_kernels, "XLA": lambda *a, **k: False}
+        for model in ("fashion-cnn", "fashion-resnet"):
+            ms = results[f"{model} step"] = step_rows(model, normalising, "uses_kernels", variants, args.rounds)
+            lines.append(f"| {model} training step (batch 128) | {ms['kernels']:.1f} | {ms['XLA']:.1f} | "
+                         f"{ms['XLA'] / ms['kernels']:.2f} |")
     table = "\n".join(lines)
     print(table)
     meta = dict(rounds=args.rounds, clock="process CPU time" if args.cpu_time else "wall", xla_flags=os.environ.get("XLA_FLAGS", ""), load=os.getloadavg(),
