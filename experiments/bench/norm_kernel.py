@@ -105,7 +105,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(dict(meta=meta, ms=results), indent=1) + "\n")
     if args.markdown:
-        command = f"python experiments/bench/norm_kernel.py --rounds {args.rounds}{' --cpu-time' * args.cpu_time}"
+        command = (f"python experiments/bench/norm_kernel.py --rounds {args.rounds}{' --cpu-time' * args.cpu_time}"
+                   f"{' --steps' * args.steps}")
         args.markdown.write_text(f"# GroupNorm kernels vs the XLA forms\n\n`{command}` (XLA_FLAGS={meta['xla_flags']!r}, "
                                  f"{meta['clock']}); load average at the end {meta['load']}.\n\n{table}\n")
 
