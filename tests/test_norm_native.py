@@ -138,9 +138,9 @@ def test_equals_pytorch(rng, relu):
 
 
 def test_relu_at_exactly_zero_passes_no_gradient(rng):
-    """Group 0 of each sample constant along its channel 0's positions... simpler: a sample whose
-    group is constant has x̂ = 0, so z = β: a zero bias there gives pre-activations exactly 0,
-    where ``jax.nn.relu``'s derivative (and the fused op's) is 0."""
+    """A constant group has x̂ = 0, so z = β: with a zero bias there its pre-activations are
+    exactly 0, where ``jax.nn.relu``'s derivative (and the fused op's) is 0: its outputs and its
+    bias gradient are 0, and every value and gradient equals relu(group_norm)'s."""
     shape, groups = (2, 4, 5, 8), 2
     with enable_x64(False):
         x, scale, bias = _operands(rng, shape)
