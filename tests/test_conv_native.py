@@ -66,6 +66,11 @@ CONFIGS = {
     "stride3_1d": (2, (11,), (4,), WIDTH, WIDTH, dict(stride=3, padding=((2, 0),))),
     "one_by_one_strided_3d": (2, (5, 6, 4), (1, 1, 1), WIDTH, WIDTH, dict(stride=2)),
     "cropping_strided_2d": (2, (8, 7), (3, 2), WIDTH, WIDTH, dict(stride=(2, 3), padding=((-1, 2), (1, 0)))),
+    # fewer than MIN_CHANNELS input channels: the weight gradient's table-free kernel
+    "one_channel_3d": (3, (4, 5, 6), (3, 3, 3), 1, WIDTH, dict(padding=1)),
+    "thin_strided_dilated_2d": (2, (9, 11), (2, 3), 3, 2 * WIDTH, dict(stride=(1, 2), dilation=(2, 2),
+                                                                     padding=((1, 0), (-1, 3)))),
+    "thin_1d": (4, (13,), (4,), 5, WIDTH, dict(stride=3, padding=((2, 1),))),
 }
 
 
@@ -122,7 +127,8 @@ def _clips_layer_spec():
 
 
 def test_supports_what_the_kernels_compute(monkeypatch):
-    """Each refusal by its own reason: dtype, layout, groups, thin input, a strided and dilated
+    """Each refusal by its own reason: dtype, layout, groups, thin input (but for the weight
+    gradient), a strided and dilated
     input gradient, output channels off the vector width; the clips layer is taken."""
     monkeypatch.setattr(native, "available", lambda: True)
     monkeypatch.setattr(native, "vector_width", lambda: 16)
@@ -133,7 +139,8 @@ def test_supports_what_the_kernels_compute(monkeypatch):
         assert not native.supports(piece, spec, x, w, jnp.bfloat16)
         assert not native.supports(piece, spec.replace(channels_last=False), x, w, jnp.float32)
         assert not native.supports(piece, spec.replace(groups=2), x, w, jnp.float32)
-        assert not native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
+        thin = native.supports(piece, spec, (64, 8, 8, 8, 4), (3, 3, 3, 4, 32), jnp.float32)
+        assert thin == (piece == "weight_grad")   # the weight gradient's table-free kernel
     strided = spec.replace(stride=(2, 1, 1))
     assert native.supports("input_grad", strided, x, w, jnp.float32)   # one call per phase
     assert not native.supports("input_grad", strided.replace(dilation=(1, 2, 1)), x, w, jnp.float32)
@@ -141,6 +148,18 @@ def test_supports_what_the_kernels_compute(monkeypatch):
     odd = (3, 3, 3, 16, 24)          # 24 output channels: conv and weight_grad refuse, input_grad
     assert not native.supports("conv", spec, x, odd, jnp.float32)   # writes 16: takes it
     assert native.supports("input_grad", spec, x, odd, jnp.float32)
+
+
+def test_the_rule_puts_the_thin_weight_grad_before_the_depth_fold(monkeypatch):
+    """The clips model's one-channel first layer: its weight gradient in the native kernel; 8
+    channels (24 folded, within ``_THIN_FOLD``) keep the depth fold first, the kernel next."""
+    monkeypatch.setattr(native, "available", lambda: True)
+    monkeypatch.setattr(native, "vector_width", lambda: 16)
+    _, _, spec = _clips_layer_spec()
+    one = rules.candidates("weight_grad", "lax", spec, (64, 8, 16, 16, 1), (3, 3, 3, 1, 16), "cpu", jnp.float32)
+    assert one[0] is native.native_weight_grad and one.count(native.native_weight_grad) == 1
+    eight = rules.candidates("weight_grad", "lax", spec, (64, 8, 8, 8, 8), (3, 3, 3, 8, 16), "cpu", jnp.float32)
+    assert [f.__name__ for f in eight[:2]] == ["fold_depth_weight_grad", "native_weight_grad"]
 
 
 @needs_kernels
@@ -275,11 +294,12 @@ def test_random_geometry_equals_lax(seed):
 
 
 @needs_kernels
-def test_weight_grad_is_the_same_on_every_call(rng):
+@pytest.mark.parametrize("name", ["clips_3d", "one_channel_3d"])
+def test_weight_grad_is_the_same_on_every_call(name, rng):
     """The weight gradient sums its thread partials in a fixed order: repeated calls (and their
     threads' scheduling) give the same bits, so a training run repeats exactly."""
     with enable_x64(False):
-        x, w, dy, spec = _operands(CONFIGS["clips_3d"], rng)
+        x, w, dy, spec = _operands(CONFIGS[name], rng)
         x, dy = jnp.concatenate([x] * 8), jnp.concatenate([dy] * 8)   # many chunks, both threads
         grad = jax.jit(partial(native.native_weight_grad, spec=spec, w_shape=w.shape))
         first = np.asarray(grad(x, dy))

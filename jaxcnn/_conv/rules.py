@@ -12,7 +12,8 @@ in docs/performance.md ("Form choice"). On CPU:
 - **native** (``native``; channels last, one group, float32, ``C ≥ 8``): C++ kernels called as
   FFI custom calls, register-blocked sums over a table of input rows, for each piece in 1D, 2D
   and 3D where they apply (the input gradient at stride 1 or dilation 1: ``native.strided``,
-  one call per output phase); first where they do. The forms
+  one call per output phase; the weight gradient of fewer channels too, without the table);
+  first where they do, but behind the depth fold's weight gradient of 8 to 10 channels. The forms
   below serve every other dtype, layout and shape, and every machine without a compiler.
 - **depthwise** (``C/g = 1``, ``g > 1``; ``forms``): XLA's grouped convolution runs 1×1 blocks
   far from peak. The manual tap sum is an elementwise multiply per tap, and the weight
@@ -194,6 +195,17 @@ def _lhs_dilated_split(case: Case) -> bool:
             and partitioning_mesh() is not None and custom_calls_allowed())
 
 
+def _native_first(case: Case) -> bool:
+    """The native weight gradient ahead of the depth fold: with fewer than
+    ``native.MIN_CHANNELS`` input channels (its table-free kernel; the clips model's 1 → 16
+    layer 1.4 vs 3.7 ms for the fold), or where the fold does not apply (``_thin_fold``)."""
+    return _native(case) and (case.channels_per_group < native.MIN_CHANNELS or not _thin_fold(case))
+
+
+def _native_after_fold(case: Case) -> bool:
+    return _native(case) and not _native_first(case)
+
+
 def may_be_native(impl: str, spec: ConvSpec, dtypes: tuple[Any, ...]) -> bool:
     """Whether a piece of ``impl`` on operands of ``dtypes`` may take the native form on a CPU
     (what the spec and the dtypes decide, read when the op is bound, before any lowering): the
@@ -325,8 +337,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(lax_input_grad, _impl("lax")),
     ),
     "weight_grad": (
+        Rule(native_weight_grad, _native_first),
         Rule(fold_depth_weight_grad, _thin_fold),
-        Rule(native_weight_grad, _native),
+        Rule(native_weight_grad, _native_after_fold),
         Rule(sample_batched_weight_grad, _per_tap(sample_batched_weight_grad)),
         Rule(loop_sample_batched_weight_grad, _per_tap(sample_batched_weight_grad, loop=True)),
         # On CPU the per-tap matmuls rank above im2col; elsewhere manual's own piece ranks below

@@ -90,8 +90,9 @@ TARGETS = {"jaxcnn_conv": "JaxcnnConv", "jaxcnn_weight_grad": "JaxcnnWeightGrad"
            "jaxcnn_avg_pool_transpose": "JaxcnnAvgPoolTranspose",
            "jaxcnn_group_norm": "JaxcnnGroupNorm", "jaxcnn_group_norm_vjp": "JaxcnnGroupNormVjp"}
 MIN_CHANNELS = 8
-"""Input channels below this run the XLA forms: the row table costs as much as the products
-(the clips model's 1 → 16 layer, 7 ms vs 3 for the depth fold)."""
+"""Input channels below this run the XLA forms for ``conv`` and ``input_grad``: the row table
+costs as much as the products (the clips model's 1 → 16 layer, 7 ms vs 3 for the depth fold).
+The weight gradient takes them in a kernel of its own without the table (``kThin``)."""
 
 
 def _cpu_features() -> str:
@@ -224,7 +225,8 @@ def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
              dtype: Any) -> bool:
     """Whether the native form computes ``piece`` for these operands (``x: (N, *S, C)``,
     ``w: (*K, C, O)``, 1 to 3 spatial axes): the kernels are built and loaded, channels last, one
-    group, float32 in and out (``preferred_element_type`` None or float32), ``C ≥ MIN_CHANNELS``,
+    group, float32 in and out (``preferred_element_type`` None or float32), ``C ≥ MIN_CHANNELS``
+    (but for ``weight_grad``),
     and the channels the piece writes a multiple of the vector width ``V`` (``vector_width()``:
     16 with AVX-512, else 8): ``O`` for ``conv`` and ``weight_grad``, ``C`` for ``input_grad``,
     which also needs stride 1 or dilation 1 (a strided one runs one stride-1 correlation per
@@ -234,7 +236,7 @@ def supports(piece: str, spec: ConvSpec, in_shape: tuple[int, ...], w_shape: tup
     o_ax, i_ax = spec.kernel_io_axes()
     c, o = w_shape[i_ax], w_shape[o_ax]
     strided_dilated = any(s != 1 for s in spec.stride) and any(d != 1 for d in spec.dilation)
-    if c < MIN_CHANNELS or (piece == "input_grad" and strided_dilated):
+    if (c < MIN_CHANNELS and piece != "weight_grad") or (piece == "input_grad" and strided_dilated):
         return False
     if not available():
         return False

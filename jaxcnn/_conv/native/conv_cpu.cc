@@ -262,19 +262,98 @@ void weight_grad_range(const Geometry& g, const float** table, int64_t count, co
   }
 }
 
+// ------------------------------------------------------------------- thin weight grad
+
+// Fewer than kThin input channels (the clips model's first layer): a row table costs as much as
+// the products. A segment at a time (the last axis at fixed sample and leading indices), the
+// K0·K1 input lines it reads are copied, padded, and TB (tap, channel) pairs sum at once, pair j
+// reading its line at its offset plus q·s for position q.
+constexpr int64_t kThin = 8;
+
+template <int TB, int OB>
+void thin_block(const float* const* at, int64_t step, int64_t count, const float* dy, int64_t o,
+                int64_t o0, float* const* into) {
+  vec acc[TB][OB] = {};
+  for (int64_t q = 0; q < count; ++q) {
+    vec dv[OB];
+    for (int b = 0; b < OB; ++b) dv[b] = load(dy + q * o + o0 + b * V);
+    for (int j = 0; j < TB; ++j) {
+      float xv = at[j][q * step];
+      for (int b = 0; b < OB; ++b) acc[j][b] += xv * dv[b];
+    }
+  }
+  for (int j = 0; j < TB; ++j)
+    for (int b = 0; b < OB; ++b) store(into[j] + o0 + b * V, load(into[j] + o0 + b * V) + acc[j][b]);
+}
+
+template <int OB>   // the pairs in blocks of 8, the rest in blocks of 4, 3 and 1
+void thin_pairs(const float* const* at, float* const* into, int64_t pairs, int64_t step, int64_t count,
+                const float* dy, int64_t o, int64_t o0) {
+  int64_t j = 0;
+  for (; j + 8 <= pairs; j += 8) thin_block<8, OB>(at + j, step, count, dy, o, o0, into + j);
+  for (; j + 4 <= pairs; j += 4) thin_block<4, OB>(at + j, step, count, dy, o, o0, into + j);
+  for (; j + 3 <= pairs; j += 3) thin_block<3, OB>(at + j, step, count, dy, o, o0, into + j);
+  for (; j < pairs; ++j) thin_block<1, OB>(at + j, step, count, dy, o, o0, into + j);
+}
+
+// A thread's K0·K1 padded lines (the padding stays zero; line sample first + m·ld, m < count, is
+// input sample a2 + m), where each pair reads them and the partial's row it adds to (`into`).
+struct Thin {
+  int64_t span, first, a2, count;
+  std::vector<float> lines; std::vector<const float*> at; std::vector<float*> into;
+  Thin(const Geometry& g, float* partial) {
+    const int64_t ld = g.ld[2], lo = g.lo[2];   // j = i·s + k·d below
+    span = std::max<int64_t>(0, (g.out[2] - 1) * g.s[2] + (g.k[2] - 1) * g.d[2] + 1);
+    a2 = lo >= 0 ? 0 : (ld - 1 - lo) / ld;
+    count = span - 1 - lo < 0 ? 0 : std::max<int64_t>(0, std::min(g.in[2] - 1, (span - 1 - lo) / ld) - a2 + 1);
+    first = a2 * ld + lo;
+    lines.assign(g.k[0] * g.k[1] * span * g.c, 0.0f);
+    for (int64_t r = 0; r < g.taps() * g.c; ++r) {   // pair r: tap r / c, channel r % c
+      const int64_t t = r / g.c;
+      at.push_back(lines.data() + ((t / g.k[2]) * span + (t % g.k[2]) * g.d[2]) * g.c + r % g.c);
+      into.push_back(partial + r * g.o);
+    }
+  }
+
+  // One segment (sample b, leading indices i0, i1): its lines, then every pair over its positions.
+  void segment(const Geometry& g, const float* x, const float* dy, int64_t b, int64_t i0, int64_t i1) {
+    for (int64_t k0 = 0, line = 0; k0 < g.k[0]; ++k0)
+      for (int64_t k1 = 0; k1 < g.k[1]; ++k1, ++line) {
+        const int64_t a0 = input_index(g, 0, i0, k0), a1 = a0 < 0 ? -1 : input_index(g, 1, i1, k1);
+        const float* row = a1 < 0 ? nullptr : x + (((b * g.in[0] + a0) * g.in[1] + a1) * g.in[2] + a2) * g.c;
+        float* to = lines.data() + (line * span + first) * g.c;
+        if (g.ld[2] == 1 && row) std::memcpy(to, row, count * g.c * sizeof(float));   // one run
+        else if (g.ld[2] == 1) std::fill(to, to + count * g.c, 0.0f);
+        else for (int64_t m = 0; m < count; ++m)
+          for (int64_t c = 0; c < g.c; ++c) to[m * g.ld[2] * g.c + c] = row ? row[m * g.c + c] : 0.0f;
+      }
+    const float* dys = dy + ((b * g.out[0] + i0) * g.out[1] + i1) * g.out[2] * g.o;
+    for_vector_runs(g.o / V, [&](auto ob, int64_t v) {
+      thin_pairs<decltype(ob)::value>(at.data(), into.data(), g.taps() * g.c, g.s[2] * g.c, g.out[2], dys, g.o, v * V);
+    });
+  }
+};
+
 // The positions are cut into `groups` fixed ranges, each summed into a partial gradient of its
 // own in position order, and the partials are added in group order: whichever thread runs a
 // range, the sums are the same, so the result is the same bit for bit on every call.
 ffi::Error weight_grad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dw) {
   std::vector<float> zeros(g.c, 0.0f);
   const int64_t m = g.positions(), vectors = g.o / V, size = g.taps() * g.c * g.o;
-  const int64_t block = 128, chunks = (m + block - 1) / block;
+  const bool thin = g.c < kThin;   // thin: ranges of segments, not of positions
+  const int64_t block = 128, chunks = thin ? m / std::max<int64_t>(1, g.out[2]) : (m + block - 1) / block;
   const int64_t budget = std::max<int64_t>(1, (int64_t{16} << 20) / (size * 4));   // 16 MiB of partials
   const int64_t groups = std::max<int64_t>(1, std::min({2 * worker_count(pool), chunks, budget}));
   std::vector<std::vector<float>> partial(groups);
   ffi::Error done = parallel_chunks(kWho, pool, groups, std::min(worker_count(pool), groups), [&](int64_t group) {
     std::vector<float>& mine = partial[group];
     mine.assign(size, 0.0f);
+    if (thin) {
+      Thin scratch(g, mine.data());
+      for (int64_t seg = group * chunks / groups; seg < (group + 1) * chunks / groups; ++seg)
+        scratch.segment(g, x, dy, seg / (g.out[0] * g.out[1]), seg / g.out[1] % g.out[0], seg % g.out[1]);
+      return;
+    }
     std::vector<const float*> table(block * g.taps());
     for (int64_t chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
       int64_t first = chunk * block, count = std::min(m, first + block) - first;
