@@ -257,10 +257,10 @@ def _offset_axes(spec: PoolSpec) -> tuple[int, ...]:
 
 
 def window_average(x: jax.Array, spec: PoolSpec, count_include_pad: bool) -> jax.Array:
-    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``; where the windows
-    tile the input, a reshape and a mean over the in-tile axes (the same sum, ``c = ∏K``)."""
-    if windows_tile_input(spec):
-        return jnp.mean(x.reshape(_tiled_shape(x.shape, spec)), axis=_offset_axes(spec))
+    """``y[i] = (Σ_k x_pad[i·s + k]) / c[i]`` with PyTorch's divisor ``c``: the taps' strided
+    slices added in row-major tap order, which XLA's CPU compiler fuses into one loop. Where the
+    windows tile the input a mean over the in-tile axes of a reshape is the same sum, but XLA
+    sends that reduction to its library, 7× slower (the clips model's input, 0.78 vs 0.11 ms)."""
     x_pad = _pad(x, spec, spec.padding, 0)
     total = None
     for offset in offsets(spec.window):
