@@ -158,6 +158,7 @@ void conv_block(const float* const* table, int64_t stride, int64_t taps, int64_t
       vec wv[CB][OB];
       for (int j = 0; j < CB; ++j)
         for (int b = 0; b < OB; ++b) wv[j][b] = load(wt + (c0 + j) * o + b * V);
+#pragma GCC unroll 32   // P accumulators in registers: left rolled, one block of 16 kept them in memory
       for (int p = 0; p < P; ++p) {
         const float* r = rows[p] + c0;
         for (int j = 0; j < CB; ++j) {
@@ -309,8 +310,7 @@ struct Thin {
     first = a2 * ld + lo;
     lines.assign(g.k[0] * g.k[1] * span * g.c, 0.0f);
     for (int64_t r = 0; r < g.taps() * g.c; ++r) {   // pair r: tap r / c, channel r % c
-      const int64_t t = r / g.c;
-      at.push_back(lines.data() + ((t / g.k[2]) * span + (t % g.k[2]) * g.d[2]) * g.c + r % g.c);
+      at.push_back(lines.data() + (r / g.c / g.k[2] * span + r / g.c % g.k[2] * g.d[2]) * g.c + r % g.c);
       into.push_back(partial + r * g.o);
     }
   }
