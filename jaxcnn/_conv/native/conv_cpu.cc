@@ -229,6 +229,7 @@ template <int CB, int OB>
 void weight_grad_block(const float* const* rows, int64_t count, int64_t c0, const float* dy, int64_t o,
                        int64_t o0, float* dw) {
   vec acc[CB][OB] = {};
+#pragma GCC unroll 4   // 0.8 of the time rolled (the clips 16 -> 32 layer), the same sums
   for (int64_t p = 0; p < count; ++p) {
     vec dv[OB];
     for (int b = 0; b < OB; ++b) dv[b] = load(dy + p * o + o0 + b * V);
@@ -266,9 +267,8 @@ void weight_grad_range(const Geometry& g, const float** table, int64_t count, co
 // ------------------------------------------------------------------- thin weight grad
 
 // Fewer than kThin input channels (the clips model's first layer): a row table costs as much as
-// the products. A segment at a time (the last axis at fixed sample and leading indices), the
-// K0·K1 input lines it reads are copied, padded, and TB (tap, channel) pairs sum at once, pair j
-// reading its line at its offset plus q·s for position q.
+// the products. Per segment (the last axis at fixed sample and leading indices) its K0·K1 input
+// lines are copied, padded, and TB (tap, channel) pairs sum, pair j reading q·s past its offset.
 constexpr int64_t kThin = 8;
 
 template <int TB, int OB>
