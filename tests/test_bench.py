@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxcnn import bench, reference
-from jaxcnn.bench.timing import paired_ratios
+from jaxcnn.bench.timing import paired_ratios, time_interleaved
 from tests.helpers import TOL, assert_close, product, random_array, sample
 
 ROW_FIELDS = {"case", "op", "training", "shape", "x_shape", "w_shape", "y_shape", "stride",
@@ -281,3 +282,27 @@ def test_paired_ratios_hand_worked():
     times = {"jax": [1.0, 2.0, 4.0], "lax": [2.0, 3.0, 12.0]}
     assert paired_ratios(times, "jax") == {"jax": 1.0, "lax": 2.0}
     assert paired_ratios(times, "torch") == {}
+
+
+@pytest.mark.parametrize("follow_itself", [False, True])
+def test_interleaved_rounds_rotate_and_a_timed_call_may_follow_itself(follow_itself):
+    """The calls' order, logged: a first call and a warm-up each, then per round every contender
+    once (twice with ``follow_itself``: the timed call right after an untimed one), the order
+    rotating by one per round. With ``follow_itself`` the untimed calls sleep 50 ms and the
+    timed ones not at all, so times under 40 ms show which call was timed."""
+    log = []
+
+    def contender(name):
+        def call():
+            log.append(name)
+            in_rounds = len(log) - 4       # both contenders' first call and warm-up come first
+            time.sleep(0.05 if follow_itself and in_rounds > 0 and in_rounds % 2 == 1 else 0)
+            return name
+        return call, lambda out: out
+    times, outs, failures = time_interleaved({n: contender(n) for n in "ab"}, repeats=2,
+                                             follow_itself=follow_itself)
+    assert outs == {"a": "a", "b": "b"} and failures == {}
+    rounds = ["a", "b", "b", "a"]
+    assert log == ["a", "a", "b", "b"] + ([n for n in rounds for _ in range(2)] if follow_itself else rounds)
+    if follow_itself:
+        assert all(t < 40 for t in times["a"] + times["b"]), times

@@ -2,7 +2,9 @@ r"""``jaxcnn bench --train``: the training step of every named model, end to end
 
 One optimizer step (cross-entropy of the model's logits, its gradient, AdamW) of each model of
 ``TRAIN_MODELS`` at its training batch size, float32, timed in interleaved rounds
-(``timing.time_interleaved``: medians after a first call and a warm-up) for each contender:
+(``timing.time_interleaved``: medians after a first call and a warm-up; each turn runs two steps
+of a contender and times the second, which follows its own step as in a training loop, not
+another contender's) for each contender:
 
 - ``jaxcnn lax`` / ``jaxcnn manual``: ``jaxcnn.models`` with that ``impl``, channels first
   and (``channels_last``) channels last;
@@ -229,7 +231,7 @@ def bench_model(name: str, repeats: int, impls: Sequence[str] = ("lax", "manual"
             calls[key] = (build(), jax.block_until_ready if side(key) == "flax" else lambda out: out.item())
         except Exception as err:   # reported, the others go on
             failures[key] = failure_message(err)
-    times, _, call_failures = time_interleaved(calls, repeats, min_seconds, first_ms)
+    times, _, call_failures = time_interleaved(calls, repeats, min_seconds, first_ms, follow_itself=True)
     failures.update(call_failures)
     ms = {k: statistics.median(v) for k, v in times.items()}
     row = {"model": name, "batch": batch, "ms": ms, "temp_bytes": temp, "failures": failures,
