@@ -111,11 +111,14 @@ def fashion_cnn(num_classes: int = 10, *, impl: str = "lax", channels_last: bool
     """A small 2D CNN: 3x3 convs of 32 maps at 28x28, 64 at 14x14 and 128 at 7x7, each
     followed by ReLU (GroupNorm from the second on) and 2x2 max pooling between sizes, then
     dropout and a linear layer on the flattened maps. Only the one-channel first layer runs
-    at full resolution: on CPU, XLA's weight-gradient convolution is slowest there."""
+    at full resolution: on CPU, XLA's weight-gradient convolution is slowest there. Its ReLU
+    comes after the pooling (``max`` and ReLU commute: the same values and derivatives, on a
+    quarter of the samples; XLA would otherwise recompute the fused first conv for the ReLU's
+    derivative)."""
     cl = resolve_channels_last("fashion-cnn", channels_last)
     return _in_layout(
         cl,
-        nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool(2, channels_last=cl),
+        nn.Conv2d(32, 3, padding=1, impl=impl, channels_last=cl), nn.MaxPool(2, channels_last=cl), nn.ReLU(),
         nn.Conv2d(64, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(64, channels_last=cl),
         nn.MaxPool(2, channels_last=cl),
         nn.Conv2d(128, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(128, channels_last=cl),
@@ -139,12 +142,13 @@ def clips_cnn3d(num_classes: int = 40, *, impl: str = "lax", channels_last: bool
     """A 3D CNN for ``(N, 1, T, H, W)`` clips: 3x3x3 convs see three frames at once, so they
     can respond to motion. Frames are first averaged 2x2 to 16x16 (a 2-pixel step becomes 1
     pixel: still visible); pooling shrinks space first, then time: (8,16,16) → (8,8,8) →
-    (4,4,4), then global average pooling and a linear layer."""
+    (4,4,4), then global average pooling and a linear layer. The first ReLU comes after the
+    first pooling, as in ``fashion_cnn`` (the same values and derivatives)."""
     cl = resolve_channels_last("clips-cnn3d", channels_last)
     return _in_layout(
         cl,
         nn.AvgPool((1, 2, 2), channels_last=cl),
-        nn.Conv3d(16, 3, padding=1, impl=impl, channels_last=cl), nn.ReLU(), nn.MaxPool((1, 2, 2), channels_last=cl),
+        nn.Conv3d(16, 3, padding=1, impl=impl, channels_last=cl), nn.MaxPool((1, 2, 2), channels_last=cl), nn.ReLU(),
         nn.Conv3d(32, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(32, channels_last=cl),
         nn.MaxPool((2, 2, 2), channels_last=cl),
         nn.Conv3d(64, 3, padding=1, impl=impl, channels_last=cl), *_norm_relu(64, channels_last=cl),
