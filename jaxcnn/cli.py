@@ -24,6 +24,8 @@ COMMANDS = {
 # that need it: the training run (its optimiser, progress, dataset and plots) and the benchmarks.
 TRAIN_EXTRA = ("optax", "rich", "tqdm", "matplotlib", "mnist1d")
 NEEDS_EXTRA = {"train": ("train", TRAIN_EXTRA), "bench": ("train", TRAIN_EXTRA)}
+# Commands that run training steps: large host allocations on huge pages (jaxcnn._hugepages).
+HUGEPAGE_COMMANDS = ("train", "bench")
 
 
 def usage() -> str:
@@ -47,6 +49,7 @@ def missing_modules(names: tuple[str, ...]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -66,5 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxcnn {name}: needs the '{extra}' extra, missing {', '.join(missing)}: "
                   f"pip install 'jaxcnn[{extra}]'", file=sys.stderr)
             return 1
+    if from_command_line and name in HUGEPAGE_COMMANDS and not {"-h", "--help"} & set(rest):
+        from jaxcnn._hugepages import use_hugepages
+        use_hugepages()   # re-executes this process once where it helps (jaxcnn._hugepages)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)

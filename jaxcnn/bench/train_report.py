@@ -38,7 +38,8 @@ def _ratio(value: float | None) -> str:
 
 def header(info: dict[str, Any], peak: dict[str, float], native: dict[str, Any] | None = None) -> str:
     """One line: the device, its CPU and vector ISA, the float32 matmul speed measured in this
-    run, the frameworks' versions and threads, the OpenMP wait policy, the native kernels."""
+    run, the frameworks' versions and threads, the OpenMP wait policy, glibc's tunables (huge
+    pages for large allocations: ``jaxcnn._hugepages``), the native kernels."""
     cpu = info.get("cpu") or "unknown CPU"
     cores = f", {info['cpu_cores']} cores" if info.get("cpu_cores") else ""
     torch = (f"; torch {info['torch']} ({info.get('torch_threads')} threads)" if info.get("torch")
@@ -49,7 +50,8 @@ def header(info: dict[str, Any], peak: dict[str, float], native: dict[str, Any] 
     return (f"device: {info.get('device_kind', '?')} ({info.get('platform', '?')}), {cpu}{cores}, "
             f"vector ISA {info.get('vector_isa', 'unknown')}; float32 {peak['n']}² matmul "
             f"{peak['gflops']:.1f} GFLOP/s (XLA, this run); jax {info.get('jax')}{torch}; "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}{kernels}")
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+            f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', 'unset')} (every contender's process){kernels}")
 
 
 def _families(row: dict[str, Any]) -> dict[str, dict[int, float]]:

@@ -311,6 +311,7 @@ def run(model_names: Sequence[str], repeats: int, markdown_path: str | None = No
         with open(json_path, "w") as f:
             json.dump({"device": info, "matmul": peak, "native_kernels": native, "rows": rows,
                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                       "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
                        "load_average": {"start": load, "end": load_average()}}, f, indent=1)
     bad = [r["model"] for r in rows if r["failures"]]
     if bad:
