@@ -3,12 +3,11 @@ and are used where they apply.
 
 References, all float32 (the kernels' dtype):
 
-- the XLA forms of ``jaxcnn.norm`` (the lowering with the kernels off: ``normalising.uses_kernels``
-  patched to False, a fresh ``jit``): the value and the three gradients within float32's
-  tolerance (the sums run in another order and the kernel's in double);
-- float64 math (``reference.group_norm``, JAX autodiff) where float32's rounding matters: a
-  large mean offset (x = 1000 + noise at 1e-2), whose statistics a one-pass E[x²] − μ², a
-  float32 sum of the offset or a centring by a float32 μ gets wrong;
+- float64 math (``reference.group_norm``, JAX autodiff): the value and the three gradients of
+  the kernels and of the XLA forms of ``jaxcnn.norm`` (the lowering with the kernels off:
+  ``normalising.uses_kernels`` patched to False, a fresh ``jit``) each within float32's
+  tolerance; and a large mean offset (x = 1000 + noise at 1e-2), whose statistics a one-pass
+  E[x²] − μ², a float32 sum of the offset or a centring by a float32 μ gets wrong;
 - PyTorch's ``group_norm`` and its gradients (channels first, transposed), with its ReLU;
 - the fused ReLU against ``jax.nn.relu(group_norm)``, with pre-activations exactly 0 (a bias that
   cancels a constant group's mean), where the gradient is 0 as ``jax.nn.relu``'s;
@@ -69,19 +68,35 @@ def _operands(rng, shape, offset=0.0, spread=2.0):
 
 
 def _step(op, groups):
-    """The value and the three gradients of ``Σ tanh(op(x)) · probe`` (``dy`` depends on y)."""
+    """``y = op(x)`` and the three gradients of ``Σ tanh(y) · probe`` (``dy`` depends on y). Not
+    the loss itself: a sum of terms of both signs, whose relative error float32 cannot bound."""
     def loss(x, scale, bias, probe):
-        return jnp.sum(jnp.tanh(op(x, groups, scale, bias, channels_last=True)) * probe)
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+        y = op(x, groups, scale, bias, channels_last=True)
+        return jnp.sum(jnp.tanh(y) * probe), y
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    return jax.jit(lambda *args: (lambda out: (out[0][1], out[1]))(grad(*args)))
 
 
 def _targets(fn, *args) -> set[str]:
     return set(TARGET.findall(jax.jit(fn).lower(*args).compile().as_text()))
 
 
+def _exact(op: str, groups: int):
+    """``_step``'s ``y`` and gradients in float64 math (``reference.group_norm``, JAX autodiff),
+    on float64 copies of the float32 operands."""
+    def loss(x, scale, bias, probe):
+        y = reference.group_norm(jnp.moveaxis(x, -1, 1), groups, scale, bias, eps=1e-5)
+        y = jnp.moveaxis(jax.nn.relu(y) if op == "group_norm_relu" else y, 1, -1)
+        return jnp.sum(jnp.tanh(y) * probe), y
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    return lambda *args: (lambda out: (out[0][1], out[1]))(grad(*(a.astype(jnp.float64) for a in args)))
+
+
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("name", list(CASES))
-def test_kernels_equal_the_xla_forms(rng, name, op):
+def test_kernels_and_xla_forms_equal_float64_math(rng, name, op):
+    """The kernels' value and gradients, and the XLA forms', each within float32's tolerance of
+    float64 math (against each other they may differ by both errors)."""
     shape, groups = CASES[name]
     with enable_x64(False):
         x, scale, bias = _operands(rng, shape)
@@ -93,8 +108,11 @@ def test_kernels_equal_the_xla_forms(rng, name, op):
         with kernels_off():
             step = _step(OPS[op], groups)
             assert not set(TARGET.findall(step.lower(x, scale, bias, probe).compile().as_text()))
-            want = step(x, scale, bias, probe)
-        tree_assert_close(got, want, F32, f"{name} {op}")
+            xla = step(x, scale, bias, probe)
+    with enable_x64(True):
+        want = _exact(op, groups)(x, scale, bias, probe)
+    tree_assert_close(got, want, F32, f"{name} {op} kernels")
+    tree_assert_close(xla, want, F32, f"{name} {op} XLA forms")
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -108,12 +126,7 @@ def test_large_mean_offset_against_float64(rng, op):
         x, scale, bias = _operands(rng, shape, offset=1000.0, spread=1e-2)
         probe = jnp.asarray(rng.standard_normal(shape), jnp.float32)
         got = _step(OPS[op], groups)(x, scale, bias, probe)
-
-        def exact(x, scale, bias, probe):
-            y = reference.group_norm(jnp.moveaxis(x, -1, 1), groups, scale, bias, eps=1e-5)
-            y = jax.nn.relu(y) if op == "group_norm_relu" else y
-            return jnp.sum(jnp.tanh(jnp.moveaxis(y, 1, -1)) * probe)
-        want = jax.value_and_grad(exact, argnums=(0, 1, 2))(*(a.astype(jnp.float64) for a in (x, scale, bias, probe)))
+        want = _exact(op, groups)(x, scale, bias, probe)
     tree_assert_close(got, want, F32, op)
 
 
