@@ -103,11 +103,12 @@ void for_positions(const Pool& g, int64_t first, int64_t last, F f) {
   }
 }
 
-// The threads a map takes: one for an input of fewer than 2^23 floats (32 MiB). Each pass is
-// bound by memory, not arithmetic: on the models' activations one thread was faster than the
-// split over XLA's pool, which waits for helpers that other work keeps off the cores (the
-// measurement: docs/lowering.md, "Pooling kernels").
-constexpr int64_t kParallelFloats = int64_t{1} << 23;
+// The threads a map takes: one for an input of fewer than 2^15 floats (128 KiB), else XLA's pool.
+// On a quiet machine the split halves the clips model's poolings (1.93 vs 1.09 ms a step); with
+// other jobs on the cores one thread had been faster (the helpers start late), and the split
+// then costs little: the caller claims the chunks no helper took (docs/lowering.md, "Pooling
+// kernels").
+constexpr int64_t kParallelFloats = int64_t{1} << 15;
 
 int64_t workers(ffi::ThreadPool& pool, const Pool& g) {
   return g.n * g.in_per_sample() * g.c >= kParallelFloats ? worker_count(pool) : 1;
