@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from functools import partial
 
 import jax
@@ -29,13 +28,10 @@ from jaxcnn._conv import native, rules
 from jaxcnn._args import normalize_conv
 from jaxcnn._compat import enable_x64
 from jaxcnn._conv.pieces import IMPLS
+from native_helpers import AVAILABLE, needs_kernels
 from helpers import TOL, assert_close, full_tier, run_piece
 
 F32 = TOL["float32"]
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    AVAILABLE = native.available()
-needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
 HAS_FFI = hasattr(getattr(jax, "ffi", None), "ffi_call")
 WIDTH = native.vector_width() if AVAILABLE else 16
 

@@ -28,7 +28,8 @@ from jaxcnn._compat import enable_x64
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn._conv.pieces import IMPLS
 from helpers import assert_close, run_piece
-from test_conv_native import AVAILABLE, CONFIGS, F32, HAS_FFI, WIDTH, _operands, needs_kernels
+from native_helpers import AVAILABLE, needs_kernels
+from test_conv_native import CONFIGS, F32, HAS_FFI, WIDTH, _operands
 
 # ----------------------------------------------------------------------------- build, cache, entry
 

@@ -18,8 +18,6 @@ References, all float32 (the kernels' dtype):
 from __future__ import annotations
 
 import contextlib
-import re
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,14 +30,11 @@ from jaxcnn._compat import enable_x64
 from jaxcnn._conv import native
 from jaxcnn._conv.native import normalising
 from jaxcnn.norm import group_norm_relu
+from native_helpers import TARGET, needs_kernels
 from helpers import TOL, assert_close, tree_assert_close
 
 F32 = TOL["float32"]
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    AVAILABLE = native.available()
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
-TARGET = re.compile(r'custom_call_target="(jaxcnn_[a-z_]+)"')
+pytestmark = needs_kernels
 
 CASES = {  # name: (channels-last shape, groups)
     "1d": ((3, 11, 8), 4),

@@ -20,7 +20,6 @@ References, all float32 (the kernels' dtype):
 from __future__ import annotations
 
 import re
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +32,11 @@ from jaxcnn._args import normalize_pool
 from jaxcnn._compat import enable_x64
 from jaxcnn._conv import native
 from jaxcnn._conv.native import pooling
+from native_helpers import TARGET, needs_kernels
 from helpers import TOL, assert_close
 
 F32 = TOL["float32"]
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    AVAILABLE = native.available()
-pytestmark = pytest.mark.skipif(not AVAILABLE, reason="native kernels unavailable here")
-TARGET = re.compile(r'custom_call_target="(jaxcnn_[a-z_]+)"')
+pytestmark = needs_kernels
 
 # name: (channels-last shape, window, stride, padding, dilation, ceil_mode)
 CASES = {
