@@ -45,7 +45,7 @@ from jaxcnn._primitives import (ShapedArray, fold_mapped, make_primitive, mapped
                                 unfold_mapped)
 from jaxcnn._shapes import conv_output_shape
 from jaxcnn._sharding import sharded_call
-from jaxcnn._conv.rules import choose, may_be_native
+from jaxcnn._conv.rules import choose, lhs_dilated_lax, may_be_native
 from jaxcnn._conv.pieces import output_dtype
 
 __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_input_grad", "conv_weight_grad"]
@@ -151,8 +151,7 @@ def _input_grad_abstract_eval(dy, w, *, spec, impl, shape):
 def _may_split(dy, w, *, spec, impl, shape):
     """``_may_be_native``, or a strided lax input gradient: split per batch shard where the
     partitioner splits the op (``rules._lhs_dilated_split``)."""
-    return _may_be_native(dy, w, spec=spec, impl=impl, shape=shape) or (
-        impl == "lax" and any(s > 1 for s in spec.stride))
+    return _may_be_native(dy, w, spec=spec, impl=impl, shape=shape) or lhs_dilated_lax(impl, spec)
 
 
 input_grad_p = make_primitive("conv_input_grad", _input_grad_compute, _input_grad_abstract_eval,

@@ -215,19 +215,15 @@ def _like_x(x, *_, **__) -> ShapedArray:
     return ShapedArray(x.shape, x.dtype)
 
 
-def _native(x, platform, channels_last) -> bool:
-    return normalising.uses_kernels(x, platform, channels_last)
-
-
 def _forward_compute(x, scale, bias, *, groups, eps, channels_last, relu=False, platform=None):
-    if _native(x, platform, channels_last):
+    if normalising.uses_kernels(x, platform, channels_last):
         return normalising.native_group_norm(x, scale, bias, groups=groups, eps=eps, relu=relu)
     y = _forward(x, scale, bias, groups=groups, eps=eps, channels_last=channels_last)
     return jax.nn.relu(y) if relu else y
 
 
 def _vjp_compute(x, scale, bias, dy, *, groups, eps, channels_last, relu=False, platform=None):
-    if _native(x, platform, channels_last):
+    if normalising.uses_kernels(x, platform, channels_last):
         return normalising.native_group_norm_vjp(x, scale, bias, dy, groups=groups, eps=eps, relu=relu)
     return _vjp(x, scale, bias, dy, groups=groups, eps=eps, channels_last=channels_last, relu=relu)
 

@@ -187,12 +187,17 @@ def _native(case: Case) -> bool:
             and native.supports(case.piece, case.spec, case.in_shape, case.w_shape, case.dtype))
 
 
+def lhs_dilated_lax(impl: str, spec: ConvSpec) -> bool:
+    """Whether ``impl``'s input gradient is a strided conv's lax piece, one lhs-dilated
+    convolution (read when the op is bound: it may then lower to a call split by batch)."""
+    return impl == "lax" and any(s > 1 for s in spec.stride)
+
+
 def _lhs_dilated_split(case: Case) -> bool:
-    """A strided conv's lax input gradient (an lhs-dilated convolution) in an op XLA's
-    partitioner splits: split by batch ourselves (``split_lax_input_grad``: the partitioner's own
-    spatial split of it fails)."""
-    return (case.impl == "lax" and any(s > 1 for s in case.spec.stride)
-            and partitioning_mesh() is not None and custom_calls_allowed())
+    """``lhs_dilated_lax`` in an op XLA's partitioner splits: split by batch ourselves
+    (``split_lax_input_grad``: the partitioner's own spatial split of it fails)."""
+    return (lhs_dilated_lax(case.impl, case.spec) and partitioning_mesh() is not None
+            and custom_calls_allowed())
 
 
 def _native_first(case: Case) -> bool:

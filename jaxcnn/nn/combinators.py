@@ -30,17 +30,16 @@ def serial(*layers: Layer) -> Layer:
     def keys(key: Any) -> Sequence[Any]:
         return [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
 
+    # A layer with a fused ReLU (then_relu: GroupNorm's) followed by a ReLU runs as one op: the
+    # same values and derivatives in one kernel call each way instead of three passes.
+    fuses = [a.then_relu is not None and b.is_relu for a, b in zip(layers, layers[1:])] + [False]
+
     def apply(params: tuple, x: jax.Array, *, train: bool = False, key: Any = None) -> jax.Array:
-        # A layer with a fused ReLU (then_relu: GroupNorm's) followed by a ReLU runs as one op,
-        # the same values and derivatives in one kernel call each way instead of three passes.
-        fused_next = False
         for i, (layer, layer_params, layer_key) in enumerate(zip(layers, params, keys(key))):
-            if fused_next:
-                fused_next = False
-            elif layer.then_relu is not None and i + 1 < len(layers) and layers[i + 1].is_relu:
-                x, fused_next = layer.then_relu(layer_params, x), True
-            else:
-                x = layer.apply(layer_params, x, train=train, key=layer_key)
+            if i and fuses[i - 1]:
+                continue                        # the ReLU the layer before ran with itself
+            x = (layer.then_relu(layer_params, x) if fuses[i]
+                 else layer.apply(layer_params, x, train=train, key=layer_key))
         return x
 
     def trace(params: tuple, x: jax.Array) -> tuple[jax.Array, list]:

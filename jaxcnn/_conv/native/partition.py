@@ -21,8 +21,9 @@ operands sharded along the batch alone (the partitioner gathers any other split 
 returns the per-shard program above. A batch that does not divide over its devices is run
 whole on every device, as XLA runs a custom call it cannot split. Kernels whose every sample
 is computed from its own sample (pooling, GroupNorm: ``split_samples``) run per shard with
-nothing to sum; an operand without a batch axis (GroupNorm's scale) is whole on every device. The GSPMD partitioner's
-callbacks (``infer_sharding_from_operands``) say the same for releases that still use it.
+nothing to sum; an operand without a batch axis (GroupNorm's scale) is whole on every device.
+The GSPMD partitioner's callbacks (``infer_sharding_from_operands``) say the same for releases
+that still use it.
 """
 from __future__ import annotations
 
